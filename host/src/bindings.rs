@@ -1,0 +1,40 @@
+//! Host-side bindings for the `weir:plugin` worlds (`wit/weir-plugin.wit`).
+//!
+//! The `types` and `host` interfaces are generated once, with the
+//! `transformer` world, and shared by the other two through `with`, so one
+//! [`RecordBatch`](types::RecordBatch) type serves every plugin kind.
+
+#![allow(missing_docs, clippy::all)]
+
+pub mod transformer {
+    wasmtime::component::bindgen!({
+        world: "transformer",
+        path: "../wit",
+        additional_derives: [PartialEq],
+    });
+}
+
+pub mod validator {
+    wasmtime::component::bindgen!({
+        world: "validator",
+        path: "../wit",
+        with: {
+            "weir:plugin/types": crate::bindings::transformer::weir::plugin::types,
+            "weir:plugin/host": crate::bindings::transformer::weir::plugin::host,
+        },
+    });
+}
+
+pub mod extractor {
+    wasmtime::component::bindgen!({
+        world: "extractor",
+        path: "../wit",
+        with: {
+            "weir:plugin/types": crate::bindings::transformer::weir::plugin::types,
+            "weir:plugin/host": crate::bindings::transformer::weir::plugin::host,
+        },
+    });
+}
+
+pub use transformer::weir::plugin::host;
+pub use transformer::weir::plugin::types;

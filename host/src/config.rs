@@ -1,0 +1,574 @@
+//! The pipeline file (TOML): what to read, which plugins to run in which
+//! order under which limits, and where to write.
+//!
+//! [`PipelineConfig::from_file`] parses with `deny_unknown_fields`, so a typo
+//! is an error, not a silently ignored key. [`PipelineConfig::validate`] then
+//! checks everything that can be checked before running (files exist, values
+//! in range, names unique...) and reports **every** problem at once, each as
+//! `file: key: problem` ([`ConfigError`]). Loading the plugins themselves is
+//! [`crate::pipeline::Pipeline::build`]'s job; it reports in the same form.
+//!
+//! The reference, with every key and default, is `docs/pipeline-file.md`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::engine::MAX_MEMORY_CEILING_BYTES;
+use crate::plugin::{Limits, PluginKind};
+
+/// A whole pipeline file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Run-wide settings.
+    #[serde(default)]
+    pub pipeline: PipelineSettings,
+    /// Where records come from.
+    pub source: SourceConfig,
+    /// Plugins applied to every batch, in order.
+    #[serde(default)]
+    pub stages: Vec<StageConfig>,
+    /// Where records that pass every stage go.
+    pub sink: SinkConfig,
+    /// Where rejected records go, with their reasons.
+    pub quarantine: QuarantineConfig,
+}
+
+/// `[pipeline]`: run-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSettings {
+    /// Name shown in logs and the run report. Default: the file's stem.
+    pub name: Option<String>,
+    /// Rows per record batch read from the source. Default 8192: large enough
+    /// that a plugin call's fixed cost (µs) is negligible, small enough that
+    /// a quarantined batch is a small blast radius. Example: `batch_size = 65536`.
+    pub batch_size: usize,
+    /// Threads running plugin stages; 0 means one per CPU core. Default 0.
+    pub workers: usize,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        Self {
+            name: None,
+            batch_size: 8192,
+            workers: 0,
+        }
+    }
+}
+
+/// File formats weir reads natively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    /// Comma- (or `delimiter`-) separated values.
+    Csv,
+    /// One JSON object per line.
+    Jsonl,
+    /// Apache Parquet.
+    Parquet,
+}
+
+/// `[source]`: the input files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `csv`, `jsonl` or `parquet`.
+    pub format: SourceFormat,
+    /// A file or a glob (`data/*.csv`), relative to the pipeline file.
+    /// Files matching a glob are read in sorted order.
+    pub path: String,
+    /// CSV: whether the first line names the columns. Default true.
+    #[serde(default = "yes")]
+    pub header: bool,
+    /// CSV: the field separator, one ASCII character. Default `,`.
+    #[serde(default = "comma")]
+    pub delimiter: String,
+    /// CSV: the quote character, one ASCII character. Default `"`.
+    #[serde(default = "double_quote")]
+    pub quote: String,
+    /// CSV: cell texts that mean null, matched exactly (an empty cell is
+    /// always null). Example: `null_values = ["NA", "N/A"]`.
+    #[serde(default)]
+    pub null_values: Vec<String>,
+    /// CSV and JSON Lines: rows read to infer the schema when `schema` is not
+    /// given. Default 10,000.
+    #[serde(default = "default_infer_rows")]
+    pub infer_rows: usize,
+    /// CSV and JSON Lines: the declared schema, in column order; when given,
+    /// nothing is inferred. Example: `schema = [{ name = "year", type = "int64" }]`.
+    pub schema: Option<Vec<ColumnSpec>>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn comma() -> String {
+    ",".into()
+}
+fn double_quote() -> String {
+    "\"".into()
+}
+fn default_infer_rows() -> usize {
+    10_000
+}
+
+/// One declared column.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSpec {
+    /// Column name.
+    pub name: String,
+    /// One of `boolean`, `int64`, `float64`, `utf8`, `binary`, `date32`,
+    /// `timestamp` (µs, no zone).
+    #[serde(rename = "type")]
+    pub data_type: String,
+    /// Whether nulls are allowed. Default true.
+    #[serde(default = "yes")]
+    pub nullable: bool,
+}
+
+/// What a stage does when its plugin fails on a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Quarantine the batch's rows with the error and go on (default).
+    #[default]
+    Quarantine,
+    /// Stop the run with the error; nothing is committed.
+    Fail,
+}
+
+/// `[[stages]]`: one plugin applied to every batch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// Unique name, used in logs, metrics, the report and the quarantine.
+    pub name: String,
+    /// `validate`, `transform` or `extract`; must match the plugin's world.
+    pub kind: PluginKind,
+    /// `builtin:NAME` or a path to a `.wasm` component, relative to the
+    /// pipeline file.
+    pub plugin: String,
+    /// The table the plugin reads through `weir:plugin/host.config`, as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Reference tables (name → CSV, JSON Lines or Parquet file, relative to
+    /// the pipeline file) read by the host and handed to the plugin inside its
+    /// config, under `tables.NAME`, as an array of row objects. At most
+    /// [`MAX_REFERENCE_TABLE_BYTES`] of JSON in all.
+    #[serde(default)]
+    pub tables: BTreeMap<String, String>,
+    /// `quarantine` (default) or `fail`.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// See [`Limits::fuel_per_batch`].
+    pub fuel_per_batch: Option<u64>,
+    /// See [`Limits::timeout_ms`].
+    pub timeout_ms: Option<u64>,
+    /// See [`Limits::max_memory_bytes`].
+    pub max_memory_bytes: Option<u64>,
+    /// See [`Limits::max_output_bytes`].
+    pub max_output_bytes: Option<u64>,
+}
+
+/// Largest reference-table payload one stage may receive, in bytes of JSON
+/// (16 MiB): tables are copied into every instance's memory.
+pub const MAX_REFERENCE_TABLE_BYTES: usize = 16 * 1024 * 1024;
+
+impl StageConfig {
+    /// The stage's limits: its own values over [`Limits::default`].
+    pub fn limits(&self) -> Limits {
+        let default = Limits::default();
+        Limits {
+            fuel_per_batch: self.fuel_per_batch.unwrap_or(default.fuel_per_batch),
+            timeout_ms: self.timeout_ms.unwrap_or(default.timeout_ms),
+            max_memory_bytes: self.max_memory_bytes.unwrap_or(default.max_memory_bytes),
+            max_output_bytes: self.max_output_bytes.unwrap_or(default.max_output_bytes),
+        }
+    }
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkFormat {
+    /// Apache Parquet; may be partitioned.
+    Parquet,
+    /// One JSON object per line.
+    Jsonl,
+    /// CSV with a header line.
+    Csv,
+}
+
+/// What to do when the output already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Stop before running (default): nothing is overwritten by accident.
+    #[default]
+    ErrorIfExists,
+    /// Replace the old output when the run commits; until then it is intact.
+    Overwrite,
+}
+
+/// `[sink]`: where passing records are written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `parquet`, `jsonl` or `csv`.
+    pub format: SinkFormat,
+    /// Output path, relative to the pipeline file: a file, or a directory
+    /// when `partition_by` is set.
+    pub path: String,
+    /// Parquet: columns whose values name Hive-style subdirectories
+    /// (`month=1/`); the columns are stored in the path, not in the files.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// Parquet: `snappy` (default), `zstd` or `none`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    /// `error_if_exists` (default) or `overwrite`.
+    #[serde(default)]
+    pub mode: WriteMode,
+}
+
+fn default_compression() -> String {
+    "snappy".into()
+}
+
+/// Quarantine formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuarantineFormat {
+    /// One JSON object per rejected row (the row under `record`).
+    Jsonl,
+    /// Parquet with the row as JSON text in the `record` column.
+    Parquet,
+}
+
+/// `[quarantine]`: where rejected records go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineConfig {
+    /// `jsonl` or `parquet`.
+    pub format: QuarantineFormat,
+    /// Output file, relative to the pipeline file. Replaced on every run
+    /// that commits (the quarantine describes one run).
+    pub path: String,
+}
+
+/// One problem in a pipeline file: which file, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The pipeline file.
+    pub file: PathBuf,
+    /// Dotted path of the key (`stages[1].plugin`), or empty for the whole file.
+    pub key: String,
+    /// What is wrong, and what would be right.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in a pipeline file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "{n} problem{} in the pipeline file:", if n == 1 { "" } else { "s" })?;
+        for error in &self.0 {
+            writeln!(f, "  - {error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects [`ConfigError`]s for one file.
+pub struct Problems {
+    file: PathBuf,
+    errors: Vec<ConfigError>,
+}
+
+impl Problems {
+    /// An empty list for `file`.
+    pub fn new(file: &Path) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Records a problem with `key`.
+    pub fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// `Ok` when nothing was recorded, else every problem.
+    ///
+    /// # Errors
+    /// [`ConfigErrors`] with every recorded problem.
+    pub fn finish(self) -> Result<(), ConfigErrors> {
+        if self.errors.is_empty() { Ok(()) } else { Err(ConfigErrors(self.errors)) }
+    }
+}
+
+/// Expands `pattern` (relative to `base_dir`) into the sorted list of
+/// matching files; a plain path matches itself if it exists.
+///
+/// # Errors
+/// A malformed glob, or no file matching.
+pub fn expand_paths(base_dir: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
+    let full = base_dir.join(pattern);
+    let text = full.to_string_lossy();
+    let mut files: Vec<PathBuf> = glob::glob(&text)
+        .map_err(|e| format!("`{pattern}` is not a valid glob: {e}"))?
+        .filter_map(Result::ok)
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("no file matches `{}`", full.display()));
+    }
+    Ok(files)
+}
+
+fn single_ascii(value: &str) -> bool {
+    value.len() == 1 && value.is_ascii()
+}
+
+impl PipelineConfig {
+    /// Reads and parses `path`.
+    ///
+    /// # Errors
+    /// An unreadable file, malformed TOML, an unknown key or a value of the
+    /// wrong type, as one [`ConfigError`] naming the file, line and key.
+    pub fn from_file(path: &Path) -> Result<PipelineConfig, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses pipeline TOML `text`, attributing errors to `path`.
+    ///
+    /// # Errors
+    /// As [`PipelineConfig::from_file`].
+    pub fn from_toml(text: &str, path: &Path) -> Result<PipelineConfig, ConfigErrors> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let key = e.span().map(|span| key_at(text, span.start)).unwrap_or_default();
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                key,
+                message: e.message().trim().to_string() + &location(text, e.span()),
+            }])
+        })
+    }
+
+    /// Checks everything that needs no plugin to be loaded; see the module
+    /// docs. `base_dir` is the pipeline file's directory.
+    ///
+    /// # Errors
+    /// [`ConfigErrors`] with every problem found.
+    pub fn validate(&self, file: &Path, base_dir: &Path) -> Result<(), ConfigErrors> {
+        let mut problems = Problems::new(file);
+        self.check(&mut problems, base_dir);
+        problems.finish()
+    }
+
+    /// Records every problem [`PipelineConfig::validate`] would report.
+    pub fn check(&self, problems: &mut Problems, base_dir: &Path) {
+        if self.pipeline.batch_size == 0 {
+            problems.add("pipeline.batch_size", "must be at least 1");
+        }
+        let source = &self.source;
+        if let Err(e) = expand_paths(base_dir, &source.path) {
+            problems.add("source.path", e);
+        }
+        if !single_ascii(&source.delimiter) {
+            problems.add("source.delimiter", format!("must be one ASCII character, got {:?}", source.delimiter));
+        }
+        if !single_ascii(&source.quote) {
+            problems.add("source.quote", format!("must be one ASCII character, got {:?}", source.quote));
+        }
+        if source.infer_rows == 0 && source.schema.is_none() {
+            problems.add("source.infer_rows", "must be at least 1 when no schema is declared");
+        }
+        for (i, column) in source.schema.iter().flatten().enumerate() {
+            if crate::source::parse_data_type(&column.data_type).is_none() {
+                problems.add(
+                    format!("source.schema[{i}].type"),
+                    format!(
+                        "unknown type `{}`; use boolean, int64, float64, utf8, binary, date32 or timestamp",
+                        column.data_type
+                    ),
+                );
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, stage) in self.stages.iter().enumerate() {
+            let key = |k: &str| format!("stages[{i}].{k}");
+            if stage.name.trim().is_empty() {
+                problems.add(key("name"), "must not be empty");
+            } else if !names.insert(stage.name.as_str()) {
+                problems.add(key("name"), format!("`{}` is used by an earlier stage; names must be unique", stage.name));
+            }
+            if stage.kind == PluginKind::Extract {
+                problems.add(key("kind"), "extract stages are not supported in pipeline files yet; use a csv, jsonl or parquet source");
+            }
+            let limits = stage.limits();
+            if limits.fuel_per_batch == 0 {
+                problems.add(key("fuel_per_batch"), "must be at least 1");
+            }
+            if limits.timeout_ms == 0 {
+                problems.add(key("timeout_ms"), "must be at least 1");
+            }
+            if limits.max_memory_bytes == 0 || limits.max_memory_bytes > MAX_MEMORY_CEILING_BYTES {
+                problems.add(
+                    key("max_memory_bytes"),
+                    format!("must be between 1 and {MAX_MEMORY_CEILING_BYTES} (4 GiB)"),
+                );
+            }
+            if limits.max_output_bytes == 0 {
+                problems.add(key("max_output_bytes"), "must be at least 1");
+            }
+            if stage.config.contains_key("tables") && !stage.tables.is_empty() {
+                problems.add(key("config.tables"), "is reserved for the reference tables given in `tables`");
+            }
+            for (name, path) in &stage.tables {
+                if let Err(e) = expand_paths(base_dir, path) {
+                    problems.add(format!("stages[{i}].tables.{name}"), e);
+                }
+            }
+        }
+        let sink = &self.sink;
+        if !sink.partition_by.is_empty() && sink.format != SinkFormat::Parquet {
+            problems.add("sink.partition_by", "only parquet sinks can be partitioned");
+        }
+        if !["snappy", "zstd", "none"].contains(&sink.compression.as_str()) {
+            problems.add("sink.compression", format!("`{}` is not one of snappy, zstd, none", sink.compression));
+        }
+        let sink_path = base_dir.join(&sink.path);
+        if sink.mode == WriteMode::ErrorIfExists && sink_path.exists() {
+            problems.add(
+                "sink.path",
+                format!("{} exists; remove it or set mode = \"overwrite\"", sink_path.display()),
+            );
+        }
+        if base_dir.join(&self.quarantine.path) == sink_path {
+            problems.add("quarantine.path", "must differ from sink.path");
+        }
+    }
+}
+
+/// The dotted key whose value starts at byte `offset`, best effort: the
+/// nearest `[table]` header above plus the `key =` on that line.
+fn key_at(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split('=').next().filter(|_| line.contains('=')).map(str::trim).unwrap_or("");
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let l = l.trim();
+            l.starts_with('[').then(|| l.trim_matches(|c| c == '[' || c == ']').to_string())
+        })
+        .unwrap_or_default();
+    match (table.is_empty(), key.is_empty()) {
+        (true, _) => key.to_string(),
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    span.map(|span| {
+        let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+        format!(" (line {line})")
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[source]
+format = "csv"
+path = "in.csv"
+
+[sink]
+format = "parquet"
+path = "out"
+
+[quarantine]
+format = "jsonl"
+path = "q.jsonl"
+"#;
+
+    #[test]
+    fn minimal_file_parses_with_defaults() {
+        let config = PipelineConfig::from_toml(MINIMAL, Path::new("p.toml")).unwrap();
+        assert_eq!(config.pipeline.batch_size, 8192);
+        assert_eq!(config.source.delimiter, ",");
+        assert_eq!(config.sink.mode, WriteMode::ErrorIfExists);
+    }
+
+    #[test]
+    fn unknown_key_names_file_key_and_line() {
+        let text = MINIMAL.replace("path = \"out\"", "path = \"out\"\ncompresion = \"zstd\"");
+        let errors = PipelineConfig::from_toml(&text, Path::new("p.toml")).unwrap_err();
+        let message = errors.to_string();
+        assert!(message.contains("p.toml"), "{message}");
+        assert!(message.contains("compresion"), "{message}");
+        assert!(message.contains("line 9"), "{message}");
+        assert_eq!(errors.0[0].key, "sink.compresion");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{MINIMAL}\n[[stages]]\nname = \"a\"\nkind = \"transform\"\nplugin = \"builtin:select\"\ntimeout_ms = 0\n\n[[stages]]\nname = \"a\"\nkind = \"validate\"\nplugin = \"x.wasm\"\nmax_memory_bytes = 99999999999\n"
+        )
+        .replace("format = \"csv\"", "format = \"csv\"\ndelimiter = \";;\"");
+        let config = PipelineConfig::from_toml(&text, Path::new("p.toml")).unwrap();
+        let errors = config.validate(Path::new("p.toml"), dir.path()).unwrap_err();
+        let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "source.path",
+                "source.delimiter",
+                "stages[0].timeout_ms",
+                "stages[1].name",
+                "stages[1].max_memory_bytes"
+            ]
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! The `weir` command line.
+//!
+//! Exit codes: 0 success; 1 the run failed (I/O, or a stage with
+//! `on_error = "fail"`); 2 bad command line; 3 the pipeline file or a plugin
+//! is invalid (nothing ran).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use weir::config::ConfigErrors;
+use weir::pipeline::{Pipeline, RunOptions};
+use weir::plugin::Plugin;
+use weir::report::RunReport;
+
+/// weir: data pipelines whose logic lives in sandboxed WebAssembly components.
+#[derive(Parser)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    /// Log filter (`warn`, `info`, `weir=debug`...); also `WEIR_LOG`.
+    #[arg(long, global = true, env = "WEIR_LOG", default_value = "warn")]
+    log: String,
+    /// Write logs as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline file to completion.
+    Run {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Also write the run report (counts, lineage) as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Never draw the progress line.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Validate a pipeline file and its plugins without running.
+    Check {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+    },
+    /// Work with plugin components.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Print the first rows of a Parquet, JSON Lines or CSV output.
+    Show {
+        /// A file, or a directory of Parquet files (partitioned output).
+        path: PathBuf,
+        /// Rows to print.
+        #[arg(long, short = 'n', default_value_t = 10)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Show a component's world, exports, imports, size and hash.
+    Inspect {
+        /// The component file (`.wasm`) or `builtin:NAME`.
+        plugin: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit code for an invalid pipeline file or plugin.
+const EXIT_INVALID: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_json);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            if let Some(invalid) = error.downcast_ref::<ConfigErrors>() {
+                eprint!("error: {invalid}");
+                return ExitCode::from(EXIT_INVALID);
+            }
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Run {
+            pipeline,
+            report,
+            no_progress,
+        } => run(&pipeline, report.as_deref(), !no_progress),
+        Command::Check { pipeline } => {
+            let loaded = Pipeline::load(&pipeline)?;
+            println!("{}: ok ({} stages)", pipeline.display(), loaded.stages().len());
+            for stage in loaded.stages() {
+                println!(
+                    "  {} ({}): {} sha256:{}",
+                    stage.name,
+                    stage.kind,
+                    stage.plugin.name(),
+                    &stage.plugin.sha256()[..12]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin {
+            command: PluginCommand::Inspect { plugin, json },
+        } => inspect(&plugin, json),
+        Command::Show { path, limit } => show(&path, limit),
+    }
+}
+
+fn run(file: &Path, report_path: Option<&Path>, progress: bool) -> Result<ExitCode> {
+    let pipeline = Pipeline::load(file)?;
+    let options = RunOptions {
+        progress: progress && std::io::stderr().is_terminal(),
+    };
+    let report = pipeline.run(&options).with_context(|| format!("pipeline {} failed; nothing was committed", file.display()))?;
+    print_summary(&report);
+    if let Some(path) = report_path {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing the report to {}", path.display()))?;
+        println!("report: {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(report: &RunReport) {
+    let seconds = report.duration_ms as f64 / 1000.0;
+    let r = &report.records;
+    println!(
+        "{}: {} read → {} written, {} quarantined, {} filtered in {:.2} s ({:.0} records/s)",
+        report.pipeline,
+        r.read,
+        r.written,
+        r.quarantined,
+        r.filtered,
+        seconds,
+        r.read as f64 / seconds.max(1e-3)
+    );
+    for stage in &report.stages {
+        let errors = if stage.errors.is_empty() {
+            String::new()
+        } else {
+            format!(", failed calls {:?}", stage.errors)
+        };
+        println!(
+            "  {:<12} {:<16} in {:>8}  out {:>8}  quarantined {:>7}  filtered {:>7}{errors}",
+            stage.name, stage.plugin, stage.records_in, stage.records_out, stage.quarantined, stage.filtered
+        );
+    }
+    let root = report.outputs.first().map(|o| o.path.display().to_string()).unwrap_or_default();
+    println!(
+        "output: {} file(s) (first: {root}); quarantine: {} ({} rows)",
+        report.outputs.len(),
+        report.quarantine.path.display(),
+        report.quarantine.rows
+    );
+}
+
+fn inspect(reference: &str, json: bool) -> Result<ExitCode> {
+    let (name, bytes) = weir::plugin::read_plugin_bytes(reference, Path::new("."))?;
+    let inspection = Plugin::inspect(&bytes).with_context(|| format!("{name} is not a valid WebAssembly component"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&inspection)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("plugin:  {name}");
+    println!(
+        "world:   {}",
+        match (inspection.world, inspection.kind) {
+            (Some(world), Some(kind)) => format!("weir:plugin/{world} ({kind} plugin)"),
+            _ => "not a weir plugin".to_string(),
+        }
+    );
+    println!("size:    {} bytes", inspection.size_bytes);
+    println!("sha256:  {}", inspection.sha256);
+    println!("exports: {}", inspection.exports.join(", "));
+    println!("imports:");
+    for import in &inspection.imports {
+        println!("  {import}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(path: &Path, limit: usize) -> Result<ExitCode> {
+    let batches = weir::source::read_output(path, limit)?;
+    println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,519 @@
+//! The pipeline engine: source → stages → sink, with a quarantine.
+//!
+//! [`Pipeline::load`] turns a pipeline file into a runnable [`Pipeline`]
+//! (every problem reported at once); [`Pipeline::run`] streams it:
+//!
+//! ```text
+//!  reader thread ──batches──▶ N worker threads ──results──▶ writer (caller's thread)
+//!  (source files)            (each owns one instance       (re-orders by batch number,
+//!                             per stage, runs the chain)     writes sink + quarantine)
+//! ```
+//!
+//! At most [`IN_FLIGHT_PER_WORKER`] × N batches are between the reader and
+//! the writer at any time, so memory stays bounded whatever the input size.
+//! Output rows keep the input order. A plugin failure costs one batch (its
+//! rows are quarantined, the instance replaced) unless the stage says
+//! `on_error = "fail"`; any fatal error aborts the run and commits nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use anyhow::{Context, Result, anyhow};
+use arrow::array::BooleanArray;
+use arrow::record_batch::RecordBatch;
+
+use crate::bindings::types;
+use crate::columnar;
+use crate::config::{ConfigErrors, MAX_REFERENCE_TABLE_BYTES, OnError, PipelineConfig, Problems, StageConfig, expand_paths};
+use crate::plugin::{Limits, Plugin, PluginError, PluginInstance, PluginKind};
+use crate::quarantine::{Quarantine, Reason};
+use crate::report::{InputFile, QuarantineReport, RecordCounts, RunReport, StageReport};
+use crate::sink::Sink;
+use crate::source::{Source, SourceBatch};
+
+/// Batches in flight per worker between the reader and the writer.
+pub const IN_FLIGHT_PER_WORKER: usize = 4;
+
+/// One stage, ready to run: its plugin compiled and its config serialised.
+#[derive(Debug)]
+pub struct Stage {
+    /// Unique stage name.
+    pub name: Arc<str>,
+    /// Plugin kind (checked against the component's world).
+    pub kind: PluginKind,
+    /// The compiled plugin.
+    pub plugin: Arc<Plugin>,
+    /// The JSON the plugin's `config` import returns (reference tables
+    /// included under `tables`).
+    pub config_json: Arc<str>,
+    /// Limits on each call.
+    pub limits: Limits,
+    /// What a failed call does to the run.
+    pub on_error: OnError,
+}
+
+impl Stage {
+    fn reason(&self, error_kind: &str, rule: Option<String>, message: String) -> Reason {
+        Reason {
+            stage: self.name.clone(),
+            plugin: Arc::from(self.plugin.name()),
+            plugin_sha256: Arc::from(self.plugin.sha256()),
+            error_kind: error_kind.to_string(),
+            rule,
+            message,
+        }
+    }
+}
+
+/// A validated pipeline with its plugins loaded.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// Name from `[pipeline] name`, else the file stem.
+    pub name: String,
+    /// The pipeline file.
+    pub file: PathBuf,
+    base_dir: PathBuf,
+    config: PipelineConfig,
+    stages: Vec<Arc<Stage>>,
+}
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Draw a progress line on stderr (only when it is a terminal).
+    pub progress: bool,
+}
+
+fn config_json(stage: &StageConfig, base_dir: &Path) -> Result<String> {
+    let mut json = serde_json::to_value(&stage.config).context("converting the config table to JSON")?;
+    if !stage.tables.is_empty() {
+        let mut tables = serde_json::Map::new();
+        for (name, path) in &stage.tables {
+            let file = &expand_paths(base_dir, path).map_err(anyhow::Error::msg)?[0];
+            tables.insert(name.clone(), crate::source::read_reference_table(file, MAX_REFERENCE_TABLE_BYTES)?);
+        }
+        json.as_object_mut().expect("a TOML table is an object").insert("tables".into(), tables.into());
+    }
+    Ok(json.to_string())
+}
+
+impl Pipeline {
+    /// Reads, validates and builds the pipeline in `file`.
+    ///
+    /// # Errors
+    /// Every problem in the file and its plugins, each with file and key.
+    pub fn load(file: &Path) -> Result<Pipeline, ConfigErrors> {
+        let config = PipelineConfig::from_file(file)?;
+        Pipeline::build(config, file)
+    }
+
+    /// Validates `config` (read from `file`) and loads its plugins.
+    ///
+    /// # Errors
+    /// Every problem found, config and plugins alike, each with file and key.
+    pub fn build(config: PipelineConfig, file: &Path) -> Result<Pipeline, ConfigErrors> {
+        let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut problems = Problems::new(file);
+        config.check(&mut problems, &base_dir);
+        let mut stages = Vec::new();
+        for (i, stage) in config.stages.iter().enumerate() {
+            let plugin = Plugin::load(&stage.plugin, Some(stage.kind), &base_dir)
+                .map_err(|e| problems.add(format!("stages[{i}].plugin"), format!("{e:#}")));
+            let json = config_json(stage, &base_dir).map_err(|e| problems.add(format!("stages[{i}].tables"), format!("{e:#}")));
+            if let (Ok(plugin), Ok(json)) = (plugin, json) {
+                stages.push(Arc::new(Stage {
+                    name: Arc::from(stage.name.as_str()),
+                    kind: stage.kind,
+                    plugin: Arc::new(plugin),
+                    config_json: Arc::from(json),
+                    limits: stage.limits(),
+                    on_error: stage.on_error,
+                }));
+            }
+        }
+        problems.finish()?;
+        let name = config.pipeline.name.clone().unwrap_or_else(|| {
+            file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pipeline".into())
+        });
+        Ok(Pipeline {
+            name,
+            file: file.to_path_buf(),
+            base_dir,
+            config,
+            stages,
+        })
+    }
+
+    /// The stages, in order.
+    pub fn stages(&self) -> &[Arc<Stage>] {
+        &self.stages
+    }
+
+    /// The parsed pipeline file.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    fn workers(&self) -> usize {
+        match self.config.pipeline.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// Runs the pipeline to completion and commits its outputs.
+    ///
+    /// # Errors
+    /// A source that cannot be read, a sink that cannot be written, or a
+    /// stage with `on_error = "fail"` whose plugin failed. Nothing is
+    /// committed then: earlier outputs stay as they were.
+    pub fn run(&self, options: &RunOptions) -> Result<RunReport> {
+        let started = Instant::now();
+        let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let settings = &self.config.pipeline;
+        let source = Source::open(&self.config.source, &self.base_dir, settings.batch_size)
+            .with_context(|| format!("opening source {}", self.config.source.path))?;
+        columnar::wit_schema(&source.schema()).map_err(|e| anyhow!("the source cannot be passed to plugins: {e}"))?;
+        let mut sink = Sink::create(&self.config.sink, &self.base_dir, &run_id)?;
+        let mut quarantine = Quarantine::create(&self.config.quarantine, &self.base_dir, &run_id)?;
+        let workers = self.workers();
+        let window = workers * IN_FLIGHT_PER_WORKER;
+
+        let (batch_tx, batch_rx) = crossbeam_channel::bounded::<(u64, SourceBatch)>(window);
+        let (result_tx, result_rx) = crossbeam_channel::bounded::<Result<BatchResult>>(window);
+        let (permit_tx, permit_rx) = crossbeam_channel::bounded::<()>(window);
+        for _ in 0..window {
+            permit_tx.send(()).expect("channel has room for every permit");
+        }
+        let progress = Progress::new(options.progress);
+        let mut counts = RecordCounts::default();
+
+        let worker_reports = std::thread::scope(|scope| -> Result<Vec<Vec<StageReport>>> {
+            let reader_results = result_tx.clone();
+            let batches = source.batches();
+            scope.spawn(move || {
+                for (seq, batch) in (0u64..).zip(batches) {
+                    if permit_rx.recv().is_err() {
+                        return;
+                    }
+                    let sent = match batch {
+                        Ok(batch) => batch_tx.send((seq, batch)).is_ok(),
+                        Err(e) => {
+                            let _ = reader_results.send(Err(e));
+                            false
+                        }
+                    };
+                    if !sent {
+                        return;
+                    }
+                }
+            });
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    let batch_rx = batch_rx.clone();
+                    let result_tx = result_tx.clone();
+                    let mut worker = Worker::new(&self.stages);
+                    scope.spawn(move || {
+                        for (seq, batch) in batch_rx {
+                            let result = worker.process(seq, batch);
+                            let fatal = result.is_err();
+                            if result_tx.send(result).is_err() || fatal {
+                                break;
+                            }
+                        }
+                        worker.reports()
+                    })
+                })
+                .collect();
+            drop((batch_rx, result_tx));
+
+            let outcome = write_results(&result_rx, &permit_tx, &mut sink, &mut quarantine, &mut counts, &progress);
+            // Unblock the reader and workers whatever happened, then join them.
+            drop((result_rx, permit_tx));
+            let reports: Vec<Vec<StageReport>> = handles.into_iter().map(|h| h.join().expect("worker panicked")).collect();
+            outcome.map(|()| reports)
+        })?;
+        progress.finish();
+
+        let mut stages: Vec<StageReport> = self
+            .stages
+            .iter()
+            .map(|s| StageReport {
+                name: s.name.to_string(),
+                kind: Some(s.kind),
+                plugin: s.plugin.name().to_string(),
+                plugin_sha256: s.plugin.sha256().to_string(),
+                ..StageReport::default()
+            })
+            .collect();
+        for worker in &worker_reports {
+            for (total, part) in stages.iter_mut().zip(worker) {
+                total.merge(part);
+            }
+        }
+        counts.filtered = stages.iter().map(|s| s.filtered).sum();
+        let quarantine_rows = quarantine.rows();
+        let outputs = sink.commit()?;
+        let quarantine_path = quarantine.commit()?;
+        Ok(RunReport {
+            run_id,
+            pipeline: self.name.clone(),
+            pipeline_file: self.file.clone(),
+            started_at,
+            duration_ms: started.elapsed().as_millis() as u64,
+            records: counts,
+            stages,
+            inputs: source
+                .files()
+                .iter()
+                .map(|p| InputFile {
+                    path: p.clone(),
+                    bytes: p.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .collect(),
+            outputs,
+            quarantine: QuarantineReport {
+                path: quarantine_path,
+                rows: quarantine_rows,
+            },
+        })
+    }
+}
+
+/// Receives worker results, puts them back in input order and writes them.
+fn write_results(
+    results: &crossbeam_channel::Receiver<Result<BatchResult>>,
+    permits: &crossbeam_channel::Sender<()>,
+    sink: &mut Sink,
+    quarantine: &mut Quarantine,
+    counts: &mut RecordCounts,
+    progress: &Progress,
+) -> Result<()> {
+    let mut pending: BTreeMap<u64, BatchResult> = BTreeMap::new();
+    let mut next = 0u64;
+    for result in results {
+        let result = result?;
+        pending.insert(result.seq, result);
+        while let Some(result) = pending.remove(&next) {
+            counts.read += result.rows_read;
+            if let Some(output) = &result.output {
+                sink.write(output).with_context(|| format!("writing to {}", sink.path().display()))?;
+                counts.written += output.num_rows() as u64;
+            }
+            for (rows, reasons) in &result.quarantined {
+                quarantine
+                    .write(rows, reasons, &result.file)
+                    .with_context(|| format!("writing to {}", quarantine.path().display()))?;
+                counts.quarantined += rows.num_rows() as u64;
+            }
+            progress.update(counts);
+            next += 1;
+            let _ = permits.send(());
+        }
+    }
+    Ok(())
+}
+
+/// What a worker made of one source batch.
+struct BatchResult {
+    seq: u64,
+    file: Arc<str>,
+    rows_read: u64,
+    /// Rows that passed every stage.
+    output: Option<RecordBatch>,
+    /// Rejected rows, each group with one reason per row.
+    quarantined: Vec<(RecordBatch, Vec<Reason>)>,
+}
+
+/// One stage's instance inside one worker.
+struct StageRunner {
+    stage: Arc<Stage>,
+    instance: Option<PluginInstance>,
+    report: StageReport,
+}
+
+enum StageOutput {
+    Transformed(RecordBatch),
+    Verdicts(Vec<crate::plugin::Verdict>),
+}
+
+impl StageRunner {
+    /// Calls the plugin on `batch`; on any error the instance is dropped so
+    /// the next batch gets a fresh one.
+    fn call(&mut self, batch: &types::RecordBatch) -> Result<StageOutput, PluginError> {
+        let result = self.try_call(batch);
+        if result.is_err() {
+            self.instance = None;
+        }
+        result
+    }
+
+    fn try_call(&mut self, batch: &types::RecordBatch) -> Result<StageOutput, PluginError> {
+        if self.instance.is_none() {
+            self.report.instances += 1;
+            let stage = &self.stage;
+            self.instance = Some(stage.plugin.instantiate(&stage.name, stage.config_json.clone(), stage.limits)?);
+        }
+        let instance = self.instance.as_mut().expect("instantiated above");
+        self.report.calls += 1;
+        let (output, stats) = match self.stage.kind {
+            PluginKind::Transform => {
+                let (out, stats) = instance.transform(batch)?;
+                (StageOutput::Transformed(columnar::from_wit(out)?), stats)
+            }
+            PluginKind::Validate => {
+                let (verdicts, stats) = instance.validate(batch)?;
+                (StageOutput::Verdicts(verdicts), stats)
+            }
+            PluginKind::Extract => unreachable!("extract stages are rejected by config validation"),
+        };
+        self.report.fuel_consumed += stats.fuel;
+        self.report.call_time_ms += stats.duration.as_secs_f64() * 1000.0;
+        self.report.peak_memory_bytes = self.report.peak_memory_bytes.max(stats.peak_memory_bytes);
+        Ok(output)
+    }
+}
+
+/// A worker thread's state: one [`StageRunner`] per stage.
+struct Worker {
+    runners: Vec<StageRunner>,
+}
+
+impl Worker {
+    fn new(stages: &[Arc<Stage>]) -> Self {
+        Self {
+            runners: stages
+                .iter()
+                .map(|stage| StageRunner {
+                    stage: stage.clone(),
+                    instance: None,
+                    report: StageReport::default(),
+                })
+                .collect(),
+        }
+    }
+
+    fn reports(self) -> Vec<StageReport> {
+        self.runners.into_iter().map(|r| r.report).collect()
+    }
+
+    /// Runs one batch through every stage.
+    ///
+    /// # Errors
+    /// Only fatal errors: a batch the host cannot convert, or a plugin
+    /// failure in an `on_error = "fail"` stage.
+    fn process(&mut self, seq: u64, source: SourceBatch) -> Result<BatchResult> {
+        let mut result = BatchResult {
+            seq,
+            file: source.file,
+            rows_read: source.batch.num_rows() as u64,
+            output: None,
+            quarantined: Vec::new(),
+        };
+        let mut batch = source.batch;
+        for runner in &mut self.runners {
+            let rows_in = batch.num_rows();
+            runner.report.records_in += rows_in as u64;
+            if rows_in == 0 {
+                continue;
+            }
+            let stage = runner.stage.clone();
+            let wit = columnar::to_wit(&batch).map_err(|e| anyhow!("stage `{}`: cannot pass the batch to the plugin: {e}", stage.name))?;
+            match runner.call(&wit) {
+                Ok(StageOutput::Transformed(out)) => {
+                    runner.report.filtered += rows_in.saturating_sub(out.num_rows()) as u64;
+                    batch = out;
+                }
+                Ok(StageOutput::Verdicts(verdicts)) => {
+                    let (passed, failed) = split_by_verdicts(&batch, &verdicts, &stage)?;
+                    if let Some((rows, reasons)) = failed {
+                        runner.report.quarantined += rows.num_rows() as u64;
+                        result.quarantined.push((rows, reasons));
+                    }
+                    batch = passed;
+                }
+                Err(error) => {
+                    *runner.report.errors.entry(error.kind().to_string()).or_default() += 1;
+                    tracing::warn!(stage = %stage.name, plugin = stage.plugin.name(), kind = error.kind(), %error, rows = rows_in, "plugin call failed");
+                    if stage.on_error == OnError::Fail {
+                        return Err(anyhow!(
+                            "stage `{}` (plugin {}, sha256 {}) failed and has on_error = \"fail\": {error}",
+                            stage.name,
+                            stage.plugin.name(),
+                            stage.plugin.sha256()
+                        ));
+                    }
+                    runner.report.quarantined += rows_in as u64;
+                    let reason = stage.reason(error.kind(), None, error.to_string());
+                    result.quarantined.push((batch, vec![reason; rows_in]));
+                    return Ok(result);
+                }
+            }
+            runner.report.records_out += batch.num_rows() as u64;
+        }
+        result.output = Some(batch);
+        Ok(result)
+    }
+}
+
+/// Splits `batch` into rows without a verdict and rows with one or more,
+/// the latter with their joined rule ids and messages.
+type Failed = Option<(RecordBatch, Vec<Reason>)>;
+
+fn split_by_verdicts(batch: &RecordBatch, verdicts: &[crate::plugin::Verdict], stage: &Stage) -> Result<(RecordBatch, Failed)> {
+    if verdicts.is_empty() {
+        return Ok((batch.clone(), None));
+    }
+    let mut by_row: HashMap<u32, (Vec<&str>, Vec<&str>)> = HashMap::new();
+    for verdict in verdicts {
+        let entry = by_row.entry(verdict.row).or_default();
+        if !entry.0.contains(&verdict.rule.as_str()) {
+            entry.0.push(&verdict.rule);
+        }
+        entry.1.push(&verdict.message);
+    }
+    let keep = BooleanArray::from((0..batch.num_rows() as u32).map(|r| !by_row.contains_key(&r)).collect::<Vec<_>>());
+    let passed = arrow::compute::filter_record_batch(batch, &keep)?;
+    let failed = arrow::compute::filter_record_batch(batch, &arrow::compute::not(&keep)?)?;
+    let reasons = (0..batch.num_rows() as u32)
+        .filter_map(|r| by_row.get(&r))
+        .map(|(rules, messages)| stage.reason("validation", Some(rules.join(",")), messages.join("; ")))
+        .collect();
+    Ok((passed, Some((failed, reasons))))
+}
+
+/// The progress line on stderr.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(enabled: bool) -> Self {
+        let bar = if enabled {
+            indicatif::ProgressBar::new_spinner()
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        Self {
+            bar,
+            started: Instant::now(),
+        }
+    }
+
+    fn update(&self, counts: &RecordCounts) {
+        let rate = counts.read as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+        self.bar.set_message(format!(
+            "{} read · {} written · {} quarantined · {:.0} records/s",
+            counts.read, counts.written, counts.quarantined, rate
+        ));
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

@@ -1,0 +1,112 @@
+//! What can go wrong in one plugin call, as distinct, readable kinds.
+
+use wasmtime::Trap;
+
+use super::limits::{Limits, MemoryLimitExceeded};
+use crate::bindings::types;
+
+/// A failed plugin call. Every kind costs only the batch in flight: its rows
+/// are quarantined with [`PluginError::kind`] and the message, the instance
+/// is discarded, and the next batch gets a fresh one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PluginError {
+    /// The call used all of its `fuel_per_batch`.
+    #[error("fuel exhausted: the call used all {fuel_per_batch} fuel units of fuel_per_batch")]
+    FuelExhausted {
+        /// The stage's `fuel_per_batch`.
+        fuel_per_batch: u64,
+    },
+    /// The call ran past its `timeout_ms` deadline.
+    #[error("deadline exceeded: the call ran longer than timeout_ms = {timeout_ms}")]
+    Timeout {
+        /// The stage's `timeout_ms`.
+        timeout_ms: u64,
+    },
+    /// The plugin tried to grow its linear memory past `max_memory_bytes`.
+    #[error("memory limit: {0}")]
+    MemoryLimit(String),
+    /// The result's buffers exceed `max_output_bytes`.
+    #[error("output too large: {bytes} bytes of column buffers, over max_output_bytes = {limit_bytes}")]
+    OutputTooLarge {
+        /// Size of the result's buffers, in bytes.
+        bytes: u64,
+        /// The stage's `max_output_bytes`.
+        limit_bytes: u64,
+    },
+    /// The plugin trapped (a panic, an `unreachable`, an out-of-bounds
+    /// access...). The message includes what the plugin wrote to stderr.
+    #[error("trap: {0}")]
+    Trap(String),
+    /// The result breaks the batch contract (lengths that disagree, invalid
+    /// offsets or UTF-8, a schema the columns do not match...).
+    #[error("malformed output: {0}")]
+    MalformedOutput(String),
+    /// The plugin returned an error on purpose.
+    #[error("plugin error ({kind}): {message}")]
+    Returned {
+        /// The WIT `error` case: `invalid-config`, `invalid-input`, `parse`
+        /// or `internal`.
+        kind: &'static str,
+        /// The plugin's message.
+        message: String,
+    },
+    /// The component could not be instantiated (a missing import, a trap in
+    /// its start function...).
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+}
+
+impl PluginError {
+    /// A short, stable identifier of the kind, as written to the quarantine
+    /// and the run report: `fuel_exhausted`, `timeout`, `memory_limit`,
+    /// `output_too_large`, `trap`, `malformed_output`, `plugin_error`,
+    /// `instantiate`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::FuelExhausted { .. } => "fuel_exhausted",
+            PluginError::Timeout { .. } => "timeout",
+            PluginError::MemoryLimit(_) => "memory_limit",
+            PluginError::OutputTooLarge { .. } => "output_too_large",
+            PluginError::Trap(_) => "trap",
+            PluginError::MalformedOutput(_) => "malformed_output",
+            PluginError::Returned { .. } => "plugin_error",
+            PluginError::Instantiate(_) => "instantiate",
+        }
+    }
+
+    /// Turns a failed wasmtime call into its kind. `stderr` is what the
+    /// plugin printed (a Rust panic message, for example).
+    pub fn classify(error: &wasmtime::Error, limits: &Limits, stderr: &str) -> PluginError {
+        if let Some(exceeded) = error.downcast_ref::<MemoryLimitExceeded>() {
+            return PluginError::MemoryLimit(exceeded.to_string());
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => PluginError::FuelExhausted {
+                fuel_per_batch: limits.fuel_per_batch,
+            },
+            Some(Trap::Interrupt) => PluginError::Timeout {
+                timeout_ms: limits.timeout_ms,
+            },
+            _ => {
+                let stderr = stderr.trim();
+                let detail = error.root_cause().to_string();
+                PluginError::Trap(if stderr.is_empty() {
+                    detail
+                } else {
+                    format!("{detail}; plugin stderr: {stderr}")
+                })
+            }
+        }
+    }
+
+    /// The returned WIT error as a [`PluginError::Returned`].
+    pub fn returned(error: types::Error) -> PluginError {
+        let (kind, message) = match error {
+            types::Error::InvalidConfig(m) => ("invalid-config", m),
+            types::Error::InvalidInput(m) => ("invalid-input", m),
+            types::Error::Parse(m) => ("parse", m),
+            types::Error::Internal(m) => ("internal", m),
+        };
+        PluginError::Returned { kind, message }
+    }
+}

@@ -1,0 +1,95 @@
+//! Per-call resource limits and the store limiter that enforces the memory cap.
+
+use serde::{Deserialize, Serialize};
+
+/// Limits applied to every call of one stage's plugin, set per stage in the
+/// pipeline file. Each exhaustion is its own [`PluginError`](super::PluginError)
+/// kind, and costs only the batch being processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Fuel units one call may consume (wasmtime counts roughly one unit per
+    /// WebAssembly instruction). Default 20,000,000,000: about 10 s of work
+    /// at wasmtime speeds, far above what the built-in plugins need for a
+    /// batch (tens of millions). Example: `fuel_per_batch = 1_000_000_000`.
+    pub fuel_per_batch: u64,
+    /// Wall-clock deadline for one call, in milliseconds, enforced by epoch
+    /// interruption with a [`EPOCH_TICK_MS`](crate::engine::EPOCH_TICK_MS)
+    /// tick, so a call is stopped within `timeout_ms + 2 × tick`. Default
+    /// 30,000. Example: `timeout_ms = 5000`.
+    pub timeout_ms: u64,
+    /// Largest linear memory an instance may have, in bytes; a `memory.grow`
+    /// past it stops the call. Default 536,870,912 (512 MiB); at most
+    /// [`MAX_MEMORY_CEILING_BYTES`](crate::engine::MAX_MEMORY_CEILING_BYTES).
+    /// Example: `max_memory_bytes = 67_108_864`.
+    pub max_memory_bytes: u64,
+    /// Largest result a call may return, in bytes of column buffers
+    /// (values, offsets, bitmaps, strings). Default 268,435,456 (256 MiB).
+    /// Example: `max_output_bytes = 16_777_216`.
+    pub max_output_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel_per_batch: 20_000_000_000,
+            timeout_ms: 30_000,
+            max_memory_bytes: 512 * 1024 * 1024,
+            max_output_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// The error a denied `memory.grow` raises; the call's trap carries it, and
+/// [`PluginError::classify`](super::PluginError) turns it into
+/// [`PluginError::MemoryLimit`](super::PluginError::MemoryLimit).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("linear memory would grow to {requested_bytes} bytes, over max_memory_bytes = {limit_bytes}")]
+pub struct MemoryLimitExceeded {
+    /// Size the plugin asked for, in bytes.
+    pub requested_bytes: u64,
+    /// The stage's `max_memory_bytes`.
+    pub limit_bytes: u64,
+}
+
+/// A [`wasmtime::ResourceLimiter`] that caps linear memory and records the
+/// peak size reached, in bytes.
+#[derive(Debug, Clone)]
+pub struct MemoryCap {
+    limit_bytes: u64,
+    peak_bytes: u64,
+}
+
+impl MemoryCap {
+    /// A limiter allowing at most `limit_bytes` of linear memory per memory.
+    pub fn new(limit_bytes: u64) -> Self {
+        Self {
+            limit_bytes,
+            peak_bytes: 0,
+        }
+    }
+
+    /// The largest linear memory size granted so far, in bytes.
+    pub fn peak_bytes(&self) -> u64 {
+        self.peak_bytes
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let desired = desired as u64;
+        if desired > self.limit_bytes {
+            return Err(MemoryLimitExceeded {
+                requested_bytes: desired,
+                limit_bytes: self.limit_bytes,
+            }
+            .into());
+        }
+        self.peak_bytes = self.peak_bytes.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(maximum.is_none_or(|max| desired <= max))
+    }
+}

@@ -1,0 +1,522 @@
+//! Plugins: load a component, check its world, instantiate it under limits
+//! and call it.
+//!
+//! - [`Plugin`] is a compiled, type-checked component of one [`PluginKind`],
+//!   ready to instantiate (it wraps wasmtime's `InstancePre`, so creating an
+//!   instance does no import resolution).
+//! - [`PluginInstance`] is one live instance with its own store. Each call
+//!   gets fresh fuel and a fresh deadline; a failed call makes the instance
+//!   unusable, and the caller instantiates a new one for the next batch.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use weir::plugin::{Limits, Plugin, PluginKind};
+//! let plugin = Plugin::load("builtin:select", Some(PluginKind::Transform), std::path::Path::new("."))?;
+//! let mut instance = plugin.instantiate("select", r#"{"drop":["x"]}"#.into(), Limits::default())?;
+//! # Ok(()) }
+//! ```
+
+mod cache;
+mod error;
+mod limits;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use sha2::{Digest, Sha256};
+use wasmtime::Store;
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use cache::{Origin, cache_dir};
+pub use error::PluginError;
+pub use limits::{Limits, MemoryCap, MemoryLimitExceeded};
+
+use crate::bindings::{extractor, host, transformer, types, validator};
+use crate::engine::{EPOCH_TICK_MS, Runtime};
+
+/// The three plugin kinds, one per WIT world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginKind {
+    /// World `extractor`, exporting `weir:plugin/extract`.
+    Extract,
+    /// World `validator`, exporting `weir:plugin/validate`.
+    Validate,
+    /// World `transformer`, exporting `weir:plugin/transform`.
+    Transform,
+}
+
+impl PluginKind {
+    /// The WIT world a plugin of this kind targets.
+    pub fn world(self) -> &'static str {
+        match self {
+            PluginKind::Extract => "extractor",
+            PluginKind::Validate => "validator",
+            PluginKind::Transform => "transformer",
+        }
+    }
+
+    /// The interface a plugin of this kind exports, versioned.
+    pub fn export(self) -> &'static str {
+        match self {
+            PluginKind::Extract => "weir:plugin/extract@0.1.0",
+            PluginKind::Validate => "weir:plugin/validate@0.1.0",
+            PluginKind::Transform => "weir:plugin/transform@0.1.0",
+        }
+    }
+
+    /// The kind's name as written in a pipeline file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Extract => "extract",
+            PluginKind::Validate => "validate",
+            PluginKind::Transform => "transform",
+        }
+    }
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The type-checked entry points of a component, by kind.
+enum Pre {
+    Extract(extractor::ExtractorPre<PluginState>),
+    Validate(validator::ValidatorPre<PluginState>),
+    Transform(transformer::TransformerPre<PluginState>),
+}
+
+/// A compiled plugin, ready to instantiate. Cheap to share across threads
+/// (`Arc<Plugin>`); each worker creates its own [`PluginInstance`].
+pub struct Plugin {
+    name: String,
+    kind: PluginKind,
+    sha256: String,
+    size_bytes: u64,
+    origin: Origin,
+    compile_time: Duration,
+    imports: Vec<String>,
+    pre: Pre,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a component declares, read without instantiating it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Inspection {
+    /// The plugin kind its exports make it, if any.
+    pub kind: Option<PluginKind>,
+    /// Its world, when it is a weir plugin.
+    pub world: Option<&'static str>,
+    /// Names of the interfaces and functions it exports.
+    pub exports: Vec<String>,
+    /// Names of the interfaces and functions it imports.
+    pub imports: Vec<String>,
+    /// Size of the component file, in bytes.
+    pub size_bytes: u64,
+    /// SHA-256 of the component bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// Resolves a pipeline's `plugin` value: `builtin:NAME` for a plugin shipped
+/// inside weir, or a path to a `.wasm` component, relative to `base_dir`
+/// (the pipeline file's directory) unless absolute.
+///
+/// # Errors
+/// An unknown built-in (listing the known ones) or an unreadable file.
+pub fn read_plugin_bytes(reference: &str, base_dir: &Path) -> Result<(String, Vec<u8>)> {
+    if let Some(name) = reference.strip_prefix("builtin:") {
+        let bytes = crate::builtin::get(name).ok_or_else(|| {
+            anyhow!(
+                "no built-in plugin `{name}`; built-ins are: {}",
+                crate::builtin::names().collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        return Ok((reference.to_string(), bytes.to_vec()));
+    }
+    let path: PathBuf = base_dir.join(reference);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading plugin {}", path.display()))?;
+    Ok((reference.to_string(), bytes))
+}
+
+/// SHA-256 of `bytes`, lowercase hex: a plugin's identity in reports,
+/// quarantine rows and the artifact cache.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn detect_kind(exports: &[String]) -> Option<PluginKind> {
+    [PluginKind::Extract, PluginKind::Validate, PluginKind::Transform]
+        .into_iter()
+        .find(|kind| exports.iter().any(|e| e == kind.export()))
+}
+
+fn names(items: impl Iterator<Item = (String, wasmtime::component::types::ComponentItem)>) -> Vec<String> {
+    items.map(|(name, _)| name).collect()
+}
+
+impl Plugin {
+    /// Loads the plugin `reference` (see [`read_plugin_bytes`]) and checks
+    /// that it is of `expected` kind, when given.
+    ///
+    /// # Errors
+    /// An unreadable file, bytes that are not a component, a component that
+    /// is not a weir plugin, one whose world differs from `expected`, or one
+    /// importing something weir does not provide.
+    pub fn load(reference: &str, expected: Option<PluginKind>, base_dir: &Path) -> Result<Plugin> {
+        let (name, bytes) = read_plugin_bytes(reference, base_dir)?;
+        Plugin::from_bytes(&name, &bytes, expected)
+    }
+
+    /// Compiles (or loads from the artifact cache) and type-checks a plugin
+    /// from its component bytes. See [`Plugin::load`] for the errors.
+    ///
+    /// # Errors
+    /// As [`Plugin::load`].
+    pub fn from_bytes(name: &str, bytes: &[u8], expected: Option<PluginKind>) -> Result<Plugin> {
+        let runtime = Runtime::shared();
+        let engine = runtime.engine();
+        let sha256 = sha256_hex(bytes);
+        let started = Instant::now();
+        let (component, origin) = cache::load_or_compile(engine, bytes, &sha256)
+            .with_context(|| format!("plugin `{name}` is not a valid WebAssembly component"))?;
+        let compile_time = started.elapsed();
+        let ty = component.component_type();
+        let exports = names(ty.exports(engine));
+        let imports = names(ty.imports(engine));
+        let kind = detect_kind(&exports).ok_or_else(|| {
+            anyhow!(
+                "plugin `{name}` is not a weir plugin: it exports none of {}, {}, {} (it exports: {})",
+                PluginKind::Extract.export(),
+                PluginKind::Validate.export(),
+                PluginKind::Transform.export(),
+                if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+            )
+        })?;
+        if let Some(expected) = expected
+            && expected != kind
+        {
+            bail!(
+                "plugin `{name}` is a {kind} plugin (world `{}`, exports {}) but the stage declares kind = \"{expected}\" (world `{}`)",
+                kind.world(),
+                kind.export(),
+                expected.world()
+            );
+        }
+        let instance_pre = runtime.linker().instantiate_pre(&component).map_err(|e| {
+            anyhow!("plugin `{name}` imports something weir does not provide: {}", e.root_cause())
+        })?;
+        let pre = match kind {
+            PluginKind::Extract => Pre::Extract(extractor::ExtractorPre::new(instance_pre)?),
+            PluginKind::Validate => Pre::Validate(validator::ValidatorPre::new(instance_pre)?),
+            PluginKind::Transform => Pre::Transform(transformer::TransformerPre::new(instance_pre)?),
+        };
+        Ok(Plugin {
+            name: name.to_string(),
+            kind,
+            sha256,
+            size_bytes: bytes.len() as u64,
+            origin,
+            compile_time,
+            imports,
+            pre,
+        })
+    }
+
+    /// Reads what a component file declares without instantiating it.
+    ///
+    /// # Errors
+    /// When the bytes are not a valid component.
+    pub fn inspect(bytes: &[u8]) -> Result<Inspection> {
+        let engine = Runtime::shared().engine();
+        let sha256 = sha256_hex(bytes);
+        let (component, _) = cache::load_or_compile(engine, bytes, &sha256)?;
+        let ty = component.component_type();
+        let exports = names(ty.exports(engine));
+        let kind = detect_kind(&exports);
+        Ok(Inspection {
+            kind,
+            world: kind.map(PluginKind::world),
+            exports,
+            imports: names(ty.imports(engine)),
+            size_bytes: bytes.len() as u64,
+            sha256,
+        })
+    }
+
+    /// The name it was loaded by (`builtin:check`, `plugins/x.wasm`...).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> PluginKind {
+        self.kind
+    }
+
+    /// SHA-256 of the component bytes, lowercase hex.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Size of the component file, in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// Whether it was compiled now or loaded from the artifact cache.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// Time spent compiling or loading it from the cache.
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    /// Names of the interfaces it imports.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    /// Creates an instance for stage `stage`, whose `config` import returns
+    /// `config_json`, with `limits` applied to every call.
+    ///
+    /// # Errors
+    /// [`PluginError::Instantiate`] when instantiation traps or runs out of
+    /// pooling slots; a limit exhausted during start-up is reported as that
+    /// limit's kind.
+    pub fn instantiate(&self, stage: &str, config_json: Arc<str>, limits: Limits) -> Result<PluginInstance, PluginError> {
+        let engine = Runtime::shared().engine();
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY_BYTES);
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new().stderr(stderr.clone()).build();
+        let state = PluginState {
+            wasi,
+            table: ResourceTable::new(),
+            memory: MemoryCap::new(limits.max_memory_bytes),
+            config_json,
+            plugin: Arc::from(self.name.as_str()),
+            stage: Arc::from(stage),
+            stderr,
+            log_lines: 0,
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|state| &mut state.memory);
+        let mut instance = PluginInstance {
+            store,
+            exports: Exports::Pending,
+            limits,
+        };
+        instance.arm();
+        let exports = match &self.pre {
+            Pre::Extract(pre) => pre.instantiate(&mut instance.store).map(Exports::Extract),
+            Pre::Validate(pre) => pre.instantiate(&mut instance.store).map(Exports::Validate),
+            Pre::Transform(pre) => pre.instantiate(&mut instance.store).map(Exports::Transform),
+        };
+        instance.exports = exports.map_err(|e| match instance.classify(&e) {
+            PluginError::Trap(message) => PluginError::Instantiate(message),
+            other => other,
+        })?;
+        Ok(instance)
+    }
+}
+
+/// Bytes of a plugin's stderr kept for error messages (a Rust panic message
+/// fits easily).
+const STDERR_CAPACITY_BYTES: usize = 64 * 1024;
+
+/// Log lines one instance may write per call before the rest are dropped.
+const LOG_LINES_PER_CALL: u32 = 1000;
+
+/// The data in each plugin's store: its WASI context (with no capability
+/// granted: no files, no network, no environment), memory limiter, stage
+/// configuration and captured stderr.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryCap,
+    config_json: Arc<str>,
+    plugin: Arc<str>,
+    stage: Arc<str>,
+    stderr: MemoryOutputPipe,
+    log_lines: u32,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl host::Host for PluginState {
+    fn log(&mut self, level: host::Level, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > LOG_LINES_PER_CALL {
+            return;
+        }
+        let (plugin, stage) = (&*self.plugin, &*self.stage);
+        match level {
+            host::Level::Trace => tracing::trace!(plugin, stage, "{message}"),
+            host::Level::Debug => tracing::debug!(plugin, stage, "{message}"),
+            host::Level::Info => tracing::info!(plugin, stage, "{message}"),
+            host::Level::Warn => tracing::warn!(plugin, stage, "{message}"),
+            host::Level::Error => tracing::error!(plugin, stage, "{message}"),
+        }
+    }
+
+    fn config(&mut self) -> String {
+        self.config_json.to_string()
+    }
+}
+
+impl types::Host for PluginState {}
+
+enum Exports {
+    Pending,
+    Extract(extractor::Extractor),
+    Validate(validator::Validator),
+    Transform(transformer::Transformer),
+}
+
+/// Resource use of one successful call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallStats {
+    /// Fuel units consumed.
+    pub fuel: u64,
+    /// Wall-clock duration of the call, lifting and lowering included.
+    pub duration: Duration,
+    /// Largest linear memory the instance has reached, in bytes.
+    pub peak_memory_bytes: u64,
+}
+
+/// One live plugin instance with its own store. Not shareable across
+/// threads at once; after any error it must be dropped.
+pub struct PluginInstance {
+    store: Store<PluginState>,
+    exports: Exports,
+    limits: Limits,
+}
+
+impl PluginInstance {
+    /// Refills fuel and restarts the deadline before a call.
+    fn arm(&mut self) {
+        self.store.data_mut().log_lines = 0;
+        self.store
+            .set_fuel(self.limits.fuel_per_batch)
+            .expect("fuel metering is enabled on the engine");
+        self.store.set_epoch_deadline(self.limits.timeout_ms.div_ceil(EPOCH_TICK_MS).max(1));
+    }
+
+    fn classify(&self, error: &wasmtime::Error) -> PluginError {
+        let stderr = String::from_utf8_lossy(&self.store.data().stderr.contents()).into_owned();
+        PluginError::classify(error, &self.limits, &stderr)
+    }
+
+    fn stats(&self, started: Instant) -> CallStats {
+        let left = self.store.get_fuel().unwrap_or(0);
+        CallStats {
+            fuel: self.limits.fuel_per_batch.saturating_sub(left),
+            duration: started.elapsed(),
+            peak_memory_bytes: self.store.data().memory.peak_bytes(),
+        }
+    }
+
+    fn check_output(&self, bytes: u64) -> Result<(), PluginError> {
+        if bytes > self.limits.max_output_bytes {
+            return Err(PluginError::OutputTooLarge {
+                bytes,
+                limit_bytes: self.limits.max_output_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Calls `transform` on `batch`.
+    ///
+    /// # Errors
+    /// Any [`PluginError`] kind; the instance must then be dropped.
+    pub fn transform(&mut self, batch: &types::RecordBatch) -> Result<(types::RecordBatch, CallStats), PluginError> {
+        let Exports::Transform(exports) = &self.exports else {
+            unreachable!("PluginInstance::transform on a non-transform plugin")
+        };
+        let exports = exports.weir_plugin_transform().clone();
+        self.arm();
+        let started = Instant::now();
+        let result = exports.call_transform(&mut self.store, batch);
+        let stats = self.stats(started);
+        let output = result.map_err(|e| self.classify(&e))?.map_err(PluginError::returned)?;
+        self.check_output(crate::columnar::payload_bytes(&output))?;
+        Ok((output, stats))
+    }
+
+    /// Calls `validate` on `batch`.
+    ///
+    /// # Errors
+    /// Any [`PluginError`] kind; a verdict naming a row outside the batch is
+    /// [`PluginError::MalformedOutput`].
+    pub fn validate(&mut self, batch: &types::RecordBatch) -> Result<(Vec<Verdict>, CallStats), PluginError> {
+        let Exports::Validate(exports) = &self.exports else {
+            unreachable!("PluginInstance::validate on a non-validate plugin")
+        };
+        let exports = exports.weir_plugin_validate().clone();
+        self.arm();
+        let started = Instant::now();
+        let result = exports.call_validate(&mut self.store, batch);
+        let stats = self.stats(started);
+        let verdicts = result.map_err(|e| self.classify(&e))?.map_err(PluginError::returned)?;
+        let bytes: u64 = verdicts.iter().map(|v| (4 + v.rule.len() + v.message.len()) as u64).sum();
+        self.check_output(bytes)?;
+        if let Some(bad) = verdicts.iter().find(|v| v.row >= batch.num_rows) {
+            return Err(PluginError::MalformedOutput(format!(
+                "verdict for row {} but the batch has {} rows",
+                bad.row, batch.num_rows
+            )));
+        }
+        Ok((verdicts, stats))
+    }
+
+    /// Calls `extract` on one source object's bytes.
+    ///
+    /// # Errors
+    /// Any [`PluginError`] kind; the instance must then be dropped.
+    pub fn extract(
+        &mut self,
+        data: &[u8],
+        metadata: &SourceMetadata,
+    ) -> Result<(Vec<types::RecordBatch>, CallStats), PluginError> {
+        let Exports::Extract(exports) = &self.exports else {
+            unreachable!("PluginInstance::extract on a non-extract plugin")
+        };
+        let exports = exports.weir_plugin_extract().clone();
+        self.arm();
+        let started = Instant::now();
+        let result = exports.call_extract(&mut self.store, data, metadata);
+        let stats = self.stats(started);
+        let batches = result.map_err(|e| self.classify(&e))?.map_err(PluginError::returned)?;
+        self.check_output(batches.iter().map(crate::columnar::payload_bytes).sum())?;
+        Ok((batches, stats))
+    }
+}
+
+/// One failed check on one row, as returned by a validate plugin.
+pub type Verdict = validator::exports::weir::plugin::validate::Verdict;
+
+/// Where an extract plugin's bytes came from.
+pub type SourceMetadata = extractor::exports::weir::plugin::extract::SourceMetadata;

@@ -1,0 +1,214 @@
+//! The quarantine (dead-letter) sink: every rejected row, with why.
+//!
+//! Rows rejected at any stage share one schema, whatever the stage's input
+//! looked like ([`schema`]): reason columns plus the original row as a JSON
+//! object. In JSON Lines `record` is a nested object; in Parquet it is JSON
+//! text. Like [`crate::sink::Sink`], the file appears only on commit.
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `run_id` | utf8 | the run that rejected the row |
+//! | `source_file` | utf8 | the input file the row came from |
+//! | `stage` | utf8 | the stage that rejected it |
+//! | `plugin` | utf8 | the stage's plugin (`builtin:check`, a path...) |
+//! | `plugin_sha256` | utf8 | SHA-256 of the plugin component |
+//! | `error_kind` | utf8 | `validation` or a [`PluginError::kind`](crate::plugin::PluginError::kind) |
+//! | `rule` | utf8, nullable | validation: the failed rule ids, comma-separated |
+//! | `message` | utf8 | validation: the messages, `; `-separated; else the error |
+//! | `record` | utf8 (JSON) | the row as the stage received it, nulls explicit |
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arrow::array::{ArrayRef, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+
+use crate::config::{QuarantineConfig, QuarantineFormat, WriteMode};
+
+/// Why a group of rows was rejected: everything but the row itself.
+#[derive(Debug, Clone)]
+pub struct Reason {
+    /// The stage that rejected the rows.
+    pub stage: Arc<str>,
+    /// The stage's plugin reference.
+    pub plugin: Arc<str>,
+    /// SHA-256 of the plugin component.
+    pub plugin_sha256: Arc<str>,
+    /// `validation` or a plugin error kind.
+    pub error_kind: String,
+    /// Failed rule ids (validation only).
+    pub rule: Option<String>,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// The quarantine's Arrow schema (see the module docs).
+pub fn schema() -> SchemaRef {
+    let utf8 = |name: &str, nullable| Field::new(name, DataType::Utf8, nullable);
+    Arc::new(Schema::new(vec![
+        utf8("run_id", false),
+        utf8("source_file", false),
+        utf8("stage", false),
+        utf8("plugin", false),
+        utf8("plugin_sha256", false),
+        utf8("error_kind", false),
+        utf8("rule", true),
+        utf8("message", false),
+        utf8("record", false),
+    ]))
+}
+
+/// Each row of `rows` as a JSON object with explicit nulls.
+pub fn rows_as_json(rows: &RecordBatch) -> Result<Vec<String>> {
+    let mut writer = arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow::json::writer::LineDelimited>(Vec::new());
+    writer.write(rows)?;
+    writer.finish()?;
+    let text = String::from_utf8(writer.into_inner())?;
+    Ok(text.lines().map(str::to_string).collect())
+}
+
+enum Writer {
+    Jsonl(BufWriter<File>),
+    Parquet(ArrowWriter<File>),
+}
+
+/// An open quarantine sink.
+pub struct Quarantine {
+    format: QuarantineFormat,
+    final_path: PathBuf,
+    staging: PathBuf,
+    run_id: Arc<str>,
+    writer: Option<Writer>,
+    rows: u64,
+    committed: bool,
+}
+
+impl Quarantine {
+    /// Prepares the quarantine at `config.path` (relative to `base_dir`).
+    ///
+    /// # Errors
+    /// When the staging file cannot be created.
+    pub fn create(config: &QuarantineConfig, base_dir: &Path, run_id: &str) -> Result<Quarantine> {
+        let final_path = base_dir.join(&config.path);
+        let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let staging = final_path.with_file_name(format!(".{name}.weir-{run_id}.tmp"));
+        if let Some(parent) = staging.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let file = File::create(&staging).with_context(|| format!("creating {}", staging.display()))?;
+        let writer = match config.format {
+            QuarantineFormat::Jsonl => Writer::Jsonl(BufWriter::new(file)),
+            QuarantineFormat::Parquet => Writer::Parquet(ArrowWriter::try_new(file, schema(), None)?),
+        };
+        Ok(Quarantine {
+            format: config.format,
+            final_path,
+            staging,
+            run_id: Arc::from(run_id),
+            writer: Some(writer),
+            rows: 0,
+            committed: false,
+        })
+    }
+
+    /// Final path of the quarantine file.
+    pub fn path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Writes `rows`, whose row `i` was rejected for `reasons[i]`, read from
+    /// `source_file`.
+    ///
+    /// # Errors
+    /// An I/O error, or `reasons.len() != rows.num_rows()`.
+    pub fn write(&mut self, rows: &RecordBatch, reasons: &[Reason], source_file: &str) -> Result<()> {
+        anyhow::ensure!(reasons.len() == rows.num_rows(), "one reason per quarantined row");
+        if reasons.is_empty() {
+            return Ok(());
+        }
+        let records = rows_as_json(rows)?;
+        match self.writer.as_mut().expect("open until commit") {
+            Writer::Jsonl(out) => {
+                for (reason, record) in reasons.iter().zip(&records) {
+                    let line = serde_json::json!({
+                        "run_id": &*self.run_id,
+                        "source_file": source_file,
+                        "stage": &*reason.stage,
+                        "plugin": &*reason.plugin,
+                        "plugin_sha256": &*reason.plugin_sha256,
+                        "error_kind": reason.error_kind,
+                        "rule": reason.rule,
+                        "message": reason.message,
+                        "record": serde_json::from_str::<serde_json::Value>(record)?,
+                    });
+                    serde_json::to_writer(&mut *out, &line)?;
+                    out.write_all(b"\n")?;
+                }
+            }
+            Writer::Parquet(out) => {
+                let n = reasons.len();
+                let column = |f: &dyn Fn(&Reason) -> Option<String>| -> ArrayRef {
+                    Arc::new(StringArray::from(reasons.iter().map(f).collect::<Vec<_>>()))
+                };
+                let batch = RecordBatch::try_new(
+                    schema(),
+                    vec![
+                        Arc::new(StringArray::from(vec![&*self.run_id; n])),
+                        Arc::new(StringArray::from(vec![source_file; n])),
+                        column(&|r| Some(r.stage.to_string())),
+                        column(&|r| Some(r.plugin.to_string())),
+                        column(&|r| Some(r.plugin_sha256.to_string())),
+                        column(&|r| Some(r.error_kind.clone())),
+                        column(&|r| r.rule.clone()),
+                        column(&|r| Some(r.message.clone())),
+                        Arc::new(StringArray::from(records)),
+                    ],
+                )?;
+                out.write(&batch)?;
+            }
+        }
+        self.rows += reasons.len() as u64;
+        Ok(())
+    }
+
+    /// Closes the file and moves it into place, replacing the previous run's.
+    ///
+    /// # Errors
+    /// An I/O error.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        match self.writer.take().expect("open until commit") {
+            Writer::Jsonl(mut out) => out.flush()?,
+            Writer::Parquet(out) => {
+                out.close()?;
+            }
+        }
+        crate::sink::replace(&self.staging, &self.final_path, WriteMode::Overwrite, &self.run_id)?;
+        self.committed = true;
+        Ok(self.final_path.clone())
+    }
+
+    /// The format it writes.
+    pub fn format(&self) -> QuarantineFormat {
+        self.format
+    }
+}
+
+impl Drop for Quarantine {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.staging);
+        }
+    }
+}

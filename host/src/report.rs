@@ -1,0 +1,119 @@
+//! The run report: what a run read, wrote and rejected, per stage, with
+//! lineage (input files, output files, each plugin's content hash).
+//! `weir run --report FILE` writes it as JSON.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::plugin::PluginKind;
+use crate::sink::OutputFile;
+
+/// Counts and lineage for one finished run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Random UUID identifying the run; also in every quarantine row.
+    pub run_id: String,
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The pipeline file.
+    pub pipeline_file: PathBuf,
+    /// When the run started, RFC 3339 UTC.
+    pub started_at: String,
+    /// Wall-clock duration, in milliseconds.
+    pub duration_ms: u64,
+    /// Whole-run totals.
+    pub records: RecordCounts,
+    /// One entry per stage, in pipeline order.
+    pub stages: Vec<StageReport>,
+    /// Input files, in the order read.
+    pub inputs: Vec<InputFile>,
+    /// Committed output files.
+    pub outputs: Vec<OutputFile>,
+    /// The committed quarantine file and its row count.
+    pub quarantine: QuarantineReport,
+}
+
+/// Whole-run record totals. `read == written + quarantined + filtered`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RecordCounts {
+    /// Rows read from the source.
+    pub read: u64,
+    /// Rows written to the sink.
+    pub written: u64,
+    /// Rows sent to the quarantine.
+    pub quarantined: u64,
+    /// Rows a transform left out on purpose.
+    pub filtered: u64,
+}
+
+/// Counts for one stage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageReport {
+    /// Stage name.
+    pub name: String,
+    /// Plugin kind.
+    pub kind: Option<PluginKind>,
+    /// Plugin reference.
+    pub plugin: String,
+    /// SHA-256 of the plugin component (lineage).
+    pub plugin_sha256: String,
+    /// Rows that reached this stage.
+    pub records_in: u64,
+    /// Rows it passed on.
+    pub records_out: u64,
+    /// Rows it quarantined (failed validation or a failed call).
+    pub quarantined: u64,
+    /// Rows a transform left out on purpose.
+    pub filtered: u64,
+    /// Plugin calls made.
+    pub calls: u64,
+    /// Failed calls by error kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Fuel units consumed by successful calls.
+    pub fuel_consumed: u64,
+    /// Time spent in successful plugin calls, in milliseconds, summed over
+    /// workers (can exceed the run's wall-clock time).
+    pub call_time_ms: f64,
+    /// Largest linear memory any instance of this stage reached, in bytes.
+    pub peak_memory_bytes: u64,
+    /// Instances created (one per worker, plus one after each failure).
+    pub instances: u64,
+}
+
+impl StageReport {
+    /// Adds `other`'s counts into `self` (used to merge per-worker counts).
+    pub fn merge(&mut self, other: &StageReport) {
+        self.records_in += other.records_in;
+        self.records_out += other.records_out;
+        self.quarantined += other.quarantined;
+        self.filtered += other.filtered;
+        self.calls += other.calls;
+        for (kind, n) in &other.errors {
+            *self.errors.entry(kind.clone()).or_default() += n;
+        }
+        self.fuel_consumed += other.fuel_consumed;
+        self.call_time_ms += other.call_time_ms;
+        self.peak_memory_bytes = self.peak_memory_bytes.max(other.peak_memory_bytes);
+        self.instances += other.instances;
+    }
+}
+
+/// One input file.
+#[derive(Debug, Clone, Serialize)]
+pub struct InputFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// Its size, in bytes.
+    pub bytes: u64,
+}
+
+/// The quarantine's lineage entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineReport {
+    /// The committed file.
+    pub path: PathBuf,
+    /// Rows in it.
+    pub rows: u64,
+}

@@ -1,0 +1,419 @@
+//! Sinks: write record batches as Parquet (optionally Hive-partitioned),
+//! JSON Lines or CSV, atomically.
+//!
+//! Nothing is written at the final path until [`Sink::commit`]: files go
+//! to a staging path beside it (`.NAME.weir-RUNID.tmp`) and are renamed into
+//! place at the end, so an interrupted run never leaves output that looks
+//! complete. [`Sink::abort`] (or dropping the sink) removes the staging path.
+//! With `mode = "overwrite"` the old output stays intact until the rename.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use arrow::array::{Array, ArrayRef, UInt32Array};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::config::{SinkConfig, SinkFormat, WriteMode};
+
+/// Directory name Hive uses for a null partition value.
+pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// One file the sink committed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutputFile {
+    /// Final path of the file.
+    pub path: PathBuf,
+    /// Rows written to it.
+    pub rows: u64,
+}
+
+enum FileWriter {
+    Parquet(ArrowWriter<File>),
+    Jsonl(arrow::json::Writer<BufWriter<File>, arrow::json::writer::LineDelimited>),
+    Csv(arrow::csv::Writer<BufWriter<File>>),
+}
+
+impl FileWriter {
+    fn create(format: SinkFormat, path: &Path, schema: SchemaRef, compression: &str) -> Result<FileWriter> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(match format {
+            SinkFormat::Parquet => {
+                let compression = match compression {
+                    "zstd" => Compression::ZSTD(ZstdLevel::default()),
+                    "none" => Compression::UNCOMPRESSED,
+                    _ => Compression::SNAPPY,
+                };
+                let properties = WriterProperties::builder().set_compression(compression).build();
+                FileWriter::Parquet(ArrowWriter::try_new(file, schema, Some(properties))?)
+            }
+            SinkFormat::Jsonl => FileWriter::Jsonl(
+                arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build(BufWriter::new(file)),
+            ),
+            SinkFormat::Csv => FileWriter::Csv(arrow::csv::WriterBuilder::new().with_header(true).build(BufWriter::new(file))),
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        match self {
+            FileWriter::Parquet(w) => w.write(batch)?,
+            FileWriter::Jsonl(w) => w.write(batch)?,
+            FileWriter::Csv(w) => w.write(batch)?,
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            FileWriter::Parquet(w) => {
+                w.close()?;
+            }
+            FileWriter::Jsonl(mut w) => {
+                w.finish()?;
+                std::io::Write::flush(w.get_mut())?;
+            }
+            FileWriter::Csv(w) => {
+                std::io::Write::flush(&mut w.into_inner())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct OpenFile {
+    writer: FileWriter,
+    relative: PathBuf,
+    rows: u64,
+}
+
+/// An open sink. Batches written to it may arrive with any nullability;
+/// their column names and types must match the first batch's.
+pub struct Sink {
+    format: SinkFormat,
+    compression: String,
+    partition_by: Vec<String>,
+    mode: WriteMode,
+    final_path: PathBuf,
+    staging: PathBuf,
+    run_id: String,
+    schema: Option<SchemaRef>,
+    files: HashMap<String, OpenFile>,
+    committed: bool,
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{suffix}"))
+}
+
+impl Sink {
+    /// Prepares a sink writing to `config.path` (relative to `base_dir`).
+    ///
+    /// # Errors
+    /// When the output exists and `mode` is `error_if_exists`.
+    pub fn create(config: &SinkConfig, base_dir: &Path, run_id: &str) -> Result<Sink> {
+        let final_path = base_dir.join(&config.path);
+        if config.mode == WriteMode::ErrorIfExists && final_path.exists() {
+            bail!("{} exists; remove it or set mode = \"overwrite\"", final_path.display());
+        }
+        Ok(Sink {
+            format: config.format,
+            compression: config.compression.clone(),
+            partition_by: config.partition_by.clone(),
+            mode: config.mode,
+            staging: sibling(&final_path, &format!("weir-{run_id}.tmp")),
+            final_path,
+            run_id: run_id.to_string(),
+            schema: None,
+            files: HashMap::new(),
+            committed: false,
+        })
+    }
+
+    /// The path the output will have once committed.
+    pub fn path(&self) -> &Path {
+        &self.final_path
+    }
+
+    fn partitioned(&self) -> bool {
+        !self.partition_by.is_empty()
+    }
+
+    /// The writer schema: the first batch's, all nullable, partition columns
+    /// removed.
+    fn writer_schema(&mut self, batch: &RecordBatch) -> Result<SchemaRef> {
+        if let Some(schema) = &self.schema {
+            return Ok(schema.clone());
+        }
+        for column in &self.partition_by {
+            if batch.schema().index_of(column).is_err() {
+                bail!("partition column `{column}` is not in the output (columns: {})", column_names(batch));
+            }
+        }
+        let fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| !self.partition_by.contains(f.name()))
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        self.schema = Some(schema.clone());
+        Ok(schema)
+    }
+
+    /// Writes `batch` (rows × the output schema).
+    ///
+    /// # Errors
+    /// A batch whose columns differ from the first batch's, or an I/O error.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let schema = self.writer_schema(batch)?;
+        if !self.partitioned() {
+            let data = conform(batch, &schema, &[])?;
+            return self.write_to(String::new(), &data);
+        }
+        for (key, indices) in partition_rows(batch, &self.partition_by)? {
+            let rows = arrow::compute::take_record_batch(batch, &indices)?;
+            let data = conform(&rows, &schema, &self.partition_by)?;
+            self.write_to(key, &data)?;
+        }
+        Ok(())
+    }
+
+    fn write_to(&mut self, key: String, data: &RecordBatch) -> Result<()> {
+        if !self.files.contains_key(&key) {
+            let relative = if self.partitioned() {
+                Path::new(&key).join(format!("part-{}.parquet", self.run_id))
+            } else {
+                PathBuf::new()
+            };
+            let path = if self.partitioned() { self.staging.join(&relative) } else { self.staging.clone() };
+            let schema = self.schema.clone().expect("set by writer_schema");
+            let writer = FileWriter::create(self.format, &path, schema, &self.compression)?;
+            self.files.insert(key.clone(), OpenFile { writer, relative, rows: 0 });
+        }
+        let file = self.files.get_mut(&key).expect("inserted above");
+        file.writer.write(data)?;
+        file.rows += data.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Finishes every file and moves the output into place.
+    ///
+    /// # Errors
+    /// An I/O error; the old output, if any, is then left as it was.
+    pub fn commit(mut self) -> Result<Vec<OutputFile>> {
+        let mut outputs = Vec::new();
+        let files: Vec<(String, OpenFile)> = self.files.drain().collect();
+        for (_, file) in files {
+            file.writer.finish()?;
+            let path = if self.partitioned() { self.final_path.join(&file.relative) } else { self.final_path.clone() };
+            outputs.push(OutputFile { path, rows: file.rows });
+        }
+        if outputs.is_empty() {
+            // No rows: still commit an empty output so downstream sees the run.
+            if self.partitioned() {
+                std::fs::create_dir_all(&self.staging)?;
+            } else {
+                let schema = self.schema.clone().unwrap_or_else(|| Arc::new(Schema::empty()));
+                FileWriter::create(self.format, &self.staging, schema, &self.compression)?.finish()?;
+                outputs.push(OutputFile {
+                    path: self.final_path.clone(),
+                    rows: 0,
+                });
+            }
+        }
+        replace(&self.staging, &self.final_path, self.mode, &self.run_id)?;
+        self.committed = true;
+        outputs.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(outputs)
+    }
+
+    /// Discards everything written so far.
+    pub fn abort(self) {}
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = remove_path(&self.staging);
+        }
+    }
+}
+
+fn remove_path(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }
+}
+
+/// Moves `staging` to `final_path`. An existing output (allowed by `mode`)
+/// is first renamed aside, then removed once the new one is in place.
+pub fn replace(staging: &Path, final_path: &Path, mode: WriteMode, run_id: &str) -> Result<()> {
+    if final_path.exists() {
+        if mode == WriteMode::ErrorIfExists {
+            bail!("{} appeared during the run; not overwriting it", final_path.display());
+        }
+        let old = sibling(final_path, &format!("weir-{run_id}.old"));
+        std::fs::rename(final_path, &old).with_context(|| format!("moving aside {}", final_path.display()))?;
+        std::fs::rename(staging, final_path).with_context(|| format!("moving {} into place", staging.display()))?;
+        remove_path(&old).with_context(|| format!("removing the old output {}", old.display()))?;
+    } else {
+        if let Some(parent) = final_path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::rename(staging, final_path).with_context(|| format!("moving {} into place", staging.display()))?;
+    }
+    Ok(())
+}
+
+fn column_names(batch: &RecordBatch) -> String {
+    batch.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// `batch` without the `partition_by` columns, on `schema`.
+fn conform(batch: &RecordBatch, schema: &SchemaRef, partition_by: &[String]) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .filter(|(f, _)| !partition_by.contains(f.name()))
+        .map(|(_, c)| c.clone())
+        .collect();
+    let names: Vec<&str> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|n| !partition_by.iter().any(|p| p == n))
+        .collect();
+    let expected: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    if names != expected {
+        bail!(
+            "the output's columns changed between batches: first [{}], now [{}]",
+            expected.join(", "),
+            names.join(", ")
+        );
+    }
+    RecordBatch::try_new(schema.clone(), columns).context("the output's column types changed between batches")
+}
+
+/// Hive-style directory for one row: `a=1/b=x`, values percent-encoded
+/// where they would break a path, nulls as [`NULL_PARTITION`].
+fn partition_rows(batch: &RecordBatch, partition_by: &[String]) -> Result<Vec<(String, UInt32Array)>> {
+    let options = FormatOptions::default();
+    let columns = partition_by
+        .iter()
+        .map(|name| {
+            let column = batch.column_by_name(name).expect("checked by writer_schema");
+            Ok((name, column, ArrayFormatter::try_new(column.as_ref(), &options)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut groups: Vec<(String, Vec<u32>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for row in 0..batch.num_rows() {
+        let key = columns
+            .iter()
+            .map(|(name, column, formatter)| {
+                let value = if column.is_null(row) { NULL_PARTITION.to_string() } else { escape(&formatter.value(row).to_string()) };
+                format!("{name}={value}")
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let slot = *index.entry(key.clone()).or_insert_with(|| {
+            groups.push((key, Vec::new()));
+            groups.len() - 1
+        });
+        groups[slot].1.push(row as u32);
+    }
+    Ok(groups.into_iter().map(|(k, rows)| (k, UInt32Array::from(rows))).collect())
+}
+
+/// Percent-encodes the characters Hive escapes in partition values.
+fn escape(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| match c {
+            '/' | '\\' | '=' | '%' | ':' | '#' | '?' | '*' | '"' | '\'' | '[' | ']' | '^' | '{' | '}' | '\n' | '\r' | '\t' => {
+                format!("%{:02X}", c as u32)
+            }
+            c if c.is_control() => format!("%{:02X}", c as u32),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+
+    #[test]
+    fn partition_values_are_escaped() {
+        assert_eq!(escape("a/b=c"), "a%2Fb%3Dc");
+        assert_eq!(escape("東京"), "東京");
+    }
+
+    #[test]
+    fn partitioned_parquet_commits_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SinkConfig {
+            format: SinkFormat::Parquet,
+            path: "out".into(),
+            partition_by: vec!["m".into()],
+            compression: "snappy".into(),
+            mode: WriteMode::ErrorIfExists,
+        };
+        let batch = RecordBatch::try_from_iter([
+            ("m", Arc::new(Int64Array::from(vec![Some(1), Some(2), None, Some(1)])) as ArrayRef),
+            ("v", Arc::new(StringArray::from(vec!["a", "b", "c", "d"])) as ArrayRef),
+        ])
+        .unwrap();
+        let mut sink = Sink::create(&config, dir.path(), "r1").unwrap();
+        sink.write(&batch).unwrap();
+        assert!(!dir.path().join("out").exists(), "nothing visible before commit");
+        let files = sink.commit().unwrap();
+        let rows: Vec<(String, u64)> = files
+            .iter()
+            .map(|f| (f.path.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned(), f.rows))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![("m=1".into(), 2), ("m=2".into(), 1), (format!("m={NULL_PARTITION}"), 1)]
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("out")]);
+    }
+
+    #[test]
+    fn aborted_sink_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SinkConfig {
+            format: SinkFormat::Jsonl,
+            path: "out.jsonl".into(),
+            partition_by: vec![],
+            compression: "snappy".into(),
+            mode: WriteMode::ErrorIfExists,
+        };
+        let batch = RecordBatch::try_from_iter([("v", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef)]).unwrap();
+        let mut sink = Sink::create(&config, dir.path(), "r2").unwrap();
+        sink.write(&batch).unwrap();
+        sink.abort();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

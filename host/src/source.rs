@@ -1,0 +1,297 @@
+//! Sources: read CSV, JSON Lines or Parquet files as a stream of record
+//! batches of at most `batch_size` rows, never loading a whole file.
+//!
+//! The schema is fixed before the first batch: declared in the pipeline file,
+//! read from the first Parquet file, or inferred from the first
+//! `infer_rows` rows of the first CSV / JSON Lines file. Every file of a
+//! glob must fit that schema.
+
+use std::fs::File;
+use std::io::{BufReader, Seek};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::config::{SourceConfig, SourceFormat, expand_paths};
+
+/// The Arrow type for a type name of the pipeline file (`int64`...).
+pub fn parse_data_type(name: &str) -> Option<DataType> {
+    Some(match name {
+        "boolean" | "bool" => DataType::Boolean,
+        "int64" | "integer" => DataType::Int64,
+        "float64" | "double" => DataType::Float64,
+        "utf8" | "string" => DataType::Utf8,
+        "binary" => DataType::Binary,
+        "date32" | "date" => DataType::Date32,
+        "timestamp" => DataType::Timestamp(TimeUnit::Microsecond, None),
+        _ => return None,
+    })
+}
+
+/// One batch read from a source, with where it came from.
+#[derive(Debug, Clone)]
+pub struct SourceBatch {
+    /// The rows: at most `batch_size` × the source schema.
+    pub batch: RecordBatch,
+    /// The file it was read from.
+    pub file: Arc<str>,
+}
+
+/// An opened source: its files and schema.
+#[derive(Debug, Clone)]
+pub struct Source {
+    config: SourceConfig,
+    files: Vec<PathBuf>,
+    schema: SchemaRef,
+    batch_size: usize,
+}
+
+impl Source {
+    /// Resolves the files of `config` (relative to `base_dir`) and fixes the
+    /// schema.
+    ///
+    /// # Errors
+    /// No matching file, an unreadable first file, or a schema that cannot
+    /// be inferred.
+    pub fn open(config: &SourceConfig, base_dir: &Path, batch_size: usize) -> Result<Source> {
+        let files = expand_paths(base_dir, &config.path).map_err(anyhow::Error::msg)?;
+        let schema = match &config.schema {
+            Some(columns) => Arc::new(Schema::new(
+                columns
+                    .iter()
+                    .map(|c| {
+                        let data_type = parse_data_type(&c.data_type)
+                            .with_context(|| format!("unknown type `{}` for column `{}`", c.data_type, c.name))?;
+                        Ok(Field::new(&c.name, data_type, c.nullable))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            )),
+            None => infer_schema(config, &files[0]).with_context(|| format!("reading the schema of {}", files[0].display()))?,
+        };
+        Ok(Source {
+            config: config.clone(),
+            files,
+            schema,
+            batch_size,
+        })
+    }
+
+    /// The files to read, in order.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// The schema every batch has.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Total size of the files, in bytes (for progress).
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum()
+    }
+
+    /// Reads every file in turn, yielding batches of at most `batch_size`
+    /// rows. An error names the file; reading stops after it.
+    pub fn batches(&self) -> impl Iterator<Item = Result<SourceBatch>> + Send + 'static {
+        let this = self.clone();
+        self.files.clone().into_iter().flat_map(move |path| {
+            let file: Arc<str> = Arc::from(path.display().to_string());
+            let reader = this.open_file(&path).with_context(|| format!("opening {}", path.display()));
+            let batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send> = match reader {
+                Ok(reader) => reader,
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            };
+            let context = file.clone();
+            batches.map(move |batch| {
+                batch
+                    .with_context(|| format!("reading {context}"))
+                    .map(|batch| SourceBatch {
+                        batch,
+                        file: file.clone(),
+                    })
+            })
+        })
+    }
+
+    fn open_file(&self, path: &Path) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
+        let file = File::open(path)?;
+        let config = &self.config;
+        Ok(match config.format {
+            SourceFormat::Csv => {
+                let mut builder = arrow::csv::ReaderBuilder::new(self.schema.clone())
+                    .with_header(config.header)
+                    .with_delimiter(config.delimiter.as_bytes()[0])
+                    .with_quote(config.quote.as_bytes()[0])
+                    .with_batch_size(self.batch_size);
+                if let Some(regex) = null_regex(config)? {
+                    builder = builder.with_null_regex(regex);
+                }
+                Box::new(builder.build(BufReader::new(file))?.map(|b| b.map_err(Into::into)))
+            }
+            SourceFormat::Jsonl => {
+                let reader = arrow::json::ReaderBuilder::new(self.schema.clone())
+                    .with_batch_size(self.batch_size)
+                    .build(BufReader::new(file))?;
+                Box::new(reader.map(|b| b.map_err(Into::into)))
+            }
+            SourceFormat::Parquet => {
+                let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
+                    .with_batch_size(self.batch_size)
+                    .build()?;
+                let schema = reader.schema();
+                if schema.fields() != self.schema.fields() {
+                    bail!("its schema differs from the first file's: {schema:?}");
+                }
+                Box::new(reader.map(|b| b.map_err(Into::into)))
+            }
+        })
+    }
+}
+
+/// A regex matching the empty cell and every `null_values` entry exactly.
+fn null_regex(config: &SourceConfig) -> Result<Option<regex::Regex>> {
+    if config.null_values.is_empty() {
+        return Ok(None);
+    }
+    let alternatives: Vec<String> = config.null_values.iter().map(|v| regex::escape(v)).collect();
+    Ok(Some(regex::Regex::new(&format!("^(|{})$", alternatives.join("|")))?))
+}
+
+fn infer_schema(config: &SourceConfig, path: &Path) -> Result<SchemaRef> {
+    let mut file = File::open(path)?;
+    let schema = match config.format {
+        SourceFormat::Csv => {
+            let mut format = arrow::csv::reader::Format::default()
+                .with_header(config.header)
+                .with_delimiter(config.delimiter.as_bytes()[0])
+                .with_quote(config.quote.as_bytes()[0]);
+            if let Some(regex) = null_regex(config)? {
+                format = format.with_null_regex(regex);
+            }
+            format.infer_schema(BufReader::new(&mut file), Some(config.infer_rows))?.0
+        }
+        SourceFormat::Jsonl => arrow::json::reader::infer_json_schema(BufReader::new(&mut file), Some(config.infer_rows))?.0,
+        SourceFormat::Parquet => {
+            file.rewind()?;
+            ParquetRecordBatchReaderBuilder::try_new(file)?.schema().as_ref().clone()
+        }
+    };
+    Ok(Arc::new(schema))
+}
+
+/// Reads a whole reference table (format from the extension: `.csv`,
+/// `.jsonl`/`.ndjson`, `.parquet`) into JSON row objects; CSV cells `NA`
+/// and empty are null.
+///
+/// # Errors
+/// An unknown extension, an unreadable file, or more than `max_bytes` of JSON.
+pub fn read_reference_table(path: &Path, max_bytes: usize) -> Result<serde_json::Value> {
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let format = match extension {
+        "csv" => SourceFormat::Csv,
+        "jsonl" | "ndjson" => SourceFormat::Jsonl,
+        "parquet" => SourceFormat::Parquet,
+        other => bail!("{}: unknown table format `.{other}` (use .csv, .jsonl or .parquet)", path.display()),
+    };
+    let config = SourceConfig {
+        format,
+        path: path.display().to_string(),
+        header: true,
+        delimiter: ",".into(),
+        quote: "\"".into(),
+        null_values: vec!["NA".into()],
+        infer_rows: 100_000,
+        schema: None,
+    };
+    let source = Source::open(&config, Path::new(""), 8192)?;
+    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+    for batch in source.batches() {
+        writer.write(&batch?.batch)?;
+        if writer.get_ref().len() > max_bytes {
+            bail!("{} is larger than {max_bytes} bytes as JSON", path.display());
+        }
+    }
+    writer.finish()?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(serde_json::Value::Array(Vec::new()));
+    }
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// Reads up to `limit` rows of a weir output for display: a Parquet, JSON
+/// Lines or CSV file (by extension), or a directory of Parquet files, where
+/// Hive-style `key=value` directories come back as `utf8` columns.
+///
+/// # Errors
+/// An unreadable path or an unknown file extension.
+pub fn read_output(path: &Path, limit: usize) -> Result<Vec<RecordBatch>> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let pattern = path.join("**/*.parquet");
+        let mut files: Vec<PathBuf> = glob::glob(&pattern.to_string_lossy())?.filter_map(Result::ok).collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut batches = Vec::new();
+    let mut remaining = limit;
+    for file in files {
+        if remaining == 0 {
+            break;
+        }
+        let format = match file.extension().and_then(|e| e.to_str()) {
+            Some("parquet") => SourceFormat::Parquet,
+            Some("jsonl") | Some("ndjson") => SourceFormat::Jsonl,
+            Some("csv") => SourceFormat::Csv,
+            _ => bail!("{}: unknown format (expected .parquet, .jsonl or .csv)", file.display()),
+        };
+        let config = SourceConfig {
+            format,
+            path: file.display().to_string(),
+            header: true,
+            delimiter: ",".into(),
+            quote: "\"".into(),
+            null_values: Vec::new(),
+            infer_rows: 1000,
+            schema: None,
+        };
+        let partitions: Vec<(String, String)> = file
+            .strip_prefix(path)
+            .unwrap_or(&file)
+            .parent()
+            .into_iter()
+            .flat_map(|p| p.components())
+            .filter_map(|c| c.as_os_str().to_str()?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        let source = Source::open(&config, Path::new(""), remaining.min(8192))?;
+        for batch in source.batches() {
+            let batch = batch?.batch;
+            let batch = batch.slice(0, batch.num_rows().min(remaining));
+            remaining -= batch.num_rows();
+            batches.push(with_partition_columns(batch, &partitions)?);
+            if remaining == 0 {
+                break;
+            }
+        }
+    }
+    Ok(batches)
+}
+
+fn with_partition_columns(batch: RecordBatch, partitions: &[(String, String)]) -> Result<RecordBatch> {
+    if partitions.is_empty() {
+        return Ok(batch);
+    }
+    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut columns = batch.columns().to_vec();
+    for (name, value) in partitions {
+        fields.push(Field::new(name, DataType::Utf8, false));
+        columns.push(Arc::new(arrow::array::StringArray::from(vec![value.as_str(); batch.num_rows()])));
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+}

@@ -1,0 +1,50 @@
+//! Generated bindings for the three `weir:plugin` worlds.
+//!
+//! The `types` and `host` interfaces are generated once (under
+//! `transformer`) and shared by the other two worlds through `with`, so a
+//! [`RecordBatch`](crate::RecordBatch) is the same Rust type whichever kind of
+//! plugin you write. Each world's custom section is emitted by its export
+//! macro, so a plugin component only declares the world it exports.
+
+#![allow(missing_docs, clippy::all)]
+
+pub mod transformer {
+    wit_bindgen::generate!({
+        world: "transformer",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_transformer",
+        default_bindings_module: "weir_sdk::bindings::transformer",
+        additional_derives: [PartialEq, Clone],
+    });
+}
+
+pub mod validator {
+    wit_bindgen::generate!({
+        world: "validator",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_validator",
+        default_bindings_module: "weir_sdk::bindings::validator",
+        additional_derives: [PartialEq, Clone],
+        with: {
+            "weir:plugin/types@0.1.0": crate::bindings::transformer::weir::plugin::types,
+            "weir:plugin/host@0.1.0": crate::bindings::transformer::weir::plugin::host,
+        },
+    });
+}
+
+pub mod extractor {
+    wit_bindgen::generate!({
+        world: "extractor",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_extractor",
+        default_bindings_module: "weir_sdk::bindings::extractor",
+        additional_derives: [PartialEq, Clone],
+        with: {
+            "weir:plugin/types@0.1.0": crate::bindings::transformer::weir::plugin::types,
+            "weir:plugin/host@0.1.0": crate::bindings::transformer::weir::plugin::host,
+        },
+    });
+}

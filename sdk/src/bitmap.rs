@@ -1,0 +1,105 @@
+//! Arrow-style bitmaps: bit `i` is bit `i % 8` of byte `i / 8`, least
+//! significant bit first. Used for validity (1 = valid) and boolean values.
+
+/// A read-only view of a bitmap of `len` bits.
+#[derive(Debug, Clone, Copy)]
+pub struct Bitmap<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Bitmap<'a> {
+    /// Wraps `bytes`; bits past `8 * bytes.len()` read as unset.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes }
+    }
+
+    /// Whether bit `i` is set.
+    #[inline]
+    pub fn get(&self, i: usize) -> bool {
+        self.bytes
+            .get(i / 8)
+            .is_some_and(|byte| byte & (1 << (i % 8)) != 0)
+    }
+
+    /// Number of unset bits among the first `len`.
+    pub fn count_unset(&self, len: usize) -> usize {
+        (0..len).filter(|&i| !self.get(i)).count()
+    }
+}
+
+/// Builds a bitmap one bit at a time.
+#[derive(Debug, Default, Clone)]
+pub struct BitmapBuilder {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl BitmapBuilder {
+    /// An empty builder with room for `bits` bits.
+    pub fn with_capacity(bits: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bits.div_ceil(8)),
+            len: 0,
+        }
+    }
+
+    /// Appends one bit.
+    #[inline]
+    pub fn push(&mut self, bit: bool) {
+        if self.len % 8 == 0 {
+            self.bytes.push(0);
+        }
+        if bit {
+            *self.bytes.last_mut().expect("pushed above") |= 1 << (self.len % 8);
+        }
+        self.len += 1;
+    }
+
+    /// Number of bits pushed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no bit was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bitmap bytes: `ceil(len / 8)` of them.
+    pub fn finish(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// The bitmap as validity: `None` when every bit is set (no nulls), as
+    /// the WIT contract allows.
+    pub fn finish_validity(self) -> Option<Vec<u8>> {
+        let all_set = (0..self.len).all(|i| Bitmap::new(&self.bytes).get(i));
+        (!all_set).then_some(self.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_bits_lsb_first() {
+        let bits = [true, false, true, true, false, false, false, false, true];
+        let mut builder = BitmapBuilder::with_capacity(bits.len());
+        bits.iter().for_each(|&b| builder.push(b));
+        let bytes = builder.finish();
+        assert_eq!(bytes, vec![0b0000_1101, 0b0000_0001]);
+        let view = Bitmap::new(&bytes);
+        for (i, &b) in bits.iter().enumerate() {
+            assert_eq!(view.get(i), b, "bit {i}");
+        }
+        assert_eq!(view.count_unset(bits.len()), 5);
+    }
+
+    #[test]
+    fn all_valid_becomes_none() {
+        let mut builder = BitmapBuilder::default();
+        (0..10).for_each(|_| builder.push(true));
+        assert_eq!(builder.finish_validity(), None);
+    }
+}

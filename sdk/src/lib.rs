@@ -1,0 +1,146 @@
+//! # weir-sdk: write weir plugins in Rust
+//!
+//! A weir plugin is a WebAssembly component that implements one of three
+//! kinds, each a plain Rust function:
+//!
+//! | kind | trait | export macro | input → output |
+//! |---|---|---|---|
+//! | transform | [`Transform`] | [`export_transform!`] | [`RecordBatch`] → [`RecordBatch`] |
+//! | validate | [`Validate`] | [`export_validate!`] | [`RecordBatch`] → `Vec<`[`Verdict`]`>` |
+//! | extract | [`Extract`] | [`export_extract!`] | bytes + [`SourceMetadata`] → `Vec<`[`RecordBatch`]`>` |
+//!
+//! Batches are columnar and mirror Arrow's layout (see `wit/weir-plugin.wit`):
+//! read a column with [`RecordBatch::column`] and a typed view such as
+//! [`Column::as_int64`]; build new columns with [`Column::from_int64`],
+//! [`Column::from_utf8`] and friends. With the `arrow` feature, batches
+//! convert to and from arrow-rs `RecordBatch` (see [`arrow`](crate::arrow)).
+//!
+//! ## Example: a transform that upper-cases a column
+//!
+//! ```no_run
+//! use weir_sdk::{Column, Error, RecordBatch, Transform};
+//!
+//! struct Upper;
+//!
+//! impl Transform for Upper {
+//!     fn transform(batch: RecordBatch) -> Result<RecordBatch, Error> {
+//!         let config: weir_sdk::serde_json::Value = weir_sdk::config()?;
+//!         let name = config["column"].as_str().unwrap_or("name").to_string();
+//!         let upper = {
+//!             let values = batch.utf8(&name)?;
+//!             Column::from_utf8((0..values.len()).map(|i| values.get(i).map(str::to_uppercase)))
+//!         };
+//!         batch.replace_column(&name, upper)
+//!     }
+//! }
+//!
+//! weir_sdk::export_transform!(Upper);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2` and a
+//! `crate-type = ["cdylib"]` library; the `.wasm` file in
+//! `target/wasm32-wasip2/release/` is the plugin.
+
+#[doc(hidden)]
+pub mod bindings;
+mod batch;
+mod bitmap;
+mod column;
+pub mod host;
+
+#[cfg(feature = "arrow")]
+pub mod arrow;
+
+pub use batch::DataTypeExt;
+pub use bitmap::{Bitmap, BitmapBuilder};
+pub use column::{BoolView, PrimitiveView, VarLenView};
+pub use host::{Level, config, config_json, log};
+/// Re-exported so plugins can read their config without extra dependencies.
+pub use {serde, serde_json};
+
+pub use bindings::extractor::exports::weir::plugin::extract::SourceMetadata;
+pub use bindings::transformer::weir::plugin::types::{
+    Column, ColumnValues, DataType, Error, Field, RecordBatch, Schema, VarLen,
+};
+pub use bindings::validator::exports::weir::plugin::validate::Verdict;
+
+/// A plugin that rewrites record batches (the `transformer` world).
+pub trait Transform {
+    /// Returns the transformed batch. It may have any number of rows (rows
+    /// left out are counted as filtered, not quarantined) and any schema.
+    ///
+    /// # Errors
+    /// Return an [`Error`] to have the host quarantine this batch's rows with
+    /// the error's kind and message; the next batch is still processed.
+    fn transform(batch: RecordBatch) -> Result<RecordBatch, Error>;
+}
+
+/// A plugin that checks rows (the `validator` world).
+pub trait Validate {
+    /// Returns one [`Verdict`] per failed (row, rule); an empty list means all
+    /// rows pass.
+    ///
+    /// # Errors
+    /// An [`Error`] quarantines the whole batch with its message.
+    fn validate(batch: RecordBatch) -> Result<Vec<Verdict>, Error>;
+}
+
+/// A plugin that parses raw bytes into record batches (the `extractor` world).
+pub trait Extract {
+    /// Parses the whole content of one source object.
+    ///
+    /// # Errors
+    /// [`Error::Parse`] when the bytes are malformed, naming where.
+    fn extract(data: Vec<u8>, metadata: SourceMetadata) -> Result<Vec<RecordBatch>, Error>;
+}
+
+/// Exports a [`Transform`] implementation as this component's `transform`.
+#[macro_export]
+macro_rules! export_transform {
+    ($plugin:ty) => {
+        const _: () = {
+            struct WeirExport;
+            impl $crate::bindings::transformer::exports::weir::plugin::transform::Guest for WeirExport {
+                fn transform(batch: $crate::RecordBatch) -> ::core::result::Result<$crate::RecordBatch, $crate::Error> {
+                    <$plugin as $crate::Transform>::transform(batch)
+                }
+            }
+            $crate::bindings::transformer::__export_transformer!(WeirExport with_types_in $crate::bindings::transformer);
+        };
+    };
+}
+
+/// Exports a [`Validate`] implementation as this component's `validate`.
+#[macro_export]
+macro_rules! export_validate {
+    ($plugin:ty) => {
+        const _: () = {
+            struct WeirExport;
+            impl $crate::bindings::validator::exports::weir::plugin::validate::Guest for WeirExport {
+                fn validate(batch: $crate::RecordBatch) -> ::core::result::Result<::std::vec::Vec<$crate::Verdict>, $crate::Error> {
+                    <$plugin as $crate::Validate>::validate(batch)
+                }
+            }
+            $crate::bindings::validator::__export_validator!(WeirExport with_types_in $crate::bindings::validator);
+        };
+    };
+}
+
+/// Exports an [`Extract`] implementation as this component's `extract`.
+#[macro_export]
+macro_rules! export_extract {
+    ($plugin:ty) => {
+        const _: () = {
+            struct WeirExport;
+            impl $crate::bindings::extractor::exports::weir::plugin::extract::Guest for WeirExport {
+                fn extract(
+                    data: ::std::vec::Vec<u8>,
+                    metadata: $crate::SourceMetadata,
+                ) -> ::core::result::Result<::std::vec::Vec<$crate::RecordBatch>, $crate::Error> {
+                    <$plugin as $crate::Extract>::extract(data, metadata)
+                }
+            }
+            $crate::bindings::extractor::__export_extractor!(WeirExport with_types_in $crate::bindings::extractor);
+        };
+    };
+}

@@ -1,0 +1,66 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+
+use weir::pipeline::{Pipeline, RunOptions};
+use weir::report::RunReport;
+
+/// A CSV of `id,action` rows, one per entry of `actions`.
+pub fn action_csv(dir: &Path, actions: &[&str]) -> PathBuf {
+    let path = dir.join("input.csv");
+    let mut text = String::from("id,action\n");
+    for (i, action) in actions.iter().enumerate() {
+        text.push_str(&format!("{i},{action}\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A one-stage pipeline over `input.csv` in `dir` with JSON Lines output,
+/// `batch_size` rows per batch and one worker (so batch order is the
+/// order of calls). `stage_extra` is appended to the `[[stages]]` table.
+pub fn one_stage_pipeline(dir: &Path, kind: &str, plugin: &str, batch_size: usize, stage_extra: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[pipeline]
+batch_size = {batch_size}
+workers = 1
+
+[source]
+format = "csv"
+path = "input.csv"
+
+[[stages]]
+name = "probe"
+kind = "{kind}"
+plugin = {plugin:?}
+{stage_extra}
+
+[sink]
+format = "jsonl"
+path = "out.jsonl"
+
+[quarantine]
+format = "jsonl"
+path = "quarantine.jsonl"
+"#
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Loads and runs a pipeline file.
+pub fn run(pipeline: &Path) -> RunReport {
+    let pipeline = Pipeline::load(pipeline).unwrap_or_else(|e| panic!("{e}"));
+    pipeline.run(&RunOptions::default()).unwrap()
+}
+
+/// The JSON objects of a JSON Lines file.
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -1,0 +1,15 @@
+//! On `action = "malformed"`: claims one more row than its columns hold.
+use weir_sdk::{Error, RecordBatch, Transform};
+
+struct Malformed;
+
+impl Transform for Malformed {
+    fn transform(mut batch: RecordBatch) -> Result<RecordBatch, Error> {
+        if weir_test_components::triggered(&batch, "malformed").is_some() {
+            batch.num_rows += 1;
+        }
+        Ok(batch)
+    }
+}
+
+weir_sdk::export_transform!(Malformed);
