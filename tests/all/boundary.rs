@@ -29,9 +29,7 @@ fn every_type(rows: usize) -> RecordBatch {
         ),
         (
             "binary",
-            Arc::new(BinaryArray::from(
-                (0..rows).map(|i| pick(i).then_some(&[0u8, 255, i as u8][..i % 3])).collect::<Vec<_>>(),
-            )),
+            Arc::new(BinaryArray::from_iter((0..rows).map(|i| pick(i).then(|| [0u8, 255, i as u8][..i % 3].to_vec())))),
         ),
         (
             "timestamp",
@@ -96,7 +94,7 @@ fn extract_plugin_parses_bytes_into_batches() {
         source_name: "settings.txt".into(),
         content_type: "text/plain".into(),
     };
-    let (batches, _) = instance.extract(b"a = 1\nb=x\n\nzürich=3\n", &metadata).unwrap();
+    let (batches, _) = instance.extract("a = 1\nb=x\n\nzürich=3\n".as_bytes(), &metadata).unwrap();
     let batch = from_wit(batches.into_iter().next().unwrap()).unwrap();
     let keys = batch.column(0).as_any().downcast_ref::<StringArray>().unwrap();
     let values = batch.column(1).as_any().downcast_ref::<Int64Array>().unwrap();

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use wasmtime::Store;
-use wasmtime::component::{Component, ResourceTable};
+use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -165,8 +165,8 @@ fn detect_kind(exports: &[String]) -> Option<PluginKind> {
         .find(|kind| exports.iter().any(|e| e == kind.export()))
 }
 
-fn names(items: impl Iterator<Item = (String, wasmtime::component::types::ComponentItem)>) -> Vec<String> {
-    items.map(|(name, _)| name).collect()
+fn names<'a, T>(items: impl Iterator<Item = (&'a str, T)>) -> Vec<String> {
+    items.map(|(name, _)| name.to_string()).collect()
 }
 
 impl Plugin {
