@@ -16,13 +16,26 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=build_guests.rs");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
-    let wasm_dir = build_guests(&root.join("plugins/Cargo.toml"), &guest_target_dir(&out_dir), &[]);
+    let wasm_dir = build_guests(
+        &root.join("plugins/Cargo.toml"),
+        &guest_target_dir(&out_dir),
+        &[],
+    );
 
-    let mut generated = String::from("/// (name, component bytes) of every built-in plugin.\npub static PLUGINS: &[(&str, &[u8])] = &[\n");
+    let mut generated = String::from(
+        "/// (name, component bytes) of every built-in plugin.\npub static PLUGINS: &[(&str, &[u8])] = &[\n",
+    );
     for name in PLUGINS {
         let file = wasm_dir.join(format!("weir_plugin_{name}.wasm"));
-        assert!(file.is_file(), "built-in plugin `{name}` was not built at {}", file.display());
-        generated.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", file.display().to_string()));
+        assert!(
+            file.is_file(),
+            "built-in plugin `{name}` was not built at {}",
+            file.display()
+        );
+        generated.push_str(&format!(
+            "    ({name:?}, include_bytes!({:?})),\n",
+            file.display().to_string()
+        ));
     }
     generated.push_str("];\n");
     std::fs::write(out_dir.join("builtin_plugins.rs"), generated).unwrap();

@@ -26,7 +26,11 @@ fn main() {
     let mut generated = String::new();
     for name in names {
         let file = wasm_dir.join(format!("{name}.wasm"));
-        assert!(file.is_file(), "test component `{name}` was not built at {}", file.display());
+        assert!(
+            file.is_file(),
+            "test component `{name}` was not built at {}",
+            file.display()
+        );
         generated.push_str(&format!(
             "/// `tests/components/examples/{name}.rs`, built for wasm32-wasip2.\npub const {}: &str = {:?};\n",
             name.to_uppercase(),

@@ -14,7 +14,10 @@ include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 
 /// The component bytes of built-in plugin `name`.
 pub fn get(name: &str) -> Option<&'static [u8]> {
-    PLUGINS.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
+    PLUGINS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, bytes)| *bytes)
 }
 
 /// Names of all built-in plugins.

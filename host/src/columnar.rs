@@ -37,7 +37,8 @@ pub fn wit_type(data_type: &DataType) -> Option<DataType> {
     Some(match data_type {
         Boolean => Boolean,
         Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 => Int64,
-        Float16 | Float32 | Float64 | Decimal32(..) | Decimal64(..) | Decimal128(..) | Decimal256(..) => Float64,
+        Float16 | Float32 | Float64 | Decimal32(..) | Decimal64(..) | Decimal128(..)
+        | Decimal256(..) => Float64,
         Utf8 | LargeUtf8 | Utf8View | Null => Utf8,
         Binary | LargeBinary | BinaryView | FixedSizeBinary(_) => Binary,
         Timestamp(_, zone) => Timestamp(TimeUnit::Microsecond, zone.clone()),
@@ -56,9 +57,16 @@ pub fn wit_schema(schema: &Schema) -> Result<Schema, String> {
         .fields()
         .iter()
         .map(|f| {
-            let data_type = wit_type(f.data_type())
-                .ok_or_else(|| format!("column `{}` has type {}, which weir plugins cannot receive", f.name(), f.data_type()))?;
-            let nullable = f.is_nullable() || f.data_type() == &DataType::UInt64 || f.data_type() == &DataType::Null;
+            let data_type = wit_type(f.data_type()).ok_or_else(|| {
+                format!(
+                    "column `{}` has type {}, which weir plugins cannot receive",
+                    f.name(),
+                    f.data_type()
+                )
+            })?;
+            let nullable = f.is_nullable()
+                || f.data_type() == &DataType::UInt64
+                || f.data_type() == &DataType::Null;
             Ok(Field::new(f.name(), data_type, nullable))
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -83,8 +91,13 @@ pub fn widen(batch: &RecordBatch) -> Result<RecordBatch, String> {
             if column.data_type() == field.data_type() {
                 Ok(column.clone())
             } else {
-                arrow::compute::cast(column, field.data_type())
-                    .map_err(|e| format!("column `{}`: cannot convert to {}: {e}", field.name(), field.data_type()))
+                arrow::compute::cast(column, field.data_type()).map_err(|e| {
+                    format!(
+                        "column `{}`: cannot convert to {}: {e}",
+                        field.name(),
+                        field.data_type()
+                    )
+                })
             }
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -124,15 +137,21 @@ pub fn to_wit(batch: &RecordBatch) -> Result<types::RecordBatch, String> {
         .map(|f| {
             Ok(types::Field {
                 name: f.name().clone(),
-                data_type: wit_data_type(f.data_type()).ok_or_else(|| format!("column `{}`: unsupported type", f.name()))?,
+                data_type: wit_data_type(f.data_type())
+                    .ok_or_else(|| format!("column `{}`: unsupported type", f.name()))?,
                 nullable: f.is_nullable(),
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let columns = batch.columns().iter().map(|c| column_to_wit(c.as_ref())).collect();
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| column_to_wit(c.as_ref()))
+        .collect();
     Ok(types::RecordBatch {
         schema: types::Schema { fields },
-        num_rows: u32::try_from(batch.num_rows()).map_err(|_| "a batch holds at most u32::MAX rows".to_string())?,
+        num_rows: u32::try_from(batch.num_rows())
+            .map_err(|_| "a batch holds at most u32::MAX rows".to_string())?,
         columns,
     })
 }
@@ -144,7 +163,9 @@ fn wit_data_type(data_type: &DataType) -> Option<types::DataType> {
         DataType::Float64 => types::DataType::Float64,
         DataType::Utf8 => types::DataType::Utf8,
         DataType::Binary => types::DataType::Binary,
-        DataType::Timestamp(TimeUnit::Microsecond, zone) => types::DataType::Timestamp(zone.as_ref().map(|z| z.to_string())),
+        DataType::Timestamp(TimeUnit::Microsecond, zone) => {
+            types::DataType::Timestamp(zone.as_ref().map(|z| z.to_string()))
+        }
         DataType::Date32 => types::DataType::Date32,
         _ => return None,
     })
@@ -157,7 +178,9 @@ fn arrow_data_type(data_type: &types::DataType) -> DataType {
         types::DataType::Float64 => DataType::Float64,
         types::DataType::Utf8 => DataType::Utf8,
         types::DataType::Binary => DataType::Binary,
-        types::DataType::Timestamp(zone) => DataType::Timestamp(TimeUnit::Microsecond, zone.as_deref().map(Arc::from)),
+        types::DataType::Timestamp(zone) => {
+            DataType::Timestamp(TimeUnit::Microsecond, zone.as_deref().map(Arc::from))
+        }
         types::DataType::Date32 => DataType::Date32,
     }
 }
@@ -166,13 +189,24 @@ fn column_to_wit(array: &dyn Array) -> types::Column {
     use arrow::array::AsArray;
     use arrow::datatypes::{Date32Type, Float64Type, Int64Type, TimestampMicrosecondType};
     let values = match array.data_type() {
-        DataType::Boolean => types::ColumnValues::Boolean(array.as_boolean().values().sliced().to_vec()),
-        DataType::Int64 => types::ColumnValues::Int64(array.as_primitive::<Int64Type>().values().to_vec()),
-        DataType::Float64 => types::ColumnValues::Float64(array.as_primitive::<Float64Type>().values().to_vec()),
-        DataType::Timestamp(..) => {
-            types::ColumnValues::Timestamp(array.as_primitive::<TimestampMicrosecondType>().values().to_vec())
+        DataType::Boolean => {
+            types::ColumnValues::Boolean(array.as_boolean().values().sliced().to_vec())
         }
-        DataType::Date32 => types::ColumnValues::Date32(array.as_primitive::<Date32Type>().values().to_vec()),
+        DataType::Int64 => {
+            types::ColumnValues::Int64(array.as_primitive::<Int64Type>().values().to_vec())
+        }
+        DataType::Float64 => {
+            types::ColumnValues::Float64(array.as_primitive::<Float64Type>().values().to_vec())
+        }
+        DataType::Timestamp(..) => types::ColumnValues::Timestamp(
+            array
+                .as_primitive::<TimestampMicrosecondType>()
+                .values()
+                .to_vec(),
+        ),
+        DataType::Date32 => {
+            types::ColumnValues::Date32(array.as_primitive::<Date32Type>().values().to_vec())
+        }
         DataType::Utf8 => {
             let strings = array.as_string::<i32>();
             types::ColumnValues::Utf8(var_len(strings.value_offsets(), strings.value_data()))
@@ -201,7 +235,9 @@ pub fn payload_bytes(batch: &types::RecordBatch) -> u64 {
                 types::ColumnValues::Int64(v) | types::ColumnValues::Timestamp(v) => v.len() * 8,
                 types::ColumnValues::Float64(v) => v.len() * 8,
                 types::ColumnValues::Date32(v) => v.len() * 4,
-                types::ColumnValues::Utf8(v) | types::ColumnValues::Binary(v) => v.offsets.len() * 4 + v.data.len(),
+                types::ColumnValues::Utf8(v) | types::ColumnValues::Binary(v) => {
+                    v.offsets.len() * 4 + v.data.len()
+                }
             };
             (values + c.validity.as_ref().map_or(0, Vec::len)) as u64
         })
@@ -231,9 +267,13 @@ pub fn from_wit(batch: types::RecordBatch) -> Result<RecordBatch, PluginError> {
     let mut arrays = Vec::with_capacity(batch.columns.len());
     for (field, column) in batch.schema.fields.into_iter().zip(batch.columns) {
         if !names.insert(field.name.clone()) {
-            return Err(malformed(format!("column name `{}` appears twice", field.name)));
+            return Err(malformed(format!(
+                "column name `{}` appears twice",
+                field.name
+            )));
         }
-        let array = column_from_wit(&field, column, rows).map_err(|e| malformed(format!("column `{}`: {e}", field.name)))?;
+        let array = column_from_wit(&field, column, rows)
+            .map_err(|e| malformed(format!("column `{}`: {e}", field.name)))?;
         if !field.nullable && array.null_count() > 0 {
             return Err(malformed(format!(
                 "column `{}` is declared non-nullable but has {} nulls",
@@ -241,7 +281,11 @@ pub fn from_wit(batch: types::RecordBatch) -> Result<RecordBatch, PluginError> {
                 array.null_count()
             )));
         }
-        fields.push(Field::new(&field.name, arrow_data_type(&field.data_type), field.nullable));
+        fields.push(Field::new(
+            &field.name,
+            arrow_data_type(&field.data_type),
+            field.nullable,
+        ));
         arrays.push(array);
     }
     let options = RecordBatchOptions::new().with_row_count(Some(rows));
@@ -252,7 +296,10 @@ pub fn from_wit(batch: types::RecordBatch) -> Result<RecordBatch, PluginError> {
 fn bitmap(bytes: Vec<u8>, rows: usize, what: &str) -> Result<BooleanBuffer, String> {
     let needed = rows.div_ceil(8);
     if bytes.len() < needed {
-        return Err(format!("{what} has {} bytes, {rows} rows need {needed}", bytes.len()));
+        return Err(format!(
+            "{what} has {} bytes, {rows} rows need {needed}",
+            bytes.len()
+        ));
     }
     Ok(BooleanBuffer::new(Buffer::from_vec(bytes), 0, rows))
 }
@@ -266,27 +313,37 @@ fn check_len(len: usize, rows: usize) -> Result<(), String> {
 
 fn offsets(v: &types::VarLen, rows: usize) -> Result<OffsetBuffer<i32>, String> {
     if v.offsets.len() != rows + 1 {
-        return Err(format!("{} offsets for {rows} rows (need rows + 1)", v.offsets.len()));
+        return Err(format!(
+            "{} offsets for {rows} rows (need rows + 1)",
+            v.offsets.len()
+        ));
     }
     if v.offsets[0] < 0 || v.offsets.windows(2).any(|w| w[1] < w[0]) {
         return Err("offsets must start at or above 0 and never decrease".into());
     }
     let last = *v.offsets.last().expect("rows + 1 >= 1 offsets") as usize;
     if last > v.data.len() {
-        return Err(format!("offsets reach byte {last} but data has {} bytes", v.data.len()));
+        return Err(format!(
+            "offsets reach byte {last} but data has {} bytes",
+            v.data.len()
+        ));
     }
     Ok(OffsetBuffer::new(ScalarBuffer::from(v.offsets.clone())))
 }
 
-fn column_from_wit(field: &types::Field, column: types::Column, rows: usize) -> Result<ArrayRef, String> {
+fn column_from_wit(
+    field: &types::Field,
+    column: types::Column,
+    rows: usize,
+) -> Result<ArrayRef, String> {
     let nulls = column
         .validity
         .map(|bytes| bitmap(bytes, rows, "the validity bitmap").map(NullBuffer::new))
         .transpose()?;
     let array: ArrayRef = match (&field.data_type, column.values) {
-        (types::DataType::Boolean, types::ColumnValues::Boolean(bits)) => {
-            Arc::new(BooleanArray::new(bitmap(bits, rows, "the boolean bitmap")?, nulls))
-        }
+        (types::DataType::Boolean, types::ColumnValues::Boolean(bits)) => Arc::new(
+            BooleanArray::new(bitmap(bits, rows, "the boolean bitmap")?, nulls),
+        ),
         (types::DataType::Int64, types::ColumnValues::Int64(v)) => {
             check_len(v.len(), rows)?;
             Arc::new(Int64Array::new(v.into(), nulls))
@@ -297,7 +354,9 @@ fn column_from_wit(field: &types::Field, column: types::Column, rows: usize) -> 
         }
         (types::DataType::Timestamp(zone), types::ColumnValues::Timestamp(v)) => {
             check_len(v.len(), rows)?;
-            Arc::new(TimestampMicrosecondArray::new(v.into(), nulls).with_timezone_opt(zone.clone()))
+            Arc::new(
+                TimestampMicrosecondArray::new(v.into(), nulls).with_timezone_opt(zone.clone()),
+            )
         }
         (types::DataType::Date32, types::ColumnValues::Date32(v)) => {
             check_len(v.len(), rows)?;
@@ -305,13 +364,23 @@ fn column_from_wit(field: &types::Field, column: types::Column, rows: usize) -> 
         }
         (types::DataType::Utf8, types::ColumnValues::Utf8(v)) => {
             let offsets = offsets(&v, rows)?;
-            Arc::new(StringArray::try_new(offsets, Buffer::from_vec(v.data), nulls).map_err(|e| e.to_string())?)
+            Arc::new(
+                StringArray::try_new(offsets, Buffer::from_vec(v.data), nulls)
+                    .map_err(|e| e.to_string())?,
+            )
         }
         (types::DataType::Binary, types::ColumnValues::Binary(v)) => {
             let offsets = offsets(&v, rows)?;
-            Arc::new(BinaryArray::try_new(offsets, Buffer::from_vec(v.data), nulls).map_err(|e| e.to_string())?)
+            Arc::new(
+                BinaryArray::try_new(offsets, Buffer::from_vec(v.data), nulls)
+                    .map_err(|e| e.to_string())?,
+            )
         }
-        (declared, _) => return Err(format!("declared {declared:?} but carries values of another type")),
+        (declared, _) => {
+            return Err(format!(
+                "declared {declared:?} but carries values of another type"
+            ));
+        }
     };
     Ok(array)
 }
@@ -327,9 +396,23 @@ mod tests {
 
     #[test]
     fn sliced_arrays_are_rebased() {
-        let strings: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), None, Some("ünï"), Some("東京"), None]));
-        let ints: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), None, Some(3), Some(4), Some(5)]));
-        let batch = RecordBatch::try_from_iter([("s", strings), ("i", ints)]).unwrap().slice(1, 3);
+        let strings: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("a"),
+            None,
+            Some("ünï"),
+            Some("東京"),
+            None,
+        ]));
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![
+            Some(1),
+            None,
+            Some(3),
+            Some(4),
+            Some(5),
+        ]));
+        let batch = RecordBatch::try_from_iter([("s", strings), ("i", ints)])
+            .unwrap()
+            .slice(1, 3);
         assert_eq!(round_trip(&batch), batch);
     }
 
@@ -337,7 +420,10 @@ mod tests {
     fn narrow_types_are_widened() {
         let batch = RecordBatch::try_from_iter([
             ("a", Arc::new(Int32Array::from(vec![1, -2])) as ArrayRef),
-            ("b", Arc::new(UInt8Array::from(vec![Some(7), None])) as ArrayRef),
+            (
+                "b",
+                Arc::new(UInt8Array::from(vec![Some(7), None])) as ArrayRef,
+            ),
         ])
         .unwrap();
         let out = round_trip(&batch);

@@ -290,7 +290,11 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        writeln!(f, "{n} problem{} in the pipeline file:", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{n} problem{} in the pipeline file:",
+            if n == 1 { "" } else { "s" }
+        )?;
         for error in &self.0 {
             writeln!(f, "  - {error}")?;
         }
@@ -327,7 +331,11 @@ impl Problems {
     /// # Errors
     /// [`ConfigErrors`] with every recorded problem.
     pub fn finish(self) -> Result<(), ConfigErrors> {
-        if self.errors.is_empty() { Ok(()) } else { Err(ConfigErrors(self.errors)) }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(self.errors))
+        }
     }
 }
 
@@ -378,7 +386,10 @@ impl PipelineConfig {
     /// As [`PipelineConfig::from_file`].
     pub fn from_toml(text: &str, path: &Path) -> Result<PipelineConfig, ConfigErrors> {
         toml::from_str(text).map_err(|e: toml::de::Error| {
-            let key = e.span().map(|span| key_at(text, span.start)).unwrap_or_default();
+            let key = e
+                .span()
+                .map(|span| key_at(text, span.start))
+                .unwrap_or_default();
             ConfigErrors(vec![ConfigError {
                 file: path.to_path_buf(),
                 key,
@@ -408,13 +419,22 @@ impl PipelineConfig {
             problems.add("source.path", e);
         }
         if !single_ascii(&source.delimiter) {
-            problems.add("source.delimiter", format!("must be one ASCII character, got {:?}", source.delimiter));
+            problems.add(
+                "source.delimiter",
+                format!("must be one ASCII character, got {:?}", source.delimiter),
+            );
         }
         if !single_ascii(&source.quote) {
-            problems.add("source.quote", format!("must be one ASCII character, got {:?}", source.quote));
+            problems.add(
+                "source.quote",
+                format!("must be one ASCII character, got {:?}", source.quote),
+            );
         }
         if source.infer_rows == 0 && source.schema.is_none() {
-            problems.add("source.infer_rows", "must be at least 1 when no schema is declared");
+            problems.add(
+                "source.infer_rows",
+                "must be at least 1 when no schema is declared",
+            );
         }
         for (i, column) in source.schema.iter().flatten().enumerate() {
             if crate::source::parse_data_type(&column.data_type).is_none() {
@@ -433,7 +453,13 @@ impl PipelineConfig {
             if stage.name.trim().is_empty() {
                 problems.add(key("name"), "must not be empty");
             } else if !names.insert(stage.name.as_str()) {
-                problems.add(key("name"), format!("`{}` is used by an earlier stage; names must be unique", stage.name));
+                problems.add(
+                    key("name"),
+                    format!(
+                        "`{}` is used by an earlier stage; names must be unique",
+                        stage.name
+                    ),
+                );
             }
             if stage.kind == PluginKind::Extract {
                 problems.add(key("kind"), "extract stages are not supported in pipeline files yet; use a csv, jsonl or parquet source");
@@ -455,7 +481,10 @@ impl PipelineConfig {
                 problems.add(key("max_output_bytes"), "must be at least 1");
             }
             if stage.config.contains_key("tables") && !stage.tables.is_empty() {
-                problems.add(key("config.tables"), "is reserved for the reference tables given in `tables`");
+                problems.add(
+                    key("config.tables"),
+                    "is reserved for the reference tables given in `tables`",
+                );
             }
             for (name, path) in &stage.tables {
                 if let Err(e) = expand_paths(base_dir, path) {
@@ -468,13 +497,19 @@ impl PipelineConfig {
             problems.add("sink.partition_by", "only parquet sinks can be partitioned");
         }
         if !["snappy", "zstd", "none"].contains(&sink.compression.as_str()) {
-            problems.add("sink.compression", format!("`{}` is not one of snappy, zstd, none", sink.compression));
+            problems.add(
+                "sink.compression",
+                format!("`{}` is not one of snappy, zstd, none", sink.compression),
+            );
         }
         let sink_path = base_dir.join(&sink.path);
         if sink.mode == WriteMode::ErrorIfExists && sink_path.exists() {
             problems.add(
                 "sink.path",
-                format!("{} exists; remove it or set mode = \"overwrite\"", sink_path.display()),
+                format!(
+                    "{} exists; remove it or set mode = \"overwrite\"",
+                    sink_path.display()
+                ),
             );
         }
         if base_dir.join(&self.quarantine.path) == sink_path {
@@ -489,13 +524,19 @@ fn key_at(text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or("");
-    let key = line.split('=').next().filter(|_| line.contains('=')).map(str::trim).unwrap_or("");
+    let key = line
+        .split('=')
+        .next()
+        .filter(|_| line.contains('='))
+        .map(str::trim)
+        .unwrap_or("");
     let table = before[..line_start]
         .lines()
         .rev()
         .find_map(|l| {
             let l = l.trim();
-            l.starts_with('[').then(|| l.trim_matches(|c| c == '[' || c == ']').to_string())
+            l.starts_with('[')
+                .then(|| l.trim_matches(|c| c == '[' || c == ']').to_string())
         })
         .unwrap_or_default();
     match (table.is_empty(), key.is_empty()) {
@@ -558,7 +599,9 @@ path = "q.jsonl"
         )
         .replace("format = \"csv\"", "format = \"csv\"\ndelimiter = \";;\"");
         let config = PipelineConfig::from_toml(&text, Path::new("p.toml")).unwrap();
-        let errors = config.validate(Path::new("p.toml"), dir.path()).unwrap_err();
+        let errors = config
+            .validate(Path::new("p.toml"), dir.path())
+            .unwrap_err();
         let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
             keys,

@@ -68,15 +68,20 @@ impl Runtime {
             .cranelift_opt_level(OptLevel::Speed)
             .max_wasm_stack(1024 * 1024)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("configuring the wasmtime engine")?;
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("configuring the wasmtime engine")?;
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(anyhow::Error::from)
             .context("adding WASI to the linker")?;
-        crate::bindings::host::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state)
-            .map_err(anyhow::Error::from)
-            .context("adding weir:plugin/host to the linker")?;
+        crate::bindings::host::add_to_linker::<PluginState, HasSelf<PluginState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(anyhow::Error::from)
+        .context("adding weir:plugin/host to the linker")?;
 
         let ticker = engine.weak();
         std::thread::Builder::new()

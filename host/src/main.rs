@@ -94,8 +94,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(filter: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -112,7 +115,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         } => run(&pipeline, report.as_deref(), !no_progress),
         Command::Check { pipeline } => {
             let loaded = Pipeline::load(&pipeline)?;
-            println!("{}: ok ({} stages)", pipeline.display(), loaded.stages().len());
+            println!(
+                "{}: ok ({} stages)",
+                pipeline.display(),
+                loaded.stages().len()
+            );
             for stage in loaded.stages() {
                 println!(
                     "  {} ({}): {} sha256:{}",
@@ -136,11 +143,14 @@ fn run(file: &Path, report_path: Option<&Path>, progress: bool) -> Result<ExitCo
     let options = RunOptions {
         progress: progress && std::io::stderr().is_terminal(),
     };
-    let report = pipeline.run(&options).with_context(|| format!("pipeline {} failed; nothing was committed", file.display()))?;
+    let report = pipeline
+        .run(&options)
+        .with_context(|| format!("pipeline {} failed; nothing was committed", file.display()))?;
     print_summary(&report);
     if let Some(path) = report_path {
         let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json + "\n").with_context(|| format!("writing the report to {}", path.display()))?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("writing the report to {}", path.display()))?;
         println!("report: {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -167,10 +177,19 @@ fn print_summary(report: &RunReport) {
         };
         println!(
             "  {:<12} {:<16} in {:>8}  out {:>8}  quarantined {:>7}  filtered {:>7}{errors}",
-            stage.name, stage.plugin, stage.records_in, stage.records_out, stage.quarantined, stage.filtered
+            stage.name,
+            stage.plugin,
+            stage.records_in,
+            stage.records_out,
+            stage.quarantined,
+            stage.filtered
         );
     }
-    let root = report.outputs.first().map(|o| o.path.display().to_string()).unwrap_or_default();
+    let root = report
+        .outputs
+        .first()
+        .map(|o| o.path.display().to_string())
+        .unwrap_or_default();
     println!(
         "output: {} file(s) (first: {root}); quarantine: {} ({} rows)",
         report.outputs.len(),
@@ -181,7 +200,8 @@ fn print_summary(report: &RunReport) {
 
 fn inspect(reference: &str, json: bool) -> Result<ExitCode> {
     let (name, bytes) = weir::plugin::read_plugin_bytes(reference, Path::new("."))?;
-    let inspection = Plugin::inspect(&bytes).with_context(|| format!("{name} is not a valid WebAssembly component"))?;
+    let inspection = Plugin::inspect(&bytes)
+        .with_context(|| format!("{name} is not a valid WebAssembly component"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&inspection)?);
         return Ok(ExitCode::SUCCESS);

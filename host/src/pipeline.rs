@@ -26,7 +26,10 @@ use arrow::record_batch::RecordBatch;
 
 use crate::bindings::types;
 use crate::columnar;
-use crate::config::{ConfigErrors, MAX_REFERENCE_TABLE_BYTES, OnError, PipelineConfig, Problems, StageConfig, expand_paths};
+use crate::config::{
+    ConfigErrors, MAX_REFERENCE_TABLE_BYTES, OnError, PipelineConfig, Problems, StageConfig,
+    expand_paths,
+};
 use crate::plugin::{Limits, Plugin, PluginError, PluginInstance, PluginKind};
 use crate::quarantine::{Quarantine, Reason};
 use crate::report::{InputFile, QuarantineReport, RecordCounts, RunReport, StageReport};
@@ -87,14 +90,20 @@ pub struct RunOptions {
 }
 
 fn config_json(stage: &StageConfig, base_dir: &Path) -> Result<String> {
-    let mut json = serde_json::to_value(&stage.config).context("converting the config table to JSON")?;
+    let mut json =
+        serde_json::to_value(&stage.config).context("converting the config table to JSON")?;
     if !stage.tables.is_empty() {
         let mut tables = serde_json::Map::new();
         for (name, path) in &stage.tables {
             let file = &expand_paths(base_dir, path).map_err(anyhow::Error::msg)?[0];
-            tables.insert(name.clone(), crate::source::read_reference_table(file, MAX_REFERENCE_TABLE_BYTES)?);
+            tables.insert(
+                name.clone(),
+                crate::source::read_reference_table(file, MAX_REFERENCE_TABLE_BYTES)?,
+            );
         }
-        json.as_object_mut().expect("a TOML table is an object").insert("tables".into(), tables.into());
+        json.as_object_mut()
+            .expect("a TOML table is an object")
+            .insert("tables".into(), tables.into());
     }
     Ok(json.to_string())
 }
@@ -121,7 +130,8 @@ impl Pipeline {
         for (i, stage) in config.stages.iter().enumerate() {
             let plugin = Plugin::load(&stage.plugin, Some(stage.kind), &base_dir)
                 .map_err(|e| problems.add(format!("stages[{i}].plugin"), format!("{e:#}")));
-            let json = config_json(stage, &base_dir).map_err(|e| problems.add(format!("stages[{i}].tables"), format!("{e:#}")));
+            let json = config_json(stage, &base_dir)
+                .map_err(|e| problems.add(format!("stages[{i}].tables"), format!("{e:#}")));
             if let (Ok(plugin), Ok(json)) = (plugin, json) {
                 stages.push(Arc::new(Stage {
                     name: Arc::from(stage.name.as_str()),
@@ -135,7 +145,9 @@ impl Pipeline {
         }
         problems.finish()?;
         let name = config.pipeline.name.clone().unwrap_or_else(|| {
-            file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pipeline".into())
+            file.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "pipeline".into())
         });
         Ok(Pipeline {
             name,
@@ -176,7 +188,8 @@ impl Pipeline {
         let settings = &self.config.pipeline;
         let source = Source::open(&self.config.source, &self.base_dir, settings.batch_size)
             .with_context(|| format!("opening source {}", self.config.source.path))?;
-        columnar::wit_schema(&source.schema()).map_err(|e| anyhow!("the source cannot be passed to plugins: {e}"))?;
+        columnar::wit_schema(&source.schema())
+            .map_err(|e| anyhow!("the source cannot be passed to plugins: {e}"))?;
         let mut sink = Sink::create(&self.config.sink, &self.base_dir, &run_id)?;
         let mut quarantine = Quarantine::create(&self.config.quarantine, &self.base_dir, &run_id)?;
         let workers = self.workers();
@@ -186,7 +199,9 @@ impl Pipeline {
         let (result_tx, result_rx) = crossbeam_channel::bounded::<Result<BatchResult>>(window);
         let (permit_tx, permit_rx) = crossbeam_channel::bounded::<()>(window);
         for _ in 0..window {
-            permit_tx.send(()).expect("channel has room for every permit");
+            permit_tx
+                .send(())
+                .expect("channel has room for every permit");
         }
         let progress = Progress::new(options.progress);
         let mut counts = RecordCounts::default();
@@ -230,10 +245,20 @@ impl Pipeline {
                 .collect();
             drop((batch_rx, result_tx));
 
-            let outcome = write_results(&result_rx, &permit_tx, &mut sink, &mut quarantine, &mut counts, &progress);
+            let outcome = write_results(
+                &result_rx,
+                &permit_tx,
+                &mut sink,
+                &mut quarantine,
+                &mut counts,
+                &progress,
+            );
             // Unblock the reader and workers whatever happened, then join them.
             drop((result_rx, permit_tx));
-            let reports: Vec<Vec<StageReport>> = handles.into_iter().map(|h| h.join().expect("worker panicked")).collect();
+            let reports: Vec<Vec<StageReport>> = handles
+                .into_iter()
+                .map(|h| h.join().expect("worker panicked"))
+                .collect();
             outcome.map(|()| reports)
         })?;
         progress.finish();
@@ -300,7 +325,8 @@ fn write_results(
         while let Some(result) = pending.remove(&next) {
             counts.read += result.rows_read;
             if let Some(output) = &result.output {
-                sink.write(output).with_context(|| format!("writing to {}", sink.path().display()))?;
+                sink.write(output)
+                    .with_context(|| format!("writing to {}", sink.path().display()))?;
                 counts.written += output.num_rows() as u64;
             }
             for (rows, reasons) in &result.quarantined {
@@ -355,7 +381,11 @@ impl StageRunner {
         if self.instance.is_none() {
             self.report.instances += 1;
             let stage = &self.stage;
-            self.instance = Some(stage.plugin.instantiate(&stage.name, stage.config_json.clone(), stage.limits)?);
+            self.instance = Some(stage.plugin.instantiate(
+                &stage.name,
+                stage.config_json.clone(),
+                stage.limits,
+            )?);
         }
         let instance = self.instance.as_mut().expect("instantiated above");
         self.report.calls += 1;
@@ -421,7 +451,12 @@ impl Worker {
                 continue;
             }
             let stage = runner.stage.clone();
-            let wit = columnar::to_wit(&batch).map_err(|e| anyhow!("stage `{}`: cannot pass the batch to the plugin: {e}", stage.name))?;
+            let wit = columnar::to_wit(&batch).map_err(|e| {
+                anyhow!(
+                    "stage `{}`: cannot pass the batch to the plugin: {e}",
+                    stage.name
+                )
+            })?;
             match runner.call(&wit) {
                 Ok(StageOutput::Transformed(out)) => {
                     runner.report.filtered += rows_in.saturating_sub(out.num_rows()) as u64;
@@ -436,7 +471,11 @@ impl Worker {
                     batch = passed;
                 }
                 Err(error) => {
-                    *runner.report.errors.entry(error.kind().to_string()).or_default() += 1;
+                    *runner
+                        .report
+                        .errors
+                        .entry(error.kind().to_string())
+                        .or_default() += 1;
                     tracing::warn!(stage = %stage.name, plugin = stage.plugin.name(), kind = error.kind(), %error, rows = rows_in, "plugin call failed");
                     if stage.on_error == OnError::Fail {
                         return Err(anyhow!(
@@ -463,7 +502,11 @@ impl Worker {
 /// the latter with their joined rule ids and messages.
 type Failed = Option<(RecordBatch, Vec<Reason>)>;
 
-fn split_by_verdicts(batch: &RecordBatch, verdicts: &[crate::plugin::Verdict], stage: &Stage) -> Result<(RecordBatch, Failed)> {
+fn split_by_verdicts(
+    batch: &RecordBatch,
+    verdicts: &[crate::plugin::Verdict],
+    stage: &Stage,
+) -> Result<(RecordBatch, Failed)> {
     if verdicts.is_empty() {
         return Ok((batch.clone(), None));
     }
@@ -475,12 +518,18 @@ fn split_by_verdicts(batch: &RecordBatch, verdicts: &[crate::plugin::Verdict], s
         }
         entry.1.push(&verdict.message);
     }
-    let keep = BooleanArray::from((0..batch.num_rows() as u32).map(|r| !by_row.contains_key(&r)).collect::<Vec<_>>());
+    let keep = BooleanArray::from(
+        (0..batch.num_rows() as u32)
+            .map(|r| !by_row.contains_key(&r))
+            .collect::<Vec<_>>(),
+    );
     let passed = arrow::compute::filter_record_batch(batch, &keep)?;
     let failed = arrow::compute::filter_record_batch(batch, &arrow::compute::not(&keep)?)?;
     let reasons = (0..batch.num_rows() as u32)
         .filter_map(|r| by_row.get(&r))
-        .map(|(rules, messages)| stage.reason("validation", Some(rules.join(",")), messages.join("; ")))
+        .map(|(rules, messages)| {
+            stage.reason("validation", Some(rules.join(",")), messages.join("; "))
+        })
         .collect();
     Ok((passed, Some((failed, reasons))))
 }

@@ -76,7 +76,7 @@ pub fn rows_as_json(rows: &RecordBatch) -> Result<Vec<String>> {
 
 enum Writer {
     Jsonl(BufWriter<File>),
-    Parquet(ArrowWriter<File>),
+    Parquet(Box<ArrowWriter<File>>),
 }
 
 /// An open quarantine sink.
@@ -97,15 +97,22 @@ impl Quarantine {
     /// When the staging file cannot be created.
     pub fn create(config: &QuarantineConfig, base_dir: &Path, run_id: &str) -> Result<Quarantine> {
         let final_path = base_dir.join(&config.path);
-        let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = final_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let staging = final_path.with_file_name(format!(".{name}.weir-{run_id}.tmp"));
         if let Some(parent) = staging.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
         }
-        let file = File::create(&staging).with_context(|| format!("creating {}", staging.display()))?;
+        let file =
+            File::create(&staging).with_context(|| format!("creating {}", staging.display()))?;
         let writer = match config.format {
             QuarantineFormat::Jsonl => Writer::Jsonl(BufWriter::new(file)),
-            QuarantineFormat::Parquet => Writer::Parquet(ArrowWriter::try_new(file, schema(), None)?),
+            QuarantineFormat::Parquet => {
+                Writer::Parquet(Box::new(ArrowWriter::try_new(file, schema(), None)?))
+            }
         };
         Ok(Quarantine {
             format: config.format,
@@ -133,8 +140,16 @@ impl Quarantine {
     ///
     /// # Errors
     /// An I/O error, or `reasons.len() != rows.num_rows()`.
-    pub fn write(&mut self, rows: &RecordBatch, reasons: &[Reason], source_file: &str) -> Result<()> {
-        anyhow::ensure!(reasons.len() == rows.num_rows(), "one reason per quarantined row");
+    pub fn write(
+        &mut self,
+        rows: &RecordBatch,
+        reasons: &[Reason],
+        source_file: &str,
+    ) -> Result<()> {
+        anyhow::ensure!(
+            reasons.len() == rows.num_rows(),
+            "one reason per quarantined row"
+        );
         if reasons.is_empty() {
             return Ok(());
         }
@@ -194,7 +209,12 @@ impl Quarantine {
                 out.close()?;
             }
         }
-        crate::sink::replace(&self.staging, &self.final_path, WriteMode::Overwrite, &self.run_id)?;
+        crate::sink::replace(
+            &self.staging,
+            &self.final_path,
+            WriteMode::Overwrite,
+            &self.run_id,
+        )?;
         self.committed = true;
         Ok(self.final_path.clone())
     }

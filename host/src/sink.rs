@@ -43,9 +43,15 @@ enum FileWriter {
 }
 
 impl FileWriter {
-    fn create(format: SinkFormat, path: &Path, schema: SchemaRef, compression: &str) -> Result<FileWriter> {
+    fn create(
+        format: SinkFormat,
+        path: &Path,
+        schema: SchemaRef,
+        compression: &str,
+    ) -> Result<FileWriter> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
         }
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
         Ok(match format {
@@ -55,7 +61,9 @@ impl FileWriter {
                     "none" => Compression::UNCOMPRESSED,
                     _ => Compression::SNAPPY,
                 };
-                let properties = WriterProperties::builder().set_compression(compression).build();
+                let properties = WriterProperties::builder()
+                    .set_compression(compression)
+                    .build();
                 FileWriter::Parquet(ArrowWriter::try_new(file, schema, Some(properties))?)
             }
             SinkFormat::Jsonl => FileWriter::Jsonl(
@@ -63,7 +71,11 @@ impl FileWriter {
                     .with_explicit_nulls(true)
                     .build(BufWriter::new(file)),
             ),
-            SinkFormat::Csv => FileWriter::Csv(arrow::csv::WriterBuilder::new().with_header(true).build(BufWriter::new(file))),
+            SinkFormat::Csv => FileWriter::Csv(
+                arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(BufWriter::new(file)),
+            ),
         })
     }
 
@@ -115,7 +127,10 @@ pub struct Sink {
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{suffix}"))
 }
 
@@ -127,7 +142,10 @@ impl Sink {
     pub fn create(config: &SinkConfig, base_dir: &Path, run_id: &str) -> Result<Sink> {
         let final_path = base_dir.join(&config.path);
         if config.mode == WriteMode::ErrorIfExists && final_path.exists() {
-            bail!("{} exists; remove it or set mode = \"overwrite\"", final_path.display());
+            bail!(
+                "{} exists; remove it or set mode = \"overwrite\"",
+                final_path.display()
+            );
         }
         Ok(Sink {
             format: config.format,
@@ -160,7 +178,10 @@ impl Sink {
         }
         for column in &self.partition_by {
             if batch.schema().index_of(column).is_err() {
-                bail!("partition column `{column}` is not in the output (columns: {})", column_names(batch));
+                bail!(
+                    "partition column `{column}` is not in the output (columns: {})",
+                    column_names(batch)
+                );
             }
         }
         let fields: Vec<Field> = batch
@@ -203,10 +224,21 @@ impl Sink {
             } else {
                 PathBuf::new()
             };
-            let path = if self.partitioned() { self.staging.join(&relative) } else { self.staging.clone() };
+            let path = if self.partitioned() {
+                self.staging.join(&relative)
+            } else {
+                self.staging.clone()
+            };
             let schema = self.schema.clone().expect("set by writer_schema");
             let writer = FileWriter::create(self.format, &path, schema, &self.compression)?;
-            self.files.insert(key.clone(), OpenFile { writer, relative, rows: 0 });
+            self.files.insert(
+                key.clone(),
+                OpenFile {
+                    writer,
+                    relative,
+                    rows: 0,
+                },
+            );
         }
         let file = self.files.get_mut(&key).expect("inserted above");
         file.writer.write(data)?;
@@ -223,16 +255,27 @@ impl Sink {
         let files: Vec<(String, OpenFile)> = self.files.drain().collect();
         for (_, file) in files {
             file.writer.finish()?;
-            let path = if self.partitioned() { self.final_path.join(&file.relative) } else { self.final_path.clone() };
-            outputs.push(OutputFile { path, rows: file.rows });
+            let path = if self.partitioned() {
+                self.final_path.join(&file.relative)
+            } else {
+                self.final_path.clone()
+            };
+            outputs.push(OutputFile {
+                path,
+                rows: file.rows,
+            });
         }
         if outputs.is_empty() {
             // No rows: still commit an empty output so downstream sees the run.
             if self.partitioned() {
                 std::fs::create_dir_all(&self.staging)?;
             } else {
-                let schema = self.schema.clone().unwrap_or_else(|| Arc::new(Schema::empty()));
-                FileWriter::create(self.format, &self.staging, schema, &self.compression)?.finish()?;
+                let schema = self
+                    .schema
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(Schema::empty()));
+                FileWriter::create(self.format, &self.staging, schema, &self.compression)?
+                    .finish()?;
                 outputs.push(OutputFile {
                     path: self.final_path.clone(),
                     rows: 0,
@@ -258,7 +301,11 @@ impl Drop for Sink {
 }
 
 fn remove_path(path: &Path) -> std::io::Result<()> {
-    if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }
+    if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
 }
 
 /// Moves `staging` to `final_path`. An existing output (allowed by `mode`)
@@ -266,27 +313,43 @@ fn remove_path(path: &Path) -> std::io::Result<()> {
 pub fn replace(staging: &Path, final_path: &Path, mode: WriteMode, run_id: &str) -> Result<()> {
     if final_path.exists() {
         if mode == WriteMode::ErrorIfExists {
-            bail!("{} appeared during the run; not overwriting it", final_path.display());
+            bail!(
+                "{} appeared during the run; not overwriting it",
+                final_path.display()
+            );
         }
         let old = sibling(final_path, &format!("weir-{run_id}.old"));
-        std::fs::rename(final_path, &old).with_context(|| format!("moving aside {}", final_path.display()))?;
-        std::fs::rename(staging, final_path).with_context(|| format!("moving {} into place", staging.display()))?;
+        std::fs::rename(final_path, &old)
+            .with_context(|| format!("moving aside {}", final_path.display()))?;
+        std::fs::rename(staging, final_path)
+            .with_context(|| format!("moving {} into place", staging.display()))?;
         remove_path(&old).with_context(|| format!("removing the old output {}", old.display()))?;
     } else {
         if let Some(parent) = final_path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::rename(staging, final_path).with_context(|| format!("moving {} into place", staging.display()))?;
+        std::fs::rename(staging, final_path)
+            .with_context(|| format!("moving {} into place", staging.display()))?;
     }
     Ok(())
 }
 
 fn column_names(batch: &RecordBatch) -> String {
-    batch.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `batch` without the `partition_by` columns, on `schema`.
-fn conform(batch: &RecordBatch, schema: &SchemaRef, partition_by: &[String]) -> Result<RecordBatch> {
+fn conform(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    partition_by: &[String],
+) -> Result<RecordBatch> {
     let columns: Vec<ArrayRef> = batch
         .schema()
         .fields()
@@ -310,18 +373,28 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef, partition_by: &[String]) -> 
             names.join(", ")
         );
     }
-    RecordBatch::try_new(schema.clone(), columns).context("the output's column types changed between batches")
+    RecordBatch::try_new(schema.clone(), columns)
+        .context("the output's column types changed between batches")
 }
 
 /// Hive-style directory for one row: `a=1/b=x`, values percent-encoded
 /// where they would break a path, nulls as [`NULL_PARTITION`].
-fn partition_rows(batch: &RecordBatch, partition_by: &[String]) -> Result<Vec<(String, UInt32Array)>> {
+fn partition_rows(
+    batch: &RecordBatch,
+    partition_by: &[String],
+) -> Result<Vec<(String, UInt32Array)>> {
     let options = FormatOptions::default();
     let columns = partition_by
         .iter()
         .map(|name| {
-            let column = batch.column_by_name(name).expect("checked by writer_schema");
-            Ok((name, column, ArrayFormatter::try_new(column.as_ref(), &options)?))
+            let column = batch
+                .column_by_name(name)
+                .expect("checked by writer_schema");
+            Ok((
+                name,
+                column,
+                ArrayFormatter::try_new(column.as_ref(), &options)?,
+            ))
         })
         .collect::<Result<Vec<_>>>()?;
     let mut groups: Vec<(String, Vec<u32>)> = Vec::new();
@@ -330,7 +403,11 @@ fn partition_rows(batch: &RecordBatch, partition_by: &[String]) -> Result<Vec<(S
         let key = columns
             .iter()
             .map(|(name, column, formatter)| {
-                let value = if column.is_null(row) { NULL_PARTITION.to_string() } else { escape(&formatter.value(row).to_string()) };
+                let value = if column.is_null(row) {
+                    NULL_PARTITION.to_string()
+                } else {
+                    escape(&formatter.value(row).to_string())
+                };
                 format!("{name}={value}")
             })
             .collect::<Vec<_>>()
@@ -341,7 +418,10 @@ fn partition_rows(batch: &RecordBatch, partition_by: &[String]) -> Result<Vec<(S
         });
         groups[slot].1.push(row as u32);
     }
-    Ok(groups.into_iter().map(|(k, rows)| (k, UInt32Array::from(rows))).collect())
+    Ok(groups
+        .into_iter()
+        .map(|(k, rows)| (k, UInt32Array::from(rows)))
+        .collect())
 }
 
 /// Percent-encodes the characters Hive escapes in partition values.
@@ -349,7 +429,8 @@ fn escape(value: &str) -> String {
     value
         .chars()
         .map(|c| match c {
-            '/' | '\\' | '=' | '%' | ':' | '#' | '?' | '*' | '"' | '\'' | '[' | ']' | '^' | '{' | '}' | '\n' | '\r' | '\t' => {
+            '/' | '\\' | '=' | '%' | ':' | '#' | '?' | '*' | '"' | '\'' | '[' | ']' | '^' | '{'
+            | '}' | '\n' | '\r' | '\t' => {
                 format!("%{:02X}", c as u32)
             }
             c if c.is_control() => format!("%{:02X}", c as u32),
@@ -380,23 +461,50 @@ mod tests {
             mode: WriteMode::ErrorIfExists,
         };
         let batch = RecordBatch::try_from_iter([
-            ("m", Arc::new(Int64Array::from(vec![Some(1), Some(2), None, Some(1)])) as ArrayRef),
-            ("v", Arc::new(StringArray::from(vec!["a", "b", "c", "d"])) as ArrayRef),
+            (
+                "m",
+                Arc::new(Int64Array::from(vec![Some(1), Some(2), None, Some(1)])) as ArrayRef,
+            ),
+            (
+                "v",
+                Arc::new(StringArray::from(vec!["a", "b", "c", "d"])) as ArrayRef,
+            ),
         ])
         .unwrap();
         let mut sink = Sink::create(&config, dir.path(), "r1").unwrap();
         sink.write(&batch).unwrap();
-        assert!(!dir.path().join("out").exists(), "nothing visible before commit");
+        assert!(
+            !dir.path().join("out").exists(),
+            "nothing visible before commit"
+        );
         let files = sink.commit().unwrap();
         let rows: Vec<(String, u64)> = files
             .iter()
-            .map(|f| (f.path.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned(), f.rows))
+            .map(|f| {
+                (
+                    f.path
+                        .parent()
+                        .unwrap()
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                    f.rows,
+                )
+            })
             .collect();
         assert_eq!(
             rows,
-            vec![("m=1".into(), 2), ("m=2".into(), 1), (format!("m={NULL_PARTITION}"), 1)]
+            vec![
+                ("m=1".into(), 2),
+                ("m=2".into(), 1),
+                (format!("m={NULL_PARTITION}"), 1)
+            ]
         );
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(leftovers, vec![std::ffi::OsString::from("out")]);
     }
 
@@ -410,7 +518,9 @@ mod tests {
             compression: "snappy".into(),
             mode: WriteMode::ErrorIfExists,
         };
-        let batch = RecordBatch::try_from_iter([("v", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef)]).unwrap();
+        let batch =
+            RecordBatch::try_from_iter([("v", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef)])
+                .unwrap();
         let mut sink = Sink::create(&config, dir.path(), "r2").unwrap();
         sink.write(&batch).unwrap();
         sink.abort();

@@ -64,13 +64,15 @@ impl Source {
                 columns
                     .iter()
                     .map(|c| {
-                        let data_type = parse_data_type(&c.data_type)
-                            .with_context(|| format!("unknown type `{}` for column `{}`", c.data_type, c.name))?;
+                        let data_type = parse_data_type(&c.data_type).with_context(|| {
+                            format!("unknown type `{}` for column `{}`", c.data_type, c.name)
+                        })?;
                         Ok(Field::new(&c.name, data_type, c.nullable))
                     })
                     .collect::<Result<Vec<_>>>()?,
             )),
-            None => infer_schema(config, &files[0]).with_context(|| format!("reading the schema of {}", files[0].display()))?,
+            None => infer_schema(config, &files[0])
+                .with_context(|| format!("reading the schema of {}", files[0].display()))?,
         };
         Ok(Source {
             config: config.clone(),
@@ -92,7 +94,11 @@ impl Source {
 
     /// Total size of the files, in bytes (for progress).
     pub fn total_bytes(&self) -> u64 {
-        self.files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum()
+        self.files
+            .iter()
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// Reads every file in turn, yielding batches of at most `batch_size`
@@ -101,7 +107,9 @@ impl Source {
         let this = self.clone();
         self.files.clone().into_iter().flat_map(move |path| {
             let file: Arc<str> = Arc::from(path.display().to_string());
-            let reader = this.open_file(&path).with_context(|| format!("opening {}", path.display()));
+            let reader = this
+                .open_file(&path)
+                .with_context(|| format!("opening {}", path.display()));
             let batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send> = match reader {
                 Ok(reader) => reader,
                 Err(e) => Box::new(std::iter::once(Err(e))),
@@ -118,7 +126,10 @@ impl Source {
         })
     }
 
-    fn open_file(&self, path: &Path) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
+    fn open_file(
+        &self,
+        path: &Path,
+    ) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
         let file = File::open(path)?;
         let config = &self.config;
         Ok(match config.format {
@@ -131,7 +142,11 @@ impl Source {
                 if let Some(regex) = null_regex(config)? {
                     builder = builder.with_null_regex(regex);
                 }
-                Box::new(builder.build(BufReader::new(file))?.map(|b| b.map_err(Into::into)))
+                Box::new(
+                    builder
+                        .build(BufReader::new(file))?
+                        .map(|b| b.map_err(Into::into)),
+                )
             }
             SourceFormat::Jsonl => {
                 let reader = arrow::json::ReaderBuilder::new(self.schema.clone())
@@ -158,8 +173,15 @@ fn null_regex(config: &SourceConfig) -> Result<Option<regex::Regex>> {
     if config.null_values.is_empty() {
         return Ok(None);
     }
-    let alternatives: Vec<String> = config.null_values.iter().map(|v| regex::escape(v)).collect();
-    Ok(Some(regex::Regex::new(&format!("^(|{})$", alternatives.join("|")))?))
+    let alternatives: Vec<String> = config
+        .null_values
+        .iter()
+        .map(|v| regex::escape(v))
+        .collect();
+    Ok(Some(regex::Regex::new(&format!(
+        "^(|{})$",
+        alternatives.join("|")
+    ))?))
 }
 
 fn infer_schema(config: &SourceConfig, path: &Path) -> Result<SchemaRef> {
@@ -173,12 +195,23 @@ fn infer_schema(config: &SourceConfig, path: &Path) -> Result<SchemaRef> {
             if let Some(regex) = null_regex(config)? {
                 format = format.with_null_regex(regex);
             }
-            format.infer_schema(BufReader::new(&mut file), Some(config.infer_rows))?.0
+            format
+                .infer_schema(BufReader::new(&mut file), Some(config.infer_rows))?
+                .0
         }
-        SourceFormat::Jsonl => arrow::json::reader::infer_json_schema(BufReader::new(&mut file), Some(config.infer_rows))?.0,
+        SourceFormat::Jsonl => {
+            arrow::json::reader::infer_json_schema(
+                BufReader::new(&mut file),
+                Some(config.infer_rows),
+            )?
+            .0
+        }
         SourceFormat::Parquet => {
             file.rewind()?;
-            ParquetRecordBatchReaderBuilder::try_new(file)?.schema().as_ref().clone()
+            ParquetRecordBatchReaderBuilder::try_new(file)?
+                .schema()
+                .as_ref()
+                .clone()
         }
     };
     Ok(Arc::new(schema))
@@ -196,7 +229,10 @@ pub fn read_reference_table(path: &Path, max_bytes: usize) -> Result<serde_json:
         "csv" => SourceFormat::Csv,
         "jsonl" | "ndjson" => SourceFormat::Jsonl,
         "parquet" => SourceFormat::Parquet,
-        other => bail!("{}: unknown table format `.{other}` (use .csv, .jsonl or .parquet)", path.display()),
+        other => bail!(
+            "{}: unknown table format `.{other}` (use .csv, .jsonl or .parquet)",
+            path.display()
+        ),
     };
     let config = SourceConfig {
         format,
@@ -213,7 +249,10 @@ pub fn read_reference_table(path: &Path, max_bytes: usize) -> Result<serde_json:
     for batch in source.batches() {
         writer.write(&batch?.batch)?;
         if writer.get_ref().len() > max_bytes {
-            bail!("{} is larger than {max_bytes} bytes as JSON", path.display());
+            bail!(
+                "{} is larger than {max_bytes} bytes as JSON",
+                path.display()
+            );
         }
     }
     writer.finish()?;
@@ -233,7 +272,9 @@ pub fn read_reference_table(path: &Path, max_bytes: usize) -> Result<serde_json:
 pub fn read_output(path: &Path, limit: usize) -> Result<Vec<RecordBatch>> {
     let files: Vec<PathBuf> = if path.is_dir() {
         let pattern = path.join("**/*.parquet");
-        let mut files: Vec<PathBuf> = glob::glob(&pattern.to_string_lossy())?.filter_map(Result::ok).collect();
+        let mut files: Vec<PathBuf> = glob::glob(&pattern.to_string_lossy())?
+            .filter_map(Result::ok)
+            .collect();
         files.sort();
         files
     } else {
@@ -249,7 +290,10 @@ pub fn read_output(path: &Path, limit: usize) -> Result<Vec<RecordBatch>> {
             Some("parquet") => SourceFormat::Parquet,
             Some("jsonl") | Some("ndjson") => SourceFormat::Jsonl,
             Some("csv") => SourceFormat::Csv,
-            _ => bail!("{}: unknown format (expected .parquet, .jsonl or .csv)", file.display()),
+            _ => bail!(
+                "{}: unknown format (expected .parquet, .jsonl or .csv)",
+                file.display()
+            ),
         };
         let config = SourceConfig {
             format,
@@ -267,7 +311,12 @@ pub fn read_output(path: &Path, limit: usize) -> Result<Vec<RecordBatch>> {
             .parent()
             .into_iter()
             .flat_map(|p| p.components())
-            .filter_map(|c| c.as_os_str().to_str()?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .filter_map(|c| {
+                c.as_os_str()
+                    .to_str()?
+                    .split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
             .collect();
         let source = Source::open(&config, Path::new(""), remaining.min(8192))?;
         for batch in source.batches() {
@@ -283,15 +332,32 @@ pub fn read_output(path: &Path, limit: usize) -> Result<Vec<RecordBatch>> {
     Ok(batches)
 }
 
-fn with_partition_columns(batch: RecordBatch, partitions: &[(String, String)]) -> Result<RecordBatch> {
+fn with_partition_columns(
+    batch: RecordBatch,
+    partitions: &[(String, String)],
+) -> Result<RecordBatch> {
     if partitions.is_empty() {
         return Ok(batch);
     }
-    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     let mut columns = batch.columns().to_vec();
     for (name, value) in partitions {
         fields.push(Field::new(name, DataType::Utf8, false));
-        columns.push(Arc::new(arrow::array::StringArray::from(vec![value.as_str(); batch.num_rows()])));
+        columns.push(Arc::new(arrow::array::StringArray::from(vec![
+            value
+                .as_str();
+            batch
+                .num_rows(
+                )
+        ])));
     }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }

@@ -67,7 +67,11 @@ impl RecordBatch {
                 columns.len()
             )));
         }
-        if let Some(field) = fields.iter().zip(&columns).find(|(f, c)| !f.data_type.matches(&c.values)) {
+        if let Some(field) = fields
+            .iter()
+            .zip(&columns)
+            .find(|(f, c)| !f.data_type.matches(&c.values))
+        {
             return Err(Error::Internal(format!(
                 "column `{}` is declared {} but carries other values",
                 field.0.name,
@@ -158,7 +162,12 @@ impl RecordBatch {
 
     /// The rows whose `keep` entry is true. `keep` has one entry per row.
     pub fn filter(&self, keep: &[bool]) -> RecordBatch {
-        let indices: Vec<usize> = keep.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i).collect();
+        let indices: Vec<usize> = keep
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| **k)
+            .map(|(i, _)| i)
+            .collect();
         if indices.len() == self.len() {
             return self.clone();
         }
@@ -201,7 +210,9 @@ impl RecordBatch {
             .ok_or_else(|| Error::InvalidInput(format!("the batch has no column `{name}`")))?;
         let old = &self.schema.fields[i];
         let data_type = match (&old.data_type, &column.values) {
-            (DataType::Timestamp(zone), ColumnValues::Timestamp(_)) => DataType::Timestamp(zone.clone()),
+            (DataType::Timestamp(zone), ColumnValues::Timestamp(_)) => {
+                DataType::Timestamp(zone.clone())
+            }
             (_, values) => DataType::of_values(values),
         };
         let field = Field {
@@ -218,7 +229,9 @@ impl RecordBatch {
     /// [`Error::InvalidInput`] when `from` is missing or `to` already exists.
     pub fn rename_column(mut self, from: &str, to: &str) -> Result<RecordBatch, Error> {
         if self.index_of(to).is_some() {
-            return Err(Error::InvalidInput(format!("cannot rename `{from}` to `{to}`: `{to}` exists")));
+            return Err(Error::InvalidInput(format!(
+                "cannot rename `{from}` to `{to}`: `{to}` exists"
+            )));
         }
         let i = self
             .index_of(from)
@@ -254,9 +267,12 @@ impl RecordBatch {
         let drop = |name: &str| names.iter().any(|n| n.as_ref() == name);
         let keep: Vec<bool> = self.schema.fields.iter().map(|f| !drop(&f.name)).collect();
         let mut keep_iter = keep.iter();
-        self.schema.fields.retain(|_| *keep_iter.next().expect("one flag per field"));
+        self.schema
+            .fields
+            .retain(|_| *keep_iter.next().expect("one flag per field"));
         let mut keep_iter = keep.iter();
-        self.columns.retain(|_| *keep_iter.next().expect("one flag per column"));
+        self.columns
+            .retain(|_| *keep_iter.next().expect("one flag per column"));
         self
     }
 }
@@ -292,7 +308,10 @@ mod tests {
     fn filter_keeps_marked_rows() {
         let out = sample().filter(&[true, false, true]);
         assert_eq!(out.len(), 2);
-        assert_eq!(out.int64("id").unwrap().iter().collect::<Vec<_>>(), vec![Some(1), Some(3)]);
+        assert_eq!(
+            out.int64("id").unwrap().iter().collect::<Vec<_>>(),
+            vec![Some(1), Some(3)]
+        );
     }
 
     #[test]

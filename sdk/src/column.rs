@@ -26,7 +26,11 @@ impl<'a, T: Copy> PrimitiveView<'a, T> {
     #[inline]
     pub fn get(&self, row: usize) -> Option<T> {
         let valid = self.validity.is_none_or(|v| v.get(row));
-        if valid { self.values.get(row).copied() } else { None }
+        if valid {
+            self.values.get(row).copied()
+        } else {
+            None
+        }
     }
 
     /// The raw values, nulls included (their slots are unspecified).
@@ -99,7 +103,8 @@ impl<'a> VarLenView<'a> {
     /// UTF-8 (the host guarantees `utf8` columns are UTF-8).
     #[inline]
     pub fn get(&self, row: usize) -> Option<&'a str> {
-        self.get_bytes(row).and_then(|b| std::str::from_utf8(b).ok())
+        self.get_bytes(row)
+            .and_then(|b| std::str::from_utf8(b).ok())
     }
 
     /// Every row as text, nulls as `None`.
@@ -258,7 +263,8 @@ impl Column {
 
     /// A new `utf8` column from optional strings.
     pub fn from_utf8<S: AsRef<str>>(values: impl IntoIterator<Item = Option<S>>) -> Column {
-        let (var_len, validity) = collect_var_len(values.into_iter().map(|v| v.map(|s| AsBytes(s))));
+        let (var_len, validity) =
+            collect_var_len(values.into_iter().map(|v| v.map(|s| AsBytes(s))));
         Column {
             validity,
             values: ColumnValues::Utf8(var_len),
@@ -315,9 +321,15 @@ impl Column {
                 ColumnValues::Boolean(out.finish())
             }
             ColumnValues::Int64(v) => ColumnValues::Int64(indices.iter().map(|&i| v[i]).collect()),
-            ColumnValues::Float64(v) => ColumnValues::Float64(indices.iter().map(|&i| v[i]).collect()),
-            ColumnValues::Timestamp(v) => ColumnValues::Timestamp(indices.iter().map(|&i| v[i]).collect()),
-            ColumnValues::Date32(v) => ColumnValues::Date32(indices.iter().map(|&i| v[i]).collect()),
+            ColumnValues::Float64(v) => {
+                ColumnValues::Float64(indices.iter().map(|&i| v[i]).collect())
+            }
+            ColumnValues::Timestamp(v) => {
+                ColumnValues::Timestamp(indices.iter().map(|&i| v[i]).collect())
+            }
+            ColumnValues::Date32(v) => {
+                ColumnValues::Date32(indices.iter().map(|&i| v[i]).collect())
+            }
             ColumnValues::Utf8(v) => ColumnValues::Utf8(take_var_len(v, indices)),
             ColumnValues::Binary(v) => ColumnValues::Binary(take_var_len(v, indices)),
         };
@@ -334,7 +346,9 @@ impl<S: AsRef<str>> AsRef<[u8]> for AsBytes<S> {
     }
 }
 
-fn collect_primitive<T: Default>(values: impl IntoIterator<Item = Option<T>>) -> (Vec<T>, Option<Vec<u8>>) {
+fn collect_primitive<T: Default>(
+    values: impl IntoIterator<Item = Option<T>>,
+) -> (Vec<T>, Option<Vec<u8>>) {
     let iter = values.into_iter();
     let mut out = Vec::with_capacity(iter.size_hint().0);
     let mut validity = BitmapBuilder::with_capacity(iter.size_hint().0);
@@ -345,7 +359,9 @@ fn collect_primitive<T: Default>(values: impl IntoIterator<Item = Option<T>>) ->
     (out, validity.finish_validity())
 }
 
-fn collect_var_len<B: AsRef<[u8]>>(values: impl IntoIterator<Item = Option<B>>) -> (VarLen, Option<Vec<u8>>) {
+fn collect_var_len<B: AsRef<[u8]>>(
+    values: impl IntoIterator<Item = Option<B>>,
+) -> (VarLen, Option<Vec<u8>>) {
     let iter = values.into_iter();
     let mut offsets = Vec::with_capacity(iter.size_hint().0 + 1);
     let mut data = Vec::new();
@@ -386,7 +402,10 @@ mod tests {
     fn int64_nulls_round_trip() {
         let column = Column::from_int64([Some(1), None, Some(-3)]);
         let view = column.as_int64().unwrap();
-        assert_eq!(view.iter().collect::<Vec<_>>(), vec![Some(1), None, Some(-3)]);
+        assert_eq!(
+            view.iter().collect::<Vec<_>>(),
+            vec![Some(1), None, Some(-3)]
+        );
         assert!(column.is_null(1));
         assert!(column.as_utf8().is_none());
     }
@@ -396,12 +415,19 @@ mod tests {
         let column = Column::from_utf8([Some("zürich"), None, Some("東京")]);
         let taken = column.take(&[2, 1, 0]);
         let view = taken.as_utf8().unwrap();
-        assert_eq!(view.iter().collect::<Vec<_>>(), vec![Some("東京"), None, Some("zürich")]);
+        assert_eq!(
+            view.iter().collect::<Vec<_>>(),
+            vec![Some("東京"), None, Some("zürich")]
+        );
     }
 
     #[test]
     fn no_nulls_means_no_validity() {
-        assert!(Column::from_float64([Some(1.0), Some(2.0)]).validity.is_none());
+        assert!(
+            Column::from_float64([Some(1.0), Some(2.0)])
+                .validity
+                .is_none()
+        );
         assert!(Column::from_boolean([Some(true), None]).validity.is_some());
     }
 }

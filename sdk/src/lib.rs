@@ -41,9 +41,9 @@
 //! `crate-type = ["cdylib"]` library; the `.wasm` file in
 //! `target/wasm32-wasip2/release/` is the plugin.
 
+mod batch;
 #[doc(hidden)]
 pub mod bindings;
-mod batch;
 mod bitmap;
 mod column;
 pub mod host;
@@ -98,6 +98,9 @@ pub trait Extract {
 #[macro_export]
 macro_rules! export_transform {
     ($plugin:ty) => {
+        // Exports exist only in the component; a native build (unit tests)
+        // compiles the plugin as a plain library.
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct WeirExport;
             impl $crate::bindings::transformer::exports::weir::plugin::transform::Guest for WeirExport {
@@ -114,6 +117,9 @@ macro_rules! export_transform {
 #[macro_export]
 macro_rules! export_validate {
     ($plugin:ty) => {
+        // Exports exist only in the component; a native build (unit tests)
+        // compiles the plugin as a plain library.
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct WeirExport;
             impl $crate::bindings::validator::exports::weir::plugin::validate::Guest for WeirExport {
@@ -130,6 +136,9 @@ macro_rules! export_validate {
 #[macro_export]
 macro_rules! export_extract {
     ($plugin:ty) => {
+        // Exports exist only in the component; a native build (unit tests)
+        // compiles the plugin as a plain library.
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct WeirExport;
             impl $crate::bindings::extractor::exports::weir::plugin::extract::Guest for WeirExport {

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryArray, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    ArrayRef, BinaryArray, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch,
+    StringArray, TimestampMicrosecondArray,
 };
 use weir::columnar::{from_wit, to_wit};
 use weir::plugin::{Limits, Plugin, PluginKind};
@@ -18,34 +18,83 @@ fn identity() -> Plugin {
 fn every_type(rows: usize) -> RecordBatch {
     let pick = |i: usize| i % 4 != 3; // every fourth row is null
     let columns: Vec<(&str, ArrayRef)> = vec![
-        ("boolean", Arc::new(BooleanArray::from((0..rows).map(|i| pick(i).then_some(i % 2 == 0)).collect::<Vec<_>>()))),
-        ("int64", Arc::new(Int64Array::from((0..rows).map(|i| pick(i).then_some(i as i64 * -7_000_000_001)).collect::<Vec<_>>()))),
-        ("float64", Arc::new(Float64Array::from((0..rows).map(|i| pick(i).then_some(i as f64 / 3.0)).collect::<Vec<_>>()))),
+        (
+            "boolean",
+            Arc::new(BooleanArray::from(
+                (0..rows)
+                    .map(|i| pick(i).then_some(i % 2 == 0))
+                    .collect::<Vec<_>>(),
+            )),
+        ),
+        (
+            "int64",
+            Arc::new(Int64Array::from(
+                (0..rows)
+                    .map(|i| pick(i).then_some(i as i64 * -7_000_000_001))
+                    .collect::<Vec<_>>(),
+            )),
+        ),
+        (
+            "float64",
+            Arc::new(Float64Array::from(
+                (0..rows)
+                    .map(|i| pick(i).then_some(i as f64 / 3.0))
+                    .collect::<Vec<_>>(),
+            )),
+        ),
         (
             "utf8",
             Arc::new(StringArray::from(
-                (0..rows).map(|i| pick(i).then(|| ["", "plain", "zürich", "東京 ✈", "emoji 🛫"][i % 5].to_string())).collect::<Vec<_>>(),
+                (0..rows)
+                    .map(|i| {
+                        pick(i).then(|| {
+                            ["", "plain", "zürich", "東京 ✈", "emoji 🛫"][i % 5].to_string()
+                        })
+                    })
+                    .collect::<Vec<_>>(),
             )),
         ),
         (
             "binary",
-            Arc::new(BinaryArray::from_iter((0..rows).map(|i| pick(i).then(|| [0u8, 255, i as u8][..i % 3].to_vec())))),
+            Arc::new(BinaryArray::from_iter(
+                (0..rows).map(|i| pick(i).then(|| [0u8, 255, i as u8][..i % 3].to_vec())),
+            )),
         ),
         (
             "timestamp",
             Arc::new(
-                TimestampMicrosecondArray::from((0..rows).map(|i| pick(i).then_some(1_356_998_400_000_000 + i as i64)).collect::<Vec<_>>())
-                    .with_timezone("UTC"),
+                TimestampMicrosecondArray::from(
+                    (0..rows)
+                        .map(|i| pick(i).then_some(1_356_998_400_000_000 + i as i64))
+                        .collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
             ),
         ),
-        ("timestamp_naive", Arc::new(TimestampMicrosecondArray::from((0..rows).map(|i| pick(i).then_some(-(i as i64))).collect::<Vec<_>>()))),
-        ("date32", Arc::new(Date32Array::from((0..rows).map(|i| pick(i).then_some(15_706 + i as i32)).collect::<Vec<_>>()))),
+        (
+            "timestamp_naive",
+            Arc::new(TimestampMicrosecondArray::from(
+                (0..rows)
+                    .map(|i| pick(i).then_some(-(i as i64)))
+                    .collect::<Vec<_>>(),
+            )),
+        ),
+        (
+            "date32",
+            Arc::new(Date32Array::from(
+                (0..rows)
+                    .map(|i| pick(i).then_some(15_706 + i as i32))
+                    .collect::<Vec<_>>(),
+            )),
+        ),
     ];
     RecordBatch::try_from_iter(columns).unwrap()
 }
 
 fn through_plugin(plugin: &Plugin, batch: &RecordBatch) -> RecordBatch {
-    let mut instance = plugin.instantiate("roundtrip", "{}".into(), Limits::default()).unwrap();
+    let mut instance = plugin
+        .instantiate("roundtrip", "{}".into(), Limits::default())
+        .unwrap();
     let (out, _) = instance.transform(&to_wit(batch).unwrap()).unwrap();
     from_wit(out).unwrap()
 }
@@ -76,7 +125,9 @@ fn sliced_batch_round_trips_as_its_slice() {
 #[test]
 fn one_instance_serves_many_calls() {
     let plugin = identity();
-    let mut instance = plugin.instantiate("roundtrip", "{}".into(), Limits::default()).unwrap();
+    let mut instance = plugin
+        .instantiate("roundtrip", "{}".into(), Limits::default())
+        .unwrap();
     for rows in [1, 7, 4096] {
         let batch = every_type(rows);
         let (out, stats) = instance.transform(&to_wit(&batch).unwrap()).unwrap();
@@ -89,19 +140,40 @@ fn one_instance_serves_many_calls() {
 fn extract_plugin_parses_bytes_into_batches() {
     let bytes = std::fs::read(weir_tests::KV_EXTRACT).unwrap();
     let plugin = Plugin::from_bytes("kv", &bytes, Some(PluginKind::Extract)).unwrap();
-    let mut instance = plugin.instantiate("extract", "{}".into(), Limits::default()).unwrap();
+    let mut instance = plugin
+        .instantiate("extract", "{}".into(), Limits::default())
+        .unwrap();
     let metadata = weir::plugin::SourceMetadata {
         source_name: "settings.txt".into(),
         content_type: "text/plain".into(),
     };
-    let (batches, _) = instance.extract("a = 1\nb=x\n\nzürich=3\n".as_bytes(), &metadata).unwrap();
+    let (batches, _) = instance
+        .extract("a = 1\nb=x\n\nzürich=3\n".as_bytes(), &metadata)
+        .unwrap();
     let batch = from_wit(batches.into_iter().next().unwrap()).unwrap();
-    let keys = batch.column(0).as_any().downcast_ref::<StringArray>().unwrap();
-    let values = batch.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
-    assert_eq!(keys.iter().collect::<Vec<_>>(), vec![Some("a"), Some("b"), Some("zürich")]);
-    assert_eq!(values.iter().collect::<Vec<_>>(), vec![Some(1), None, Some(3)]);
+    let keys = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    let values = batch
+        .column(1)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    assert_eq!(
+        keys.iter().collect::<Vec<_>>(),
+        vec![Some("a"), Some("b"), Some("zürich")]
+    );
+    assert_eq!(
+        values.iter().collect::<Vec<_>>(),
+        vec![Some(1), None, Some(3)]
+    );
 
     let err = instance.extract(b"no equals sign", &metadata).unwrap_err();
     assert_eq!(err.kind(), "plugin_error");
-    assert!(err.to_string().contains("settings.txt line 1: no `=`"), "{err}");
+    assert!(
+        err.to_string().contains("settings.txt line 1: no `=`"),
+        "{err}"
+    );
 }

@@ -28,7 +28,10 @@ fn missing_plugin_file_names_the_key() {
     let file = one_stage_pipeline(dir.path(), "transform", "nope.wasm", 2, "");
     let errors = load_errors(&file);
     assert!(problem_for(&errors, "stages[0].plugin").contains("nope.wasm"));
-    assert!(errors.to_string().contains(&file.display().to_string()), "{errors}");
+    assert!(
+        errors.to_string().contains(&file.display().to_string()),
+        "{errors}"
+    );
 }
 
 #[test]
@@ -39,7 +42,10 @@ fn wrong_kind_names_both_worlds() {
     let message = problem_for(&load_errors(&file), "stages[0].plugin").to_string();
     assert!(message.contains("is a validate plugin"), "{message}");
     assert!(message.contains("kind = \"transform\""), "{message}");
-    assert!(message.contains("world `transformer`") && message.contains("world `validator`"), "{message}");
+    assert!(
+        message.contains("world `transformer`") && message.contains("world `validator`"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -49,7 +55,10 @@ fn garbage_plugin_file_is_rejected() {
     std::fs::write(dir.path().join("garbage.wasm"), b"\0asm not really").unwrap();
     let file = one_stage_pipeline(dir.path(), "transform", "garbage.wasm", 2, "");
     let message = problem_for(&load_errors(&file), "stages[0].plugin").to_string();
-    assert!(message.contains("not a valid WebAssembly component"), "{message}");
+    assert!(
+        message.contains("not a valid WebAssembly component"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -73,7 +82,11 @@ fn several_problems_are_reported_together() {
         "timeout_ms = 0\ntables = { t = \"no-such-table.csv\" }",
     );
     let errors = load_errors(&file);
-    for key in ["stages[0].plugin", "stages[0].timeout_ms", "stages[0].tables.t"] {
+    for key in [
+        "stages[0].plugin",
+        "stages[0].timeout_ms",
+        "stages[0].tables.t",
+    ] {
         problem_for(&errors, key);
     }
 }
@@ -82,12 +95,22 @@ fn several_problems_are_reported_together() {
 fn misspelt_key_is_reported_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
     action_csv(dir.path(), &["ok"]);
-    let file = one_stage_pipeline(dir.path(), "transform", weir_tests::IDENTITY, 2, "fuel_per_btach = 10");
+    let file = one_stage_pipeline(
+        dir.path(),
+        "transform",
+        weir_tests::IDENTITY,
+        2,
+        "fuel_per_btach = 10",
+    );
     let errors = load_errors(&file);
     assert_eq!(errors.0.len(), 1);
     let error = &errors.0[0];
     assert_eq!(error.key, "stages.fuel_per_btach");
-    assert!(error.message.contains("unknown field `fuel_per_btach`"), "{}", error.message);
+    assert!(
+        error.message.contains("unknown field `fuel_per_btach`"),
+        "{}",
+        error.message
+    );
     assert!(error.message.contains("line 14"), "{}", error.message);
 }
 
@@ -99,7 +122,10 @@ fn existing_output_is_not_overwritten_by_default() {
     let file = one_stage_pipeline(dir.path(), "transform", weir_tests::IDENTITY, 2, "");
     let message = problem_for(&load_errors(&file), "sink.path").to_string();
     assert!(message.contains("mode = \"overwrite\""), "{message}");
-    assert_eq!(std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap(), "keep me\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap(),
+        "keep me\n"
+    );
 }
 
 #[test]
@@ -119,5 +145,8 @@ fn plugin_config_errors_quarantine_with_the_key() {
     assert_eq!((report.records.written, report.records.quarantined), (0, 3));
     let quarantine = crate::support::read_jsonl(&dir.path().join("quarantine.jsonl"));
     let message = quarantine[0]["message"].as_str().unwrap();
-    assert!(message.contains("invalid-config") && message.contains("dorp"), "{message}");
+    assert!(
+        message.contains("invalid-config") && message.contains("dorp"),
+        "{message}"
+    );
 }

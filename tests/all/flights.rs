@@ -36,7 +36,12 @@ fn read_csv(path: &Path) -> Vec<Flight> {
             let fields = header
                 .iter()
                 .zip(cells)
-                .map(|(h, c)| (h.to_string(), (c != "NA" && !c.is_empty()).then(|| c.to_string())))
+                .map(|(h, c)| {
+                    (
+                        h.to_string(),
+                        (c != "NA" && !c.is_empty()).then(|| c.to_string()),
+                    )
+                })
                 .collect();
             Flight { fields }
         })
@@ -85,13 +90,29 @@ fn sha256_hex(salt: &str, value: &str) -> String {
 fn flights_example_matches_an_independent_computation() {
     let data = weir_tests::data_dir();
     let dir = tempfile::tempdir().unwrap();
-    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flights/pipeline.toml")).unwrap();
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flights/pipeline.toml"),
+    )
+    .unwrap();
     let pipeline_text = example
-        .replace("data/flights.csv", &data.join("flights_sample.csv").display().to_string())
-        .replace("data/airlines.csv", &data.join("airlines.csv").display().to_string())
+        .replace(
+            "data/flights.csv",
+            &data.join("flights_sample.csv").display().to_string(),
+        )
+        .replace(
+            "data/airlines.csv",
+            &data.join("airlines.csv").display().to_string(),
+        )
         .replace("batch_size = 8192", "batch_size = 100");
-    assert_ne!(pipeline_text, example, "the example's input paths were found and replaced");
-    let salt = regex::Regex::new(r#"salt = "([^"]+)""#).unwrap().captures(&example).unwrap()[1].to_string();
+    assert_ne!(
+        pipeline_text, example,
+        "the example's input paths were found and replaced"
+    );
+    let salt = regex::Regex::new(r#"salt = "([^"]+)""#)
+        .unwrap()
+        .captures(&example)
+        .unwrap()[1]
+        .to_string();
     let pipeline = dir.path().join("pipeline.toml");
     std::fs::write(&pipeline, pipeline_text).unwrap();
 
@@ -111,14 +132,25 @@ fn flights_example_matches_an_independent_computation() {
     let mut expected_months: BTreeMap<String, usize> = BTreeMap::new();
     let mut expected_classes: BTreeMap<String, usize> = BTreeMap::new();
     // (day, sched_dep_time, flight, origin, carrier_name, masked tailnum)
-    type Row = (String, String, String, String, Option<String>, Option<String>);
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+    );
     let mut expected_rows: Vec<Row> = Vec::new();
     let mut quarantined = 0;
     for f in &flights {
         let failed = failed_rules(f, &tailnum);
         if failed.is_empty() {
-            *expected_months.entry(f.get("month").unwrap().to_string()).or_default() += 1;
-            *expected_classes.entry(delay_class(f).to_string()).or_default() += 1;
+            *expected_months
+                .entry(f.get("month").unwrap().to_string())
+                .or_default() += 1;
+            *expected_classes
+                .entry(delay_class(f).to_string())
+                .or_default() += 1;
             expected_rows.push((
                 f.get("day").unwrap().to_string(),
                 f.get("sched_dep_time").unwrap().to_string(),
@@ -132,7 +164,10 @@ fn flights_example_matches_an_independent_computation() {
             *expected_rules.entry(failed.join(",")).or_default() += 1;
         }
     }
-    assert!(expected_rules.len() >= 2 && quarantined > 0, "the sample exercises several rules");
+    assert!(
+        expected_rules.len() >= 2 && quarantined > 0,
+        "the sample exercises several rules"
+    );
 
     let report = run(&pipeline);
 
@@ -141,14 +176,19 @@ fn flights_example_matches_an_independent_computation() {
     assert_eq!(report.records.quarantined as usize, quarantined);
     assert_eq!(report.records.written as usize, flights.len() - quarantined);
     assert_eq!(report.stages[0].quarantined as usize, quarantined);
-    assert_eq!(report.stages[1].records_in as usize, flights.len() - quarantined);
+    assert_eq!(
+        report.stages[1].records_in as usize,
+        flights.len() - quarantined
+    );
     assert_eq!(report.outputs.len(), expected_months.len());
 
     // The quarantine: one row per failing flight, with its rule ids.
     let quarantine = read_jsonl(&dir.path().join("out/quarantine.jsonl"));
     let mut rules: BTreeMap<String, usize> = BTreeMap::new();
     for row in &quarantine {
-        *rules.entry(row["rule"].as_str().unwrap().to_string()).or_default() += 1;
+        *rules
+            .entry(row["rule"].as_str().unwrap().to_string())
+            .or_default() += 1;
         assert_eq!(row["stage"], "validate");
         assert!(row["record"]["flight"].is_i64(), "the original row is kept");
     }
@@ -161,24 +201,60 @@ fn flights_example_matches_an_independent_computation() {
     let mut rows: Vec<Row> = Vec::new();
     for entry in std::fs::read_dir(&out).unwrap() {
         let partition = entry.unwrap().path();
-        let month = partition.file_name().unwrap().to_str().unwrap().strip_prefix("month=").unwrap().to_string();
+        let month = partition
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .strip_prefix("month=")
+            .unwrap()
+            .to_string();
         for file in std::fs::read_dir(&partition).unwrap() {
             let file = std::fs::File::open(file.unwrap().path()).unwrap();
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .unwrap()
+                    .build()
+                    .unwrap();
             for batch in reader {
                 let batch = batch.unwrap();
-                assert!(batch.column_by_name("month").is_none(), "the partition column lives in the path");
+                assert!(
+                    batch.column_by_name("month").is_none(),
+                    "the partition column lives in the path"
+                );
                 *months.entry(month.clone()).or_default() += batch.num_rows();
                 let text = |name: &str| {
-                    arrow::compute::cast(batch.column_by_name(name).unwrap(), &arrow::datatypes::DataType::Utf8).unwrap()
+                    arrow::compute::cast(
+                        batch.column_by_name(name).unwrap(),
+                        &arrow::datatypes::DataType::Utf8,
+                    )
+                    .unwrap()
                 };
-                let [day, sched, flight, origin, carrier_name, tail, class] =
-                    ["day", "sched_dep_time", "flight", "origin", "carrier_name", "tailnum", "delay_class"].map(text);
+                let [day, sched, flight, origin, carrier_name, tail, class] = [
+                    "day",
+                    "sched_dep_time",
+                    "flight",
+                    "origin",
+                    "carrier_name",
+                    "tailnum",
+                    "delay_class",
+                ]
+                .map(text);
                 for i in 0..batch.num_rows() {
-                    let value = |a: &arrow::array::ArrayRef| a.is_valid(i).then(|| a.as_string::<i32>().value(i).to_string());
+                    let value = |a: &arrow::array::ArrayRef| {
+                        a.is_valid(i)
+                            .then(|| a.as_string::<i32>().value(i).to_string())
+                    };
                     *classes.entry(value(&class).unwrap()).or_default() += 1;
                     let required = |a: &arrow::array::ArrayRef| value(a).unwrap();
-                    rows.push((required(&day), required(&sched), required(&flight), required(&origin), value(&carrier_name), value(&tail)));
+                    rows.push((
+                        required(&day),
+                        required(&sched),
+                        required(&flight),
+                        required(&origin),
+                        value(&carrier_name),
+                        value(&tail),
+                    ));
                 }
             }
         }

@@ -19,7 +19,13 @@ pub fn action_csv(dir: &Path, actions: &[&str]) -> PathBuf {
 /// A one-stage pipeline over `input.csv` in `dir` with JSON Lines output,
 /// `batch_size` rows per batch and one worker (so batch order is the
 /// order of calls). `stage_extra` is appended to the `[[stages]]` table.
-pub fn one_stage_pipeline(dir: &Path, kind: &str, plugin: &str, batch_size: usize, stage_extra: &str) -> PathBuf {
+pub fn one_stage_pipeline(
+    dir: &Path,
+    kind: &str,
+    plugin: &str,
+    batch_size: usize,
+    stage_extra: &str,
+) -> PathBuf {
     let text = format!(
         r#"
 [pipeline]

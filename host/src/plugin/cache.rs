@@ -65,7 +65,9 @@ pub fn load_or_compile(engine: &Engine, bytes: &[u8], sha256: &str) -> Result<(C
         // artifact's header against the engine before using it.
         match unsafe { Component::deserialize_file(engine, &path) } {
             Ok(component) => return Ok((component, Origin::Cached)),
-            Err(error) => tracing::warn!(path = %path.display(), %error, "ignoring unusable cached artifact"),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "ignoring unusable cached artifact")
+            }
         }
     }
     let component = Component::new(engine, bytes)?;

@@ -26,7 +26,9 @@ pub enum PluginError {
     #[error("memory limit: {0}")]
     MemoryLimit(String),
     /// The result's buffers exceed `max_output_bytes`.
-    #[error("output too large: {bytes} bytes of column buffers, over max_output_bytes = {limit_bytes}")]
+    #[error(
+        "output too large: {bytes} bytes of column buffers, over max_output_bytes = {limit_bytes}"
+    )]
     OutputTooLarge {
         /// Size of the result's buffers, in bytes.
         bytes: u64,

@@ -44,7 +44,9 @@ impl Default for Limits {
 /// [`PluginError::classify`](super::PluginError) turns it into
 /// [`PluginError::MemoryLimit`](super::PluginError::MemoryLimit).
 #[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("linear memory would grow to {requested_bytes} bytes, over max_memory_bytes = {limit_bytes}")]
+#[error(
+    "linear memory would grow to {requested_bytes} bytes, over max_memory_bytes = {limit_bytes}"
+)]
 pub struct MemoryLimitExceeded {
     /// Size the plugin asked for, in bytes.
     pub requested_bytes: u64,
@@ -76,7 +78,12 @@ impl MemoryCap {
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let desired = desired as u64;
         if desired > self.limit_bytes {
             return Err(MemoryLimitExceeded {
@@ -89,7 +96,12 @@ impl wasmtime::ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(maximum.is_none_or(|max| desired <= max))
     }
 }

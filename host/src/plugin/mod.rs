@@ -149,7 +149,8 @@ pub fn read_plugin_bytes(reference: &str, base_dir: &Path) -> Result<(String, Ve
         return Ok((reference.to_string(), bytes.to_vec()));
     }
     let path: PathBuf = base_dir.join(reference);
-    let bytes = std::fs::read(&path).with_context(|| format!("reading plugin {}", path.display()))?;
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("reading plugin {}", path.display()))?;
     Ok((reference.to_string(), bytes))
 }
 
@@ -160,9 +161,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn detect_kind(exports: &[String]) -> Option<PluginKind> {
-    [PluginKind::Extract, PluginKind::Validate, PluginKind::Transform]
-        .into_iter()
-        .find(|kind| exports.iter().any(|e| e == kind.export()))
+    [
+        PluginKind::Extract,
+        PluginKind::Validate,
+        PluginKind::Transform,
+    ]
+    .into_iter()
+    .find(|kind| exports.iter().any(|e| e == kind.export()))
 }
 
 fn names<'a, T>(items: impl Iterator<Item = (&'a str, T)>) -> Vec<String> {
@@ -218,12 +223,17 @@ impl Plugin {
             );
         }
         let instance_pre = runtime.linker().instantiate_pre(&component).map_err(|e| {
-            anyhow!("plugin `{name}` imports something weir does not provide: {}", e.root_cause())
+            anyhow!(
+                "plugin `{name}` imports something weir does not provide: {}",
+                e.root_cause()
+            )
         })?;
         let pre = match kind {
             PluginKind::Extract => Pre::Extract(extractor::ExtractorPre::new(instance_pre)?),
             PluginKind::Validate => Pre::Validate(validator::ValidatorPre::new(instance_pre)?),
-            PluginKind::Transform => Pre::Transform(transformer::TransformerPre::new(instance_pre)?),
+            PluginKind::Transform => {
+                Pre::Transform(transformer::TransformerPre::new(instance_pre)?)
+            }
         };
         Ok(Plugin {
             name: name.to_string(),
@@ -300,10 +310,17 @@ impl Plugin {
     /// [`PluginError::Instantiate`] when instantiation traps or runs out of
     /// pooling slots; a limit exhausted during start-up is reported as that
     /// limit's kind.
-    pub fn instantiate(&self, stage: &str, config_json: Arc<str>, limits: Limits) -> Result<PluginInstance, PluginError> {
+    pub fn instantiate(
+        &self,
+        stage: &str,
+        config_json: Arc<str>,
+        limits: Limits,
+    ) -> Result<PluginInstance, PluginError> {
         let engine = Runtime::shared().engine();
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY_BYTES);
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new().stderr(stderr.clone()).build();
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .build();
         let state = PluginState {
             wasi,
             table: ResourceTable::new(),
@@ -421,7 +438,8 @@ impl PluginInstance {
         self.store
             .set_fuel(self.limits.fuel_per_batch)
             .expect("fuel metering is enabled on the engine");
-        self.store.set_epoch_deadline(self.limits.timeout_ms.div_ceil(EPOCH_TICK_MS).max(1));
+        self.store
+            .set_epoch_deadline(self.limits.timeout_ms.div_ceil(EPOCH_TICK_MS).max(1));
     }
 
     fn classify(&self, error: &wasmtime::Error) -> PluginError {
@@ -452,7 +470,10 @@ impl PluginInstance {
     ///
     /// # Errors
     /// Any [`PluginError`] kind; the instance must then be dropped.
-    pub fn transform(&mut self, batch: &types::RecordBatch) -> Result<(types::RecordBatch, CallStats), PluginError> {
+    pub fn transform(
+        &mut self,
+        batch: &types::RecordBatch,
+    ) -> Result<(types::RecordBatch, CallStats), PluginError> {
         let Exports::Transform(exports) = &self.exports else {
             unreachable!("PluginInstance::transform on a non-transform plugin")
         };
@@ -461,7 +482,9 @@ impl PluginInstance {
         let started = Instant::now();
         let result = exports.call_transform(&mut self.store, batch);
         let stats = self.stats(started);
-        let output = result.map_err(|e| self.classify(&e))?.map_err(PluginError::returned)?;
+        let output = result
+            .map_err(|e| self.classify(&e))?
+            .map_err(PluginError::returned)?;
         self.check_output(crate::columnar::payload_bytes(&output))?;
         Ok((output, stats))
     }
@@ -471,7 +494,10 @@ impl PluginInstance {
     /// # Errors
     /// Any [`PluginError`] kind; a verdict naming a row outside the batch is
     /// [`PluginError::MalformedOutput`].
-    pub fn validate(&mut self, batch: &types::RecordBatch) -> Result<(Vec<Verdict>, CallStats), PluginError> {
+    pub fn validate(
+        &mut self,
+        batch: &types::RecordBatch,
+    ) -> Result<(Vec<Verdict>, CallStats), PluginError> {
         let Exports::Validate(exports) = &self.exports else {
             unreachable!("PluginInstance::validate on a non-validate plugin")
         };
@@ -480,8 +506,13 @@ impl PluginInstance {
         let started = Instant::now();
         let result = exports.call_validate(&mut self.store, batch);
         let stats = self.stats(started);
-        let verdicts = result.map_err(|e| self.classify(&e))?.map_err(PluginError::returned)?;
-        let bytes: u64 = verdicts.iter().map(|v| (4 + v.rule.len() + v.message.len()) as u64).sum();
+        let verdicts = result
+            .map_err(|e| self.classify(&e))?
+            .map_err(PluginError::returned)?;
+        let bytes: u64 = verdicts
+            .iter()
+            .map(|v| (4 + v.rule.len() + v.message.len()) as u64)
+            .sum();
         self.check_output(bytes)?;
         if let Some(bad) = verdicts.iter().find(|v| v.row >= batch.num_rows) {
             return Err(PluginError::MalformedOutput(format!(
@@ -509,7 +540,9 @@ impl PluginInstance {
         let started = Instant::now();
         let result = exports.call_extract(&mut self.store, data, metadata);
         let stats = self.stats(started);
-        let batches = result.map_err(|e| self.classify(&e))?.map_err(PluginError::returned)?;
+        let batches = result
+            .map_err(|e| self.classify(&e))?
+            .map_err(PluginError::returned)?;
         self.check_output(batches.iter().map(crate::columnar::payload_bytes).sum())?;
         Ok((batches, stats))
     }

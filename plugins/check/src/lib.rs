@@ -116,10 +116,15 @@ impl Bounds {
     }
 
     fn describe(&self) -> String {
-        let parts: Vec<String> = [("> ", self.gt), (">= ", self.ge), ("< ", self.lt), ("<= ", self.le)]
-            .into_iter()
-            .filter_map(|(op, b)| b.map(|b| format!("{op}{b}")))
-            .collect();
+        let parts: Vec<String> = [
+            ("> ", self.gt),
+            (">= ", self.ge),
+            ("< ", self.lt),
+            ("<= ", self.le),
+        ]
+        .into_iter()
+        .filter_map(|(op, b)| b.map(|b| format!("{op}{b}")))
+        .collect();
         parts.join(" and ")
     }
 }
@@ -136,7 +141,10 @@ fn check_keys(check: &CheckConfig) -> &'static [&'static str] {
     }
 }
 
-fn parse_rule(index: usize, raw: serde_json::Map<String, serde_json::Value>) -> Result<RuleConfig, Error> {
+fn parse_rule(
+    index: usize,
+    raw: serde_json::Map<String, serde_json::Value>,
+) -> Result<RuleConfig, Error> {
     let name = raw
         .get("id")
         .and_then(|v| v.as_str())
@@ -144,10 +152,9 @@ fn parse_rule(index: usize, raw: serde_json::Map<String, serde_json::Value>) -> 
     let rule: RuleConfig = serde_json::from_value(serde_json::Value::Object(raw.clone()))
         .map_err(|e| Error::InvalidConfig(format!("{name}: {e}")))?;
     let allowed = check_keys(&rule.check);
-    if let Some(key) = raw
-        .keys()
-        .find(|k| !["id", "column", "check"].contains(&k.as_str()) && !allowed.contains(&k.as_str()))
-    {
+    if let Some(key) = raw.keys().find(|k| {
+        !["id", "column", "check"].contains(&k.as_str()) && !allowed.contains(&k.as_str())
+    }) {
         return Err(Error::InvalidConfig(format!(
             "{name}: unknown key `{key}` (this check takes: {})",
             allowed.join(", ")
@@ -175,10 +182,17 @@ fn compile(config: Config) -> Result<Vec<Rule>, Error> {
                     }
                     Check::Range(Bounds { gt, ge, lt, le })
                 }
-                CheckConfig::Allowed { values } => Check::Allowed(values.iter().map(json_text).collect()),
-                CheckConfig::Regex { pattern } => Check::Regex(Regex::new(&pattern).map_err(|e| {
-                    Error::InvalidConfig(format!("rule `{}`: bad regex `{pattern}`: {e}", rule.id))
-                })?),
+                CheckConfig::Allowed { values } => {
+                    Check::Allowed(values.iter().map(json_text).collect())
+                }
+                CheckConfig::Regex { pattern } => {
+                    Check::Regex(Regex::new(&pattern).map_err(|e| {
+                        Error::InvalidConfig(format!(
+                            "rule `{}`: bad regex `{pattern}`: {e}",
+                            rule.id
+                        ))
+                    })?)
+                }
                 CheckConfig::Length { min, max } => Check::Length {
                     min: min.unwrap_or(0),
                     max: max.unwrap_or(usize::MAX),
@@ -230,30 +244,44 @@ impl Rule {
                 .filter(|&r| column.is_null(r))
                 .for_each(|r| fail(r, format!("{} is null", self.column))),
             Check::NotNullWhen(other) => {
-                let other_column = batch
-                    .column(other)
-                    .map_err(|e| Error::InvalidInput(format!("rule `{}`: {}", self.id, message(e))))?;
+                let other_column = batch.column(other).map_err(|e| {
+                    Error::InvalidInput(format!("rule `{}`: {}", self.id, message(e)))
+                })?;
                 (0..rows)
                     .filter(|&r| !other_column.is_null(r) && column.is_null(r))
-                    .for_each(|r| fail(r, format!("{} is null although {other} is not", self.column)));
+                    .for_each(|r| {
+                        fail(
+                            r,
+                            format!("{} is null although {other} is not", self.column),
+                        )
+                    });
             }
             Check::Range(bounds) => {
                 if !matches!(
                     column.values,
-                    ColumnValues::Int64(_) | ColumnValues::Float64(_) | ColumnValues::Date32(_) | ColumnValues::Timestamp(_)
+                    ColumnValues::Int64(_)
+                        | ColumnValues::Float64(_)
+                        | ColumnValues::Date32(_)
+                        | ColumnValues::Timestamp(_)
                 ) {
                     return Err(self.wrong_type("a number"));
                 }
                 for r in 0..rows {
                     if let Some(v) = column.numeric(r).filter(|v| !bounds.contains(*v)) {
-                        fail(r, format!("{} = {v} is not {}", self.column, bounds.describe()));
+                        fail(
+                            r,
+                            format!("{} = {v} is not {}", self.column, bounds.describe()),
+                        );
                     }
                 }
             }
             Check::Allowed(values) => {
                 for r in 0..rows {
                     if let Some(v) = cell_text(column, r).filter(|v| !values.contains(v)) {
-                        fail(r, format!("{} = `{v}` is not one of the allowed values", self.column));
+                        fail(
+                            r,
+                            format!("{} = `{v}` is not one of the allowed values", self.column),
+                        );
                     }
                 }
             }
@@ -261,15 +289,25 @@ impl Rule {
                 let text = column.as_utf8().ok_or_else(|| self.wrong_type("utf8"))?;
                 for r in 0..rows {
                     if let Some(v) = text.get(r).filter(|v| !regex.is_match(v)) {
-                        fail(r, format!("{} = `{v}` does not match {}", self.column, regex.as_str()));
+                        fail(
+                            r,
+                            format!("{} = `{v}` does not match {}", self.column, regex.as_str()),
+                        );
                     }
                 }
             }
             Check::Length { min, max } => {
                 let text = column.as_utf8().ok_or_else(|| self.wrong_type("utf8"))?;
                 for r in 0..rows {
-                    if let Some(n) = text.get(r).map(|v| v.chars().count()).filter(|n| n < min || n > max) {
-                        fail(r, format!("{} has {n} characters, outside {min}..={max}", self.column));
+                    if let Some(n) = text
+                        .get(r)
+                        .map(|v| v.chars().count())
+                        .filter(|n| n < min || n > max)
+                    {
+                        fail(
+                            r,
+                            format!("{} has {n} characters, outside {min}..={max}", self.column),
+                        );
                     }
                 }
             }
@@ -278,13 +316,18 @@ impl Rule {
     }
 
     fn wrong_type(&self, wanted: &str) -> Error {
-        Error::InvalidInput(format!("rule `{}`: column `{}` is not {wanted}", self.id, self.column))
+        Error::InvalidInput(format!(
+            "rule `{}`: column `{}` is not {wanted}",
+            self.id, self.column
+        ))
     }
 }
 
 fn message(error: Error) -> String {
     match error {
-        Error::InvalidConfig(m) | Error::InvalidInput(m) | Error::Parse(m) | Error::Internal(m) => m,
+        Error::InvalidConfig(m) | Error::InvalidInput(m) | Error::Parse(m) | Error::Internal(m) => {
+            m
+        }
     }
 }
 
@@ -327,10 +370,14 @@ mod tests {
         }))
         .unwrap();
         let rules = compile(config).unwrap();
-        let Check::Range(bounds) = &rules[0].check else { panic!() };
+        let Check::Range(bounds) = &rules[0].check else {
+            panic!()
+        };
         assert!(bounds.contains(1.0) && bounds.contains(12.0));
         assert!(!bounds.contains(0.0) && !bounds.contains(13.0));
-        let Check::Allowed(values) = &rules[2].check else { panic!() };
+        let Check::Allowed(values) = &rules[2].check else {
+            panic!()
+        };
         assert_eq!(values, &["AA".to_string(), "9".to_string()]);
     }
 
@@ -340,7 +387,9 @@ mod tests {
             "rules": [{"id": "m", "column": "month", "check": "range", "lte": 12}]
         }))
         .unwrap();
-        let Err(Error::InvalidConfig(message)) = compile(config) else { panic!() };
+        let Err(Error::InvalidConfig(message)) = compile(config) else {
+            panic!()
+        };
         assert!(message.contains("unknown key `lte`"), "{message}");
     }
 
@@ -350,7 +399,9 @@ mod tests {
             "rules": [{"id": "t", "column": "x", "check": "regex", "pattern": "("}]
         }))
         .unwrap();
-        let Err(Error::InvalidConfig(message)) = compile(config) else { panic!() };
+        let Err(Error::InvalidConfig(message)) = compile(config) else {
+            panic!()
+        };
         assert!(message.contains("rule `t`"), "{message}");
     }
 

@@ -236,7 +236,10 @@ impl Derive {
                 let numbers = batch.column(source)?;
                 let numeric = matches!(
                     numbers.values,
-                    ColumnValues::Int64(_) | ColumnValues::Float64(_) | ColumnValues::Date32(_) | ColumnValues::Timestamp(_)
+                    ColumnValues::Int64(_)
+                        | ColumnValues::Float64(_)
+                        | ColumnValues::Date32(_)
+                        | ColumnValues::Timestamp(_)
                 );
                 if !numeric {
                     return Err(Error::InvalidInput(format!(
@@ -251,7 +254,9 @@ impl Derive {
                     if let Some((_, label)) = null_columns.iter().find(|(c, _)| c.is_null(r)) {
                         return Some(*label);
                     }
-                    numbers.numeric(r).map(|v| bucket_label(v, breaks, labels, *closed))
+                    numbers
+                        .numeric(r)
+                        .map(|v| bucket_label(v, breaks, labels, *closed))
                 }));
                 (name, column)
             }
@@ -309,10 +314,19 @@ mod tests {
     fn buckets_are_right_closed_by_default() {
         let labels: Vec<String> = ["on_time", "late", "very_late"].map(String::from).to_vec();
         let breaks = [0.0, 60.0];
-        assert_eq!(bucket_label(-5.0, &breaks, &labels, Closed::Right), "on_time");
-        assert_eq!(bucket_label(0.0, &breaks, &labels, Closed::Right), "on_time");
+        assert_eq!(
+            bucket_label(-5.0, &breaks, &labels, Closed::Right),
+            "on_time"
+        );
+        assert_eq!(
+            bucket_label(0.0, &breaks, &labels, Closed::Right),
+            "on_time"
+        );
         assert_eq!(bucket_label(60.0, &breaks, &labels, Closed::Right), "late");
-        assert_eq!(bucket_label(61.0, &breaks, &labels, Closed::Right), "very_late");
+        assert_eq!(
+            bucket_label(61.0, &breaks, &labels, Closed::Right),
+            "very_late"
+        );
         assert_eq!(bucket_label(0.0, &breaks, &labels, Closed::Left), "late");
     }
 
@@ -322,7 +336,9 @@ mod tests {
             "columns": [{"kind": "bucket", "name": "c", "source": "x", "breaks": [1], "labels": ["a"]}]
         }))
         .unwrap();
-        let Err(Error::InvalidConfig(message)) = compile(config) else { panic!() };
+        let Err(Error::InvalidConfig(message)) = compile(config) else {
+            panic!()
+        };
         assert!(message.contains("1 breaks need 2 labels"), "{message}");
     }
 
@@ -333,7 +349,9 @@ mod tests {
             "tables": {"t": [{"id": "a", "label": "Alpha"}, {"id": 7, "label": "Seven"}]}
         }))
         .unwrap();
-        let Derive::Lookup { map, .. } = &compile(config).unwrap()[0] else { panic!() };
+        let Derive::Lookup { map, .. } = &compile(config).unwrap()[0] else {
+            panic!()
+        };
         assert_eq!(map.get("a").map(String::as_str), Some("Alpha"));
         assert_eq!(map.get("7").map(String::as_str), Some("Seven"));
     }

@@ -60,12 +60,17 @@ fn map_text(batch: &RecordBatch, name: &str, f: impl Fn(&[u8]) -> String) -> Res
     let rows = 0..batch.len();
     match &column.values {
         ColumnValues::Utf8(_) | ColumnValues::Binary(_) => {
-            let view = column.as_utf8().or_else(|| column.as_binary()).expect("matched above");
+            let view = column
+                .as_utf8()
+                .or_else(|| column.as_binary())
+                .expect("matched above");
             Ok(Column::from_utf8(rows.map(|r| view.get_bytes(r).map(&f))))
         }
         ColumnValues::Int64(_) => {
             let view = column.as_int64().expect("matched above");
-            Ok(Column::from_utf8(rows.map(|r| view.get(r).map(|v| f(v.to_string().as_bytes())))))
+            Ok(Column::from_utf8(
+                rows.map(|r| view.get(r).map(|v| f(v.to_string().as_bytes()))),
+            ))
         }
         _ => Err(Error::InvalidInput(format!(
             "mask: column `{name}` must be utf8, binary or int64"

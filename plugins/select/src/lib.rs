@@ -41,7 +41,9 @@ impl Transform for Select {
             None => batch,
         };
         if let Some(missing) = config.drop.iter().find(|c| batch.index_of(c).is_none()) {
-            return Err(Error::InvalidInput(format!("select: cannot drop `{missing}`: no such column")));
+            return Err(Error::InvalidInput(format!(
+                "select: cannot drop `{missing}`: no such column"
+            )));
         }
         batch = batch.drop_columns(&config.drop);
         for (from, to) in &config.rename {
