@@ -445,9 +445,21 @@ fn flights(root: &Path) -> Result<serde_json::Value> {
 }
 
 fn main() -> Result<()> {
-    // `cargo bench` passes `--bench`; nothing else is accepted.
+    // `cargo bench -p weir-tests --bench weir -- [boundary|flights]` runs one
+    // part; `cargo bench` itself adds `--bench`.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let report = json!({ "boundary": boundary(), "flights": flights(&root)? });
+    let mut report = serde_json::Map::new();
+    if wanted("boundary") {
+        report.insert("boundary".into(), boundary());
+    }
+    if wanted("flights") {
+        report.insert("flights".into(), flights(&root)?);
+    }
     let path = std::env::var_os("WEIR_BENCH_JSON")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/bench-weir.json"));
