@@ -11,6 +11,10 @@ fn main() {
     for dir in ["tests/components", "sdk", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("host/build_guests.rs").display()
+    );
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
     let wasm_dir = build_guests(
         &root.join("tests/components/Cargo.toml"),

@@ -120,6 +120,16 @@ fn boundary() -> serde_json::Value {
         std::hint::black_box(copy);
     }) * 2; // two columns of the same size
 
+    // The same bytes in pipeline-sized batches (the default batch_size).
+    let small: Vec<_> = (0..rows / 8192)
+        .map(|_| to_wit(&primitive_batch(8192)).unwrap())
+        .collect();
+    let small_calls = median(7, || {
+        for batch in &small {
+            instance.transform(batch).unwrap();
+        }
+    });
+
     let text = text_batch(rows);
     let text_wit = to_wit(&text).unwrap();
     let text_bytes = weir::columnar::payload_bytes(&text_wit) as f64;
@@ -127,26 +137,35 @@ fn boundary() -> serde_json::Value {
         instance.transform(&text_wit).unwrap();
     });
 
-    // Numeric filter: the same Rust function in a component and natively.
+    // Numeric filter: the same Rust function in a component and natively,
+    // over the same rows in pipeline-sized batches, arrow in and arrow out.
+    let batches: Vec<RecordBatch> = (0..rows / 8192)
+        .map(|i| primitive.slice(i * 8192, 8192))
+        .collect();
     let filter = load(weir_tests::FILTER);
     let mut filter_instance = filter
         .instantiate("bench", r#"{"column":"value","gt":0}"#.into(), limits)
         .unwrap();
     let wasm_filter = median(7, || {
-        let (out, _) = filter_instance
-            .transform(&to_wit(&primitive).unwrap())
-            .unwrap();
-        std::hint::black_box(from_wit(out).unwrap());
+        for batch in &batches {
+            let (out, _) = filter_instance.transform(&to_wit(batch).unwrap()).unwrap();
+            std::hint::black_box(from_wit(out).unwrap());
+        }
     });
     let native_filter = median(7, || {
-        let batch = weir_sdk::arrow::to_wit(&primitive).unwrap();
-        let out = weir_test_components::filter_greater_than(&batch, "value", 0).unwrap();
-        std::hint::black_box(weir_sdk::arrow::from_wit(out).unwrap());
+        for batch in &batches {
+            let wit = weir_sdk::arrow::to_wit(batch).unwrap();
+            let out = weir_test_components::filter_greater_than(&wit, "value", 0).unwrap();
+            std::hint::black_box(weir_sdk::arrow::from_wit(out).unwrap());
+        }
     });
     let arrow_kernel = median(7, || {
-        let values = primitive.column(0).as_primitive::<Int64Type>();
-        let mask = arrow::compute::kernels::cmp::gt(values, &Int64Array::new_scalar(0)).unwrap();
-        std::hint::black_box(arrow::compute::filter_record_batch(&primitive, &mask).unwrap());
+        for batch in &batches {
+            let values = batch.column(0).as_primitive::<Int64Type>();
+            let mask =
+                arrow::compute::kernels::cmp::gt(values, &Int64Array::new_scalar(0)).unwrap();
+            std::hint::black_box(arrow::compute::filter_record_batch(batch, &mask).unwrap());
+        }
     });
 
     let gbps = |bytes: f64, d: Duration| bytes / d.as_secs_f64() / 1e9;
@@ -170,6 +189,10 @@ fn boundary() -> serde_json::Value {
         gbps(primitive_bytes, with_arrow)
     );
     println!(
+        "  int64+float64, 8192-row batches  {:>9.2} GB/s of input, call only",
+        gbps(primitive_bytes, small_calls)
+    );
+    println!(
         "  utf8 (offsets+bytes), call only  {:>9.2} GB/s of input",
         gbps(text_bytes, text_call)
     );
@@ -186,6 +209,7 @@ fn boundary() -> serde_json::Value {
         "empty_call_us": empty_call.as_secs_f64() * 1e6,
         "primitive_call_gbps": gbps(primitive_bytes, call_only),
         "primitive_arrow_round_trip_gbps": gbps(primitive_bytes, with_arrow),
+        "primitive_8192_row_batches_gbps": gbps(primitive_bytes, small_calls),
         "host_memcpy_gbps": gbps(primitive_bytes, memcpy),
         "utf8_call_gbps": gbps(text_bytes, text_call),
         "filter_component_ms": wasm_filter.as_secs_f64() * 1e3,
