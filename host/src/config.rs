@@ -71,6 +71,52 @@ pub enum SourceFormat {
     Jsonl,
     /// Apache Parquet.
     Parquet,
+    /// Any format: each file's bytes go to an extract plugin
+    /// (`[source.extract]`), which returns record batches.
+    Extract,
+}
+
+/// `[source.extract]`: the extract plugin that parses each source file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractConfig {
+    /// `builtin:NAME` or a path to a `.wasm` component of the `extractor`
+    /// world, relative to the pipeline file.
+    pub plugin: String,
+    /// The table the plugin reads through `weir:plugin/host.config`.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// MIME type passed to the plugin with every file. Default empty.
+    #[serde(default)]
+    pub content_type: String,
+    /// Largest file handed to the plugin, in bytes; a larger file is
+    /// quarantined unread. Default 268,435,456 (256 MiB).
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// See [`Limits::fuel_per_batch`] (here: per file).
+    pub fuel_per_batch: Option<u64>,
+    /// See [`Limits::timeout_ms`] (here: per file).
+    pub timeout_ms: Option<u64>,
+    /// See [`Limits::max_memory_bytes`].
+    pub max_memory_bytes: Option<u64>,
+    /// See [`Limits::max_output_bytes`] (here: all batches of one file).
+    pub max_output_bytes: Option<u64>,
+}
+
+fn default_max_file_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+
+impl ExtractConfig {
+    /// The extractor's limits: its own values over [`Limits::default`].
+    pub fn limits(&self) -> Limits {
+        Limits::default().overridden(
+            self.fuel_per_batch,
+            self.timeout_ms,
+            self.max_memory_bytes,
+            self.max_output_bytes,
+        )
+    }
 }
 
 /// `[source]`: the input files.
@@ -102,6 +148,8 @@ pub struct SourceConfig {
     /// CSV and JSON Lines: the declared schema, in column order; when given,
     /// nothing is inferred. Example: `schema = [{ name = "year", type = "int64" }]`.
     pub schema: Option<Vec<ColumnSpec>>,
+    /// `format = "extract"`: the plugin that turns each file into batches.
+    pub extract: Option<ExtractConfig>,
 }
 
 fn yes() -> bool {
@@ -183,13 +231,12 @@ pub const MAX_REFERENCE_TABLE_BYTES: usize = 16 * 1024 * 1024;
 impl StageConfig {
     /// The stage's limits: its own values over [`Limits::default`].
     pub fn limits(&self) -> Limits {
-        let default = Limits::default();
-        Limits {
-            fuel_per_batch: self.fuel_per_batch.unwrap_or(default.fuel_per_batch),
-            timeout_ms: self.timeout_ms.unwrap_or(default.timeout_ms),
-            max_memory_bytes: self.max_memory_bytes.unwrap_or(default.max_memory_bytes),
-            max_output_bytes: self.max_output_bytes.unwrap_or(default.max_output_bytes),
-        }
+        Limits::default().overridden(
+            self.fuel_per_batch,
+            self.timeout_ms,
+            self.max_memory_bytes,
+            self.max_output_bytes,
+        )
     }
 }
 
@@ -436,6 +483,22 @@ impl PipelineConfig {
                 "must be at least 1 when no schema is declared",
             );
         }
+        match (&source.format, &source.extract) {
+            (SourceFormat::Extract, None) => problems.add(
+                "source.extract",
+                "format = \"extract\" needs a [source.extract] table naming the plugin",
+            ),
+            (SourceFormat::Extract, Some(extract)) => {
+                check_limits(problems, "source.extract", &extract.limits());
+                if extract.max_file_bytes == 0 {
+                    problems.add("source.extract.max_file_bytes", "must be at least 1");
+                }
+            }
+            (_, Some(_)) => {
+                problems.add("source.extract", "is only used with format = \"extract\"")
+            }
+            (_, None) => {}
+        }
         for (i, column) in source.schema.iter().flatten().enumerate() {
             if crate::source::parse_data_type(&column.data_type).is_none() {
                 problems.add(
@@ -462,24 +525,12 @@ impl PipelineConfig {
                 );
             }
             if stage.kind == PluginKind::Extract {
-                problems.add(key("kind"), "extract stages are not supported in pipeline files yet; use a csv, jsonl or parquet source");
-            }
-            let limits = stage.limits();
-            if limits.fuel_per_batch == 0 {
-                problems.add(key("fuel_per_batch"), "must be at least 1");
-            }
-            if limits.timeout_ms == 0 {
-                problems.add(key("timeout_ms"), "must be at least 1");
-            }
-            if limits.max_memory_bytes == 0 || limits.max_memory_bytes > MAX_MEMORY_CEILING_BYTES {
                 problems.add(
-                    key("max_memory_bytes"),
-                    format!("must be between 1 and {MAX_MEMORY_CEILING_BYTES} (4 GiB)"),
+                    key("kind"),
+                    "extract plugins read files, so they belong in [source] (format = \"extract\" with [source.extract]), not in a stage",
                 );
             }
-            if limits.max_output_bytes == 0 {
-                problems.add(key("max_output_bytes"), "must be at least 1");
-            }
+            check_limits(problems, &format!("stages[{i}]"), &stage.limits());
             if stage.config.contains_key("tables") && !stage.tables.is_empty() {
                 problems.add(
                     key("config.tables"),
@@ -515,6 +566,26 @@ impl PipelineConfig {
         if base_dir.join(&self.quarantine.path) == sink_path {
             problems.add("quarantine.path", "must differ from sink.path");
         }
+    }
+}
+
+/// Records a problem for each limit of `limits` (under `prefix`) out of range.
+fn check_limits(problems: &mut Problems, prefix: &str, limits: &Limits) {
+    let key = |k: &str| format!("{prefix}.{k}");
+    if limits.fuel_per_batch == 0 {
+        problems.add(key("fuel_per_batch"), "must be at least 1");
+    }
+    if limits.timeout_ms == 0 {
+        problems.add(key("timeout_ms"), "must be at least 1");
+    }
+    if limits.max_memory_bytes == 0 || limits.max_memory_bytes > MAX_MEMORY_CEILING_BYTES {
+        problems.add(
+            key("max_memory_bytes"),
+            format!("must be between 1 and {MAX_MEMORY_CEILING_BYTES} (4 GiB)"),
+        );
+    }
+    if limits.max_output_bytes == 0 {
+        problems.add(key("max_output_bytes"), "must be at least 1");
     }
 }
 

@@ -34,7 +34,7 @@ use crate::plugin::{Limits, Plugin, PluginError, PluginInstance, PluginKind};
 use crate::quarantine::{Quarantine, Reason};
 use crate::report::{InputFile, QuarantineReport, RecordCounts, RunReport, StageReport};
 use crate::sink::Sink;
-use crate::source::{Source, SourceBatch};
+use crate::source::{Extractor, Source, SourceItem};
 
 /// Batches in flight per worker between the reader and the writer.
 pub const IN_FLIGHT_PER_WORKER: usize = 4;
@@ -79,6 +79,7 @@ pub struct Pipeline {
     pub file: PathBuf,
     base_dir: PathBuf,
     config: PipelineConfig,
+    extractor: Option<Extractor>,
     stages: Vec<Arc<Stage>>,
 }
 
@@ -126,6 +127,21 @@ impl Pipeline {
         let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut problems = Problems::new(file);
         config.check(&mut problems, &base_dir);
+        let extractor = config.source.extract.as_ref().and_then(|extract| {
+            let plugin = Plugin::load(&extract.plugin, Some(PluginKind::Extract), &base_dir)
+                .map_err(|e| problems.add("source.extract.plugin", format!("{e:#}")))
+                .ok()?;
+            let config_json = serde_json::to_string(&extract.config)
+                .map_err(|e| problems.add("source.extract.config", e.to_string()))
+                .ok()?;
+            Some(Extractor {
+                plugin: Arc::new(plugin),
+                config_json: Arc::from(config_json),
+                limits: extract.limits(),
+                content_type: extract.content_type.clone(),
+                max_file_bytes: extract.max_file_bytes,
+            })
+        });
         let mut stages = Vec::new();
         for (i, stage) in config.stages.iter().enumerate() {
             let plugin = Plugin::load(&stage.plugin, Some(stage.kind), &base_dir)
@@ -154,6 +170,7 @@ impl Pipeline {
             file: file.to_path_buf(),
             base_dir,
             config,
+            extractor,
             stages,
         })
     }
@@ -161,6 +178,11 @@ impl Pipeline {
     /// The stages, in order.
     pub fn stages(&self) -> &[Arc<Stage>] {
         &self.stages
+    }
+
+    /// The extract plugin of an `extract` source.
+    pub fn extractor(&self) -> Option<&Extractor> {
+        self.extractor.as_ref()
     }
 
     /// The parsed pipeline file.
@@ -186,16 +208,23 @@ impl Pipeline {
         let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         let run_id = uuid::Uuid::new_v4().to_string();
         let settings = &self.config.pipeline;
-        let source = Source::open(&self.config.source, &self.base_dir, settings.batch_size)
-            .with_context(|| format!("opening source {}", self.config.source.path))?;
-        columnar::wit_schema(&source.schema())
-            .map_err(|e| anyhow!("the source cannot be passed to plugins: {e}"))?;
+        let source = Source::open(
+            &self.config.source,
+            &self.base_dir,
+            settings.batch_size,
+            self.extractor.clone(),
+        )
+        .with_context(|| format!("opening source {}", self.config.source.path))?;
+        if let Some(schema) = source.schema() {
+            columnar::wit_schema(&schema)
+                .map_err(|e| anyhow!("the source cannot be passed to plugins: {e}"))?;
+        }
         let mut sink = Sink::create(&self.config.sink, &self.base_dir, &run_id)?;
         let mut quarantine = Quarantine::create(&self.config.quarantine, &self.base_dir, &run_id)?;
         let workers = self.workers();
         let window = workers * IN_FLIGHT_PER_WORKER;
 
-        let (batch_tx, batch_rx) = crossbeam_channel::bounded::<(u64, SourceBatch)>(window);
+        let (batch_tx, batch_rx) = crossbeam_channel::bounded::<(u64, SourceItem)>(window);
         let (result_tx, result_rx) = crossbeam_channel::bounded::<Result<BatchResult>>(window);
         let (permit_tx, permit_rx) = crossbeam_channel::bounded::<()>(window);
         for _ in 0..window {
@@ -208,7 +237,7 @@ impl Pipeline {
 
         let worker_reports = std::thread::scope(|scope| -> Result<Vec<Vec<StageReport>>> {
             let reader_results = result_tx.clone();
-            let batches = source.batches();
+            let batches = source.items();
             scope.spawn(move || {
                 for (seq, batch) in (0u64..).zip(batches) {
                     if permit_rx.recv().is_err() {
@@ -435,7 +464,21 @@ impl Worker {
     /// # Errors
     /// Only fatal errors: a batch the host cannot convert, or a plugin
     /// failure in an `on_error = "fail"` stage.
-    fn process(&mut self, seq: u64, source: SourceBatch) -> Result<BatchResult> {
+    fn process(&mut self, seq: u64, item: SourceItem) -> Result<BatchResult> {
+        let source = match item {
+            SourceItem::Batch(batch) => batch,
+            // A file the extract plugin rejected counts as one record read
+            // and quarantined, so read = written + quarantined + filtered.
+            SourceItem::Rejected { file, rows, reason } => {
+                return Ok(BatchResult {
+                    seq,
+                    file,
+                    rows_read: rows.num_rows() as u64,
+                    output: None,
+                    quarantined: vec![(rows, vec![reason])],
+                });
+            }
+        };
         let mut result = BatchResult {
             seq,
             file: source.file,

@@ -17,6 +17,8 @@ use arrow::record_batch::{RecordBatch, RecordBatchReader};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::config::{SourceConfig, SourceFormat, expand_paths};
+use crate::plugin::{Limits, Plugin, PluginInstance, SourceMetadata};
+use crate::quarantine::Reason;
 
 /// The Arrow type for a type name of the pipeline file (`int64`...).
 pub fn parse_data_type(name: &str) -> Option<DataType> {
@@ -30,6 +32,39 @@ pub fn parse_data_type(name: &str) -> Option<DataType> {
         "timestamp" => DataType::Timestamp(TimeUnit::Microsecond, None),
         _ => return None,
     })
+}
+
+/// The extract plugin of a `format = "extract"` source, ready to run.
+#[derive(Debug, Clone)]
+pub struct Extractor {
+    /// The compiled `extractor` component.
+    pub plugin: Arc<Plugin>,
+    /// What its `config` import returns.
+    pub config_json: Arc<str>,
+    /// Limits on each call (one call per file).
+    pub limits: Limits,
+    /// MIME type passed with every file.
+    pub content_type: String,
+    /// Largest file handed to the plugin, in bytes.
+    pub max_file_bytes: u64,
+}
+
+/// What a source yields: a batch, or a file that could not be read into
+/// batches (extract sources only), as a one-row batch for the quarantine.
+#[derive(Debug)]
+pub enum SourceItem {
+    /// Rows read.
+    Batch(SourceBatch),
+    /// A file the extract plugin rejected: `rows` is one row
+    /// (`source_file` utf8, `bytes` int64) and `reason` says why.
+    Rejected {
+        /// The file.
+        file: Arc<str>,
+        /// One row describing the file.
+        rows: RecordBatch,
+        /// Why it was rejected.
+        reason: Reason,
+    },
 }
 
 /// One batch read from a source, with where it came from.
@@ -46,19 +81,36 @@ pub struct SourceBatch {
 pub struct Source {
     config: SourceConfig,
     files: Vec<PathBuf>,
-    schema: SchemaRef,
+    schema: Option<SchemaRef>,
     batch_size: usize,
+    extractor: Option<Extractor>,
 }
 
 impl Source {
     /// Resolves the files of `config` (relative to `base_dir`) and fixes the
-    /// schema.
+    /// schema. An `extract` source needs its `extractor`; its schema is
+    /// whatever the plugin returns.
     ///
     /// # Errors
-    /// No matching file, an unreadable first file, or a schema that cannot
-    /// be inferred.
-    pub fn open(config: &SourceConfig, base_dir: &Path, batch_size: usize) -> Result<Source> {
+    /// No matching file, an unreadable first file, a schema that cannot be
+    /// inferred, or an `extract` source without an extractor.
+    pub fn open(
+        config: &SourceConfig,
+        base_dir: &Path,
+        batch_size: usize,
+        extractor: Option<Extractor>,
+    ) -> Result<Source> {
         let files = expand_paths(base_dir, &config.path).map_err(anyhow::Error::msg)?;
+        if config.format == SourceFormat::Extract {
+            let extractor = extractor.context("an extract source needs its plugin")?;
+            return Ok(Source {
+                config: config.clone(),
+                files,
+                schema: None,
+                batch_size,
+                extractor: Some(extractor),
+            });
+        }
         let schema = match &config.schema {
             Some(columns) => Arc::new(Schema::new(
                 columns
@@ -77,8 +129,9 @@ impl Source {
         Ok(Source {
             config: config.clone(),
             files,
-            schema,
+            schema: Some(schema),
             batch_size,
+            extractor: None,
         })
     }
 
@@ -87,8 +140,9 @@ impl Source {
         &self.files
     }
 
-    /// The schema every batch has.
-    pub fn schema(&self) -> SchemaRef {
+    /// The schema every batch has, known before reading for every format
+    /// but `extract`.
+    pub fn schema(&self) -> Option<SchemaRef> {
         self.schema.clone()
     }
 
@@ -102,7 +156,78 @@ impl Source {
     }
 
     /// Reads every file in turn, yielding batches of at most `batch_size`
-    /// rows. An error names the file; reading stops after it.
+    /// rows, and for `extract` sources the files the plugin rejected. An
+    /// error names the file; reading stops after it.
+    pub fn items(&self) -> Box<dyn Iterator<Item = Result<SourceItem>> + Send> {
+        match &self.extractor {
+            Some(extractor) => Box::new(self.extracted(extractor.clone())),
+            None => Box::new(self.batches().map(|b| b.map(SourceItem::Batch))),
+        }
+    }
+
+    /// Each file's bytes through the extract plugin, one instance reused
+    /// across files until it fails.
+    fn extracted(
+        &self,
+        extractor: Extractor,
+    ) -> impl Iterator<Item = Result<SourceItem>> + Send + 'static {
+        let batch_size = self.batch_size;
+        let mut instance: Option<PluginInstance> = None;
+        self.files.clone().into_iter().flat_map(move |path| {
+            let file: Arc<str> = Arc::from(path.display().to_string());
+            let bytes =
+                match std::fs::read(&path).with_context(|| format!("reading {}", path.display())) {
+                    Ok(bytes) => bytes,
+                    Err(e) => return vec![Err(e)],
+                };
+            match extract_file(&extractor, &mut instance, &file, &bytes) {
+                Ok(batches) => batches
+                    .iter()
+                    .flat_map(|batch| {
+                        (0..batch.num_rows().max(1))
+                            .step_by(batch_size)
+                            .map(|offset| {
+                                batch.slice(offset, batch_size.min(batch.num_rows() - offset))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .map(|batch| {
+                        Ok(SourceItem::Batch(SourceBatch {
+                            batch,
+                            file: file.clone(),
+                        }))
+                    })
+                    .collect(),
+                Err((kind, message)) => {
+                    tracing::warn!(file = %file, kind, %message, "extract plugin rejected a file");
+                    let rows = RecordBatch::try_from_iter([
+                        (
+                            "source_file",
+                            Arc::new(arrow::array::StringArray::from(vec![&*file]))
+                                as arrow::array::ArrayRef,
+                        ),
+                        (
+                            "bytes",
+                            Arc::new(arrow::array::Int64Array::from(vec![bytes.len() as i64])),
+                        ),
+                    ])
+                    .expect("two one-row columns");
+                    let reason = Reason {
+                        stage: Arc::from("source"),
+                        plugin: Arc::from(extractor.plugin.name()),
+                        plugin_sha256: Arc::from(extractor.plugin.sha256()),
+                        error_kind: kind.to_string(),
+                        rule: None,
+                        message,
+                    };
+                    vec![Ok(SourceItem::Rejected { file, rows, reason })]
+                }
+            }
+        })
+    }
+
+    /// Reads every file of a native format in turn, yielding batches of at
+    /// most `batch_size` rows. An error names the file; reading stops after it.
     pub fn batches(&self) -> impl Iterator<Item = Result<SourceBatch>> + Send + 'static {
         let this = self.clone();
         self.files.clone().into_iter().flat_map(move |path| {
@@ -131,10 +256,14 @@ impl Source {
         path: &Path,
     ) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
         let file = File::open(path)?;
+        let schema = self
+            .schema
+            .clone()
+            .context("only native formats are read as files")?;
         let config = &self.config;
         Ok(match config.format {
             SourceFormat::Csv => {
-                let mut builder = arrow::csv::ReaderBuilder::new(self.schema.clone())
+                let mut builder = arrow::csv::ReaderBuilder::new(schema)
                     .with_header(config.header)
                     .with_delimiter(config.delimiter.as_bytes()[0])
                     .with_quote(config.quote.as_bytes()[0])
@@ -149,7 +278,7 @@ impl Source {
                 )
             }
             SourceFormat::Jsonl => {
-                let reader = arrow::json::ReaderBuilder::new(self.schema.clone())
+                let reader = arrow::json::ReaderBuilder::new(schema)
                     .with_batch_size(self.batch_size)
                     .build(BufReader::new(file))?;
                 Box::new(reader.map(|b| b.map_err(Into::into)))
@@ -158,14 +287,57 @@ impl Source {
                 let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
                     .with_batch_size(self.batch_size)
                     .build()?;
-                let schema = reader.schema();
-                if schema.fields() != self.schema.fields() {
-                    bail!("its schema differs from the first file's: {schema:?}");
+                let found = reader.schema();
+                if found.fields() != schema.fields() {
+                    bail!("its schema differs from the first file's: {found:?}");
                 }
                 Box::new(reader.map(|b| b.map_err(Into::into)))
             }
+            SourceFormat::Extract => unreachable!("extract sources are read by `extracted`"),
         })
     }
+}
+
+/// Runs the extract plugin on one file. The instance is created on first use
+/// and dropped after a failure. Errors are (kind, message) for the quarantine.
+fn extract_file(
+    extractor: &Extractor,
+    instance: &mut Option<PluginInstance>,
+    file: &str,
+    bytes: &[u8],
+) -> Result<Vec<RecordBatch>, (&'static str, String)> {
+    if bytes.len() as u64 > extractor.max_file_bytes {
+        return Err((
+            "file_too_large",
+            format!(
+                "{} bytes, over max_file_bytes = {}",
+                bytes.len(),
+                extractor.max_file_bytes
+            ),
+        ));
+    }
+    let result = (|| -> Result<Vec<RecordBatch>, crate::plugin::PluginError> {
+        if instance.is_none() {
+            *instance = Some(extractor.plugin.instantiate(
+                "source",
+                extractor.config_json.clone(),
+                extractor.limits,
+            )?);
+        }
+        let metadata = SourceMetadata {
+            source_name: file.to_string(),
+            content_type: extractor.content_type.clone(),
+        };
+        let (batches, _) = instance
+            .as_mut()
+            .expect("created above")
+            .extract(bytes, &metadata)?;
+        batches.into_iter().map(crate::columnar::from_wit).collect()
+    })();
+    result.map_err(|e: crate::plugin::PluginError| {
+        *instance = None;
+        (e.kind(), e.to_string())
+    })
 }
 
 /// A regex matching the empty cell and every `null_values` entry exactly.
@@ -213,6 +385,7 @@ fn infer_schema(config: &SourceConfig, path: &Path) -> Result<SchemaRef> {
                 .as_ref()
                 .clone()
         }
+        SourceFormat::Extract => unreachable!("extract sources have no schema before extraction"),
     };
     Ok(Arc::new(schema))
 }
@@ -243,8 +416,9 @@ pub fn read_reference_table(path: &Path, max_bytes: usize) -> Result<serde_json:
         null_values: vec!["NA".into()],
         infer_rows: 100_000,
         schema: None,
+        extract: None,
     };
-    let source = Source::open(&config, Path::new(""), 8192)?;
+    let source = Source::open(&config, Path::new(""), 8192, None)?;
     let mut writer = arrow::json::ArrayWriter::new(Vec::new());
     for batch in source.batches() {
         writer.write(&batch?.batch)?;
@@ -304,6 +478,7 @@ pub fn read_output(path: &Path, limit: usize) -> Result<Vec<RecordBatch>> {
             null_values: Vec::new(),
             infer_rows: 1000,
             schema: None,
+            extract: None,
         };
         let partitions: Vec<(String, String)> = file
             .strip_prefix(path)
@@ -318,7 +493,7 @@ pub fn read_output(path: &Path, limit: usize) -> Result<Vec<RecordBatch>> {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
             })
             .collect();
-        let source = Source::open(&config, Path::new(""), remaining.min(8192))?;
+        let source = Source::open(&config, Path::new(""), remaining.min(8192), None)?;
         for batch in source.batches() {
             let batch = batch?.batch;
             let batch = batch.slice(0, batch.num_rows().min(remaining));

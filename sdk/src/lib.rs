@@ -110,6 +110,12 @@ macro_rules! export_transform {
             }
             $crate::bindings::transformer::__export_transformer!(WeirExport with_types_in $crate::bindings::transformer);
         };
+        /// The plugin's entry point as a plain function, for native tests.
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn weir_native_transform(batch: $crate::RecordBatch) -> ::core::result::Result<$crate::RecordBatch, $crate::Error> {
+            <$plugin as $crate::Transform>::transform(batch)
+        }
     };
 }
 
@@ -129,6 +135,12 @@ macro_rules! export_validate {
             }
             $crate::bindings::validator::__export_validator!(WeirExport with_types_in $crate::bindings::validator);
         };
+        /// The plugin's entry point as a plain function, for native tests.
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn weir_native_validate(batch: $crate::RecordBatch) -> ::core::result::Result<::std::vec::Vec<$crate::Verdict>, $crate::Error> {
+            <$plugin as $crate::Validate>::validate(batch)
+        }
     };
 }
 
@@ -151,5 +163,14 @@ macro_rules! export_extract {
             }
             $crate::bindings::extractor::__export_extractor!(WeirExport with_types_in $crate::bindings::extractor);
         };
+        /// The plugin's entry point as a plain function, for native tests.
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn weir_native_extract(
+            data: ::std::vec::Vec<u8>,
+            metadata: $crate::SourceMetadata,
+        ) -> ::core::result::Result<::std::vec::Vec<$crate::RecordBatch>, $crate::Error> {
+            <$plugin as $crate::Extract>::extract(data, metadata)
+        }
     };
 }

@@ -2,6 +2,7 @@
 
 mod boundary;
 mod config_errors;
+mod extract_source;
 mod flights;
 mod hostile;
 mod support;

@@ -36,6 +36,11 @@ use weir::quarantine::{Quarantine, Reason};
 use weir::sink::Sink;
 use weir::source::Source;
 
+/// The test components' shared code, compiled natively here so the numeric
+/// filter runs the same Rust in the component and in the baseline.
+#[path = "../components/src/lib.rs"]
+mod kernels;
+
 /// Median duration of `reps` runs of `f`.
 fn median(reps: usize, mut f: impl FnMut()) -> Duration {
     let mut times: Vec<Duration> = (0..reps)
@@ -155,7 +160,7 @@ fn boundary() -> serde_json::Value {
     let native_filter = median(7, || {
         for batch in &batches {
             let wit = weir_sdk::arrow::to_wit(batch).unwrap();
-            let out = weir_test_components::filter_greater_than(&wit, "value", 0).unwrap();
+            let out = kernels::filter_greater_than(&wit, "value", 0).unwrap();
             std::hint::black_box(weir_sdk::arrow::from_wit(out).unwrap());
         }
     });
@@ -255,8 +260,9 @@ fn native_flights(root: &Path, out: &Path) -> Result<(u64, u64)> {
         null_values: vec!["NA".into()],
         infer_rows: 10_000,
         schema: None,
+        extract: None,
     };
-    let source = Source::open(&source_config, &data, 8192)?;
+    let source = Source::open(&source_config, &data, 8192, None)?;
     let airlines: HashMap<String, String> =
         weir::source::read_reference_table(&data.join("airlines.csv"), 1 << 20)?
             .as_array()

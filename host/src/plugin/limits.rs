@@ -40,6 +40,24 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// These limits with each given value replacing its default.
+    pub fn overridden(
+        self,
+        fuel_per_batch: Option<u64>,
+        timeout_ms: Option<u64>,
+        max_memory_bytes: Option<u64>,
+        max_output_bytes: Option<u64>,
+    ) -> Limits {
+        Limits {
+            fuel_per_batch: fuel_per_batch.unwrap_or(self.fuel_per_batch),
+            timeout_ms: timeout_ms.unwrap_or(self.timeout_ms),
+            max_memory_bytes: max_memory_bytes.unwrap_or(self.max_memory_bytes),
+            max_output_bytes: max_output_bytes.unwrap_or(self.max_output_bytes),
+        }
+    }
+}
+
 /// The error a denied `memory.grow` raises; the call's trap carries it, and
 /// [`PluginError::classify`](super::PluginError) turns it into
 /// [`PluginError::MemoryLimit`](super::PluginError::MemoryLimit).
