@@ -39,6 +39,7 @@ use weir::source::Source;
 /// The test components' shared code, compiled natively here so the numeric
 /// filter runs the same Rust in the component and in the baseline.
 #[path = "../components/src/lib.rs"]
+#[allow(dead_code, reason = "only the filter kernel is benchmarked")]
 mod kernels;
 
 /// Median duration of `reps` runs of `f`.
