@@ -76,6 +76,19 @@ pub enum SourceFormat {
     Extract,
 }
 
+impl SourceFormat {
+    /// The native format a file's extension names: `.csv`, `.jsonl` /
+    /// `.ndjson`, `.parquet`.
+    pub fn from_extension(path: &Path) -> Option<SourceFormat> {
+        match path.extension()?.to_str()? {
+            "csv" => Some(SourceFormat::Csv),
+            "jsonl" | "ndjson" => Some(SourceFormat::Jsonl),
+            "parquet" => Some(SourceFormat::Parquet),
+            _ => None,
+        }
+    }
+}
+
 /// `[source.extract]`: the extract plugin that parses each source file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,6 +163,24 @@ pub struct SourceConfig {
     pub schema: Option<Vec<ColumnSpec>>,
     /// `format = "extract"`: the plugin that turns each file into batches.
     pub extract: Option<ExtractConfig>,
+}
+
+impl SourceConfig {
+    /// A source reading `path` as `format` with every other key at its
+    /// documented default, as if written in a pipeline file.
+    pub fn file(format: SourceFormat, path: &Path) -> SourceConfig {
+        SourceConfig {
+            format,
+            path: path.display().to_string(),
+            header: yes(),
+            delimiter: comma(),
+            quote: double_quote(),
+            null_values: Vec::new(),
+            infer_rows: default_infer_rows(),
+            schema: None,
+            extract: None,
+        }
+    }
 }
 
 fn yes() -> bool {

@@ -4,7 +4,7 @@
 //! `on_error = "fail"`); 2 bad command line; 3 the pipeline file or a plugin
 //! is invalid (nothing ran).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -74,6 +74,13 @@ enum PluginCommand {
     },
 }
 
+/// `println!` that returns the I/O error (a closed pipe) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    };
+}
+
 /// Exit code for an invalid pipeline file or plugin.
 const EXIT_INVALID: u8 = 3;
 
@@ -82,6 +89,8 @@ fn main() -> ExitCode {
     init_logging(&cli.log, cli.log_json);
     match dispatch(cli.command) {
         Ok(code) => code,
+        // `weir … | head` closing stdout early is not a failure.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             if let Some(invalid) = error.downcast_ref::<ConfigErrors>() {
                 eprint!("error: {invalid}");
@@ -91,6 +100,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn init_logging(filter: &str, json: bool) {
@@ -115,19 +132,19 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         } => run(&pipeline, report.as_deref(), !no_progress),
         Command::Check { pipeline } => {
             let loaded = Pipeline::load(&pipeline)?;
-            println!(
+            say!(
                 "{}: ok ({} stages)",
                 pipeline.display(),
                 loaded.stages().len()
-            );
+            )?;
             for stage in loaded.stages() {
-                println!(
+                say!(
                     "  {} ({}): {} sha256:{}",
                     stage.name,
                     stage.kind,
                     stage.plugin.name(),
                     &stage.plugin.sha256()[..12]
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -146,20 +163,20 @@ fn run(file: &Path, report_path: Option<&Path>, progress: bool) -> Result<ExitCo
     let report = pipeline
         .run(&options)
         .with_context(|| format!("pipeline {} failed; nothing was committed", file.display()))?;
-    print_summary(&report);
+    print_summary(&report)?;
     if let Some(path) = report_path {
         let json = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, json + "\n")
             .with_context(|| format!("writing the report to {}", path.display()))?;
-        println!("report: {}", path.display());
+        say!("report: {}", path.display())?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_summary(report: &RunReport) {
+fn print_summary(report: &RunReport) -> std::io::Result<()> {
     let seconds = report.duration_ms as f64 / 1000.0;
     let r = &report.records;
-    println!(
+    say!(
         "{}: {} read → {} written, {} quarantined, {} filtered in {:.2} s ({:.0} records/s)",
         report.pipeline,
         r.read,
@@ -168,14 +185,14 @@ fn print_summary(report: &RunReport) {
         r.filtered,
         seconds,
         r.read as f64 / seconds.max(1e-3)
-    );
+    )?;
     for stage in &report.stages {
         let errors = if stage.errors.is_empty() {
             String::new()
         } else {
             format!(", failed calls {:?}", stage.errors)
         };
-        println!(
+        say!(
             "  {:<12} {:<16} in {:>8}  out {:>8}  quarantined {:>7}  filtered {:>7}{errors}",
             stage.name,
             stage.plugin,
@@ -183,19 +200,19 @@ fn print_summary(report: &RunReport) {
             stage.records_out,
             stage.quarantined,
             stage.filtered
-        );
+        )?;
     }
     let root = report
         .outputs
         .first()
         .map(|o| o.path.display().to_string())
         .unwrap_or_default();
-    println!(
+    say!(
         "output: {} file(s) (first: {root}); quarantine: {} ({} rows)",
         report.outputs.len(),
         report.quarantine.path.display(),
         report.quarantine.rows
-    );
+    )
 }
 
 fn inspect(reference: &str, json: bool) -> Result<ExitCode> {
@@ -203,29 +220,29 @@ fn inspect(reference: &str, json: bool) -> Result<ExitCode> {
     let inspection = Plugin::inspect(&bytes)
         .with_context(|| format!("{name} is not a valid WebAssembly component"))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&inspection)?);
+        say!("{}", serde_json::to_string_pretty(&inspection)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("plugin:  {name}");
-    println!(
+    say!("plugin:  {name}")?;
+    say!(
         "world:   {}",
         match (inspection.world, inspection.kind) {
             (Some(world), Some(kind)) => format!("weir:plugin/{world} ({kind} plugin)"),
             _ => "not a weir plugin".to_string(),
         }
-    );
-    println!("size:    {} bytes", inspection.size_bytes);
-    println!("sha256:  {}", inspection.sha256);
-    println!("exports: {}", inspection.exports.join(", "));
-    println!("imports:");
+    )?;
+    say!("size:    {} bytes", inspection.size_bytes)?;
+    say!("sha256:  {}", inspection.sha256)?;
+    say!("exports: {}", inspection.exports.join(", "))?;
+    say!("imports:")?;
     for import in &inspection.imports {
-        println!("  {import}");
+        say!("  {import}")?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn show(path: &Path, limit: usize) -> Result<ExitCode> {
     let batches = weir::source::read_output(path, limit)?;
-    println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+    say!("{}", arrow::util::pretty::pretty_format_batches(&batches)?)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -397,26 +397,16 @@ fn infer_schema(config: &SourceConfig, path: &Path) -> Result<SchemaRef> {
 /// # Errors
 /// An unknown extension, an unreadable file, or more than `max_bytes` of JSON.
 pub fn read_reference_table(path: &Path, max_bytes: usize) -> Result<serde_json::Value> {
-    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let format = match extension {
-        "csv" => SourceFormat::Csv,
-        "jsonl" | "ndjson" => SourceFormat::Jsonl,
-        "parquet" => SourceFormat::Parquet,
-        other => bail!(
-            "{}: unknown table format `.{other}` (use .csv, .jsonl or .parquet)",
+    let format = SourceFormat::from_extension(path).with_context(|| {
+        format!(
+            "{}: unknown table format (use .csv, .jsonl or .parquet)",
             path.display()
-        ),
-    };
+        )
+    })?;
     let config = SourceConfig {
-        format,
-        path: path.display().to_string(),
-        header: true,
-        delimiter: ",".into(),
-        quote: "\"".into(),
         null_values: vec!["NA".into()],
         infer_rows: 100_000,
-        schema: None,
-        extract: None,
+        ..SourceConfig::file(format, path)
     };
     let source = Source::open(&config, Path::new(""), 8192, None)?;
     let mut writer = arrow::json::ArrayWriter::new(Vec::new());
@@ -460,25 +450,15 @@ pub fn read_output(path: &Path, limit: usize) -> Result<Vec<RecordBatch>> {
         if remaining == 0 {
             break;
         }
-        let format = match file.extension().and_then(|e| e.to_str()) {
-            Some("parquet") => SourceFormat::Parquet,
-            Some("jsonl") | Some("ndjson") => SourceFormat::Jsonl,
-            Some("csv") => SourceFormat::Csv,
-            _ => bail!(
+        let format = SourceFormat::from_extension(&file).with_context(|| {
+            format!(
                 "{}: unknown format (expected .parquet, .jsonl or .csv)",
                 file.display()
-            ),
-        };
+            )
+        })?;
         let config = SourceConfig {
-            format,
-            path: file.display().to_string(),
-            header: true,
-            delimiter: ",".into(),
-            quote: "\"".into(),
-            null_values: Vec::new(),
             infer_rows: 1000,
-            schema: None,
-            extract: None,
+            ..SourceConfig::file(format, &file)
         };
         let partitions: Vec<(String, String)> = file
             .strip_prefix(path)

@@ -2,11 +2,13 @@
 //! file it rejects is quarantined as one row naming the file, and the other
 //! files are still read.
 
-use crate::support::{read_jsonl, run};
+use crate::support::{read_jsonl, run, write_pipeline};
 
 fn pipeline(dir: &std::path::Path, plugin: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"
+    write_pipeline(
+        dir,
+        &format!(
+            r#"
 [pipeline]
 workers = 1
 
@@ -18,19 +20,9 @@ path = "*.txt"
 plugin = {plugin:?}
 content_type = "text/plain"
 timeout_ms = 5000
-
-[sink]
-format = "jsonl"
-path = "out.jsonl"
-
-[quarantine]
-format = "jsonl"
-path = "quarantine.jsonl"
 "#
-    );
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+        ),
+    )
 }
 
 #[test]

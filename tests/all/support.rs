@@ -16,6 +16,18 @@ pub fn action_csv(dir: &Path, actions: &[&str]) -> PathBuf {
     path
 }
 
+/// Writes `dir/pipeline.toml`: `head` (the `[pipeline]`, `[source]` and
+/// `[[stages]]` tables) followed by a JSON Lines sink `out.jsonl` and a JSON
+/// Lines quarantine `quarantine.jsonl`.
+pub fn write_pipeline(dir: &Path, head: &str) -> PathBuf {
+    let text = format!(
+        "{head}\n[sink]\nformat = \"jsonl\"\npath = \"out.jsonl\"\n\n[quarantine]\nformat = \"jsonl\"\npath = \"quarantine.jsonl\"\n"
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// A one-stage pipeline over `input.csv` in `dir` with JSON Lines output,
 /// `batch_size` rows per batch and one worker (so batch order is the
 /// order of calls). `stage_extra` is appended to the `[[stages]]` table.
@@ -26,8 +38,10 @@ pub fn one_stage_pipeline(
     batch_size: usize,
     stage_extra: &str,
 ) -> PathBuf {
-    let text = format!(
-        r#"
+    write_pipeline(
+        dir,
+        &format!(
+            r#"
 [pipeline]
 batch_size = {batch_size}
 workers = 1
@@ -41,19 +55,9 @@ name = "probe"
 kind = "{kind}"
 plugin = {plugin:?}
 {stage_extra}
-
-[sink]
-format = "jsonl"
-path = "out.jsonl"
-
-[quarantine]
-format = "jsonl"
-path = "quarantine.jsonl"
 "#
-    );
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+        ),
+    )
 }
 
 /// Loads and runs a pipeline file.

@@ -253,15 +253,8 @@ fn flights_pipeline(root: &Path, out: &Path, workers: usize) -> Result<Pipeline>
 fn native_flights(root: &Path, out: &Path) -> Result<(u64, u64)> {
     let data = root.join("examples/flights/data");
     let source_config = SourceConfig {
-        format: SourceFormat::Csv,
-        path: "flights.csv".into(),
-        header: true,
-        delimiter: ",".into(),
-        quote: "\"".into(),
         null_values: vec!["NA".into()],
-        infer_rows: 10_000,
-        schema: None,
-        extract: None,
+        ..SourceConfig::file(SourceFormat::Csv, Path::new("flights.csv"))
     };
     let source = Source::open(&source_config, &data, 8192, None)?;
     let airlines: HashMap<String, String> =
