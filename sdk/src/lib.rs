@@ -53,7 +53,7 @@ pub mod arrow;
 
 pub use batch::DataTypeExt;
 pub use bitmap::{Bitmap, BitmapBuilder};
-pub use column::{BoolView, PrimitiveView, VarLenView};
+pub use column::{BoolView, PrimitiveView, Utf8Builder, VarLenView};
 pub use host::{Level, config, config_json, log};
 /// Re-exported so plugins can read their config without extra dependencies.
 pub use {serde, serde_json};

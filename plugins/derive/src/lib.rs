@@ -267,11 +267,15 @@ impl Derive {
                 default,
             } => {
                 let keys = batch.column(source)?;
-                let column = Column::from_utf8(rows.map(|r| {
-                    key_text(keys, r)
-                        .and_then(|k| map.get(&k).map(String::as_str))
+                let found = |key: Option<&str>| {
+                    key.and_then(|k| map.get(k).map(String::as_str))
                         .or(default.as_deref())
-                }));
+                };
+                let column = match keys.as_utf8() {
+                    // Text keys are looked up in place, without a copy per row.
+                    Some(text) => Column::from_utf8(rows.map(|r| found(text.get(r)))),
+                    None => Column::from_utf8(rows.map(|r| found(key_text(keys, r).as_deref()))),
+                };
                 (name, column)
             }
         };

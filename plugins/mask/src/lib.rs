@@ -24,7 +24,7 @@
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use weir_sdk::{Column, ColumnValues, Error, RecordBatch, Transform};
+use weir_sdk::{Column, ColumnValues, Error, RecordBatch, Transform, Utf8Builder};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,33 +49,59 @@ fn default_replacement() -> String {
 
 /// Salted SHA-256 of `value`, as 64 lowercase hex characters.
 pub fn salted_sha256_hex(salt: &str, value: &[u8]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(salt.as_bytes());
-    hasher.update(value);
-    hex::encode(hasher.finalize())
+    let mut out = Vec::with_capacity(64);
+    write_salted_sha256_hex(&Sha256::new_with_prefix(salt.as_bytes()), value, &mut out);
+    String::from_utf8(out).expect("hex is ASCII")
 }
 
-fn map_text(batch: &RecordBatch, name: &str, f: impl Fn(&[u8]) -> String) -> Result<Column, Error> {
+/// Appends the hex SHA-256 of the bytes already in `salted` followed by
+/// `value` to `out`, with no allocation.
+fn write_salted_sha256_hex(salted: &Sha256, value: &[u8], out: &mut Vec<u8>) {
+    let digest = salted.clone().chain_update(value).finalize();
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(digest, &mut hex).expect("64 hex digits for 32 bytes");
+    out.extend_from_slice(&hex);
+}
+
+/// A new `utf8` column: `write` appends each non-null value's replacement;
+/// nulls stay null.
+fn map_text(
+    batch: &RecordBatch,
+    name: &str,
+    mut write: impl FnMut(&[u8], &mut Vec<u8>),
+) -> Result<Column, Error> {
     let column = batch.column(name)?;
-    let rows = 0..batch.len();
+    let mut out = Utf8Builder::with_capacity(batch.len(), batch.len() * 64);
+    let mut push = |value: Option<&[u8]>| match value {
+        Some(value) => out.push_with(|buf| write(value, buf)),
+        None => out.push_null(),
+    };
     match &column.values {
         ColumnValues::Utf8(_) | ColumnValues::Binary(_) => {
             let view = column
                 .as_utf8()
                 .or_else(|| column.as_binary())
                 .expect("matched above");
-            Ok(Column::from_utf8(rows.map(|r| view.get_bytes(r).map(&f))))
+            (0..batch.len()).for_each(|r| push(view.get_bytes(r)));
         }
         ColumnValues::Int64(_) => {
             let view = column.as_int64().expect("matched above");
-            Ok(Column::from_utf8(
-                rows.map(|r| view.get(r).map(|v| f(v.to_string().as_bytes()))),
-            ))
+            (0..batch.len()).for_each(|r| {
+                push(
+                    view.get(r)
+                        .map(|v| v.to_string())
+                        .as_deref()
+                        .map(str::as_bytes),
+                )
+            });
         }
-        _ => Err(Error::InvalidInput(format!(
-            "mask: column `{name}` must be utf8, binary or int64"
-        ))),
+        _ => {
+            return Err(Error::InvalidInput(format!(
+                "mask: column `{name}` must be utf8, binary or int64"
+            )));
+        }
     }
+    Ok(out.finish())
 }
 
 /// The `mask` plugin.
@@ -85,11 +111,16 @@ impl Transform for Mask {
     fn transform(mut batch: RecordBatch) -> Result<RecordBatch, Error> {
         let config: Config = weir_sdk::config()?;
         for name in &config.sha256 {
-            let column = map_text(&batch, name, |v| salted_sha256_hex(&config.salt, v))?;
+            let salted = Sha256::new_with_prefix(config.salt.as_bytes());
+            let column = map_text(&batch, name, |v, out| {
+                write_salted_sha256_hex(&salted, v, out)
+            })?;
             batch = batch.replace_column(name, column)?;
         }
         for name in &config.redact {
-            let column = map_text(&batch, name, |_| config.replacement.clone())?;
+            let column = map_text(&batch, name, |_, out| {
+                out.extend_from_slice(config.replacement.as_bytes())
+            })?;
             batch = batch.replace_column(name, column)?;
         }
         Ok(batch)
