@@ -37,9 +37,58 @@
 //! weir_sdk::export_transform!(Upper);
 //! ```
 //!
+//! ## Example: a validator
+//!
+//! ```no_run
+//! use weir_sdk::{Error, RecordBatch, Validate, Verdict};
+//!
+//! /// Flags rows whose `distance` is not positive.
+//! struct PositiveDistance;
+//!
+//! impl Validate for PositiveDistance {
+//!     fn validate(batch: RecordBatch) -> Result<Vec<Verdict>, Error> {
+//!         let distance = batch.int64("distance")?;
+//!         Ok((0..batch.len())
+//!             .filter(|&row| distance.get(row).is_some_and(|d| d <= 0))
+//!             .map(|row| Verdict {
+//!                 row: row as u32,
+//!                 rule: "distance_positive".into(),
+//!                 message: format!("distance {:?} is not positive", distance.get(row)),
+//!             })
+//!             .collect())
+//!     }
+//! }
+//!
+//! weir_sdk::export_validate!(PositiveDistance);
+//! ```
+//!
+//! ## Example: an extractor
+//!
+//! ```no_run
+//! use weir_sdk::{Column, DataType, Error, Extract, Field, RecordBatch, SourceMetadata};
+//!
+//! /// One row per non-empty line, in a `line` column.
+//! struct Lines;
+//!
+//! impl Extract for Lines {
+//!     fn extract(data: Vec<u8>, metadata: SourceMetadata) -> Result<Vec<RecordBatch>, Error> {
+//!         let text = String::from_utf8(data)
+//!             .map_err(|e| Error::Parse(format!("{}: not UTF-8: {e}", metadata.source_name)))?;
+//!         let lines: Vec<Option<&str>> = text.lines().filter(|l| !l.is_empty()).map(Some).collect();
+//!         let rows = lines.len() as u32;
+//!         let field = Field { name: "line".into(), data_type: DataType::Utf8, nullable: false };
+//!         Ok(vec![RecordBatch::try_new(vec![field], vec![Column::from_utf8(lines)], rows)?])
+//!     }
+//! }
+//!
+//! weir_sdk::export_extract!(Lines);
+//! ```
+//!
 //! Build with `cargo build --release --target wasm32-wasip2` and a
 //! `crate-type = ["cdylib"]` library; the `.wasm` file in
 //! `target/wasm32-wasip2/release/` is the plugin.
+
+#![warn(missing_docs)]
 
 mod batch;
 #[doc(hidden)]
