@@ -27,6 +27,7 @@
 
 pub mod bindings;
 pub mod builtin;
+pub mod cli;
 pub mod columnar;
 pub mod config;
 pub mod engine;

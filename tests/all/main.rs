@@ -1,6 +1,7 @@
 //! weir's integration tests: one binary, a module per area.
 
 mod boundary;
+mod cli;
 mod config_errors;
 mod extract_source;
 mod flights;

@@ -1,0 +1,268 @@
+//! The `weir` command line, as a library function so that tests can run it
+//! in-process ([`run`]); `src/main.rs` only calls it.
+//!
+//! Exit codes: [`EXIT_OK`] success; [`EXIT_RUN_FAILED`] the run failed (I/O,
+//! or a stage with `on_error = "fail"`); [`EXIT_USAGE`] bad command line;
+//! [`EXIT_INVALID`] the pipeline file or a plugin is invalid (nothing ran).
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use crate::config::ConfigErrors;
+use crate::pipeline::{Pipeline, RunOptions};
+use crate::plugin::Plugin;
+use crate::report::RunReport;
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+/// weir: data pipelines whose logic lives in sandboxed WebAssembly components.
+#[derive(Parser)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    /// Log filter (`warn`, `info`, `weir=debug`...); also `WEIR_LOG`.
+    #[arg(long, global = true, env = "WEIR_LOG", default_value = "warn")]
+    log: String,
+    /// Write logs as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline file to completion.
+    Run {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Also write the run report (counts, lineage) as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Never draw the progress line.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Validate a pipeline file and its plugins without running.
+    Check {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+    },
+    /// Work with plugin components.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Print the first rows of a Parquet, JSON Lines or CSV output.
+    Show {
+        /// A file, or a directory of Parquet files (partitioned output).
+        path: PathBuf,
+        /// Rows to print.
+        #[arg(long, short = 'n', default_value_t = 10)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Show a component's world, exports, imports, size and hash.
+    Inspect {
+        /// The component file (`.wasm`) or `builtin:NAME`.
+        plugin: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `println!` that returns the I/O error (a closed pipe) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    };
+}
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the run failed; nothing was committed.
+pub const EXIT_RUN_FAILED: u8 = 1;
+/// Exit code: the command line is wrong (clap's convention).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the pipeline file or a plugin is invalid; nothing ran.
+pub const EXIT_INVALID: u8 = 3;
+
+/// Runs the `weir` command line with `args` (the first is the program name)
+/// and returns the process exit code. Errors are printed to stderr.
+pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> u8 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                EXIT_USAGE
+            } else {
+                EXIT_OK
+            };
+        }
+    };
+    init_logging(&cli.log, cli.log_json);
+    match dispatch(cli.command) {
+        Ok(()) => EXIT_OK,
+        // `weir … | head` closing stdout early is not a failure.
+        Err(error) if is_broken_pipe(&error) => EXIT_OK,
+        Err(error) => {
+            if let Some(invalid) = error.downcast_ref::<ConfigErrors>() {
+                eprint!("error: {invalid}");
+                return EXIT_INVALID;
+            }
+            eprintln!("error: {error:#}");
+            EXIT_RUN_FAILED
+        }
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_logging(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second call (tests running the CLI in-process) keeps the first.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run {
+            pipeline,
+            report,
+            no_progress,
+        } => run_pipeline(&pipeline, report.as_deref(), !no_progress),
+        Command::Check { pipeline } => {
+            let loaded = Pipeline::load(&pipeline)?;
+            say!(
+                "{}: ok ({} stages)",
+                pipeline.display(),
+                loaded.stages().len()
+            )?;
+            for stage in loaded.stages() {
+                say!(
+                    "  {} ({}): {} sha256:{}",
+                    stage.name,
+                    stage.kind,
+                    stage.plugin.name(),
+                    &stage.plugin.sha256()[..12]
+                )?;
+            }
+            Ok(())
+        }
+        Command::Plugin {
+            command: PluginCommand::Inspect { plugin, json },
+        } => inspect(&plugin, json),
+        Command::Show { path, limit } => show(&path, limit),
+    }
+}
+
+fn run_pipeline(file: &Path, report_path: Option<&Path>, progress: bool) -> Result<()> {
+    let pipeline = Pipeline::load(file)?;
+    let options = RunOptions {
+        progress: progress && std::io::stderr().is_terminal(),
+    };
+    let report = pipeline
+        .run(&options)
+        .with_context(|| format!("pipeline {} failed; nothing was committed", file.display()))?;
+    print_summary(&report)?;
+    if let Some(path) = report_path {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("writing the report to {}", path.display()))?;
+        say!("report: {}", path.display())?;
+    }
+    Ok(())
+}
+
+fn print_summary(report: &RunReport) -> std::io::Result<()> {
+    let seconds = report.duration_ms as f64 / 1000.0;
+    let r = &report.records;
+    say!(
+        "{}: {} read → {} written, {} quarantined, {} filtered in {:.2} s ({:.0} records/s)",
+        report.pipeline,
+        r.read,
+        r.written,
+        r.quarantined,
+        r.filtered,
+        seconds,
+        r.read as f64 / seconds.max(1e-3)
+    )?;
+    for stage in &report.stages {
+        let errors = if stage.errors.is_empty() {
+            String::new()
+        } else {
+            format!(", failed calls {:?}", stage.errors)
+        };
+        say!(
+            "  {:<12} {:<16} in {:>8}  out {:>8}  quarantined {:>7}  filtered {:>7}{errors}",
+            stage.name,
+            stage.plugin,
+            stage.records_in,
+            stage.records_out,
+            stage.quarantined,
+            stage.filtered
+        )?;
+    }
+    let root = report
+        .outputs
+        .first()
+        .map(|o| o.path.display().to_string())
+        .unwrap_or_default();
+    say!(
+        "output: {} file(s) (first: {root}); quarantine: {} ({} rows)",
+        report.outputs.len(),
+        report.quarantine.path.display(),
+        report.quarantine.rows
+    )
+}
+
+fn inspect(reference: &str, json: bool) -> Result<()> {
+    let (name, bytes) = crate::plugin::read_plugin_bytes(reference, Path::new("."))?;
+    let inspection = Plugin::inspect(&bytes)
+        .with_context(|| format!("{name} is not a valid WebAssembly component"))?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&inspection)?)?;
+        return Ok(());
+    }
+    say!("plugin:  {name}")?;
+    say!(
+        "world:   {}",
+        match (inspection.world, inspection.kind) {
+            (Some(world), Some(kind)) => format!("weir:plugin/{world} ({kind} plugin)"),
+            _ => "not a weir plugin".to_string(),
+        }
+    )?;
+    say!("size:    {} bytes", inspection.size_bytes)?;
+    say!("sha256:  {}", inspection.sha256)?;
+    say!("exports: {}", inspection.exports.join(", "))?;
+    say!("imports:")?;
+    for import in &inspection.imports {
+        say!("  {import}")?;
+    }
+    Ok(())
+}
+
+fn show(path: &Path, limit: usize) -> Result<()> {
+    let batches = crate::source::read_output(path, limit)?;
+    say!("{}", arrow::util::pretty::pretty_format_batches(&batches)?)?;
+    Ok(())
+}
