@@ -467,15 +467,20 @@ impl Worker {
     fn process(&mut self, seq: u64, item: SourceItem) -> Result<BatchResult> {
         let source = match item {
             SourceItem::Batch(batch) => batch,
-            // A file the extract plugin rejected counts as one record read
-            // and quarantined, so read = written + quarantined + filtered.
-            SourceItem::Rejected { file, rows, reason } => {
+            // Rejected input (a CSV record that does not parse, a file the
+            // extract plugin refused) counts as read and quarantined, so
+            // read = written + quarantined + filtered.
+            SourceItem::Rejected {
+                file,
+                rows,
+                reasons,
+            } => {
                 return Ok(BatchResult {
                     seq,
                     file,
                     rows_read: rows.num_rows() as u64,
                     output: None,
-                    quarantined: vec![(rows, vec![reason])],
+                    quarantined: vec![(rows, reasons)],
                 });
             }
         };

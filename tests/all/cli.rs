@@ -8,7 +8,9 @@ use crate::support::{action_csv, one_stage_pipeline, read_jsonl};
 /// Runs `weir ARGS` in-process, with logging off: the log subscriber is
 /// process-wide and would print every later test's warnings.
 fn weir(args: &[&str]) -> u8 {
-    run(["weir", "--log", "off"].into_iter().chain(args.iter().copied()))
+    run(["weir", "--log", "off"]
+        .into_iter()
+        .chain(args.iter().copied()))
 }
 
 #[test]

@@ -6,4 +6,5 @@ mod config_errors;
 mod extract_source;
 mod flights;
 mod hostile;
+mod malformed_input;
 mod support;

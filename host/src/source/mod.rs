@@ -6,6 +6,8 @@
 //! `infer_rows` rows of the first CSV / JSON Lines file. Every file of a
 //! glob must fit that schema.
 
+mod csv;
+
 use std::fs::File;
 use std::io::{BufReader, Seek};
 use std::path::{Path, PathBuf};
@@ -34,6 +36,12 @@ pub fn parse_data_type(name: &str) -> Option<DataType> {
     })
 }
 
+use self::csv::Decoded;
+
+/// The `plugin` name quarantine rows carry when weir's own reader rejected
+/// a record (there is no plugin hash: `plugin_sha256` is empty).
+pub const NATIVE_READER: &str = "weir:reader";
+
 /// The extract plugin of a `format = "extract"` source, ready to run.
 #[derive(Debug, Clone)]
 pub struct Extractor {
@@ -55,15 +63,16 @@ pub struct Extractor {
 pub enum SourceItem {
     /// Rows read.
     Batch(SourceBatch),
-    /// A file the extract plugin rejected: `rows` is one row
-    /// (`source_file` utf8, `bytes` int64) and `reason` says why.
+    /// Input that could not be read into rows: CSV records that do not
+    /// parse (`rows`: `source_file`, `record_number`, `text`), or a file an
+    /// extract plugin rejected (`rows`: `source_file`, `bytes`).
     Rejected {
         /// The file.
         file: Arc<str>,
-        /// One row describing the file.
+        /// One row per rejected record or file.
         rows: RecordBatch,
-        /// Why it was rejected.
-        reason: Reason,
+        /// Why each row was rejected.
+        reasons: Vec<Reason>,
     },
 }
 
@@ -161,7 +170,27 @@ impl Source {
     pub fn items(&self) -> Box<dyn Iterator<Item = Result<SourceItem>> + Send> {
         match &self.extractor {
             Some(extractor) => Box::new(self.extracted(extractor.clone())),
-            None => Box::new(self.batches().map(|b| b.map(SourceItem::Batch))),
+            None => Box::new(self.decoded().map(|item| {
+                let (file, decoded) = item?;
+                Ok(match decoded {
+                    Decoded::Batch(batch) => SourceItem::Batch(SourceBatch { batch, file }),
+                    Decoded::Rejected { rows, messages } => SourceItem::Rejected {
+                        file,
+                        reasons: messages
+                            .into_iter()
+                            .map(|message| Reason {
+                                stage: Arc::from("source"),
+                                plugin: Arc::from(NATIVE_READER),
+                                plugin_sha256: Arc::from(""),
+                                error_kind: "parse".into(),
+                                rule: None,
+                                message,
+                            })
+                            .collect(),
+                        rows,
+                    },
+                })
+            })),
         }
     }
 
@@ -220,7 +249,11 @@ impl Source {
                         rule: None,
                         message,
                     };
-                    vec![Ok(SourceItem::Rejected { file, rows, reason })]
+                    vec![Ok(SourceItem::Rejected {
+                        file,
+                        rows,
+                        reasons: vec![reason],
+                    })]
                 }
             }
         })
@@ -229,24 +262,32 @@ impl Source {
     /// Reads every file of a native format in turn, yielding batches of at
     /// most `batch_size` rows. An error names the file; reading stops after it.
     pub fn batches(&self) -> impl Iterator<Item = Result<SourceBatch>> + Send + 'static {
+        self.decoded().map(|item| {
+            let (file, decoded) = item?;
+            match decoded {
+                Decoded::Batch(batch) => Ok(SourceBatch { batch, file }),
+                Decoded::Rejected { messages, .. } => {
+                    bail!("reading {file}: {}", messages.join("; "))
+                }
+            }
+        })
+    }
+
+    /// Every file of a native format, decoded in turn, with its name.
+    fn decoded(&self) -> impl Iterator<Item = Result<(Arc<str>, Decoded)>> + Send + 'static {
         let this = self.clone();
         self.files.clone().into_iter().flat_map(move |path| {
             let file: Arc<str> = Arc::from(path.display().to_string());
-            let reader = this
-                .open_file(&path)
-                .with_context(|| format!("opening {}", path.display()));
-            let batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send> = match reader {
-                Ok(reader) => reader,
+            let decoded = match this
+                .open_file(&path, file.clone())
+                .with_context(|| format!("opening {file}"))
+            {
+                Ok(decoded) => decoded,
                 Err(e) => Box::new(std::iter::once(Err(e))),
             };
-            let context = file.clone();
-            batches.map(move |batch| {
-                batch
-                    .with_context(|| format!("reading {context}"))
-                    .map(|batch| SourceBatch {
-                        batch,
-                        file: file.clone(),
-                    })
+            decoded.map(move |item| {
+                item.with_context(|| format!("reading {file}"))
+                    .map(|decoded| (file.clone(), decoded))
             })
         })
     }
@@ -254,7 +295,8 @@ impl Source {
     fn open_file(
         &self,
         path: &Path,
-    ) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
+        name: Arc<str>,
+    ) -> Result<Box<dyn Iterator<Item = Result<Decoded>> + Send>> {
         let file = File::open(path)?;
         let schema = self
             .schema
@@ -263,25 +305,25 @@ impl Source {
         let config = &self.config;
         Ok(match config.format {
             SourceFormat::Csv => {
-                let mut builder = arrow::csv::ReaderBuilder::new(schema)
-                    .with_header(config.header)
-                    .with_delimiter(config.delimiter.as_bytes()[0])
-                    .with_quote(config.quote.as_bytes()[0])
-                    .with_batch_size(self.batch_size);
-                if let Some(regex) = null_regex(config)? {
-                    builder = builder.with_null_regex(regex);
-                }
-                Box::new(
-                    builder
-                        .build(BufReader::new(file))?
-                        .map(|b| b.map_err(Into::into)),
-                )
+                let dialect = csv::Dialect {
+                    schema,
+                    delimiter: config.delimiter.as_bytes()[0],
+                    quote: config.quote.as_bytes()[0],
+                    null_regex: null_regex(config)?,
+                };
+                Box::new(csv::CsvRecords::open(
+                    file,
+                    name,
+                    dialect,
+                    config.header,
+                    self.batch_size,
+                )?)
             }
             SourceFormat::Jsonl => {
                 let reader = arrow::json::ReaderBuilder::new(schema)
                     .with_batch_size(self.batch_size)
                     .build(BufReader::new(file))?;
-                Box::new(reader.map(|b| b.map_err(Into::into)))
+                Box::new(reader.map(|b| b.map(Decoded::Batch).map_err(Into::into)))
             }
             SourceFormat::Parquet => {
                 let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
@@ -291,7 +333,7 @@ impl Source {
                 if found.fields() != schema.fields() {
                     bail!("its schema differs from the first file's: {found:?}");
                 }
-                Box::new(reader.map(|b| b.map_err(Into::into)))
+                Box::new(reader.map(|b| b.map(Decoded::Batch).map_err(Into::into)))
             }
             SourceFormat::Extract => unreachable!("extract sources are read by `extracted`"),
         })
