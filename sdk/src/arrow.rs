@@ -1,4 +1,4 @@
-//! Conversions between the WIT [`RecordBatch`](crate::RecordBatch) and
+//! Conversions between the WIT [`RecordBatch`] and
 //! arrow-rs [`arrow_array::RecordBatch`] (feature `arrow`), so a plugin can
 //! use Arrow kernels on its input.
 //!

@@ -13,7 +13,7 @@
 //! read a column with [`RecordBatch::column`] and a typed view such as
 //! [`Column::as_int64`]; build new columns with [`Column::from_int64`],
 //! [`Column::from_utf8`] and friends. With the `arrow` feature, batches
-//! convert to and from arrow-rs `RecordBatch` (see [`arrow`](crate::arrow)).
+//! convert to and from arrow-rs `RecordBatch` (see [`arrow`]).
 //!
 //! ## Example: a transform that upper-cases a column
 //!
