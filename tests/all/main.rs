@@ -6,5 +6,6 @@ mod config_errors;
 mod extract_source;
 mod flights;
 mod hostile;
+mod hot_reload;
 mod malformed_input;
 mod support;

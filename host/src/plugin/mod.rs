@@ -19,6 +19,8 @@
 mod cache;
 mod error;
 mod limits;
+mod slot;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +36,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 pub use cache::{Origin, cache_dir};
 pub use error::PluginError;
 pub use limits::{Limits, MemoryCap, MemoryLimitExceeded};
+pub use slot::{HISTORY_LEN, PluginSlot, PluginVersion, Rejection, SlotStatus, Swap};
+pub use watch::{DEFAULT_DEBOUNCE, PluginWatcher};
 
 use crate::bindings::{extractor, host, transformer, types, validator};
 use crate::engine::{EPOCH_TICK_MS, Runtime};
