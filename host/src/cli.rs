@@ -42,6 +42,10 @@ enum Command {
         /// Never draw the progress line.
         #[arg(long)]
         no_progress: bool,
+        /// Reload plugin files that change during the run (batches already
+        /// started finish on the version they started with).
+        #[arg(long)]
+        watch: bool,
     },
     /// Validate a pipeline file and its plugins without running.
     Check {
@@ -149,7 +153,8 @@ fn dispatch(command: Command) -> Result<()> {
             pipeline,
             report,
             no_progress,
-        } => run_pipeline(&pipeline, report.as_deref(), !no_progress),
+            watch,
+        } => run_pipeline(&pipeline, report.as_deref(), !no_progress, watch),
         Command::Check { pipeline } => {
             let loaded = Pipeline::load(&pipeline)?;
             say!(
@@ -162,8 +167,8 @@ fn dispatch(command: Command) -> Result<()> {
                     "  {} ({}): {} sha256:{}",
                     stage.name,
                     stage.kind,
-                    stage.plugin.name(),
-                    &stage.plugin.sha256()[..12]
+                    stage.reference,
+                    &stage.plugin().sha256()[..12]
                 )?;
             }
             Ok(())
@@ -175,10 +180,21 @@ fn dispatch(command: Command) -> Result<()> {
     }
 }
 
-fn run_pipeline(file: &Path, report_path: Option<&Path>, progress: bool) -> Result<()> {
+fn run_pipeline(
+    file: &Path,
+    report_path: Option<&Path>,
+    progress: bool,
+    watch: bool,
+) -> Result<()> {
     let pipeline = Pipeline::load(file)?;
     let options = RunOptions {
         progress: progress && std::io::stderr().is_terminal(),
+    };
+    // Watching stops when the guard drops, after the run.
+    let _watcher = if watch {
+        pipeline.watch_plugins(crate::plugin::DEFAULT_DEBOUNCE)?
+    } else {
+        None
     };
     let report = pipeline
         .run(&options)

@@ -313,6 +313,10 @@ pub struct SinkConfig {
     /// `error_if_exists` (default) or `overwrite`.
     #[serde(default)]
     pub mode: WriteMode,
+    /// Name of a `utf8` column added to every output row naming the plugin
+    /// version each stage ran, as `stage=sha256;stage=sha256…`. Default:
+    /// none. Example: `lineage_column = "_weir_lineage"`.
+    pub lineage_column: Option<String>,
 }
 
 fn default_compression() -> String {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::BooleanArray;
 use arrow::record_batch::RecordBatch;
 
@@ -30,7 +30,10 @@ use crate::config::{
     ConfigErrors, MAX_REFERENCE_TABLE_BYTES, OnError, PipelineConfig, Problems, StageConfig,
     expand_paths,
 };
-use crate::plugin::{Limits, Plugin, PluginError, PluginInstance, PluginKind};
+use crate::plugin::{
+    Limits, Plugin, PluginError, PluginInstance, PluginKind, PluginSlot, PluginVersion,
+    PluginWatcher,
+};
 use crate::quarantine::{Quarantine, Reason};
 use crate::report::{InputFile, QuarantineReport, RecordCounts, RunReport, StageReport};
 use crate::sink::Sink;
@@ -40,14 +43,15 @@ use crate::source::{Extractor, Source, SourceItem};
 pub const IN_FLIGHT_PER_WORKER: usize = 4;
 
 /// One stage, ready to run: its plugin compiled and its config serialised.
-#[derive(Debug)]
 pub struct Stage {
     /// Unique stage name.
     pub name: Arc<str>,
     /// Plugin kind (checked against the component's world).
     pub kind: PluginKind,
-    /// The compiled plugin.
-    pub plugin: Arc<Plugin>,
+    /// The plugin reference as written in the pipeline file.
+    pub reference: String,
+    /// The stage's plugin; a reload swaps the version it serves.
+    pub slot: Arc<PluginSlot>,
     /// The JSON the plugin's `config` import returns (reference tables
     /// included under `tables`).
     pub config_json: Arc<str>,
@@ -57,12 +61,33 @@ pub struct Stage {
     pub on_error: OnError,
 }
 
+impl std::fmt::Debug for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stage")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("plugin", &self.reference)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Stage {
-    fn reason(&self, error_kind: &str, rule: Option<String>, message: String) -> Reason {
+    /// The plugin version serving now.
+    pub fn plugin(&self) -> Arc<Plugin> {
+        self.slot.current().plugin.clone()
+    }
+
+    fn reason(
+        &self,
+        version: &PluginVersion,
+        error_kind: &str,
+        rule: Option<String>,
+        message: String,
+    ) -> Reason {
         Reason {
             stage: self.name.clone(),
-            plugin: Arc::from(self.plugin.name()),
-            plugin_sha256: Arc::from(self.plugin.sha256()),
+            plugin: Arc::from(version.plugin.name()),
+            plugin_sha256: Arc::from(version.plugin.sha256()),
             error_kind: error_kind.to_string(),
             rule,
             message,
@@ -149,11 +174,18 @@ impl Pipeline {
             let json = config_json(stage, &base_dir)
                 .map_err(|e| problems.add(format!("stages[{i}].tables"), format!("{e:#}")));
             if let (Ok(plugin), Ok(json)) = (plugin, json) {
+                let config_json: Arc<str> = Arc::from(json);
                 stages.push(Arc::new(Stage {
                     name: Arc::from(stage.name.as_str()),
                     kind: stage.kind,
-                    plugin: Arc::new(plugin),
-                    config_json: Arc::from(json),
+                    reference: stage.plugin.clone(),
+                    slot: Arc::new(PluginSlot::new(
+                        plugin,
+                        &stage.name,
+                        config_json.clone(),
+                        stage.limits(),
+                    )),
+                    config_json,
                     limits: stage.limits(),
                     on_error: stage.on_error,
                 }));
@@ -178,6 +210,25 @@ impl Pipeline {
     /// The stages, in order.
     pub fn stages(&self) -> &[Arc<Stage>] {
         &self.stages
+    }
+
+    /// Starts reloading the stages whose plugin is a file when that file
+    /// changes (`weir run --watch`); built-ins never change. Batches started
+    /// before a swap finish on the old version.
+    ///
+    /// # Errors
+    /// When a plugin's directory cannot be watched.
+    pub fn watch_plugins(&self, debounce: std::time::Duration) -> Result<Option<PluginWatcher>> {
+        let files: Vec<_> = self
+            .stages
+            .iter()
+            .filter(|s| !s.reference.starts_with("builtin:"))
+            .map(|s| (self.base_dir.join(&s.reference), s.slot.clone()))
+            .collect();
+        if files.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(PluginWatcher::start(files, debounce)?))
     }
 
     /// The extract plugin of an `extract` source.
@@ -259,7 +310,8 @@ impl Pipeline {
                 .map(|_| {
                     let batch_rx = batch_rx.clone();
                     let result_tx = result_tx.clone();
-                    let mut worker = Worker::new(&self.stages);
+                    let mut worker =
+                        Worker::new(&self.stages, self.config.sink.lineage_column.clone());
                     scope.spawn(move || {
                         for (seq, batch) in batch_rx {
                             let result = worker.process(seq, batch);
@@ -298,8 +350,8 @@ impl Pipeline {
             .map(|s| StageReport {
                 name: s.name.to_string(),
                 kind: Some(s.kind),
-                plugin: s.plugin.name().to_string(),
-                plugin_sha256: s.plugin.sha256().to_string(),
+                plugin: s.reference.clone(),
+                plugin_sha256: s.plugin().sha256().to_string(),
                 ..StageReport::default()
             })
             .collect();
@@ -386,7 +438,8 @@ struct BatchResult {
 /// One stage's instance inside one worker.
 struct StageRunner {
     stage: Arc<Stage>,
-    instance: Option<PluginInstance>,
+    /// The live instance and the version it was created from.
+    instance: Option<(PluginInstance, Arc<PluginVersion>)>,
     report: StageReport,
 }
 
@@ -396,27 +449,47 @@ enum StageOutput {
 }
 
 impl StageRunner {
-    /// Calls the plugin on `batch`; on any error the instance is dropped so
-    /// the next batch gets a fresh one.
-    fn call(&mut self, batch: &types::RecordBatch) -> Result<StageOutput, PluginError> {
-        let result = self.try_call(batch);
+    /// Calls `version` of the plugin on `batch`; on any error the instance
+    /// is dropped so the next batch gets a fresh one.
+    fn call(
+        &mut self,
+        version: &Arc<PluginVersion>,
+        batch: &types::RecordBatch,
+    ) -> Result<StageOutput, PluginError> {
+        let result = self.try_call(version, batch);
         if result.is_err() {
             self.instance = None;
         }
         result
     }
 
-    fn try_call(&mut self, batch: &types::RecordBatch) -> Result<StageOutput, PluginError> {
+    fn try_call(
+        &mut self,
+        version: &Arc<PluginVersion>,
+        batch: &types::RecordBatch,
+    ) -> Result<StageOutput, PluginError> {
+        // An instance of another version (before or after a reload) is stale.
+        if self
+            .instance
+            .as_ref()
+            .is_some_and(|(_, v)| !Arc::ptr_eq(v, version))
+        {
+            self.instance = None;
+        }
         if self.instance.is_none() {
             self.report.instances += 1;
+            let sha256 = version.plugin.sha256();
+            if !self.report.plugin_versions.iter().any(|v| v == sha256) {
+                self.report.plugin_versions.push(sha256.to_string());
+            }
             let stage = &self.stage;
-            self.instance = Some(stage.plugin.instantiate(
-                &stage.name,
-                stage.config_json.clone(),
-                stage.limits,
-            )?);
+            let instance =
+                version
+                    .plugin
+                    .instantiate(&stage.name, stage.config_json.clone(), stage.limits)?;
+            self.instance = Some((instance, version.clone()));
         }
-        let instance = self.instance.as_mut().expect("instantiated above");
+        let (instance, _) = self.instance.as_mut().expect("instantiated above");
         self.report.calls += 1;
         let (output, stats) = match self.stage.kind {
             PluginKind::Transform => {
@@ -439,11 +512,14 @@ impl StageRunner {
 /// A worker thread's state: one [`StageRunner`] per stage.
 struct Worker {
     runners: Vec<StageRunner>,
+    /// `[sink] lineage_column`, when set.
+    lineage_column: Option<String>,
 }
 
 impl Worker {
-    fn new(stages: &[Arc<Stage>]) -> Self {
+    fn new(stages: &[Arc<Stage>], lineage_column: Option<String>) -> Self {
         Self {
+            lineage_column,
             runners: stages
                 .iter()
                 .map(|stage| StageRunner {
@@ -492,7 +568,14 @@ impl Worker {
             quarantined: Vec::new(),
         };
         let mut batch = source.batch;
-        for runner in &mut self.runners {
+        // Every stage's version is fixed when the batch starts, so a reload
+        // during the batch never mixes versions within it.
+        let versions: Vec<Arc<PluginVersion>> = self
+            .runners
+            .iter()
+            .map(|r| r.stage.slot.current())
+            .collect();
+        for (runner, version) in self.runners.iter_mut().zip(&versions) {
             let rows_in = batch.num_rows();
             runner.report.records_in += rows_in as u64;
             if rows_in == 0 {
@@ -505,13 +588,13 @@ impl Worker {
                     stage.name
                 )
             })?;
-            match runner.call(&wit) {
+            match runner.call(version, &wit) {
                 Ok(StageOutput::Transformed(out)) => {
                     runner.report.filtered += rows_in.saturating_sub(out.num_rows()) as u64;
                     batch = out;
                 }
                 Ok(StageOutput::Verdicts(verdicts)) => {
-                    let (passed, failed) = split_by_verdicts(&batch, &verdicts, &stage)?;
+                    let (passed, failed) = split_by_verdicts(&batch, &verdicts, &stage, version)?;
                     if let Some((rows, reasons)) = failed {
                         runner.report.quarantined += rows.num_rows() as u64;
                         result.quarantined.push((rows, reasons));
@@ -524,22 +607,25 @@ impl Worker {
                         .errors
                         .entry(error.kind().to_string())
                         .or_default() += 1;
-                    tracing::warn!(stage = %stage.name, plugin = stage.plugin.name(), kind = error.kind(), %error, rows = rows_in, "plugin call failed");
+                    tracing::warn!(stage = %stage.name, plugin = version.plugin.name(), kind = error.kind(), %error, rows = rows_in, "plugin call failed");
                     if stage.on_error == OnError::Fail {
                         return Err(anyhow!(
                             "stage `{}` (plugin {}, sha256 {}) failed and has on_error = \"fail\": {error}",
                             stage.name,
-                            stage.plugin.name(),
-                            stage.plugin.sha256()
+                            version.plugin.name(),
+                            version.plugin.sha256()
                         ));
                     }
                     runner.report.quarantined += rows_in as u64;
-                    let reason = stage.reason(error.kind(), None, error.to_string());
+                    let reason = stage.reason(version, error.kind(), None, error.to_string());
                     result.quarantined.push((batch, vec![reason; rows_in]));
                     return Ok(result);
                 }
             }
             runner.report.records_out += batch.num_rows() as u64;
+        }
+        if let Some(column) = &self.lineage_column {
+            batch = with_lineage(batch, column, &self.runners, &versions)?;
         }
         result.output = Some(batch);
         Ok(result)
@@ -550,10 +636,55 @@ impl Worker {
 /// the latter with their joined rule ids and messages.
 type Failed = Option<(RecordBatch, Vec<Reason>)>;
 
+/// `batch` with a `column` naming, for every row, the plugin version each
+/// stage ran: `stage=sha256;stage=sha256…` in stage order.
+fn with_lineage(
+    batch: RecordBatch,
+    column: &str,
+    runners: &[StageRunner],
+    versions: &[Arc<PluginVersion>],
+) -> Result<RecordBatch> {
+    if batch.schema().index_of(column).is_ok() {
+        bail!(
+            "sink.lineage_column `{column}` is already a column of the output; choose another name"
+        );
+    }
+    let lineage = runners
+        .iter()
+        .zip(versions)
+        .map(|(r, v)| format!("{}={}", r.stage.name, v.plugin.sha256()))
+        .collect::<Vec<_>>()
+        .join(";");
+    let mut fields: Vec<arrow::datatypes::Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(arrow::datatypes::Field::new(
+        column,
+        arrow::datatypes::DataType::Utf8,
+        false,
+    ));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(arrow::array::StringArray::from(vec![
+        lineage
+            .as_str();
+        batch
+            .num_rows(
+            )
+    ])));
+    Ok(RecordBatch::try_new(
+        Arc::new(arrow::datatypes::Schema::new(fields)),
+        columns,
+    )?)
+}
+
 fn split_by_verdicts(
     batch: &RecordBatch,
     verdicts: &[crate::plugin::Verdict],
     stage: &Stage,
+    version: &PluginVersion,
 ) -> Result<(RecordBatch, Failed)> {
     if verdicts.is_empty() {
         return Ok((batch.clone(), None));
@@ -576,7 +707,12 @@ fn split_by_verdicts(
     let reasons = (0..batch.num_rows() as u32)
         .filter_map(|r| by_row.get(&r))
         .map(|(rules, messages)| {
-            stage.reason("validation", Some(rules.join(",")), messages.join("; "))
+            stage.reason(
+                version,
+                "validation",
+                Some(rules.join(",")),
+                messages.join("; "),
+            )
         })
         .collect();
     Ok((passed, Some((failed, reasons))))

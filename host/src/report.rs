@@ -57,8 +57,11 @@ pub struct StageReport {
     pub kind: Option<PluginKind>,
     /// Plugin reference.
     pub plugin: String,
-    /// SHA-256 of the plugin component (lineage).
+    /// SHA-256 of the plugin version serving at the end of the run.
     pub plugin_sha256: String,
+    /// SHA-256 of every version that processed batches, in order of first
+    /// use (more than one when a plugin was reloaded during the run).
+    pub plugin_versions: Vec<String>,
     /// Rows that reached this stage.
     pub records_in: u64,
     /// Rows it passed on.
@@ -97,6 +100,11 @@ impl StageReport {
         self.call_time_ms += other.call_time_ms;
         self.peak_memory_bytes = self.peak_memory_bytes.max(other.peak_memory_bytes);
         self.instances += other.instances;
+        for version in &other.plugin_versions {
+            if !self.plugin_versions.contains(version) {
+                self.plugin_versions.push(version.clone());
+            }
+        }
     }
 }
 

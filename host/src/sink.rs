@@ -459,6 +459,7 @@ mod tests {
             partition_by: vec!["m".into()],
             compression: "snappy".into(),
             mode: WriteMode::ErrorIfExists,
+            lineage_column: None,
         };
         let batch = RecordBatch::try_from_iter([
             (
@@ -517,6 +518,7 @@ mod tests {
             partition_by: vec![],
             compression: "snappy".into(),
             mode: WriteMode::ErrorIfExists,
+            lineage_column: None,
         };
         let batch =
             RecordBatch::try_from_iter([("v", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef)])

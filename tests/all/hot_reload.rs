@@ -135,3 +135,89 @@ fn watcher_reloads_changed_files_and_rejects_broken_ones() {
     );
     assert_eq!(slot.status().reloads, 1);
 }
+
+#[test]
+fn reloads_during_a_run_lose_nothing_and_every_row_names_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let actions: Vec<&str> = vec!["ok"; 400];
+    crate::support::action_csv(dir.path(), &actions);
+    std::fs::write(dir.path().join("probe.wasm"), bytes(weir_tests::IDENTITY)).unwrap();
+    let file = crate::support::write_pipeline(
+        dir.path(),
+        r#"
+[pipeline]
+batch_size = 4
+workers = 2
+
+[source]
+format = "csv"
+path = "input.csv"
+
+[[stages]]
+name = "probe"
+kind = "transform"
+plugin = "probe.wasm"
+"#,
+    );
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(&file).unwrap().replace(
+            "path = \"out.jsonl\"",
+            "path = \"out.jsonl\"\nlineage_column = \"_lineage\"",
+        ),
+    )
+    .unwrap();
+    let pipeline = weir::pipeline::Pipeline::load(&file).unwrap();
+    let slot = pipeline.stages()[0].slot.clone();
+
+    // Two versions that both pass "ok" rows through unchanged.
+    let versions = [bytes(weir_tests::IDENTITY), bytes(weir_tests::PANIC)];
+    let expected: Vec<String> = versions
+        .iter()
+        .map(|v| format!("probe={}", sha256_hex(v)))
+        .collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (slot, stop) = (slot.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                slot.reload(&versions[i % 2]).unwrap();
+                i += 1;
+            }
+        })
+    };
+    wait_for("swaps before the run", || slot.status().reloads >= 2);
+    let report = pipeline.run(&Default::default()).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+
+    assert_eq!(
+        (
+            report.records.read,
+            report.records.written,
+            report.records.quarantined
+        ),
+        (400, 400, 0)
+    );
+    let rows = crate::support::read_jsonl(&dir.path().join("out.jsonl"));
+    let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(
+        ids,
+        (0..400).collect::<Vec<_>>(),
+        "every record exactly once, in order"
+    );
+    for row in &rows {
+        let lineage = row["_lineage"].as_str().unwrap();
+        assert!(
+            expected.iter().any(|e| e == lineage),
+            "unknown lineage {lineage}"
+        );
+    }
+    for used in &report.stages[0].plugin_versions {
+        assert!(
+            expected.iter().any(|e| e.ends_with(used.as_str())),
+            "unknown version {used}"
+        );
+    }
+}

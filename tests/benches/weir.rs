@@ -372,6 +372,7 @@ fn native_flights(root: &Path, out: &Path) -> Result<(u64, u64)> {
         partition_by: vec!["month".into()],
         compression: "snappy".into(),
         mode: WriteMode::Overwrite,
+        lineage_column: None,
     };
     let mut sink = Sink::create(&sink_config, out, "native")?;
     let quarantine_config = QuarantineConfig {
