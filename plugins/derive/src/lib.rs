@@ -59,16 +59,7 @@ struct Config {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 enum DeriveConfig {
-    Bucket {
-        name: String,
-        source: String,
-        breaks: Vec<f64>,
-        labels: Vec<String>,
-        #[serde(default)]
-        closed: Closed,
-        #[serde(default)]
-        when_null: Vec<NullLabel>,
-    },
+    Bucket(Bucket),
     Lookup {
         name: String,
         source: String,
@@ -97,16 +88,44 @@ struct NullLabel {
     label: String,
 }
 
+/// `kind = "bucket"`, as written and as run (see the module docs).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Bucket {
+    name: String,
+    source: String,
+    breaks: Vec<f64>,
+    labels: Vec<String>,
+    #[serde(default)]
+    closed: Closed,
+    #[serde(default)]
+    when_null: Vec<NullLabel>,
+}
+
+impl Bucket {
+    /// Checks the label count and the order of the breaks.
+    fn validated(self) -> Result<Bucket, Error> {
+        let name = &self.name;
+        if self.labels.len() != self.breaks.len() + 1 {
+            return Err(Error::InvalidConfig(format!(
+                "column `{name}`: {} breaks need {} labels, got {}",
+                self.breaks.len(),
+                self.breaks.len() + 1,
+                self.labels.len()
+            )));
+        }
+        if self.breaks.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::InvalidConfig(format!(
+                "column `{name}`: breaks must be strictly ascending"
+            )));
+        }
+        Ok(self)
+    }
+}
+
 /// A derivation ready to run.
 enum Derive {
-    Bucket {
-        name: String,
-        source: String,
-        breaks: Vec<f64>,
-        labels: Vec<String>,
-        closed: Closed,
-        when_null: Vec<NullLabel>,
-    },
+    Bucket(Bucket),
     Lookup {
         name: String,
         source: String,
@@ -129,36 +148,7 @@ fn compile(config: Config) -> Result<Vec<Derive>, Error> {
         .columns
         .into_iter()
         .map(|entry| match entry {
-            DeriveConfig::Bucket {
-                name,
-                source,
-                breaks,
-                labels,
-                closed,
-                when_null,
-            } => {
-                if labels.len() != breaks.len() + 1 {
-                    return Err(Error::InvalidConfig(format!(
-                        "column `{name}`: {} breaks need {} labels, got {}",
-                        breaks.len(),
-                        breaks.len() + 1,
-                        labels.len()
-                    )));
-                }
-                if breaks.windows(2).any(|w| w[0] >= w[1]) {
-                    return Err(Error::InvalidConfig(format!(
-                        "column `{name}`: breaks must be strictly ascending"
-                    )));
-                }
-                Ok(Derive::Bucket {
-                    name,
-                    source,
-                    breaks,
-                    labels,
-                    closed,
-                    when_null,
-                })
-            }
+            DeriveConfig::Bucket(bucket) => Ok(Derive::Bucket(bucket.validated()?)),
             DeriveConfig::Lookup {
                 name,
                 source,
@@ -225,14 +215,14 @@ impl Derive {
     fn apply(&self, batch: RecordBatch) -> Result<RecordBatch, Error> {
         let rows = 0..batch.len();
         let (name, column) = match self {
-            Derive::Bucket {
+            Derive::Bucket(Bucket {
                 name,
                 source,
                 breaks,
                 labels,
                 closed,
                 when_null,
-            } => {
+            }) => {
                 let numbers = batch.column(source)?;
                 let numeric = matches!(
                     numbers.values,
