@@ -7,6 +7,7 @@
 //! glob must fit that schema.
 
 mod csv;
+mod jsonl;
 
 use std::fs::File;
 use std::io::{BufReader, Seek};
@@ -320,10 +321,7 @@ impl Source {
                 )?)
             }
             SourceFormat::Jsonl => {
-                let reader = arrow::json::ReaderBuilder::new(schema)
-                    .with_batch_size(self.batch_size)
-                    .build(BufReader::new(file))?;
-                Box::new(reader.map(|b| b.map(Decoded::Batch).map_err(Into::into)))
+                Box::new(jsonl::JsonLines::open(file, name, schema, self.batch_size))
             }
             SourceFormat::Parquet => {
                 let reader = ParquetRecordBatchReaderBuilder::try_new(file)?

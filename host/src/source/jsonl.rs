@@ -1,0 +1,146 @@
+//! JSON Lines decoding that quarantines malformed lines instead of failing
+//! the run.
+//!
+//! Up to `batch_size` lines are decoded together with arrow-json's
+//! [`Decoder`]. When that fails (a line that is not JSON, or a value that
+//! does not fit its column), the batch's lines are decoded again one at a
+//! time: lines that decode go on as a batch, the others are rejected with
+//! arrow's message, their text and their line number (1-based). Blank lines
+//! are skipped.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::sync::Arc;
+
+use anyhow::Result;
+use arrow::array::{ArrayRef, Int64Array, StringArray};
+use arrow::datatypes::SchemaRef;
+use arrow::json::reader::Decoder;
+use arrow::record_batch::RecordBatch;
+
+use super::csv::Decoded;
+
+/// The lines of one JSON Lines file, decoded batch by batch.
+pub struct JsonLines {
+    reader: BufReader<File>,
+    schema: SchemaRef,
+    batch_size: usize,
+    file: Arc<str>,
+    /// Lines read so far, blank ones included (for line numbers).
+    line: u64,
+    pending: VecDeque<Decoded>,
+    done: bool,
+}
+
+impl JsonLines {
+    /// Reads `file` as JSON Lines of `schema`.
+    pub fn open(file: File, name: Arc<str>, schema: SchemaRef, batch_size: usize) -> JsonLines {
+        JsonLines {
+            reader: BufReader::with_capacity(1 << 20, file),
+            schema,
+            batch_size,
+            file: name,
+            line: 0,
+            pending: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    fn decoder(&self, batch_size: usize) -> Result<Decoder> {
+        Ok(arrow::json::ReaderBuilder::new(self.schema.clone())
+            .with_batch_size(batch_size)
+            .build_decoder()?)
+    }
+
+    /// Decodes `lines` (text, line number) together; `Err` when any fails.
+    fn decode_all(&self, lines: &[(Vec<u8>, u64)]) -> Result<Option<RecordBatch>> {
+        let mut decoder = self.decoder(lines.len().max(1))?;
+        for (text, _) in lines {
+            decoder.decode(text)?;
+            decoder.decode(b"\n")?;
+        }
+        Ok(decoder.flush()?)
+    }
+
+    fn recover(&self, lines: Vec<(Vec<u8>, u64)>) -> Result<Vec<Decoded>> {
+        let mut good = Vec::new();
+        let (mut numbers, mut texts, mut messages) = (Vec::new(), Vec::new(), Vec::new());
+        for (text, number) in lines {
+            match self.decode_all(std::slice::from_ref(&(text.clone(), number))) {
+                Ok(Some(batch)) => good.push(batch),
+                Ok(None) => {}
+                Err(error) => {
+                    numbers.push(number as i64);
+                    texts.push(String::from_utf8_lossy(&text).into_owned());
+                    messages.push(format!("line {number} cannot be parsed: {error}"));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if !good.is_empty() {
+            out.push(Decoded::Batch(arrow::compute::concat_batches(
+                &self.schema,
+                &good,
+            )?));
+        }
+        if !messages.is_empty() {
+            let rows = RecordBatch::try_from_iter([
+                (
+                    "source_file",
+                    Arc::new(StringArray::from(vec![&*self.file; numbers.len()])) as ArrayRef,
+                ),
+                ("record_number", Arc::new(Int64Array::from(numbers))),
+                ("text", Arc::new(StringArray::from(texts))),
+            ])?;
+            out.push(Decoded::Rejected { rows, messages });
+        }
+        Ok(out)
+    }
+
+    fn next_batch(&mut self) -> Result<Option<Vec<Decoded>>> {
+        let mut lines = Vec::with_capacity(self.batch_size);
+        let mut buf = Vec::new();
+        while lines.len() < self.batch_size {
+            buf.clear();
+            if self.reader.read_until(b'\n', &mut buf)? == 0 {
+                break;
+            }
+            self.line += 1;
+            let text = buf.trim_ascii();
+            if !text.is_empty() {
+                lines.push((text.to_vec(), self.line));
+            }
+        }
+        if lines.is_empty() {
+            return Ok(None);
+        }
+        match self.decode_all(&lines) {
+            Ok(batch) => Ok(Some(batch.map(Decoded::Batch).into_iter().collect())),
+            Err(_) => Ok(Some(self.recover(lines)?)),
+        }
+    }
+}
+
+impl Iterator for JsonLines {
+    type Item = Result<Decoded>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(decoded) = self.pending.pop_front() {
+                return Some(Ok(decoded));
+            }
+            if self.done {
+                return None;
+            }
+            match self.next_batch() {
+                Ok(Some(decoded)) => self.pending.extend(decoded),
+                Ok(None) => self.done = true,
+                Err(error) => {
+                    self.done = true;
+                    return Some(Err(error));
+                }
+            }
+        }
+    }
+}
