@@ -11,31 +11,15 @@
 //! splitter, where the bytes it consumed are unknown; that stays a fatal
 //! error naming the line.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use arrow::array::{ArrayRef, Int64Array, StringArray};
 use arrow::csv::reader::Decoder;
 use arrow::datatypes::SchemaRef;
-use arrow::record_batch::RecordBatch;
 
-/// What decoding produced: rows, or records that could not be parsed.
-pub enum Decoded {
-    /// Parsed rows.
-    Batch(RecordBatch),
-    /// Unparseable records: `rows` has columns `source_file` (utf8),
-    /// `record_number` (int64) and `text` (utf8), one row per record, and
-    /// `messages` one parse error per row.
-    Rejected {
-        /// One row per rejected record.
-        rows: RecordBatch,
-        /// Why each record was rejected.
-        messages: Vec<String>,
-    },
-}
+use super::recovery::{Decoded, NextBatch, Recovered};
 
 /// How to build a decoder: the source's CSV dialect and schema.
 #[derive(Clone)]
@@ -93,8 +77,6 @@ pub struct CsvRecords {
     file: Arc<str>,
     /// Data records before the current batch.
     records_before: u64,
-    pending: VecDeque<Decoded>,
-    done: bool,
 }
 
 impl CsvRecords {
@@ -121,63 +103,44 @@ impl CsvRecords {
             batch_size,
             file: name,
             records_before: 0,
-            pending: VecDeque::new(),
-            done: false,
         })
     }
 
     /// Decodes `raw` (whole records) one record at a time.
     fn recover(&self, raw: &[u8]) -> Result<Vec<Decoded>> {
-        let mut good = Vec::new();
-        let (mut numbers, mut texts, mut messages) = (Vec::new(), Vec::new(), Vec::new());
+        let mut recovered = Recovered::default();
         let mut input = raw;
         let mut number = self.records_before;
         while !input.is_empty() {
             let mut single = self.dialect.decoder(1);
             let mut cursor = input;
             fill(&mut cursor, &mut single, None)?;
-            let consumed = input.len() - cursor.len();
-            let text = &input[..consumed];
+            let text = &input[..input.len() - cursor.len()];
             input = cursor;
             match single.flush() {
                 Ok(Some(batch)) => {
                     number += 1;
-                    good.push(batch);
+                    recovered.parsed(batch);
                 }
                 Ok(None) => {}
                 Err(error) => {
                     number += 1;
-                    numbers.push(number as i64);
-                    texts.push(
-                        String::from_utf8_lossy(text)
-                            .trim_end_matches(['\r', '\n'])
-                            .to_string(),
+                    let text = String::from_utf8_lossy(text)
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string();
+                    recovered.rejected(
+                        number,
+                        text,
+                        format!("record {number} cannot be parsed: {error}"),
                     );
-                    messages.push(format!("record {number} cannot be parsed: {error}"));
                 }
             }
         }
-        let mut out = Vec::new();
-        if !good.is_empty() {
-            out.push(Decoded::Batch(arrow::compute::concat_batches(
-                &self.dialect.schema,
-                &good,
-            )?));
-        }
-        if !messages.is_empty() {
-            let rows = RecordBatch::try_from_iter([
-                (
-                    "source_file",
-                    Arc::new(StringArray::from(vec![&*self.file; numbers.len()])) as ArrayRef,
-                ),
-                ("record_number", Arc::new(Int64Array::from(numbers))),
-                ("text", Arc::new(StringArray::from(texts))),
-            ])?;
-            out.push(Decoded::Rejected { rows, messages });
-        }
-        Ok(out)
+        recovered.finish(&self.dialect.schema, &self.file)
     }
+}
 
+impl NextBatch for CsvRecords {
     fn next_batch(&mut self) -> Result<Option<Vec<Decoded>>> {
         let mut raw = Vec::new();
         fill(&mut self.reader, &mut self.decoder, Some(&mut raw))?;
@@ -191,37 +154,8 @@ impl CsvRecords {
                 // The decoder's state after a failed flush is unspecified.
                 self.decoder = self.dialect.decoder(self.batch_size);
                 let recovered = self.recover(&raw)?;
-                self.records_before += recovered
-                    .iter()
-                    .map(|d| match d {
-                        Decoded::Batch(b) => b.num_rows() as u64,
-                        Decoded::Rejected { rows, .. } => rows.num_rows() as u64,
-                    })
-                    .sum::<u64>();
+                self.records_before += recovered.iter().map(Decoded::records).sum::<u64>();
                 Ok(Some(recovered))
-            }
-        }
-    }
-}
-
-impl Iterator for CsvRecords {
-    type Item = Result<Decoded>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(decoded) = self.pending.pop_front() {
-                return Some(Ok(decoded));
-            }
-            if self.done {
-                return None;
-            }
-            match self.next_batch() {
-                Ok(Some(decoded)) => self.pending.extend(decoded),
-                Ok(None) => self.done = true,
-                Err(error) => {
-                    self.done = true;
-                    return Some(Err(error));
-                }
             }
         }
     }

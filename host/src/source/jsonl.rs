@@ -8,18 +8,16 @@
 //! arrow's message, their text and their line number (1-based). Blank lines
 //! are skipped.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::sync::Arc;
 
 use anyhow::Result;
-use arrow::array::{ArrayRef, Int64Array, StringArray};
 use arrow::datatypes::SchemaRef;
 use arrow::json::reader::Decoder;
 use arrow::record_batch::RecordBatch;
 
-use super::csv::Decoded;
+use super::recovery::{Decoded, NextBatch, Recovered};
 
 /// The lines of one JSON Lines file, decoded batch by batch.
 pub struct JsonLines {
@@ -29,8 +27,6 @@ pub struct JsonLines {
     file: Arc<str>,
     /// Lines read so far, blank ones included (for line numbers).
     line: u64,
-    pending: VecDeque<Decoded>,
-    done: bool,
 }
 
 impl JsonLines {
@@ -42,8 +38,6 @@ impl JsonLines {
             batch_size,
             file: name,
             line: 0,
-            pending: VecDeque::new(),
-            done: false,
         }
     }
 
@@ -64,40 +58,27 @@ impl JsonLines {
     }
 
     fn recover(&self, lines: Vec<(Vec<u8>, u64)>) -> Result<Vec<Decoded>> {
-        let mut good = Vec::new();
-        let (mut numbers, mut texts, mut messages) = (Vec::new(), Vec::new(), Vec::new());
-        for (text, number) in lines {
-            match self.decode_all(std::slice::from_ref(&(text.clone(), number))) {
-                Ok(Some(batch)) => good.push(batch),
+        let mut recovered = Recovered::default();
+        for line in lines {
+            match self.decode_all(std::slice::from_ref(&line)) {
+                Ok(Some(batch)) => recovered.parsed(batch),
                 Ok(None) => {}
                 Err(error) => {
-                    numbers.push(number as i64);
-                    texts.push(String::from_utf8_lossy(&text).into_owned());
-                    messages.push(format!("line {number} cannot be parsed: {error}"));
+                    let (text, number) = line;
+                    let message = format!("line {number} cannot be parsed: {error}");
+                    recovered.rejected(
+                        number,
+                        String::from_utf8_lossy(&text).into_owned(),
+                        message,
+                    );
                 }
             }
         }
-        let mut out = Vec::new();
-        if !good.is_empty() {
-            out.push(Decoded::Batch(arrow::compute::concat_batches(
-                &self.schema,
-                &good,
-            )?));
-        }
-        if !messages.is_empty() {
-            let rows = RecordBatch::try_from_iter([
-                (
-                    "source_file",
-                    Arc::new(StringArray::from(vec![&*self.file; numbers.len()])) as ArrayRef,
-                ),
-                ("record_number", Arc::new(Int64Array::from(numbers))),
-                ("text", Arc::new(StringArray::from(texts))),
-            ])?;
-            out.push(Decoded::Rejected { rows, messages });
-        }
-        Ok(out)
+        recovered.finish(&self.schema, &self.file)
     }
+}
 
+impl NextBatch for JsonLines {
     fn next_batch(&mut self) -> Result<Option<Vec<Decoded>>> {
         let mut lines = Vec::with_capacity(self.batch_size);
         let mut buf = Vec::new();
@@ -118,29 +99,6 @@ impl JsonLines {
         match self.decode_all(&lines) {
             Ok(batch) => Ok(Some(batch.map(Decoded::Batch).into_iter().collect())),
             Err(_) => Ok(Some(self.recover(lines)?)),
-        }
-    }
-}
-
-impl Iterator for JsonLines {
-    type Item = Result<Decoded>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(decoded) = self.pending.pop_front() {
-                return Some(Ok(decoded));
-            }
-            if self.done {
-                return None;
-            }
-            match self.next_batch() {
-                Ok(Some(decoded)) => self.pending.extend(decoded),
-                Ok(None) => self.done = true,
-                Err(error) => {
-                    self.done = true;
-                    return Some(Err(error));
-                }
-            }
         }
     }
 }

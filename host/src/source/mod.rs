@@ -8,6 +8,7 @@
 
 mod csv;
 mod jsonl;
+mod recovery;
 
 use std::fs::File;
 use std::io::{BufReader, Seek};
@@ -37,7 +38,7 @@ pub fn parse_data_type(name: &str) -> Option<DataType> {
     })
 }
 
-use self::csv::Decoded;
+use self::recovery::{Decoded, Decoding};
 
 /// The `plugin` name quarantine rows carry when weir's own reader rejected
 /// a record (there is no plugin hash: `plugin_sha256` is empty).
@@ -312,17 +313,20 @@ impl Source {
                     quote: config.quote.as_bytes()[0],
                     null_regex: null_regex(config)?,
                 };
-                Box::new(csv::CsvRecords::open(
+                Box::new(Decoding::new(csv::CsvRecords::open(
                     file,
                     name,
                     dialect,
                     config.header,
                     self.batch_size,
-                )?)
+                )?))
             }
-            SourceFormat::Jsonl => {
-                Box::new(jsonl::JsonLines::open(file, name, schema, self.batch_size))
-            }
+            SourceFormat::Jsonl => Box::new(Decoding::new(jsonl::JsonLines::open(
+                file,
+                name,
+                schema,
+                self.batch_size,
+            ))),
             SourceFormat::Parquet => {
                 let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
                     .with_batch_size(self.batch_size)
