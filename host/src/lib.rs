@@ -35,5 +35,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod quarantine;
 pub mod report;
+pub mod serve;
 pub mod sink;
 pub mod source;
+pub mod stages;

@@ -15,29 +15,27 @@
 //! rows are quarantined, the instance replaced) unless the stage says
 //! `on_error = "fail"`; any fatal error aborts the run and commits nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use anyhow::{Context, Result, anyhow, bail};
-use arrow::array::BooleanArray;
-use arrow::record_batch::RecordBatch;
+use anyhow::{Context, Result, anyhow};
 
-use crate::bindings::types;
 use crate::columnar;
 use crate::config::{
     ConfigErrors, MAX_REFERENCE_TABLE_BYTES, OnError, PipelineConfig, Problems, StageConfig,
     expand_paths,
 };
 use crate::plugin::{
-    Limits, Plugin, PluginError, PluginInstance, PluginKind, PluginSlot, PluginVersion,
+    Limits, Plugin, PluginKind, PluginSlot, PluginVersion,
     PluginWatcher,
 };
 use crate::quarantine::{Quarantine, Reason};
 use crate::report::{InputFile, QuarantineReport, RecordCounts, RunReport, StageReport};
 use crate::sink::Sink;
 use crate::source::{Extractor, Source, SourceItem};
+use crate::stages::{BatchResult, Worker};
 
 /// Batches in flight per worker between the reader and the writer.
 pub const IN_FLIGHT_PER_WORKER: usize = 4;
@@ -77,7 +75,7 @@ impl Stage {
         self.slot.current().plugin.clone()
     }
 
-    fn reason(
+    pub(crate) fn reason(
         &self,
         version: &PluginVersion,
         error_kind: &str,
@@ -311,7 +309,11 @@ impl Pipeline {
                     let batch_rx = batch_rx.clone();
                     let result_tx = result_tx.clone();
                     let mut worker =
-                        Worker::new(&self.stages, self.config.sink.lineage_column.clone());
+                        Worker::new(
+                        &self.name,
+                        &self.stages,
+                        self.config.sink.lineage_column.clone(),
+                    );
                     scope.spawn(move || {
                         for (seq, batch) in batch_rx {
                             let result = worker.process(seq, batch);
@@ -320,7 +322,7 @@ impl Pipeline {
                                 break;
                             }
                         }
-                        worker.reports()
+                        worker.take_reports()
                     })
                 })
                 .collect();
@@ -410,11 +412,11 @@ fn write_results(
                     .with_context(|| format!("writing to {}", sink.path().display()))?;
                 counts.written += output.num_rows() as u64;
             }
-            for (rows, reasons) in &result.quarantined {
+            for group in &result.quarantined {
                 quarantine
-                    .write(rows, reasons, &result.file)
+                    .write(&group.rows, &group.reasons, &result.file)
                     .with_context(|| format!("writing to {}", quarantine.path().display()))?;
-                counts.quarantined += rows.num_rows() as u64;
+                counts.quarantined += group.rows.num_rows() as u64;
             }
             progress.update(counts);
             next += 1;
@@ -422,300 +424,6 @@ fn write_results(
         }
     }
     Ok(())
-}
-
-/// What a worker made of one source batch.
-struct BatchResult {
-    seq: u64,
-    file: Arc<str>,
-    rows_read: u64,
-    /// Rows that passed every stage.
-    output: Option<RecordBatch>,
-    /// Rejected rows, each group with one reason per row.
-    quarantined: Vec<(RecordBatch, Vec<Reason>)>,
-}
-
-/// One stage's instance inside one worker.
-struct StageRunner {
-    stage: Arc<Stage>,
-    /// The live instance and the version it was created from.
-    instance: Option<(PluginInstance, Arc<PluginVersion>)>,
-    report: StageReport,
-}
-
-enum StageOutput {
-    Transformed(RecordBatch),
-    Verdicts(Vec<crate::plugin::Verdict>),
-}
-
-impl StageRunner {
-    /// Calls `version` of the plugin on `batch`; on any error the instance
-    /// is dropped so the next batch gets a fresh one.
-    fn call(
-        &mut self,
-        version: &Arc<PluginVersion>,
-        batch: &types::RecordBatch,
-    ) -> Result<StageOutput, PluginError> {
-        let result = self.try_call(version, batch);
-        if result.is_err() {
-            self.instance = None;
-        }
-        result
-    }
-
-    fn try_call(
-        &mut self,
-        version: &Arc<PluginVersion>,
-        batch: &types::RecordBatch,
-    ) -> Result<StageOutput, PluginError> {
-        // An instance of another version (before or after a reload) is stale.
-        if self
-            .instance
-            .as_ref()
-            .is_some_and(|(_, v)| !Arc::ptr_eq(v, version))
-        {
-            self.instance = None;
-        }
-        if self.instance.is_none() {
-            self.report.instances += 1;
-            let sha256 = version.plugin.sha256();
-            if !self.report.plugin_versions.iter().any(|v| v == sha256) {
-                self.report.plugin_versions.push(sha256.to_string());
-            }
-            let stage = &self.stage;
-            let instance =
-                version
-                    .plugin
-                    .instantiate(&stage.name, stage.config_json.clone(), stage.limits)?;
-            self.instance = Some((instance, version.clone()));
-        }
-        let (instance, _) = self.instance.as_mut().expect("instantiated above");
-        self.report.calls += 1;
-        let (output, stats) = match self.stage.kind {
-            PluginKind::Transform => {
-                let (out, stats) = instance.transform(batch)?;
-                (StageOutput::Transformed(columnar::from_wit(out)?), stats)
-            }
-            PluginKind::Validate => {
-                let (verdicts, stats) = instance.validate(batch)?;
-                (StageOutput::Verdicts(verdicts), stats)
-            }
-            PluginKind::Extract => unreachable!("extract stages are rejected by config validation"),
-        };
-        self.report.fuel_consumed += stats.fuel;
-        self.report.call_time_ms += stats.duration.as_secs_f64() * 1000.0;
-        self.report.peak_memory_bytes = self.report.peak_memory_bytes.max(stats.peak_memory_bytes);
-        Ok(output)
-    }
-}
-
-/// A worker thread's state: one [`StageRunner`] per stage.
-struct Worker {
-    runners: Vec<StageRunner>,
-    /// `[sink] lineage_column`, when set.
-    lineage_column: Option<String>,
-}
-
-impl Worker {
-    fn new(stages: &[Arc<Stage>], lineage_column: Option<String>) -> Self {
-        Self {
-            lineage_column,
-            runners: stages
-                .iter()
-                .map(|stage| StageRunner {
-                    stage: stage.clone(),
-                    instance: None,
-                    report: StageReport::default(),
-                })
-                .collect(),
-        }
-    }
-
-    fn reports(self) -> Vec<StageReport> {
-        self.runners.into_iter().map(|r| r.report).collect()
-    }
-
-    /// Runs one batch through every stage.
-    ///
-    /// # Errors
-    /// Only fatal errors: a batch the host cannot convert, or a plugin
-    /// failure in an `on_error = "fail"` stage.
-    fn process(&mut self, seq: u64, item: SourceItem) -> Result<BatchResult> {
-        let source = match item {
-            SourceItem::Batch(batch) => batch,
-            // Rejected input (a CSV record that does not parse, a file the
-            // extract plugin refused) counts as read and quarantined, so
-            // read = written + quarantined + filtered.
-            SourceItem::Rejected {
-                file,
-                rows,
-                reasons,
-            } => {
-                return Ok(BatchResult {
-                    seq,
-                    file,
-                    rows_read: rows.num_rows() as u64,
-                    output: None,
-                    quarantined: vec![(rows, reasons)],
-                });
-            }
-        };
-        let mut result = BatchResult {
-            seq,
-            file: source.file,
-            rows_read: source.batch.num_rows() as u64,
-            output: None,
-            quarantined: Vec::new(),
-        };
-        let mut batch = source.batch;
-        // Every stage's version is fixed when the batch starts, so a reload
-        // during the batch never mixes versions within it.
-        let versions: Vec<Arc<PluginVersion>> = self
-            .runners
-            .iter()
-            .map(|r| r.stage.slot.current())
-            .collect();
-        for (runner, version) in self.runners.iter_mut().zip(&versions) {
-            let rows_in = batch.num_rows();
-            runner.report.records_in += rows_in as u64;
-            if rows_in == 0 {
-                continue;
-            }
-            let stage = runner.stage.clone();
-            let wit = columnar::to_wit(&batch).map_err(|e| {
-                anyhow!(
-                    "stage `{}`: cannot pass the batch to the plugin: {e}",
-                    stage.name
-                )
-            })?;
-            match runner.call(version, &wit) {
-                Ok(StageOutput::Transformed(out)) => {
-                    runner.report.filtered += rows_in.saturating_sub(out.num_rows()) as u64;
-                    batch = out;
-                }
-                Ok(StageOutput::Verdicts(verdicts)) => {
-                    let (passed, failed) = split_by_verdicts(&batch, &verdicts, &stage, version)?;
-                    if let Some((rows, reasons)) = failed {
-                        runner.report.quarantined += rows.num_rows() as u64;
-                        result.quarantined.push((rows, reasons));
-                    }
-                    batch = passed;
-                }
-                Err(error) => {
-                    *runner
-                        .report
-                        .errors
-                        .entry(error.kind().to_string())
-                        .or_default() += 1;
-                    tracing::warn!(stage = %stage.name, plugin = version.plugin.name(), kind = error.kind(), %error, rows = rows_in, "plugin call failed");
-                    if stage.on_error == OnError::Fail {
-                        return Err(anyhow!(
-                            "stage `{}` (plugin {}, sha256 {}) failed and has on_error = \"fail\": {error}",
-                            stage.name,
-                            version.plugin.name(),
-                            version.plugin.sha256()
-                        ));
-                    }
-                    runner.report.quarantined += rows_in as u64;
-                    let reason = stage.reason(version, error.kind(), None, error.to_string());
-                    result.quarantined.push((batch, vec![reason; rows_in]));
-                    return Ok(result);
-                }
-            }
-            runner.report.records_out += batch.num_rows() as u64;
-        }
-        if let Some(column) = &self.lineage_column {
-            batch = with_lineage(batch, column, &self.runners, &versions)?;
-        }
-        result.output = Some(batch);
-        Ok(result)
-    }
-}
-
-/// Splits `batch` into rows without a verdict and rows with one or more,
-/// the latter with their joined rule ids and messages.
-type Failed = Option<(RecordBatch, Vec<Reason>)>;
-
-/// `batch` with a `column` naming, for every row, the plugin version each
-/// stage ran: `stage=sha256;stage=sha256…` in stage order.
-fn with_lineage(
-    batch: RecordBatch,
-    column: &str,
-    runners: &[StageRunner],
-    versions: &[Arc<PluginVersion>],
-) -> Result<RecordBatch> {
-    if batch.schema().index_of(column).is_ok() {
-        bail!(
-            "sink.lineage_column `{column}` is already a column of the output; choose another name"
-        );
-    }
-    let lineage = runners
-        .iter()
-        .zip(versions)
-        .map(|(r, v)| format!("{}={}", r.stage.name, v.plugin.sha256()))
-        .collect::<Vec<_>>()
-        .join(";");
-    let mut fields: Vec<arrow::datatypes::Field> = batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(arrow::datatypes::Field::new(
-        column,
-        arrow::datatypes::DataType::Utf8,
-        false,
-    ));
-    let mut columns = batch.columns().to_vec();
-    columns.push(Arc::new(arrow::array::StringArray::from(vec![
-        lineage
-            .as_str();
-        batch
-            .num_rows(
-            )
-    ])));
-    Ok(RecordBatch::try_new(
-        Arc::new(arrow::datatypes::Schema::new(fields)),
-        columns,
-    )?)
-}
-
-fn split_by_verdicts(
-    batch: &RecordBatch,
-    verdicts: &[crate::plugin::Verdict],
-    stage: &Stage,
-    version: &PluginVersion,
-) -> Result<(RecordBatch, Failed)> {
-    if verdicts.is_empty() {
-        return Ok((batch.clone(), None));
-    }
-    let mut by_row: HashMap<u32, (Vec<&str>, Vec<&str>)> = HashMap::new();
-    for verdict in verdicts {
-        let entry = by_row.entry(verdict.row).or_default();
-        if !entry.0.contains(&verdict.rule.as_str()) {
-            entry.0.push(&verdict.rule);
-        }
-        entry.1.push(&verdict.message);
-    }
-    let keep = BooleanArray::from(
-        (0..batch.num_rows() as u32)
-            .map(|r| !by_row.contains_key(&r))
-            .collect::<Vec<_>>(),
-    );
-    let passed = arrow::compute::filter_record_batch(batch, &keep)?;
-    let failed = arrow::compute::filter_record_batch(batch, &arrow::compute::not(&keep)?)?;
-    let reasons = (0..batch.num_rows() as u32)
-        .filter_map(|r| by_row.get(&r))
-        .map(|(rules, messages)| {
-            stage.reason(
-                version,
-                "validation",
-                Some(rules.join(",")),
-                messages.join("; "),
-            )
-        })
-        .collect();
-    Ok((passed, Some((failed, reasons))))
 }
 
 /// The progress line on stderr.

@@ -1,0 +1,590 @@
+//! Running one record batch through a pipeline's chain of stages.
+//!
+//! A [`Worker`] owns one plugin instance per stage (created lazily, replaced
+//! after a failure or when the stage's plugin was reloaded) and turns a
+//! source batch into a [`BatchResult`]: the rows that passed every stage and
+//! the groups of rows each stage quarantined, with their reasons. Both
+//! `weir run` ([`crate::pipeline`]) and `weir serve` ([`crate::serve`]) use it.
+//!
+//! **Row origins.** `weir serve` merges the records of several requests into
+//! one batch and must tell each request what became of *its* records. The
+//! worker therefore tracks, when asked ([`Origins`]), the input row every
+//! current row comes from: exactly through validate stages (the host does
+//! the splitting), and through a transform that returns as many rows as it
+//! received (row *i* is taken to derive from input row *i*, as the WIT
+//! contract says). A transform that changes the row count of a batch that
+//! mixes several requests is called once more per request, so that rows
+//! never lose their request; within one request, row numbers are then no
+//! longer known ([`Origins::exact`] becomes false).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Result, anyhow, bail};
+use arrow::array::BooleanArray;
+use arrow::record_batch::RecordBatch;
+
+use crate::bindings::types;
+use crate::columnar;
+use crate::config::OnError;
+use crate::pipeline::Stage;
+use crate::plugin::{PluginError, PluginInstance, PluginKind, PluginVersion, Verdict};
+use crate::quarantine::Reason;
+use crate::report::StageReport;
+use crate::source::SourceItem;
+
+/// Where each row of a batch came from, for batches that merge several
+/// requests (`weir serve`).
+#[derive(Debug, Clone)]
+pub struct Origins {
+    /// For each current row, its row number in the merged input batch.
+    pub rows: Vec<u32>,
+    /// First input row of each request, ascending; request `i` owns input
+    /// rows `starts[i]..starts[i + 1]`.
+    pub starts: Arc<[u32]>,
+    /// Whether `rows` are exact row numbers; false after a transform changed
+    /// the row count, when only each row's request is known.
+    pub exact: bool,
+}
+
+impl Origins {
+    /// Origins of a fresh merged batch of `rows` rows whose requests start
+    /// at `starts`.
+    pub fn new(rows: usize, starts: Arc<[u32]>) -> Origins {
+        Origins {
+            rows: (0..rows as u32).collect(),
+            starts,
+            exact: true,
+        }
+    }
+
+    /// Which request input row `row` belongs to.
+    pub fn request_of(&self, row: u32) -> usize {
+        self.starts.partition_point(|&start| start <= row) - 1
+    }
+
+    fn take(&self, keep: &BooleanArray) -> Origins {
+        Origins {
+            rows: self
+                .rows
+                .iter()
+                .zip(keep.values().iter())
+                .filter_map(|(&row, kept)| kept.then_some(row))
+                .collect(),
+            starts: self.starts.clone(),
+            exact: self.exact,
+        }
+    }
+
+    /// Ranges of current rows that belong to one request each, in order.
+    fn request_runs(&self) -> Vec<std::ops::Range<usize>> {
+        let mut runs = Vec::new();
+        let mut start = 0;
+        for i in 1..=self.rows.len() {
+            if i == self.rows.len()
+                || self.request_of(self.rows[i]) != self.request_of(self.rows[start])
+            {
+                runs.push(start..i);
+                start = i;
+            }
+        }
+        runs
+    }
+}
+
+/// Rows a stage rejected, each with its reason.
+#[derive(Debug)]
+pub struct Quarantined {
+    /// The rows as the stage received them.
+    pub rows: RecordBatch,
+    /// One reason per row.
+    pub reasons: Vec<Reason>,
+    /// Their origins, when tracked.
+    pub origins: Option<Origins>,
+}
+
+/// What a worker made of one source batch.
+#[derive(Debug)]
+pub struct BatchResult {
+    /// The batch's sequence number, for re-ordering.
+    pub seq: u64,
+    /// The file (or request) it was read from.
+    pub file: Arc<str>,
+    /// Rows read.
+    pub rows_read: u64,
+    /// Rows that passed every stage.
+    pub output: Option<RecordBatch>,
+    /// Origins of `output`'s rows, when tracked.
+    pub output_origins: Option<Origins>,
+    /// Rejected rows, group by group.
+    pub quarantined: Vec<Quarantined>,
+}
+
+impl BatchResult {
+    fn empty(seq: u64, file: Arc<str>, rows_read: u64) -> BatchResult {
+        BatchResult {
+            seq,
+            file,
+            rows_read,
+            output: None,
+            output_origins: None,
+            quarantined: Vec::new(),
+        }
+    }
+}
+
+enum StageOutput {
+    Transformed(RecordBatch),
+    Verdicts(Vec<Verdict>),
+}
+
+/// One stage's instance inside one worker.
+struct StageRunner {
+    stage: Arc<Stage>,
+    /// The live instance and the version it was created from.
+    instance: Option<(PluginInstance, Arc<PluginVersion>)>,
+    report: StageReport,
+}
+
+impl StageRunner {
+    /// Calls `version` of the plugin on `batch`; on any error the instance
+    /// is dropped so the next batch gets a fresh one.
+    fn call(
+        &mut self,
+        pipeline: &Arc<str>,
+        version: &Arc<PluginVersion>,
+        batch: &RecordBatch,
+    ) -> Result<StageOutput, CallFailure> {
+        let wit = columnar::to_wit(batch).map_err(|e| {
+            CallFailure::Fatal(anyhow!(
+                "stage `{}`: cannot pass the batch to the plugin: {e}",
+                self.stage.name
+            ))
+        })?;
+        let span = tracing::debug_span!("plugin_call", stage = %self.stage.name, plugin = version.plugin.name(), sha256 = &version.plugin.sha256()[..12], rows = batch.num_rows());
+        let _entered = span.enter();
+        let result = self.try_call(pipeline, version, &wit);
+        if let Err(error) = &result {
+            self.instance = None;
+            *self
+                .report
+                .errors
+                .entry(error.kind().to_string())
+                .or_default() += 1;
+            metrics::counter!("weir_plugin_errors_total", "pipeline" => pipeline.to_string(), "stage" => self.stage.name.to_string(), "kind" => error.kind()).increment(1);
+            tracing::warn!(stage = %self.stage.name, plugin = version.plugin.name(), kind = error.kind(), %error, rows = batch.num_rows(), "plugin call failed");
+        }
+        result.map_err(CallFailure::Plugin)
+    }
+
+    fn try_call(
+        &mut self,
+        pipeline: &Arc<str>,
+        version: &Arc<PluginVersion>,
+        batch: &types::RecordBatch,
+    ) -> Result<StageOutput, PluginError> {
+        // An instance of another version (before or after a reload) is stale.
+        if self
+            .instance
+            .as_ref()
+            .is_some_and(|(_, v)| !Arc::ptr_eq(v, version))
+        {
+            self.instance = None;
+        }
+        if self.instance.is_none() {
+            self.report.instances += 1;
+            let sha256 = version.plugin.sha256();
+            if !self.report.plugin_versions.iter().any(|v| v == sha256) {
+                self.report.plugin_versions.push(sha256.to_string());
+            }
+            let stage = &self.stage;
+            let instance =
+                version
+                    .plugin
+                    .instantiate(&stage.name, stage.config_json.clone(), stage.limits)?;
+            self.instance = Some((instance, version.clone()));
+        }
+        let (instance, _) = self.instance.as_mut().expect("instantiated above");
+        self.report.calls += 1;
+        let (output, stats) = match self.stage.kind {
+            PluginKind::Transform => {
+                let (out, stats) = instance.transform(batch)?;
+                (StageOutput::Transformed(columnar::from_wit(out)?), stats)
+            }
+            PluginKind::Validate => {
+                let (verdicts, stats) = instance.validate(batch)?;
+                (StageOutput::Verdicts(verdicts), stats)
+            }
+            PluginKind::Extract => unreachable!("extract stages are rejected by config validation"),
+        };
+        self.report.fuel_consumed += stats.fuel;
+        self.report.call_time_ms += stats.duration.as_secs_f64() * 1000.0;
+        self.report.peak_memory_bytes = self.report.peak_memory_bytes.max(stats.peak_memory_bytes);
+        let labels = [
+            ("pipeline", pipeline.to_string()),
+            ("stage", self.stage.name.to_string()),
+        ];
+        metrics::histogram!("weir_plugin_call_duration_seconds", &labels)
+            .record(stats.duration.as_secs_f64());
+        metrics::counter!("weir_plugin_fuel_consumed_total", &labels).increment(stats.fuel);
+        metrics::gauge!("weir_plugin_peak_memory_bytes", &labels)
+            .set(self.report.peak_memory_bytes as f64);
+        Ok(output)
+    }
+}
+
+/// Why a stage call produced no output.
+enum CallFailure {
+    /// The plugin failed; the rows are quarantined (or the run stops, with
+    /// `on_error = "fail"`).
+    Plugin(PluginError),
+    /// The host could not even make the call; the run stops.
+    Fatal(anyhow::Error),
+}
+
+/// A worker's state: one plugin instance per stage, and per-stage counts.
+pub struct Worker {
+    pipeline: Arc<str>,
+    runners: Vec<StageRunner>,
+    /// `[sink] lineage_column`, when set.
+    lineage_column: Option<String>,
+}
+
+impl Worker {
+    /// A worker for `stages` of pipeline `pipeline` (a metrics label).
+    pub fn new(pipeline: &str, stages: &[Arc<Stage>], lineage_column: Option<String>) -> Self {
+        Self {
+            pipeline: Arc::from(pipeline),
+            lineage_column,
+            runners: stages
+                .iter()
+                .map(|stage| StageRunner {
+                    stage: stage.clone(),
+                    instance: None,
+                    report: StageReport::default(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The per-stage counts since the last call, in stage order; the worker's
+    /// counts start again from zero.
+    pub fn take_reports(&mut self) -> Vec<StageReport> {
+        self.runners
+            .iter_mut()
+            .map(|r| std::mem::take(&mut r.report))
+            .collect()
+    }
+
+    /// Runs one batch through every stage.
+    ///
+    /// # Errors
+    /// Only fatal errors: a batch the host cannot convert, or a plugin
+    /// failure in an `on_error = "fail"` stage.
+    pub fn process(&mut self, seq: u64, item: SourceItem) -> Result<BatchResult> {
+        self.process_tracked(seq, item, None)
+    }
+
+    /// [`Worker::process`], tracking where each row came from (`origins`
+    /// describes the rows of `item`, which must be a batch).
+    ///
+    /// # Errors
+    /// As [`Worker::process`].
+    pub fn process_tracked(
+        &mut self,
+        seq: u64,
+        item: SourceItem,
+        mut origins: Option<Origins>,
+    ) -> Result<BatchResult> {
+        let source = match item {
+            SourceItem::Batch(batch) => batch,
+            // Rejected input (a CSV record that does not parse, a file the
+            // extract plugin refused) counts as read and quarantined, so
+            // read = written + quarantined + filtered.
+            SourceItem::Rejected {
+                file,
+                rows,
+                reasons,
+            } => {
+                let mut result = BatchResult::empty(seq, file, rows.num_rows() as u64);
+                result.quarantined.push(Quarantined {
+                    rows,
+                    reasons,
+                    origins,
+                });
+                return Ok(result);
+            }
+        };
+        let span = tracing::debug_span!("batch", pipeline = %self.pipeline, seq, rows = source.batch.num_rows(), file = %source.file);
+        let _entered = span.enter();
+        let mut result = BatchResult::empty(seq, source.file, source.batch.num_rows() as u64);
+        let mut batch = source.batch;
+        // Every stage's version is fixed when the batch starts, so a reload
+        // during the batch never mixes versions within it.
+        let versions: Vec<Arc<PluginVersion>> = self
+            .runners
+            .iter()
+            .map(|r| r.stage.slot.current())
+            .collect();
+        let pipeline = self.pipeline.clone();
+        for (runner, version) in self.runners.iter_mut().zip(&versions) {
+            let rows_in = batch.num_rows();
+            runner.report.records_in += rows_in as u64;
+            if rows_in == 0 {
+                continue;
+            }
+            let stage = runner.stage.clone();
+            match runner.call(&pipeline, version, &batch) {
+                Ok(StageOutput::Transformed(out)) => {
+                    if let Some(tracked) = &mut origins
+                        && out.num_rows() != rows_in
+                    {
+                        let runs = tracked.request_runs();
+                        if runs.len() > 1 {
+                            // Call again request by request so that every
+                            // row keeps its request (see the module docs).
+                            let (out, out_origins, quarantined) = runner.per_request(
+                                &pipeline,
+                                version,
+                                &batch,
+                                tracked,
+                                &runs,
+                                &mut result,
+                            )?;
+                            runner.report.filtered +=
+                                (rows_in - quarantined).saturating_sub(out.num_rows()) as u64;
+                            batch = out;
+                            *tracked = out_origins;
+                            runner.report.records_out += batch.num_rows() as u64;
+                            continue;
+                        }
+                        let first = tracked.starts[tracked.request_of(tracked.rows[0])];
+                        tracked.rows = vec![first; out.num_rows()];
+                        tracked.exact = false;
+                    }
+                    runner.report.filtered += rows_in.saturating_sub(out.num_rows()) as u64;
+                    batch = out;
+                }
+                Ok(StageOutput::Verdicts(verdicts)) => {
+                    let split = split_by_verdicts(&batch, &verdicts, &stage, version)?;
+                    if let Some((rows, reasons, failed_mask)) = split.failed {
+                        runner.report.quarantined += rows.num_rows() as u64;
+                        result.quarantined.push(Quarantined {
+                            rows,
+                            reasons,
+                            origins: origins.as_ref().map(|o| o.take(&failed_mask)),
+                        });
+                    }
+                    if let Some(tracked) = &mut origins
+                        && let Some(keep) = &split.keep
+                    {
+                        *tracked = tracked.take(keep);
+                    }
+                    batch = split.passed;
+                }
+                Err(CallFailure::Fatal(error)) => return Err(error),
+                Err(CallFailure::Plugin(error)) => {
+                    if stage.on_error == OnError::Fail {
+                        return Err(fail_error(&stage, version, &error));
+                    }
+                    runner.report.quarantined += rows_in as u64;
+                    let reason = stage.reason(version, error.kind(), None, error.to_string());
+                    result.quarantined.push(Quarantined {
+                        rows: batch,
+                        reasons: vec![reason; rows_in],
+                        origins,
+                    });
+                    return Ok(result);
+                }
+            }
+            runner.report.records_out += batch.num_rows() as u64;
+        }
+        if let Some(column) = &self.lineage_column {
+            batch = with_lineage(batch, column, &self.runners, &versions)?;
+        }
+        result.output = Some(batch);
+        result.output_origins = origins;
+        Ok(result)
+    }
+}
+
+fn fail_error(stage: &Stage, version: &PluginVersion, error: &PluginError) -> anyhow::Error {
+    anyhow!(
+        "stage `{}` (plugin {}, sha256 {}) failed and has on_error = \"fail\": {error}",
+        stage.name,
+        version.plugin.name(),
+        version.plugin.sha256()
+    )
+}
+
+impl StageRunner {
+    /// Calls a transform once per request run of `batch`; a failing run is
+    /// quarantined on its own (or fails the batch with `on_error = "fail"`).
+    /// Returns the output, its origins and the number of rows quarantined.
+    fn per_request(
+        &mut self,
+        pipeline: &Arc<str>,
+        version: &Arc<PluginVersion>,
+        batch: &RecordBatch,
+        origins: &Origins,
+        runs: &[std::ops::Range<usize>],
+        result: &mut BatchResult,
+    ) -> Result<(RecordBatch, Origins, usize)> {
+        metrics::counter!("weir_transform_recalls_total", "pipeline" => pipeline.to_string(), "stage" => self.stage.name.to_string()).increment(1);
+        let stage = self.stage.clone();
+        let mut outputs = Vec::new();
+        let mut rows = Vec::new();
+        let mut quarantined = 0;
+        let mut exact = origins.exact;
+        for run in runs {
+            let slice = batch.slice(run.start, run.len());
+            let slice_origins = Origins {
+                rows: origins.rows[run.clone()].to_vec(),
+                starts: origins.starts.clone(),
+                exact: origins.exact,
+            };
+            match self.call(pipeline, version, &slice) {
+                Ok(StageOutput::Transformed(out)) => {
+                    let same = out.num_rows() == run.len();
+                    exact &= same;
+                    let first = origins.starts[origins.request_of(origins.rows[run.start])];
+                    rows.extend(if same {
+                        slice_origins.rows
+                    } else {
+                        vec![first; out.num_rows()]
+                    });
+                    outputs.push(out);
+                }
+                Ok(StageOutput::Verdicts(_)) => unreachable!("only transforms are re-called"),
+                Err(CallFailure::Fatal(error)) => return Err(error),
+                Err(CallFailure::Plugin(error)) => {
+                    if stage.on_error == OnError::Fail {
+                        return Err(fail_error(&stage, version, &error));
+                    }
+                    self.report.quarantined += run.len() as u64;
+                    quarantined += run.len();
+                    let reason = stage.reason(version, error.kind(), None, error.to_string());
+                    result.quarantined.push(Quarantined {
+                        rows: slice,
+                        reasons: vec![reason; run.len()],
+                        origins: Some(slice_origins),
+                    });
+                }
+            }
+        }
+        let batch = match outputs.first() {
+            Some(first) => arrow::compute::concat_batches(&first.schema(), &outputs)
+                .map_err(|e| anyhow!("stage `{}`: its outputs for the requests of one batch differ in schema: {e}", stage.name))?,
+            None => RecordBatch::new_empty(batch.schema()),
+        };
+        Ok((
+            batch,
+            Origins {
+                rows,
+                starts: origins.starts.clone(),
+                exact,
+            },
+            quarantined,
+        ))
+    }
+}
+
+/// `batch` with a `column` naming, for every row, the plugin version each
+/// stage ran: `stage=sha256;stage=sha256…` in stage order.
+fn with_lineage(
+    batch: RecordBatch,
+    column: &str,
+    runners: &[StageRunner],
+    versions: &[Arc<PluginVersion>],
+) -> Result<RecordBatch> {
+    if batch.schema().index_of(column).is_ok() {
+        bail!(
+            "sink.lineage_column `{column}` is already a column of the output; choose another name"
+        );
+    }
+    let lineage = runners
+        .iter()
+        .zip(versions)
+        .map(|(r, v)| format!("{}={}", r.stage.name, v.plugin.sha256()))
+        .collect::<Vec<_>>()
+        .join(";");
+    let mut fields: Vec<arrow::datatypes::Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(arrow::datatypes::Field::new(
+        column,
+        arrow::datatypes::DataType::Utf8,
+        false,
+    ));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(arrow::array::StringArray::from(vec![
+        lineage.as_str();
+        batch.num_rows()
+    ])));
+    Ok(RecordBatch::try_new(
+        Arc::new(arrow::datatypes::Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// A batch split by a validator's verdicts.
+struct Split {
+    /// Rows without a verdict.
+    passed: RecordBatch,
+    /// Which rows passed; `None` when all did.
+    keep: Option<BooleanArray>,
+    /// Rows with one or more verdicts, their joined rule ids and messages,
+    /// and the mask selecting them.
+    failed: Option<(RecordBatch, Vec<Reason>, BooleanArray)>,
+}
+
+fn split_by_verdicts(
+    batch: &RecordBatch,
+    verdicts: &[Verdict],
+    stage: &Stage,
+    version: &PluginVersion,
+) -> Result<Split> {
+    if verdicts.is_empty() {
+        return Ok(Split {
+            passed: batch.clone(),
+            keep: None,
+            failed: None,
+        });
+    }
+    let mut by_row: HashMap<u32, (Vec<&str>, Vec<&str>)> = HashMap::new();
+    for verdict in verdicts {
+        let entry = by_row.entry(verdict.row).or_default();
+        if !entry.0.contains(&verdict.rule.as_str()) {
+            entry.0.push(&verdict.rule);
+        }
+        entry.1.push(&verdict.message);
+    }
+    let keep = BooleanArray::from(
+        (0..batch.num_rows() as u32)
+            .map(|r| !by_row.contains_key(&r))
+            .collect::<Vec<_>>(),
+    );
+    let failed_mask = arrow::compute::not(&keep)?;
+    let passed = arrow::compute::filter_record_batch(batch, &keep)?;
+    let failed = arrow::compute::filter_record_batch(batch, &failed_mask)?;
+    let reasons = (0..batch.num_rows() as u32)
+        .filter_map(|r| by_row.get(&r))
+        .map(|(rules, messages)| {
+            stage.reason(
+                version,
+                "validation",
+                Some(rules.join(",")),
+                messages.join("; "),
+            )
+        })
+        .collect();
+    Ok(Split {
+        passed,
+        keep: Some(keep),
+        failed: Some((failed, reasons, failed_mask)),
+    })
+}
+
