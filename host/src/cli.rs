@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
+use crate::client::Client;
 use crate::config::ConfigErrors;
 use crate::pipeline::{Pipeline, RunOptions};
 use crate::plugin::Plugin;
@@ -57,6 +58,51 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Serve the pipelines of a service file: HTTP ingest, drop
+    /// directories, hot reload, admin API, /metrics. Stops on SIGTERM or
+    /// Ctrl-C after writing everything it acknowledged.
+    Serve {
+        /// The service file (TOML); see docs/serve.md.
+        service: PathBuf,
+        /// Listen here instead of `[service] listen` (e.g. 127.0.0.1:0).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Show a running service's pipelines: state, counts, rates.
+    Status {
+        /// Only this pipeline, in full (JSON).
+        pipeline: Option<String>,
+        #[command(flatten)]
+        service: ServiceUrl,
+    },
+    /// Post a file's records to a running service and print the outcome.
+    Post {
+        /// Pipeline name.
+        pipeline: String,
+        /// A .csv, .jsonl/.ndjson, .json (array) or .parquet file.
+        file: PathBuf,
+        #[command(flatten)]
+        service: ServiceUrl,
+    },
+    /// Stop a running pipeline taking records (requests get 503).
+    Pause {
+        /// Pipeline name.
+        pipeline: String,
+        #[command(flatten)]
+        service: ServiceUrl,
+    },
+    /// Let a paused pipeline take records again.
+    Resume {
+        /// Pipeline name.
+        pipeline: String,
+        #[command(flatten)]
+        service: ServiceUrl,
+    },
+    /// Read or replay a running service's quarantine.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
     /// Print the first rows of a Parquet, JSON Lines or CSV output.
     Show {
         /// A file, or a directory of Parquet files (partitioned output).
@@ -64,6 +110,70 @@ enum Command {
         /// Rows to print.
         #[arg(long, short = 'n', default_value_t = 10)]
         limit: usize,
+    },
+}
+
+/// Where the service is.
+#[derive(clap::Args)]
+struct ServiceUrl {
+    /// Base URL of `weir serve`.
+    #[arg(long, env = "WEIR_URL", default_value = crate::client::DEFAULT_URL)]
+    url: String,
+}
+
+/// Which quarantined rows.
+#[derive(clap::Args)]
+struct QuarantineSelection {
+    /// Pipeline name.
+    pipeline: String,
+    /// Only rows rejected by this stage (`source`: did not parse).
+    #[arg(long)]
+    stage: Option<String>,
+    /// Only rows with this error kind (`validation`, `parse`, `trap`...).
+    #[arg(long)]
+    error_kind: Option<String>,
+    /// Only rows that failed this rule id.
+    #[arg(long)]
+    rule: Option<String>,
+    /// Only rows rejected by this plugin version (SHA-256 prefix).
+    #[arg(long)]
+    plugin_sha256: Option<String>,
+    /// Only these row ids (PART:ROW), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    ids: Vec<String>,
+    /// Rows at most.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[command(flatten)]
+    service: ServiceUrl,
+}
+
+impl QuarantineSelection {
+    fn filter(&self) -> crate::serve::quarantine_log::QuarantineFilter {
+        crate::serve::quarantine_log::QuarantineFilter {
+            stage: self.stage.clone(),
+            error_kind: self.error_kind.clone(),
+            rule: self.rule.clone(),
+            plugin_sha256: self.plugin_sha256.clone(),
+            ids: (!self.ids.is_empty()).then(|| self.ids.clone()),
+            limit: self.limit,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// List quarantined rows (JSON lines, oldest first).
+    Ls {
+        #[command(flatten)]
+        selection: QuarantineSelection,
+    },
+    /// Re-submit quarantined rows through the current plugins (each row at
+    /// most once).
+    Replay {
+        #[command(flatten)]
+        selection: QuarantineSelection,
     },
 }
 
@@ -76,6 +186,29 @@ enum PluginCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// List a running service's plugins: current hash, history, rejections.
+    Ls {
+        #[command(flatten)]
+        service: ServiceUrl,
+    },
+    /// Make a running service re-read a stage's plugin file now.
+    Reload {
+        /// Pipeline name.
+        pipeline: String,
+        /// Stage name.
+        stage: String,
+        #[command(flatten)]
+        service: ServiceUrl,
+    },
+    /// Make a running service serve a stage's previous plugin version.
+    Rollback {
+        /// Pipeline name.
+        pipeline: String,
+        /// Stage name.
+        stage: String,
+        #[command(flatten)]
+        service: ServiceUrl,
     },
 }
 
@@ -138,6 +271,7 @@ fn init_logging(filter: &str, json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second call (tests running the CLI in-process) keeps the first.
     let _ = if json {
@@ -173,9 +307,21 @@ fn dispatch(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Plugin {
-            command: PluginCommand::Inspect { plugin, json },
-        } => inspect(&plugin, json),
+        Command::Plugin { command } => plugin_command(command),
+        Command::Serve { service, listen } => crate::serve::serve_until_signal(&service, listen),
+        Command::Status { pipeline, service } => status(&service.url, pipeline.as_deref()),
+        Command::Post {
+            pipeline,
+            file,
+            service,
+        } => print_json(&Client::new(&service.url)?.post_file(&pipeline, &file)?),
+        Command::Pause { pipeline, service } => print_json(
+            &Client::new(&service.url)?.post(&format!("/v1/pipelines/{pipeline}/pause"), None)?,
+        ),
+        Command::Resume { pipeline, service } => print_json(
+            &Client::new(&service.url)?.post(&format!("/v1/pipelines/{pipeline}/resume"), None)?,
+        ),
+        Command::Quarantine { command } => quarantine_command(command),
         Command::Show { path, limit } => show(&path, limit),
     }
 }
@@ -249,6 +395,134 @@ fn print_summary(report: &RunReport) -> std::io::Result<()> {
         report.quarantine.path.display(),
         report.quarantine.rows
     )
+}
+
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    say!("{}", serde_json::to_string_pretty(value)?)?;
+    Ok(())
+}
+
+fn status(url: &str, pipeline: Option<&str>) -> Result<()> {
+    let client = Client::new(url)?;
+    if let Some(name) = pipeline {
+        return print_json(&client.get(&format!("/v1/pipelines/{name}"))?);
+    }
+    let answer = client.get("/v1/pipelines")?;
+    say!(
+        "{:<16} {:<9} {:>10} {:>10} {:>11} {:>9} {:>8} {:>10}",
+        "PIPELINE",
+        "STATE",
+        "RECEIVED",
+        "WRITTEN",
+        "QUARANTINED",
+        "FILTERED",
+        "QUEUED",
+        "RECORDS/S"
+    )?;
+    for p in answer["pipelines"].as_array().into_iter().flatten() {
+        say!(
+            "{:<16} {:<9} {:>10} {:>10} {:>11} {:>9} {:>8} {:>10.0}",
+            p["name"].as_str().unwrap_or_default(),
+            p["state"].as_str().unwrap_or_default(),
+            p["received"].as_u64().unwrap_or_default(),
+            p["written"].as_u64().unwrap_or_default(),
+            p["quarantined"].as_u64().unwrap_or_default(),
+            p["filtered"].as_u64().unwrap_or_default(),
+            p["queued_records"].as_u64().unwrap_or_default(),
+            p["records_per_second"].as_f64().unwrap_or_default()
+        )?;
+    }
+    Ok(())
+}
+
+fn plugin_command(command: PluginCommand) -> Result<()> {
+    match command {
+        PluginCommand::Inspect { plugin, json } => inspect(&plugin, json),
+        PluginCommand::Ls { service } => {
+            let answer = Client::new(&service.url)?.get("/v1/plugins")?;
+            for p in answer["plugins"].as_array().into_iter().flatten() {
+                let rejection = p["last_rejection"]["error"]
+                    .as_str()
+                    .map(|e| format!("  last rejected: {e}"))
+                    .unwrap_or_default();
+                say!(
+                    "{}/{} ({}) {} sha256:{} reloads {} rejected {}{rejection}",
+                    p["pipeline"].as_str().unwrap_or_default(),
+                    p["stage"].as_str().unwrap_or_default(),
+                    p["kind"].as_str().unwrap_or_default(),
+                    p["plugin"].as_str().unwrap_or_default(),
+                    &p["current_sha256"].as_str().unwrap_or_default()[..12],
+                    p["reloads"],
+                    p["rejections"]
+                )?;
+            }
+            Ok(())
+        }
+        PluginCommand::Reload {
+            pipeline,
+            stage,
+            service,
+        } => print_json(&Client::new(&service.url)?.post(
+            &format!("/v1/pipelines/{pipeline}/stages/{stage}/reload"),
+            None,
+        )?),
+        PluginCommand::Rollback {
+            pipeline,
+            stage,
+            service,
+        } => print_json(&Client::new(&service.url)?.post(
+            &format!("/v1/pipelines/{pipeline}/stages/{stage}/rollback"),
+            None,
+        )?),
+    }
+}
+
+fn quarantine_command(command: QuarantineCommand) -> Result<()> {
+    match command {
+        QuarantineCommand::Ls { selection } => {
+            let filter = serde_json::to_value(selection.filter())?;
+            let query: Vec<(String, String)> = filter
+                .as_object()
+                .expect("a struct")
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| {
+                    let text = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Array(ids) => ids
+                            .iter()
+                            .filter_map(|i| i.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), text)
+                })
+                .collect();
+            let query = query
+                .iter()
+                .map(|(k, v)| format!("{k}={}", crate::client::url_escape(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            let client = Client::new(&selection.service.url)?;
+            let answer = client.get(&format!(
+                "/v1/pipelines/{}/quarantine?{query}",
+                selection.pipeline
+            ))?;
+            for row in answer["rows"].as_array().into_iter().flatten() {
+                say!("{row}")?;
+            }
+            eprintln!("{} matching row(s)", answer["matched"]);
+            Ok(())
+        }
+        QuarantineCommand::Replay { selection } => {
+            let filter = serde_json::to_value(selection.filter())?;
+            print_json(&Client::new(&selection.service.url)?.post(
+                &format!("/v1/pipelines/{}/quarantine/replay", selection.pipeline),
+                Some(&filter),
+            )?)
+        }
+    }
 }
 
 fn inspect(reference: &str, json: bool) -> Result<()> {

@@ -283,6 +283,17 @@ pub enum SinkFormat {
     Csv,
 }
 
+impl SinkFormat {
+    /// The file extension (no dot): `parquet`, `jsonl` or `csv`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            SinkFormat::Parquet => "parquet",
+            SinkFormat::Jsonl => "jsonl",
+            SinkFormat::Csv => "csv",
+        }
+    }
+}
+
 /// What to do when the output already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -421,6 +432,28 @@ impl Problems {
     }
 }
 
+/// Parses TOML `text` (read from `path`) into `T`, naming the key and
+/// line of the first problem.
+///
+/// # Errors
+/// Invalid TOML, an unknown key, or a value of the wrong type.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+) -> Result<T, ConfigErrors> {
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        let key = e
+            .span()
+            .map(|span| key_at(text, span.start))
+            .unwrap_or_default();
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            key,
+            message: e.message().trim().to_string() + &location(text, e.span()),
+        }])
+    })
+}
+
 /// Expands `pattern` (relative to `base_dir`) into the sorted list of
 /// matching files; a plain path matches itself if it exists.
 ///
@@ -467,17 +500,7 @@ impl PipelineConfig {
     /// # Errors
     /// As [`PipelineConfig::from_file`].
     pub fn from_toml(text: &str, path: &Path) -> Result<PipelineConfig, ConfigErrors> {
-        toml::from_str(text).map_err(|e: toml::de::Error| {
-            let key = e
-                .span()
-                .map(|span| key_at(text, span.start))
-                .unwrap_or_default();
-            ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                key,
-                message: e.message().trim().to_string() + &location(text, e.span()),
-            }])
-        })
+        parse_toml(text, path)
     }
 
     /// Checks everything that needs no plugin to be loaded; see the module

@@ -13,6 +13,8 @@
 //!   call a component under [`plugin::Limits`].
 //! - [`columnar`]: arrow-rs ⇄ the WIT record batch.
 //! - [`source`], [`sink`], [`quarantine`]: host-native I/O.
+//! - [`serve`]: `weir serve`, the long-running service with HTTP ingest,
+//!   hot reload, an admin API and Prometheus metrics; [`client`] talks to it.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -28,6 +30,7 @@
 pub mod bindings;
 pub mod builtin;
 pub mod cli;
+pub mod client;
 pub mod columnar;
 pub mod config;
 pub mod engine;

@@ -27,10 +27,7 @@ use crate::config::{
     ConfigErrors, MAX_REFERENCE_TABLE_BYTES, OnError, PipelineConfig, Problems, StageConfig,
     expand_paths,
 };
-use crate::plugin::{
-    Limits, Plugin, PluginKind, PluginSlot, PluginVersion,
-    PluginWatcher,
-};
+use crate::plugin::{Limits, Plugin, PluginKind, PluginSlot, PluginVersion, PluginWatcher};
 use crate::quarantine::{Quarantine, Reason};
 use crate::report::{InputFile, QuarantineReport, RecordCounts, RunReport, StageReport};
 use crate::sink::Sink;
@@ -308,8 +305,7 @@ impl Pipeline {
                 .map(|_| {
                     let batch_rx = batch_rx.clone();
                     let result_tx = result_tx.clone();
-                    let mut worker =
-                        Worker::new(
+                    let mut worker = Worker::new(
                         &self.name,
                         &self.stages,
                         self.config.sink.lineage_column.clone(),

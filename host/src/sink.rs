@@ -6,6 +6,11 @@
 //! place at the end, so an interrupted run never leaves output that looks
 //! complete. [`Sink::abort`] (or dropping the sink) removes the staging path.
 //! With `mode = "overwrite"` the old output stays intact until the rename.
+//!
+//! `weir serve` appends instead ([`Sink::create_part`]): the sink path is a
+//! directory and every committed batch adds its own files to it,
+//! `[PARTITION/]part-PARTID.EXT`, each renamed into place from a hidden
+//! staging directory, so readers of `*.parquet` never see a partial file.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -124,6 +129,9 @@ pub struct Sink {
     schema: Option<SchemaRef>,
     files: HashMap<String, OpenFile>,
     committed: bool,
+    /// Appending parts to a directory (`weir serve`) instead of replacing
+    /// the output.
+    parts: bool,
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -158,6 +166,37 @@ impl Sink {
             schema: None,
             files: HashMap::new(),
             committed: false,
+            parts: false,
+        })
+    }
+
+    /// Prepares one part of an appending sink: `config.path` (relative to
+    /// `base_dir`) is a directory, and [`Sink::commit`] adds this part's
+    /// files to it (`[PARTITION/]part-PART_ID.EXT`) without touching others.
+    /// `mode` does not apply.
+    ///
+    /// # Errors
+    /// When `config.path` exists and is not a directory.
+    pub fn create_part(config: &SinkConfig, base_dir: &Path, part_id: &str) -> Result<Sink> {
+        let final_path = base_dir.join(&config.path);
+        if final_path.exists() && !final_path.is_dir() {
+            bail!(
+                "{} is a file, but weir serve appends one file per batch to a directory there; move it away",
+                final_path.display()
+            );
+        }
+        Ok(Sink {
+            format: config.format,
+            compression: config.compression.clone(),
+            partition_by: config.partition_by.clone(),
+            mode: config.mode,
+            staging: final_path.join(format!(".weir-{part_id}.tmp")),
+            final_path,
+            run_id: part_id.to_string(),
+            schema: None,
+            files: HashMap::new(),
+            committed: false,
+            parts: true,
         })
     }
 
@@ -221,10 +260,12 @@ impl Sink {
         if !self.files.contains_key(&key) {
             let relative = if self.partitioned() {
                 Path::new(&key).join(format!("part-{}.parquet", self.run_id))
+            } else if self.parts {
+                PathBuf::from(format!("part-{}.{}", self.run_id, self.format.extension()))
             } else {
                 PathBuf::new()
             };
-            let path = if self.partitioned() {
+            let path = if self.partitioned() || self.parts {
                 self.staging.join(&relative)
             } else {
                 self.staging.clone()
@@ -251,6 +292,9 @@ impl Sink {
     /// # Errors
     /// An I/O error; the old output, if any, is then left as it was.
     pub fn commit(mut self) -> Result<Vec<OutputFile>> {
+        if self.parts {
+            return self.commit_parts();
+        }
         let mut outputs = Vec::new();
         let files: Vec<(String, OpenFile)> = self.files.drain().collect();
         for (_, file) in files {
@@ -283,6 +327,32 @@ impl Sink {
             }
         }
         replace(&self.staging, &self.final_path, self.mode, &self.run_id)?;
+        self.committed = true;
+        outputs.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(outputs)
+    }
+
+    /// Renames each staged file of a part into the directory; a part
+    /// without rows adds nothing.
+    fn commit_parts(mut self) -> Result<Vec<OutputFile>> {
+        let mut outputs = Vec::new();
+        let files: Vec<(String, OpenFile)> = self.files.drain().collect();
+        for (_, file) in files {
+            file.writer.finish()?;
+            let staged = self.staging.join(&file.relative);
+            let path = self.final_path.join(&file.relative);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            std::fs::rename(&staged, &path)
+                .with_context(|| format!("moving {} into place", staged.display()))?;
+            outputs.push(OutputFile {
+                path,
+                rows: file.rows,
+            });
+        }
+        let _ = remove_path(&self.staging);
         self.committed = true;
         outputs.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(outputs)

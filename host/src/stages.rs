@@ -521,8 +521,11 @@ fn with_lineage(
     ));
     let mut columns = batch.columns().to_vec();
     columns.push(Arc::new(arrow::array::StringArray::from(vec![
-        lineage.as_str();
-        batch.num_rows()
+        lineage
+            .as_str();
+        batch
+            .num_rows(
+            )
     ])));
     Ok(RecordBatch::try_new(
         Arc::new(arrow::datatypes::Schema::new(fields)),
@@ -587,4 +590,3 @@ fn split_by_verdicts(
         failed: Some((failed, reasons, failed_mask)),
     })
 }
-

@@ -11,8 +11,7 @@
 //! splitter, where the bytes it consumed are unknown; that stays a fatal
 //! error naming the line.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -70,7 +69,7 @@ fn fill(
 
 /// The records of one CSV file, decoded batch by batch.
 pub struct CsvRecords {
-    reader: BufReader<File>,
+    reader: BufReader<Box<dyn Read + Send>>,
     dialect: Dialect,
     batch_size: usize,
     decoder: Decoder,
@@ -85,7 +84,7 @@ impl CsvRecords {
     /// # Errors
     /// An unreadable file or a malformed header line.
     pub fn open(
-        file: File,
+        file: Box<dyn Read + Send>,
         name: Arc<str>,
         dialect: Dialect,
         header: bool,

@@ -8,8 +8,7 @@
 //! arrow's message, their text and their line number (1-based). Blank lines
 //! are skipped.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -21,7 +20,7 @@ use super::recovery::{Decoded, NextBatch, Recovered};
 
 /// The lines of one JSON Lines file, decoded batch by batch.
 pub struct JsonLines {
-    reader: BufReader<File>,
+    reader: BufReader<Box<dyn Read + Send>>,
     schema: SchemaRef,
     batch_size: usize,
     file: Arc<str>,
@@ -31,7 +30,12 @@ pub struct JsonLines {
 
 impl JsonLines {
     /// Reads `file` as JSON Lines of `schema`.
-    pub fn open(file: File, name: Arc<str>, schema: SchemaRef, batch_size: usize) -> JsonLines {
+    pub fn open(
+        file: Box<dyn Read + Send>,
+        name: Arc<str>,
+        schema: SchemaRef,
+        batch_size: usize,
+    ) -> JsonLines {
         JsonLines {
             reader: BufReader::with_capacity(1 << 20, file),
             schema,

@@ -174,24 +174,7 @@ impl Source {
             Some(extractor) => Box::new(self.extracted(extractor.clone())),
             None => Box::new(self.decoded().map(|item| {
                 let (file, decoded) = item?;
-                Ok(match decoded {
-                    Decoded::Batch(batch) => SourceItem::Batch(SourceBatch { batch, file }),
-                    Decoded::Rejected { rows, messages } => SourceItem::Rejected {
-                        file,
-                        reasons: messages
-                            .into_iter()
-                            .map(|message| Reason {
-                                stage: Arc::from("source"),
-                                plugin: Arc::from(NATIVE_READER),
-                                plugin_sha256: Arc::from(""),
-                                error_kind: "parse".into(),
-                                rule: None,
-                                message,
-                            })
-                            .collect(),
-                        rows,
-                    },
-                })
+                Ok(source_item(file, decoded))
             })),
         }
     }
@@ -300,12 +283,51 @@ impl Source {
         name: Arc<str>,
     ) -> Result<Box<dyn Iterator<Item = Result<Decoded>> + Send>> {
         let file = File::open(path)?;
+        match self.config.format {
+            SourceFormat::Parquet => self.decode_parquet(file),
+            format => self.decode_text(Box::new(file), format, name),
+        }
+    }
+
+    /// Decodes one request body or dropped file (`weir serve`) in `format`
+    /// (CSV with the source's dialect, JSON Lines or Parquet) into items of
+    /// the source schema: batches of at most `batch_size` rows, and records
+    /// that do not parse as [`SourceItem::Rejected`].
+    ///
+    /// # Errors
+    /// Input that cannot even be split into records (a CSV line with the
+    /// wrong number of fields, a Parquet file of another schema), or an
+    /// `extract` source.
+    pub fn decode_bytes(
+        &self,
+        name: Arc<str>,
+        format: SourceFormat,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<SourceItem>> {
+        let decoded: Box<dyn Iterator<Item = Result<Decoded>> + Send> = match format {
+            SourceFormat::Parquet => self.decode_parquet(bytes::Bytes::from(bytes))?,
+            SourceFormat::Csv | SourceFormat::Jsonl => {
+                self.decode_text(Box::new(std::io::Cursor::new(bytes)), format, name.clone())?
+            }
+            SourceFormat::Extract => bail!("extract sources take files, not records"),
+        };
+        decoded
+            .map(|item| Ok(source_item(name.clone(), item?)))
+            .collect()
+    }
+
+    fn decode_text(
+        &self,
+        reader: Box<dyn std::io::Read + Send>,
+        format: SourceFormat,
+        name: Arc<str>,
+    ) -> Result<Box<dyn Iterator<Item = Result<Decoded>> + Send>> {
         let schema = self
             .schema
             .clone()
-            .context("only native formats are read as files")?;
+            .context("only native formats are decoded by the host")?;
         let config = &self.config;
-        Ok(match config.format {
+        Ok(match format {
             SourceFormat::Csv => {
                 let dialect = csv::Dialect {
                     schema,
@@ -314,7 +336,7 @@ impl Source {
                     null_regex: null_regex(config)?,
                 };
                 Box::new(Decoding::new(csv::CsvRecords::open(
-                    file,
+                    reader,
                     name,
                     dialect,
                     config.header,
@@ -322,23 +344,58 @@ impl Source {
                 )?))
             }
             SourceFormat::Jsonl => Box::new(Decoding::new(jsonl::JsonLines::open(
-                file,
+                reader,
                 name,
                 schema,
                 self.batch_size,
             ))),
-            SourceFormat::Parquet => {
-                let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
-                    .with_batch_size(self.batch_size)
-                    .build()?;
-                let found = reader.schema();
-                if found.fields() != schema.fields() {
-                    bail!("its schema differs from the first file's: {found:?}");
-                }
-                Box::new(reader.map(|b| b.map(Decoded::Batch).map_err(Into::into)))
+            SourceFormat::Parquet | SourceFormat::Extract => {
+                unreachable!("not a text format")
             }
-            SourceFormat::Extract => unreachable!("extract sources are read by `extracted`"),
         })
+    }
+
+    fn decode_parquet<R: parquet::file::reader::ChunkReader + 'static>(
+        &self,
+        input: R,
+    ) -> Result<Box<dyn Iterator<Item = Result<Decoded>> + Send>> {
+        let schema = self
+            .schema
+            .clone()
+            .context("only native formats are decoded by the host")?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(input)?
+            .with_batch_size(self.batch_size)
+            .build()?;
+        let found = reader.schema();
+        if found.fields() != schema.fields() {
+            bail!("its schema differs from the source's: {found:?}");
+        }
+        Ok(Box::new(
+            reader.map(|b| b.map(Decoded::Batch).map_err(Into::into)),
+        ))
+    }
+}
+
+/// A decoded item of `file` as a source item; unparseable records get the
+/// native reader's `parse` reason.
+fn source_item(file: Arc<str>, decoded: Decoded) -> SourceItem {
+    match decoded {
+        Decoded::Batch(batch) => SourceItem::Batch(SourceBatch { batch, file }),
+        Decoded::Rejected { rows, messages } => SourceItem::Rejected {
+            file,
+            reasons: messages
+                .into_iter()
+                .map(|message| Reason {
+                    stage: Arc::from("source"),
+                    plugin: Arc::from(NATIVE_READER),
+                    plugin_sha256: Arc::from(""),
+                    error_kind: "parse".into(),
+                    rule: None,
+                    message,
+                })
+                .collect(),
+            rows,
+        },
     }
 }
 

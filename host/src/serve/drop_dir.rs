@@ -1,0 +1,222 @@
+//! The drop directory: files that appear in a watched folder are ingested
+//! once each.
+//!
+//! A file is picked up when the watcher reports it (debounced, so a file
+//! still being written is read once it has been quiet for
+//! [`SETTLE_TIME`]) and on a rescan every [`RESCAN_INTERVAL`], which also
+//! finds files dropped while the service was down. Hidden files (`.name`)
+//! and names ending in `.tmp` or `.part` are ignored: write elsewhere or
+//! under such a name, then rename into place.
+//!
+//! **Checkpoint.** Each file's outcome is appended to
+//! `STATE_DIR/PIPELINE/processed.jsonl` (name, SHA-256, counts) and synced
+//! once its records are committed; a file whose name and content are
+//! already recorded is skipped, so a restart never ingests it twice. The
+//! checkpoint is written after the commit: a crash between the two (a few
+//! milliseconds) ingests that one file again on restart (at-least-once).
+//! A file that cannot be decoded at all is recorded with its error and not
+//! retried until its content changes.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use notify::RecursiveMode;
+use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use super::ingest::BodyFormat;
+use super::live::{LivePipeline, SubmitError};
+
+/// How long a file must be quiet before it is read.
+pub const SETTLE_TIME: Duration = Duration::from_millis(250);
+/// How often the whole directory is rescanned.
+pub const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
+
+const CHECKPOINT_FILE: &str = "processed.jsonl";
+
+/// One line of the checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessedFile {
+    /// File name within the drop directory.
+    pub file: String,
+    /// SHA-256 of its content.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Records received, written and quarantined.
+    pub received: u64,
+    /// Records written to the sink.
+    pub written: u64,
+    /// Records quarantined.
+    pub quarantined: u64,
+    /// When it was committed, RFC 3339 UTC.
+    pub at: String,
+    /// Why it could not be ingested at all, if so.
+    pub error: Option<String>,
+}
+
+/// Reads the checkpoint of a pipeline's drop directory.
+///
+/// # Errors
+/// An unreadable or corrupt checkpoint file.
+pub fn read_checkpoint(state_dir: &Path) -> Result<Vec<ProcessedFile>> {
+    let path = state_dir.join(CHECKPOINT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .with_context(|| format!("{}: line {} is corrupt", path.display(), i + 1))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    }
+}
+
+fn append_checkpoint(state_dir: &Path, entry: &ProcessedFile) -> Result<()> {
+    let path = state_dir.join(CHECKPOINT_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut line = serde_json::to_vec(entry)?;
+    line.push(b'\n');
+    file.write_all(&line)?;
+    file.sync_data()?;
+    Ok(())
+}
+
+fn candidate(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    path.is_file()
+        && !name.starts_with('.')
+        && !name.ends_with(".tmp")
+        && !name.ends_with(".part")
+        && BodyFormat::from_path(path).is_some()
+}
+
+/// Watches `dir` for `live` until `shutdown` turns true.
+///
+/// # Errors
+/// When the directory cannot be watched or the checkpoint cannot be read.
+pub async fn run(
+    live: Arc<LivePipeline>,
+    dir: PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let state_dir = live.state_dir().to_path_buf();
+    let mut done: HashSet<(String, String)> = read_checkpoint(&state_dir)?
+        .into_iter()
+        .map(|p| (p.file, p.sha256))
+        .collect();
+    let (events_tx, mut events) = mpsc::unbounded_channel::<()>();
+    let mut debouncer = new_debouncer(SETTLE_TIME, None, move |result: DebounceEventResult| {
+        if result.is_ok_and(|events| !events.is_empty()) {
+            let _ = events_tx.send(());
+        }
+    })
+    .context("starting the drop-directory watcher")?;
+    debouncer
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
+    tracing::info!(pipeline = %live.name, dir = %dir.display(), "watching the drop directory");
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            _ = rescan.tick() => {}
+            Some(()) = events.recv() => {}
+        }
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        if let Err(error) = scan(&live, &dir, &state_dir, &mut done).await {
+            tracing::warn!(pipeline = %live.name, dir = %dir.display(), error = format!("{error:#}"), "drop directory scan failed");
+        }
+    }
+}
+
+/// Ingests every new file in `dir`, oldest name first.
+async fn scan(
+    live: &Arc<LivePipeline>,
+    dir: &Path,
+    state_dir: &Path,
+    done: &mut HashSet<(String, String)>,
+) -> Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| candidate(p))
+        .collect();
+    files.sort();
+    for path in files {
+        if live.state() != super::live::PipelineState::Running {
+            return Ok(());
+        }
+        let name = path
+            .file_name()
+            .expect("candidates have names")
+            .to_string_lossy()
+            .into_owned();
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            // Renamed or removed since the listing.
+            Err(_) => continue,
+        };
+        let sha256 = crate::plugin::sha256_hex(&bytes);
+        if done.contains(&(name.clone(), sha256.clone())) {
+            continue;
+        }
+        let size = bytes.len() as u64;
+        let format = BodyFormat::from_path(&path).expect("candidates have a known format");
+        let source_live = live.clone();
+        let label: Arc<str> = Arc::from(path.display().to_string());
+        let decoded =
+            tokio::task::spawn_blocking(move || format.decode(source_live.source(), label, bytes))
+                .await?;
+        let mut entry = ProcessedFile {
+            file: name.clone(),
+            sha256: sha256.clone(),
+            bytes: size,
+            received: 0,
+            written: 0,
+            quarantined: 0,
+            at: String::new(),
+            error: None,
+        };
+        match decoded {
+            Err(error) => {
+                tracing::error!(pipeline = %live.name, file = %path.display(), error = format!("{error:#}"), "a dropped file cannot be decoded; it is recorded and skipped");
+                entry.error = Some(format!("{error:#}"));
+            }
+            Ok(items) => match live.submit(items).await {
+                Ok(ack) => {
+                    tracing::info!(pipeline = %live.name, file = %path.display(), received = ack.received, written = ack.written, quarantined = ack.quarantined, "ingested a dropped file");
+                    entry.received = ack.received;
+                    entry.written = ack.written;
+                    entry.quarantined = ack.quarantined;
+                }
+                // Not taken: try again on a later scan (or after a restart).
+                Err(SubmitError::Paused(_) | SubmitError::ShuttingDown(_)) => return Ok(()),
+                Err(SubmitError::Failed(error)) => {
+                    tracing::error!(pipeline = %live.name, file = %path.display(), %error, "a dropped file could not be written; it is recorded and skipped");
+                    entry.error = Some(error);
+                }
+            },
+        }
+        entry.at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        append_checkpoint(state_dir, &entry)?;
+        done.insert((name, sha256));
+    }
+    Ok(())
+}

@@ -1,0 +1,1000 @@
+//! A pipeline hosted by `weir serve`: records arrive in submissions (HTTP
+//! requests, dropped files, quarantine replays), are grouped into
+//! micro-batches, run through the stages and committed; each submission is
+//! acknowledged only once all its records are in the sink or the quarantine.
+//!
+//! ```text
+//! submit() ──pieces──▶ batcher task ──micro-batch──▶ blocking worker ──▶ commit ──▶ acks
+//!   (await ack)        (cut at max_batch_rows         (stages, sink part,
+//!                       or linger_ms)                  quarantine part)
+//! ```
+//!
+//! A micro-batch is committed as its own files (see
+//! [`Sink::create_part`]); the quarantine is a directory of
+//! `part-PARTID.jsonl|parquet` files, one per micro-batch with rejects.
+//! Micro-batches run concurrently on up to `[pipeline] workers` threads.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, anyhow};
+use arrow::array::UInt32Array;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::config::{QuarantineConfig, QuarantineFormat};
+use crate::pipeline::Pipeline;
+use crate::quarantine::{Quarantine, Reason};
+use crate::report::StageReport;
+use crate::sink::Sink;
+use crate::source::{Source, SourceBatch, SourceItem};
+use crate::stages::{Origins, Quarantined, Worker};
+
+use super::config::HostedPipeline;
+
+/// Whether a pipeline takes new records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelineState {
+    /// Accepting and processing records.
+    Running,
+    /// New submissions are refused (`503`); batches already accepted finish.
+    Paused,
+    /// Shutting down: new submissions are refused, queued ones are flushed.
+    Draining,
+}
+
+impl PipelineState {
+    fn from_u8(value: u8) -> PipelineState {
+        match value {
+            0 => PipelineState::Running,
+            1 => PipelineState::Paused,
+            _ => PipelineState::Draining,
+        }
+    }
+}
+
+/// Why a submission was not taken or not written.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The pipeline is paused.
+    #[error("pipeline `{0}` is paused; resume it or retry later")]
+    Paused(String),
+    /// The service is shutting down.
+    #[error("pipeline `{0}` is shutting down")]
+    ShuttingDown(String),
+    /// The micro-batch holding the records could not be committed; none of
+    /// its records were written.
+    #[error("the records could not be written: {0}")]
+    Failed(String),
+}
+
+/// How many of a submission's records went where, and why some were
+/// quarantined. `received = written + filtered + quarantined`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Ack {
+    /// Records in the submission (parsed or not).
+    pub received: u64,
+    /// Records taken by the pipeline: written or filtered on purpose.
+    pub accepted: u64,
+    /// Records written to the sink.
+    pub written: u64,
+    /// Records a transform left out on purpose.
+    pub filtered: u64,
+    /// Records written to the quarantine.
+    pub quarantined: u64,
+    /// Quarantine reasons with how many records each, most frequent first
+    /// (at most [`MAX_REASONS`] kinds).
+    pub reasons: Vec<ReasonCount>,
+}
+
+/// Distinct reasons listed in an [`Ack`].
+pub const MAX_REASONS: usize = 20;
+
+/// One kind of quarantine reason and how many records had it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReasonCount {
+    /// The stage that rejected (`source` for records that did not parse).
+    pub stage: String,
+    /// `validation`, `parse` or a plugin error kind.
+    pub error_kind: String,
+    /// The failed rule ids, for validation.
+    pub rule: Option<String>,
+    /// How many records.
+    pub count: u64,
+    /// One of their messages.
+    pub example: String,
+}
+
+impl Ack {
+    fn add_quarantined(&mut self, reasons: &[&Reason]) {
+        self.quarantined += reasons.len() as u64;
+        for reason in reasons {
+            match self.reasons.iter_mut().find(|r| {
+                r.stage == *reason.stage
+                    && r.error_kind == reason.error_kind
+                    && r.rule == reason.rule
+            }) {
+                Some(count) => count.count += 1,
+                None => self.reasons.push(ReasonCount {
+                    stage: reason.stage.to_string(),
+                    error_kind: reason.error_kind.clone(),
+                    rule: reason.rule.clone(),
+                    count: 1,
+                    example: reason.message.clone(),
+                }),
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Ack) {
+        self.received += other.received;
+        self.accepted += other.accepted;
+        self.written += other.written;
+        self.filtered += other.filtered;
+        self.quarantined += other.quarantined;
+        for reason in other.reasons {
+            match self.reasons.iter_mut().find(|r| {
+                r.stage == reason.stage
+                    && r.error_kind == reason.error_kind
+                    && r.rule == reason.rule
+            }) {
+                Some(count) => count.count += reason.count,
+                None => self.reasons.push(reason),
+            }
+        }
+    }
+
+    fn finish(mut self) -> Ack {
+        self.reasons.sort_by(|a, b| b.count.cmp(&a.count));
+        self.reasons.truncate(MAX_REASONS);
+        self
+    }
+}
+
+/// One submission's acknowledgement, filled in as its pieces commit.
+struct AckState {
+    remaining: AtomicU64,
+    outcome: Mutex<(Ack, Option<String>)>,
+    sender: Mutex<Option<oneshot::Sender<Result<Ack, String>>>>,
+}
+
+impl AckState {
+    fn complete_piece(&self, result: Result<Ack, String>) {
+        {
+            let mut outcome = self.outcome.lock().expect("ack lock");
+            match result {
+                Ok(ack) => outcome.0.merge(ack),
+                Err(error) => outcome.1 = Some(error),
+            }
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let (ack, error) = std::mem::take(&mut *self.outcome.lock().expect("ack lock"));
+            let result = match error {
+                Some(error) => Err(error),
+                None => Ok(ack.finish()),
+            };
+            if let Some(sender) = self.sender.lock().expect("ack lock").take() {
+                let _ = sender.send(result);
+            }
+        }
+    }
+}
+
+/// Part of one submission: a batch of at most `max_batch_rows` rows or a
+/// group of unparseable records.
+struct Piece {
+    item: SourceItem,
+    ack: Arc<AckState>,
+    enqueued: Instant,
+}
+
+impl Piece {
+    fn rows(&self) -> usize {
+        match &self.item {
+            SourceItem::Batch(batch) => batch.batch.num_rows(),
+            SourceItem::Rejected { rows, .. } => rows.num_rows(),
+        }
+    }
+}
+
+/// Counters of a live pipeline since the service started.
+#[derive(Debug, Default)]
+struct Counters {
+    submissions: AtomicU64,
+    received: AtomicU64,
+    written: AtomicU64,
+    filtered: AtomicU64,
+    quarantined: AtomicU64,
+    batches: AtomicU64,
+    failed_batches: AtomicU64,
+    queued_rows: AtomicU64,
+}
+
+/// Counts of a live pipeline, for the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineStatus {
+    /// Pipeline name.
+    pub name: String,
+    /// The pipeline file.
+    pub file: PathBuf,
+    /// Running, paused or draining.
+    pub state: PipelineState,
+    /// Submissions taken (requests, dropped files, replays).
+    pub submissions: u64,
+    /// Records received.
+    pub received: u64,
+    /// Records written to the sink.
+    pub written: u64,
+    /// Records left out on purpose by a transform.
+    pub filtered: u64,
+    /// Records quarantined.
+    pub quarantined: u64,
+    /// Micro-batches committed.
+    pub batches: u64,
+    /// Micro-batches that failed (nothing of them written).
+    pub failed_batches: u64,
+    /// Records waiting for their micro-batch to be cut.
+    pub queued_records: u64,
+    /// Records received per second over the last minute.
+    pub records_per_second: f64,
+    /// Micro-batching: rows per batch at most.
+    pub max_batch_rows: usize,
+    /// Micro-batching: longest wait for a batch to fill, in ms.
+    pub linger_ms: u64,
+    /// Directory the sink appends parts to.
+    pub sink_dir: PathBuf,
+    /// Directory of quarantine parts.
+    pub quarantine_dir: PathBuf,
+    /// The drop directory, if any.
+    pub drop_dir: Option<PathBuf>,
+}
+
+/// One committed micro-batch, for the admin API's reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchReport {
+    /// Part id: also in the output file names and the quarantine's `run_id`.
+    pub part: String,
+    /// When it was committed, RFC 3339 UTC.
+    pub committed_at: String,
+    /// Submissions it merged.
+    pub submissions: usize,
+    /// Records in, written, filtered, quarantined.
+    pub received: u64,
+    /// Records written.
+    pub written: u64,
+    /// Records filtered.
+    pub filtered: u64,
+    /// Records quarantined.
+    pub quarantined: u64,
+    /// From the first record's arrival to the commit, in ms.
+    pub latency_ms: f64,
+    /// Files it added.
+    pub outputs: Vec<PathBuf>,
+    /// `stage=sha256` of the version each stage ran.
+    pub plugin_versions: Vec<String>,
+}
+
+/// Reports kept per pipeline.
+pub const REPORT_HISTORY: usize = 100;
+
+/// A pipeline being served.
+pub struct LivePipeline {
+    /// Pipeline name (from the pipeline file).
+    pub name: String,
+    pipeline: Pipeline,
+    source: Source,
+    hosted: HostedPipeline,
+    base_dir: PathBuf,
+    max_batch_rows: usize,
+    sink_dir: PathBuf,
+    sink_config: crate::config::SinkConfig,
+    quarantine_dir: PathBuf,
+    quarantine_config: QuarantineConfig,
+    state_dir: PathBuf,
+    state: AtomicU8,
+    queue: Mutex<Option<mpsc::Sender<Piece>>>,
+    counters: Counters,
+    stage_totals: Mutex<Vec<StageReport>>,
+    reports: Mutex<VecDeque<BatchReport>>,
+    rate: Mutex<VecDeque<(Instant, u64)>>,
+    workers: Mutex<Vec<Worker>>,
+    concurrency: usize,
+    instance_id: String,
+    part_seq: AtomicU64,
+    replayed: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for LivePipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LivePipeline")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LivePipeline {
+    /// Prepares `pipeline` for serving with `hosted`'s settings; state files
+    /// go under `state_dir/NAME/`. Call [`LivePipeline::start`] in a tokio
+    /// runtime to begin taking records.
+    ///
+    /// # Errors
+    /// A pipeline whose source has no fixed schema (declare `schema` or
+    /// point `path` at a sample file), an `extract` source, or sink /
+    /// quarantine paths that are files.
+    pub fn new(
+        pipeline: Pipeline,
+        hosted: HostedPipeline,
+        state_dir: &Path,
+    ) -> Result<LivePipeline> {
+        let config = pipeline.config().clone();
+        let base_dir = pipeline
+            .file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        if config.source.format == crate::config::SourceFormat::Extract {
+            anyhow::bail!(
+                "{}: weir serve takes records (JSON, CSV, Parquet), so its source cannot be `extract`",
+                pipeline.file.display()
+            );
+        }
+        let source = Source::open(&config.source, &base_dir, config.pipeline.batch_size, None)
+            .with_context(|| {
+                format!(
+                    "{}: weir serve needs the records' schema before the first request: declare [source] schema, or point [source] path at a sample file",
+                    pipeline.file.display()
+                )
+            })?;
+        let sink_dir = hosted
+            .sink_path
+            .clone()
+            .unwrap_or_else(|| base_dir.join(&config.sink.path));
+        let quarantine_dir = hosted
+            .quarantine_path
+            .clone()
+            .unwrap_or_else(|| base_dir.join(&config.quarantine.path));
+        let sink_config = crate::config::SinkConfig {
+            path: sink_dir.display().to_string(),
+            ..config.sink.clone()
+        };
+        for dir in [&sink_dir, &quarantine_dir] {
+            if dir.exists() && !dir.is_dir() {
+                anyhow::bail!(
+                    "{} is a file (from `weir run`?); weir serve writes one file per micro-batch into a directory there: move it away",
+                    dir.display()
+                );
+            }
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let state_dir = state_dir.join(&pipeline.name);
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let replayed = read_replayed(&state_dir.join(REPLAYED_FILE))?;
+        let concurrency = match config.pipeline.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let stage_totals = pipeline
+            .stages()
+            .iter()
+            .map(|s| StageReport {
+                name: s.name.to_string(),
+                kind: Some(s.kind),
+                plugin: s.reference.clone(),
+                ..StageReport::default()
+            })
+            .collect();
+        Ok(LivePipeline {
+            name: pipeline.name.clone(),
+            max_batch_rows: hosted.max_batch_rows.unwrap_or(config.pipeline.batch_size),
+            quarantine_config: config.quarantine.clone(),
+            pipeline,
+            source,
+            hosted,
+            base_dir,
+            sink_dir,
+            sink_config,
+            quarantine_dir,
+            state_dir,
+            state: AtomicU8::new(0),
+            queue: Mutex::new(None),
+            counters: Counters::default(),
+            stage_totals: Mutex::new(stage_totals),
+            reports: Mutex::new(VecDeque::new()),
+            rate: Mutex::new(VecDeque::new()),
+            workers: Mutex::new(Vec::new()),
+            concurrency,
+            instance_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+            part_seq: AtomicU64::new(0),
+            replayed: Mutex::new(replayed),
+        })
+    }
+
+    /// The hosted pipeline.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// The serve-mode settings.
+    pub fn hosted(&self) -> &HostedPipeline {
+        &self.hosted
+    }
+
+    /// The source, for its schema and decoders.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// The pipeline file's directory.
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
+    }
+
+    /// Where drop-directory checkpoints and replay records live.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Starts the batcher task; returns its handle, which ends after
+    /// [`LivePipeline::close`] once every queued record is committed.
+    pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let (tx, rx) = mpsc::channel(1024);
+        *self.queue.lock().expect("queue lock") = Some(tx);
+        tokio::spawn(self.clone().batcher(rx))
+    }
+
+    /// Stops taking records; queued ones are flushed without waiting for
+    /// their linger time.
+    pub fn close(&self) {
+        self.state.store(2, Ordering::Release);
+        self.queue.lock().expect("queue lock").take();
+    }
+
+    /// Running, paused or draining.
+    pub fn state(&self) -> PipelineState {
+        PipelineState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Refuses new submissions until [`LivePipeline::resume`]; returns
+    /// false when draining.
+    pub fn pause(&self) -> bool {
+        self.state
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            || self.state() == PipelineState::Paused
+    }
+
+    /// Takes submissions again; returns false when draining.
+    pub fn resume(&self) -> bool {
+        self.state
+            .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            || self.state() == PipelineState::Running
+    }
+
+    /// Submits decoded records and waits until they are committed.
+    ///
+    /// # Errors
+    /// [`SubmitError`]: paused, shutting down, or a micro-batch that could
+    /// not be committed.
+    pub async fn submit(&self, items: Vec<SourceItem>) -> Result<Ack, SubmitError> {
+        match self.state() {
+            PipelineState::Running => {}
+            PipelineState::Paused => return Err(SubmitError::Paused(self.name.clone())),
+            PipelineState::Draining => return Err(SubmitError::ShuttingDown(self.name.clone())),
+        }
+        let queue = self
+            .queue
+            .lock()
+            .expect("queue lock")
+            .clone()
+            .ok_or_else(|| SubmitError::ShuttingDown(self.name.clone()))?;
+        let pieces = self.split(items);
+        let (sender, receiver) = oneshot::channel();
+        if pieces.is_empty() {
+            return Ok(Ack::default());
+        }
+        let received: u64 = pieces.iter().map(|item| item_rows(item) as u64).sum();
+        self.counters.submissions.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .received
+            .fetch_add(received, Ordering::Relaxed);
+        self.counters
+            .queued_rows
+            .fetch_add(received, Ordering::Relaxed);
+        metrics::counter!("weir_records_in_total", "pipeline" => self.name.clone())
+            .increment(received);
+        let ack = Arc::new(AckState {
+            remaining: AtomicU64::new(pieces.len() as u64),
+            outcome: Mutex::new((Ack::default(), None)),
+            sender: Mutex::new(Some(sender)),
+        });
+        let enqueued = Instant::now();
+        for item in pieces {
+            let piece = Piece {
+                item,
+                ack: ack.clone(),
+                enqueued,
+            };
+            if queue.send(piece).await.is_err() {
+                return Err(SubmitError::ShuttingDown(self.name.clone()));
+            }
+        }
+        drop(queue);
+        match receiver.await {
+            Ok(Ok(ack)) => Ok(ack),
+            Ok(Err(error)) => Err(SubmitError::Failed(error)),
+            Err(_) => Err(SubmitError::Failed("the batch was dropped".into())),
+        }
+    }
+
+    /// Cuts batches larger than `max_batch_rows`.
+    fn split(&self, items: Vec<SourceItem>) -> Vec<SourceItem> {
+        let mut pieces = Vec::new();
+        for item in items {
+            match item {
+                SourceItem::Batch(SourceBatch { batch, file }) => {
+                    let mut offset = 0;
+                    while offset < batch.num_rows() {
+                        let len = self.max_batch_rows.min(batch.num_rows() - offset);
+                        pieces.push(SourceItem::Batch(SourceBatch {
+                            batch: batch.slice(offset, len),
+                            file: file.clone(),
+                        }));
+                        offset += len;
+                    }
+                }
+                rejected @ SourceItem::Rejected { .. } => {
+                    if item_rows(&rejected) > 0 {
+                        pieces.push(rejected);
+                    }
+                }
+            }
+        }
+        pieces
+    }
+
+    async fn batcher(self: Arc<Self>, mut queue: mpsc::Receiver<Piece>) {
+        let linger = self.hosted.linger();
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let mut running = tokio::task::JoinSet::new();
+        let mut pending: Vec<Piece> = Vec::new();
+        let mut pending_rows = 0usize;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let piece = tokio::select! {
+                piece = queue.recv() => piece,
+                () = sleep_until(deadline) => {
+                    self.cut(&mut pending, &mut pending_rows, &slots, &mut running).await;
+                    deadline = None;
+                    continue;
+                }
+            };
+            let Some(piece) = piece else { break };
+            let rows = piece.rows();
+            if pending_rows > 0 && pending_rows + rows > self.max_batch_rows {
+                self.cut(&mut pending, &mut pending_rows, &slots, &mut running)
+                    .await;
+                deadline = None;
+            }
+            if pending.is_empty() {
+                deadline = Some(tokio::time::Instant::now() + linger);
+            }
+            pending_rows += rows;
+            pending.push(piece);
+            if pending_rows >= self.max_batch_rows || self.state() == PipelineState::Draining {
+                self.cut(&mut pending, &mut pending_rows, &slots, &mut running)
+                    .await;
+                deadline = None;
+            }
+            // Reap finished batches so the set does not grow.
+            while running.try_join_next().is_some() {}
+        }
+        self.cut(&mut pending, &mut pending_rows, &slots, &mut running)
+            .await;
+        while running.join_next().await.is_some() {}
+    }
+
+    /// Hands the pending pieces to a worker thread as one micro-batch.
+    async fn cut(
+        self: &Arc<Self>,
+        pending: &mut Vec<Piece>,
+        pending_rows: &mut usize,
+        slots: &Arc<Semaphore>,
+        running: &mut tokio::task::JoinSet<()>,
+    ) {
+        if pending.is_empty() {
+            return;
+        }
+        let pieces = std::mem::take(pending);
+        *pending_rows = 0;
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let this = self.clone();
+        running.spawn_blocking(move || {
+            this.run_batch(pieces);
+            drop(permit);
+        });
+    }
+
+    fn take_worker(&self) -> Worker {
+        self.workers
+            .lock()
+            .expect("workers lock")
+            .pop()
+            .unwrap_or_else(|| {
+                Worker::new(
+                    &self.name,
+                    self.pipeline.stages(),
+                    self.pipeline.config().sink.lineage_column.clone(),
+                )
+            })
+    }
+
+    /// Runs, commits and acknowledges one micro-batch (on a blocking thread).
+    fn run_batch(&self, pieces: Vec<Piece>) {
+        let rows: u64 = pieces.iter().map(|p| p.rows() as u64).sum();
+        let first_enqueued = pieces.iter().map(|p| p.enqueued).min();
+        let mut worker = self.take_worker();
+        let seq = self.part_seq.fetch_add(1, Ordering::Relaxed);
+        let part = format!("{}-{seq:08}", self.instance_id);
+        let outcome = self.process(&mut worker, &part, &pieces);
+        let deltas = worker.take_reports();
+        self.workers.lock().expect("workers lock").push(worker);
+        self.merge_stage_reports(&deltas);
+        self.counters.queued_rows.fetch_sub(rows, Ordering::Relaxed);
+        let latency = first_enqueued.map(|t| t.elapsed()).unwrap_or_default();
+        match outcome {
+            Ok((acks, mut report)) => {
+                report.latency_ms = latency.as_secs_f64() * 1000.0;
+                self.record_batch(&report, latency);
+                for (piece, ack) in pieces.iter().zip(acks) {
+                    piece.ack.complete_piece(Ok(ack));
+                }
+            }
+            Err(error) => {
+                self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("weir_batches_failed_total", "pipeline" => self.name.clone())
+                    .increment(1);
+                tracing::error!(pipeline = %self.name, part, error = format!("{error:#}"), "a micro-batch failed; none of its records were written");
+                let message = format!("{error:#}");
+                for piece in &pieces {
+                    piece.ack.complete_piece(Err(message.clone()));
+                }
+            }
+        }
+    }
+
+    fn merge_stage_reports(&self, deltas: &[StageReport]) {
+        let mut totals = self.stage_totals.lock().expect("stage lock");
+        for (total, delta) in totals.iter_mut().zip(deltas) {
+            total.merge(delta);
+            let labels = [
+                ("pipeline", self.name.clone()),
+                ("stage", total.name.clone()),
+            ];
+            metrics::counter!("weir_stage_records_in_total", &labels).increment(delta.records_in);
+            metrics::counter!("weir_stage_records_out_total", &labels).increment(delta.records_out);
+            metrics::counter!("weir_stage_records_quarantined_total", &labels)
+                .increment(delta.quarantined);
+            metrics::counter!("weir_stage_records_filtered_total", &labels)
+                .increment(delta.filtered);
+        }
+    }
+
+    fn record_batch(&self, report: &BatchReport, latency: Duration) {
+        let c = &self.counters;
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        c.written.fetch_add(report.written, Ordering::Relaxed);
+        c.filtered.fetch_add(report.filtered, Ordering::Relaxed);
+        c.quarantined
+            .fetch_add(report.quarantined, Ordering::Relaxed);
+        let name = self.name.clone();
+        metrics::counter!("weir_records_out_total", "pipeline" => name.clone())
+            .increment(report.written);
+        metrics::counter!("weir_records_quarantined_total", "pipeline" => name.clone())
+            .increment(report.quarantined);
+        metrics::counter!("weir_records_filtered_total", "pipeline" => name.clone())
+            .increment(report.filtered);
+        metrics::counter!("weir_batches_total", "pipeline" => name.clone()).increment(1);
+        metrics::histogram!("weir_batch_latency_seconds", "pipeline" => name)
+            .record(latency.as_secs_f64());
+        let mut reports = self.reports.lock().expect("reports lock");
+        reports.push_front(report.clone());
+        reports.truncate(REPORT_HISTORY);
+        let mut rate = self.rate.lock().expect("rate lock");
+        rate.push_back((Instant::now(), c.received.load(Ordering::Relaxed)));
+        while rate
+            .front()
+            .is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(60))
+        {
+            rate.pop_front();
+        }
+    }
+
+    /// Runs the stages over the merged pieces and commits the sink and
+    /// quarantine parts. Returns each piece's ack and the batch report.
+    fn process(
+        &self,
+        worker: &mut Worker,
+        part: &str,
+        pieces: &[Piece],
+    ) -> Result<(Vec<Ack>, BatchReport)> {
+        let mut acks: Vec<Ack> = pieces
+            .iter()
+            .map(|p| Ack {
+                received: p.rows() as u64,
+                ..Ack::default()
+            })
+            .collect();
+        // Parsed rows of every piece, merged; `owners[i]` is the piece
+        // owning merged request `i`.
+        let mut batches = Vec::new();
+        let mut starts = Vec::new();
+        let mut owners = Vec::new();
+        let mut merged_rows = 0u32;
+        let mut quarantined: Vec<(usize, Quarantined)> = Vec::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            match &piece.item {
+                SourceItem::Batch(batch) => {
+                    starts.push(merged_rows);
+                    owners.push(i);
+                    merged_rows += batch.batch.num_rows() as u32;
+                    batches.push(batch.batch.clone());
+                }
+                SourceItem::Rejected { rows, reasons, .. } => quarantined.push((
+                    i,
+                    Quarantined {
+                        rows: rows.clone(),
+                        reasons: reasons.clone(),
+                        origins: None,
+                    },
+                )),
+            }
+        }
+        let mut output = None;
+        let mut plugin_versions = Vec::new();
+        if !batches.is_empty() {
+            let schema = self.source.schema().expect("serve sources have a schema");
+            let merged = arrow::compute::concat_batches(&schema, &batches)?;
+            let origins = Origins::new(merged.num_rows(), Arc::from(starts));
+            plugin_versions = self
+                .pipeline
+                .stages()
+                .iter()
+                .map(|s| format!("{}={}", s.name, s.slot.current().plugin.sha256()))
+                .collect();
+            let result = worker.process_tracked(
+                0,
+                SourceItem::Batch(SourceBatch {
+                    batch: merged,
+                    file: Arc::from(part),
+                }),
+                Some(origins),
+            )?;
+            for group in result.quarantined {
+                for (request, rows) in by_request(group.origins.as_ref(), group.rows.num_rows()) {
+                    let indices = UInt32Array::from(rows.clone());
+                    let piece_rows = arrow::compute::take_record_batch(&group.rows, &indices)?;
+                    let reasons = rows
+                        .iter()
+                        .map(|&r| group.reasons[r as usize].clone())
+                        .collect();
+                    quarantined.push((
+                        owners[request],
+                        Quarantined {
+                            rows: piece_rows,
+                            reasons,
+                            origins: None,
+                        },
+                    ));
+                }
+            }
+            if let Some(batch) = result.output {
+                for (request, rows) in by_request(result.output_origins.as_ref(), batch.num_rows())
+                {
+                    acks[owners[request]].written += rows.len() as u64;
+                }
+                output = Some(batch);
+            }
+        }
+        let mut outputs = Vec::new();
+        if let Some(batch) = output.as_ref().filter(|b| b.num_rows() > 0) {
+            let mut sink = Sink::create_part(&self.sink_config, Path::new(""), part)?;
+            sink.write(batch)
+                .with_context(|| format!("writing to {}", self.sink_dir.display()))?;
+            outputs.extend(sink.commit()?.into_iter().map(|f| f.path));
+        }
+        if !quarantined.is_empty() {
+            let config = QuarantineConfig {
+                path: self
+                    .quarantine_dir
+                    .join(format!(
+                        "part-{part}.{}",
+                        quarantine_extension(self.quarantine_config.format)
+                    ))
+                    .display()
+                    .to_string(),
+                ..self.quarantine_config.clone()
+            };
+            let mut quarantine = Quarantine::create(&config, Path::new(""), part)?;
+            for (piece, group) in &quarantined {
+                let file = match &pieces[*piece].item {
+                    SourceItem::Batch(batch) => batch.file.clone(),
+                    SourceItem::Rejected { file, .. } => file.clone(),
+                };
+                quarantine.write(&group.rows, &group.reasons, &file)?;
+                let reasons: Vec<&Reason> = group.reasons.iter().collect();
+                acks[*piece].add_quarantined(&reasons);
+            }
+            outputs.push(quarantine.commit()?);
+        }
+        for ack in &mut acks {
+            // A transform may also add rows, so `written` can exceed what
+            // was received.
+            ack.accepted = ack.received - ack.quarantined;
+            ack.filtered = ack.accepted.saturating_sub(ack.written);
+        }
+        let total = |f: fn(&Ack) -> u64| acks.iter().map(f).sum::<u64>();
+        let report = BatchReport {
+            part: part.to_string(),
+            committed_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            submissions: pieces
+                .iter()
+                .map(|p| Arc::as_ptr(&p.ack))
+                .collect::<HashSet<_>>()
+                .len(),
+            received: total(|a| a.received),
+            written: total(|a| a.written),
+            filtered: total(|a| a.filtered),
+            quarantined: total(|a| a.quarantined),
+            latency_ms: 0.0,
+            outputs,
+            plugin_versions,
+        };
+        Ok((acks, report))
+    }
+
+    /// Counts and rates, for the admin API.
+    pub fn status(&self) -> PipelineStatus {
+        let c = &self.counters;
+        let rate = {
+            let rate = self.rate.lock().expect("rate lock");
+            match (rate.front(), rate.back()) {
+                (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
+                    (n1 - n0) as f64 / (*t1 - *t0).as_secs_f64()
+                }
+                _ => 0.0,
+            }
+        };
+        PipelineStatus {
+            name: self.name.clone(),
+            file: self.pipeline.file.clone(),
+            state: self.state(),
+            submissions: c.submissions.load(Ordering::Relaxed),
+            received: c.received.load(Ordering::Relaxed),
+            written: c.written.load(Ordering::Relaxed),
+            filtered: c.filtered.load(Ordering::Relaxed),
+            quarantined: c.quarantined.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            failed_batches: c.failed_batches.load(Ordering::Relaxed),
+            queued_records: c.queued_rows.load(Ordering::Relaxed),
+            records_per_second: rate,
+            max_batch_rows: self.max_batch_rows,
+            linger_ms: self.hosted.linger_ms,
+            sink_dir: self.sink_dir.clone(),
+            quarantine_dir: self.quarantine_dir.clone(),
+            drop_dir: self.hosted.drop_dir.clone(),
+        }
+    }
+
+    /// Per-stage counts since the service started.
+    pub fn stage_reports(&self) -> Vec<StageReport> {
+        let mut totals = self.stage_totals.lock().expect("stage lock").clone();
+        for (total, stage) in totals.iter_mut().zip(self.pipeline.stages()) {
+            total.plugin_sha256 = stage.plugin().sha256().to_string();
+        }
+        totals
+    }
+
+    /// The most recent micro-batches, newest first.
+    pub fn batch_reports(&self) -> Vec<BatchReport> {
+        self.reports
+            .lock()
+            .expect("reports lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Directory of the quarantine parts.
+    pub fn quarantine_dir(&self) -> &Path {
+        &self.quarantine_dir
+    }
+
+    /// Quarantine ids already replayed.
+    pub fn is_replayed(&self, id: &str) -> bool {
+        self.replayed.lock().expect("replayed lock").contains(id)
+    }
+
+    /// Records `ids` as replayed (appended to `replayed.jsonl`).
+    ///
+    /// # Errors
+    /// When the record file cannot be written.
+    pub fn mark_replayed(&self, ids: &[String]) -> Result<()> {
+        use std::io::Write;
+        let path = self.state_dir.join(REPLAYED_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut text = String::new();
+        for id in ids {
+            text.push_str(&serde_json::to_string(id)?);
+            text.push('\n');
+        }
+        file.write_all(text.as_bytes())?;
+        file.sync_data()?;
+        self.replayed
+            .lock()
+            .expect("replayed lock")
+            .extend(ids.iter().cloned());
+        Ok(())
+    }
+}
+
+const REPLAYED_FILE: &str = "replayed.jsonl";
+
+fn read_replayed(path: &Path) -> Result<HashSet<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).with_context(|| format!("{}: bad line {l}", path.display()))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
+        Err(e) => Err(anyhow!("reading {}: {e}", path.display())),
+    }
+}
+
+fn quarantine_extension(format: QuarantineFormat) -> &'static str {
+    match format {
+        QuarantineFormat::Jsonl => "jsonl",
+        QuarantineFormat::Parquet => "parquet",
+    }
+}
+
+fn item_rows(item: &SourceItem) -> usize {
+    match item {
+        SourceItem::Batch(batch) => batch.batch.num_rows(),
+        SourceItem::Rejected { rows, .. } => rows.num_rows(),
+    }
+}
+
+/// Row indices of a group, by the merged request they came from (request 0
+/// for all when untracked).
+fn by_request(origins: Option<&Origins>, rows: usize) -> BTreeMap<usize, Vec<u32>> {
+    let mut groups: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+    for row in 0..rows {
+        let request = origins.map_or(0, |o| o.request_of(o.rows[row]));
+        groups.entry(request).or_default().push(row as u32);
+    }
+    groups
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
