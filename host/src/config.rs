@@ -139,7 +139,10 @@ pub struct SourceConfig {
     /// `csv`, `jsonl` or `parquet`.
     pub format: SourceFormat,
     /// A file or a glob (`data/*.csv`), relative to the pipeline file.
-    /// Files matching a glob are read in sorted order.
+    /// Files matching a glob are read in sorted order. Required by `weir
+    /// run`; under `weir serve` it is only a sample to infer the schema
+    /// from, and may be left out when `schema` is declared.
+    #[serde(default)]
     pub path: String,
     /// CSV: whether the first line names the columns. Default true.
     #[serde(default = "yes")]
@@ -432,6 +435,16 @@ impl Problems {
     }
 }
 
+/// What a pipeline file is loaded for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `weir run` / `weir check`: read the source files to the end.
+    Run,
+    /// `weir serve`: records arrive by request; source files are at most a
+    /// schema sample.
+    Serve,
+}
+
 /// Parses TOML `text` (read from `path`) into `T`, naming the key and
 /// line of the first problem.
 ///
@@ -516,11 +529,28 @@ impl PipelineConfig {
 
     /// Records every problem [`PipelineConfig::validate`] would report.
     pub fn check(&self, problems: &mut Problems, base_dir: &Path) {
+        self.check_for(problems, base_dir, Purpose::Run);
+    }
+
+    /// Records every problem that matters for `purpose`: `weir serve`
+    /// reads no source files, so with a declared schema it needs none.
+    pub fn check_for(&self, problems: &mut Problems, base_dir: &Path, purpose: Purpose) {
         if self.pipeline.batch_size == 0 {
             problems.add("pipeline.batch_size", "must be at least 1");
         }
         let source = &self.source;
-        if let Err(e) = expand_paths(base_dir, &source.path) {
+        let files_needed = purpose == Purpose::Run || source.schema.is_none();
+        if source.path.is_empty() && files_needed {
+            problems.add(
+                "source.path",
+                match purpose {
+                    Purpose::Run => "missing: the file or glob to read",
+                    Purpose::Serve => {
+                        "missing: weir serve needs a sample file to infer the schema from, or a declared `schema`"
+                    }
+                },
+            );
+        } else if files_needed && let Err(e) = expand_paths(base_dir, &source.path) {
             problems.add("source.path", e);
         }
         if !single_ascii(&source.delimiter) {
@@ -612,7 +642,8 @@ impl PipelineConfig {
             );
         }
         let sink_path = base_dir.join(&sink.path);
-        if sink.mode == WriteMode::ErrorIfExists && sink_path.exists() {
+        // weir serve appends parts to a directory; `mode` is for weir run.
+        if purpose == Purpose::Run && sink.mode == WriteMode::ErrorIfExists && sink_path.exists() {
             problems.add(
                 "sink.path",
                 format!(

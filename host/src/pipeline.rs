@@ -24,8 +24,8 @@ use anyhow::{Context, Result, anyhow};
 
 use crate::columnar;
 use crate::config::{
-    ConfigErrors, MAX_REFERENCE_TABLE_BYTES, OnError, PipelineConfig, Problems, StageConfig,
-    expand_paths,
+    ConfigErrors, MAX_REFERENCE_TABLE_BYTES, OnError, PipelineConfig, Problems, Purpose,
+    StageConfig, expand_paths,
 };
 use crate::plugin::{Limits, Plugin, PluginKind, PluginSlot, PluginVersion, PluginWatcher};
 use crate::quarantine::{Quarantine, Reason};
@@ -135,8 +135,17 @@ impl Pipeline {
     /// # Errors
     /// Every problem in the file and its plugins, each with file and key.
     pub fn load(file: &Path) -> Result<Pipeline, ConfigErrors> {
+        Pipeline::load_for(file, Purpose::Run)
+    }
+
+    /// [`Pipeline::load`] for `purpose`: under [`Purpose::Serve`] the source
+    /// files need not exist when the schema is declared.
+    ///
+    /// # Errors
+    /// As [`Pipeline::load`].
+    pub fn load_for(file: &Path, purpose: Purpose) -> Result<Pipeline, ConfigErrors> {
         let config = PipelineConfig::from_file(file)?;
-        Pipeline::build(config, file)
+        Pipeline::build_for(config, file, purpose)
     }
 
     /// Validates `config` (read from `file`) and loads its plugins.
@@ -144,9 +153,21 @@ impl Pipeline {
     /// # Errors
     /// Every problem found, config and plugins alike, each with file and key.
     pub fn build(config: PipelineConfig, file: &Path) -> Result<Pipeline, ConfigErrors> {
+        Pipeline::build_for(config, file, Purpose::Run)
+    }
+
+    /// [`Pipeline::build`] for `purpose`.
+    ///
+    /// # Errors
+    /// As [`Pipeline::build`].
+    pub fn build_for(
+        config: PipelineConfig,
+        file: &Path,
+        purpose: Purpose,
+    ) -> Result<Pipeline, ConfigErrors> {
         let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut problems = Problems::new(file);
-        config.check(&mut problems, &base_dir);
+        config.check_for(&mut problems, &base_dir, purpose);
         let extractor = config.source.extract.as_ref().and_then(|extract| {
             let plugin = Plugin::load(&extract.plugin, Some(PluginKind::Extract), &base_dir)
                 .map_err(|e| problems.add("source.extract.plugin", format!("{e:#}")))

@@ -8,4 +8,5 @@ mod flights;
 mod hostile;
 mod hot_reload;
 mod malformed_input;
+mod serve;
 mod support;

@@ -75,7 +75,7 @@ impl Service {
         let mut pipelines = BTreeMap::new();
         for (i, hosted) in config.pipelines.iter().enumerate() {
             let path = base_dir.join(&hosted.file);
-            match Pipeline::load(&path) {
+            match Pipeline::load_for(&path, crate::config::Purpose::Serve) {
                 Ok(pipeline) => {
                     if pipelines.contains_key(&pipeline.name) {
                         errors.push(ConfigError {

@@ -111,7 +111,11 @@ impl Source {
         batch_size: usize,
         extractor: Option<Extractor>,
     ) -> Result<Source> {
-        let files = expand_paths(base_dir, &config.path).map_err(anyhow::Error::msg)?;
+        // A declared schema needs no file (weir serve without a sample).
+        let files = match expand_paths(base_dir, &config.path) {
+            Err(_) if config.schema.is_some() => Vec::new(),
+            files => files.map_err(anyhow::Error::msg)?,
+        };
         if config.format == SourceFormat::Extract {
             let extractor = extractor.context("an extract source needs its plugin")?;
             return Ok(Source {
