@@ -11,6 +11,11 @@
 //!    differs. DuckDB and Polars are timed by `bench/flights.py`;
 //!    `scripts/bench` runs both and prints the ratios.
 //!
+//! 4. `weir serve`: ingest throughput of the flights data posted over
+//!    loopback HTTP by 4 concurrent clients vs `weir run` on the same file,
+//!    request latency (p50/p99) for large and small posts, and the latency
+//!    of a plugin reload requested through the admin API.
+//!
 //! Each figure is the median of several repetitions. Results are printed and
 //! written as JSON to `$WEIR_BENCH_JSON` (default `target/bench-weir.json`).
 //! Needs `examples/flights/data/flights.csv` (`examples/flights/fetch-data.sh`).
@@ -565,6 +570,200 @@ fn flights(root: &Path) -> Result<serde_json::Value> {
     }))
 }
 
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+/// Posts `bodies` (CSV) to `url` from `clients` threads; returns the
+/// wall-clock time and each request's latency, sorted.
+fn post_all(url: &str, bodies: Vec<String>, clients: usize) -> (Duration, Vec<Duration>) {
+    let queue = Arc::new(std::sync::Mutex::new(bodies));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (queue, url) = (queue.clone(), url.to_string());
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::new();
+                let mut latencies = Vec::new();
+                loop {
+                    let Some(body) = queue.lock().unwrap().pop() else {
+                        return latencies;
+                    };
+                    let sent = Instant::now();
+                    let response = client
+                        .post(&url)
+                        .header("content-type", "text/csv")
+                        .body(body)
+                        .send()
+                        .unwrap();
+                    assert_eq!(response.status(), 200);
+                    latencies.push(sent.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let elapsed = started.elapsed();
+    latencies.sort();
+    (elapsed, latencies)
+}
+
+/// `weir serve` on the flights pipeline: see the module docs (part 4).
+fn serve(root: &Path) -> Result<serde_json::Value> {
+    let data = root.join("examples/flights/data");
+    let csv = std::fs::read_to_string(data.join("flights.csv"))
+        .context("run examples/flights/fetch-data.sh first")?;
+    let dir = tempfile::tempdir()?;
+    let example = std::fs::read_to_string(root.join("examples/flights/pipeline.toml"))?;
+    let pipeline = example
+        .replace(
+            "data/flights.csv",
+            &data.join("flights.csv").display().to_string(),
+        )
+        .replace(
+            "data/airlines.csv",
+            &data.join("airlines.csv").display().to_string(),
+        );
+    std::fs::write(dir.path().join("pipeline.toml"), pipeline)?;
+    let run = Pipeline::load(&dir.path().join("pipeline.toml"))?;
+    let run_time = median(3, || {
+        run.run(&RunOptions::default()).unwrap();
+    });
+    std::fs::write(
+        dir.path().join("service.toml"),
+        "[service]\nstate_dir = \"state\"\n\n[[pipelines]]\nfile = \"pipeline.toml\"\nlinger_ms = 5\nsink_path = \"serve/out\"\nquarantine_path = \"serve/quarantine\"\n",
+    )?;
+    let service = Arc::new(weir::serve::Service::load(
+        &dir.path().join("service.toml"),
+    )?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = runtime.spawn(service.clone().run(listener, async {
+        let _ = stopped.await;
+    }));
+    while !service.is_ready() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let url = format!("{base}/v1/pipelines/flights/records");
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    let rows: Vec<&str> = lines.collect();
+    let chunked = |size: usize| -> Vec<String> {
+        rows.chunks(size)
+            .map(|c| format!("{header}\n{}\n", c.join("\n")))
+            .collect()
+    };
+    let (elapsed, large) = post_all(&url, chunked(2000), 4);
+    let small_bodies: Vec<String> = chunked(10).into_iter().take(300).collect();
+    let (_, small) = post_all(&url, small_bodies, 1);
+
+    // Reload through the API: two cached versions of the `mask` stage would
+    // need a file; use a file-backed identity stage instead.
+    let identity = std::fs::read(weir_tests::IDENTITY)?;
+    let variant = with_custom_section(&identity, b"serve-bench");
+    let status = service.pipeline("flights").unwrap().status();
+    let _ = runtime.block_on(async {
+        let _ = stop.send(());
+        task.await
+    })?;
+    let reloads = api_reload_latency(&identity, &variant)?;
+    let records = rows.len() as f64;
+    let serve_rate = records / elapsed.as_secs_f64();
+    let run_rate = records / run_time.as_secs_f64();
+    println!(
+        "serve: {serve_rate:.0} records/s over HTTP (4 clients, 2000-row CSV posts) vs weir run {run_rate:.0} records/s: {:.2}x; request p50/p99 {:.1}/{:.1} ms; 10-row posts p50/p99 {:.1}/{:.1} ms (linger 5 ms); API reload p50/p99 {:.2}/{:.2} ms",
+        serve_rate / run_rate,
+        percentile_ms(&large, 0.5),
+        percentile_ms(&large, 0.99),
+        percentile_ms(&small, 0.5),
+        percentile_ms(&small, 0.99),
+        reloads.0,
+        reloads.1,
+    );
+    Ok(json!({
+        "records": rows.len(),
+        "written": status.written,
+        "quarantined": status.quarantined,
+        "serve_records_per_s": serve_rate,
+        "run_records_per_s": run_rate,
+        "serve_over_run": serve_rate / run_rate,
+        "large_p50_ms": percentile_ms(&large, 0.5),
+        "large_p99_ms": percentile_ms(&large, 0.99),
+        "small_p50_ms": percentile_ms(&small, 0.5),
+        "small_p99_ms": percentile_ms(&small, 0.99),
+        "api_reload_p50_ms": reloads.0,
+        "api_reload_p99_ms": reloads.1,
+    }))
+}
+
+/// p50/p99 of `POST …/reload` as a client sees it, alternating two cached
+/// versions of a file-backed transform stage.
+fn api_reload_latency(a: &[u8], b: &[u8]) -> Result<(f64, f64)> {
+    let dir = tempfile::tempdir()?;
+    let plugin = dir.path().join("probe.wasm");
+    std::fs::write(&plugin, a)?;
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        "[source]\nformat = \"jsonl\"\nschema = [{ name = \"id\", type = \"int64\" }]\n\n[[stages]]\nname = \"probe\"\nkind = \"transform\"\nplugin = \"probe.wasm\"\n\n[sink]\nformat = \"jsonl\"\npath = \"out\"\n\n[quarantine]\nformat = \"jsonl\"\npath = \"quarantine\"\n",
+    )?;
+    std::fs::write(
+        dir.path().join("service.toml"),
+        "[service]\nstate_dir = \"state\"\nreload_debounce_ms = 60000\n\n[[pipelines]]\nfile = \"pipeline.toml\"\n",
+    )?;
+    let service = Arc::new(weir::serve::Service::load(
+        &dir.path().join("service.toml"),
+    )?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!(
+        "http://{}/v1/pipelines/pipeline/stages/probe/reload",
+        listener.local_addr()?
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = runtime.spawn(service.clone().run(listener, async {
+        let _ = stopped.await;
+    }));
+    while !service.is_ready() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let client = reqwest::blocking::Client::new();
+    let mut latencies = Vec::new();
+    for i in 0..102 {
+        std::fs::write(&plugin, if i % 2 == 0 { b } else { a })?;
+        let sent = Instant::now();
+        let response = client.post(&url).send()?;
+        anyhow::ensure!(
+            response.status() == 200,
+            "reload failed: {}",
+            response.text()?
+        );
+        if i >= 2 {
+            // The first two compile; the rest come from the artifact cache.
+            latencies.push(sent.elapsed());
+        }
+    }
+    latencies.sort();
+    let _ = runtime.block_on(async {
+        let _ = stop.send(());
+        task.await
+    })?;
+    Ok((
+        percentile_ms(&latencies, 0.5),
+        percentile_ms(&latencies, 0.99),
+    ))
+}
+
 fn main() -> Result<()> {
     // `cargo bench -p weir-tests --bench weir -- [boundary|reload|flights]` runs one
     // part; `cargo bench` itself adds `--bench`.
@@ -583,6 +782,9 @@ fn main() -> Result<()> {
     }
     if wanted("flights") {
         report.insert("flights".into(), flights(&root)?);
+    }
+    if wanted("serve") {
+        report.insert("serve".into(), serve(&root)?);
     }
     let path = std::env::var_os("WEIR_BENCH_JSON")
         .map(PathBuf::from)

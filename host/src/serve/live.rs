@@ -149,7 +149,7 @@ impl Ack {
     }
 
     fn finish(mut self) -> Ack {
-        self.reasons.sort_by(|a, b| b.count.cmp(&a.count));
+        self.reasons.sort_by_key(|r| std::cmp::Reverse(r.count));
         self.reasons.truncate(MAX_REASONS);
         self
     }
