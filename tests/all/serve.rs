@@ -848,3 +848,137 @@ fn output_rows(dir: &Path) -> Vec<String> {
     rows.sort();
     rows
 }
+
+/// Runs `weir ARGS` in-process with logging off.
+fn weir(args: &[&str]) -> u8 {
+    weir::cli::run(
+        ["weir", "--log", "off"]
+            .into_iter()
+            .chain(args.iter().copied()),
+    )
+}
+
+#[test]
+fn operator_commands_steer_a_running_service() {
+    use weir::cli::{EXIT_INVALID, EXIT_OK, EXIT_RUN_FAILED};
+    let dir = tempfile::tempdir().unwrap();
+    let identity = std::fs::read(weir_tests::IDENTITY).unwrap();
+    let plugin = dir.path().join("probe.wasm");
+    std::fs::write(&plugin, variant(&identity, "a")).unwrap();
+    write_pipeline(
+        dir.path(),
+        "[[stages]]\nname = \"probe\"\nkind = \"transform\"\nplugin = \"probe.wasm\"\n",
+    );
+    // A long debounce: only the explicit reload below swaps versions.
+    let service = write_service(dir.path(), "reload_debounce_ms = 600000", "linger_ms = 5");
+    let running = Running::start(&service);
+    let url = running.url.clone();
+    let url = url.as_str();
+    let slot = |i: usize| {
+        running
+            .service
+            .pipeline("events")
+            .unwrap()
+            .pipeline()
+            .stages()[i]
+            .slot
+            .status()
+    };
+
+    let input = dir.path().join("rows.jsonl");
+    std::fs::write(&input, records(0..10, &[2])).unwrap();
+    let input = input.to_str().unwrap();
+    assert_eq!(weir(&["post", "events", input, "--url", url]), EXIT_OK);
+    assert_eq!(
+        running.service.pipeline("events").unwrap().status().written,
+        9
+    );
+    assert_eq!(weir(&["status", "--url", url]), EXIT_OK);
+    assert_eq!(weir(&["status", "events", "--url", url]), EXIT_OK);
+    assert_eq!(weir(&["plugin", "ls", "--url", url]), EXIT_OK);
+    assert_eq!(
+        weir(&[
+            "quarantine",
+            "ls",
+            "events",
+            "--rule",
+            "not_bad",
+            "--url",
+            url
+        ]),
+        EXIT_OK
+    );
+
+    let first = slot(1).current_sha256;
+    std::fs::write(&plugin, variant(&identity, "b")).unwrap();
+    assert_eq!(
+        weir(&["plugin", "reload", "events", "probe", "--url", url]),
+        EXIT_OK
+    );
+    assert_ne!(slot(1).current_sha256, first);
+    std::fs::write(&plugin, b"garbage").unwrap();
+    assert_eq!(
+        weir(&["plugin", "reload", "events", "probe", "--url", url]),
+        EXIT_RUN_FAILED,
+        "a broken file is rejected"
+    );
+    assert_eq!(slot(1).rejections, 1);
+    assert_eq!(
+        weir(&["plugin", "rollback", "events", "probe", "--url", url]),
+        EXIT_OK
+    );
+    assert_eq!(slot(1).current_sha256, first);
+    assert_eq!(
+        weir(&["plugin", "rollback", "events", "probe", "--url", url]),
+        EXIT_RUN_FAILED,
+        "no older version"
+    );
+    assert_eq!(
+        weir(&["plugin", "reload", "events", "nope", "--url", url]),
+        EXIT_RUN_FAILED,
+        "no such stage"
+    );
+
+    assert_eq!(weir(&["pause", "events", "--url", url]), EXIT_OK);
+    assert_eq!(
+        weir(&["post", "events", input, "--url", url]),
+        EXIT_RUN_FAILED,
+        "paused"
+    );
+    assert_eq!(weir(&["resume", "events", "--url", url]), EXIT_OK);
+    assert_eq!(
+        weir(&[
+            "quarantine",
+            "replay",
+            "events",
+            "--rule",
+            "not_bad",
+            "--url",
+            url
+        ]),
+        EXIT_OK
+    );
+    running.shutdown().unwrap();
+    assert_eq!(
+        weir(&["status", "--url", url]),
+        EXIT_RUN_FAILED,
+        "nothing listens any more"
+    );
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[service]\nlisten = \"nowhere\"\n\n[[pipelines]]\nfile = \"missing.toml\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        weir(&["serve", dir.path().join("bad.toml").to_str().unwrap()]),
+        EXIT_INVALID
+    );
+    let errors = weir::serve::config::ServiceConfig::from_file(&dir.path().join("bad.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.contains("service.listen") && errors.contains("pipelines[0].file"),
+        "{errors}"
+    );
+}
