@@ -223,6 +223,7 @@ impl StageRunner {
         let labels = [
             ("pipeline", pipeline.to_string()),
             ("stage", self.stage.name.to_string()),
+            ("plugin", self.stage.reference.clone()),
         ];
         metrics::histogram!("weir_plugin_call_duration_seconds", &labels)
             .record(stats.duration.as_secs_f64());

@@ -679,6 +679,7 @@ impl LivePipeline {
             let labels = [
                 ("pipeline", self.name.clone()),
                 ("stage", total.name.clone()),
+                ("plugin", total.plugin.clone()),
             ];
             metrics::counter!("weir_stage_records_in_total", &labels).increment(delta.records_in);
             metrics::counter!("weir_stage_records_out_total", &labels).increment(delta.records_out);

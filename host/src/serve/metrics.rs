@@ -9,10 +9,10 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `weir_records_in_total` / `_out_total` / `_quarantined_total` / `_filtered_total` | counter | pipeline |
-//! | `weir_stage_records_{in,out,quarantined,filtered}_total` | counter | pipeline, stage |
-//! | `weir_plugin_call_duration_seconds` | histogram | pipeline, stage |
-//! | `weir_plugin_fuel_consumed_total` | counter (fuel units) | pipeline, stage |
-//! | `weir_plugin_peak_memory_bytes` | gauge (bytes) | pipeline, stage |
+//! | `weir_stage_records_{in,out,quarantined,filtered}_total` | counter | pipeline, stage, plugin |
+//! | `weir_plugin_call_duration_seconds` | histogram | pipeline, stage, plugin |
+//! | `weir_plugin_fuel_consumed_total` | counter (fuel units) | pipeline, stage, plugin |
+//! | `weir_plugin_peak_memory_bytes` | gauge (bytes) | pipeline, stage, plugin |
 //! | `weir_plugin_errors_total` | counter | pipeline, stage, kind |
 //! | `weir_plugin_reloads_total` | counter | pipeline, stage, outcome = `ok` / `rejected` |
 //! | `weir_batches_total` / `weir_batches_failed_total` | counter | pipeline |
