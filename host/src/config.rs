@@ -435,6 +435,20 @@ impl Problems {
     }
 }
 
+/// The text of the config file at `path`.
+///
+/// # Errors
+/// An unreadable file, as one [`ConfigError`] naming it.
+pub fn read_text(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    })
+}
+
 /// What a pipeline file is loaded for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
@@ -498,14 +512,7 @@ impl PipelineConfig {
     /// An unreadable file, malformed TOML, an unknown key or a value of the
     /// wrong type, as one [`ConfigError`] naming the file, line and key.
     pub fn from_file(path: &Path) -> Result<PipelineConfig, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                key: String::new(),
-                message: format!("cannot read: {e}"),
-            }])
-        })?;
-        Self::from_toml(&text, path)
+        Self::from_toml(&read_text(path)?, path)
     }
 
     /// Parses pipeline TOML `text`, attributing errors to `path`.

@@ -90,31 +90,14 @@ fn sha256_hex(salt: &str, value: &str) -> String {
 fn flights_example_matches_an_independent_computation() {
     let data = weir_tests::data_dir();
     let dir = tempfile::tempdir().unwrap();
-    let example = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flights/pipeline.toml"),
-    )
-    .unwrap();
-    let pipeline_text = example
-        .replace(
-            "data/flights.csv",
-            &data.join("flights_sample.csv").display().to_string(),
-        )
-        .replace(
-            "data/airlines.csv",
-            &data.join("airlines.csv").display().to_string(),
-        )
-        .replace("batch_size = 8192", "batch_size = 100");
-    assert_ne!(
-        pipeline_text, example,
-        "the example's input paths were found and replaced"
-    );
+    let example =
+        weir_tests::write_flights_pipeline(dir.path(), &data, "flights_sample.csv", Some(100));
     let salt = regex::Regex::new(r#"salt = "([^"]+)""#)
         .unwrap()
         .captures(&example)
         .unwrap()[1]
         .to_string();
     let pipeline = dir.path().join("pipeline.toml");
-    std::fs::write(&pipeline, pipeline_text).unwrap();
 
     // Independent expectations.
     let flights = read_csv(&data.join("flights_sample.csv"));

@@ -18,54 +18,32 @@ use weir::serve::Service;
 
 use crate::support::read_jsonl;
 
-/// A service running on a loopback port in its own runtime.
+/// A service on a loopback port, with a way to call its router directly.
 struct Running {
+    background: weir::serve::background::Background,
     service: Arc<Service>,
     url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    runtime: tokio::runtime::Runtime,
 }
 
 impl Running {
     fn start(service_file: &Path) -> Running {
-        let service = Arc::new(Service::load(service_file).unwrap_or_else(|e| panic!("{e:#}")));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = runtime.spawn(service.clone().run(listener, async {
-            let _ = stopped.await;
-        }));
-        let running = Running {
-            service,
-            url,
-            stop: Some(stop),
-            task: Some(task),
-            runtime,
-        };
-        running.wait_ready();
-        running
+        let background = weir::serve::background::Background::start(service_file)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        Running {
+            service: background.service().clone(),
+            url: background.url().to_string(),
+            background,
+        }
     }
 
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.service.is_ready() {
-            assert!(Instant::now() < deadline, "the service did not get ready");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.background.runtime()
     }
 
     /// One request through the router, without a socket.
     fn oneshot(&self, request: Request<Body>) -> (StatusCode, Value) {
         let router = weir::serve::api::router(self.service.clone());
-        self.runtime.block_on(async move {
+        self.runtime().block_on(async move {
             let response = router.oneshot(request).await.unwrap();
             let status = response.status();
             let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -76,10 +54,8 @@ impl Running {
     }
 
     /// Triggers shutdown and waits for the drain.
-    fn shutdown(mut self) -> anyhow::Result<()> {
-        let _ = self.stop.take().unwrap().send(());
-        let task = self.task.take().unwrap();
-        self.runtime.block_on(task).unwrap()
+    fn shutdown(self) -> anyhow::Result<()> {
+        self.background.shutdown()
     }
 }
 
@@ -431,7 +407,7 @@ fn requests_merged_into_one_micro_batch_get_their_own_counts() {
     };
     // value = id % 7: ids 0..14 keep 3,4,5,6,10,11,12,13; ids 100..107 keep 101..104.
     let (a, b) = running
-        .runtime
+        .runtime()
         .block_on(async { tokio::join!(send(records(0..14, &[4])), send(records(100..107, &[]))) });
     assert_eq!(
         running.service.pipeline("events").unwrap().status().batches,
@@ -768,21 +744,7 @@ fn drop_directory_ingests_each_file_once_across_restarts() {
 fn flights_sample_over_http_gives_the_same_output_as_weir_run() {
     let data = weir_tests::data_dir();
     let dir = tempfile::tempdir().unwrap();
-    let example = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flights/pipeline.toml"),
-    )
-    .unwrap();
-    let pipeline = example
-        .replace(
-            "data/flights.csv",
-            &data.join("flights_sample.csv").display().to_string(),
-        )
-        .replace(
-            "data/airlines.csv",
-            &data.join("airlines.csv").display().to_string(),
-        );
-    std::fs::write(dir.path().join("pipeline.toml"), &pipeline).unwrap();
-
+    weir_tests::write_flights_pipeline(dir.path(), &data, "flights_sample.csv", None);
     // weir run on the whole sample.
     let report = crate::support::run(&dir.path().join("pipeline.toml"));
     let run_rows = output_rows(&dir.path().join("out/flights"));

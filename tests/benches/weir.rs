@@ -617,17 +617,7 @@ fn serve(root: &Path) -> Result<serde_json::Value> {
     let csv = std::fs::read_to_string(data.join("flights.csv"))
         .context("run examples/flights/fetch-data.sh first")?;
     let dir = tempfile::tempdir()?;
-    let example = std::fs::read_to_string(root.join("examples/flights/pipeline.toml"))?;
-    let pipeline = example
-        .replace(
-            "data/flights.csv",
-            &data.join("flights.csv").display().to_string(),
-        )
-        .replace(
-            "data/airlines.csv",
-            &data.join("airlines.csv").display().to_string(),
-        );
-    std::fs::write(dir.path().join("pipeline.toml"), pipeline)?;
+    weir_tests::write_flights_pipeline(dir.path(), &data, "flights.csv", None);
     let run = Pipeline::load(&dir.path().join("pipeline.toml"))?;
     let run_time = median(3, || {
         run.run(&RunOptions::default()).unwrap();
@@ -636,23 +626,8 @@ fn serve(root: &Path) -> Result<serde_json::Value> {
         dir.path().join("service.toml"),
         "[service]\nstate_dir = \"state\"\n\n[[pipelines]]\nfile = \"pipeline.toml\"\nlinger_ms = 5\nsink_path = \"serve/out\"\nquarantine_path = \"serve/quarantine\"\n",
     )?;
-    let service = Arc::new(weir::serve::Service::load(
-        &dir.path().join("service.toml"),
-    )?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = runtime.spawn(service.clone().run(listener, async {
-        let _ = stopped.await;
-    }));
-    while !service.is_ready() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let url = format!("{base}/v1/pipelines/flights/records");
+    let background = weir::serve::background::Background::start(&dir.path().join("service.toml"))?;
+    let url = format!("{}/v1/pipelines/flights/records", background.url());
     let mut lines = csv.lines();
     let header = lines.next().unwrap();
     let rows: Vec<&str> = lines.collect();
@@ -669,11 +644,8 @@ fn serve(root: &Path) -> Result<serde_json::Value> {
     // need a file; use a file-backed identity stage instead.
     let identity = std::fs::read(weir_tests::IDENTITY)?;
     let variant = with_custom_section(&identity, b"serve-bench");
-    let status = service.pipeline("flights").unwrap().status();
-    let _ = runtime.block_on(async {
-        let _ = stop.send(());
-        task.await
-    })?;
+    let status = background.service().pipeline("flights").unwrap().status();
+    background.shutdown()?;
     let reloads = api_reload_latency(&identity, &variant)?;
     let records = rows.len() as f64;
     let serve_rate = records / elapsed.as_secs_f64();
@@ -718,25 +690,11 @@ fn api_reload_latency(a: &[u8], b: &[u8]) -> Result<(f64, f64)> {
         dir.path().join("service.toml"),
         "[service]\nstate_dir = \"state\"\nreload_debounce_ms = 60000\n\n[[pipelines]]\nfile = \"pipeline.toml\"\n",
     )?;
-    let service = Arc::new(weir::serve::Service::load(
-        &dir.path().join("service.toml"),
-    )?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let background = weir::serve::background::Background::start(&dir.path().join("service.toml"))?;
     let url = format!(
-        "http://{}/v1/pipelines/pipeline/stages/probe/reload",
-        listener.local_addr()?
+        "{}/v1/pipelines/pipeline/stages/probe/reload",
+        background.url()
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = runtime.spawn(service.clone().run(listener, async {
-        let _ = stopped.await;
-    }));
-    while !service.is_ready() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
     let client = reqwest::blocking::Client::new();
     let mut latencies = Vec::new();
     for i in 0..102 {
@@ -754,10 +712,7 @@ fn api_reload_latency(a: &[u8], b: &[u8]) -> Result<(f64, f64)> {
         }
     }
     latencies.sort();
-    let _ = runtime.block_on(async {
-        let _ = stop.send(());
-        task.await
-    })?;
+    background.shutdown()?;
     Ok((
         percentile_ms(&latencies, 0.5),
         percentile_ms(&latencies, 0.99),

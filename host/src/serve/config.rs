@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, ConfigErrors, Problems, parse_toml};
+use crate::config::{ConfigErrors, Problems, parse_toml, read_text};
 
 /// A whole service file.
 #[derive(Debug, Clone, Deserialize)]
@@ -109,14 +109,7 @@ impl ServiceConfig {
     /// # Errors
     /// Every problem found, each with file and key.
     pub fn from_file(path: &Path) -> Result<ServiceConfig, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                key: String::new(),
-                message: format!("cannot read: {e}"),
-            }])
-        })?;
-        let config: ServiceConfig = parse_toml(&text, path)?;
+        let config: ServiceConfig = parse_toml(&read_text(path)?, path)?;
         let mut problems = Problems::new(path);
         config.check(&mut problems, path.parent().unwrap_or(Path::new("")));
         problems.finish()?;

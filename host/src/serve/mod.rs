@@ -14,6 +14,7 @@
 //! acknowledged is on disk.
 
 pub mod api;
+pub mod background;
 pub mod config;
 pub mod drop_dir;
 pub mod ingest;
