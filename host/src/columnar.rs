@@ -385,6 +385,35 @@ fn column_from_wit(
     Ok(array)
 }
 
+/// `batch` with a non-null `utf8` column appended per `(name, value)`, the
+/// same value on every row (Hive partition values read back from paths,
+/// the sink's lineage column).
+///
+/// # Errors
+/// Only when arrow refuses the batch (a duplicate name is allowed by arrow;
+/// callers that care check first).
+pub fn with_constant_utf8(
+    batch: RecordBatch,
+    columns: &[(&str, &str)],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if columns.is_empty() {
+        return Ok(batch);
+    }
+    let rows = batch.num_rows();
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let mut arrays = batch.columns().to_vec();
+    for (name, value) in columns {
+        fields.push(Field::new(*name, DataType::Utf8, false));
+        arrays.push(Arc::new(StringArray::from(vec![*value; rows])));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,19 +155,30 @@ impl Sink {
                 final_path.display()
             );
         }
-        Ok(Sink {
+        let staging = sibling(&final_path, &format!("weir-{run_id}.tmp"));
+        Ok(Sink::new(config, final_path, staging, run_id, false))
+    }
+
+    fn new(
+        config: &SinkConfig,
+        final_path: PathBuf,
+        staging: PathBuf,
+        run_id: &str,
+        parts: bool,
+    ) -> Sink {
+        Sink {
             format: config.format,
             compression: config.compression.clone(),
             partition_by: config.partition_by.clone(),
             mode: config.mode,
-            staging: sibling(&final_path, &format!("weir-{run_id}.tmp")),
             final_path,
+            staging,
             run_id: run_id.to_string(),
             schema: None,
             files: HashMap::new(),
             committed: false,
-            parts: false,
-        })
+            parts,
+        }
     }
 
     /// Prepares one part of an appending sink: `config.path` (relative to
@@ -185,19 +196,8 @@ impl Sink {
                 final_path.display()
             );
         }
-        Ok(Sink {
-            format: config.format,
-            compression: config.compression.clone(),
-            partition_by: config.partition_by.clone(),
-            mode: config.mode,
-            staging: final_path.join(format!(".weir-{part_id}.tmp")),
-            final_path,
-            run_id: part_id.to_string(),
-            schema: None,
-            files: HashMap::new(),
-            committed: false,
-            parts: true,
-        })
+        let staging = final_path.join(format!(".weir-{part_id}.tmp"));
+        Ok(Sink::new(config, final_path, staging, part_id, true))
     }
 
     /// The path the output will have once committed.

@@ -14,8 +14,9 @@
 //! received (row *i* is taken to derive from input row *i*, as the WIT
 //! contract says). A transform that changes the row count of a batch that
 //! mixes several requests is called once more per request, so that rows
-//! never lose their request; within one request, row numbers are then no
-//! longer known ([`Origins::exact`] becomes false).
+//! never lose their request; within one request, which row is which is
+//! then no longer known, so such rows are attributed to their request's
+//! first input row.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,14 +38,12 @@ use crate::source::SourceItem;
 /// requests (`weir serve`).
 #[derive(Debug, Clone)]
 pub struct Origins {
-    /// For each current row, its row number in the merged input batch.
+    /// For each current row, its row number in the merged input batch (or,
+    /// after a transform changed the row count, its request's first row).
     pub rows: Vec<u32>,
     /// First input row of each request, ascending; request `i` owns input
     /// rows `starts[i]..starts[i + 1]`.
     pub starts: Arc<[u32]>,
-    /// Whether `rows` are exact row numbers; false after a transform changed
-    /// the row count, when only each row's request is known.
-    pub exact: bool,
 }
 
 impl Origins {
@@ -54,7 +53,6 @@ impl Origins {
         Origins {
             rows: (0..rows as u32).collect(),
             starts,
-            exact: true,
         }
     }
 
@@ -72,7 +70,6 @@ impl Origins {
                 .filter_map(|(&row, kept)| kept.then_some(row))
                 .collect(),
             starts: self.starts.clone(),
-            exact: self.exact,
         }
     }
 
@@ -118,6 +115,10 @@ pub struct BatchResult {
     pub output_origins: Option<Origins>,
     /// Rejected rows, group by group.
     pub quarantined: Vec<Quarantined>,
+    /// `stage=sha256` of the plugin version each stage ran (the snapshot
+    /// taken when the batch started), in stage order; empty for rejected
+    /// input.
+    pub plugin_versions: Vec<String>,
 }
 
 impl BatchResult {
@@ -129,6 +130,7 @@ impl BatchResult {
             output: None,
             output_origins: None,
             quarantined: Vec::new(),
+            plugin_versions: Vec::new(),
         }
     }
 }
@@ -327,6 +329,12 @@ impl Worker {
             .iter()
             .map(|r| r.stage.slot.current())
             .collect();
+        result.plugin_versions = self
+            .runners
+            .iter()
+            .zip(&versions)
+            .map(|(r, v)| format!("{}={}", r.stage.name, v.plugin.sha256()))
+            .collect();
         let pipeline = self.pipeline.clone();
         for (runner, version) in self.runners.iter_mut().zip(&versions) {
             let rows_in = batch.num_rows();
@@ -361,7 +369,6 @@ impl Worker {
                         }
                         let first = tracked.starts[tracked.request_of(tracked.rows[0])];
                         tracked.rows = vec![first; out.num_rows()];
-                        tracked.exact = false;
                     }
                     runner.report.filtered += rows_in.saturating_sub(out.num_rows()) as u64;
                     batch = out;
@@ -401,7 +408,7 @@ impl Worker {
             runner.report.records_out += batch.num_rows() as u64;
         }
         if let Some(column) = &self.lineage_column {
-            batch = with_lineage(batch, column, &self.runners, &versions)?;
+            batch = with_lineage(batch, column, &result.plugin_versions)?;
         }
         result.output = Some(batch);
         result.output_origins = origins;
@@ -436,18 +443,15 @@ impl StageRunner {
         let mut outputs = Vec::new();
         let mut rows = Vec::new();
         let mut quarantined = 0;
-        let mut exact = origins.exact;
         for run in runs {
             let slice = batch.slice(run.start, run.len());
             let slice_origins = Origins {
                 rows: origins.rows[run.clone()].to_vec(),
                 starts: origins.starts.clone(),
-                exact: origins.exact,
             };
             match self.call(pipeline, version, &slice) {
                 Ok(StageOutput::Transformed(out)) => {
                     let same = out.num_rows() == run.len();
-                    exact &= same;
                     let first = origins.starts[origins.request_of(origins.rows[run.start])];
                     rows.extend(if same {
                         slice_origins.rows
@@ -483,7 +487,6 @@ impl StageRunner {
             Origins {
                 rows,
                 starts: origins.starts.clone(),
-                exact,
             },
             quarantined,
         ))
@@ -495,43 +498,15 @@ impl StageRunner {
 fn with_lineage(
     batch: RecordBatch,
     column: &str,
-    runners: &[StageRunner],
-    versions: &[Arc<PluginVersion>],
+    plugin_versions: &[String],
 ) -> Result<RecordBatch> {
     if batch.schema().index_of(column).is_ok() {
         bail!(
             "sink.lineage_column `{column}` is already a column of the output; choose another name"
         );
     }
-    let lineage = runners
-        .iter()
-        .zip(versions)
-        .map(|(r, v)| format!("{}={}", r.stage.name, v.plugin.sha256()))
-        .collect::<Vec<_>>()
-        .join(";");
-    let mut fields: Vec<arrow::datatypes::Field> = batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(arrow::datatypes::Field::new(
-        column,
-        arrow::datatypes::DataType::Utf8,
-        false,
-    ));
-    let mut columns = batch.columns().to_vec();
-    columns.push(Arc::new(arrow::array::StringArray::from(vec![
-        lineage
-            .as_str();
-        batch
-            .num_rows(
-            )
-    ])));
-    Ok(RecordBatch::try_new(
-        Arc::new(arrow::datatypes::Schema::new(fields)),
-        columns,
-    )?)
+    let lineage = plugin_versions.join(";");
+    Ok(columnar::with_constant_utf8(batch, &[(column, &lineage)])?)
 }
 
 /// A batch split by a validator's verdicts.

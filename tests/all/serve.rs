@@ -576,6 +576,24 @@ fn hot_reload_under_continuous_load_delivers_every_record_exactly_once() {
         .into_iter()
         .flat_map(|p| p.join().unwrap())
         .collect();
+    // The report names, for each recent micro-batch, the versions that
+    // produced its files: the same as the rows' lineage.
+    let (_, report) = running.oneshot(get("/v1/pipelines/events/report"));
+    let batches = report["batches"].as_array().unwrap();
+    assert!(!batches.is_empty());
+    for batch in batches {
+        let versions: Vec<&str> = batch["plugin_versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        for file in batch["outputs"].as_array().unwrap() {
+            for row in read_jsonl(Path::new(file.as_str().unwrap())) {
+                assert_eq!(row["lineage"], versions.join(";"));
+            }
+        }
+    }
     running.shutdown().unwrap();
 
     assert!(

@@ -230,11 +230,10 @@ async fn ingest(
             .unwrap_or_else(|| format!("http:{}", uuid::Uuid::new_v4().simple())),
     );
     let decoder = live.clone();
-    let items =
-        tokio::task::spawn_blocking(move || format.decode(decoder.source(), label, body.to_vec()))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    let items = tokio::task::spawn_blocking(move || format.decode(decoder.source(), label, body))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
     Ok(Json(live.submit(items).await?))
 }
 
@@ -464,7 +463,7 @@ async fn replay_quarantine(
         let decoder = live.clone();
         let label: Arc<str> = Arc::from(format!("replay:{}", uuid::Uuid::new_v4().simple()));
         let items = tokio::task::spawn_blocking(move || {
-            BodyFormat::JsonLines.decode(decoder.source(), label, lines)
+            BodyFormat::JsonLines.decode(decoder.source(), label, lines.into())
         })
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?

@@ -181,9 +181,10 @@ async fn scan(
         let format = BodyFormat::from_path(&path).expect("candidates have a known format");
         let source_live = live.clone();
         let label: Arc<str> = Arc::from(path.display().to_string());
-        let decoded =
-            tokio::task::spawn_blocking(move || format.decode(source_live.source(), label, bytes))
-                .await?;
+        let decoded = tokio::task::spawn_blocking(move || {
+            format.decode(source_live.source(), label, bytes.into())
+        })
+        .await?;
         let mut entry = ProcessedFile {
             file: name.clone(),
             sha256: sha256.clone(),

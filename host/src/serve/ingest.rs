@@ -75,7 +75,7 @@ impl BodyFormat {
         self,
         source: &Source,
         name: Arc<str>,
-        bytes: Vec<u8>,
+        bytes: bytes::Bytes,
     ) -> anyhow::Result<Vec<SourceItem>> {
         match self {
             BodyFormat::Csv => source.decode_bytes(name, SourceFormat::Csv, bytes),
@@ -99,7 +99,7 @@ impl BodyFormat {
                     serde_json::to_writer(&mut lines, record)?;
                     lines.push(b'\n');
                 }
-                source.decode_bytes(name, SourceFormat::Jsonl, lines)
+                source.decode_bytes(name, SourceFormat::Jsonl, lines.into())
             }
         }
     }

@@ -110,23 +110,26 @@ pub struct ReasonCount {
 }
 
 impl Ack {
-    fn add_quarantined(&mut self, reasons: &[&Reason]) {
+    fn add_quarantined(&mut self, reasons: &[Reason]) {
         self.quarantined += reasons.len() as u64;
         for reason in reasons {
-            match self.reasons.iter_mut().find(|r| {
-                r.stage == *reason.stage
-                    && r.error_kind == reason.error_kind
-                    && r.rule == reason.rule
-            }) {
-                Some(count) => count.count += 1,
-                None => self.reasons.push(ReasonCount {
-                    stage: reason.stage.to_string(),
-                    error_kind: reason.error_kind.clone(),
-                    rule: reason.rule.clone(),
-                    count: 1,
-                    example: reason.message.clone(),
-                }),
-            }
+            self.count_reason(ReasonCount {
+                stage: reason.stage.to_string(),
+                error_kind: reason.error_kind.clone(),
+                rule: reason.rule.clone(),
+                count: 1,
+                example: reason.message.clone(),
+            });
+        }
+    }
+
+    /// Adds `reason`'s count to the entry of the same stage, kind and rule.
+    fn count_reason(&mut self, reason: ReasonCount) {
+        match self.reasons.iter_mut().find(|r| {
+            r.stage == reason.stage && r.error_kind == reason.error_kind && r.rule == reason.rule
+        }) {
+            Some(entry) => entry.count += reason.count,
+            None => self.reasons.push(reason),
         }
     }
 
@@ -137,14 +140,7 @@ impl Ack {
         self.filtered += other.filtered;
         self.quarantined += other.quarantined;
         for reason in other.reasons {
-            match self.reasons.iter_mut().find(|r| {
-                r.stage == reason.stage
-                    && r.error_kind == reason.error_kind
-                    && r.rule == reason.rule
-            }) {
-                Some(count) => count.count += reason.count,
-                None => self.reasons.push(reason),
-            }
+            self.count_reason(reason);
         }
     }
 
@@ -194,10 +190,7 @@ struct Piece {
 
 impl Piece {
     fn rows(&self) -> usize {
-        match &self.item {
-            SourceItem::Batch(batch) => batch.batch.num_rows(),
-            SourceItem::Rejected { rows, .. } => rows.num_rows(),
-        }
+        item_rows(&self.item)
     }
 }
 
@@ -494,10 +487,10 @@ impl LivePipeline {
             .clone()
             .ok_or_else(|| SubmitError::ShuttingDown(self.name.clone()))?;
         let pieces = self.split(items);
-        let (sender, receiver) = oneshot::channel();
         if pieces.is_empty() {
             return Ok(Ack::default());
         }
+        let (sender, receiver) = oneshot::channel();
         let received: u64 = pieces.iter().map(|item| item_rows(item) as u64).sum();
         self.counters.submissions.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -766,12 +759,6 @@ impl LivePipeline {
             let schema = self.source.schema().expect("serve sources have a schema");
             let merged = arrow::compute::concat_batches(&schema, &batches)?;
             let origins = Origins::new(merged.num_rows(), Arc::from(starts));
-            plugin_versions = self
-                .pipeline
-                .stages()
-                .iter()
-                .map(|s| format!("{}={}", s.name, s.slot.current().plugin.sha256()))
-                .collect();
             let result = worker.process_tracked(
                 0,
                 SourceItem::Batch(SourceBatch {
@@ -780,6 +767,7 @@ impl LivePipeline {
                 }),
                 Some(origins),
             )?;
+            plugin_versions = result.plugin_versions;
             for group in result.quarantined {
                 for (request, rows) in by_request(group.origins.as_ref(), group.rows.num_rows()) {
                     let indices = UInt32Array::from(rows.clone());
@@ -832,8 +820,7 @@ impl LivePipeline {
                     SourceItem::Rejected { file, .. } => file.clone(),
                 };
                 quarantine.write(&group.rows, &group.reasons, &file)?;
-                let reasons: Vec<&Reason> = group.reasons.iter().collect();
-                acks[*piece].add_quarantined(&reasons);
+                acks[*piece].add_quarantined(&group.reasons);
             }
             outputs.push(quarantine.commit()?);
         }

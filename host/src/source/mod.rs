@@ -306,10 +306,10 @@ impl Source {
         &self,
         name: Arc<str>,
         format: SourceFormat,
-        bytes: Vec<u8>,
+        bytes: bytes::Bytes,
     ) -> Result<Vec<SourceItem>> {
         let decoded: Box<dyn Iterator<Item = Result<Decoded>> + Send> = match format {
-            SourceFormat::Parquet => self.decode_parquet(bytes::Bytes::from(bytes))?,
+            SourceFormat::Parquet => self.decode_parquet(bytes)?,
             SourceFormat::Csv | SourceFormat::Jsonl => {
                 self.decode_text(Box::new(std::io::Cursor::new(bytes)), format, name.clone())?
             }
@@ -578,46 +578,23 @@ pub fn read_output(path: &Path, limit: usize) -> Result<Vec<RecordBatch>> {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
             })
             .collect();
+        let partition_columns: Vec<(&str, &str)> = partitions
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let source = Source::open(&config, Path::new(""), remaining.min(8192), None)?;
         for batch in source.batches() {
             let batch = batch?.batch;
             let batch = batch.slice(0, batch.num_rows().min(remaining));
             remaining -= batch.num_rows();
-            batches.push(with_partition_columns(batch, &partitions)?);
+            batches.push(crate::columnar::with_constant_utf8(
+                batch,
+                &partition_columns,
+            )?);
             if remaining == 0 {
                 break;
             }
         }
     }
     Ok(batches)
-}
-
-fn with_partition_columns(
-    batch: RecordBatch,
-    partitions: &[(String, String)],
-) -> Result<RecordBatch> {
-    if partitions.is_empty() {
-        return Ok(batch);
-    }
-    let mut fields: Vec<Field> = batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    let mut columns = batch.columns().to_vec();
-    for (name, value) in partitions {
-        fields.push(Field::new(name, DataType::Utf8, false));
-        columns.push(Arc::new(arrow::array::StringArray::from(vec![
-            value
-                .as_str();
-            batch
-                .num_rows(
-                )
-        ])));
-    }
-    Ok(RecordBatch::try_new(
-        Arc::new(Schema::new(fields)),
-        columns,
-    )?)
 }
