@@ -179,6 +179,34 @@ enum QuarantineCommand {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Create a plugin project that builds as is (a small working example).
+    New {
+        /// Plugin name; also the directory created.
+        name: String,
+        /// Language to write it in.
+        #[arg(long, value_enum)]
+        lang: crate::authoring::Language,
+        /// Which kind of plugin.
+        #[arg(long, value_enum)]
+        kind: PluginKindArg,
+        /// Create the project under this directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Rust only: the `weir-sdk` crate's directory (default:
+        /// $WEIR_SDK_PATH, else the sdk/ of the checkout weir was built from).
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
+    /// Build a plugin project (its weir-plugin.toml) into a component,
+    /// with cargo, componentize-py or componentize-js.
+    Build {
+        /// The project directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Write the component here instead of DIR/dist/NAME.wasm.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
     /// Show a component's world, exports, imports, size and hash.
     Inspect {
         /// The component file (`.wasm`) or `builtin:NAME`.
@@ -435,9 +463,83 @@ fn status(url: &str, pipeline: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// `--kind` values for `weir plugin new`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PluginKindArg {
+    Extract,
+    Validate,
+    Transform,
+}
+
+impl From<PluginKindArg> for crate::plugin::PluginKind {
+    fn from(kind: PluginKindArg) -> Self {
+        match kind {
+            PluginKindArg::Extract => Self::Extract,
+            PluginKindArg::Validate => Self::Validate,
+            PluginKindArg::Transform => Self::Transform,
+        }
+    }
+}
+
+fn build_plugin(dir: &Path, out: Option<&Path>) -> Result<()> {
+    let manifest = crate::authoring::Manifest::read(dir)?;
+    let spinner = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner().with_message(format!(
+            "building {} ({} {}) …",
+            manifest.plugin.name, manifest.plugin.language, manifest.plugin.kind
+        ));
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Some(bar)
+    } else {
+        None
+    };
+    let built = crate::authoring::toolchain::build(dir, out);
+    if let Some(bar) = spinner {
+        bar.finish_and_clear();
+    }
+    let built = built?;
+    say!(
+        "built {} ({} {} plugin, {:.1} MB, sha256:{}) with {} in {:.1} s; compiled for this machine in {:.1} s (cached for later runs)",
+        built.path.display(),
+        built.language,
+        built.kind,
+        built.size_bytes as f64 / 1e6,
+        &built.sha256[..12],
+        built.tool,
+        built.build_time.as_secs_f64(),
+        built.compile_time.as_secs_f64()
+    )?;
+    Ok(())
+}
+
 fn plugin_command(command: PluginCommand) -> Result<()> {
     match command {
         PluginCommand::Inspect { plugin, json } => inspect(&plugin, json),
+        PluginCommand::New {
+            name,
+            lang,
+            kind,
+            dir,
+            sdk_path,
+        } => {
+            let options = crate::authoring::scaffold::NewOptions {
+                name,
+                language: lang,
+                kind: kind.into(),
+                parent: dir,
+                sdk_path,
+            };
+            let project = crate::authoring::scaffold::create(&options)?;
+            say!(
+                "created {} ({} {} plugin); build it with: weir plugin build {}",
+                project.display(),
+                options.language,
+                options.kind,
+                project.display()
+            )?;
+            Ok(())
+        }
+        PluginCommand::Build { dir, out } => build_plugin(&dir, out.as_deref()),
         PluginCommand::Ls { service } => {
             let answer = Client::new(&service.url)?.get("/v1/plugins")?;
             for p in answer["plugins"].as_array().into_iter().flatten() {

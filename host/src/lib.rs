@@ -13,6 +13,8 @@
 //!   call a component under [`plugin::Limits`].
 //! - [`columnar`]: arrow-rs ⇄ the WIT record batch.
 //! - [`source`], [`sink`], [`quarantine`]: host-native I/O.
+//! - [`authoring`]: `weir plugin new` / `weir plugin build` for Rust,
+//!   Python and JavaScript plugins.
 //! - [`serve`]: `weir serve`, the long-running service with HTTP ingest,
 //!   hot reload, an admin API and Prometheus metrics; [`client`] talks to it.
 //!
@@ -27,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+pub mod authoring;
 pub mod bindings;
 pub mod builtin;
 pub mod cli;

@@ -1,0 +1,130 @@
+//! Writing plugins: `weir plugin new` scaffolds a project in Rust, Python
+//! or JavaScript ([`scaffold`]) and `weir plugin build` turns it into a
+//! component ([`toolchain`]).
+//!
+//! A plugin project is a directory with a manifest, `weir-plugin.toml`:
+//!
+//! ```toml
+//! [plugin]
+//! name = "delay-class"      # the component is written to dist/NAME.wasm
+//! language = "python"       # rust | python | js
+//! kind = "transform"        # extract | validate | transform
+//! ```
+//!
+//! The SDKs for Python (`sdk/python/weir`) and JavaScript (`sdk/js/weir.js`)
+//! and the WIT contract are compiled into the weir binary, so a project
+//! always builds against the contract of the weir that builds it.
+
+pub mod scaffold;
+pub mod toolchain;
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::plugin::PluginKind;
+
+/// The manifest's file name, at the root of a plugin project.
+pub const MANIFEST: &str = "weir-plugin.toml";
+
+/// `wit/weir-plugin.wit`, the contract every plugin targets.
+pub const WIT: &str = include_str!("../../../wit/weir-plugin.wit");
+/// `sdk/python/weir/__init__.py`, the Python SDK (module `weir`).
+pub const PYTHON_SDK: &str = include_str!("../../../sdk/python/weir/__init__.py");
+/// `sdk/js/weir.js`, the JavaScript SDK (imported as `./weir.js`).
+pub const JS_SDK: &str = include_str!("../../../sdk/js/weir.js");
+
+/// A language plugins can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// Rust with the `weir-sdk` crate, built by cargo for `wasm32-wasip2`.
+    Rust,
+    /// Python with the `weir` module, built by componentize-py.
+    Python,
+    /// JavaScript (an ES module) with `weir.js`, built by componentize-js.
+    Js,
+}
+
+impl Language {
+    /// The name used in manifests and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Rust => "rust",
+            Language::Python => "python",
+            Language::Js => "js",
+        }
+    }
+}
+
+impl std::fmt::Display for Language {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `weir-plugin.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The `[plugin]` table.
+    pub plugin: ManifestPlugin,
+}
+
+/// The `[plugin]` table of `weir-plugin.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestPlugin {
+    /// The plugin's name: letters, digits, `-` and `_`, starting with a
+    /// letter. The component is written to `dist/NAME.wasm`.
+    pub name: String,
+    /// The language the project is written in.
+    pub language: Language,
+    /// Which world the component targets.
+    pub kind: PluginKind,
+}
+
+impl Manifest {
+    /// Reads `DIR/weir-plugin.toml`.
+    ///
+    /// # Errors
+    /// When the file is missing (the message says how to create one), or
+    /// malformed (file, key and problem), or the name is not a valid name.
+    pub fn read(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(MANIFEST);
+        if !path.is_file() {
+            anyhow::bail!(
+                "{} has no {MANIFEST}; create a project with `weir plugin new --lang LANG --kind KIND NAME`, \
+                 or add one:\n\n[plugin]\nname = \"my-plugin\"\nlanguage = \"python\"   # rust | python | js\n\
+                 kind = \"transform\"     # extract | validate | transform",
+                dir.display()
+            );
+        }
+        let text = crate::config::read_text(&path)?;
+        let manifest: Manifest = crate::config::parse_toml(&text, &path)?;
+        check_name(&manifest.plugin.name)
+            .map_err(|problem| anyhow::anyhow!("{}: key `plugin.name`: {problem}", path.display()))?;
+        Ok(manifest)
+    }
+}
+
+/// Checks a plugin name: it becomes a file name, a Cargo package name and
+/// part of a Python module path, so only `[A-Za-z][A-Za-z0-9_-]*` is taken.
+///
+/// # Errors
+/// A sentence saying what is wrong with `name`.
+pub fn check_name(name: &str) -> std::result::Result<(), String> {
+    let mut chars = name.chars();
+    match chars.next() {
+        None => Err("the name is empty".into()),
+        Some(first) if !first.is_ascii_alphabetic() => {
+            Err(format!("`{name}` must start with a letter"))
+        }
+        _ if !chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') => Err(format!(
+            "`{name}` may only hold letters, digits, `-` and `_`"
+        )),
+        _ if name.len() > 64 => Err(format!("`{name}` is longer than 64 characters")),
+        _ => Ok(()),
+    }
+}

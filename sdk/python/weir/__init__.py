@@ -1,0 +1,701 @@
+"""weir's Python SDK: write weir plugins in Python.
+
+A plugin is a Python module (``app.py``) built into a WebAssembly component
+with ``componentize-py`` (``weir plugin build DIR`` does it). The module
+defines one class named after the interface it exports, subclassing this
+SDK's base for that kind and overriding ``process``:
+
+==========  =====================  =========================================
+kind        class in ``app.py``    ``process`` signature
+==========  =====================  =========================================
+transform   ``Transform(weir.Transformer)``  ``process(batch) -> Batch``
+validate    ``Validate(weir.Validator)``     ``process(batch) -> iterable of Verdict``
+extract     ``Extract(weir.Extractor)``      ``process(data, source_name, content_type) -> Batch | list[Batch]``
+==========  =====================  =========================================
+
+A :class:`Batch` is ``num_rows`` rows x ``len(schema)`` columns. Read a
+column with ``batch["name"]`` as a Python list (``None`` for nulls), or rows
+with ``batch.rows()`` as dicts. Values are ``bool``, ``int`` (int64),
+``float`` (float64), ``str`` (utf8), ``bytes`` (binary), ``int``
+microseconds since the Unix epoch (timestamp) and ``int`` days since
+1970-01-01 (date32). Columns a plugin does not touch cross back to the host
+without being converted to Python objects.
+
+Raise :class:`InvalidConfig`, :class:`InvalidInput` or :class:`ParseError`
+to reject a batch on purpose; any other exception is returned to the host
+as an ``internal`` plugin error carrying the exception's type, message and
+the line it came from. Either way the host quarantines the batch's rows with
+that message and carries on.
+
+The stage's ``[stages.config]`` table is :func:`config` (a dict); log lines
+go to the host's log with :func:`log` (or :func:`info`, :func:`warn`...).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools as _itertools
+import json as _json
+import traceback as _traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+from componentize_py_types import Err as _Err
+from wit_world.imports import host as _host
+from wit_world.imports import types as _wit
+
+__all__ = [
+    "BINARY",
+    "BOOLEAN",
+    "DATE32",
+    "FLOAT64",
+    "INT64",
+    "TIMESTAMP",
+    "UTF8",
+    "Batch",
+    "DataType",
+    "Extractor",
+    "Field",
+    "Internal",
+    "InvalidConfig",
+    "InvalidInput",
+    "ParseError",
+    "PluginError",
+    "Transformer",
+    "Validator",
+    "Verdict",
+    "config",
+    "debug",
+    "error",
+    "info",
+    "log",
+    "timestamp",
+    "warn",
+]
+
+# --------------------------------------------------------------------------
+# Types and schemas
+
+
+@dataclass(frozen=True)
+class DataType:
+    """A column's logical type, one of the WIT ``data-type`` cases.
+
+    ``kind`` is ``"boolean"``, ``"int64"``, ``"float64"``, ``"utf8"``,
+    ``"binary"``, ``"timestamp"`` or ``"date32"``; ``timezone`` is set only
+    for a zoned timestamp (an IANA name or an offset such as ``"+02:00"``).
+    """
+
+    kind: str
+    timezone: Optional[str] = None
+
+    def __str__(self) -> str:
+        if self.kind == "timestamp" and self.timezone is not None:
+            return f"timestamp({self.timezone})"
+        return self.kind
+
+
+BOOLEAN = DataType("boolean")
+INT64 = DataType("int64")
+FLOAT64 = DataType("float64")
+UTF8 = DataType("utf8")
+BINARY = DataType("binary")
+#: Microseconds since the Unix epoch, without a time zone.
+TIMESTAMP = DataType("timestamp")
+#: Days since 1970-01-01.
+DATE32 = DataType("date32")
+
+
+def timestamp(timezone: Optional[str] = None) -> DataType:
+    """A timestamp type (microseconds since the Unix epoch) in ``timezone``."""
+    return DataType("timestamp", timezone)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One column of a schema: its name, type and whether it may hold nulls."""
+
+    name: str
+    type: DataType
+    nullable: bool = True
+
+
+_SIMPLE_TYPES = {
+    _wit.DataType_Boolean: BOOLEAN,
+    _wit.DataType_Int64: INT64,
+    _wit.DataType_Float64: FLOAT64,
+    _wit.DataType_Utf8: UTF8,
+    _wit.DataType_Binary: BINARY,
+    _wit.DataType_Date32: DATE32,
+}
+
+
+def _type_from_wit(data_type: Any) -> DataType:
+    if isinstance(data_type, _wit.DataType_Timestamp):
+        return timestamp(data_type.value)
+    return _SIMPLE_TYPES[type(data_type)]
+
+
+def _type_to_wit(data_type: DataType) -> Any:
+    kind = data_type.kind
+    if kind == "timestamp":
+        return _wit.DataType_Timestamp(data_type.timezone)
+    for wit_class, simple in _SIMPLE_TYPES.items():
+        if simple.kind == kind:
+            return wit_class()
+    raise TypeError(f"unknown data type {data_type!r}")
+
+
+def _infer_type(name: str, values: Sequence[Any]) -> DataType:
+    for value in values:
+        if value is None:
+            continue
+        # bool before int: bool is a subclass of int.
+        if isinstance(value, bool):
+            return BOOLEAN
+        if isinstance(value, int):
+            return INT64
+        if isinstance(value, float):
+            return FLOAT64
+        if isinstance(value, str):
+            return UTF8
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return BINARY
+        if isinstance(value, _dt.datetime):
+            return timestamp("UTC" if value.tzinfo is not None else None)
+        if isinstance(value, _dt.date):
+            return DATE32
+        raise TypeError(f"column {name!r}: cannot store a {type(value).__name__} value")
+    raise TypeError(f"column {name!r}: every value is None, so its type must be given")
+
+
+# --------------------------------------------------------------------------
+# Column conversion between the WIT form and Python lists
+
+
+def _bit(bitmap: bytes, i: int) -> bool:
+    return bool((bitmap[i >> 3] >> (i & 7)) & 1)
+
+
+def _var_len(var_len: Any, num_rows: int, text: bool) -> list:
+    offsets, data = var_len.offsets, var_len.data
+    if text:
+        decoded = data.decode()
+        if len(decoded) == len(data):
+            # Pure ASCII: byte offsets are character offsets.
+            return [decoded[offsets[i] : offsets[i + 1]] for i in range(num_rows)]
+        return [data[offsets[i] : offsets[i + 1]].decode() for i in range(num_rows)]
+    return [bytes(data[offsets[i] : offsets[i + 1]]) for i in range(num_rows)]
+
+
+def _decode(column: Any, num_rows: int) -> list:
+    """A WIT column as a Python list of ``num_rows`` values, ``None`` for nulls."""
+    values = column.values
+    if isinstance(values, _wit.ColumnValues_Utf8):
+        out = _var_len(values.value, num_rows, text=True)
+    elif isinstance(values, _wit.ColumnValues_Binary):
+        out = _var_len(values.value, num_rows, text=False)
+    elif isinstance(values, _wit.ColumnValues_Boolean):
+        bits = values.value
+        out = [_bit(bits, i) for i in range(num_rows)]
+    else:
+        out = list(values.value)
+    validity = column.validity
+    if validity is not None:
+        out = [value if (validity[i >> 3] >> (i & 7)) & 1 else None for i, value in enumerate(out)]
+    return out
+
+
+_EPOCH_DATE = _dt.date(1970, 1, 1)
+_EPOCH_UTC = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_EPOCH_NAIVE = _dt.datetime(1970, 1, 1)
+
+
+def _to_micros(value: Any) -> int:
+    if isinstance(value, _dt.datetime):
+        epoch = _EPOCH_UTC if value.tzinfo is not None else _EPOCH_NAIVE
+        delta = value - epoch
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return value
+
+
+def _to_days(value: Any) -> int:
+    if isinstance(value, _dt.datetime):
+        value = value.date()
+    if isinstance(value, _dt.date):
+        return (value - _EPOCH_DATE).days
+    return value
+
+
+# Python types accepted for each kind, and the filler stored in null slots.
+_ACCEPTS = {
+    "boolean": ((bool,), False),
+    "int64": ((int,), 0),
+    "float64": ((float, int), 0.0),
+    "utf8": ((str,), ""),
+    "binary": ((bytes, bytearray, memoryview), b""),
+    "timestamp": ((int, _dt.datetime), 0),
+    "date32": ((int, _dt.date), 0),
+}
+
+_INT64_RANGE = (-(2**63), 2**63 - 1)
+_MAX_VAR_LEN_BYTES = 2**31 - 1
+
+
+def _encode(name: str, data_type: DataType, values: Sequence[Any]) -> Any:
+    """A Python list as a WIT column of ``data_type``.
+
+    Raises ``TypeError`` naming the column and row for a value of the wrong
+    type, and ``ValueError`` for an int64 out of range.
+    """
+    kind = data_type.kind
+    accepted, filler = _ACCEPTS[kind]
+    validity = None
+    if any(value is None for value in values):
+        bitmap = bytearray((len(values) + 7) // 8)
+        for i, value in enumerate(values):
+            if value is not None:
+                bitmap[i >> 3] |= 1 << (i & 7)
+        validity = bytes(bitmap)
+        values = [filler if value is None else value for value in values]
+    for i, value in enumerate(values):
+        # bool is an int subclass: only a boolean column takes it.
+        if not isinstance(value, accepted) or (kind != "boolean" and isinstance(value, bool)):
+            raise TypeError(
+                f"column {name!r} is {data_type} but row {i} holds {type(value).__name__} {value!r}"
+            )
+    if kind in ("utf8", "binary"):
+        parts = [value.encode() for value in values] if kind == "utf8" else [bytes(v) for v in values]
+        data = b"".join(parts)
+        if len(data) > _MAX_VAR_LEN_BYTES:
+            raise ValueError(f"column {name!r} holds {len(data)} bytes, over 2^31 - 1")
+        offsets = [0, *_itertools.accumulate(len(part) for part in parts)]
+        var_len = _wit.VarLen(offsets, data)
+        wit_values = _wit.ColumnValues_Utf8(var_len) if kind == "utf8" else _wit.ColumnValues_Binary(var_len)
+    elif kind == "boolean":
+        bitmap = bytearray((len(values) + 7) // 8)
+        for i, value in enumerate(values):
+            if value:
+                bitmap[i >> 3] |= 1 << (i & 7)
+        wit_values = _wit.ColumnValues_Boolean(bytes(bitmap))
+    elif kind == "int64":
+        low, high = _INT64_RANGE
+        for i, value in enumerate(values):
+            if not low <= value <= high:
+                raise ValueError(f"column {name!r} row {i}: {value} does not fit in int64")
+        wit_values = _wit.ColumnValues_Int64(list(values))
+    elif kind == "float64":
+        wit_values = _wit.ColumnValues_Float64([float(value) for value in values])
+    elif kind == "timestamp":
+        wit_values = _wit.ColumnValues_Timestamp([_to_micros(value) for value in values])
+    else:
+        wit_values = _wit.ColumnValues_Date32([_to_days(value) for value in values])
+    return _wit.Column(validity, wit_values)
+
+
+# --------------------------------------------------------------------------
+# Record batches
+
+
+class Batch:
+    """A record batch: ``num_rows`` rows x ``len(schema)`` columns.
+
+    Batches are immutable: :meth:`with_column`, :meth:`select`,
+    :meth:`filter` and friends return a new batch. A column is converted to
+    a Python list the first time it is read, and a column never read goes
+    back to the host as it came.
+    """
+
+    __slots__ = ("_fields", "_columns", "_num_rows", "_index")
+
+    def __init__(self, fields: Sequence[Field], columns: Sequence[Any], num_rows: int):
+        # Each column is either a Python list or an untouched WIT column.
+        self._fields = list(fields)
+        self._columns = list(columns)
+        self._num_rows = num_rows
+        self._index = {field.name: i for i, field in enumerate(self._fields)}
+        if len(self._index) != len(self._fields):
+            raise ValueError(f"duplicate column names in {[f.name for f in self._fields]}")
+        for field, column in zip(self._fields, self._columns):
+            if isinstance(column, list) and len(column) != num_rows:
+                raise ValueError(
+                    f"column {field.name!r} has {len(column)} values, the batch has {num_rows} rows"
+                )
+
+    # -- building ----------------------------------------------------------
+
+    @classmethod
+    def from_columns(
+        cls,
+        columns: Mapping[str, Sequence[Any]],
+        types: Optional[Mapping[str, DataType]] = None,
+    ) -> "Batch":
+        """A batch from ``{name: values}``, in the mapping's order.
+
+        Each column's type comes from ``types`` when given there, else from
+        its first non-null value (``bool`` → boolean, ``int`` → int64,
+        ``float`` → float64, ``str`` → utf8, ``bytes`` → binary,
+        ``datetime`` → timestamp, ``date`` → date32). Every column must have
+        the same length.
+        """
+        types = dict(types or {})
+        fields, lists = [], []
+        lengths = {len(values) for values in columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"columns have different lengths: {sorted(lengths)}")
+        for name, values in columns.items():
+            values = list(values)
+            data_type = types.get(name) or _infer_type(name, values)
+            fields.append(Field(name, data_type, True))
+            lists.append(values)
+        return cls(fields, lists, lengths.pop() if lengths else 0)
+
+    @classmethod
+    def from_rows(
+        cls,
+        rows: Iterable[Mapping[str, Any]],
+        types: Optional[Mapping[str, DataType]] = None,
+    ) -> "Batch":
+        """A batch from dicts, one per row. Columns are the union of the
+        rows' keys in first-seen order, and a key a row lacks is null there.
+        Types as in :meth:`from_columns`."""
+        rows = list(rows)
+        names: dict = {}
+        for row in rows:
+            for key in row:
+                names.setdefault(key, None)
+        if types:
+            for key in types:
+                names.setdefault(key, None)
+        return cls.from_columns({name: [row.get(name) for row in rows] for name in names}, types)
+
+    @classmethod
+    def _from_wit(cls, batch: Any) -> "Batch":
+        fields = [Field(f.name, _type_from_wit(f.data_type), f.nullable) for f in batch.schema.fields]
+        return cls(fields, batch.columns, batch.num_rows)
+
+    def _to_wit(self) -> Any:
+        fields, columns = [], []
+        for field, column in zip(self._fields, self._columns):
+            if isinstance(column, list):
+                column = _encode(field.name, field.type, column)
+                nullable = field.nullable or column.validity is not None
+            else:
+                nullable = field.nullable
+            fields.append(_wit.Field(field.name, _type_to_wit(field.type), nullable))
+            columns.append(column)
+        return _wit.RecordBatch(_wit.Schema(fields), self._num_rows, columns)
+
+    # -- reading -----------------------------------------------------------
+
+    @property
+    def num_rows(self) -> int:
+        """Number of rows."""
+        return self._num_rows
+
+    def __len__(self) -> int:
+        return self._num_rows
+
+    @property
+    def schema(self) -> list:
+        """The fields, in column order."""
+        return list(self._fields)
+
+    @property
+    def column_names(self) -> list:
+        """Column names, in order."""
+        return [field.name for field in self._fields]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._index
+
+    def field(self, name: str) -> Field:
+        """The field called ``name``; raises :class:`InvalidInput` if absent."""
+        return self._fields[self._position(name)]
+
+    def column(self, name: str) -> list:
+        """Column ``name`` as a list of ``num_rows`` values, ``None`` for nulls.
+
+        Raises :class:`InvalidInput` naming the column when it is absent.
+        """
+        i = self._position(name)
+        column = self._columns[i]
+        if not isinstance(column, list):
+            column = _decode(column, self._num_rows)
+            self._columns[i] = column
+        return column
+
+    __getitem__ = column
+
+    def rows(self) -> Iterator[dict]:
+        """The rows, each a dict from column name to value."""
+        names = self.column_names
+        columns = [self.column(name) for name in names]
+        for values in zip(*columns):
+            yield dict(zip(names, values))
+
+    def to_pydict(self) -> dict:
+        """``{name: list of values}`` for every column."""
+        return {name: self.column(name) for name in self.column_names}
+
+    # -- deriving ----------------------------------------------------------
+
+    def with_column(
+        self,
+        name: str,
+        values: Sequence[Any],
+        type: Optional[DataType] = None,
+        nullable: bool = True,
+    ) -> "Batch":
+        """This batch with column ``name`` set to ``values``: replaced in
+        place when it exists, else appended. The type is ``type``, else the
+        existing column's, else inferred as in :meth:`from_columns`."""
+        values = list(values)
+        if type is None:
+            type = self._fields[self._index[name]].type if name in self._index else _infer_type(name, values)
+        field = Field(name, type, nullable)
+        fields, columns = list(self._fields), list(self._columns)
+        if name in self._index:
+            fields[self._index[name]] = field
+            columns[self._index[name]] = values
+        else:
+            fields.append(field)
+            columns.append(values)
+        return Batch(fields, columns, self._num_rows)
+
+    def select(self, names: Iterable[str]) -> "Batch":
+        """Only the columns ``names``, in that order."""
+        positions = [self._position(name) for name in names]
+        return Batch(
+            [self._fields[i] for i in positions], [self._columns[i] for i in positions], self._num_rows
+        )
+
+    def drop(self, names: Iterable[str]) -> "Batch":
+        """Every column but ``names`` (absent names are ignored)."""
+        dropped = set(names)
+        keep = [i for i, field in enumerate(self._fields) if field.name not in dropped]
+        return Batch([self._fields[i] for i in keep], [self._columns[i] for i in keep], self._num_rows)
+
+    def rename(self, mapping: Mapping[str, str]) -> "Batch":
+        """Columns renamed by ``{old: new}``."""
+        for old in mapping:
+            self._position(old)
+        fields = [Field(mapping.get(f.name, f.name), f.type, f.nullable) for f in self._fields]
+        return Batch(fields, self._columns, self._num_rows)
+
+    def take(self, indices: Sequence[int]) -> "Batch":
+        """The rows at ``indices``, in that order (repeats allowed)."""
+        indices = list(indices)
+        columns = []
+        for name in self.column_names:
+            values = self.column(name)
+            columns.append([values[i] for i in indices])
+        return Batch(self._fields, columns, len(indices))
+
+    def filter(self, keep: Union[Sequence[bool], Callable[[dict], bool]]) -> "Batch":
+        """The rows where ``keep`` is true: a list of ``num_rows`` booleans,
+        or a function of the row dict."""
+        if callable(keep):
+            mask = [bool(keep(row)) for row in self.rows()]
+        else:
+            mask = list(keep)
+        if len(mask) != self._num_rows:
+            raise ValueError(f"filter mask has {len(mask)} entries, the batch has {self._num_rows} rows")
+        return self.take([i for i, flag in enumerate(mask) if flag])
+
+    def _position(self, name: str) -> int:
+        try:
+            return self._index[name]
+        except KeyError:
+            raise InvalidInput(f"no column {name!r}; the batch has {self.column_names}") from None
+
+    def __repr__(self) -> str:
+        columns = ", ".join(f"{f.name}: {f.type}" for f in self._fields)
+        return f"Batch({self._num_rows} rows; {columns})"
+
+
+# --------------------------------------------------------------------------
+# Errors
+
+
+class PluginError(Exception):
+    """An error returned to the host on purpose; its rows are quarantined
+    with this kind and message."""
+
+    _case: Callable[[str], Any] = _wit.Error_Internal
+
+
+class InvalidConfig(PluginError):
+    """The stage's configuration is unusable; name the key."""
+
+    _case = _wit.Error_InvalidConfig
+
+
+class InvalidInput(PluginError):
+    """The batch lacks what the plugin needs; name the column."""
+
+    _case = _wit.Error_InvalidInput
+
+
+class ParseError(PluginError):
+    """The bytes given to an extractor could not be parsed; say where."""
+
+    _case = _wit.Error_Parse
+
+
+class Internal(PluginError):
+    """Anything else that went wrong."""
+
+    _case = _wit.Error_Internal
+
+
+def _describe(exception: BaseException) -> str:
+    """``Type: message (at file:line in function)``, from the innermost frame."""
+    text = "".join(_traceback.format_exception_only(type(exception), exception)).strip()
+    frames = _traceback.extract_tb(exception.__traceback__)
+    if frames:
+        last = frames[-1]
+        text += f" (at {last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name})"
+    return text
+
+
+def _guarded(call: Callable[[], Any]) -> Any:
+    """Runs ``call``, turning any exception into the WIT ``error`` result."""
+    try:
+        return call()
+    except _Err:
+        raise
+    except PluginError as exception:
+        raise _Err(type(exception)._case(str(exception))) from None
+    except Exception as exception:  # noqa: BLE001 - every failure must reach the host as text
+        raise _Err(_wit.Error_Internal(_describe(exception))) from None
+
+
+# --------------------------------------------------------------------------
+# Plugin kinds
+
+
+class Transformer:
+    """Base of a transform plugin: subclass it as ``Transform`` in
+    ``app.py`` and override :meth:`process`."""
+
+    def process(self, batch: Batch) -> Batch:
+        """Returns the transformed batch (any rows, any schema). Rows left
+        out are counted as filtered, not quarantined."""
+        raise NotImplementedError("override Transformer.process")
+
+    def transform(self, batch: Any) -> Any:
+        def call() -> Any:
+            result = self.process(Batch._from_wit(batch))
+            if not isinstance(result, Batch):
+                raise TypeError(f"process must return a weir.Batch, not {type(result).__name__}")
+            return result._to_wit()
+
+        return _guarded(call)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One failed check: the row (from 0), the rule's id and a reason."""
+
+    row: int
+    rule: str
+    message: str
+
+
+class Validator:
+    """Base of a validate plugin: subclass it as ``Validate`` in ``app.py``
+    and override :meth:`process`."""
+
+    def process(self, batch: Batch) -> Iterable[Verdict]:
+        """Yields one :class:`Verdict` (or ``(row, rule, message)`` tuple)
+        per failed (row, rule); none means every row passes."""
+        raise NotImplementedError("override Validator.process")
+
+    def validate(self, batch: Any) -> Any:
+        from wit_world.exports.validate import Verdict as WitVerdict
+
+        def call() -> Any:
+            converted = Batch._from_wit(batch)
+            out = []
+            for verdict in self.process(converted):
+                row, rule, message = verdict if isinstance(verdict, tuple) else (
+                    verdict.row,
+                    verdict.rule,
+                    verdict.message,
+                )
+                if not 0 <= row < converted.num_rows:
+                    raise ValueError(f"verdict row {row} is outside the batch's {converted.num_rows} rows")
+                out.append(WitVerdict(row, rule, message))
+            return out
+
+        return _guarded(call)
+
+
+class Extractor:
+    """Base of an extract plugin: subclass it as ``Extract`` in ``app.py``
+    and override :meth:`process`."""
+
+    def process(self, data: bytes, source_name: str, content_type: str) -> Union[Batch, list]:
+        """Parses ``data`` (one whole source object) into a batch or a list
+        of batches with the same schema. Raise :class:`ParseError` saying
+        where the input is malformed."""
+        raise NotImplementedError("override Extractor.process")
+
+    def extract(self, data: bytes, metadata: Any) -> Any:
+        def call() -> Any:
+            result = self.process(bytes(data), metadata.source_name, metadata.content_type)
+            batches = [result] if isinstance(result, Batch) else list(result)
+            return [batch._to_wit() for batch in batches]
+
+        return _guarded(call)
+
+
+# --------------------------------------------------------------------------
+# Host services
+
+_config_cache: Optional[dict] = None
+
+
+def config() -> dict:
+    """The stage's ``[stages.config]`` table as a dict (``{}`` when none),
+    read from the host once and then cached."""
+    global _config_cache
+    if _config_cache is None:
+        _config_cache = _json.loads(_host.config())
+    return _config_cache
+
+
+_LEVELS = {
+    "trace": _host.Level.TRACE,
+    "debug": _host.Level.DEBUG,
+    "info": _host.Level.INFO,
+    "warn": _host.Level.WARN,
+    "error": _host.Level.ERROR,
+}
+
+
+def log(level: str, message: str) -> None:
+    """Writes ``message`` to the host log at ``level`` (``"trace"``,
+    ``"debug"``, ``"info"``, ``"warn"`` or ``"error"``)."""
+    _host.log(_LEVELS[level], str(message))
+
+
+def debug(message: str) -> None:
+    """``log("debug", message)``."""
+    log("debug", message)
+
+
+def info(message: str) -> None:
+    """``log("info", message)``."""
+    log("info", message)
+
+
+def warn(message: str) -> None:
+    """``log("warn", message)``."""
+    log("warn", message)
+
+
+def error(message: str) -> None:
+    """``log("error", message)``."""
+    log("error", message)
