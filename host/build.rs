@@ -11,7 +11,7 @@ const PLUGINS: &[&str] = &["check", "mask", "derive", "select"];
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap();
-    for dir in ["plugins", "sdk", "wit"] {
+    for dir in ["plugins", "sdk/src", "sdk/Cargo.toml", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-changed=build_guests.rs");

@@ -8,7 +8,14 @@ include!("../host/build_guests.rs");
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap();
-    for dir in ["tests/components", "sdk", "wit"] {
+    for dir in [
+        "tests/components/src",
+        "tests/components/examples",
+        "tests/components/Cargo.toml",
+        "sdk/src",
+        "sdk/Cargo.toml",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!(
@@ -41,5 +48,10 @@ fn main() {
             file.display().to_string()
         ));
     }
+    let plugin_builds = guest_target_dir(&out_dir).with_file_name("weir-plugin-builds");
+    generated.push_str(&format!(
+        "/// Where the tests build plugin projects (`weir plugin build`).\npub const PLUGIN_BUILD_DIR: &str = {:?};\n",
+        plugin_builds.display().to_string()
+    ));
     std::fs::write(out_dir.join("components.rs"), generated).unwrap();
 }

@@ -3,14 +3,18 @@
 
 include!(concat!(env!("OUT_DIR"), "/components.rs"));
 
+mod every_type;
+pub use every_type::every_type;
+
 /// The directory of committed test data (`tests/data`).
 pub fn data_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
 }
 
-/// Writes `dir/pipeline.toml`: the flights example
-/// (`examples/flights/pipeline.toml`) unchanged but for its inputs, read
-/// from `data` (`flights` names the flights CSV there) and, when given, its
+/// Writes `dir/EXAMPLE`: the flights example `examples/flights/EXAMPLE`
+/// (`pipeline.toml`, or `pipeline-mixed.toml` whose plugins the caller puts
+/// under `dir/plugins`) unchanged but for its inputs, read from `data`
+/// (`flights` names the flights CSV there) and, when given, its
 /// `batch_size`. Returns the example's own text.
 ///
 /// # Panics
@@ -18,12 +22,15 @@ pub fn data_dir() -> std::path::PathBuf {
 /// expected.
 pub fn write_flights_pipeline(
     dir: &std::path::Path,
+    example_file: &str,
     data: &std::path::Path,
     flights: &str,
     batch_size: Option<usize>,
 ) -> String {
     let example = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flights/pipeline.toml"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/flights")
+            .join(example_file),
     )
     .unwrap();
     let mut text = example
@@ -42,6 +49,40 @@ pub fn write_flights_pipeline(
         example.contains("\"data/flights.csv\"") && example.contains("\"data/airlines.csv\""),
         "the example names its inputs as expected"
     );
-    std::fs::write(dir.join("pipeline.toml"), text).unwrap();
+    std::fs::write(dir.join(example_file), text).unwrap();
     example
+}
+
+/// Builds the plugin project at `project` (relative to the repository
+/// root, e.g. `tests/components/python/probe`) with `weir plugin build`,
+/// once per test process, into [`PLUGIN_BUILD_DIR`], and returns the
+/// component's path. Python and JavaScript projects need the guest tools
+/// (`scripts/install-guest-tools`).
+///
+/// # Panics
+/// When the build fails, with the builder's message.
+pub fn built_plugin(project: &str) -> std::path::PathBuf {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static BUILDS: OnceLock<Mutex<HashMap<String, Arc<OnceLock<std::path::PathBuf>>>>> =
+        OnceLock::new();
+    let slot = BUILDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(project.to_string())
+        .or_default()
+        .clone();
+    slot.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let builds = std::path::Path::new(PLUGIN_BUILD_DIR);
+        let options = weir::authoring::toolchain::BuildOptions {
+            out: Some(builds.join(format!("{}.wasm", project.replace('/', "--")))),
+            cargo_target_dir: Some(builds.join("cargo")),
+        };
+        weir::authoring::toolchain::build(&root.join(project), &options)
+            .unwrap_or_else(|e| panic!("building {project}: {e:#}"))
+            .path
+    })
+    .clone()
 }

@@ -493,7 +493,11 @@ fn build_plugin(dir: &Path, out: Option<&Path>) -> Result<()> {
     } else {
         None
     };
-    let built = crate::authoring::toolchain::build(dir, out);
+    let options = crate::authoring::toolchain::BuildOptions {
+        out: out.map(Path::to_path_buf),
+        cargo_target_dir: None,
+    };
+    let built = crate::authoring::toolchain::build(dir, &options);
     if let Some(bar) = spinner {
         bar.finish_and_clear();
     }

@@ -174,7 +174,8 @@ export class Column {
         return out;
       }
       case 'binary': {
-        const { offsets, data } = val;
+        const { offsets } = val;
+        const data = asBytes(val.data) ?? Uint8Array.from(val.data);
         return Array.from({ length: this.length }, (_, i) => data.slice(offsets[i], offsets[i + 1]));
       }
       default:
@@ -276,10 +277,11 @@ export class Column {
               data = ensure(data, end + v.length * 3);
               end += encoder.encodeInto(v, data.subarray(end)).written;
             } else {
-              if (!(v instanceof Uint8Array)) throw wrong(i);
-              data = ensure(data, end + v.length);
-              data.set(v, end);
-              end += v.length;
+              const bytes = asBytes(v);
+              if (bytes === undefined) throw wrong(i);
+              data = ensure(data, end + bytes.length);
+              data.set(bytes, end);
+              end += bytes.length;
             }
           }
           if (end > 0x7fffffff) throw new RangeError(`${name} holds more than 2^31 - 1 bytes`);
@@ -293,6 +295,15 @@ export class Column {
     }
     return new Column(type, length, { validity, values: wit });
   }
+}
+
+// Any byte view (the bindings' list<u8> need not be this realm's
+// Uint8Array) or ArrayBuffer as a Uint8Array; undefined for anything else.
+function asBytes(value) {
+  if (value instanceof Uint8Array) return value;
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  if (value instanceof ArrayBuffer) return new Uint8Array(value);
+  return undefined;
 }
 
 function ensure(buffer, needed) {
@@ -312,7 +323,7 @@ function inferType(name, values) {
     if (typeof v === 'bigint') return INT64;
     if (typeof v === 'number') return Number.isInteger(v) ? INT64 : FLOAT64;
     if (typeof v === 'string') return UTF8;
-    if (v instanceof Uint8Array) return BINARY;
+    if (asBytes(v) !== undefined) return BINARY;
     if (v instanceof Date) return timestamp('UTC');
     throw new TypeError(`${name}: cannot store a ${typeof v} value`);
   }
@@ -321,6 +332,7 @@ function inferType(name, values) {
 
 function toColumn(name, values, type) {
   if (values instanceof Column) return values;
+  if (type !== undefined && type.type !== undefined) type = type.type;
   const array = ArrayBuffer.isView(values) ? values : Array.from(values);
   return Column.from(type ?? inferType(`column "${name}"`, array), array, `column "${name}"`);
 }
@@ -380,13 +392,16 @@ export class Batch {
   /**
    * This batch with column `name` set to `values` (a Column, an Array with
    * nulls, or a typed array): replaced in place when it exists, else
-   * appended. The type is `type`, else the existing column's, else inferred.
+   * appended. The type is `type`, else the existing column's, else
+   * inferred; nullability is the existing column's, else true (a column
+   * holding a null is always sent as nullable).
    */
   withColumn(name, values, type) {
     const position = this._index.get(name);
     type ??= position !== undefined ? this.schema[position].type : undefined;
     const column = toColumn(name, values, type);
-    const field = { name, type: column.type, nullable: true };
+    const nullable = position !== undefined ? this.schema[position].nullable : true;
+    const field = { name, type: column.type, nullable };
     const schema = [...this.schema];
     const columns = [...this.columns];
     if (position !== undefined) {
@@ -450,14 +465,19 @@ export class Batch {
 
   /**
    * A batch from `{name: values}` in key order; each column's type comes
-   * from `types[name]` when given, else from its values.
+   * from `types[name]` when given (a type such as UTF8, or a schema field
+   * `{type, nullable}`), else from its values.
    */
   static fromColumns(columns, types = {}) {
     const names = Object.keys(columns);
     const built = names.map((name) => toColumn(name, columns[name], types[name]));
     const lengths = new Set(built.map((column) => column.length));
     if (lengths.size > 1) throw new Error(`columns have different lengths: ${[...lengths].join(', ')}`);
-    const schema = built.map((column, i) => ({ name: names[i], type: column.type, nullable: true }));
+    const schema = built.map((column, i) => ({
+      name: names[i],
+      type: column.type,
+      nullable: types[names[i]]?.nullable ?? true,
+    }));
     return new Batch(schema, built, built.length ? built[0].length : 0);
   }
 
@@ -482,7 +502,7 @@ export class Batch {
     const fields = this.schema.map((field, i) => ({
       name: field.name,
       dataType: field.type,
-      nullable: field.nullable || this.columns[i]._wit.validity !== undefined,
+      nullable: field.nullable || this.columns[i]._wit.validity != null,
     }));
     return { schema: { fields }, numRows: this.numRows, columns: this.columns.map((column) => column._wit) };
   }

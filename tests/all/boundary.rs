@@ -1,94 +1,13 @@
 //! Every data type, with nulls, empty batches and non-ASCII text, crosses the
 //! plugin boundary and comes back unchanged.
 
-use std::sync::Arc;
-
-use arrow::array::{
-    ArrayRef, BinaryArray, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch,
-    StringArray, TimestampMicrosecondArray,
-};
+use arrow::array::{Int64Array, RecordBatch, StringArray};
 use weir::columnar::{from_wit, to_wit};
 use weir::plugin::{Limits, Plugin, PluginKind};
 
 fn identity() -> Plugin {
     let bytes = std::fs::read(weir_tests::IDENTITY).unwrap();
     Plugin::from_bytes("identity", &bytes, Some(PluginKind::Transform)).unwrap()
-}
-
-fn every_type(rows: usize) -> RecordBatch {
-    let pick = |i: usize| i % 4 != 3; // every fourth row is null
-    let columns: Vec<(&str, ArrayRef)> = vec![
-        (
-            "boolean",
-            Arc::new(BooleanArray::from(
-                (0..rows)
-                    .map(|i| pick(i).then_some(i % 2 == 0))
-                    .collect::<Vec<_>>(),
-            )),
-        ),
-        (
-            "int64",
-            Arc::new(Int64Array::from(
-                (0..rows)
-                    .map(|i| pick(i).then_some(i as i64 * -7_000_000_001))
-                    .collect::<Vec<_>>(),
-            )),
-        ),
-        (
-            "float64",
-            Arc::new(Float64Array::from(
-                (0..rows)
-                    .map(|i| pick(i).then_some(i as f64 / 3.0))
-                    .collect::<Vec<_>>(),
-            )),
-        ),
-        (
-            "utf8",
-            Arc::new(StringArray::from(
-                (0..rows)
-                    .map(|i| {
-                        pick(i).then(|| {
-                            ["", "plain", "zürich", "東京 ✈", "emoji 🛫"][i % 5].to_string()
-                        })
-                    })
-                    .collect::<Vec<_>>(),
-            )),
-        ),
-        (
-            "binary",
-            Arc::new(BinaryArray::from_iter(
-                (0..rows).map(|i| pick(i).then(|| [0u8, 255, i as u8][..i % 3].to_vec())),
-            )),
-        ),
-        (
-            "timestamp",
-            Arc::new(
-                TimestampMicrosecondArray::from(
-                    (0..rows)
-                        .map(|i| pick(i).then_some(1_356_998_400_000_000 + i as i64))
-                        .collect::<Vec<_>>(),
-                )
-                .with_timezone("UTC"),
-            ),
-        ),
-        (
-            "timestamp_naive",
-            Arc::new(TimestampMicrosecondArray::from(
-                (0..rows)
-                    .map(|i| pick(i).then_some(-(i as i64)))
-                    .collect::<Vec<_>>(),
-            )),
-        ),
-        (
-            "date32",
-            Arc::new(Date32Array::from(
-                (0..rows)
-                    .map(|i| pick(i).then_some(15_706 + i as i32))
-                    .collect::<Vec<_>>(),
-            )),
-        ),
-    ];
-    RecordBatch::try_from_iter(columns).unwrap()
 }
 
 fn through_plugin(plugin: &Plugin, batch: &RecordBatch) -> RecordBatch {
@@ -102,14 +21,14 @@ fn through_plugin(plugin: &Plugin, batch: &RecordBatch) -> RecordBatch {
 #[test]
 fn every_type_with_nulls_round_trips() {
     let plugin = identity();
-    let batch = every_type(1000);
+    let batch = weir_tests::every_type(1000);
     assert_eq!(through_plugin(&plugin, &batch), batch);
 }
 
 #[test]
 fn empty_batch_round_trips() {
     let plugin = identity();
-    let batch = every_type(0);
+    let batch = weir_tests::every_type(0);
     let out = through_plugin(&plugin, &batch);
     assert_eq!(out.num_rows(), 0);
     assert_eq!(out.schema(), batch.schema());
@@ -118,7 +37,7 @@ fn empty_batch_round_trips() {
 #[test]
 fn sliced_batch_round_trips_as_its_slice() {
     let plugin = identity();
-    let batch = every_type(100).slice(13, 50);
+    let batch = weir_tests::every_type(100).slice(13, 50);
     assert_eq!(through_plugin(&plugin, &batch), batch);
 }
 
@@ -129,7 +48,7 @@ fn one_instance_serves_many_calls() {
         .instantiate("roundtrip", "{}".into(), Limits::default())
         .unwrap();
     for rows in [1, 7, 4096] {
-        let batch = every_type(rows);
+        let batch = weir_tests::every_type(rows);
         let (out, stats) = instance.transform(&to_wit(&batch).unwrap()).unwrap();
         assert_eq!(from_wit(out).unwrap(), batch);
         assert!(stats.fuel > 0, "fuel is metered");

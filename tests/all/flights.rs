@@ -90,8 +90,13 @@ fn sha256_hex(salt: &str, value: &str) -> String {
 fn flights_example_matches_an_independent_computation() {
     let data = weir_tests::data_dir();
     let dir = tempfile::tempdir().unwrap();
-    let example =
-        weir_tests::write_flights_pipeline(dir.path(), &data, "flights_sample.csv", Some(100));
+    let example = weir_tests::write_flights_pipeline(
+        dir.path(),
+        "pipeline.toml",
+        &data,
+        "flights_sample.csv",
+        Some(100),
+    );
     let salt = regex::Regex::new(r#"salt = "([^"]+)""#)
         .unwrap()
         .captures(&example)

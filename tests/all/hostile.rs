@@ -9,7 +9,7 @@ use crate::support::{action_csv, one_stage_pipeline, read_jsonl, run};
 /// Runs `component` as a transform over three 2-row batches, the second of
 /// which holds `trigger`, and checks the containment contract. Returns the
 /// quarantine message.
-fn contained(component: &str, trigger: &str, limits: &str, kind: &str) -> String {
+pub(crate) fn contained(component: &str, trigger: &str, limits: &str, kind: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     action_csv(dir.path(), &["ok", "ok", "ok", trigger, "ok", "ok"]);
     let pipeline = one_stage_pipeline(dir.path(), "transform", component, 2, limits);

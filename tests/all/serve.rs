@@ -762,10 +762,16 @@ fn drop_directory_ingests_each_file_once_across_restarts() {
 fn flights_sample_over_http_gives_the_same_output_as_weir_run() {
     let data = weir_tests::data_dir();
     let dir = tempfile::tempdir().unwrap();
-    weir_tests::write_flights_pipeline(dir.path(), &data, "flights_sample.csv", None);
+    weir_tests::write_flights_pipeline(
+        dir.path(),
+        "pipeline.toml",
+        &data,
+        "flights_sample.csv",
+        None,
+    );
     // weir run on the whole sample.
     let report = crate::support::run(&dir.path().join("pipeline.toml"));
-    let run_rows = output_rows(&dir.path().join("out/flights"));
+    let run_rows = crate::support::output_rows(&dir.path().join("out/flights"));
     let run_quarantine: Vec<Value> = read_jsonl(&dir.path().join("out/quarantine.jsonl"));
 
     // weir serve, the same rows posted as CSV in chunks of 300.
@@ -797,7 +803,10 @@ fn flights_sample_over_http_gives_the_same_output_as_weir_run() {
     running.shutdown().unwrap();
 
     assert_eq!(totals, (report.records.written, report.records.quarantined));
-    assert_eq!(output_rows(&dir.path().join("serve/flights")), run_rows);
+    assert_eq!(
+        crate::support::output_rows(&dir.path().join("serve/flights")),
+        run_rows
+    );
     let key = |rows: Vec<Value>| -> Vec<String> {
         let mut keys: Vec<String> = rows
             .iter()
@@ -810,23 +819,6 @@ fn flights_sample_over_http_gives_the_same_output_as_weir_run() {
         key(read_parts(&dir.path().join("serve/quarantine"))),
         key(run_quarantine)
     );
-}
-
-/// Every row of a (partitioned) Parquet output as sorted JSON text, the
-/// partition column included.
-fn output_rows(dir: &Path) -> Vec<String> {
-    let batches = weir::source::read_output(dir, usize::MAX).unwrap();
-    let mut rows = Vec::new();
-    for batch in batches {
-        let mut writer = arrow::json::ArrayWriter::new(Vec::new());
-        writer.write(&batch).unwrap();
-        writer.finish().unwrap();
-        let objects: Vec<serde_json::Map<String, Value>> =
-            serde_json::from_slice(&writer.into_inner()).unwrap();
-        rows.extend(objects.into_iter().map(|o| Value::Object(o).to_string()));
-    }
-    rows.sort();
-    rows
 }
 
 /// Runs `weir ARGS` in-process with logging off.

@@ -74,3 +74,24 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// Every row of a (partitioned) Parquet output as sorted JSON text, the
+/// partition column included.
+pub fn output_rows(dir: &Path) -> Vec<String> {
+    let batches = weir::source::read_output(dir, usize::MAX).unwrap();
+    let mut rows = Vec::new();
+    for batch in batches {
+        let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+        let objects: Vec<serde_json::Map<String, serde_json::Value>> =
+            serde_json::from_slice(&writer.into_inner()).unwrap();
+        rows.extend(
+            objects
+                .into_iter()
+                .map(|o| serde_json::Value::Object(o).to_string()),
+        );
+    }
+    rows.sort();
+    rows
+}

@@ -617,7 +617,7 @@ fn serve(root: &Path) -> Result<serde_json::Value> {
     let csv = std::fs::read_to_string(data.join("flights.csv"))
         .context("run examples/flights/fetch-data.sh first")?;
     let dir = tempfile::tempdir()?;
-    weir_tests::write_flights_pipeline(dir.path(), &data, "flights.csv", None);
+    weir_tests::write_flights_pipeline(dir.path(), "pipeline.toml", &data, "flights.csv", None);
     let run = Pipeline::load(&dir.path().join("pipeline.toml"))?;
     let run_time = median(3, || {
         run.run(&RunOptions::default()).unwrap();

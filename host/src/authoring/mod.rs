@@ -103,8 +103,9 @@ impl Manifest {
         }
         let text = crate::config::read_text(&path)?;
         let manifest: Manifest = crate::config::parse_toml(&text, &path)?;
-        check_name(&manifest.plugin.name)
-            .map_err(|problem| anyhow::anyhow!("{}: key `plugin.name`: {problem}", path.display()))?;
+        check_name(&manifest.plugin.name).map_err(|problem| {
+            anyhow::anyhow!("{}: key `plugin.name`: {problem}", path.display())
+        })?;
         Ok(manifest)
     }
 }

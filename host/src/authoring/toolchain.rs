@@ -68,25 +68,39 @@ pub struct Built {
     pub compile_time: Duration,
 }
 
-/// Builds the project in `dir` into `out` (default `DIR/dist/NAME.wasm`).
+/// Where and how `weir plugin build` writes.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// The component file to write. Default: `DIR/dist/NAME.wasm`.
+    pub out: Option<PathBuf>,
+    /// Rust only: cargo's target directory. Default: cargo's own choice
+    /// (`$CARGO_TARGET_DIR`, else `DIR/target`).
+    pub cargo_target_dir: Option<PathBuf>,
+}
+
+/// Builds the project in `dir` as `options` say.
 ///
 /// # Errors
 /// A missing or malformed manifest; a missing tool (named, with how to
 /// install it); the tool failing (with the tail of its output); or a result
 /// that is not a component of the manifest's kind.
-pub fn build(dir: &Path, out: Option<&Path>) -> Result<Built> {
+pub fn build(dir: &Path, options: &BuildOptions) -> Result<Built> {
     if !dir.is_dir() {
-        bail!("{} is not a directory (a plugin project holds {MANIFEST})", dir.display());
+        bail!(
+            "{} is not a directory (a plugin project holds {MANIFEST})",
+            dir.display()
+        );
     }
     let dir = &std::path::absolute(dir)?;
     let manifest = Manifest::read(dir)?;
     let plugin = &manifest.plugin;
-    let out = match out {
+    let out = match &options.out {
         Some(out) => std::path::absolute(out)?,
         None => dir.join("dist").join(format!("{}.wasm", plugin.name)),
     };
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     let started = Instant::now();
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
@@ -94,7 +108,7 @@ pub fn build(dir: &Path, out: Option<&Path>) -> Result<Built> {
     write(&wit_dir.join("weir-plugin.wit"), WIT)?;
     let world = plugin.kind.world();
     let tool = match plugin.language {
-        Language::Rust => build_rust(dir, &out)?,
+        Language::Rust => build_rust(dir, options.cargo_target_dir.as_deref(), &out)?,
         Language::Python => build_python(dir, scratch.path(), &wit_dir, world, &out)?,
         Language::Js => build_js(dir, scratch.path(), &wit_dir, world, &out)?,
     };
@@ -126,7 +140,8 @@ pub fn build(dir: &Path, out: Option<&Path>) -> Result<Built> {
 
 fn write(path: &Path, contents: &str) -> Result<()> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }
@@ -142,7 +157,9 @@ fn on_path(name: &str) -> Option<PathBuf> {
 /// it printed.
 fn run(mut command: Command, tool: &str) -> Result<Output> {
     // The tools are Rust programs too: keep their failures to the message.
-    command.env_remove("RUST_BACKTRACE").env_remove("RUST_LIB_BACKTRACE");
+    command
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
     let output = command
         .output()
         .with_context(|| format!("starting {tool} ({command:?})"))?;
@@ -172,7 +189,7 @@ fn version_of(program: &Path, args: &[&str]) -> String {
 
 // -- Rust --------------------------------------------------------------------
 
-fn build_rust(dir: &Path, out: &Path) -> Result<String> {
+fn build_rust(dir: &Path, target_dir: Option<&Path>, out: &Path) -> Result<String> {
     let cargo = std::env::var_os("CARGO")
         .map(PathBuf::from)
         .or_else(|| on_path("cargo"))
@@ -187,7 +204,10 @@ fn build_rust(dir: &Path, out: &Path) -> Result<String> {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        if !installed.lines().any(|target| target.trim() == "wasm32-wasip2") {
+        if !installed
+            .lines()
+            .any(|target| target.trim() == "wasm32-wasip2")
+        {
             bail!(
                 "the Rust target wasm32-wasip2 is not installed; run `rustup target add wasm32-wasip2`"
             );
@@ -195,20 +215,31 @@ fn build_rust(dir: &Path, out: &Path) -> Result<String> {
     }
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
-        bail!(
-            "{} is a Rust plugin but has no Cargo.toml",
-            dir.display()
-        );
+        bail!("{} is a Rust plugin but has no Cargo.toml", dir.display());
     }
     let mut command = Command::new(&cargo);
     command
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--message-format=json"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--message-format=json",
+        ])
         .arg("--manifest-path")
         .arg(&manifest)
         .current_dir(dir);
+    if let Some(target_dir) = target_dir {
+        command.arg("--target-dir").arg(target_dir);
+    }
     // A build started from inside another cargo build (a build script, a
     // test) must not inherit flags meant for that build.
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_MAKEFLAGS"] {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_MAKEFLAGS",
+    ] {
         command.env_remove(var);
     }
     let output = run(command, "cargo build --target wasm32-wasip2")?;
@@ -263,7 +294,13 @@ fn componentize_py() -> Result<PathBuf> {
         })
 }
 
-fn build_python(dir: &Path, scratch: &Path, wit_dir: &Path, world: &str, out: &Path) -> Result<String> {
+fn build_python(
+    dir: &Path,
+    scratch: &Path,
+    wit_dir: &Path,
+    world: &str,
+    out: &Path,
+) -> Result<String> {
     if !dir.join("app.py").is_file() {
         bail!(
             "{} is a Python plugin but has no app.py (the module componentize-py builds)",
@@ -290,20 +327,28 @@ fn build_python(dir: &Path, scratch: &Path, wit_dir: &Path, world: &str, out: &P
     if !version.is_empty() && !version.ends_with(COMPONENTIZE_PY_VERSION) {
         tracing::warn!(%version, tested = COMPONENTIZE_PY_VERSION, "componentize-py version weir was not tested with");
     }
-    Ok(if version.is_empty() { "componentize-py".into() } else { version })
+    Ok(if version.is_empty() {
+        "componentize-py".into()
+    } else {
+        version
+    })
 }
 
 // -- JavaScript --------------------------------------------------------------
 
 /// The componentize-js package directory.
 fn componentize_js_package(dir: &Path) -> Result<PathBuf> {
-    let in_tools = tools_dir().join("node/node_modules").join(COMPONENTIZE_JS_PACKAGE);
+    let in_tools = tools_dir()
+        .join("node/node_modules")
+        .join(COMPONENTIZE_JS_PACKAGE);
     let global = Command::new("npm")
         .args(["root", "-g"])
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join(COMPONENTIZE_JS_PACKAGE));
+        .map(|o| {
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join(COMPONENTIZE_JS_PACKAGE)
+        });
     let mut candidates = vec![];
     if let Some(dir) = std::env::var_os("WEIR_COMPONENTIZE_JS") {
         candidates.push(PathBuf::from(dir));
@@ -326,7 +371,8 @@ fn componentize_js_package(dir: &Path) -> Result<PathBuf> {
 /// The module `componentize()` lives in, from the package's `exports`.
 fn componentize_js_entry(package: &Path) -> Result<(PathBuf, String)> {
     let manifest = package.join("package.json");
-    let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
     let entry = json["exports"]["import"]
@@ -346,7 +392,9 @@ fn copy_sources(from: &Path, to: &Path) -> Result<()> {
         let entry = entry?;
         let name = entry.file_name();
         let name_text = name.to_string_lossy();
-        if name_text.starts_with('.') || ["node_modules", "dist", "target"].contains(&name_text.as_ref()) {
+        if name_text.starts_with('.')
+            || ["node_modules", "dist", "target"].contains(&name_text.as_ref())
+        {
             continue;
         }
         let (source, target) = (entry.path(), to.join(&name));

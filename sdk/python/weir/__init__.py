@@ -328,12 +328,13 @@ class Batch:
     def from_columns(
         cls,
         columns: Mapping[str, Sequence[Any]],
-        types: Optional[Mapping[str, DataType]] = None,
+        types: Optional[Mapping[str, Union[DataType, Field]]] = None,
     ) -> "Batch":
         """A batch from ``{name: values}``, in the mapping's order.
 
-        Each column's type comes from ``types`` when given there, else from
-        its first non-null value (``bool`` → boolean, ``int`` → int64,
+        Each column's type comes from ``types`` when given there (a
+        :class:`DataType`, or a :class:`Field` to also keep its
+        nullability), else from its first non-null value (``bool`` → boolean, ``int`` → int64,
         ``float`` → float64, ``str`` → utf8, ``bytes`` → binary,
         ``datetime`` → timestamp, ``date`` → date32). Every column must have
         the same length.
@@ -345,8 +346,11 @@ class Batch:
             raise ValueError(f"columns have different lengths: {sorted(lengths)}")
         for name, values in columns.items():
             values = list(values)
-            data_type = types.get(name) or _infer_type(name, values)
-            fields.append(Field(name, data_type, True))
+            given = types.get(name)
+            if isinstance(given, Field):
+                fields.append(Field(name, given.type, given.nullable))
+            else:
+                fields.append(Field(name, given or _infer_type(name, values), True))
             lists.append(values)
         return cls(fields, lists, lengths.pop() if lengths else 0)
 
@@ -354,7 +358,7 @@ class Batch:
     def from_rows(
         cls,
         rows: Iterable[Mapping[str, Any]],
-        types: Optional[Mapping[str, DataType]] = None,
+        types: Optional[Mapping[str, Union[DataType, Field]]] = None,
     ) -> "Batch":
         """A batch from dicts, one per row. Columns are the union of the
         rows' keys in first-seen order, and a key a row lacks is null there.
@@ -445,14 +449,19 @@ class Batch:
         name: str,
         values: Sequence[Any],
         type: Optional[DataType] = None,
-        nullable: bool = True,
+        nullable: Optional[bool] = None,
     ) -> "Batch":
         """This batch with column ``name`` set to ``values``: replaced in
         place when it exists, else appended. The type is ``type``, else the
-        existing column's, else inferred as in :meth:`from_columns`."""
+        existing column's, else inferred as in :meth:`from_columns`;
+        ``nullable`` defaults to the existing column's, else true (a
+        column holding a null is always sent as nullable)."""
         values = list(values)
+        existing = self._fields[self._index[name]] if name in self._index else None
         if type is None:
-            type = self._fields[self._index[name]].type if name in self._index else _infer_type(name, values)
+            type = existing.type if existing else _infer_type(name, values)
+        if nullable is None:
+            nullable = existing.nullable if existing else True
         field = Field(name, type, nullable)
         fields, columns = list(self._fields), list(self._columns)
         if name in self._index:

@@ -1,0 +1,376 @@
+//! Plugins in Python and JavaScript: the SDKs carry every data type with
+//! nulls both ways, errors reach the host with their message, the limits
+//! hold as for Rust components, `weir plugin new` projects build and work
+//! in every language × kind, and the flights chain mixing Rust, JavaScript
+//! and Python writes exactly what the all-Rust chain writes.
+//!
+//! The components are built from source by `weir plugin build`, which
+//! needs the guest tools (`scripts/install-guest-tools`).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::datatypes::Int64Type;
+use weir::columnar::{from_wit, to_wit};
+use weir::plugin::{Limits, Plugin, PluginKind};
+
+use crate::hostile::contained;
+use crate::support::{output_rows, read_jsonl, run};
+
+/// The probe test component (`tests/components/LANG/probe`), built once.
+fn probe_path(language: &str) -> PathBuf {
+    weir_tests::built_plugin(&format!("tests/components/{language}/probe"))
+}
+
+fn probe(language: &str) -> &'static Plugin {
+    static PYTHON: OnceLock<Plugin> = OnceLock::new();
+    static JS: OnceLock<Plugin> = OnceLock::new();
+    let cell = match language {
+        "python" => &PYTHON,
+        "js" => &JS,
+        other => panic!("no probe for {other}"),
+    };
+    cell.get_or_init(|| load(&probe_path(language), PluginKind::Transform))
+}
+
+fn load(path: &Path, kind: PluginKind) -> Plugin {
+    let bytes = std::fs::read(path).unwrap();
+    Plugin::from_bytes(&path.display().to_string(), &bytes, Some(kind))
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn transform(plugin: &Plugin, config: serde_json::Value, batch: &RecordBatch) -> RecordBatch {
+    let mut instance = plugin
+        .instantiate("probe", config.to_string().into(), Limits::default())
+        .unwrap();
+    let (out, _) = instance
+        .transform(&to_wit(batch).unwrap())
+        .unwrap_or_else(|e| panic!("{e}"));
+    from_wit(out).unwrap()
+}
+
+fn round_trips_every_type_with_nulls(language: &str) {
+    let plugin = probe(language);
+    for mode in ["columns", "rows"] {
+        let config = serde_json::json!({ "mode": mode });
+        for batch in [
+            weir_tests::every_type(1000),
+            weir_tests::every_type(0),
+            weir_tests::every_type(100).slice(13, 50),
+        ] {
+            assert_eq!(
+                transform(plugin, config.clone(), &batch),
+                batch,
+                "{language}, mode {mode}, {} rows",
+                batch.num_rows()
+            );
+        }
+    }
+}
+
+/// `derive` mode: int64 doubled, utf8 upper-cased, a boolean "is null"
+/// column, and only the rows whose int64 is null or even.
+fn derives_columns_from_native_values(language: &str) {
+    let batch = weir_tests::every_type(200);
+    let out = transform(
+        probe(language),
+        serde_json::json!({ "mode": "derive" }),
+        &batch,
+    );
+    let ints = batch
+        .column_by_name("int64")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    let texts = batch.column_by_name("utf8").unwrap().as_string::<i32>();
+    let kept: Vec<usize> = (0..batch.num_rows())
+        .filter(|&i| ints.is_null(i) || ints.value(i) % 2 == 0)
+        .collect();
+    assert_eq!(out.num_rows(), kept.len());
+    let doubled = out
+        .column_by_name("int64_doubled")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    let upper = out.column_by_name("utf8_upper").unwrap().as_string::<i32>();
+    let is_null = out.column_by_name("is_null").unwrap().as_boolean();
+    for (row, &i) in kept.iter().enumerate() {
+        let expected = (!ints.is_null(i)).then(|| ints.value(i) * 2);
+        assert_eq!(
+            (!doubled.is_null(row)).then(|| doubled.value(row)),
+            expected
+        );
+        let expected = (!texts.is_null(i)).then(|| texts.value(i).to_uppercase());
+        assert_eq!(
+            (!upper.is_null(row)).then(|| upper.value(row).to_string()),
+            expected
+        );
+        assert_eq!(is_null.value(row), ints.is_null(i));
+    }
+}
+
+fn exception_is_a_plugin_error_with_the_message(language: &str, expected: &[&str]) {
+    let path = probe_path(language);
+    let message = contained(path.to_str().unwrap(), "raise", "", "plugin_error");
+    for part in expected {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+    let message = contained(path.to_str().unwrap(), "invalid", "", "plugin_error");
+    assert!(
+        message.contains("invalid-input") && message.contains("asked for invalid-input"),
+        "{message}"
+    );
+}
+
+fn limits_hold(language: &str) {
+    let path = probe_path(language);
+    let path = path.to_str().unwrap();
+    // The interpreters start with tens of MiB of memory and spend millions
+    // of fuel units on an ordinary 2-row batch; the limits leave room for
+    // that and still stop the misbehaving batch.
+    let message = contained(
+        path,
+        "loop",
+        "fuel_per_batch = 2_000_000_000\ntimeout_ms = 600_000",
+        "fuel_exhausted",
+    );
+    assert!(message.contains("2000000000 fuel units"), "{message}");
+    let message = contained(
+        path,
+        "loop",
+        "fuel_per_batch = 1_000_000_000_000_000\ntimeout_ms = 1000",
+        "timeout",
+    );
+    assert!(message.contains("timeout_ms = 1000"), "{message}");
+    let message = contained(
+        path,
+        "bloat",
+        "max_memory_bytes = 268_435_456",
+        "memory_limit",
+    );
+    assert!(
+        message.contains("max_memory_bytes = 268435456"),
+        "{message}"
+    );
+}
+
+#[test]
+fn python_sdk_round_trips_every_type_with_nulls() {
+    round_trips_every_type_with_nulls("python");
+}
+
+#[test]
+fn js_sdk_round_trips_every_type_with_nulls() {
+    round_trips_every_type_with_nulls("js");
+}
+
+#[test]
+fn python_sdk_derives_columns_from_native_values() {
+    derives_columns_from_native_values("python");
+}
+
+#[test]
+fn js_sdk_derives_columns_from_native_values() {
+    derives_columns_from_native_values("js");
+}
+
+#[test]
+fn python_exception_is_a_plugin_error_with_the_message() {
+    exception_is_a_plugin_error_with_the_message(
+        "python",
+        &[
+            "internal",
+            "ValueError: boom: raised on purpose in ok,raise",
+            "app.py:",
+        ],
+    );
+}
+
+#[test]
+fn js_throw_is_a_plugin_error_with_the_message() {
+    exception_is_a_plugin_error_with_the_message(
+        "js",
+        &["internal", "TypeError: boom: thrown on purpose in ok,raise"],
+    );
+}
+
+#[test]
+fn python_plugin_is_held_to_fuel_deadline_and_memory_limits() {
+    limits_hold("python");
+}
+
+#[test]
+fn js_plugin_is_held_to_fuel_deadline_and_memory_limits() {
+    limits_hold("js");
+}
+
+/// `weir plugin new` for each kind in `language`, built as generated, then
+/// each plugin run on input its example handles.
+fn scaffolded_projects_build_and_work(language: weir::authoring::Language) {
+    use weir::authoring::scaffold::{NewOptions, create};
+    use weir::authoring::toolchain::{BuildOptions, build};
+    let dir = tempfile::tempdir().unwrap();
+    let builds = Path::new(weir_tests::PLUGIN_BUILD_DIR);
+    let text = |values: &[Option<&str>]| -> arrow::array::ArrayRef {
+        std::sync::Arc::new(StringArray::from(values.to_vec()))
+    };
+    for kind in [
+        PluginKind::Transform,
+        PluginKind::Validate,
+        PluginKind::Extract,
+    ] {
+        let name = format!("new-{language}-{kind}");
+        let project = create(&NewOptions {
+            name: name.clone(),
+            language,
+            kind,
+            parent: dir.path().to_path_buf(),
+            sdk_path: None,
+        })
+        .unwrap();
+        let built = build(
+            &project,
+            &BuildOptions {
+                out: None,
+                cargo_target_dir: Some(builds.join("cargo")),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(
+            built.path,
+            project.join("dist").join(format!("{name}.wasm"))
+        );
+        let plugin = load(&built.path, kind);
+        let config = serde_json::json!({ "columns": ["name"], "required": ["name"] }).to_string();
+        let mut instance = plugin
+            .instantiate("new", config.into(), Limits::default())
+            .unwrap();
+        let batch = RecordBatch::try_from_iter([
+            ("name", text(&[Some("a"), None, Some("zürich")])),
+            ("code", text(&[Some("x"), Some("y"), None])),
+        ])
+        .unwrap();
+        match kind {
+            PluginKind::Transform => {
+                let (out, _) = instance.transform(&to_wit(&batch).unwrap()).unwrap();
+                let expected = RecordBatch::try_from_iter([
+                    ("name", text(&[Some("A"), None, Some("ZÜRICH")])),
+                    ("code", text(&[Some("x"), Some("y"), None])),
+                ])
+                .unwrap();
+                assert_eq!(from_wit(out).unwrap(), expected, "{name}");
+            }
+            PluginKind::Validate => {
+                let (verdicts, _) = instance.validate(&to_wit(&batch).unwrap()).unwrap();
+                let verdicts: Vec<(u32, &str, &str)> = verdicts
+                    .iter()
+                    .map(|v| (v.row, v.rule.as_str(), v.message.as_str()))
+                    .collect();
+                assert_eq!(verdicts, [(1, "required:name", "name is null")], "{name}");
+            }
+            PluginKind::Extract => {
+                let metadata = weir::plugin::SourceMetadata {
+                    source_name: "settings.txt".into(),
+                    content_type: String::new(),
+                };
+                let (batches, _) = instance
+                    .extract(b"# settings\na=1\n\nb = two words\n", &metadata)
+                    .unwrap();
+                let out = from_wit(batches.into_iter().next().unwrap()).unwrap();
+                let column = |n: &str| {
+                    out.column_by_name(n)
+                        .unwrap()
+                        .as_string::<i32>()
+                        .iter()
+                        .map(|v| v.unwrap().to_string())
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(column("key"), ["a", "b"], "{name}");
+                assert_eq!(column("value"), ["1", "two words"], "{name}");
+                let error = instance.extract(b"a=1\noops\n", &metadata).unwrap_err();
+                assert_eq!(error.kind(), "plugin_error", "{name}");
+                let message = error.to_string();
+                assert!(
+                    message.contains("parse") && message.contains("settings.txt line 2"),
+                    "{name}: {message}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn rust_plugin_projects_from_weir_plugin_new_build_and_work() {
+    scaffolded_projects_build_and_work(weir::authoring::Language::Rust);
+}
+
+#[test]
+fn python_plugin_projects_from_weir_plugin_new_build_and_work() {
+    scaffolded_projects_build_and_work(weir::authoring::Language::Python);
+}
+
+#[test]
+fn js_plugin_projects_from_weir_plugin_new_build_and_work() {
+    scaffolded_projects_build_and_work(weir::authoring::Language::Js);
+}
+
+#[test]
+fn flights_chain_mixing_rust_javascript_and_python_matches_the_all_rust_chain() {
+    let data = weir_tests::data_dir();
+    let dir = tempfile::tempdir().unwrap();
+    weir_tests::write_flights_pipeline(
+        dir.path(),
+        "pipeline.toml",
+        &data,
+        "flights_sample.csv",
+        Some(300),
+    );
+    let mixed = weir_tests::write_flights_pipeline(
+        dir.path(),
+        "pipeline-mixed.toml",
+        &data,
+        "flights_sample.csv",
+        Some(300),
+    );
+    for name in ["delay-class-js", "mask-python"] {
+        let reference = format!("plugins/{name}/dist/{name}.wasm");
+        assert!(
+            mixed.contains(&reference),
+            "the mixed example uses {reference}"
+        );
+        let target = dir.path().join(&reference);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let built = weir_tests::built_plugin(&format!("examples/flights/plugins/{name}"));
+        std::fs::copy(built, target).unwrap();
+    }
+
+    let rust = run(&dir.path().join("pipeline.toml"));
+    let mixed = run(&dir.path().join("pipeline-mixed.toml"));
+    assert_eq!(
+        (mixed.records.written, mixed.records.quarantined),
+        (rust.records.written, rust.records.quarantined)
+    );
+    assert!(rust.records.written > 1000, "the sample reaches the sink");
+    let plugins: Vec<&str> = mixed.stages.iter().map(|s| s.plugin.as_str()).collect();
+    assert!(
+        plugins.iter().any(|p| p.contains("delay-class-js"))
+            && plugins.iter().any(|p| p.contains("mask-python")),
+        "{plugins:?}"
+    );
+    // Every row, every column, in column order (JSON text keeps it).
+    assert_eq!(
+        output_rows(&dir.path().join("out-mixed/flights")),
+        output_rows(&dir.path().join("out/flights"))
+    );
+    let quarantine = |path: &str| -> Vec<String> {
+        let mut rows: Vec<String> = read_jsonl(&dir.path().join(path))
+            .iter()
+            .map(|r| format!("{} {} {}", r["stage"], r["rule"], r["record"]))
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(
+        quarantine("out-mixed/quarantine.jsonl"),
+        quarantine("out/quarantine.jsonl")
+    );
+}
