@@ -129,3 +129,40 @@ pub fn check_name(name: &str) -> std::result::Result<(), String> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_names_are_checked() {
+        assert!(check_name("delay-class_2").is_ok());
+        for bad in ["", "2fast", "has space", "dots.no", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_manifest_names_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = Manifest::read(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("weir plugin new"), "{error}");
+        std::fs::write(
+            dir.path().join(MANIFEST),
+            "[plugin]\nname = \"x\"\nlanguage = \"cobol\"\nkind = \"transform\"\n",
+        )
+        .unwrap();
+        let error = format!("{:#}", Manifest::read(dir.path()).unwrap_err());
+        assert!(
+            error.contains(MANIFEST) && error.contains("cobol"),
+            "{error}"
+        );
+        std::fs::write(
+            dir.path().join(MANIFEST),
+            "[plugin]\nname = \"1x\"\nlanguage = \"js\"\nkind = \"transform\"\n",
+        )
+        .unwrap();
+        let error = format!("{:#}", Manifest::read(dir.path()).unwrap_err());
+        assert!(error.contains("plugin.name"), "{error}");
+    }
+}

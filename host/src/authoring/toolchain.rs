@@ -148,7 +148,12 @@ fn write(path: &Path, contents: &str) -> Result<()> {
 
 /// `name` on `PATH`, if there.
 fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
+    in_path_list(name, std::env::var_os("PATH").as_deref())
+}
+
+/// `name` in the first directory of the `PATH`-style list that has it.
+fn in_path_list(name: &str, paths: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    std::env::split_paths(paths?)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
 }
@@ -279,10 +284,32 @@ fn cdylib_artifact(messages: &str) -> Option<PathBuf> {
 // -- Python ------------------------------------------------------------------
 
 fn componentize_py() -> Result<PathBuf> {
-    let venv_bin = tools_dir().join("venv/bin/componentize-py");
-    std::env::var_os("WEIR_COMPONENTIZE_PY")
-        .map(PathBuf::from)
-        .or_else(|| on_path("componentize-py"))
+    find_componentize_py(
+        std::env::var_os("WEIR_COMPONENTIZE_PY"),
+        std::env::var_os("PATH").as_deref(),
+        &tools_dir(),
+    )
+}
+
+/// componentize-py: `given` (`$WEIR_COMPONENTIZE_PY`), else on `paths`,
+/// else in the tools directory's venv.
+fn find_componentize_py(
+    given: Option<std::ffi::OsString>,
+    paths: Option<&std::ffi::OsStr>,
+    tools: &Path,
+) -> Result<PathBuf> {
+    if let Some(given) = given {
+        let given = PathBuf::from(given);
+        if !given.is_file() {
+            bail!(
+                "WEIR_COMPONENTIZE_PY is {}, which is not a file",
+                given.display()
+            );
+        }
+        return Ok(given);
+    }
+    let venv_bin = tools.join("venv/bin/componentize-py");
+    in_path_list("componentize-py", paths)
         .or_else(|| venv_bin.is_file().then(|| venv_bin.clone()))
         .with_context(|| {
             format!(
@@ -436,4 +463,72 @@ fn build_js(dir: &Path, scratch: &Path, wit_dir: &Path, world: &str, out: &Path)
         .current_dir(&sources);
     run(command, "componentize-js")?;
     Ok(format!("componentize-js {version}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_script_pins_the_versions_weir_is_tested_with() {
+        let script = include_str!("../../../scripts/install-guest-tools");
+        assert!(script.contains(&format!(
+            "COMPONENTIZE_PY_VERSION={COMPONENTIZE_PY_VERSION}\n"
+        )));
+        assert!(script.contains(&format!(
+            "COMPONENTIZE_JS_VERSION={COMPONENTIZE_JS_VERSION}\n"
+        )));
+    }
+
+    #[test]
+    fn the_wasm_file_comes_from_the_cdylib_artifact() {
+        let messages = [
+            r#"{"reason":"compiler-artifact","target":{"kind":["lib"]},"filenames":["/t/libdep.rlib"]}"#,
+            "not json",
+            r#"{"reason":"compiler-artifact","target":{"kind":["cdylib"]},"filenames":["/t/wasm32-wasip2/release/my_plugin.wasm"]}"#,
+            r#"{"reason":"build-finished","success":true}"#,
+        ]
+        .join("\n");
+        assert_eq!(
+            cdylib_artifact(&messages),
+            Some(PathBuf::from("/t/wasm32-wasip2/release/my_plugin.wasm"))
+        );
+        assert_eq!(cdylib_artifact(r#"{"reason":"build-finished"}"#), None);
+    }
+
+    #[test]
+    fn a_missing_componentize_py_is_named_with_how_to_install_it() {
+        let tools = tempfile::tempdir().unwrap();
+        let error = find_componentize_py(None, Some("".as_ref()), tools.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("componentize-py was not found")
+                && error.contains(&format!(
+                    "pip install componentize-py=={COMPONENTIZE_PY_VERSION}"
+                ))
+                && error.contains("scripts/install-guest-tools"),
+            "{error}"
+        );
+        let error = find_componentize_py(Some("/no/such/tool".into()), None, tools.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("WEIR_COMPONENTIZE_PY is /no/such/tool"),
+            "{error}"
+        );
+        let bin = tools.path().join("venv/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("componentize-py"), "").unwrap();
+        assert_eq!(
+            find_componentize_py(None, Some("".as_ref()), tools.path()).unwrap(),
+            bin.join("componentize-py")
+        );
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+    }
 }
