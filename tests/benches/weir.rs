@@ -16,6 +16,12 @@
 //!    request latency (p50/p99) for large and small posts, and the latency
 //!    of a plugin reload requested through the admin API.
 //!
+//! 5. Plugin languages: the flights delay-class transform written in Rust,
+//!    Python and JavaScript (`examples/flights/plugins/delay-class-*`, built
+//!    with `weir plugin build`), each as the only stage over the full
+//!    flights data (records/s, 1 worker), and each component's first start
+//!    (load + instantiate) with a fresh compile vs from the artifact cache.
+//!
 //! Each figure is the median of several repetitions. Results are printed and
 //! written as JSON to `$WEIR_BENCH_JSON` (default `target/bench-weir.json`).
 //! Needs `examples/flights/data/flights.csv` (`examples/flights/fetch-data.sh`).
@@ -719,8 +725,119 @@ fn api_reload_latency(a: &[u8], b: &[u8]) -> Result<(f64, f64)> {
     ))
 }
 
+/// Drops `sha256`'s artifact from the cache, to keep the user's cache free
+/// of benchmark variants.
+fn forget_artifact(sha256: &str) {
+    if let Some(dir) = weir::plugin::cache_dir() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(entry.path().join(format!("{sha256}.cwasm")));
+        }
+    }
+}
+
+/// The same transform in three languages: throughput and first start.
+fn languages(root: &Path) -> Result<serde_json::Value> {
+    let data = root.join("examples/flights/data/flights.csv");
+    anyhow::ensure!(
+        data.is_file(),
+        "{} is missing; run examples/flights/fetch-data.sh",
+        data.display()
+    );
+    let out = tempfile::tempdir()?;
+    let mut results = serde_json::Map::new();
+    println!("plugin languages (the delay-class transform, full flights data, 1 worker):");
+    for language in ["rust", "python", "js"] {
+        let component =
+            weir_tests::built_plugin(&format!("examples/flights/plugins/delay-class-{language}"));
+        let text = format!(
+            r#"
+[pipeline]
+name = "delay-{language}"
+batch_size = 8192
+workers = 1
+
+[source]
+format = "csv"
+path = {data:?}
+null_values = ["NA"]
+
+[[stages]]
+name = "delay_class"
+kind = "transform"
+plugin = {component:?}
+config = {{ column = "delay_class", source = "arr_delay", breaks = [0, 60], labels = ["on_time", "late", "very_late"], when_null = [{{ column = "dep_time", label = "cancelled" }}, {{ column = "arr_delay", label = "diverted" }}] }}
+
+[sink]
+format = "parquet"
+path = {sink:?}
+mode = "overwrite"
+
+[quarantine]
+format = "jsonl"
+path = {quarantine:?}
+"#,
+            sink = out.path().join(language).display().to_string(),
+            quarantine = out
+                .path()
+                .join(format!("{language}-quarantine.jsonl"))
+                .display()
+                .to_string(),
+        );
+        let file = out.path().join(format!("{language}.toml"));
+        std::fs::write(&file, &text)?;
+        let pipeline = Pipeline::build(PipelineConfig::from_toml(&text, &file)?, &file)?;
+        let mut written = 0;
+        let run = median(3, || {
+            let report = pipeline.run(&RunOptions::default()).unwrap();
+            assert_eq!(
+                report.records.quarantined, 0,
+                "{language}: nothing quarantined"
+            );
+            written = report.records.written;
+        });
+        let records_per_s = written as f64 / run.as_secs_f64();
+
+        // First start: bytes → compiled plugin → first instance. A custom
+        // section makes each repetition a new component (a cache miss);
+        // loading the same bytes again is a hit.
+        let bytes = std::fs::read(&component)?;
+        let (mut fresh, mut cached) = (Vec::new(), Vec::new());
+        for rep in 0..3 {
+            let variant =
+                with_custom_section(&bytes, format!("{rep}-{:?}", Instant::now()).as_bytes());
+            for times in [&mut fresh, &mut cached] {
+                let started = Instant::now();
+                let plugin = Plugin::from_bytes("bench", &variant, Some(PluginKind::Transform))?;
+                plugin.instantiate("bench", "{}".into(), Limits::default())?;
+                times.push(started.elapsed());
+            }
+            forget_artifact(&weir::plugin::sha256_hex(&variant));
+        }
+        let (fresh, cached) = (percentile(fresh, 0.5), percentile(cached, 0.5));
+        println!(
+            "  {language:<7} {:>5.1} MB  {:>9.0} records/s  first start: fresh compile {:>7.2} s, from the artifact cache {:>6.3} s",
+            bytes.len() as f64 / 1e6,
+            records_per_s,
+            fresh.as_secs_f64(),
+            cached.as_secs_f64()
+        );
+        results.insert(
+            language.into(),
+            json!({
+                "component_bytes": bytes.len(),
+                "records_written": written,
+                "run_s": run.as_secs_f64(),
+                "records_per_s": records_per_s,
+                "first_start_compile_s": fresh.as_secs_f64(),
+                "first_start_cached_s": cached.as_secs_f64(),
+            }),
+        );
+    }
+    Ok(serde_json::Value::Object(results))
+}
+
 fn main() -> Result<()> {
-    // `cargo bench -p weir-tests --bench weir -- [boundary|reload|flights]` runs one
+    // `cargo bench -p weir-tests --bench weir -- [boundary|reload|flights|serve|languages]` runs one
     // part; `cargo bench` itself adds `--bench`.
     let only: Vec<String> = std::env::args()
         .skip(1)
@@ -740,6 +857,9 @@ fn main() -> Result<()> {
     }
     if wanted("serve") {
         report.insert("serve".into(), serve(&root)?);
+    }
+    if wanted("languages") {
+        report.insert("languages".into(), languages(&root)?);
     }
     let path = std::env::var_os("WEIR_BENCH_JSON")
         .map(PathBuf::from)

@@ -263,6 +263,7 @@ fn build_rust(dir: &Path, target_dir: Option<&Path>, out: &Path) -> Result<Strin
 fn cdylib_artifact(messages: &str) -> Option<PathBuf> {
     messages
         .lines()
+        .rev()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|m| m["reason"] == "compiler-artifact")
         .filter(|m| {
@@ -278,7 +279,7 @@ fn cdylib_artifact(messages: &str) -> Option<PathBuf> {
                 .find(|f| f.ends_with(".wasm"))
                 .map(PathBuf::from)
         })
-        .last()
+        .next()
 }
 
 // -- Python ------------------------------------------------------------------
