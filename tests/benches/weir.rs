@@ -296,16 +296,7 @@ fn reload() -> serde_json::Value {
             let bytes =
                 with_custom_section(&identity, format!("{i}-{:?}", Instant::now()).as_bytes());
             let swap = slot.reload(&bytes).unwrap();
-            if let Some(dir) = weir::plugin::cache_dir() {
-                // Keep the user's cache free of benchmark artifacts.
-                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                    let _ = std::fs::remove_file(
-                        entry
-                            .path()
-                            .join(format!("{}.cwasm", swap.version.plugin.sha256())),
-                    );
-                }
-            }
+            forget_artifact(swap.version.plugin.sha256());
             swap.latency
         })
         .collect();
@@ -524,13 +515,19 @@ fn native_flights(root: &Path, out: &Path) -> Result<(u64, u64)> {
     Ok((written, quarantined))
 }
 
-fn flights(root: &Path) -> Result<serde_json::Value> {
+/// `examples/flights/data/flights.csv`, or an error saying how to fetch it.
+fn flights_csv(root: &Path) -> Result<PathBuf> {
     let data = root.join("examples/flights/data/flights.csv");
     anyhow::ensure!(
         data.is_file(),
         "{} is missing; run examples/flights/fetch-data.sh",
         data.display()
     );
+    Ok(data)
+}
+
+fn flights(root: &Path) -> Result<serde_json::Value> {
+    flights_csv(root)?;
     let out = tempfile::tempdir()?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let one = flights_pipeline(root, out.path(), 1)?;
@@ -737,12 +734,7 @@ fn forget_artifact(sha256: &str) {
 
 /// The same transform in three languages: throughput and first start.
 fn languages(root: &Path) -> Result<serde_json::Value> {
-    let data = root.join("examples/flights/data/flights.csv");
-    anyhow::ensure!(
-        data.is_file(),
-        "{} is missing; run examples/flights/fetch-data.sh",
-        data.display()
-    );
+    let data = flights_csv(root)?;
     let out = tempfile::tempdir()?;
     let mut results = serde_json::Map::new();
     println!("plugin languages (the delay-class transform, full flights data, 1 worker):");
