@@ -188,7 +188,7 @@ enum PluginCommand {
         lang: crate::authoring::Language,
         /// Which kind of plugin.
         #[arg(long, value_enum)]
-        kind: PluginKindArg,
+        kind: crate::plugin::PluginKind,
         /// Create the project under this directory.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -463,22 +463,10 @@ fn status(url: &str, pipeline: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// `--kind` values for `weir plugin new`.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum PluginKindArg {
-    Extract,
-    Validate,
-    Transform,
-}
-
-impl From<PluginKindArg> for crate::plugin::PluginKind {
-    fn from(kind: PluginKindArg) -> Self {
-        match kind {
-            PluginKindArg::Extract => Self::Extract,
-            PluginKindArg::Validate => Self::Validate,
-            PluginKindArg::Transform => Self::Transform,
-        }
-    }
+/// The first 12 hex digits of a SHA-256 (all of it when shorter, so a
+/// server answer without one prints empty rather than panicking).
+fn short_sha(sha256: &str) -> &str {
+    sha256.get(..12).unwrap_or(sha256)
 }
 
 fn build_plugin(dir: &Path, out: Option<&Path>) -> Result<()> {
@@ -508,7 +496,7 @@ fn build_plugin(dir: &Path, out: Option<&Path>) -> Result<()> {
         built.language,
         built.kind,
         built.size_bytes as f64 / 1e6,
-        &built.sha256[..12],
+        short_sha(&built.sha256),
         built.tool,
         built.build_time.as_secs_f64(),
         built.compile_time.as_secs_f64()
@@ -529,7 +517,7 @@ fn plugin_command(command: PluginCommand) -> Result<()> {
             let options = crate::authoring::scaffold::NewOptions {
                 name,
                 language: lang,
-                kind: kind.into(),
+                kind,
                 parent: dir,
                 sdk_path,
             };
@@ -557,7 +545,7 @@ fn plugin_command(command: PluginCommand) -> Result<()> {
                     p["stage"].as_str().unwrap_or_default(),
                     p["kind"].as_str().unwrap_or_default(),
                     p["plugin"].as_str().unwrap_or_default(),
-                    &p["current_sha256"].as_str().unwrap_or_default()[..12],
+                    short_sha(p["current_sha256"].as_str().unwrap_or_default()),
                     p["reloads"],
                     p["rejections"]
                 )?;

@@ -366,9 +366,21 @@ fn build_python(
 
 /// The componentize-js package directory.
 fn componentize_js_package(dir: &Path) -> Result<PathBuf> {
-    let in_tools = tools_dir()
-        .join("node/node_modules")
-        .join(COMPONENTIZE_JS_PACKAGE);
+    let mut candidates = vec![];
+    if let Some(dir) = std::env::var_os("WEIR_COMPONENTIZE_JS") {
+        candidates.push(PathBuf::from(dir));
+    }
+    candidates.push(dir.join("node_modules").join(COMPONENTIZE_JS_PACKAGE));
+    candidates.push(
+        tools_dir()
+            .join("node/node_modules")
+            .join(COMPONENTIZE_JS_PACKAGE),
+    );
+    let installed = |c: &PathBuf| c.join("package.json").is_file();
+    if let Some(found) = candidates.iter().find(|c| installed(c)) {
+        return Ok(found.clone());
+    }
+    // npm's global root costs a process start: only asked as a last resort.
     let global = Command::new("npm")
         .args(["root", "-g"])
         .output()
@@ -377,23 +389,23 @@ fn componentize_js_package(dir: &Path) -> Result<PathBuf> {
         .map(|o| {
             PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join(COMPONENTIZE_JS_PACKAGE)
         });
-    let mut candidates = vec![];
-    if let Some(dir) = std::env::var_os("WEIR_COMPONENTIZE_JS") {
-        candidates.push(PathBuf::from(dir));
+    if let Some(global) = global {
+        if installed(&global) {
+            return Ok(global);
+        }
+        candidates.push(global);
     }
-    candidates.push(dir.join("node_modules").join(COMPONENTIZE_JS_PACKAGE));
-    candidates.push(in_tools);
-    candidates.extend(global);
-    let found = candidates.iter().find(|c| c.join("package.json").is_file());
-    found.cloned().with_context(|| {
-        format!(
-            "{COMPONENTIZE_JS_PACKAGE} was not found (looked in {}). Install it with \
-             `npm install -g {COMPONENTIZE_JS_PACKAGE}@{COMPONENTIZE_JS_VERSION}`, or in the project \
-             with `npm install --save-dev {COMPONENTIZE_JS_PACKAGE}@{COMPONENTIZE_JS_VERSION}`, or run \
-             `scripts/install-guest-tools` from the weir repository",
-            candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
-        )
-    })
+    bail!(
+        "{COMPONENTIZE_JS_PACKAGE} was not found (looked in {}). Install it with \
+         `npm install -g {COMPONENTIZE_JS_PACKAGE}@{COMPONENTIZE_JS_VERSION}`, or in the project \
+         with `npm install --save-dev {COMPONENTIZE_JS_PACKAGE}@{COMPONENTIZE_JS_VERSION}`, or run \
+         `scripts/install-guest-tools` from the weir repository",
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// The module `componentize()` lives in, from the package's `exports`.

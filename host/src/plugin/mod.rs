@@ -43,7 +43,9 @@ use crate::bindings::{extractor, host, transformer, types, validator};
 use crate::engine::{EPOCH_TICK_MS, Runtime};
 
 /// The three plugin kinds, one per WIT world.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PluginKind {
     /// World `extractor`, exporting `weir:plugin/extract`.

@@ -241,22 +241,25 @@ async fn pause(
     State(service): State<Arc<Service>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<super::live::PipelineStatus>> {
-    let live = find(&service, &name)?;
-    if !live.pause() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "the pipeline is shutting down",
-        ));
-    }
-    Ok(Json(live.status()))
+    set_paused(&service, &name, true)
 }
 
 async fn resume(
     State(service): State<Arc<Service>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<super::live::PipelineStatus>> {
-    let live = find(&service, &name)?;
-    if !live.resume() {
+    set_paused(&service, &name, false)
+}
+
+/// Pauses or resumes pipeline `name`; 409 once it is shutting down.
+fn set_paused(
+    service: &Service,
+    name: &str,
+    paused: bool,
+) -> ApiResult<Json<super::live::PipelineStatus>> {
+    let live = find(service, name)?;
+    let changed = if paused { live.pause() } else { live.resume() };
+    if !changed {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "the pipeline is shutting down",
