@@ -256,7 +256,26 @@ pub struct StageConfig {
     pub max_memory_bytes: Option<u64>,
     /// See [`Limits::max_output_bytes`].
     pub max_output_bytes: Option<u64>,
+    /// When a call fails, how many more calls may be spent splitting the
+    /// batch in halves to find the rows that make it fail, so that only
+    /// those are quarantined. Default [`DEFAULT_BISECT_MAX_CALLS`]; 0
+    /// quarantines the whole batch at once.
+    pub bisect_max_calls: Option<u32>,
+    /// When the plugin counts as unhealthy and is rested; see
+    /// [`crate::plugin::BreakerConfig`].
+    #[serde(default)]
+    pub breaker: crate::plugin::BreakerConfig,
 }
+
+/// Default [`StageConfig::bisect_max_calls`]: 64 calls. Isolating one
+/// poison row takes two calls per halving, 26 for a batch of 8192 rows, and
+/// rows near each other share most of their halvings, so 64 isolates a few
+/// poison rows per default-sized batch; beyond that the smallest ranges
+/// still failing are quarantined whole. A failing batch thus costs at most
+/// `1 + 64` calls; a plugin that loops on one row costs about one
+/// `timeout_ms` per halving (13 for 8192 rows), so give slow plugins a
+/// tight `timeout_ms`.
+pub const DEFAULT_BISECT_MAX_CALLS: u32 = 64;
 
 /// Largest reference-table payload one stage may receive, in bytes of JSON
 /// (16 MiB): tables are copied into every instance's memory.
@@ -626,6 +645,18 @@ impl PipelineConfig {
                 );
             }
             check_limits(problems, &format!("stages[{i}]"), &stage.limits());
+            if stage.breaker.backoff_ms == 0 {
+                problems.add(key("breaker.backoff_ms"), "must be at least 1");
+            }
+            if stage.breaker.max_backoff_ms < stage.breaker.backoff_ms {
+                problems.add(
+                    key("breaker.max_backoff_ms"),
+                    format!(
+                        "must be at least breaker.backoff_ms = {}",
+                        stage.breaker.backoff_ms
+                    ),
+                );
+            }
             if stage.config.contains_key("tables") && !stage.tables.is_empty() {
                 problems.add(
                     key("config.tables"),

@@ -54,6 +54,9 @@ pub struct Stage {
     pub limits: Limits,
     /// What a failed call does to the run.
     pub on_error: OnError,
+    /// Extra calls a failed batch may spend isolating its poison rows
+    /// ([`crate::config::StageConfig::bisect_max_calls`]).
+    pub bisect_max_calls: u32,
 }
 
 impl std::fmt::Debug for Stage {
@@ -195,15 +198,16 @@ impl Pipeline {
                     name: Arc::from(stage.name.as_str()),
                     kind: stage.kind,
                     reference: stage.plugin.clone(),
-                    slot: Arc::new(PluginSlot::new(
-                        plugin,
-                        &stage.name,
-                        config_json.clone(),
-                        stage.limits(),
-                    )),
+                    slot: Arc::new(
+                        PluginSlot::new(plugin, &stage.name, config_json.clone(), stage.limits())
+                            .with_breaker(stage.breaker),
+                    ),
                     config_json,
                     limits: stage.limits(),
                     on_error: stage.on_error,
+                    bisect_max_calls: stage
+                        .bisect_max_calls
+                        .unwrap_or(crate::config::DEFAULT_BISECT_MAX_CALLS),
                 }));
             }
         }

@@ -83,6 +83,12 @@ pub struct StageReport {
     pub peak_memory_bytes: u64,
     /// Instances created (one per worker, plus one after each failure).
     pub instances: u64,
+    /// Extra calls spent splitting failed batches to isolate their poison
+    /// rows (see `bisect_max_calls`).
+    pub bisect_calls: u64,
+    /// Batches quarantined without a call because the plugin was rested by
+    /// its circuit breaker.
+    pub rested_batches: u64,
 }
 
 impl StageReport {
@@ -100,6 +106,8 @@ impl StageReport {
         self.call_time_ms += other.call_time_ms;
         self.peak_memory_bytes = self.peak_memory_bytes.max(other.peak_memory_bytes);
         self.instances += other.instances;
+        self.bisect_calls += other.bisect_calls;
+        self.rested_batches += other.rested_batches;
         for version in &other.plugin_versions {
             if !self.plugin_versions.contains(version) {
                 self.plugin_versions.push(version.clone());

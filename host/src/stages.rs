@@ -6,6 +6,13 @@
 //! the groups of rows each stage quarantined, with their reasons. Both
 //! `weir run` ([`crate::pipeline`]) and `weir serve` ([`crate::serve`]) use it.
 //!
+//! **Containment.** A failed call does not doom its batch: the worker
+//! splits the batch in halves and calls again until the failing rows are
+//! isolated (`StageRunner::isolate`, bounded by the stage's
+//! `bisect_max_calls`), and only those are quarantined. Each stage's
+//! [`crate::plugin::CircuitBreaker`] rests a plugin that fails batch after
+//! batch: its batches are quarantined as `circuit_open` without a call.
+//!
 //! **Row origins.** `weir serve` merges the records of several requests into
 //! one batch and must tell each request what became of *its* records. The
 //! worker therefore tracks, when asked ([`Origins`]), the input row every
@@ -29,7 +36,7 @@ use crate::bindings::types;
 use crate::columnar;
 use crate::config::OnError;
 use crate::pipeline::Stage;
-use crate::plugin::{PluginError, PluginInstance, PluginKind, PluginVersion, Verdict};
+use crate::plugin::{Admission, PluginError, PluginInstance, PluginKind, PluginVersion, Verdict};
 use crate::quarantine::Reason;
 use crate::report::StageReport;
 use crate::source::SourceItem;
@@ -69,6 +76,13 @@ impl Origins {
                 .zip(keep.values().iter())
                 .filter_map(|(&row, kept)| kept.then_some(row))
                 .collect(),
+            starts: self.starts.clone(),
+        }
+    }
+
+    fn slice(&self, range: std::ops::Range<usize>) -> Origins {
+        Origins {
+            rows: self.rows[range].to_vec(),
             starts: self.starts.clone(),
         }
     }
@@ -337,14 +351,80 @@ impl Worker {
             .collect();
         let pipeline = self.pipeline.clone();
         for (runner, version) in self.runners.iter_mut().zip(&versions) {
-            let rows_in = batch.num_rows();
+            let mut rows_in = batch.num_rows();
             runner.report.records_in += rows_in as u64;
             if rows_in == 0 {
                 continue;
             }
             let stage = runner.stage.clone();
-            match runner.call(&pipeline, version, &batch) {
-                Ok(StageOutput::Transformed(out)) => {
+            // Stages that fail the run on error have nothing to rest.
+            let guarded = stage.on_error != OnError::Fail;
+            if guarded && let Admission::Rest(rest) = stage.slot.breaker().admit() {
+                runner.report.quarantined += rows_in as u64;
+                runner.report.rested_batches += 1;
+                metrics::counter!("weir_plugin_rested_batches_total", "pipeline" => pipeline.to_string(), "stage" => stage.name.to_string()).increment(1);
+                let status = stage.slot.breaker().status();
+                let message = format!(
+                    "the plugin is unhealthy (circuit open after {} batches in a row failed); it is not called for another {} ms. Replay these rows once it is fixed or reloaded",
+                    status.consecutive_failures,
+                    rest.as_millis()
+                );
+                let reason = stage.reason(version, "circuit_open", None, message);
+                result.quarantined.push(Quarantined {
+                    rows: batch,
+                    reasons: vec![reason; rows_in],
+                    origins,
+                });
+                return Ok(result);
+            }
+            let output = match runner.call(&pipeline, version, &batch) {
+                Ok(output) => {
+                    if guarded {
+                        stage.slot.breaker().record(true);
+                    }
+                    output
+                }
+                Err(CallFailure::Fatal(error)) => {
+                    if guarded {
+                        stage.slot.breaker().record(false);
+                    }
+                    return Err(error);
+                }
+                Err(CallFailure::Plugin(error)) => {
+                    if !guarded {
+                        return Err(fail_error(&stage, version, &error));
+                    }
+                    let isolated = runner.isolate(&pipeline, version, &batch, error);
+                    let passed = isolated.as_ref().is_ok_and(|i| !i.passed.is_empty());
+                    if stage.slot.breaker().record(passed) {
+                        let status = stage.slot.breaker().status();
+                        metrics::counter!("weir_plugin_circuit_trips_total", "pipeline" => pipeline.to_string(), "stage" => stage.name.to_string()).increment(1);
+                        tracing::warn!(stage = %stage.name, plugin = version.plugin.name(), failures = status.consecutive_failures, retry_in_ms = status.retry_in_ms, "the plugin is unhealthy: circuit open, batches are quarantined without calling it until the backoff ends");
+                    }
+                    let isolated = isolated?;
+                    for (range, error) in &isolated.failed {
+                        let reason = stage.reason(version, error.kind(), None, error.to_string());
+                        runner.report.quarantined += range.len() as u64;
+                        result.quarantined.push(Quarantined {
+                            rows: batch.slice(range.start, range.len()),
+                            reasons: vec![reason; range.len()],
+                            origins: origins.as_ref().map(|o| o.slice(range.clone())),
+                        });
+                    }
+                    let Some(output) = isolated.combine(&stage)? else {
+                        return Ok(result);
+                    };
+                    let keep = isolated.keep_mask(rows_in);
+                    batch = arrow::compute::filter_record_batch(&batch, &keep)?;
+                    if let Some(tracked) = &mut origins {
+                        *tracked = tracked.take(&keep);
+                    }
+                    rows_in = batch.num_rows();
+                    output
+                }
+            };
+            match output {
+                StageOutput::Transformed(out) => {
                     if let Some(tracked) = &mut origins
                         && out.num_rows() != rows_in
                     {
@@ -373,7 +453,7 @@ impl Worker {
                     runner.report.filtered += rows_in.saturating_sub(out.num_rows()) as u64;
                     batch = out;
                 }
-                Ok(StageOutput::Verdicts(verdicts)) => {
+                StageOutput::Verdicts(verdicts) => {
                     let split = split_by_verdicts(&batch, &verdicts, &stage, version)?;
                     if let Some((rows, reasons, failed_mask)) = split.failed {
                         runner.report.quarantined += rows.num_rows() as u64;
@@ -389,20 +469,6 @@ impl Worker {
                         *tracked = tracked.take(keep);
                     }
                     batch = split.passed;
-                }
-                Err(CallFailure::Fatal(error)) => return Err(error),
-                Err(CallFailure::Plugin(error)) => {
-                    if stage.on_error == OnError::Fail {
-                        return Err(fail_error(&stage, version, &error));
-                    }
-                    runner.report.quarantined += rows_in as u64;
-                    let reason = stage.reason(version, error.kind(), None, error.to_string());
-                    result.quarantined.push(Quarantined {
-                        rows: batch,
-                        reasons: vec![reason; rows_in],
-                        origins,
-                    });
-                    return Ok(result);
                 }
             }
             runner.report.records_out += batch.num_rows() as u64;
@@ -490,6 +556,116 @@ impl StageRunner {
             },
             quarantined,
         ))
+    }
+}
+
+/// A failed batch after [`StageRunner::isolate`]: the row ranges whose
+/// calls went through, with their outputs, and those that kept failing.
+/// Together the ranges cover the batch exactly once; both lists are in row
+/// order.
+struct Isolated {
+    passed: Vec<(std::ops::Range<usize>, StageOutput)>,
+    failed: Vec<(std::ops::Range<usize>, PluginError)>,
+}
+
+impl Isolated {
+    /// Which rows of the batch passed.
+    fn keep_mask(&self, rows: usize) -> BooleanArray {
+        let mut keep = vec![false; rows];
+        for (range, _) in &self.passed {
+            keep[range.clone()].fill(true);
+        }
+        BooleanArray::from(keep)
+    }
+
+    /// The passed ranges' outputs as one output for the passed rows (in
+    /// order, as if the plugin had been called on them alone); `None` when
+    /// no range passed.
+    fn combine(&self, stage: &Stage) -> Result<Option<StageOutput>> {
+        let Some((_, first)) = self.passed.first() else {
+            return Ok(None);
+        };
+        Ok(Some(match first {
+            StageOutput::Transformed(first) => {
+                let outputs = self.passed.iter().map(|(_, output)| match output {
+                    StageOutput::Transformed(out) => out,
+                    StageOutput::Verdicts(_) => unreachable!("one stage has one kind"),
+                });
+                StageOutput::Transformed(
+                    arrow::compute::concat_batches(&first.schema(), outputs).map_err(|e| {
+                        anyhow!("stage `{}`: its outputs for the parts of a split batch differ in schema: {e}", stage.name)
+                    })?,
+                )
+            }
+            StageOutput::Verdicts(_) => {
+                // Renumber each part's rows into the batch of passed rows.
+                let mut verdicts = Vec::new();
+                let mut offset = 0u32;
+                for (range, output) in &self.passed {
+                    let StageOutput::Verdicts(part) = output else {
+                        unreachable!("one stage has one kind")
+                    };
+                    verdicts.extend(part.iter().map(|v| Verdict {
+                        row: v.row + offset,
+                        rule: v.rule.clone(),
+                        message: v.message.clone(),
+                    }));
+                    offset += range.len() as u32;
+                }
+                StageOutput::Verdicts(verdicts)
+            }
+        }))
+    }
+}
+
+impl StageRunner {
+    /// Finds the rows of `batch` that make the plugin fail (`error` is the
+    /// failure of the call on the whole batch): a failing range is split in
+    /// halves and each half called again, until a range is a single row or
+    /// the stage's `bisect_max_calls` are spent. Plugins are taken to fail
+    /// on rows, not on combinations; a failure that depends on the batch as
+    /// a whole (its size, say) also ends up isolated, in the smallest
+    /// ranges that still fail.
+    ///
+    /// # Errors
+    /// Only when the host cannot make a call at all.
+    fn isolate(
+        &mut self,
+        pipeline: &Arc<str>,
+        version: &Arc<PluginVersion>,
+        batch: &RecordBatch,
+        error: PluginError,
+    ) -> Result<Isolated> {
+        let mut budget = self.stage.bisect_max_calls;
+        let mut passed = Vec::new();
+        let mut failed = Vec::new();
+        let mut failing = vec![(0..batch.num_rows(), error)];
+        while let Some((range, error)) = failing.pop() {
+            // A start-up failure does not depend on the rows.
+            let splittable = !matches!(error, PluginError::Instantiate(_));
+            if range.len() < 2 || budget < 2 || !splittable {
+                failed.push((range, error));
+                continue;
+            }
+            budget -= 2;
+            let middle = range.start + range.len() / 2;
+            for half in [range.start..middle, middle..range.end] {
+                self.report.bisect_calls += 1;
+                match self.call(pipeline, version, &batch.slice(half.start, half.len())) {
+                    Ok(output) => passed.push((half, output)),
+                    Err(CallFailure::Plugin(error)) => failing.push((half, error)),
+                    Err(CallFailure::Fatal(error)) => return Err(error),
+                }
+            }
+        }
+        passed.sort_by_key(|(range, _)| range.start);
+        failed.sort_by_key(|(range, _)| range.start);
+        let calls = self.stage.bisect_max_calls - budget;
+        if calls > 0 {
+            metrics::counter!("weir_plugin_bisect_calls_total", "pipeline" => pipeline.to_string(), "stage" => self.stage.name.to_string()).increment(u64::from(calls));
+            tracing::info!(stage = %self.stage.name, calls, failed_rows = failed.iter().map(|(r, _)| r.len()).sum::<usize>(), rows = batch.num_rows(), "split a failed batch to isolate the rows that make the plugin fail");
+        }
+        Ok(Isolated { passed, failed })
     }
 }
 

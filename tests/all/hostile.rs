@@ -1,14 +1,15 @@
-//! Hostile components: each misbehaves on one batch of three. The run must
-//! survive, quarantine exactly that batch with the right error kind, replace
-//! the instance, and write the other two batches.
+//! Hostile components: each misbehaves on one row of one batch of three.
+//! The run must survive, find that row by splitting its batch, quarantine
+//! exactly that row with the right error kind, replace the instance, and
+//! write every other row.
 
 use std::time::{Duration, Instant};
 
 use crate::support::{action_csv, one_stage_pipeline, read_jsonl, run};
 
 /// Runs `component` as a transform over three 2-row batches, the second of
-/// which holds `trigger`, and checks the containment contract. Returns the
-/// quarantine message.
+/// which holds `trigger` in its second row, and checks the containment
+/// contract. Returns the quarantine message.
 pub(crate) fn contained(component: &str, trigger: &str, limits: &str, kind: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     action_csv(dir.path(), &["ok", "ok", "ok", trigger, "ok", "ok"]);
@@ -16,34 +17,32 @@ pub(crate) fn contained(component: &str, trigger: &str, limits: &str, kind: &str
     let report = run(&pipeline);
 
     assert_eq!(report.records.read, 6);
-    assert_eq!(
-        report.records.written, 4,
-        "the batches before and after are written"
-    );
-    assert_eq!(
-        report.records.quarantined, 2,
-        "the whole failing batch, no more"
-    );
+    assert_eq!(report.records.written, 5, "every other row is written");
+    assert_eq!(report.records.quarantined, 1, "only the poison row");
     let stage = &report.stages[0];
     assert_eq!(
         stage.errors.get(kind),
-        Some(&1),
-        "errors: {:?}",
+        Some(&2),
+        "the batch and then the poison row alone failed: {:?}",
         stage.errors
     );
-    assert_eq!(stage.instances, 2, "the failed instance was replaced once");
+    assert_eq!(stage.bisect_calls, 2, "one split: two halves");
+    assert_eq!(
+        stage.instances, 3,
+        "the failed instance was replaced after each failure"
+    );
 
     let written: Vec<i64> = read_jsonl(&dir.path().join("out.jsonl"))
         .iter()
         .map(|r| r["id"].as_i64().unwrap())
         .collect();
-    assert_eq!(written, vec![0, 1, 4, 5]);
+    assert_eq!(written, vec![0, 1, 2, 4, 5]);
     let quarantine = read_jsonl(&dir.path().join("quarantine.jsonl"));
     let ids: Vec<i64> = quarantine
         .iter()
         .map(|q| q["record"]["id"].as_i64().unwrap())
         .collect();
-    assert_eq!(ids, vec![2, 3]);
+    assert_eq!(ids, vec![3]);
     for row in &quarantine {
         assert_eq!(row["error_kind"], kind);
         assert_eq!(row["stage"], "probe");
@@ -95,7 +94,7 @@ fn memory_bomb_is_stopped_by_the_memory_cap() {
 fn panic_is_a_trap_with_the_panic_message() {
     let message = contained(weir_tests::PANIC, "trap", "", "trap");
     assert!(
-        message.contains("poison row 1"),
+        message.contains("poison row 0"),
         "the plugin's stderr is kept: {message}"
     );
 }
@@ -103,14 +102,14 @@ fn panic_is_a_trap_with_the_panic_message() {
 #[test]
 fn malformed_batch_is_rejected() {
     let message = contained(weir_tests::MALFORMED, "malformed", "", "malformed_output");
-    assert!(message.contains("2 values for 3 rows"), "{message}");
+    assert!(message.contains("1 values for 2 rows"), "{message}");
 }
 
 #[test]
 fn returned_error_quarantines_the_batch() {
     let message = contained(weir_tests::REFUSE, "error", "", "plugin_error");
     assert!(
-        message.contains("invalid-input") && message.contains("row 1 asked for an error"),
+        message.contains("invalid-input") && message.contains("row 0 asked for an error"),
         "{message}"
     );
 }
@@ -179,4 +178,142 @@ fn validator_verdicts_split_rows_with_reasons() {
         quarantine[1]["record"]["action"].is_null(),
         "nulls are explicit in the record"
     );
+}
+
+/// A batch of `rows` rows of which `poison` trap, run with `stage_extra`.
+fn poison_run(
+    rows: usize,
+    poison: &[usize],
+    batch_size: usize,
+    stage_extra: &str,
+) -> (tempfile::TempDir, weir::report::RunReport) {
+    let dir = tempfile::tempdir().unwrap();
+    let actions: Vec<&str> = (0..rows)
+        .map(|i| if poison.contains(&i) { "trap" } else { "ok" })
+        .collect();
+    action_csv(dir.path(), &actions);
+    let pipeline = one_stage_pipeline(
+        dir.path(),
+        "transform",
+        weir_tests::PANIC,
+        batch_size,
+        stage_extra,
+    );
+    let report = run(&pipeline);
+    (dir, report)
+}
+
+fn quarantined_ids(dir: &std::path::Path) -> Vec<i64> {
+    read_jsonl(&dir.join("quarantine.jsonl"))
+        .iter()
+        .map(|q| q["record"]["id"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn splitting_finds_poison_rows_in_a_large_batch() {
+    let (dir, report) = poison_run(1000, &[3, 617, 618], 1000, "");
+    assert_eq!(report.records.written, 997);
+    assert_eq!(quarantined_ids(dir.path()), vec![3, 617, 618]);
+    let calls = report.stages[0].bisect_calls;
+    assert!(
+        calls <= u64::from(weir::config::DEFAULT_BISECT_MAX_CALLS),
+        "bounded: {calls}"
+    );
+    let written: Vec<i64> = read_jsonl(&dir.path().join("out.jsonl"))
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    let expected: Vec<i64> = (0..1000).filter(|i| ![3, 617, 618].contains(i)).collect();
+    assert_eq!(written, expected, "the rest, in order");
+}
+
+#[test]
+fn the_split_budget_bounds_the_retries() {
+    // 4 calls split 64 rows into halves then quarters: the quarter holding
+    // the poison row (16 rows) is quarantined, the other 48 rows written.
+    let (dir, report) = poison_run(64, &[40], 64, "bisect_max_calls = 4");
+    assert_eq!(report.stages[0].bisect_calls, 4);
+    assert_eq!(report.records.written, 48);
+    assert_eq!(quarantined_ids(dir.path()), (32..48).collect::<Vec<_>>());
+
+    let (dir, report) = poison_run(64, &[40], 64, "bisect_max_calls = 0");
+    assert_eq!(report.stages[0].bisect_calls, 0);
+    assert_eq!(report.records.written, 0, "no split: the whole batch");
+    assert_eq!(quarantined_ids(dir.path()).len(), 64);
+}
+
+#[test]
+fn validator_failures_are_split_too_and_verdicts_keep_their_rows() {
+    // FLAG flags `bad` rows and panics on `trap`: after the split, the
+    // verdicts of each half must still name the right rows.
+    let dir = tempfile::tempdir().unwrap();
+    action_csv(
+        dir.path(),
+        &["ok", "bad", "trap", "ok", "bad", "ok", "ok", "ok"],
+    );
+    let pipeline = crate::support::write_pipeline(
+        dir.path(),
+        &format!(
+            r#"
+[pipeline]
+batch_size = 8
+workers = 1
+
+[source]
+format = "csv"
+path = "input.csv"
+
+[[stages]]
+name = "probe"
+kind = "validate"
+plugin = {:?}
+"#,
+            weir_tests::FLAG
+        ),
+    );
+    let report = run(&pipeline);
+    assert_eq!(report.records.written, 5);
+    let quarantine = read_jsonl(&dir.path().join("quarantine.jsonl"));
+    let mut found: Vec<(i64, String)> = quarantine
+        .iter()
+        .map(|q| {
+            (
+                q["record"]["id"].as_i64().unwrap(),
+                q["error_kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            (1, "validation".to_string()),
+            (2, "trap".to_string()),
+            (4, "validation".to_string())
+        ]
+    );
+}
+
+#[test]
+fn a_plugin_failing_batch_after_batch_is_rested_by_its_breaker() {
+    // Every row traps: 10 one-row batches. After 3 failed batches the
+    // breaker opens for 60 s, so the other 7 are quarantined without a call.
+    let poison: Vec<usize> = (0..10).collect();
+    let (dir, report) = poison_run(
+        10,
+        &poison,
+        1,
+        "[stages.breaker]\nfailures = 3\nbackoff_ms = 60_000",
+    );
+    assert_eq!(report.records.quarantined, 10);
+    let stage = &report.stages[0];
+    assert_eq!(stage.calls, 3, "no call once open");
+    assert_eq!(stage.rested_batches, 7);
+    let kinds: Vec<String> = read_jsonl(&dir.path().join("quarantine.jsonl"))
+        .iter()
+        .map(|q| q["error_kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(&kinds[..3], ["trap", "trap", "trap"]);
+    assert!(kinds[3..].iter().all(|k| k == "circuit_open"), "{kinds:?}");
 }

@@ -374,3 +374,91 @@ fn flights_chain_mixing_rust_javascript_and_python_matches_the_all_rust_chain() 
         quarantine("out/quarantine.jsonl")
     );
 }
+
+/// Builds the C example (`examples/flights/plugins/distance-km-c`) with its
+/// `build.sh` (clang + wasi-libc, `wit-bindgen c`, `wasm-tools`).
+fn built_c_example(dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = dir.join("distance-km-c.wasm");
+    let output = std::process::Command::new("bash")
+        .arg(root.join("examples/flights/plugins/distance-km-c/build.sh"))
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "build.sh failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+#[test]
+fn c_example_adds_kilometres_and_reports_a_missing_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = built_c_example(dir.path());
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let pipeline = crate::support::write_pipeline(
+        dir.path(),
+        &format!(
+            r#"
+[pipeline]
+batch_size = 300
+
+[source]
+format = "csv"
+path = {:?}
+
+[[stages]]
+name = "km"
+kind = "transform"
+plugin = {:?}
+"#,
+            data.join("flights_sample.csv").display().to_string(),
+            component.display().to_string()
+        ),
+    );
+    let report = run(&pipeline);
+    assert!(report.records.read > 0);
+    assert_eq!(report.records.written, report.records.read);
+    let rows = read_jsonl(&dir.path().join("out.jsonl"));
+    let mut nulls = 0;
+    for row in &rows {
+        match row["distance"].as_i64() {
+            Some(miles) => {
+                // serde_json's float parsing may be off by one ulp.
+                let expected = miles as f64 * 1.609344;
+                let km = row["distance_km"].as_f64().unwrap();
+                assert!((km - expected).abs() <= expected * 1e-15, "{row}");
+            }
+            None => {
+                nulls += 1;
+                assert!(row["distance_km"].is_null(), "{row}");
+            }
+        }
+    }
+    assert!(nulls < rows.len());
+
+    // Without a `distance` column every row is quarantined with the message.
+    let other = tempfile::tempdir().unwrap();
+    crate::support::action_csv(other.path(), &["ok", "ok"]);
+    let pipeline = crate::support::one_stage_pipeline(
+        other.path(),
+        "transform",
+        component.to_str().unwrap(),
+        2,
+        "",
+    );
+    let report = run(&pipeline);
+    assert_eq!(report.records.quarantined, 2);
+    let quarantine = read_jsonl(&other.path().join("quarantine.jsonl"));
+    assert_eq!(quarantine[0]["error_kind"], "plugin_error");
+    assert!(
+        quarantine[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no column `distance`"),
+        "{}",
+        quarantine[0]["message"]
+    );
+}

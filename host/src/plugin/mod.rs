@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+mod breaker;
 mod cache;
 mod error;
 mod limits;
@@ -33,6 +34,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+pub use breaker::{Admission, BreakerConfig, BreakerState, BreakerStatus, CircuitBreaker};
 pub use cache::{Origin, cache_dir};
 pub use error::PluginError;
 pub use limits::{Limits, MemoryCap, MemoryLimitExceeded};

@@ -29,6 +29,7 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+use super::breaker::{BreakerConfig, BreakerStatus, CircuitBreaker};
 use super::{Limits, Plugin, PluginKind};
 
 /// Previous versions a slot keeps for [`PluginSlot::rollback`].
@@ -71,6 +72,8 @@ pub struct SlotStatus {
     pub rejections: u64,
     /// The most recent rejection, if any.
     pub last_rejection: Option<Rejection>,
+    /// Whether the plugin is healthy (its circuit breaker).
+    pub health: BreakerStatus,
 }
 
 /// The outcome of a successful [`PluginSlot::reload`].
@@ -97,6 +100,7 @@ pub struct PluginSlot {
     last_rejection: Mutex<Option<Rejection>>,
     reloads: AtomicU64,
     rejections: AtomicU64,
+    breaker: CircuitBreaker,
 }
 
 fn now_rfc3339(time: SystemTime) -> String {
@@ -121,7 +125,20 @@ impl PluginSlot {
             last_rejection: Mutex::new(None),
             reloads: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
+            breaker: CircuitBreaker::new(BreakerConfig::default()),
         }
+    }
+
+    /// This slot with its circuit breaker set to `config` (default:
+    /// [`BreakerConfig::default`]).
+    pub fn with_breaker(mut self, config: BreakerConfig) -> PluginSlot {
+        self.breaker = CircuitBreaker::new(config);
+        self
+    }
+
+    /// The stage's circuit breaker (closed again by every swap).
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
     }
 
     /// The version serving now. Hold it for a whole batch.
@@ -178,6 +195,7 @@ impl PluginSlot {
         history.push_front(previous);
         history.truncate(HISTORY_LEN);
         self.reloads.fetch_add(1, Ordering::Relaxed);
+        self.breaker.reset();
         tracing::info!(plugin = %self.name, stage = %self.stage, sha256 = version.plugin.sha256(), "swapped in a new plugin version");
         Ok(Swap {
             version,
@@ -197,6 +215,7 @@ impl PluginSlot {
             .pop_front()
             .ok_or_else(|| format!("`{}` has no previous version", self.name))?;
         self.current.store(previous.clone());
+        self.breaker.reset();
         tracing::info!(plugin = %self.name, stage = %self.stage, sha256 = previous.plugin.sha256(), "rolled back");
         Ok(previous)
     }
@@ -216,6 +235,7 @@ impl PluginSlot {
             reloads: self.reloads.load(Ordering::Relaxed),
             rejections: self.rejections.load(Ordering::Relaxed),
             last_rejection: self.last_rejection.lock().expect("slot lock").clone(),
+            health: self.breaker.status(),
         }
     }
 }

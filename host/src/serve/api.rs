@@ -151,13 +151,14 @@ async fn ready(State(service): State<Arc<Service>>) -> ApiResult<Json<serde_json
 async fn metrics(State(service): State<Arc<Service>>) -> ApiResult<Response> {
     let handle = super::metrics::handle()
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "metrics are disabled"))?;
-    // Reload counters live in the slots; copy them in at scrape time.
+    // Reload counters and health live in the slots; copy them in at scrape time.
     for live in service.pipelines().values() {
         for stage in live.pipeline().stages() {
             let status = stage.slot.status();
             for (outcome, count) in [("ok", status.reloads), ("rejected", status.rejections)] {
                 ::metrics::counter!("weir_plugin_reloads_total", "pipeline" => live.name.clone(), "stage" => stage.name.to_string(), "outcome" => outcome).absolute(count);
             }
+            ::metrics::gauge!("weir_plugin_healthy", "pipeline" => live.name.clone(), "stage" => stage.name.to_string()).set(if status.health.healthy { 1.0 } else { 0.0 });
         }
     }
     handle.run_upkeep();

@@ -1,5 +1,5 @@
 //! A validator: flags every row whose `action` is `bad`, and every row
-//! whose `action` is null (as two different rules).
+//! whose `action` is null (as two different rules); panics on a `trap` row.
 use weir_sdk::{Error, RecordBatch, Validate, Verdict};
 
 struct Flag;
@@ -10,6 +10,7 @@ impl Validate for Flag {
         let mut verdicts = Vec::new();
         for row in 0..actions.len() {
             match actions.get(row) {
+                Some("trap") => panic!("validator poison row {row}"),
                 Some("bad") => verdicts.push(Verdict {
                     row: row as u32,
                     rule: "not_bad".into(),
