@@ -58,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Print a new random API token and the SHA-256 to put in the service
+    /// file (`operator_token_sha256`, or a tenant's `tokens`). The token is
+    /// shown once; weir stores only the hash. Clients send it as
+    /// `Authorization: Bearer TOKEN` (the weir CLI reads `$WEIR_TOKEN`).
+    Token,
     /// Serve the pipelines of a service file: HTTP ingest, drop
     /// directories, hot reload, admin API, /metrics. Stops on SIGTERM or
     /// Ctrl-C after writing everything it acknowledged.
@@ -336,6 +341,12 @@ fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Plugin { command } => plugin_command(command),
+        Command::Token => {
+            let (token, sha256) = crate::serve::auth::new_token()?;
+            println!("token:  {token}");
+            println!("sha256: {sha256}");
+            Ok(())
+        }
         Command::Serve { service, listen } => crate::serve::serve_until_signal(&service, listen),
         Command::Status { pipeline, service } => status(&service.url, pipeline.as_deref()),
         Command::Post {

@@ -21,16 +21,25 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the service at `base` (`http://host:port`).
+    /// A client of the service at `base` (`http://host:port`), sending
+    /// the API token in `$WEIR_TOKEN` when set.
     ///
     /// # Errors
-    /// When the HTTP client cannot be built.
+    /// When the HTTP client cannot be built or `$WEIR_TOKEN` is not a
+    /// valid header value.
     pub fn new(base: &str) -> Result<Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Ok(token) = std::env::var("WEIR_TOKEN") {
+            let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                .context("WEIR_TOKEN is not a valid token")?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             // Ingest waits for the commit; allow for slow plugins.
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(600))
+                .default_headers(headers)
                 .build()?,
         })
     }

@@ -331,7 +331,7 @@ impl Pipeline {
                     let batch_rx = batch_rx.clone();
                     let result_tx = result_tx.clone();
                     let mut worker = Worker::new(
-                        &self.name,
+                        crate::stages::Scope::new(crate::serve::config::DEFAULT_TENANT, &self.name),
                         &self.stages,
                         self.config.sink.lineage_column.clone(),
                     );

@@ -167,7 +167,7 @@ impl StageRunner {
     /// is dropped so the next batch gets a fresh one.
     fn call(
         &mut self,
-        pipeline: &Arc<str>,
+        scope: &Scope,
         version: &Arc<PluginVersion>,
         batch: &RecordBatch,
     ) -> Result<StageOutput, CallFailure> {
@@ -179,7 +179,7 @@ impl StageRunner {
         })?;
         let span = tracing::debug_span!("plugin_call", stage = %self.stage.name, plugin = version.plugin.name(), sha256 = &version.plugin.sha256()[..12], rows = batch.num_rows());
         let _entered = span.enter();
-        let result = self.try_call(pipeline, version, &wit);
+        let result = self.try_call(scope, version, &wit);
         if let Err(error) = &result {
             self.instance = None;
             *self
@@ -187,7 +187,11 @@ impl StageRunner {
                 .errors
                 .entry(error.kind().to_string())
                 .or_default() += 1;
-            metrics::counter!("weir_plugin_errors_total", "pipeline" => pipeline.to_string(), "stage" => self.stage.name.to_string(), "kind" => error.kind()).increment(1);
+            metrics::counter!(
+                "weir_plugin_errors_total",
+                &scope.labels_with(&self.stage.name, "kind", error.kind())
+            )
+            .increment(1);
             tracing::warn!(stage = %self.stage.name, plugin = version.plugin.name(), kind = error.kind(), %error, rows = batch.num_rows(), "plugin call failed");
         }
         result.map_err(CallFailure::Plugin)
@@ -195,7 +199,7 @@ impl StageRunner {
 
     fn try_call(
         &mut self,
-        pipeline: &Arc<str>,
+        scope: &Scope,
         version: &Arc<PluginVersion>,
         batch: &types::RecordBatch,
     ) -> Result<StageOutput, PluginError> {
@@ -237,7 +241,8 @@ impl StageRunner {
         self.report.call_time_ms += stats.duration.as_secs_f64() * 1000.0;
         self.report.peak_memory_bytes = self.report.peak_memory_bytes.max(stats.peak_memory_bytes);
         let labels = [
-            ("pipeline", pipeline.to_string()),
+            ("tenant", scope.tenant.to_string()),
+            ("pipeline", scope.pipeline.to_string()),
             ("stage", self.stage.name.to_string()),
             ("plugin", self.stage.reference.clone()),
         ];
@@ -259,19 +264,56 @@ enum CallFailure {
     Fatal(anyhow::Error),
 }
 
+/// Whose batches a worker runs: the labels of its metrics and logs.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// The tenant (`default` outside `weir serve`'s tenants).
+    pub tenant: Arc<str>,
+    /// The pipeline's name.
+    pub pipeline: Arc<str>,
+}
+
+impl Scope {
+    /// The scope of `pipeline` of `tenant`.
+    pub fn new(tenant: &str, pipeline: &str) -> Scope {
+        Scope {
+            tenant: Arc::from(tenant),
+            pipeline: Arc::from(pipeline),
+        }
+    }
+
+    fn labels(&self, stage: &str) -> [(&'static str, String); 3] {
+        [
+            ("tenant", self.tenant.to_string()),
+            ("pipeline", self.pipeline.to_string()),
+            ("stage", stage.to_string()),
+        ]
+    }
+
+    fn labels_with(
+        &self,
+        stage: &str,
+        key: &'static str,
+        value: &str,
+    ) -> [(&'static str, String); 4] {
+        let [tenant, pipeline, stage] = self.labels(stage);
+        [tenant, pipeline, stage, (key, value.to_string())]
+    }
+}
+
 /// A worker's state: one plugin instance per stage, and per-stage counts.
 pub struct Worker {
-    pipeline: Arc<str>,
+    scope: Scope,
     runners: Vec<StageRunner>,
     /// `[sink] lineage_column`, when set.
     lineage_column: Option<String>,
 }
 
 impl Worker {
-    /// A worker for `stages` of pipeline `pipeline` (a metrics label).
-    pub fn new(pipeline: &str, stages: &[Arc<Stage>], lineage_column: Option<String>) -> Self {
+    /// A worker for `stages`, labelled `scope` in metrics and logs.
+    pub fn new(scope: Scope, stages: &[Arc<Stage>], lineage_column: Option<String>) -> Self {
         Self {
-            pipeline: Arc::from(pipeline),
+            scope,
             lineage_column,
             runners: stages
                 .iter()
@@ -332,7 +374,7 @@ impl Worker {
                 return Ok(result);
             }
         };
-        let span = tracing::debug_span!("batch", pipeline = %self.pipeline, seq, rows = source.batch.num_rows(), file = %source.file);
+        let span = tracing::debug_span!("batch", tenant = %self.scope.tenant, pipeline = %self.scope.pipeline, seq, rows = source.batch.num_rows(), file = %source.file);
         let _entered = span.enter();
         let mut result = BatchResult::empty(seq, source.file, source.batch.num_rows() as u64);
         let mut batch = source.batch;
@@ -349,7 +391,7 @@ impl Worker {
             .zip(&versions)
             .map(|(r, v)| format!("{}={}", r.stage.name, v.plugin.sha256()))
             .collect();
-        let pipeline = self.pipeline.clone();
+        let scope = self.scope.clone();
         for (runner, version) in self.runners.iter_mut().zip(&versions) {
             let mut rows_in = batch.num_rows();
             runner.report.records_in += rows_in as u64;
@@ -362,7 +404,11 @@ impl Worker {
             if guarded && let Admission::Rest(rest) = stage.slot.breaker().admit() {
                 runner.report.quarantined += rows_in as u64;
                 runner.report.rested_batches += 1;
-                metrics::counter!("weir_plugin_rested_batches_total", "pipeline" => pipeline.to_string(), "stage" => stage.name.to_string()).increment(1);
+                metrics::counter!(
+                    "weir_plugin_rested_batches_total",
+                    &scope.labels(&stage.name)
+                )
+                .increment(1);
                 let status = stage.slot.breaker().status();
                 let message = format!(
                     "the plugin is unhealthy (circuit open after {} batches in a row failed); it is not called for another {} ms. Replay these rows once it is fixed or reloaded",
@@ -377,7 +423,7 @@ impl Worker {
                 });
                 return Ok(result);
             }
-            let output = match runner.call(&pipeline, version, &batch) {
+            let output = match runner.call(&scope, version, &batch) {
                 Ok(output) => {
                     if guarded {
                         stage.slot.breaker().record(true);
@@ -394,11 +440,15 @@ impl Worker {
                     if !guarded {
                         return Err(fail_error(&stage, version, &error));
                     }
-                    let isolated = runner.isolate(&pipeline, version, &batch, error);
+                    let isolated = runner.isolate(&scope, version, &batch, error);
                     let passed = isolated.as_ref().is_ok_and(|i| !i.passed.is_empty());
                     if stage.slot.breaker().record(passed) {
                         let status = stage.slot.breaker().status();
-                        metrics::counter!("weir_plugin_circuit_trips_total", "pipeline" => pipeline.to_string(), "stage" => stage.name.to_string()).increment(1);
+                        metrics::counter!(
+                            "weir_plugin_circuit_trips_total",
+                            &scope.labels(&stage.name)
+                        )
+                        .increment(1);
                         tracing::warn!(stage = %stage.name, plugin = version.plugin.name(), failures = status.consecutive_failures, retry_in_ms = status.retry_in_ms, "the plugin is unhealthy: circuit open, batches are quarantined without calling it until the backoff ends");
                     }
                     let isolated = isolated?;
@@ -433,7 +483,7 @@ impl Worker {
                             // Call again request by request so that every
                             // row keeps its request (see the module docs).
                             let (out, out_origins, quarantined) = runner.per_request(
-                                &pipeline,
+                                &scope,
                                 version,
                                 &batch,
                                 tracked,
@@ -497,14 +547,18 @@ impl StageRunner {
     /// Returns the output, its origins and the number of rows quarantined.
     fn per_request(
         &mut self,
-        pipeline: &Arc<str>,
+        scope: &Scope,
         version: &Arc<PluginVersion>,
         batch: &RecordBatch,
         origins: &Origins,
         runs: &[std::ops::Range<usize>],
         result: &mut BatchResult,
     ) -> Result<(RecordBatch, Origins, usize)> {
-        metrics::counter!("weir_transform_recalls_total", "pipeline" => pipeline.to_string(), "stage" => self.stage.name.to_string()).increment(1);
+        metrics::counter!(
+            "weir_transform_recalls_total",
+            &scope.labels(&self.stage.name)
+        )
+        .increment(1);
         let stage = self.stage.clone();
         let mut outputs = Vec::new();
         let mut rows = Vec::new();
@@ -515,7 +569,7 @@ impl StageRunner {
                 rows: origins.rows[run.clone()].to_vec(),
                 starts: origins.starts.clone(),
             };
-            match self.call(pipeline, version, &slice) {
+            match self.call(scope, version, &slice) {
                 Ok(StageOutput::Transformed(out)) => {
                     let same = out.num_rows() == run.len();
                     let first = origins.starts[origins.request_of(origins.rows[run.start])];
@@ -631,7 +685,7 @@ impl StageRunner {
     /// Only when the host cannot make a call at all.
     fn isolate(
         &mut self,
-        pipeline: &Arc<str>,
+        scope: &Scope,
         version: &Arc<PluginVersion>,
         batch: &RecordBatch,
         error: PluginError,
@@ -651,7 +705,7 @@ impl StageRunner {
             let middle = range.start + range.len() / 2;
             for half in [range.start..middle, middle..range.end] {
                 self.report.bisect_calls += 1;
-                match self.call(pipeline, version, &batch.slice(half.start, half.len())) {
+                match self.call(scope, version, &batch.slice(half.start, half.len())) {
                     Ok(output) => passed.push((half, output)),
                     Err(CallFailure::Plugin(error)) => failing.push((half, error)),
                     Err(CallFailure::Fatal(error)) => return Err(error),
@@ -662,7 +716,11 @@ impl StageRunner {
         failed.sort_by_key(|(range, _)| range.start);
         let calls = self.stage.bisect_max_calls - budget;
         if calls > 0 {
-            metrics::counter!("weir_plugin_bisect_calls_total", "pipeline" => pipeline.to_string(), "stage" => self.stage.name.to_string()).increment(u64::from(calls));
+            metrics::counter!(
+                "weir_plugin_bisect_calls_total",
+                &scope.labels(&self.stage.name)
+            )
+            .increment(u64::from(calls));
             tracing::info!(stage = %self.stage.name, calls, failed_rows = failed.iter().map(|(r, _)| r.len()).sum::<usize>(), rows = batch.num_rows(), "split a failed batch to isolate the rows that make the plugin fail");
         }
         Ok(Isolated { passed, failed })

@@ -11,3 +11,4 @@ mod languages;
 mod malformed_input;
 mod serve;
 mod support;
+mod tenants;

@@ -19,14 +19,14 @@ use weir::serve::Service;
 use crate::support::read_jsonl;
 
 /// A service on a loopback port, with a way to call its router directly.
-struct Running {
+pub(crate) struct Running {
     background: weir::serve::background::Background,
-    service: Arc<Service>,
+    pub(crate) service: Arc<Service>,
     url: String,
 }
 
 impl Running {
-    fn start(service_file: &Path) -> Running {
+    pub(crate) fn start(service_file: &Path) -> Running {
         let background = weir::serve::background::Background::start(service_file)
             .unwrap_or_else(|e| panic!("{e:#}"));
         Running {
@@ -41,7 +41,7 @@ impl Running {
     }
 
     /// One request through the router, without a socket.
-    fn oneshot(&self, request: Request<Body>) -> (StatusCode, Value) {
+    pub(crate) fn oneshot(&self, request: Request<Body>) -> (StatusCode, Value) {
         let router = weir::serve::api::router(self.service.clone());
         self.runtime().block_on(async move {
             let response = router.oneshot(request).await.unwrap();
@@ -54,7 +54,7 @@ impl Running {
     }
 
     /// Triggers shutdown and waits for the drain.
-    fn shutdown(self) -> anyhow::Result<()> {
+    pub(crate) fn shutdown(self) -> anyhow::Result<()> {
         self.background.shutdown()
     }
 }
@@ -335,7 +335,8 @@ fn api_ingests_every_format_and_rejects_bad_bodies_clearly() {
     assert_eq!(status, StatusCode::OK);
     let metrics = metrics.as_str().unwrap();
     for name in [
-        "weir_records_in_total{pipeline=\"events\"}",
+        "weir_records_in_total{tenant=\"default\",pipeline=\"events\"}",
+        "weir_plugin_healthy{tenant=\"default\",pipeline=\"events\",stage=\"flag\"} 1",
         "weir_plugin_call_duration_seconds_bucket",
         "weir_batch_latency_seconds_bucket",
         "weir_plugin_fuel_consumed_total",
@@ -410,7 +411,12 @@ fn requests_merged_into_one_micro_batch_get_their_own_counts() {
         .runtime()
         .block_on(async { tokio::join!(send(records(0..14, &[4])), send(records(100..107, &[]))) });
     assert_eq!(
-        running.service.pipeline("events").unwrap().status().batches,
+        running
+            .service
+            .pipeline("default", "events")
+            .unwrap()
+            .status()
+            .batches,
         1,
         "one micro-batch"
     );
@@ -674,7 +680,11 @@ fn graceful_shutdown_writes_everything_it_acknowledged() {
             })
         })
         .collect();
-    let live = running.service.pipeline("events").unwrap().clone();
+    let live = running
+        .service
+        .pipeline("default", "events")
+        .unwrap()
+        .clone();
     let deadline = Instant::now() + Duration::from_secs(10);
     while live.status().queued_records < 200 {
         assert!(Instant::now() < deadline, "requests did not arrive");
@@ -849,7 +859,7 @@ fn operator_commands_steer_a_running_service() {
     let slot = |i: usize| {
         running
             .service
-            .pipeline("events")
+            .pipeline("default", "events")
             .unwrap()
             .pipeline()
             .stages()[i]
@@ -862,7 +872,12 @@ fn operator_commands_steer_a_running_service() {
     let input = input.to_str().unwrap();
     assert_eq!(weir(&["post", "events", input, "--url", url]), EXIT_OK);
     assert_eq!(
-        running.service.pipeline("events").unwrap().status().written,
+        running
+            .service
+            .pipeline("default", "events")
+            .unwrap()
+            .status()
+            .written,
         9
     );
     assert_eq!(weir(&["status", "--url", url]), EXIT_OK);

@@ -647,7 +647,11 @@ fn serve(root: &Path) -> Result<serde_json::Value> {
     // need a file; use a file-backed identity stage instead.
     let identity = std::fs::read(weir_tests::IDENTITY)?;
     let variant = with_custom_section(&identity, b"serve-bench");
-    let status = background.service().pipeline("flights").unwrap().status();
+    let status = background
+        .service()
+        .pipeline("default", "flights")
+        .unwrap()
+        .status();
     background.shutdown()?;
     let reloads = api_reload_latency(&identity, &variant)?;
     let records = rows.len() as f64;

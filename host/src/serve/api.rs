@@ -21,7 +21,8 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, RawPathParams, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,6 +30,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Service;
+use super::auth::Caller;
+use super::config::DEFAULT_TENANT;
 use super::ingest::{ACCEPTED_CONTENT_TYPES, BodyFormat};
 use super::live::{Ack, LivePipeline, SubmitError};
 use super::quarantine_log::{self, QuarantineEntry, QuarantineFilter};
@@ -81,54 +84,401 @@ impl From<SubmitError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The router for `service`, with the body limit from its config.
+/// The router for `service`. Tenant routes exist twice: under
+/// `/v1/tenants/{tenant}/…` (any tenant, for the operator; its own, for a
+/// tenant) and under `/v1/…` (the caller's own tenant; for the operator,
+/// tenant `default`).
 pub fn router(service: Arc<Service>) -> Router {
-    let max_body = service.config.service.max_body_bytes;
+    let largest_body = service
+        .tenants()
+        .values()
+        .flat_map(|t| {
+            [
+                t.quota().quotas.max_body_bytes,
+                t.quota().quotas.max_plugin_bytes,
+            ]
+        })
+        .chain([service.config.service.max_body_bytes])
+        .max()
+        .unwrap_or(service.config.service.max_body_bytes);
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
-        .route("/v1/pipelines", get(list_pipelines))
-        .route("/v1/pipelines/{name}", get(get_pipeline))
-        .route("/v1/pipelines/{name}/records", post(ingest))
-        .route("/v1/pipelines/{name}/pause", post(pause))
-        .route("/v1/pipelines/{name}/resume", post(resume))
-        .route("/v1/pipelines/{name}/report", get(report))
-        .route("/v1/plugins", get(list_plugins))
+        .route("/v1/tenants", get(list_tenants))
         .route(
-            "/v1/pipelines/{name}/stages/{stage}/reload",
-            post(reload_plugin),
+            "/v1/tenants/{tenant}/tokens",
+            get(list_tokens).post(issue_token),
         )
         .route(
-            "/v1/pipelines/{name}/stages/{stage}/rollback",
-            post(rollback_plugin),
+            "/v1/tenants/{tenant}/tokens/{id}",
+            axum::routing::delete(revoke_token),
         )
-        .route("/v1/pipelines/{name}/quarantine", get(list_quarantine))
-        .route(
-            "/v1/pipelines/{name}/quarantine/replay",
-            post(replay_quarantine),
-        )
-        .layer(DefaultBodyLimit::max(max_body))
+        .nest("/v1/tenants/{tenant}", tenant_routes())
+        .nest("/v1", tenant_routes())
+        .layer(DefaultBodyLimit::max(largest_body))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(service)
 }
 
-fn find(service: &Service, name: &str) -> ApiResult<Arc<LivePipeline>> {
-    service.pipeline(name).cloned().ok_or_else(|| {
+/// The routes acting on one tenant's objects.
+fn tenant_routes() -> Router<Arc<Service>> {
+    Router::new()
+        .route("/pipelines", get(list_pipelines))
+        .route("/pipelines/{name}", get(get_pipeline))
+        .route("/pipelines/{name}/records", post(ingest))
+        .route("/pipelines/{name}/pause", post(pause))
+        .route("/pipelines/{name}/resume", post(resume))
+        .route("/pipelines/{name}/report", get(report))
+        .route("/plugins", get(list_plugins).post(upload_plugin))
+        .route(
+            "/pipelines/{name}/stages/{stage}/reload",
+            post(reload_plugin),
+        )
+        .route(
+            "/pipelines/{name}/stages/{stage}/rollback",
+            post(rollback_plugin),
+        )
+        .route(
+            "/pipelines/{name}/stages/{stage}/deploy",
+            post(deploy_plugin),
+        )
+        .route("/pipelines/{name}/quarantine", get(list_quarantine))
+        .route(
+            "/pipelines/{name}/quarantine/replay",
+            post(replay_quarantine),
+        )
+}
+
+/// Authenticates the request's bearer token.
+fn authenticate(service: &Service, parts: &Parts) -> ApiResult<Caller> {
+    let header = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    service.tokens().authenticate(header).map_err(|error| {
+        ::metrics::counter!("weir_api_auth_failures_total").increment(1);
+        ApiError::new(StatusCode::UNAUTHORIZED, error.to_string())
+    })
+}
+
+fn no_tenant(name: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no tenant `{name}`"))
+}
+
+/// A request on one tenant's objects, authenticated and authorized: the
+/// caller is the operator or that tenant. Another tenant's objects answer
+/// 404, exactly as objects that do not exist.
+pub struct Scoped {
+    service: Arc<Service>,
+    /// Who is calling.
+    pub caller: Caller,
+    tenant: Arc<super::tenant::Tenant>,
+    params: Vec<(String, String)>,
+}
+
+impl Scoped {
+    /// A path parameter ("" when absent).
+    fn param(&self, name: &str) -> &str {
+        self.params
+            .iter()
+            .find(|(key, _)| key == name)
+            .map_or("", |(_, value)| value.as_str())
+    }
+
+    /// The pipeline named by the `name` path parameter, in this tenant.
+    fn pipeline(&self) -> ApiResult<Arc<LivePipeline>> {
+        let name = self.param("name");
+        self.tenant.pipeline(name).cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no pipeline `{name}`; tenant `{}` has: {}",
+                    self.tenant.name,
+                    self.tenant
+                        .pipelines()
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+    }
+}
+
+impl FromRequestParts<Arc<Service>> for Scoped {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        service: &Arc<Service>,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = authenticate(service, parts)?;
+        let params: Vec<(String, String)> =
+            match RawPathParams::from_request_parts(parts, service).await {
+                Ok(raw) => raw
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+        let named = params
+            .iter()
+            .find(|(k, _)| k == "tenant")
+            .map(|(_, v)| v.clone());
+        let tenant_name = match (&caller, named) {
+            (Caller::Operator, Some(name)) => name,
+            (Caller::Tenant { tenant, .. }, Some(name)) if *tenant == name => name,
+            (Caller::Tenant { .. }, Some(name)) => return Err(no_tenant(&name)),
+            (Caller::Tenant { tenant, .. }, None) => tenant.clone(),
+            (Caller::Operator, None) => DEFAULT_TENANT.to_string(),
+        };
+        let tenant = service.tenant(&tenant_name).cloned().ok_or_else(|| {
+            if caller == Caller::Operator && tenant_name == DEFAULT_TENANT {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "no tenant `default`: address one as /v1/tenants/{tenant}/…",
+                )
+            } else {
+                no_tenant(&tenant_name)
+            }
+        })?;
+        Ok(Scoped {
+            service: service.clone(),
+            caller,
+            tenant,
+            params,
+        })
+    }
+}
+
+/// A request only the operator may make (`403` for a tenant token).
+pub struct Operator(Arc<Service>);
+
+impl FromRequestParts<Arc<Service>> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        service: &Arc<Service>,
+    ) -> Result<Self, Self::Rejection> {
+        match authenticate(service, parts)? {
+            Caller::Operator => Ok(Operator(service.clone())),
+            Caller::Tenant { .. } => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "only the operator token may use this route",
+            )),
+        }
+    }
+}
+
+async fn list_tenants(Operator(service): Operator) -> Json<serde_json::Value> {
+    let tenants: Vec<_> = service.tenants().values().map(|t| t.status()).collect();
+    Json(json!({ "tenants": tenants }))
+}
+
+/// Body of `POST /v1/tenants/{tenant}/tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    id: String,
+}
+
+fn operator_tenant(service: &Service, name: &str) -> ApiResult<Arc<super::tenant::Tenant>> {
+    service.tenant(name).cloned().ok_or_else(|| no_tenant(name))
+}
+
+async fn list_tokens(
+    Operator(service): Operator,
+    Path(tenant): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let tenant = operator_tenant(&service, &tenant)?;
+    Ok(Json(
+        json!({ "tokens": service.tokens().list(&tenant.name) }),
+    ))
+}
+
+async fn issue_token(
+    Operator(service): Operator,
+    Path(tenant): Path<String>,
+    Json(body): Json<NewToken>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let tenant = operator_tenant(&service, &tenant)?;
+    if !super::config::valid_name(&body.id) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "id: 1-64 characters of a-z, 0-9, _ and -",
+        ));
+    }
+    let token = service
+        .tokens()
+        .issue(&tenant.name, &body.id)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("{e:#}")))?;
+    tracing::info!(tenant = %tenant.name, id = %body.id, "issued an API token");
+    Ok(Json(
+        json!({ "tenant": &*tenant.name, "id": body.id, "token": token }),
+    ))
+}
+
+async fn revoke_token(
+    Operator(service): Operator,
+    Path((tenant, id)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let tenant = operator_tenant(&service, &tenant)?;
+    let revoked = service
+        .tokens()
+        .revoke(&tenant.name, &id)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    if !revoked {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("tenant `{}` has no token `{id}`", tenant.name),
+        ));
+    }
+    tracing::info!(tenant = %tenant.name, %id, "revoked an API token");
+    Ok(Json(
+        json!({ "tenant": &*tenant.name, "id": id, "revoked": true }),
+    ))
+}
+
+/// Longest a plugin upload may take to compile before it is refused.
+pub const UPLOAD_COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Where a tenant's uploaded plugin with `sha256` is stored. `sha256` must
+/// be 64 lowercase hex characters, so the path never leaves the directory.
+fn stored_plugin(tenant: &super::tenant::Tenant, sha256: &str) -> ApiResult<std::path::PathBuf> {
+    if sha256.len() != 64
+        || !sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "sha256: 64 lowercase hex characters",
+        ));
+    }
+    Ok(tenant
+        .dir
+        .join("plugins")
+        .join("sha256")
+        .join(format!("{sha256}.wasm")))
+}
+
+async fn upload_plugin(
+    scoped: Scoped,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let max = scoped.tenant.quota().quotas.max_plugin_bytes;
+    let too_large = || {
         ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the plugin is larger than max_plugin_bytes = {max} bytes"),
+        )
+    };
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            ApiError::new(rejection.status(), rejection.body_text())
+        }
+    })?;
+    if body.len() > max {
+        return Err(too_large());
+    }
+    let sha256 = crate::plugin::sha256_hex(&body);
+    let path = stored_plugin(&scoped.tenant, &sha256)?;
+    // Compile and check on a blocking thread, within the time limit; only
+    // a valid component is stored.
+    let bytes = body.clone();
+    let name = format!("upload:{}", &sha256[..12]);
+    let compile = tokio::task::spawn_blocking(move || {
+        crate::plugin::Plugin::from_bytes(&name, &bytes, None)
+            .map(|p| (p.kind(), p.imports().to_vec()))
+    });
+    let (kind, imports) = match tokio::time::timeout(UPLOAD_COMPILE_TIMEOUT, compile).await {
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "the plugin did not compile within {} s; nothing was stored",
+                    UPLOAD_COMPILE_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        Ok(joined) => joined
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("rejected, nothing was stored: {e:#}"),
+                )
+            })?,
+    };
+    let write = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let dir = path.parent().expect("stored under a directory");
+            std::fs::create_dir_all(dir)?;
+            let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+            std::fs::write(&tmp, &body)?;
+            std::fs::rename(&tmp, &path)
+        })
+    };
+    write
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("storing the plugin: {e}"),
+            )
+        })?;
+    tracing::info!(tenant = %scoped.tenant.name, %sha256, %kind, "stored an uploaded plugin");
+    Ok(Json(
+        json!({ "sha256": sha256, "kind": kind, "imports": imports, "size_bytes": path.metadata().map(|m| m.len()).unwrap_or(0) }),
+    ))
+}
+
+/// Body of `POST …/stages/{stage}/deploy`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deploy {
+    sha256: String,
+}
+
+async fn deploy_plugin(
+    scoped: Scoped,
+    Json(body): Json<Deploy>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let live = scoped.pipeline()?;
+    let stage = find_stage(&live, scoped.param("stage"))?;
+    let path = stored_plugin(&scoped.tenant, &body.sha256)?;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&path).map_err(|_| None)?;
+        stage.slot.reload(&bytes).map_err(|r| Some(r.error))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match outcome {
+        Ok(swap) => Ok(Json(json!({
+            "sha256": swap.version.plugin.sha256(),
+            "unchanged": swap.unchanged,
+            "latency_ms": swap.latency.as_secs_f64() * 1000.0,
+        }))),
+        Err(None) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
-                "no pipeline `{name}`; serving: {}",
-                service
-                    .pipelines()
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "no uploaded plugin {}; POST it to …/plugins first",
+                body.sha256
             ),
-        )
-    })
+        )),
+        Err(Some(error)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("rejected; the current version keeps serving: {error}"),
+        )),
+    }
 }
 
 async fn health(State(service): State<Arc<Service>>) -> Json<serde_json::Value> {
@@ -148,17 +498,18 @@ async fn ready(State(service): State<Arc<Service>>) -> ApiResult<Json<serde_json
     }
 }
 
-async fn metrics(State(service): State<Arc<Service>>) -> ApiResult<Response> {
+async fn metrics(operator: Operator) -> ApiResult<Response> {
+    let service = operator.0;
     let handle = super::metrics::handle()
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "metrics are disabled"))?;
     // Reload counters and health live in the slots; copy them in at scrape time.
-    for live in service.pipelines().values() {
+    for live in service.all_pipelines() {
         for stage in live.pipeline().stages() {
             let status = stage.slot.status();
             for (outcome, count) in [("ok", status.reloads), ("rejected", status.rejections)] {
-                ::metrics::counter!("weir_plugin_reloads_total", "pipeline" => live.name.clone(), "stage" => stage.name.to_string(), "outcome" => outcome).absolute(count);
+                ::metrics::counter!("weir_plugin_reloads_total", "tenant" => live.tenant.to_string(), "pipeline" => live.name.clone(), "stage" => stage.name.to_string(), "outcome" => outcome).absolute(count);
             }
-            ::metrics::gauge!("weir_plugin_healthy", "pipeline" => live.name.clone(), "stage" => stage.name.to_string()).set(if status.health.healthy { 1.0 } else { 0.0 });
+            ::metrics::gauge!("weir_plugin_healthy", "tenant" => live.tenant.to_string(), "pipeline" => live.name.clone(), "stage" => stage.name.to_string()).set(if status.health.healthy { 1.0 } else { 0.0 });
         }
     }
     handle.run_upkeep();
@@ -173,16 +524,18 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
 
-async fn list_pipelines(State(service): State<Arc<Service>>) -> Json<serde_json::Value> {
-    let pipelines: Vec<_> = service.pipelines().values().map(|l| l.status()).collect();
+async fn list_pipelines(scoped: Scoped) -> Json<serde_json::Value> {
+    let pipelines: Vec<_> = scoped
+        .tenant
+        .pipelines()
+        .values()
+        .map(|l| l.status())
+        .collect();
     Json(json!({ "pipelines": pipelines }))
 }
 
-async fn get_pipeline(
-    State(service): State<Arc<Service>>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<super::live::PipelineStatus>> {
-    Ok(Json(find(&service, &name)?.status()))
+async fn get_pipeline(scoped: Scoped) -> ApiResult<Json<super::live::PipelineStatus>> {
+    Ok(Json(scoped.pipeline()?.status()))
 }
 
 /// Query of `POST …/records`.
@@ -193,25 +546,49 @@ struct IngestQuery {
 }
 
 async fn ingest(
-    State(service): State<Arc<Service>>,
-    Path(name): Path<String>,
+    scoped: Scoped,
     Query(query): Query<IngestQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Ack>> {
-    let live = find(&service, &name)?;
+) -> ApiResult<Response> {
+    let live = scoped.pipeline()?;
+    let quota = scoped.tenant.quota();
+    if let Err(wait) = quota.admit_request() {
+        ::metrics::counter!("weir_tenant_requests_throttled_total", "tenant" => scoped.tenant.name.to_string()).increment(1);
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "tenant `{}` is over its ingest quota of {} requests per second; retry later",
+                scoped.tenant.name, quota.quotas.ingest_requests_per_second
+            ),
+        )
+        .into_response();
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        return Ok(response);
+    }
+    let max_body = quota.quotas.max_body_bytes;
     let body = body.map_err(|rejection| {
         let status = rejection.status();
         let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
             format!(
-                "the body is larger than max_body_bytes = {} bytes; split it into several requests",
-                service.config.service.max_body_bytes
+                "the body is larger than max_body_bytes = {max_body} bytes; split it into several requests"
             )
         } else {
             rejection.body_text()
         };
         ApiError::new(status, message)
     })?;
+    if body.len() > max_body {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is larger than max_body_bytes = {max_body} bytes; split it into several requests"
+            ),
+        ));
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -235,30 +612,20 @@ async fn ingest(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
-    Ok(Json(live.submit(items).await?))
+    Ok(Json(live.submit(items).await?).into_response())
 }
 
-async fn pause(
-    State(service): State<Arc<Service>>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<super::live::PipelineStatus>> {
-    set_paused(&service, &name, true)
+async fn pause(scoped: Scoped) -> ApiResult<Json<super::live::PipelineStatus>> {
+    set_paused(&scoped, true)
 }
 
-async fn resume(
-    State(service): State<Arc<Service>>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<super::live::PipelineStatus>> {
-    set_paused(&service, &name, false)
+async fn resume(scoped: Scoped) -> ApiResult<Json<super::live::PipelineStatus>> {
+    set_paused(&scoped, false)
 }
 
 /// Pauses or resumes pipeline `name`; 409 once it is shutting down.
-fn set_paused(
-    service: &Service,
-    name: &str,
-    paused: bool,
-) -> ApiResult<Json<super::live::PipelineStatus>> {
-    let live = find(service, name)?;
+fn set_paused(scoped: &Scoped, paused: bool) -> ApiResult<Json<super::live::PipelineStatus>> {
+    let live = scoped.pipeline()?;
     let changed = if paused { live.pause() } else { live.resume() };
     if !changed {
         return Err(ApiError::new(
@@ -269,11 +636,8 @@ fn set_paused(
     Ok(Json(live.status()))
 }
 
-async fn report(
-    State(service): State<Arc<Service>>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let live = find(&service, &name)?;
+async fn report(scoped: Scoped) -> ApiResult<Json<serde_json::Value>> {
+    let live = scoped.pipeline()?;
     Ok(Json(json!({
         "status": live.status(),
         "stages": live.stage_reports(),
@@ -295,9 +659,10 @@ struct PluginInfo {
     status: SlotStatus,
 }
 
-async fn list_plugins(State(service): State<Arc<Service>>) -> Json<serde_json::Value> {
+async fn list_plugins(scoped: Scoped) -> Json<serde_json::Value> {
+    let service = &scoped.service;
     let mut plugins = Vec::new();
-    for live in service.pipelines().values() {
+    for live in scoped.tenant.pipelines().values() {
         for stage in live.pipeline().stages() {
             plugins.push(PluginInfo {
                 pipeline: live.name.clone(),
@@ -326,13 +691,10 @@ fn find_stage(live: &LivePipeline, stage: &str) -> ApiResult<Arc<crate::pipeline
         })
 }
 
-async fn reload_plugin(
-    State(service): State<Arc<Service>>,
-    Path((name, stage)): Path<(String, String)>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let live = find(&service, &name)?;
-    let stage = find_stage(&live, &stage)?;
-    let file = service.plugin_file(&live, &stage).ok_or_else(|| {
+async fn reload_plugin(scoped: Scoped) -> ApiResult<Json<serde_json::Value>> {
+    let live = scoped.pipeline()?;
+    let stage = find_stage(&live, scoped.param("stage"))?;
+    let file = scoped.service.plugin_file(&live, &stage).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!(
@@ -361,12 +723,9 @@ async fn reload_plugin(
     }
 }
 
-async fn rollback_plugin(
-    State(service): State<Arc<Service>>,
-    Path((name, stage)): Path<(String, String)>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let live = find(&service, &name)?;
-    let stage = find_stage(&live, &stage)?;
+async fn rollback_plugin(scoped: Scoped) -> ApiResult<Json<serde_json::Value>> {
+    let live = scoped.pipeline()?;
+    let stage = find_stage(&live, scoped.param("stage"))?;
     let version = stage
         .slot
         .rollback()
@@ -378,11 +737,10 @@ async fn rollback_plugin(
 const DEFAULT_LIST_LIMIT: usize = 100;
 
 async fn list_quarantine(
-    State(service): State<Arc<Service>>,
-    Path(name): Path<String>,
+    scoped: Scoped,
     Query(filter): Query<ListQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let live = find(&service, &name)?;
+    let live = scoped.pipeline()?;
     let filter = filter.into_filter();
     let (entries, matched) = read_quarantine(&live, filter, DEFAULT_LIST_LIMIT).await?;
     Ok(Json(json!({ "matched": matched, "rows": entries })))
@@ -445,11 +803,10 @@ async fn read_quarantine(
 static REPLAY_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn replay_quarantine(
-    State(service): State<Arc<Service>>,
-    Path(name): Path<String>,
+    scoped: Scoped,
     body: Option<Json<QuarantineFilter>>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let live = find(&service, &name)?;
+    let live = scoped.pipeline()?;
     let filter = body.map(|Json(f)| f).unwrap_or_default();
     let _guard = REPLAY_LOCK.lock().await;
     let (entries, _) = read_quarantine(&live, filter, usize::MAX).await?;

@@ -1,19 +1,27 @@
 //! The service file (TOML) of `weir serve`: where to listen, where to keep
-//! state, and which pipeline files to host with their serve-mode settings.
+//! state, and which pipeline files to host with their serve-mode settings,
+//! either for one implicit tenant (`[[pipelines]]`, tenant `default`) or
+//! per tenant (`[[tenants]]`, each with its directory, tokens and quotas).
 //!
 //! ```toml
 //! [service]
 //! listen = "127.0.0.1:7878"
 //! state_dir = "weir-state"
+//! operator_token_sha256 = "…"   # `weir token new` prints a token and its hash
 //!
-//! [[pipelines]]
-//! file = "pipeline.toml"
-//! linger_ms = 200
+//! [[tenants]]
+//! name = "acme"
+//! dir = "tenants/acme"
+//! tokens = [{ id = "ci", sha256 = "…" }]
+//! quotas = { max_concurrent_batches = 2, ingest_requests_per_second = 50 }
+//!
+//! [[tenants.pipelines]]
+//! file = "pipeline.toml"          # relative to the tenant's dir
 //! drop_dir = "incoming"
 //! ```
 //!
-//! Paths are relative to the service file. The reference is
-//! `docs/serve.md`.
+//! Paths are relative to the service file (a tenant's pipeline paths to
+//! its `dir`). The reference is `docs/serve.md`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,17 +38,116 @@ pub struct ServiceConfig {
     /// Service-wide settings.
     #[serde(default)]
     pub service: ServiceSettings,
-    /// The pipelines to host; at least one.
+    /// Pipelines of the implicit tenant `default` (paths relative to the
+    /// service file).
+    #[serde(default)]
     pub pipelines: Vec<HostedPipeline>,
+    /// Tenants, each owning its pipelines. At least one pipeline in all.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// The tenant that top-level `[[pipelines]]` belong to.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// `[[tenants]]`: one client, isolated from the others.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Name: 1–64 of `a-z 0-9 _ -`; in routes, metrics and logs.
+    pub name: String,
+    /// The tenant's directory, relative to the service file. Its pipeline
+    /// files, plugins, reference tables, drop directories, outputs and
+    /// quarantine must all be inside it; uploaded plugins are stored in
+    /// `DIR/plugins/sha256/`.
+    pub dir: PathBuf,
+    /// API tokens, stored as SHA-256 hashes (`weir token new`).
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// Resource quotas.
+    #[serde(default)]
+    pub quotas: Quotas,
+    /// The tenant's pipelines, paths relative to `dir`.
+    pub pipelines: Vec<HostedPipeline>,
+}
+
+/// One API token, by the SHA-256 of its text.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A name for the token (in logs, and to revoke it).
+    pub id: String,
+    /// SHA-256 of the token text, lowercase hex (64 characters).
+    pub sha256: String,
+}
+
+/// What one tenant may use. A tenant over a quota is slowed down or
+/// refused; the other tenants are not affected.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// Micro-batches of the tenant running at once (over all its
+    /// pipelines), i.e. plugin instances in use per stage and worker
+    /// threads it can occupy. Default 2.
+    pub max_concurrent_batches: usize,
+    /// Fuel the tenant's plugins may burn per second, in fuel units
+    /// (≈ WebAssembly instructions), measured over a window of one second
+    /// of budget: once spent, its next batches wait until the budget has
+    /// refilled. Default 20,000,000,000 (about 10 s of plugin CPU per
+    /// second: it throttles only floods of heavy work); 0 means unlimited.
+    pub fuel_per_second: u64,
+    /// Ingest requests per second (`POST …/records`), a token bucket
+    /// holding `ingest_burst` requests; beyond it requests get `429 Too
+    /// Many Requests` with `Retry-After`. Default 50.
+    pub ingest_requests_per_second: f64,
+    /// Requests the ingest bucket holds. Default 100.
+    pub ingest_burst: u32,
+    /// Largest ingest or upload body, in bytes; larger ones get `413`.
+    /// Default 16,777,216 (16 MiB).
+    pub max_body_bytes: usize,
+    /// Largest plugin upload, in bytes. Default 67,108,864 (64 MiB).
+    pub max_plugin_bytes: usize,
+}
+
+impl Quotas {
+    /// The quotas of the implicit tenant `default` (top-level
+    /// `[[pipelines]]`): none but the body size, as before tenants existed.
+    pub fn unlimited(max_body_bytes: usize) -> Quotas {
+        Quotas {
+            max_concurrent_batches: 4096,
+            fuel_per_second: 0,
+            ingest_requests_per_second: 1e12,
+            ingest_burst: u32::MAX,
+            max_body_bytes,
+            ..Quotas::default()
+        }
+    }
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            max_concurrent_batches: 2,
+            fuel_per_second: 20_000_000_000,
+            ingest_requests_per_second: 50.0,
+            ingest_burst: 100,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_plugin_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// `[service]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceSettings {
-    /// Address of the HTTP API. Default `127.0.0.1:7878` (loopback only: the
-    /// API is unauthenticated, so exposing it is a deliberate choice).
+    /// Address of the HTTP API. Default `127.0.0.1:7878` (loopback only).
+    /// Without any token configured the API is unauthenticated, so weir
+    /// refuses to listen beyond loopback then.
     pub listen: String,
+    /// SHA-256 (lowercase hex) of the operator token, which may do
+    /// everything on every tenant. Default: none.
+    pub operator_token_sha256: Option<String>,
     /// Directory for the drop-directory checkpoints and quarantine-replay
     /// records. Default `weir-state`.
     pub state_dir: PathBuf,
@@ -59,6 +166,7 @@ impl Default for ServiceSettings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:7878".into(),
+            operator_token_sha256: None,
             state_dir: PathBuf::from("weir-state"),
             max_body_bytes: 16 * 1024 * 1024,
             reload_debounce_ms: 200,
@@ -116,6 +224,12 @@ impl ServiceConfig {
         Ok(config)
     }
 
+    /// Whether the API asks for tokens: when any token is configured.
+    pub fn auth_enabled(&self) -> bool {
+        self.service.operator_token_sha256.is_some()
+            || self.tenants.iter().any(|t| !t.tokens.is_empty())
+    }
+
     fn check(&self, problems: &mut Problems, base_dir: &Path) {
         if self.service.listen.parse::<SocketAddr>().is_err() {
             problems.add(
@@ -129,33 +243,162 @@ impl ServiceConfig {
         if self.service.max_body_bytes == 0 {
             problems.add("service.max_body_bytes", "must be at least 1");
         }
-        if self.pipelines.is_empty() {
+        if !self.auth_enabled()
+            && let Ok(address) = self.service.listen.parse::<SocketAddr>()
+            && !address.ip().is_loopback()
+        {
             problems.add(
-                "pipelines",
-                "no pipeline to serve; add a [[pipelines]] table",
+                "service.listen",
+                format!("{address} is reachable from other machines but no API token is configured; set service.operator_token_sha256 and tenant tokens (`weir token new`), or listen on 127.0.0.1"),
             );
         }
-        for (i, hosted) in self.pipelines.iter().enumerate() {
-            if !base_dir.join(&hosted.file).is_file() {
+        let all: usize = self.pipelines.len()
+            + self
+                .tenants
+                .iter()
+                .map(|t| t.pipelines.len())
+                .sum::<usize>();
+        if all == 0 {
+            problems.add(
+                "pipelines",
+                "no pipeline to serve; add a [[pipelines]] or [[tenants]] table",
+            );
+        }
+        check_pipelines(problems, "pipelines", &self.pipelines, base_dir);
+        if let Some(hash) = &self.service.operator_token_sha256 {
+            check_hash(problems, "service.operator_token_sha256", hash);
+        }
+        let mut names = std::collections::HashSet::new();
+        if !self.pipelines.is_empty() {
+            names.insert(DEFAULT_TENANT.to_string());
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (t, tenant) in self.tenants.iter().enumerate() {
+            let key = |k: &str| format!("tenants[{t}].{k}");
+            if !valid_name(&tenant.name) {
                 problems.add(
-                    format!("pipelines[{i}].file"),
-                    format!("{} does not exist", base_dir.join(&hosted.file).display()),
+                    key("name"),
+                    format!(
+                        "`{}` must be 1-64 characters of a-z, 0-9, _ and -",
+                        tenant.name
+                    ),
                 );
+            } else if !names.insert(tenant.name.clone()) {
+                problems.add(key("name"), format!("`{}` is used twice (top-level [[pipelines]] are tenant `{DEFAULT_TENANT}`)", tenant.name));
             }
-            if hosted.max_batch_rows == Some(0) {
-                problems.add(
-                    format!("pipelines[{i}].max_batch_rows"),
-                    "must be at least 1",
-                );
+            let dir = base_dir.join(&tenant.dir);
+            if !dir.is_dir() {
+                problems.add(key("dir"), format!("{} is not a directory", dir.display()));
+                continue;
             }
-            if let Some(dir) = &hosted.drop_dir
-                && !base_dir.join(dir).is_dir()
-            {
-                problems.add(
-                    format!("pipelines[{i}].drop_dir"),
-                    format!("{} is not a directory", base_dir.join(dir).display()),
+            for (i, token) in tenant.tokens.iter().enumerate() {
+                check_hash(
+                    problems,
+                    &key(&format!("tokens[{i}].sha256")),
+                    &token.sha256,
                 );
+                if !ids.insert(token.id.clone()) {
+                    problems.add(
+                        key(&format!("tokens[{i}].id")),
+                        format!(
+                            "`{}` is used twice; token ids are unique across tenants",
+                            token.id
+                        ),
+                    );
+                }
+            }
+            let q = &tenant.quotas;
+            if q.max_concurrent_batches == 0 {
+                problems.add(key("quotas.max_concurrent_batches"), "must be at least 1");
+            }
+            if q.ingest_requests_per_second.is_nan() || q.ingest_requests_per_second <= 0.0 {
+                problems.add(key("quotas.ingest_requests_per_second"), "must be above 0");
+            }
+            for (value, name) in [
+                (q.ingest_burst as usize, "ingest_burst"),
+                (q.max_body_bytes, "max_body_bytes"),
+                (q.max_plugin_bytes, "max_plugin_bytes"),
+            ] {
+                if value == 0 {
+                    problems.add(key(&format!("quotas.{name}")), "must be at least 1");
+                }
+            }
+            let prefix = key("pipelines");
+            check_pipelines(problems, &prefix, &tenant.pipelines, &dir);
+            for (i, hosted) in tenant.pipelines.iter().enumerate() {
+                for (name, path) in [
+                    ("file", Some(&hosted.file)),
+                    ("drop_dir", hosted.drop_dir.as_ref()),
+                    ("sink_path", hosted.sink_path.as_ref()),
+                    ("quarantine_path", hosted.quarantine_path.as_ref()),
+                ] {
+                    if let Some(path) = path
+                        && !crate::serve::tenant::is_inside(&dir, &dir.join(path))
+                    {
+                        problems.add(
+                            format!("{prefix}[{i}].{name}"),
+                            format!(
+                                "{} is outside the tenant's dir {}",
+                                dir.join(path).display(),
+                                dir.display()
+                            ),
+                        );
+                    }
+                }
             }
         }
     }
+}
+
+/// Checks the `[[pipelines]]` entries at `prefix`, paths relative to
+/// `base_dir`.
+fn check_pipelines(
+    problems: &mut Problems,
+    prefix: &str,
+    pipelines: &[HostedPipeline],
+    base_dir: &Path,
+) {
+    for (i, hosted) in pipelines.iter().enumerate() {
+        if !base_dir.join(&hosted.file).is_file() {
+            problems.add(
+                format!("{prefix}[{i}].file"),
+                format!("{} does not exist", base_dir.join(&hosted.file).display()),
+            );
+        }
+        if hosted.max_batch_rows == Some(0) {
+            problems.add(
+                format!("{prefix}[{i}].max_batch_rows"),
+                "must be at least 1",
+            );
+        }
+        if let Some(dir) = &hosted.drop_dir
+            && !base_dir.join(dir).is_dir()
+        {
+            problems.add(
+                format!("{prefix}[{i}].drop_dir"),
+                format!("{} is not a directory", base_dir.join(dir).display()),
+            );
+        }
+    }
+}
+
+fn check_hash(problems: &mut Problems, key: &str, hash: &str) {
+    if hash.len() != 64
+        || !hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        problems.add(
+            key,
+            "must be a SHA-256 in lowercase hex (64 characters); `weir token new` prints one",
+        );
+    }
+}
+
+/// Whether `name` is a valid tenant name: 1–64 of `a-z 0-9 _ -`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }

@@ -31,9 +31,10 @@ use crate::quarantine::{Quarantine, Reason};
 use crate::report::StageReport;
 use crate::sink::Sink;
 use crate::source::{Source, SourceBatch, SourceItem};
-use crate::stages::{Origins, Quarantined, Worker};
+use crate::stages::{Origins, Quarantined, Scope, Worker};
 
 use super::config::HostedPipeline;
+use super::tenant::Quota;
 
 /// Whether a pipeline takes new records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -210,6 +211,8 @@ struct Counters {
 /// Counts of a live pipeline, for the admin API.
 #[derive(Debug, Clone, Serialize)]
 pub struct PipelineStatus {
+    /// The tenant owning it.
+    pub tenant: String,
     /// Pipeline name.
     pub name: String,
     /// The pipeline file.
@@ -249,6 +252,8 @@ pub struct PipelineStatus {
 /// One committed micro-batch, for the admin API's reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchReport {
+    /// The tenant.
+    pub tenant: String,
     /// Part id: also in the output file names and the quarantine's `run_id`.
     pub part: String,
     /// When it was committed, RFC 3339 UTC.
@@ -278,6 +283,9 @@ pub const REPORT_HISTORY: usize = 100;
 pub struct LivePipeline {
     /// Pipeline name (from the pipeline file).
     pub name: String,
+    /// The tenant owning it.
+    pub tenant: Arc<str>,
+    quota: Arc<Quota>,
     pipeline: Pipeline,
     source: Source,
     hosted: HostedPipeline,
@@ -310,9 +318,10 @@ impl std::fmt::Debug for LivePipeline {
 }
 
 impl LivePipeline {
-    /// Prepares `pipeline` for serving with `hosted`'s settings; state files
-    /// go under `state_dir/NAME/`. Call [`LivePipeline::start`] in a tokio
-    /// runtime to begin taking records.
+    /// Prepares `pipeline` for serving with `hosted`'s settings, for the
+    /// tenant whose quotas are `quota`; state files go under
+    /// `state_dir/NAME/`. Call [`LivePipeline::start`] in a tokio runtime to
+    /// begin taking records.
     ///
     /// # Errors
     /// A pipeline whose source has no fixed schema (declare `schema` or
@@ -322,6 +331,7 @@ impl LivePipeline {
         pipeline: Pipeline,
         hosted: HostedPipeline,
         state_dir: &Path,
+        quota: Arc<Quota>,
     ) -> Result<LivePipeline> {
         let config = pipeline.config().clone();
         let base_dir = pipeline
@@ -383,6 +393,8 @@ impl LivePipeline {
             .collect();
         Ok(LivePipeline {
             name: pipeline.name.clone(),
+            tenant: quota.tenant.clone(),
+            quota,
             max_batch_rows: hosted.max_batch_rows.unwrap_or(config.pipeline.batch_size),
             quarantine_config: config.quarantine.clone(),
             pipeline,
@@ -405,6 +417,14 @@ impl LivePipeline {
             part_seq: AtomicU64::new(0),
             replayed: Mutex::new(replayed),
         })
+    }
+
+    /// Tenant and pipeline, as metrics labels.
+    fn labels(&self) -> [(&'static str, String); 2] {
+        [
+            ("tenant", self.tenant.to_string()),
+            ("pipeline", self.name.clone()),
+        ]
     }
 
     /// The hosted pipeline.
@@ -499,8 +519,7 @@ impl LivePipeline {
         self.counters
             .queued_rows
             .fetch_add(received, Ordering::Relaxed);
-        metrics::counter!("weir_records_in_total", "pipeline" => self.name.clone())
-            .increment(received);
+        metrics::counter!("weir_records_in_total", &self.labels()).increment(received);
         let ack = Arc::new(AckState {
             remaining: AtomicU64::new(pieces.len() as u64),
             outcome: Mutex::new((Ack::default(), None)),
@@ -610,10 +629,19 @@ impl LivePipeline {
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
+        // The tenant's share: its batches over all its pipelines.
+        let tenant_permit = self
+            .quota
+            .batch_slots()
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let this = self.clone();
         running.spawn_blocking(move || {
+            this.quota.wait_for_fuel();
             this.run_batch(pieces);
-            drop(permit);
+            drop((permit, tenant_permit));
         });
     }
 
@@ -624,7 +652,7 @@ impl LivePipeline {
             .pop()
             .unwrap_or_else(|| {
                 Worker::new(
-                    &self.name,
+                    Scope::new(&self.tenant, &self.name),
                     self.pipeline.stages(),
                     self.pipeline.config().sink.lineage_column.clone(),
                 )
@@ -641,6 +669,8 @@ impl LivePipeline {
         let outcome = self.process(&mut worker, &part, &pieces);
         let deltas = worker.take_reports();
         self.workers.lock().expect("workers lock").push(worker);
+        self.quota
+            .charge_fuel(deltas.iter().map(|d| d.fuel_consumed).sum());
         self.merge_stage_reports(&deltas);
         self.counters.queued_rows.fetch_sub(rows, Ordering::Relaxed);
         let latency = first_enqueued.map(|t| t.elapsed()).unwrap_or_default();
@@ -654,9 +684,8 @@ impl LivePipeline {
             }
             Err(error) => {
                 self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("weir_batches_failed_total", "pipeline" => self.name.clone())
-                    .increment(1);
-                tracing::error!(pipeline = %self.name, part, error = format!("{error:#}"), "a micro-batch failed; none of its records were written");
+                metrics::counter!("weir_batches_failed_total", &self.labels()).increment(1);
+                tracing::error!(tenant = %self.tenant, pipeline = %self.name, part, error = format!("{error:#}"), "a micro-batch failed; none of its records were written");
                 let message = format!("{error:#}");
                 for piece in &pieces {
                     piece.ack.complete_piece(Err(message.clone()));
@@ -670,6 +699,7 @@ impl LivePipeline {
         for (total, delta) in totals.iter_mut().zip(deltas) {
             total.merge(delta);
             let labels = [
+                ("tenant", self.tenant.to_string()),
                 ("pipeline", self.name.clone()),
                 ("stage", total.name.clone()),
                 ("plugin", total.plugin.clone()),
@@ -690,16 +720,12 @@ impl LivePipeline {
         c.filtered.fetch_add(report.filtered, Ordering::Relaxed);
         c.quarantined
             .fetch_add(report.quarantined, Ordering::Relaxed);
-        let name = self.name.clone();
-        metrics::counter!("weir_records_out_total", "pipeline" => name.clone())
-            .increment(report.written);
-        metrics::counter!("weir_records_quarantined_total", "pipeline" => name.clone())
-            .increment(report.quarantined);
-        metrics::counter!("weir_records_filtered_total", "pipeline" => name.clone())
-            .increment(report.filtered);
-        metrics::counter!("weir_batches_total", "pipeline" => name.clone()).increment(1);
-        metrics::histogram!("weir_batch_latency_seconds", "pipeline" => name)
-            .record(latency.as_secs_f64());
+        let labels = self.labels();
+        metrics::counter!("weir_records_out_total", &labels).increment(report.written);
+        metrics::counter!("weir_records_quarantined_total", &labels).increment(report.quarantined);
+        metrics::counter!("weir_records_filtered_total", &labels).increment(report.filtered);
+        metrics::counter!("weir_batches_total", &labels).increment(1);
+        metrics::histogram!("weir_batch_latency_seconds", &labels).record(latency.as_secs_f64());
         let mut reports = self.reports.lock().expect("reports lock");
         reports.push_front(report.clone());
         reports.truncate(REPORT_HISTORY);
@@ -832,6 +858,7 @@ impl LivePipeline {
         }
         let total = |f: fn(&Ack) -> u64| acks.iter().map(f).sum::<u64>();
         let report = BatchReport {
+            tenant: self.tenant.to_string(),
             part: part.to_string(),
             committed_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             submissions: pieces
@@ -863,6 +890,7 @@ impl LivePipeline {
             }
         };
         PipelineStatus {
+            tenant: self.tenant.to_string(),
             name: self.name.clone(),
             file: self.pipeline.file.clone(),
             state: self.state(),

@@ -14,6 +14,7 @@
 //! acknowledged is on disk.
 
 pub mod api;
+pub mod auth;
 pub mod background;
 pub mod config;
 pub mod drop_dir;
@@ -21,6 +22,7 @@ pub mod ingest;
 pub mod live;
 pub mod metrics;
 pub mod quarantine_log;
+pub mod tenant;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -35,8 +37,10 @@ use crate::config::{ConfigError, ConfigErrors};
 use crate::pipeline::{Pipeline, Stage};
 use crate::plugin::PluginWatcher;
 
-use self::config::ServiceConfig;
+use self::auth::TokenStore;
+use self::config::{DEFAULT_TENANT, HostedPipeline, Quotas, ServiceConfig};
 use self::live::LivePipeline;
+use self::tenant::{Tenant, is_inside};
 
 /// A loaded service: its pipelines, ready to run.
 pub struct Service {
@@ -45,7 +49,9 @@ pub struct Service {
     /// The service file.
     pub file: PathBuf,
     base_dir: PathBuf,
-    pipelines: BTreeMap<String, Arc<LivePipeline>>,
+    state_dir: PathBuf,
+    tenants: BTreeMap<String, Arc<Tenant>>,
+    tokens: TokenStore,
     started: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -55,73 +61,106 @@ impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service")
             .field("file", &self.file)
-            .field("pipelines", &self.pipelines.keys().collect::<Vec<_>>())
+            .field("tenants", &self.tenants.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
 
 impl Service {
-    /// Reads the service file at `file` and loads every pipeline and plugin.
+    /// Reads the service file at `file` and loads every tenant, pipeline
+    /// and plugin.
     ///
     /// # Errors
     /// Every problem in the service file and the pipeline files, each with
-    /// its file and key ([`ConfigErrors`]), or a pipeline that cannot be
-    /// served (no fixed schema, an `extract` source, a sink path that is a
-    /// file).
+    /// its file and key ([`ConfigErrors`]): among them a tenant's pipeline
+    /// reaching outside the tenant's directory (a plugin, a reference table,
+    /// the source sample, the sink or the quarantine). Also a pipeline that
+    /// cannot be served (no fixed schema, an `extract` source, a sink path
+    /// that is a file), or an unreadable token state file.
     pub fn load(file: &Path) -> Result<Service> {
         let config = ServiceConfig::from_file(file)?;
         let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let state_dir = base_dir.join(&config.service.state_dir);
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
         let mut errors = Vec::new();
-        let mut pipelines = BTreeMap::new();
-        for (i, hosted) in config.pipelines.iter().enumerate() {
-            let path = base_dir.join(&hosted.file);
-            match Pipeline::load_for(&path, crate::config::Purpose::Serve) {
-                Ok(pipeline) => {
-                    if pipelines.contains_key(&pipeline.name) {
-                        errors.push(ConfigError {
-                            file: file.to_path_buf(),
-                            key: format!("pipelines[{i}].file"),
-                            message: format!(
-                                "a second pipeline named `{}`; names must be unique (set [pipeline] name)",
-                                pipeline.name
-                            ),
-                        });
-                        continue;
-                    }
-                    let mut hosted = hosted.clone();
-                    hosted.drop_dir = hosted.drop_dir.map(|d| base_dir.join(d));
-                    hosted.sink_path = hosted.sink_path.map(|d| base_dir.join(d));
-                    hosted.quarantine_path = hosted.quarantine_path.map(|d| base_dir.join(d));
-                    let live = LivePipeline::new(pipeline, hosted, &state_dir)
-                        .with_context(|| format!("serving {}", path.display()))?;
-                    pipelines.insert(live.name.clone(), Arc::new(live));
-                }
-                Err(ConfigErrors(found)) => errors.extend(found),
-            }
+        let mut tenants = BTreeMap::new();
+        if !config.pipelines.is_empty() {
+            // The implicit tenant keeps the state layout of a single-tenant
+            // service: STATE_DIR/PIPELINE.
+            let tenant = load_tenant(
+                file,
+                DEFAULT_TENANT,
+                "pipelines",
+                &base_dir,
+                false,
+                &config.pipelines,
+                Quotas::unlimited(config.service.max_body_bytes),
+                &state_dir,
+                &mut errors,
+            )?;
+            tenants.insert(DEFAULT_TENANT.to_string(), Arc::new(tenant));
+        }
+        for (t, tenant) in config.tenants.iter().enumerate() {
+            let dir = base_dir.join(&tenant.dir);
+            let loaded = load_tenant(
+                file,
+                &tenant.name,
+                &format!("tenants[{t}].pipelines"),
+                &dir,
+                true,
+                &tenant.pipelines,
+                tenant.quotas,
+                &state_dir.join("tenants").join(&tenant.name),
+                &mut errors,
+            )?;
+            tenants.insert(tenant.name.clone(), Arc::new(loaded));
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors).into());
         }
+        let tokens = TokenStore::load(&config, &state_dir)?;
         Ok(Service {
             config,
             file: file.to_path_buf(),
             base_dir,
-            pipelines,
+            state_dir,
+            tenants,
+            tokens,
             started: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })
     }
 
-    /// The hosted pipelines by name.
-    pub fn pipelines(&self) -> &BTreeMap<String, Arc<LivePipeline>> {
-        &self.pipelines
+    /// The tenants by name (`default` holds the top-level `[[pipelines]]`).
+    pub fn tenants(&self) -> &BTreeMap<String, Arc<Tenant>> {
+        &self.tenants
     }
 
-    /// One hosted pipeline.
-    pub fn pipeline(&self, name: &str) -> Option<&Arc<LivePipeline>> {
-        self.pipelines.get(name)
+    /// One tenant.
+    pub fn tenant(&self, name: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.get(name)
+    }
+
+    /// Pipeline `name` of tenant `tenant`.
+    pub fn pipeline(&self, tenant: &str, name: &str) -> Option<&Arc<LivePipeline>> {
+        self.tenants.get(tenant)?.pipeline(name)
+    }
+
+    /// Every hosted pipeline of every tenant.
+    pub fn all_pipelines(&self) -> impl Iterator<Item = &Arc<LivePipeline>> {
+        self.tenants.values().flat_map(|t| t.pipelines().values())
+    }
+
+    /// The API tokens.
+    pub fn tokens(&self) -> &TokenStore {
+        &self.tokens
+    }
+
+    /// Where the service keeps its state (checkpoints, replays, tokens).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     /// The file a stage's plugin is loaded from; `None` for built-ins.
@@ -168,7 +207,7 @@ impl Service {
         let mut watchers: Vec<PluginWatcher> = Vec::new();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut drop_dirs = tokio::task::JoinSet::new();
-        for live in self.pipelines.values() {
+        for live in self.all_pipelines() {
             batchers.push(live.start());
             if let Some(watcher) = live.pipeline().watch_plugins(debounce)? {
                 watchers.push(watcher);
@@ -185,7 +224,7 @@ impl Service {
         }
         self.ready.store(true, Ordering::Release);
         let address = listener.local_addr()?;
-        tracing::info!(%address, pipelines = self.pipelines.len(), "weir serve is listening");
+        tracing::info!(%address, tenants = self.tenants.len(), pipelines = self.all_pipelines().count(), auth = self.tokens.enabled(), "weir serve is listening");
 
         let router = api::router(self.clone());
         let this = self.clone();
@@ -197,7 +236,7 @@ impl Service {
             shutdown.await;
             tracing::info!("shutting down: no new records; flushing what was accepted");
             this.draining.store(true, Ordering::Release);
-            for live in this.pipelines.values() {
+            for live in this.all_pipelines() {
                 live.close();
             }
             let _ = stop_tx.send(true);
@@ -248,8 +287,9 @@ pub fn serve_until_signal(file: &Path, listen: Option<String>) -> Result<()> {
             .await
             .with_context(|| format!("listening on {address}"))?;
         eprintln!(
-            "weir serve: {} pipeline(s) on http://{} (Ctrl-C to stop)",
-            service.pipelines.len(),
+            "weir serve: {} pipeline(s) of {} tenant(s) on http://{} (Ctrl-C to stop)",
+            service.all_pipelines().count(),
+            service.tenants.len(),
             listener.local_addr()?
         );
         Arc::new(service).run(listener, shutdown_signal()).await
@@ -276,4 +316,116 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
+}
+
+/// Loads the pipelines of one tenant (`dir`: the tenant's directory, which
+/// its pipelines must stay inside when `confined`); problems go to `errors`
+/// with keys under `key`.
+#[allow(clippy::too_many_arguments)]
+fn load_tenant(
+    file: &Path,
+    name: &str,
+    key: &str,
+    dir: &Path,
+    confined: bool,
+    hosted_pipelines: &[HostedPipeline],
+    quotas: Quotas,
+    state_dir: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Result<Tenant> {
+    let quota = Arc::new(tenant::Quota::new(name, quotas));
+    let mut pipelines = BTreeMap::new();
+    for (i, hosted) in hosted_pipelines.iter().enumerate() {
+        let path = dir.join(&hosted.file);
+        let pipeline = match Pipeline::load_for(&path, crate::config::Purpose::Serve) {
+            Ok(pipeline) => pipeline,
+            Err(ConfigErrors(found)) => {
+                errors.extend(found);
+                continue;
+            }
+        };
+        if pipelines.contains_key(&pipeline.name) {
+            errors.push(ConfigError {
+                file: file.to_path_buf(),
+                key: format!("{key}[{i}].file"),
+                message: format!(
+                    "a second pipeline named `{}` in tenant `{name}`; names must be unique (set [pipeline] name)",
+                    pipeline.name
+                ),
+            });
+            continue;
+        }
+        let mut hosted = hosted.clone();
+        hosted.drop_dir = hosted.drop_dir.map(|d| dir.join(d));
+        hosted.sink_path = hosted.sink_path.map(|d| dir.join(d));
+        hosted.quarantine_path = hosted.quarantine_path.map(|d| dir.join(d));
+        if confined {
+            let outside = outside_paths(&pipeline, &hosted, dir);
+            if !outside.is_empty() {
+                errors.extend(outside.into_iter().map(|(what, path)| ConfigError {
+                    file: path_of(&pipeline),
+                    key: what,
+                    message: format!(
+                        "{} is outside tenant `{name}`'s dir {}; a tenant's pipelines may only use files inside it",
+                        path.display(),
+                        dir.display()
+                    ),
+                }));
+                continue;
+            }
+        }
+        let live = LivePipeline::new(pipeline, hosted, state_dir, quota.clone())
+            .with_context(|| format!("serving {}", path.display()))?;
+        pipelines.insert(live.name.clone(), Arc::new(live));
+    }
+    Ok(Tenant::new(dir.to_path_buf(), quota, pipelines))
+}
+
+fn path_of(pipeline: &Pipeline) -> PathBuf {
+    pipeline.file.clone()
+}
+
+/// Every file or directory `pipeline` (served as `hosted`) would read or
+/// write outside `dir`, with the key naming it.
+fn outside_paths(
+    pipeline: &Pipeline,
+    hosted: &HostedPipeline,
+    dir: &Path,
+) -> Vec<(String, PathBuf)> {
+    let base = pipeline
+        .file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let config = pipeline.config();
+    let mut paths = vec![("source.path".to_string(), base.join(&config.source.path))];
+    paths.push((
+        "sink.path".into(),
+        hosted
+            .sink_path
+            .clone()
+            .unwrap_or_else(|| base.join(&config.sink.path)),
+    ));
+    paths.push((
+        "quarantine.path".into(),
+        hosted
+            .quarantine_path
+            .clone()
+            .unwrap_or_else(|| base.join(&config.quarantine.path)),
+    ));
+    if let Some(drop) = &hosted.drop_dir {
+        paths.push(("drop_dir".into(), drop.clone()));
+    }
+    for (i, stage) in config.stages.iter().enumerate() {
+        if !stage.plugin.starts_with("builtin:") {
+            paths.push((format!("stages[{i}].plugin"), base.join(&stage.plugin)));
+        }
+        for (table, path) in &stage.tables {
+            paths.push((format!("stages[{i}].tables.{table}"), base.join(path)));
+        }
+    }
+    paths
+        .into_iter()
+        .filter(|(_, path)| !is_inside(dir, path))
+        .collect()
 }

@@ -1,0 +1,279 @@
+//! API tokens: who is calling.
+//!
+//! A token is `weir_` followed by 64 hex characters (32 random bytes from
+//! the OS). Only its SHA-256 is stored: in the service file (tenant tokens
+//! and the operator token) or, for tokens issued through the API, in
+//! `STATE_DIR/tokens.json`. A presented token is hashed and compared with
+//! every stored hash in constant time (`subtle`), so the comparison leaks
+//! neither which hash matched nor how many leading bytes did. Revoked ids
+//! are kept in the same state file and refused from then on.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use super::config::ServiceConfig;
+use crate::plugin::sha256_hex;
+
+/// Prefix of every token.
+pub const TOKEN_PREFIX: &str = "weir_";
+
+/// Who made a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The operator: every tenant, every route.
+    Operator,
+    /// One tenant, through token `token_id`.
+    Tenant {
+        /// The tenant's name.
+        tenant: String,
+        /// The token's id.
+        token_id: String,
+    },
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization` header.
+    #[error("missing token: send `Authorization: Bearer weir_…`")]
+    Missing,
+    /// Not `Bearer weir_` + 64 hex characters.
+    #[error(
+        "malformed token: expected `Authorization: Bearer weir_` followed by 64 hex characters"
+    )]
+    Malformed,
+    /// Well-formed but unknown or revoked.
+    #[error("invalid token: unknown or revoked")]
+    Invalid,
+}
+
+/// A fresh random token and its SHA-256 (what the service file stores).
+///
+/// # Errors
+/// When the OS has no randomness to give.
+pub fn new_token() -> Result<(String, String)> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    let token = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
+    let hash = sha256_hex(token.as_bytes());
+    Ok((token, hash))
+}
+
+fn well_formed(token: &str) -> bool {
+    token
+        .strip_prefix(TOKEN_PREFIX)
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A stored token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredToken {
+    /// Its id.
+    pub id: String,
+    /// Its tenant; `None` for the operator.
+    pub tenant: Option<String>,
+    /// SHA-256 of its text, lowercase hex.
+    pub sha256: String,
+    /// Where it comes from: `config` or `api`.
+    pub origin: String,
+}
+
+/// What `tokens.json` holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StateFile {
+    issued: Vec<StoredToken>,
+    revoked: Vec<String>,
+}
+
+/// Every token the service accepts, and the revoked ids.
+#[derive(Debug)]
+pub struct TokenStore {
+    enabled: bool,
+    configured: Vec<StoredToken>,
+    state: Mutex<StateFile>,
+    state_file: PathBuf,
+}
+
+/// Operator token id.
+pub const OPERATOR_TOKEN_ID: &str = "operator";
+
+impl TokenStore {
+    /// The tokens of `config`, plus those issued and revoked through the
+    /// API, kept in `state_dir/tokens.json`.
+    ///
+    /// # Errors
+    /// An unreadable or malformed `tokens.json`.
+    pub fn load(config: &ServiceConfig, state_dir: &Path) -> Result<TokenStore> {
+        let mut configured = Vec::new();
+        if let Some(hash) = &config.service.operator_token_sha256 {
+            configured.push(StoredToken {
+                id: OPERATOR_TOKEN_ID.into(),
+                tenant: None,
+                sha256: hash.clone(),
+                origin: "config".into(),
+            });
+        }
+        for tenant in &config.tenants {
+            for token in &tenant.tokens {
+                configured.push(StoredToken {
+                    id: token.id.clone(),
+                    tenant: Some(tenant.name.clone()),
+                    sha256: token.sha256.clone(),
+                    origin: "config".into(),
+                });
+            }
+        }
+        let state_file = state_dir.join("tokens.json");
+        let state = match std::fs::read_to_string(&state_file) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a token file", state_file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", state_file.display())),
+        };
+        Ok(TokenStore {
+            enabled: config.auth_enabled(),
+            configured,
+            state: Mutex::new(state),
+            state_file,
+        })
+    }
+
+    /// Whether requests must carry a token.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Who sent `authorization` (the header's value, if any). Without
+    /// tokens configured, everyone is the operator.
+    ///
+    /// # Errors
+    /// [`AuthError`]: missing, malformed, unknown or revoked.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
+        if !self.enabled {
+            return Ok(Caller::Operator);
+        }
+        let header = authorization.ok_or(AuthError::Missing)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .ok_or(AuthError::Malformed)?;
+        if !well_formed(token) {
+            return Err(AuthError::Malformed);
+        }
+        let presented = sha256_hex(token.as_bytes());
+        let state = self.state.lock().expect("token lock");
+        // Compare with every hash, without stopping at a match.
+        let mut found: Option<&StoredToken> = None;
+        for stored in self.configured.iter().chain(&state.issued) {
+            let equal: bool = presented.as_bytes().ct_eq(stored.sha256.as_bytes()).into();
+            if equal {
+                found = Some(stored);
+            }
+        }
+        let stored = found.ok_or(AuthError::Invalid)?;
+        if state.revoked.contains(&stored.id) {
+            return Err(AuthError::Invalid);
+        }
+        Ok(match &stored.tenant {
+            None => Caller::Operator,
+            Some(tenant) => Caller::Tenant {
+                tenant: tenant.clone(),
+                token_id: stored.id.clone(),
+            },
+        })
+    }
+
+    /// Issues a new token for `tenant` named `id`; returns its text (shown
+    /// once, never stored).
+    ///
+    /// # Errors
+    /// An id already in use, or a state file that cannot be written.
+    pub fn issue(&self, tenant: &str, id: &str) -> Result<String> {
+        let mut state = self.state.lock().expect("token lock");
+        if self
+            .configured
+            .iter()
+            .chain(&state.issued)
+            .any(|t| t.id == id)
+        {
+            anyhow::bail!("a token named `{id}` exists; choose another id");
+        }
+        let (token, sha256) = new_token()?;
+        state.issued.push(StoredToken {
+            id: id.to_string(),
+            tenant: Some(tenant.to_string()),
+            sha256,
+            origin: "api".into(),
+        });
+        self.save(&state)?;
+        Ok(token)
+    }
+
+    /// Revokes token `id` of `tenant`; returns false when it has no such
+    /// token.
+    ///
+    /// # Errors
+    /// A state file that cannot be written.
+    pub fn revoke(&self, tenant: &str, id: &str) -> Result<bool> {
+        let mut state = self.state.lock().expect("token lock");
+        let known = self
+            .configured
+            .iter()
+            .chain(&state.issued)
+            .any(|t| t.id == id && t.tenant.as_deref() == Some(tenant));
+        if !known {
+            return Ok(false);
+        }
+        if !state.revoked.iter().any(|r| r == id) {
+            state.revoked.push(id.to_string());
+            self.save(&state)?;
+        }
+        Ok(true)
+    }
+
+    /// The tokens of `tenant` (ids and origins, never hashes) with whether
+    /// each is revoked.
+    pub fn list(&self, tenant: &str) -> Vec<serde_json::Value> {
+        let state = self.state.lock().expect("token lock");
+        self.configured
+            .iter()
+            .chain(&state.issued)
+            .filter(|t| t.tenant.as_deref() == Some(tenant))
+            .map(|t| {
+                serde_json::json!({
+                    "id": t.id,
+                    "origin": t.origin,
+                    "revoked": state.revoked.contains(&t.id),
+                })
+            })
+            .collect()
+    }
+
+    fn save(&self, state: &StateFile) -> Result<()> {
+        let text = serde_json::to_string_pretty(state)?;
+        let tmp = self.state_file.with_extension("json.tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.state_file)
+            .with_context(|| format!("writing {}", self.state_file.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_well_formed_and_hashed() {
+        let (a, hash_a) = new_token().unwrap();
+        let (b, _) = new_token().unwrap();
+        assert_ne!(a, b);
+        assert!(well_formed(&a));
+        assert_eq!(hash_a, sha256_hex(a.as_bytes()));
+        assert!(!well_formed("weir_abc"));
+        assert!(!well_formed(&a.replace("weir_", "wier_")));
+    }
+}

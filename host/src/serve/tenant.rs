@@ -1,0 +1,335 @@
+//! Tenants at run time: what each owns and the quotas that keep one tenant
+//! from slowing down the others.
+//!
+//! Every quota is enforced per tenant, so a tenant over its quota waits or
+//! is refused while the others go on:
+//!
+//! - **Concurrent batches** ([`Tenant::batch_slots`]): a semaphore shared by
+//!   the tenant's pipelines. A micro-batch holds a permit from before its
+//!   first plugin call to its commit, so a tenant with slow or looping
+//!   plugins occupies at most `max_concurrent_batches` worker threads (and
+//!   as many instances per stage). With fewer slots per tenant than cores,
+//!   the OS scheduler shares the CPU between tenants.
+//! - **Fuel per second** ([`Tenant::wait_for_fuel`]): a bucket refilled at
+//!   `fuel_per_second`, holding one second of it. Each batch debits the fuel
+//!   its calls burned; while the bucket is below zero, the tenant's next
+//!   batch waits for the refill before calling any plugin.
+//! - **Ingest rate** ([`Tenant::admit_request`]): a token bucket of
+//!   `ingest_burst` requests refilled at `ingest_requests_per_second`;
+//!   an empty bucket answers `429` before the body is decoded.
+//! - **Body size**: `max_body_bytes` per ingest request, `max_plugin_bytes`
+//!   per upload (`413`).
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::config::Quotas;
+use super::live::LivePipeline;
+
+/// One tenant being served.
+pub struct Tenant {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Its directory (absolute or relative to the working directory).
+    pub dir: PathBuf,
+    quota: Arc<Quota>,
+    pipelines: BTreeMap<String, Arc<LivePipeline>>,
+}
+
+/// A tenant's quotas and what it has used of them; shared by the tenant's
+/// pipelines.
+#[derive(Debug)]
+pub struct Quota {
+    /// The tenant's name (a metrics label).
+    pub tenant: Arc<str>,
+    /// The limits.
+    pub quotas: Quotas,
+    batch_slots: Arc<Semaphore>,
+    fuel: Mutex<Bucket>,
+    requests: Mutex<Bucket>,
+}
+
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant")
+            .field("name", &self.name)
+            .field("pipelines", &self.pipelines.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token bucket: `level` units, refilled at `rate` per second up to
+/// `capacity`. The level may go below zero (a debt) when more was used
+/// than was there.
+#[derive(Debug)]
+struct Bucket {
+    level: f64,
+    capacity: f64,
+    rate: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    fn new(capacity: f64, rate: f64) -> Bucket {
+        Bucket {
+            level: capacity,
+            capacity,
+            rate,
+            refilled: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.level = (self.level + elapsed * self.rate).min(self.capacity);
+        self.refilled = now;
+    }
+
+    /// Time until the level is back at `wanted`.
+    fn wait_for(&self, wanted: f64) -> Duration {
+        if self.level >= wanted {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((wanted - self.level) / self.rate)
+        }
+    }
+}
+
+/// Status of one tenant, for `GET /v1/tenants`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TenantStatus {
+    /// Its name.
+    pub name: String,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its pipelines' names.
+    pub pipelines: Vec<String>,
+    /// Its quotas.
+    pub quotas: Quotas,
+    /// Micro-batches running now.
+    pub running_batches: usize,
+    /// Fuel units left in the bucket now (negative: in debt, throttled).
+    pub fuel_available: f64,
+}
+
+impl Tenant {
+    /// A tenant owning `dir` and `pipelines`, which share `quota`.
+    pub fn new(
+        dir: PathBuf,
+        quota: Arc<Quota>,
+        pipelines: BTreeMap<String, Arc<LivePipeline>>,
+    ) -> Tenant {
+        Tenant {
+            name: quota.tenant.clone(),
+            dir,
+            quota,
+            pipelines,
+        }
+    }
+
+    /// Its quotas and usage.
+    pub fn quota(&self) -> &Arc<Quota> {
+        &self.quota
+    }
+
+    /// Its pipelines by name.
+    pub fn pipelines(&self) -> &BTreeMap<String, Arc<LivePipeline>> {
+        &self.pipelines
+    }
+
+    /// One of its pipelines.
+    pub fn pipeline(&self, name: &str) -> Option<&Arc<LivePipeline>> {
+        self.pipelines.get(name)
+    }
+
+    /// Its state, for the admin API.
+    pub fn status(&self) -> TenantStatus {
+        let quota = &self.quota;
+        let fuel_available = {
+            let mut bucket = quota.fuel.lock().expect("bucket lock");
+            bucket.refill();
+            bucket.level
+        };
+        TenantStatus {
+            name: self.name.to_string(),
+            dir: self.dir.clone(),
+            pipelines: self.pipelines.keys().cloned().collect(),
+            quotas: quota.quotas,
+            running_batches: quota.quotas.max_concurrent_batches
+                - quota.batch_slots.available_permits(),
+            fuel_available,
+        }
+    }
+}
+
+impl Quota {
+    /// Fresh usage of `quotas` for tenant `tenant`.
+    pub fn new(tenant: &str, quotas: Quotas) -> Quota {
+        let fuel_rate = quotas.fuel_per_second as f64;
+        Quota {
+            tenant: Arc::from(tenant),
+            batch_slots: Arc::new(Semaphore::new(quotas.max_concurrent_batches)),
+            fuel: Mutex::new(Bucket::new(fuel_rate, fuel_rate)),
+            requests: Mutex::new(Bucket::new(
+                f64::from(quotas.ingest_burst),
+                quotas.ingest_requests_per_second,
+            )),
+            quotas,
+        }
+    }
+
+    /// The semaphore bounding its concurrent micro-batches.
+    pub fn batch_slots(&self) -> &Arc<Semaphore> {
+        &self.batch_slots
+    }
+
+    /// Takes one ingest request from the rate bucket.
+    ///
+    /// # Errors
+    /// When the bucket is empty: how long until a request is allowed.
+    pub fn admit_request(&self) -> Result<(), Duration> {
+        let mut bucket = self.requests.lock().expect("bucket lock");
+        bucket.refill();
+        if bucket.level >= 1.0 {
+            bucket.level -= 1.0;
+            Ok(())
+        } else {
+            Err(bucket.wait_for(1.0))
+        }
+    }
+
+    /// Blocks (on a worker thread) while the tenant's fuel budget is in
+    /// debt; returns how long it waited. Unlimited with `fuel_per_second = 0`.
+    pub fn wait_for_fuel(&self) -> Duration {
+        if self.quotas.fuel_per_second == 0 {
+            return Duration::ZERO;
+        }
+        let started = Instant::now();
+        loop {
+            let wait = {
+                let mut bucket = self.fuel.lock().expect("bucket lock");
+                bucket.refill();
+                bucket.wait_for(0.0)
+            };
+            if wait.is_zero() {
+                let waited = started.elapsed();
+                if !waited.is_zero() {
+                    metrics::histogram!("weir_tenant_fuel_throttle_seconds", "tenant" => self.tenant.to_string()).record(waited.as_secs_f64());
+                }
+                return waited;
+            }
+            std::thread::sleep(wait.min(Duration::from_millis(100)));
+        }
+    }
+
+    /// Debits `fuel` units burned by one batch's plugin calls.
+    pub fn charge_fuel(&self, fuel: u64) {
+        metrics::counter!("weir_tenant_fuel_consumed_total", "tenant" => self.tenant.to_string())
+            .increment(fuel);
+        if self.quotas.fuel_per_second == 0 {
+            return;
+        }
+        let mut bucket = self.fuel.lock().expect("bucket lock");
+        bucket.refill();
+        bucket.level -= fuel as f64;
+    }
+}
+
+/// Whether `path` is `dir` or inside it, judged on the paths with `.` and
+/// `..` resolved and, where they exist, symbolic links followed (so a link
+/// pointing out of the tenant's directory is outside).
+pub fn is_inside(dir: &Path, path: &Path) -> bool {
+    match (resolve(dir), resolve(path)) {
+        (Some(dir), Some(path)) => path.starts_with(dir),
+        _ => false,
+    }
+}
+
+/// `path` made absolute, its longest existing prefix canonicalized and the
+/// rest normalized lexically; `None` when `..` climbs above the root.
+fn resolve(path: &Path) -> Option<PathBuf> {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(path)
+    };
+    let mut existing = absolute.clone();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        rest.push(existing.file_name()?.to_os_string());
+        existing = existing.parent()?.to_path_buf();
+    }
+    let mut resolved = existing.canonicalize().ok()?;
+    for part in rest.iter().rev() {
+        for component in Path::new(part).components() {
+            match component {
+                // `pop` climbs one level; failing means above the root.
+                Component::ParentDir if !resolved.pop() => return None,
+                Component::Normal(name) => resolved.push(name),
+                _ => {}
+            }
+        }
+    }
+    Some(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inside_resolves_dots_and_links() {
+        let root = tempfile::tempdir().unwrap();
+        let tenant = root.path().join("acme");
+        std::fs::create_dir_all(tenant.join("plugins")).unwrap();
+        assert!(is_inside(&tenant, &tenant.join("plugins/x.wasm")));
+        assert!(is_inside(&tenant, &tenant.join("new/dir/out")));
+        assert!(!is_inside(&tenant, &tenant.join("../other/x.wasm")));
+        assert!(!is_inside(&tenant, &tenant.join("plugins/../../x")));
+        assert!(!is_inside(&tenant, Path::new("/etc/passwd")));
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(root.path(), tenant.join("escape")).unwrap();
+            assert!(!is_inside(&tenant, &tenant.join("escape/secret")));
+        }
+    }
+
+    #[test]
+    fn request_bucket_refuses_beyond_the_burst_and_refills() {
+        let quotas = Quotas {
+            ingest_burst: 3,
+            ingest_requests_per_second: 20.0,
+            ..Quotas::default()
+        };
+        let tenant = Quota::new("a", quotas);
+        for _ in 0..3 {
+            tenant.admit_request().unwrap();
+        }
+        let wait = tenant.admit_request().unwrap_err();
+        assert!(wait <= Duration::from_millis(50), "{wait:?}");
+        std::thread::sleep(Duration::from_millis(60));
+        tenant.admit_request().unwrap();
+    }
+
+    #[test]
+    fn fuel_debt_makes_the_next_batch_wait() {
+        let quotas = Quotas {
+            fuel_per_second: 1_000_000,
+            ..Quotas::default()
+        };
+        let tenant = Quota::new("a", quotas);
+        assert_eq!(tenant.wait_for_fuel(), Duration::ZERO);
+        // One second of budget plus 0.2 s of debt.
+        tenant.charge_fuel(1_200_000);
+        let waited = tenant.wait_for_fuel();
+        assert!(
+            waited >= Duration::from_millis(150) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+    }
+}
