@@ -265,6 +265,10 @@ pub struct StageConfig {
     /// [`crate::plugin::BreakerConfig`].
     #[serde(default)]
     pub breaker: crate::plugin::BreakerConfig,
+    /// What the plugin may reach beyond its batch and config (default:
+    /// nothing); see [`crate::plugin::Grants`].
+    #[serde(default)]
+    pub capabilities: crate::plugin::Grants,
 }
 
 /// Default [`StageConfig::bisect_max_calls`]: 64 calls. Isolating one
@@ -645,6 +649,9 @@ impl PipelineConfig {
                 );
             }
             check_limits(problems, &format!("stages[{i}]"), &stage.limits());
+            if let Err(e) = stage.capabilities.resolved(base_dir).check_dirs() {
+                problems.add(key("capabilities.read_dirs"), format!("{e:#}"));
+            }
             if stage.breaker.backoff_ms == 0 {
                 problems.add(key("breaker.backoff_ms"), "must be at least 1");
             }

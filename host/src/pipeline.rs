@@ -57,6 +57,8 @@ pub struct Stage {
     /// Extra calls a failed batch may spend isolating its poison rows
     /// ([`crate::config::StageConfig::bisect_max_calls`]).
     pub bisect_max_calls: u32,
+    /// What the plugin may reach (host paths resolved).
+    pub grants: crate::plugin::Grants,
 }
 
 impl std::fmt::Debug for Stage {
@@ -200,7 +202,8 @@ impl Pipeline {
                     reference: stage.plugin.clone(),
                     slot: Arc::new(
                         PluginSlot::new(plugin, &stage.name, config_json.clone(), stage.limits())
-                            .with_breaker(stage.breaker),
+                            .with_breaker(stage.breaker)
+                            .with_grants(stage.capabilities.resolved(&base_dir)),
                     ),
                     config_json,
                     limits: stage.limits(),
@@ -208,6 +211,7 @@ impl Pipeline {
                     bisect_max_calls: stage
                         .bisect_max_calls
                         .unwrap_or(crate::config::DEFAULT_BISECT_MAX_CALLS),
+                    grants: stage.capabilities.resolved(&base_dir),
                 }));
             }
         }

@@ -218,10 +218,12 @@ impl StageRunner {
                 self.report.plugin_versions.push(sha256.to_string());
             }
             let stage = &self.stage;
-            let instance =
-                version
-                    .plugin
-                    .instantiate(&stage.name, stage.config_json.clone(), stage.limits)?;
+            let instance = version.plugin.instantiate_with(
+                &stage.name,
+                stage.config_json.clone(),
+                stage.limits,
+                &stage.grants,
+            )?;
             self.instance = Some((instance, version.clone()));
         }
         let (instance, _) = self.instance.as_mut().expect("instantiated above");

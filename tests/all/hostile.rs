@@ -3,6 +3,7 @@
 //! exactly that row with the right error kind, replace the instance, and
 //! write every other row.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::{action_csv, one_stage_pipeline, read_jsonl, run};
@@ -316,4 +317,80 @@ fn a_plugin_failing_batch_after_batch_is_rested_by_its_breaker() {
         .collect();
     assert_eq!(&kinds[..3], ["trap", "trap", "trap"]);
     assert!(kinds[3..].iter().all(|k| k == "circuit_open"), "{kinds:?}");
+}
+
+#[test]
+fn deep_recursion_is_a_trap() {
+    // Rust's shadow stack lives in linear memory: overflowing it is an
+    // out-of-bounds access (wasmtime's own stack cap, `max_wasm_stack`,
+    // stops recursion with small frames as "call stack exhausted").
+    let message = contained(weir_tests::RECURSE, "recurse", "", "trap");
+    assert!(message.contains("wasm trap"), "{message}");
+}
+
+#[test]
+fn a_garbage_file_is_rejected_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm this is not a component at all").unwrap();
+    let error =
+        weir::plugin::Plugin::load(garbage.to_str().unwrap(), None, dir.path()).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("not a valid WebAssembly component"),
+        "{error:#}"
+    );
+}
+
+#[test]
+fn a_forbidden_import_is_rejected_at_load_naming_it() {
+    let error = weir::plugin::Plugin::load(weir_tests::FORBIDDEN, None, Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("`acme:evil/exfiltrate`"), "{error}");
+    assert!(error.contains("does not provide"), "{error}");
+}
+
+#[test]
+fn sockets_are_linked_but_every_connection_is_refused() {
+    let message = contained(weir_tests::SOCKETS, "connect", "", "plugin_error");
+    assert!(message.contains("connect failed"), "{message}");
+}
+
+#[test]
+fn a_granted_directory_is_readable_and_nothing_else_is() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("ref")).unwrap();
+    std::fs::write(dir.path().join("ref/table.txt"), "reference text").unwrap();
+    action_csv(dir.path(), &["ok", "ok", "write", "ok"]);
+    let config = "config = { file = \"/ref/table.txt\" }";
+    let granted = format!("{config}\ncapabilities = {{ read_dirs = {{ \"/ref\" = \"ref\" }} }}");
+    let pipeline = one_stage_pipeline(dir.path(), "transform", weir_tests::READER, 4, &granted);
+    let report = run(&pipeline);
+    assert_eq!(report.records.written, 3);
+    let rows = read_jsonl(&dir.path().join("out.jsonl"));
+    assert!(
+        rows.iter().all(|r| r["content"] == "reference text"),
+        "{rows:?}"
+    );
+    let quarantine = read_jsonl(&dir.path().join("quarantine.jsonl"));
+    assert_eq!(quarantine.len(), 1);
+    let message = quarantine[0]["message"].as_str().unwrap();
+    assert!(message.contains("write failed"), "read-only: {message}");
+    assert!(!dir.path().join("ref/table.txt.written").exists());
+
+    // Without the grant the plugin sees no files at all.
+    let other = tempfile::tempdir().unwrap();
+    action_csv(other.path(), &["ok"]);
+    let pipeline = one_stage_pipeline(other.path(), "transform", weir_tests::READER, 4, config);
+    let report = run(&pipeline);
+    assert_eq!(report.records.quarantined, 1);
+    let quarantine = read_jsonl(&other.path().join("quarantine.jsonl"));
+    assert!(
+        quarantine[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read /ref/table.txt"),
+        "{}",
+        quarantine[0]["message"]
+    );
 }

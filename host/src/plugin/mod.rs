@@ -18,6 +18,7 @@
 
 mod breaker;
 mod cache;
+mod capabilities;
 mod error;
 mod limits;
 mod slot;
@@ -36,6 +37,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use breaker::{Admission, BreakerConfig, BreakerState, BreakerStatus, CircuitBreaker};
 pub use cache::{Origin, cache_dir};
+pub use capabilities::{ALWAYS_ALLOWED, Grants};
 pub use error::PluginError;
 pub use limits::{Limits, MemoryCap, MemoryLimitExceeded};
 pub use slot::{HISTORY_LEN, PluginSlot, PluginVersion, Rejection, SlotStatus, Swap};
@@ -230,6 +232,7 @@ impl Plugin {
                 expected.world()
             );
         }
+        Grants::default().check_imports(name, &imports)?;
         let instance_pre = runtime.linker().instantiate_pre(&component).map_err(|e| {
             anyhow!(
                 "plugin `{name}` imports something weir does not provide: {}",
@@ -324,11 +327,30 @@ impl Plugin {
         config_json: Arc<str>,
         limits: Limits,
     ) -> Result<PluginInstance, PluginError> {
+        self.instantiate_with(stage, config_json, limits, &Grants::default())
+    }
+
+    /// [`Plugin::instantiate`] with the capabilities `grants` (read-only
+    /// directories).
+    ///
+    /// # Errors
+    /// As [`Plugin::instantiate`], or a granted directory that cannot be
+    /// opened ([`PluginError::Instantiate`]).
+    pub fn instantiate_with(
+        &self,
+        stage: &str,
+        config_json: Arc<str>,
+        limits: Limits,
+        grants: &Grants,
+    ) -> Result<PluginInstance, PluginError> {
         let engine = Runtime::shared().engine();
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY_BYTES);
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
-            .stderr(stderr.clone())
-            .build();
+        let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
+        builder.stderr(stderr.clone());
+        grants
+            .apply(&mut builder)
+            .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
+        let wasi = builder.build();
         let state = PluginState {
             wasi,
             table: ResourceTable::new(),

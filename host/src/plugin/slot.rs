@@ -101,6 +101,7 @@ pub struct PluginSlot {
     reloads: AtomicU64,
     rejections: AtomicU64,
     breaker: CircuitBreaker,
+    grants: super::Grants,
 }
 
 fn now_rfc3339(time: SystemTime) -> String {
@@ -126,7 +127,15 @@ impl PluginSlot {
             reloads: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
             breaker: CircuitBreaker::new(BreakerConfig::default()),
+            grants: super::Grants::default(),
         }
+    }
+
+    /// This slot with candidates smoke-tested under `grants` (the stage's
+    /// capabilities).
+    pub fn with_grants(mut self, grants: super::Grants) -> PluginSlot {
+        self.grants = grants;
+        self
     }
 
     /// This slot with its circuit breaker set to `config` (default:
@@ -169,7 +178,12 @@ impl PluginSlot {
             .map_err(|e| format!("{e:#}"))
             .and_then(|plugin| {
                 plugin
-                    .instantiate(&self.stage, self.config_json.clone(), self.limits)
+                    .instantiate_with(
+                        &self.stage,
+                        self.config_json.clone(),
+                        self.limits,
+                        &self.grants,
+                    )
                     .map_err(|e| format!("smoke test failed: {e}"))?;
                 Ok(plugin)
             });

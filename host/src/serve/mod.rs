@@ -423,6 +423,12 @@ fn outside_paths(
         for (table, path) in &stage.tables {
             paths.push((format!("stages[{i}].tables.{table}"), base.join(path)));
         }
+        for (guest, host) in &stage.capabilities.read_dirs {
+            paths.push((
+                format!("stages[{i}].capabilities.read_dirs.\"{guest}\""),
+                base.join(host),
+            ));
+        }
     }
     paths
         .into_iter()
