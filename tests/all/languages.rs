@@ -179,7 +179,7 @@ fn python_exception_is_a_plugin_error_with_the_message() {
         "python",
         &[
             "internal",
-            "ValueError: boom: raised on purpose in ok,raise",
+            "ValueError: boom: raised on purpose in raise",
             "app.py:",
         ],
     );
@@ -189,7 +189,7 @@ fn python_exception_is_a_plugin_error_with_the_message() {
 fn js_throw_is_a_plugin_error_with_the_message() {
     exception_is_a_plugin_error_with_the_message(
         "js",
-        &["internal", "TypeError: boom: thrown on purpose in ok,raise"],
+        &["internal", "TypeError: boom: thrown on purpose in raise"],
     );
 }
 

@@ -22,6 +22,12 @@
 //!    flights data (records/s, 1 worker), and each component's first start
 //!    (load + instantiate) with a fresh compile vs from the artifact cache.
 //!
+//! 6. Noisy neighbour: in one `weir serve` with two tenants, tenant B posts
+//!    the committed flights sample again and again (one client) while
+//!    tenant A floods ingest with batches that loop (deadline 200 ms), bomb
+//!    memory and trap. B's records/s and p99 request latency are compared
+//!    with B alone in the same service.
+//!
 //! Each figure is the median of several repetitions. Results are printed and
 //! written as JSON to `$WEIR_BENCH_JSON` (default `target/bench-weir.json`).
 //! Needs `examples/flights/data/flights.csv` (`examples/flights/fetch-data.sh`).
@@ -832,8 +838,228 @@ path = {quarantine:?}
     Ok(serde_json::Value::Object(results))
 }
 
+/// A hostile tenant's pipeline: loops (200 ms deadline), memory bombs and
+/// traps, from components copied into its directory.
+fn write_hostile_tenant(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir.join("plugins"))?;
+    for (name, path) in [
+        ("spin", weir_tests::SPIN),
+        ("bomb", weir_tests::BOMB),
+        ("panic", weir_tests::PANIC),
+    ] {
+        std::fs::copy(path, dir.join(format!("plugins/{name}.wasm")))?;
+    }
+    std::fs::write(
+        dir.join("pipeline.toml"),
+        r#"
+[pipeline]
+name = "hostile"
+workers = 4
+
+[source]
+format = "jsonl"
+schema = [{ name = "id", type = "int64" }, { name = "action", type = "utf8" }]
+
+[[stages]]
+name = "spin"
+kind = "transform"
+plugin = "plugins/spin.wasm"
+timeout_ms = 200
+
+[[stages]]
+name = "bomb"
+kind = "transform"
+plugin = "plugins/bomb.wasm"
+max_memory_bytes = 67_108_864
+
+[[stages]]
+name = "panic"
+kind = "transform"
+plugin = "plugins/panic.wasm"
+
+[sink]
+format = "jsonl"
+path = "out"
+
+[quarantine]
+format = "jsonl"
+path = "quarantine"
+"#,
+    )?;
+    Ok(())
+}
+
+/// Posts `body` to `url` `times` times in a row with `token`; returns the
+/// elapsed time and each request's latency, sorted.
+fn post_repeatedly(url: &str, token: &str, body: &str, times: usize) -> (Duration, Vec<Duration>) {
+    let client = reqwest::blocking::Client::new();
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    for _ in 0..times {
+        let sent = Instant::now();
+        let response = client
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", "text/csv")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "{}",
+            response.text().unwrap_or_default()
+        );
+        latencies.push(sent.elapsed());
+    }
+    latencies.sort();
+    (started.elapsed(), latencies)
+}
+
+/// Part 6: see the module docs.
+fn neighbours(root: &Path) -> Result<serde_json::Value> {
+    let dir = tempfile::tempdir()?;
+    let b_dir = dir.path().join("tenants/b");
+    std::fs::create_dir_all(b_dir.join("data"))?;
+    let sample = root.join("tests/data/flights_sample.csv");
+    std::fs::copy(&sample, b_dir.join("data/flights_sample.csv"))?;
+    std::fs::copy(
+        root.join("tests/data/airlines.csv"),
+        b_dir.join("data/airlines.csv"),
+    )?;
+    weir_tests::write_flights_pipeline(
+        &b_dir,
+        "pipeline.toml",
+        &b_dir.join("data"),
+        "flights_sample.csv",
+        None,
+    );
+    write_hostile_tenant(&dir.path().join("tenants/a"))?;
+    let (a_token, a_hash) = weir::serve::auth::new_token()?;
+    let (b_token, b_hash) = weir::serve::auth::new_token()?;
+    std::fs::write(
+        dir.path().join("service.toml"),
+        format!(
+            r#"
+[service]
+state_dir = "state"
+
+[[tenants]]
+name = "a"
+dir = "tenants/a"
+tokens = [{{ id = "a", sha256 = "{a_hash}" }}]
+quotas = {{ max_concurrent_batches = 1, ingest_requests_per_second = 20, ingest_burst = 20 }}
+
+[[tenants.pipelines]]
+file = "pipeline.toml"
+linger_ms = 5
+
+[[tenants]]
+name = "b"
+dir = "tenants/b"
+tokens = [{{ id = "b", sha256 = "{b_hash}" }}]
+
+[[tenants.pipelines]]
+file = "pipeline.toml"
+linger_ms = 5
+sink_path = "serve/out"
+quarantine_path = "serve/quarantine"
+"#
+        ),
+    )?;
+    let background = weir::serve::background::Background::start(&dir.path().join("service.toml"))?;
+    let b_url = format!("{}/v1/pipelines/flights/records", background.url());
+    let a_url = format!("{}/v1/pipelines/hostile/records", background.url());
+    let body = std::fs::read_to_string(&sample)?;
+    let rows = body.lines().count() - 1;
+    let requests = 60;
+    // Warm up, then B alone.
+    post_repeatedly(&b_url, &b_token, &body, 5);
+    let (alone, alone_latencies) = post_repeatedly(&b_url, &b_token, &body, requests);
+
+    // A floods: 4 clients posting hostile records as fast as they can.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counts = Arc::new(std::sync::Mutex::new(HashMap::<u16, u64>::new()));
+    let flooders: Vec<_> = (0..4)
+        .map(|i| {
+            let (url, token, stop, counts) =
+                (a_url.clone(), a_token.clone(), stop.clone(), counts.clone());
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::new();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let action = ["loop", "bomb", "trap", "ok"][(n as usize + i) % 4];
+                    let records: String = (0..50)
+                        .map(|r| {
+                            format!(
+                                "{{\"id\":{r},\"action\":\"{}\"}}\n",
+                                if r == 7 { action } else { "ok" }
+                            )
+                        })
+                        .collect();
+                    let status = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("content-type", "application/x-ndjson")
+                        .body(records)
+                        .send()
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0);
+                    *counts.lock().unwrap().entry(status).or_default() += 1;
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let (contended, contended_latencies) = post_repeatedly(&b_url, &b_token, &body, requests);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for flooder in flooders {
+        flooder.join().unwrap();
+    }
+    let a_status = background
+        .service()
+        .pipeline("a", "hostile")
+        .unwrap()
+        .status();
+    let b_status = background
+        .service()
+        .pipeline("b", "flights")
+        .unwrap()
+        .status();
+    background.shutdown()?;
+
+    let rate = |elapsed: Duration| (rows * requests) as f64 / elapsed.as_secs_f64();
+    let (alone_rate, contended_rate) = (rate(alone), rate(contended));
+    let alone_p99 = percentile_ms(&alone_latencies, 0.99);
+    let contended_p99 = percentile_ms(&contended_latencies, 0.99);
+    let counts = counts.lock().unwrap().clone();
+    println!(
+        "noisy neighbour: B keeps {:.2}x of its records/s ({contended_rate:.0} vs {alone_rate:.0} alone; target >= 0.9) and {:.2}x its p99 latency ({contended_p99:.1} vs {alone_p99:.1} ms; target <= 1.5) while A floods (A's answers by status: {counts:?}; A quarantined {} records)",
+        contended_rate / alone_rate,
+        contended_p99 / alone_p99,
+        a_status.quarantined,
+    );
+    Ok(json!({
+        "b_rows_per_request": rows,
+        "b_requests": requests,
+        "b_alone_records_per_s": alone_rate,
+        "b_contended_records_per_s": contended_rate,
+        "b_throughput_kept": contended_rate / alone_rate,
+        "b_alone_p99_ms": alone_p99,
+        "b_contended_p99_ms": contended_p99,
+        "b_p99_ratio": contended_p99 / alone_p99,
+        "b_alone_p50_ms": percentile_ms(&alone_latencies, 0.5),
+        "b_contended_p50_ms": percentile_ms(&contended_latencies, 0.5),
+        "a_answers_by_status": counts.iter().map(|(k, v)| (k.to_string(), *v)).collect::<HashMap<_, _>>(),
+        "a_received": a_status.received,
+        "a_quarantined": a_status.quarantined,
+        "b_written": b_status.written,
+    }))
+}
+
 fn main() -> Result<()> {
-    // `cargo bench -p weir-tests --bench weir -- [boundary|reload|flights|serve|languages]` runs one
+    // `cargo bench -p weir-tests --bench weir -- [boundary|reload|flights|serve|languages|neighbours]` runs one
     // part; `cargo bench` itself adds `--bench`.
     let only: Vec<String> = std::env::args()
         .skip(1)
@@ -856,6 +1082,9 @@ fn main() -> Result<()> {
     }
     if wanted("languages") {
         report.insert("languages".into(), languages(&root)?);
+    }
+    if wanted("neighbours") {
+        report.insert("neighbours".into(), neighbours(&root)?);
     }
     let path = std::env::var_os("WEIR_BENCH_JSON")
         .map(PathBuf::from)

@@ -210,6 +210,7 @@ impl Quota {
             return Duration::ZERO;
         }
         let started = Instant::now();
+        let mut slept = false;
         loop {
             let wait = {
                 let mut bucket = self.fuel.lock().expect("bucket lock");
@@ -217,12 +218,14 @@ impl Quota {
                 bucket.wait_for(0.0)
             };
             if wait.is_zero() {
-                let waited = started.elapsed();
-                if !waited.is_zero() {
-                    metrics::histogram!("weir_tenant_fuel_throttle_seconds", "tenant" => self.tenant.to_string()).record(waited.as_secs_f64());
+                if !slept {
+                    return Duration::ZERO;
                 }
+                let waited = started.elapsed();
+                metrics::histogram!("weir_tenant_fuel_throttle_seconds", "tenant" => self.tenant.to_string()).record(waited.as_secs_f64());
                 return waited;
             }
+            slept = true;
             std::thread::sleep(wait.min(Duration::from_millis(100)));
         }
     }
