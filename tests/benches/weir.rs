@@ -24,9 +24,10 @@
 //!
 //! 6. Noisy neighbour: in one `weir serve` with two tenants, tenant B posts
 //!    the committed flights sample again and again (one client) while
-//!    tenant A floods ingest with batches that loop (deadline 200 ms), bomb
-//!    memory and trap. B's records/s and p99 request latency are compared
-//!    with B alone in the same service.
+//!    tenant A (quotas: 1 concurrent batch, 2e8 fuel/s, 20 requests/s)
+//!    floods ingest from 32 clients with batches that loop (deadline 200 ms),
+//!    bomb memory and trap. B's records/s and p99 request latency are
+//!    compared with B alone in the same service.
 //!
 //! Each figure is the median of several repetitions. Results are printed and
 //! written as JSON to `$WEIR_BENCH_JSON` (default `target/bench-weir.json`).
@@ -948,7 +949,7 @@ state_dir = "state"
 name = "a"
 dir = "tenants/a"
 tokens = [{{ id = "a", sha256 = "{a_hash}" }}]
-quotas = {{ max_concurrent_batches = 1, ingest_requests_per_second = 20, ingest_burst = 20 }}
+quotas = {{ max_concurrent_batches = 1, fuel_per_second = 200_000_000, ingest_requests_per_second = 20, ingest_burst = 20 }}
 
 [[tenants.pipelines]]
 file = "pipeline.toml"
@@ -977,10 +978,10 @@ quarantine_path = "serve/quarantine"
     post_repeatedly(&b_url, &b_token, &body, 5);
     let (alone, alone_latencies) = post_repeatedly(&b_url, &b_token, &body, requests);
 
-    // A floods: 4 clients posting hostile records as fast as they can.
+    // A floods: 32 clients posting hostile records as fast as they can.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let counts = Arc::new(std::sync::Mutex::new(HashMap::<u16, u64>::new()));
-    let flooders: Vec<_> = (0..4)
+    let flooders: Vec<_> = (0..32)
         .map(|i| {
             let (url, token, stop, counts) =
                 (a_url.clone(), a_token.clone(), stop.clone(), counts.clone());
