@@ -354,9 +354,13 @@ fn openapi_describes_routes_that_exist() {
     let running = Running::start(&write_service(dir.path(), "", ""));
     let doc: Value = serde_json::from_str(weir::serve::api::OPENAPI_JSON).unwrap();
     let paths = doc["paths"].as_object().unwrap();
-    assert!(paths.len() >= 14);
+    assert!(paths.len() >= 18);
     for (path, methods) in paths {
-        let concrete = path.replace("{name}", "events").replace("{stage}", "flag");
+        let concrete = path
+            .replace("{name}", "events")
+            .replace("{stage}", "flag")
+            .replace("{tenant}", "default")
+            .replace("{id}", "x");
         for method in methods.as_object().unwrap().keys() {
             let request = Request::builder()
                 .method(method.to_uppercase().as_str())

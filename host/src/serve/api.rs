@@ -455,30 +455,16 @@ async fn deploy_plugin(
     let live = scoped.pipeline()?;
     let stage = find_stage(&live, scoped.param("stage"))?;
     let path = stored_plugin(&scoped.tenant, &body.sha256)?;
-    let outcome = tokio::task::spawn_blocking(move || {
-        let bytes = std::fs::read(&path).map_err(|_| None)?;
-        stage.slot.reload(&bytes).map_err(|r| Some(r.error))
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    match outcome {
-        Ok(swap) => Ok(Json(json!({
-            "sha256": swap.version.plugin.sha256(),
-            "unchanged": swap.unchanged,
-            "latency_ms": swap.latency.as_secs_f64() * 1000.0,
-        }))),
-        Err(None) => Err(ApiError::new(
+    if !path.is_file() {
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
                 "no uploaded plugin {}; POST it to …/plugins first",
                 body.sha256
             ),
-        )),
-        Err(Some(error)) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("rejected; the current version keeps serving: {error}"),
-        )),
+        ));
     }
+    swap_in(stage, path).await
 }
 
 async fn health(State(service): State<Arc<Service>>) -> Json<serde_json::Value> {
@@ -703,6 +689,15 @@ async fn reload_plugin(scoped: Scoped) -> ApiResult<Json<serde_json::Value>> {
             ),
         )
     })?;
+    swap_in(stage, file).await
+}
+
+/// Reads the component at `file` and swaps it into `stage` (off the async
+/// threads); 422 with the reason when it is rejected.
+async fn swap_in(
+    stage: Arc<crate::pipeline::Stage>,
+    file: std::path::PathBuf,
+) -> ApiResult<Json<serde_json::Value>> {
     let outcome = tokio::task::spawn_blocking(move || {
         let bytes =
             std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
