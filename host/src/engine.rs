@@ -76,6 +76,8 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(anyhow::Error::from)
             .context("adding WASI to the linker")?;
+        crate::plugin::clock::add_to_linker(&mut linker)
+            .context("adding the deadline-aware monotonic clock to the linker")?;
         crate::bindings::host::add_to_linker::<PluginState, HasSelf<PluginState>>(
             &mut linker,
             |state| state,

@@ -394,3 +394,31 @@ fn a_granted_directory_is_readable_and_nothing_else_is() {
         quarantine[0]["message"]
     );
 }
+
+#[test]
+fn a_slow_host_call_is_stopped_by_the_deadline() {
+    let started = Instant::now();
+    let message = contained(weir_tests::SLEEPY, "sleep", "timeout_ms = 300", "timeout");
+    assert!(message.contains("timeout_ms = 300"), "{message}");
+    // A sleep past the deadline stops the call at once: no 5 s wait.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the 5 s sleeps were cut short: {:?}",
+        started.elapsed()
+    );
+
+    // A sleep that fits in the deadline still sleeps and succeeds.
+    let dir = tempfile::tempdir().unwrap();
+    action_csv(dir.path(), &["nap", "nap", "ok"]);
+    let pipeline = one_stage_pipeline(
+        dir.path(),
+        "transform",
+        weir_tests::SLEEPY,
+        1,
+        "timeout_ms = 1000",
+    );
+    let started = Instant::now();
+    let report = run(&pipeline);
+    assert_eq!(report.records.written, 3);
+    assert!(started.elapsed() >= Duration::from_millis(40));
+}

@@ -82,6 +82,14 @@ impl PluginError {
         if let Some(exceeded) = error.downcast_ref::<MemoryLimitExceeded>() {
             return PluginError::MemoryLimit(exceeded.to_string());
         }
+        if error
+            .downcast_ref::<super::clock::SleepPastDeadline>()
+            .is_some()
+        {
+            return PluginError::Timeout {
+                timeout_ms: limits.timeout_ms,
+            };
+        }
         match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => PluginError::FuelExhausted {
                 fuel_per_batch: limits.fuel_per_batch,

@@ -19,6 +19,7 @@
 mod breaker;
 mod cache;
 mod capabilities;
+pub(crate) mod clock;
 mod error;
 mod limits;
 mod slot;
@@ -345,8 +346,11 @@ impl Plugin {
     ) -> Result<PluginInstance, PluginError> {
         let engine = Runtime::shared().engine();
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY_BYTES);
+        let clock = clock::InstanceClock {
+            start: Instant::now(),
+        };
         let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
-        builder.stderr(stderr.clone());
+        builder.stderr(stderr.clone()).monotonic_clock(clock);
         grants
             .apply(&mut builder)
             .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
@@ -360,6 +364,8 @@ impl Plugin {
             stage: Arc::from(stage),
             stderr,
             log_lines: 0,
+            clock,
+            call_deadline: None,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.memory);
@@ -401,6 +407,11 @@ pub struct PluginState {
     stage: Arc<str>,
     stderr: MemoryOutputPipe,
     log_lines: u32,
+    /// The monotonic clock the plugin sees.
+    clock: clock::InstanceClock,
+    /// When the running call's `timeout_ms` ends; host-side sleeps end
+    /// there at the latest.
+    call_deadline: Option<Instant>,
 }
 
 impl WasiView for PluginState {
@@ -465,6 +476,8 @@ impl PluginInstance {
     /// Refills fuel and restarts the deadline before a call.
     fn arm(&mut self) {
         self.store.data_mut().log_lines = 0;
+        self.store.data_mut().call_deadline =
+            Instant::now().checked_add(Duration::from_millis(self.limits.timeout_ms));
         self.store
             .set_fuel(self.limits.fuel_per_batch)
             .expect("fuel metering is enabled on the engine");
