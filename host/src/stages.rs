@@ -223,6 +223,7 @@ impl StageRunner {
                 stage.config_json.clone(),
                 stage.limits,
                 &stage.grants,
+                scope.memory.clone(),
             )?;
             self.instance = Some((instance, version.clone()));
         }
@@ -273,6 +274,8 @@ pub struct Scope {
     pub tenant: Arc<str>,
     /// The pipeline's name.
     pub pipeline: Arc<str>,
+    /// The tenant's linear-memory quota, shared by all its instances.
+    pub memory: Option<Arc<crate::plugin::MemoryPool>>,
 }
 
 impl Scope {
@@ -281,6 +284,7 @@ impl Scope {
         Scope {
             tenant: Arc::from(tenant),
             pipeline: Arc::from(pipeline),
+            memory: None,
         }
     }
 

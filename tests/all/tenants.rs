@@ -453,3 +453,57 @@ fn a_tenant_pipeline_cannot_point_outside_its_directory() {
     assert!(error.contains("sink.path"), "{error}");
     assert!(error.contains("outside tenant `a`"), "{error}");
 }
+
+#[test]
+fn a_tenant_over_its_memory_quota_fails_alone_and_gets_its_memory_back() {
+    let root = tempfile::tempdir().unwrap();
+    // Less than one instance of the flag component needs to start.
+    let (service_file, tokens) = write_service(root.path(), "max_memory_bytes = 65_536");
+    let running = Running::start(&service_file);
+    let send = |token: &str| {
+        let mut req = request(
+            "POST",
+            "/v1/pipelines/events/records",
+            Some(&bearer(token)),
+            Body::from("{\"id\":1,\"action\":\"ok\"}\n{\"id\":2,\"action\":\"ok\"}\n"),
+        );
+        req.headers_mut()
+            .insert("content-type", "application/x-ndjson".parse().unwrap());
+        running.oneshot(req)
+    };
+    let (status, ack) = send(&tokens.a);
+    assert_eq!(status, StatusCode::OK, "{ack}");
+    assert_eq!(ack["quarantined"], 2, "{ack}");
+    assert_eq!(ack["reasons"][0]["error_kind"], "memory_limit", "{ack}");
+    let example = ack["reasons"][0]["example"].as_str().unwrap();
+    assert!(
+        example.contains("tenant `a`") && example.contains("max_memory_bytes = 65536"),
+        "{example}"
+    );
+    let (status, ack) = send(&tokens.b);
+    assert_eq!(
+        (status, ack["written"].as_u64()),
+        (StatusCode::OK, Some(2)),
+        "{ack}"
+    );
+
+    let (_, tenants) = running.oneshot(request(
+        "GET",
+        "/v1/tenants",
+        Some(&bearer(&tokens.operator)),
+        Body::empty(),
+    ));
+    let used = |name: &str| {
+        tenants["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()["memory_used_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(used("a"), 0, "failed instances gave their memory back");
+    assert!(used("b") > 0, "b's idle instance holds its memory");
+    running.shutdown().unwrap();
+}

@@ -2,7 +2,7 @@
 
 use wasmtime::Trap;
 
-use super::limits::{Limits, MemoryLimitExceeded};
+use super::limits::{Limits, MemoryLimitExceeded, PoolExhausted};
 use crate::bindings::types;
 
 /// A failed plugin call. Every kind costs only the batch in flight: its rows
@@ -81,6 +81,9 @@ impl PluginError {
     pub fn classify(error: &wasmtime::Error, limits: &Limits, stderr: &str) -> PluginError {
         if let Some(exceeded) = error.downcast_ref::<MemoryLimitExceeded>() {
             return PluginError::MemoryLimit(exceeded.to_string());
+        }
+        if let Some(exhausted) = error.downcast_ref::<PoolExhausted>() {
+            return PluginError::MemoryLimit(exhausted.to_string());
         }
         if error
             .downcast_ref::<super::clock::SleepPastDeadline>()

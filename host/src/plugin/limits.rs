@@ -1,5 +1,8 @@
 //! Per-call resource limits and the store limiter that enforces the memory cap.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde::{Deserialize, Serialize};
 
 /// Limits applied to every call of one stage's plugin, set per stage in the
@@ -72,12 +75,82 @@ pub struct MemoryLimitExceeded {
     pub limit_bytes: u64,
 }
 
+/// Linear memory shared by several instances (a tenant's): every instance
+/// adds what it grows to `used` and gives it back when dropped.
+#[derive(Debug)]
+pub struct MemoryPool {
+    /// Whose memory (for messages), e.g. `tenant \`acme\``.
+    pub owner: String,
+    /// Most bytes of linear memory all instances may hold together.
+    pub limit_bytes: u64,
+    used: AtomicU64,
+}
+
+impl MemoryPool {
+    /// A pool of `limit_bytes` for `owner`.
+    pub fn new(owner: impl Into<String>, limit_bytes: u64) -> MemoryPool {
+        MemoryPool {
+            owner: owner.into(),
+            limit_bytes,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes held now by live instances.
+    pub fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Takes `bytes` if they fit under the limit.
+    fn take(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes)
+                    .filter(|&total| total <= self.limit_bytes)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// The error a `memory.grow` denied by a [`MemoryPool`] raises; classified
+/// as [`PluginError::MemoryLimit`](super::PluginError::MemoryLimit).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "{owner} would hold more than its max_memory_bytes = {limit_bytes} of linear memory over all its instances ({used_bytes} in use, {requested_bytes} more asked)"
+)]
+pub struct PoolExhausted {
+    /// The pool's owner.
+    pub owner: String,
+    /// The pool's limit, in bytes.
+    pub limit_bytes: u64,
+    /// Bytes in use before the request.
+    pub used_bytes: u64,
+    /// Bytes the instance asked to add.
+    pub requested_bytes: u64,
+}
+
 /// A [`wasmtime::ResourceLimiter`] that caps linear memory and records the
-/// peak size reached, in bytes.
-#[derive(Debug, Clone)]
+/// peak size reached, in bytes; optionally also draws on a shared
+/// [`MemoryPool`].
+#[derive(Debug)]
 pub struct MemoryCap {
     limit_bytes: u64,
     peak_bytes: u64,
+    pool: Option<Arc<MemoryPool>>,
+    /// Bytes this instance holds from the pool (all its memories).
+    held_bytes: u64,
+}
+
+impl Drop for MemoryCap {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.give_back(self.held_bytes);
+        }
+    }
 }
 
 impl MemoryCap {
@@ -86,7 +159,15 @@ impl MemoryCap {
         Self {
             limit_bytes,
             peak_bytes: 0,
+            pool: None,
+            held_bytes: 0,
         }
+    }
+
+    /// This limiter, also drawing every byte from `pool`.
+    pub fn with_pool(mut self, pool: Option<Arc<MemoryPool>>) -> Self {
+        self.pool = pool;
+        self
     }
 
     /// The largest linear memory size granted so far, in bytes.
@@ -98,7 +179,7 @@ impl MemoryCap {
 impl wasmtime::ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -109,6 +190,19 @@ impl wasmtime::ResourceLimiter for MemoryCap {
                 limit_bytes: self.limit_bytes,
             }
             .into());
+        }
+        if let Some(pool) = &self.pool {
+            let more = desired.saturating_sub(current as u64);
+            if !pool.take(more) {
+                return Err(PoolExhausted {
+                    owner: pool.owner.clone(),
+                    limit_bytes: pool.limit_bytes,
+                    used_bytes: pool.used_bytes(),
+                    requested_bytes: more,
+                }
+                .into());
+            }
+            self.held_bytes += more;
         }
         self.peak_bytes = self.peak_bytes.max(desired);
         Ok(true)
@@ -121,5 +215,29 @@ impl wasmtime::ResourceLimiter for MemoryCap {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(maximum.is_none_or(|max| desired <= max))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn a_pool_bounds_all_its_instances_and_gets_memory_back_on_drop() {
+        let pool = Arc::new(MemoryPool::new("tenant `a`", 100));
+        let mut first = MemoryCap::new(80).with_pool(Some(pool.clone()));
+        let mut second = MemoryCap::new(80).with_pool(Some(pool.clone()));
+        assert!(first.memory_growing(0, 60, None).unwrap());
+        assert!(second.memory_growing(0, 30, None).unwrap());
+        assert_eq!(pool.used_bytes(), 90);
+        let error = second.memory_growing(30, 50, None).unwrap_err();
+        let exhausted = error.downcast_ref::<PoolExhausted>().unwrap();
+        assert_eq!((exhausted.used_bytes, exhausted.requested_bytes), (90, 20));
+        drop(first);
+        assert_eq!(pool.used_bytes(), 30);
+        assert!(second.memory_growing(30, 50, None).unwrap());
+        drop(second);
+        assert_eq!(pool.used_bytes(), 0);
     }
 }

@@ -40,7 +40,7 @@ pub use breaker::{Admission, BreakerConfig, BreakerState, BreakerStatus, Circuit
 pub use cache::{Origin, cache_dir};
 pub use capabilities::{ALWAYS_ALLOWED, Grants};
 pub use error::PluginError;
-pub use limits::{Limits, MemoryCap, MemoryLimitExceeded};
+pub use limits::{Limits, MemoryCap, MemoryLimitExceeded, MemoryPool, PoolExhausted};
 pub use slot::{HISTORY_LEN, PluginSlot, PluginVersion, Rejection, SlotStatus, Swap};
 pub use watch::{DEFAULT_DEBOUNCE, PluginWatcher};
 
@@ -328,11 +328,12 @@ impl Plugin {
         config_json: Arc<str>,
         limits: Limits,
     ) -> Result<PluginInstance, PluginError> {
-        self.instantiate_with(stage, config_json, limits, &Grants::default())
+        self.instantiate_with(stage, config_json, limits, &Grants::default(), None)
     }
 
     /// [`Plugin::instantiate`] with the capabilities `grants` (read-only
-    /// directories).
+    /// directories), drawing its linear memory from `pool` (a tenant's
+    /// `max_memory_bytes`) when given.
     ///
     /// # Errors
     /// As [`Plugin::instantiate`], or a granted directory that cannot be
@@ -343,6 +344,7 @@ impl Plugin {
         config_json: Arc<str>,
         limits: Limits,
         grants: &Grants,
+        pool: Option<Arc<MemoryPool>>,
     ) -> Result<PluginInstance, PluginError> {
         let engine = Runtime::shared().engine();
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY_BYTES);
@@ -358,7 +360,7 @@ impl Plugin {
         let state = PluginState {
             wasi,
             table: ResourceTable::new(),
-            memory: MemoryCap::new(limits.max_memory_bytes),
+            memory: MemoryCap::new(limits.max_memory_bytes).with_pool(pool),
             config_json,
             plugin: Arc::from(self.name.as_str()),
             stage: Arc::from(stage),

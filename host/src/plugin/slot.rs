@@ -183,6 +183,7 @@ impl PluginSlot {
                         self.config_json.clone(),
                         self.limits,
                         &self.grants,
+                        None,
                     )
                     .map_err(|e| format!("smoke test failed: {e}"))?;
                 Ok(plugin)

@@ -107,6 +107,11 @@ pub struct Quotas {
     pub max_body_bytes: usize,
     /// Largest plugin upload, in bytes. Default 67,108,864 (64 MiB).
     pub max_plugin_bytes: usize,
+    /// Linear memory all the tenant's live plugin instances may hold
+    /// together, in bytes (idle instances kept for the next batch count
+    /// too). A `memory.grow` past it fails that call as `memory_limit`.
+    /// Default 4,294,967,296 (4 GiB).
+    pub max_memory_bytes: u64,
 }
 
 impl Quotas {
@@ -119,6 +124,7 @@ impl Quotas {
             ingest_requests_per_second: 1e12,
             ingest_burst: u32::MAX,
             max_body_bytes,
+            max_memory_bytes: u64::MAX,
             ..Quotas::default()
         }
     }
@@ -133,6 +139,7 @@ impl Default for Quotas {
             ingest_burst: 100,
             max_body_bytes: 16 * 1024 * 1024,
             max_plugin_bytes: 64 * 1024 * 1024,
+            max_memory_bytes: 4 * 1024 * 1024 * 1024,
         }
     }
 }

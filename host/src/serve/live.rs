@@ -652,7 +652,10 @@ impl LivePipeline {
             .pop()
             .unwrap_or_else(|| {
                 Worker::new(
-                    Scope::new(&self.tenant, &self.name),
+                    Scope {
+                        memory: Some(self.quota.memory().clone()),
+                        ..Scope::new(&self.tenant, &self.name)
+                    },
                     self.pipeline.stages(),
                     self.pipeline.config().sink.lineage_column.clone(),
                 )

@@ -17,6 +17,9 @@
 //! - **Ingest rate** ([`Tenant::admit_request`]): a token bucket of
 //!   `ingest_burst` requests refilled at `ingest_requests_per_second`;
 //!   an empty bucket answers `429` before the body is decoded.
+//! - **Linear memory** ([`Quota::memory`]): a [`MemoryPool`] of
+//!   `max_memory_bytes` that every instance of the tenant draws on when its
+//!   memories grow and gives back when dropped.
 //! - **Body size**: `max_body_bytes` per ingest request, `max_plugin_bytes`
 //!   per upload (`413`).
 
@@ -29,6 +32,7 @@ use tokio::sync::Semaphore;
 
 use super::config::Quotas;
 use super::live::LivePipeline;
+use crate::plugin::MemoryPool;
 
 /// One tenant being served.
 pub struct Tenant {
@@ -51,6 +55,7 @@ pub struct Quota {
     batch_slots: Arc<Semaphore>,
     fuel: Mutex<Bucket>,
     requests: Mutex<Bucket>,
+    memory: Arc<MemoryPool>,
 }
 
 impl std::fmt::Debug for Tenant {
@@ -115,6 +120,8 @@ pub struct TenantStatus {
     pub running_batches: usize,
     /// Fuel units left in the bucket now (negative: in debt, throttled).
     pub fuel_available: f64,
+    /// Linear memory its live instances hold, in bytes.
+    pub memory_used_bytes: u64,
 }
 
 impl Tenant {
@@ -163,6 +170,7 @@ impl Tenant {
             running_batches: quota.quotas.max_concurrent_batches
                 - quota.batch_slots.available_permits(),
             fuel_available,
+            memory_used_bytes: quota.memory.used_bytes(),
         }
     }
 }
@@ -179,8 +187,17 @@ impl Quota {
                 f64::from(quotas.ingest_burst),
                 quotas.ingest_requests_per_second,
             )),
+            memory: Arc::new(MemoryPool::new(
+                format!("tenant `{tenant}`"),
+                quotas.max_memory_bytes,
+            )),
             quotas,
         }
+    }
+
+    /// The tenant's linear-memory pool, shared by its instances.
+    pub fn memory(&self) -> &Arc<MemoryPool> {
+        &self.memory
     }
 
     /// The semaphore bounding its concurrent micro-batches.
