@@ -416,10 +416,14 @@ impl Worker {
                 )
                 .increment(1);
                 let status = stage.slot.breaker().status();
+                let wait = if rest.is_zero() {
+                    "one probe batch is testing it now".to_string()
+                } else {
+                    format!("it is not called for another {} ms", rest.as_millis())
+                };
                 let message = format!(
-                    "the plugin is unhealthy (circuit open after {} batches in a row failed); it is not called for another {} ms. Replay these rows once it is fixed or reloaded",
+                    "the plugin is unhealthy (circuit open after {} batches in a row failed); {wait}. Replay these rows once it is fixed or reloaded",
                     status.consecutive_failures,
-                    rest.as_millis()
                 );
                 let reason = stage.reason(version, "circuit_open", None, message);
                 result.quarantined.push(Quarantined {

@@ -253,26 +253,7 @@ fn validator_failures_are_split_too_and_verdicts_keep_their_rows() {
         dir.path(),
         &["ok", "bad", "trap", "ok", "bad", "ok", "ok", "ok"],
     );
-    let pipeline = crate::support::write_pipeline(
-        dir.path(),
-        &format!(
-            r#"
-[pipeline]
-batch_size = 8
-workers = 1
-
-[source]
-format = "csv"
-path = "input.csv"
-
-[[stages]]
-name = "probe"
-kind = "validate"
-plugin = {:?}
-"#,
-            weir_tests::FLAG
-        ),
-    );
+    let pipeline = one_stage_pipeline(dir.path(), "validate", weir_tests::FLAG, 8, "");
     let report = run(&pipeline);
     assert_eq!(report.records.written, 5);
     let quarantine = read_jsonl(&dir.path().join("quarantine.jsonl"));
