@@ -7,7 +7,7 @@
 //! [service]
 //! listen = "127.0.0.1:7878"
 //! state_dir = "weir-state"
-//! operator_token_sha256 = "…"   # `weir token new` prints a token and its hash
+//! operator_token_sha256 = "…"   # `weir token` prints a token and its hash
 //!
 //! [[tenants]]
 //! name = "acme"
@@ -61,7 +61,7 @@ pub struct TenantConfig {
     /// quarantine must all be inside it; uploaded plugins are stored in
     /// `DIR/plugins/sha256/`.
     pub dir: PathBuf,
-    /// API tokens, stored as SHA-256 hashes (`weir token new`).
+    /// API tokens, stored as SHA-256 hashes (`weir token`).
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
     /// Resource quotas.
@@ -256,7 +256,7 @@ impl ServiceConfig {
         {
             problems.add(
                 "service.listen",
-                format!("{address} is reachable from other machines but no API token is configured; set service.operator_token_sha256 and tenant tokens (`weir token new`), or listen on 127.0.0.1"),
+                format!("{address} is reachable from other machines but no API token is configured; set service.operator_token_sha256 and tenant tokens (`weir token`), or listen on 127.0.0.1"),
             );
         }
         let all: usize = self.pipelines.len()
@@ -397,7 +397,7 @@ fn check_hash(problems: &mut Problems, key: &str, hash: &str) {
     {
         problems.add(
             key,
-            "must be a SHA-256 in lowercase hex (64 characters); `weir token new` prints one",
+            "must be a SHA-256 in lowercase hex (64 characters); `weir token` prints one",
         );
     }
 }

@@ -277,6 +277,16 @@ impl Service {
 pub fn serve_until_signal(file: &Path, listen: Option<String>) -> Result<()> {
     let service = Service::load(file)?;
     let address = listen.unwrap_or_else(|| service.config.service.listen.clone());
+    // The service file's `listen` is checked at load; an override here too.
+    if !service.tokens.enabled()
+        && let Ok(socket) = address.parse::<std::net::SocketAddr>()
+        && !socket.ip().is_loopback()
+    {
+        anyhow::bail!(
+            "--listen {address} is reachable from other machines but {} configures no API token; set service.operator_token_sha256 and tenant tokens (`weir token`), or listen on 127.0.0.1",
+            file.display()
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("weir-serve")
