@@ -397,7 +397,7 @@ fn built_c_example(dir: &Path) -> PathBuf {
 fn c_example_adds_kilometres_and_reports_a_missing_column() {
     let dir = tempfile::tempdir().unwrap();
     let component = built_c_example(dir.path());
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let data = weir_tests::data_dir();
     let pipeline = crate::support::write_pipeline(
         dir.path(),
         &format!(

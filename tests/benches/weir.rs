@@ -919,14 +919,14 @@ fn post_repeatedly(url: &str, token: &str, body: &str, times: usize) -> (Duratio
 }
 
 /// Part 6: see the module docs.
-fn neighbours(root: &Path) -> Result<serde_json::Value> {
+fn neighbours() -> Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
     let b_dir = dir.path().join("tenants/b");
     std::fs::create_dir_all(b_dir.join("data"))?;
-    let sample = root.join("tests/data/flights_sample.csv");
+    let sample = weir_tests::data_dir().join("flights_sample.csv");
     std::fs::copy(&sample, b_dir.join("data/flights_sample.csv"))?;
     std::fs::copy(
-        root.join("tests/data/airlines.csv"),
+        weir_tests::data_dir().join("airlines.csv"),
         b_dir.join("data/airlines.csv"),
     )?;
     weir_tests::write_flights_pipeline(
@@ -1105,7 +1105,7 @@ fn main() -> Result<()> {
         report.insert("languages".into(), languages(&root)?);
     }
     if wanted("neighbours") {
-        report.insert("neighbours".into(), neighbours(&root)?);
+        report.insert("neighbours".into(), neighbours()?);
     }
     let path = std::env::var_os("WEIR_BENCH_JSON")
         .map(PathBuf::from)

@@ -171,6 +171,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Whether `text` is a SHA-256 as [`sha256_hex`] writes it: 64 lowercase
+/// hex characters (so it is also a safe file name).
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 fn detect_kind(exports: &[String]) -> Option<PluginKind> {
     [
         PluginKind::Extract,

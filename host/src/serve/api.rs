@@ -172,8 +172,6 @@ fn no_tenant(name: &str) -> ApiError {
 /// 404, exactly as objects that do not exist.
 pub struct Scoped {
     service: Arc<Service>,
-    /// Who is calling.
-    pub caller: Caller,
     tenant: Arc<super::tenant::Tenant>,
     params: Vec<(String, String)>,
 }
@@ -247,7 +245,6 @@ impl FromRequestParts<Arc<Service>> for Scoped {
         })?;
         Ok(Scoped {
             service: service.clone(),
-            caller,
             tenant,
             params,
         })
@@ -349,11 +346,7 @@ pub const UPLOAD_COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::fro
 /// Where a tenant's uploaded plugin with `sha256` is stored. `sha256` must
 /// be 64 lowercase hex characters, so the path never leaves the directory.
 fn stored_plugin(tenant: &super::tenant::Tenant, sha256: &str) -> ApiResult<std::path::PathBuf> {
-    if sha256.len() != 64
-        || !sha256
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if !crate::plugin::is_sha256_hex(sha256) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "sha256: 64 lowercase hex characters",

@@ -390,11 +390,7 @@ fn check_pipelines(
 }
 
 fn check_hash(problems: &mut Problems, key: &str, hash: &str) {
-    if hash.len() != 64
-        || !hash
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if !crate::plugin::is_sha256_hex(hash) {
         problems.add(
             key,
             "must be a SHA-256 in lowercase hex (64 characters); `weir token` prints one",

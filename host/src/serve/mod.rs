@@ -373,7 +373,7 @@ fn load_tenant(
             let outside = outside_paths(&pipeline, &hosted, dir);
             if !outside.is_empty() {
                 errors.extend(outside.into_iter().map(|(what, path)| ConfigError {
-                    file: path_of(&pipeline),
+                    file: pipeline.file.clone(),
                     key: what,
                     message: format!(
                         "{} is outside tenant `{name}`'s dir {}; a tenant's pipelines may only use files inside it",
@@ -391,12 +391,10 @@ fn load_tenant(
     Ok(Tenant::new(dir.to_path_buf(), quota, pipelines))
 }
 
-fn path_of(pipeline: &Pipeline) -> PathBuf {
-    pipeline.file.clone()
-}
-
-/// Every file or directory `pipeline` (served as `hosted`) would read or
-/// write outside `dir`, with the key naming it.
+/// Every file or directory the pipeline file of `pipeline` names outside
+/// `dir`, with its key. The service file's own paths (`drop_dir`, and
+/// `sink_path` / `quarantine_path`, which replace the pipeline's) are
+/// checked with the service file ([`ServiceConfig::from_file`]).
 fn outside_paths(
     pipeline: &Pipeline,
     hosted: &HostedPipeline,
@@ -409,22 +407,11 @@ fn outside_paths(
         .unwrap_or_default();
     let config = pipeline.config();
     let mut paths = vec![("source.path".to_string(), base.join(&config.source.path))];
-    paths.push((
-        "sink.path".into(),
-        hosted
-            .sink_path
-            .clone()
-            .unwrap_or_else(|| base.join(&config.sink.path)),
-    ));
-    paths.push((
-        "quarantine.path".into(),
-        hosted
-            .quarantine_path
-            .clone()
-            .unwrap_or_else(|| base.join(&config.quarantine.path)),
-    ));
-    if let Some(drop) = &hosted.drop_dir {
-        paths.push(("drop_dir".into(), drop.clone()));
+    if hosted.sink_path.is_none() {
+        paths.push(("sink.path".into(), base.join(&config.sink.path)));
+    }
+    if hosted.quarantine_path.is_none() {
+        paths.push(("quarantine.path".into(), base.join(&config.quarantine.path)));
     }
     for (i, stage) in config.stages.iter().enumerate() {
         if !stage.plugin.starts_with("builtin:") {
