@@ -423,6 +423,16 @@ fn print_summary(report: &RunReport) -> std::io::Result<()> {
             stage.filtered
         )?;
     }
+    if let Some(http) = &report.source_http {
+        say!(
+            "  source http: {} requests, {} attempts ({} retries), {} denied by allow_hosts, {} refused by an open circuit",
+            http.requests,
+            http.attempts,
+            http.retries,
+            http.denied,
+            http.rested
+        )?;
+    }
     let root = report
         .outputs
         .first()

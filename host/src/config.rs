@@ -114,6 +114,11 @@ pub struct ExtractConfig {
     pub max_memory_bytes: Option<u64>,
     /// See [`Limits::max_output_bytes`] (here: all batches of one file).
     pub max_output_bytes: Option<u64>,
+    /// What the plugin may reach beyond each file's bytes and its config
+    /// (default: nothing): read-only directories and outbound HTTP to an
+    /// allowlist of hosts; see [`crate::plugin::Grants`].
+    #[serde(default)]
+    pub capabilities: crate::plugin::Grants,
 }
 
 fn default_max_file_bytes() -> u64 {
@@ -611,6 +616,9 @@ impl PipelineConfig {
                 if extract.max_file_bytes == 0 {
                     problems.add("source.extract.max_file_bytes", "must be at least 1");
                 }
+                if let Err(e) = extract.capabilities.resolved(base_dir).check() {
+                    problems.add("source.extract.capabilities", format!("{e:#}"));
+                }
             }
             (_, Some(_)) => {
                 problems.add("source.extract", "is only used with format = \"extract\"")
@@ -649,7 +657,12 @@ impl PipelineConfig {
                 );
             }
             check_limits(problems, &format!("stages[{i}]"), &stage.limits());
-            if let Err(e) = stage.capabilities.resolved(base_dir).check_dirs() {
+            if stage.capabilities.http.is_some() {
+                problems.add(
+                    key("capabilities.http"),
+                    "outbound HTTP is granted only to extract plugins, under [source.extract.capabilities.http]",
+                );
+            } else if let Err(e) = stage.capabilities.resolved(base_dir).check() {
                 problems.add(key("capabilities.read_dirs"), format!("{e:#}"));
             }
             if stage.breaker.backoff_ms == 0 {

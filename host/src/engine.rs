@@ -76,6 +76,11 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(anyhow::Error::from)
             .context("adding WASI to the linker")?;
+        // Linked for every plugin but usable only by extract plugins whose
+        // source grants it (see plugin::capabilities and plugin::http).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("adding wasi:http to the linker")?;
         crate::plugin::clock::add_to_linker(&mut linker)
             .context("adding the deadline-aware monotonic clock to the linker")?;
         crate::bindings::host::add_to_linker::<PluginState, HasSelf<PluginState>>(

@@ -180,12 +180,23 @@ impl Pipeline {
             let config_json = serde_json::to_string(&extract.config)
                 .map_err(|e| problems.add("source.extract.config", e.to_string()))
                 .ok()?;
+            let grants = extract.capabilities.resolved(&base_dir);
+            grants
+                .check_granted(plugin.name(), plugin.imports())
+                .map_err(|e| problems.add("source.extract.capabilities", format!("{e:#}")))
+                .ok()?;
+            let http = grants
+                .http
+                .clone()
+                .map(|grant| crate::plugin::HttpAccess::new(grant, plugin.name()));
             Some(Extractor {
                 plugin: Arc::new(plugin),
                 config_json: Arc::from(config_json),
                 limits: extract.limits(),
                 content_type: extract.content_type.clone(),
                 max_file_bytes: extract.max_file_bytes,
+                grants,
+                http,
             })
         });
         let mut stages = Vec::new();
@@ -412,6 +423,11 @@ impl Pipeline {
                 path: quarantine_path,
                 rows: quarantine_rows,
             },
+            source_http: self
+                .extractor
+                .as_ref()
+                .and_then(|e| e.http.as_ref())
+                .map(|http| http.counts()),
         })
     }
 }

@@ -33,6 +33,10 @@ pub struct RunReport {
     pub outputs: Vec<OutputFile>,
     /// The committed quarantine file and its row count.
     pub quarantine: QuarantineReport,
+    /// The extract plugin's outbound HTTP requests, when its source grants
+    /// HTTP (`[source.extract.capabilities.http]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_http: Option<crate::plugin::HttpCounts>,
 }
 
 /// Whole-run record totals. `read == written + quarantined + filtered`.

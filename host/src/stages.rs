@@ -224,6 +224,7 @@ impl StageRunner {
                 stage.limits,
                 &stage.grants,
                 scope.memory.clone(),
+                None,
             )?;
             self.instance = Some((instance, version.clone()));
         }

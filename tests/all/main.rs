@@ -7,6 +7,7 @@ mod extract_source;
 mod flights;
 mod hostile;
 mod hot_reload;
+mod http;
 mod languages;
 mod malformed_input;
 mod serve;

@@ -10,8 +10,12 @@
 //!   every connect, bind or name lookup fails with `access-denied`. It is
 //!   linked because componentize-py puts CPython's socket module, and with
 //!   it every `wasi:sockets` interface, into every Python component.
-//! - Anything else (`wasi:http`, interfaces weir does not know) gets the
-//!   plugin rejected at load, with a message naming the import.
+//! - `wasi:http` is linked for extract plugins only, and a source must
+//!   grant it with an allowlist of hosts (`http`, see [`super::http`]); a
+//!   validate or transform plugin importing it is rejected at load, and so
+//!   is an extract plugin whose source does not grant it.
+//! - Anything else (interfaces weir does not know) gets the plugin
+//!   rejected at load, with a message naming the import.
 //!
 //! ```toml
 //! [[stages]]
@@ -19,6 +23,9 @@
 //! kind = "transform"
 //! plugin = "plugins/enrich.wasm"
 //! capabilities = { read_dirs = { "/ref" = "reference" } }   # read-only
+//!
+//! [source.extract.capabilities.http]                        # extract only
+//! allow_hosts = ["api.example.com"]
 //! ```
 
 use std::collections::BTreeMap;
@@ -27,6 +34,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use super::PluginKind;
+use super::http::HttpGrant;
 
 /// Import prefixes every plugin may have: they reach nothing outside the
 /// instance (the file system is empty without a granted directory).
@@ -48,6 +58,41 @@ pub struct Grants {
     /// (absolute, e.g. `/ref`) → the host directory, relative to the
     /// pipeline file. Default: none.
     pub read_dirs: BTreeMap<String, PathBuf>,
+    /// Outbound HTTP (extract plugins only). Default: none.
+    pub http: Option<HttpGrant>,
+}
+
+/// The interface prefix of outbound HTTP.
+const WASI_HTTP: &str = "wasi:http/";
+
+/// Checks that every import of plugin `name`, of `kind`, is one weir can
+/// link: [`ALWAYS_ALLOWED`], plus `wasi:http` for extract plugins (which
+/// their source must still grant, see [`Grants::check_granted`]).
+///
+/// # Errors
+/// The first import weir cannot link, named, with what is allowed.
+pub fn check_imports(name: &str, kind: PluginKind, imports: &[String]) -> Result<()> {
+    for import in imports {
+        if ALWAYS_ALLOWED.iter().any(|p| import.starts_with(p)) {
+            continue;
+        }
+        let what = if !import.starts_with(WASI_HTTP) {
+            "an interface weir does not provide"
+        } else if kind == PluginKind::Extract {
+            continue;
+        } else {
+            "outbound HTTP, which weir grants only to extract plugins"
+        };
+        bail!(
+            "plugin `{name}` imports `{import}`: {what}. {kind} plugins may import only {}",
+            ALWAYS_ALLOWED
+                .iter()
+                .map(|p| format!("{p}*"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
 }
 
 impl Grants {
@@ -59,41 +104,35 @@ impl Grants {
                 .iter()
                 .map(|(guest, host)| (guest.clone(), base_dir.join(host)))
                 .collect(),
+            http: self.http.clone(),
         }
     }
 
-    /// Checks that every import of plugin `name` is one weir allows (the
-    /// same for every stage: grants add directories, not interfaces).
+    /// Checks that these grants cover the imports of plugin `name`:
+    /// `wasi:http` needs an `http` grant.
     ///
     /// # Errors
-    /// The first import not granted, named, with what is allowed.
-    pub fn check_imports(&self, name: &str, imports: &[String]) -> Result<()> {
-        for import in imports {
-            if !ALWAYS_ALLOWED.iter().any(|p| import.starts_with(p)) {
-                let what = if import.starts_with("wasi:http/") {
-                    "outbound HTTP, which weir does not grant to stages"
-                } else {
-                    "an interface weir does not provide"
-                };
-                bail!(
-                    "plugin `{name}` imports `{import}`: {what}. Plugins may import only {}",
-                    ALWAYS_ALLOWED
-                        .iter()
-                        .map(|p| format!("{p}*"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
+    /// The first import not granted, named, with the key that grants it.
+    pub fn check_granted(&self, name: &str, imports: &[String]) -> Result<()> {
+        if self.http.is_none()
+            && let Some(import) = imports.iter().find(|i| i.starts_with(WASI_HTTP))
+        {
+            bail!(
+                "plugin `{name}` imports `{import}`: outbound HTTP, which its source does not grant. Grant it with `capabilities.http.allow_hosts = [\"host\", ...]`"
+            );
         }
         Ok(())
     }
 
-    /// Checks the granted directories exist.
+    /// Checks the granted directories exist and the HTTP grant is usable.
     ///
     /// # Errors
-    /// A guest path that is not absolute, or a host directory that is not
-    /// a directory.
-    pub fn check_dirs(&self) -> Result<()> {
+    /// A guest path that is not absolute, a host directory that is not a
+    /// directory, or an unusable `http` grant (see [`HttpGrant::check`]).
+    pub fn check(&self) -> Result<()> {
+        if let Some(http) = &self.http {
+            http.check().context("capabilities.http")?;
+        }
         for (guest, host) in &self.read_dirs {
             if !guest.starts_with('/') || guest.contains("..") {
                 bail!("`{guest}` must be an absolute path without `..`, like \"/ref\"");
@@ -124,19 +163,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn denies_sockets_http_and_unknown_interfaces_by_name() {
-        let grants = Grants::default();
+    fn http_is_linked_for_extract_plugins_only_and_needs_a_grant() {
         let ok = vec![
             "wasi:io/streams@0.2.6".to_string(),
             "wasi:filesystem/preopens@0.2.6".to_string(),
             "weir:plugin/host@0.1.0".to_string(),
         ];
-        grants.check_imports("p", &ok).unwrap();
-        for bad in ["wasi:http/outgoing-handler@0.2.6", "acme:evil/api"] {
-            let mut imports = ok.clone();
-            imports.push(bad.to_string());
-            let error = grants.check_imports("p", &imports).unwrap_err().to_string();
-            assert!(error.contains(bad), "{error}");
+        let http = "wasi:http/outgoing-handler@0.2.6".to_string();
+        let with_http = [ok.clone(), vec![http.clone()]].concat();
+        check_imports("p", PluginKind::Transform, &ok).unwrap();
+        check_imports("p", PluginKind::Extract, &with_http).unwrap();
+        for kind in [PluginKind::Transform, PluginKind::Validate] {
+            let error = check_imports("p", kind, &with_http)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(&http) && error.contains("only to extract"),
+                "{error}"
+            );
         }
+        let mut unknown = ok.clone();
+        unknown.push("acme:evil/api".into());
+        let error = check_imports("p", PluginKind::Extract, &unknown)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("acme:evil/api"), "{error}");
+
+        let error = Grants::default()
+            .check_granted("p", &with_http)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(&http) && error.contains("allow_hosts"),
+            "{error}"
+        );
+        let granted = Grants {
+            http: Some(HttpGrant {
+                allow_hosts: vec!["x.org".into()],
+                ..HttpGrant::default()
+            }),
+            ..Grants::default()
+        };
+        granted.check_granted("p", &with_http).unwrap();
     }
 }

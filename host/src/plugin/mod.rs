@@ -21,6 +21,7 @@ mod cache;
 mod capabilities;
 pub(crate) mod clock;
 mod error;
+pub mod http;
 mod limits;
 mod slot;
 mod watch;
@@ -35,11 +36,13 @@ use wasmtime::Store;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub use breaker::{Admission, BreakerConfig, BreakerState, BreakerStatus, CircuitBreaker};
 pub use cache::{Origin, cache_dir};
-pub use capabilities::{ALWAYS_ALLOWED, Grants};
+pub use capabilities::{ALWAYS_ALLOWED, Grants, check_imports};
 pub use error::PluginError;
+pub use http::{HttpAccess, HttpCounts, HttpGrant};
 pub use limits::{Limits, MemoryCap, MemoryLimitExceeded, MemoryPool, PoolExhausted};
 pub use slot::{HISTORY_LEN, PluginSlot, PluginVersion, Rejection, SlotStatus, Swap};
 pub use watch::{DEFAULT_DEBOUNCE, PluginWatcher};
@@ -242,7 +245,7 @@ impl Plugin {
                 expected.world()
             );
         }
-        Grants::default().check_imports(name, &imports)?;
+        check_imports(name, kind, &imports)?;
         let instance_pre = runtime.linker().instantiate_pre(&component).map_err(|e| {
             anyhow!(
                 "plugin `{name}` imports something weir does not provide: {}",
@@ -337,12 +340,13 @@ impl Plugin {
         config_json: Arc<str>,
         limits: Limits,
     ) -> Result<PluginInstance, PluginError> {
-        self.instantiate_with(stage, config_json, limits, &Grants::default(), None)
+        self.instantiate_with(stage, config_json, limits, &Grants::default(), None, None)
     }
 
     /// [`Plugin::instantiate`] with the capabilities `grants` (read-only
-    /// directories), drawing its linear memory from `pool` (a tenant's
-    /// `max_memory_bytes`) when given.
+    /// directories), outbound HTTP through `http` (extract plugins whose
+    /// source grants it; without it every request is denied), drawing its
+    /// linear memory from `pool` (a tenant's `max_memory_bytes`) when given.
     ///
     /// # Errors
     /// As [`Plugin::instantiate`], or a granted directory that cannot be
@@ -354,6 +358,7 @@ impl Plugin {
         limits: Limits,
         grants: &Grants,
         pool: Option<Arc<MemoryPool>>,
+        http: Option<&Arc<HttpAccess>>,
     ) -> Result<PluginInstance, PluginError> {
         let engine = Runtime::shared().engine();
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY_BYTES);
@@ -377,6 +382,11 @@ impl Plugin {
             log_lines: 0,
             clock,
             call_deadline: None,
+            http_ctx: WasiHttpCtx::new(),
+            http_hooks: http::HttpHooks {
+                access: http.cloned(),
+                deadline: None,
+            },
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.memory);
@@ -420,9 +430,23 @@ pub struct PluginState {
     log_lines: u32,
     /// The monotonic clock the plugin sees.
     clock: clock::InstanceClock,
-    /// When the running call's `timeout_ms` ends; host-side sleeps end
-    /// there at the latest.
+    /// When the running call's `timeout_ms` ends; host-side sleeps and
+    /// outbound requests end there at the latest.
     call_deadline: Option<Instant>,
+    http_ctx: WasiHttpCtx,
+    /// Outbound HTTP: denied unless the source granted it.
+    http_hooks: http::HttpHooks,
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        self.http_hooks.deadline = self.call_deadline;
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
+    }
 }
 
 impl WasiView for PluginState {

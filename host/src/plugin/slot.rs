@@ -184,6 +184,7 @@ impl PluginSlot {
                         self.limits,
                         &self.grants,
                         None,
+                        None,
                     )
                     .map_err(|e| format!("smoke test failed: {e}"))?;
                 Ok(plugin)

@@ -57,6 +57,10 @@ pub struct Extractor {
     pub content_type: String,
     /// Largest file handed to the plugin, in bytes.
     pub max_file_bytes: u64,
+    /// Its capabilities, host paths resolved.
+    pub grants: crate::plugin::Grants,
+    /// Its outbound HTTP (breakers and counts), when granted.
+    pub http: Option<Arc<crate::plugin::HttpAccess>>,
 }
 
 /// What a source yields: a batch, or a file that could not be read into
@@ -423,10 +427,13 @@ fn extract_file(
     }
     let result = (|| -> Result<Vec<RecordBatch>, crate::plugin::PluginError> {
         if instance.is_none() {
-            *instance = Some(extractor.plugin.instantiate(
+            *instance = Some(extractor.plugin.instantiate_with(
                 "source",
                 extractor.config_json.clone(),
                 extractor.limits,
+                &extractor.grants,
+                None,
+                extractor.http.as_ref(),
             )?);
         }
         let metadata = SourceMetadata {
