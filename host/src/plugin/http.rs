@@ -179,8 +179,8 @@ pub struct HttpAccess {
 }
 
 impl HttpAccess {
-    /// Access under `grant` for the plugin named `plugin` (for logs and
-    /// metrics).
+    /// Access under `grant` for the plugin named `plugin` (named in the
+    /// logs).
     pub fn new(grant: HttpGrant, plugin: &str) -> Arc<Self> {
         Arc::new(Self {
             grant,
@@ -326,7 +326,6 @@ async fn send(
             host = authority,
             "outbound request refused: host not in allow_hosts"
         );
-        metrics::counter!("weir_http_requests_total", "plugin" => plugin.to_string(), "outcome" => "denied").increment(1);
         return Err(HttpError::HttpRequestDenied);
     }
     let (host, port) = split_port(authority);
@@ -334,7 +333,6 @@ async fn send(
     let breaker = access.breaker(&host);
     if let Admission::Rest(rest) = breaker.admit() {
         access.count(|c| c.rested += 1);
-        metrics::counter!("weir_http_requests_total", "plugin" => plugin.to_string(), "outcome" => "circuit_open").increment(1);
         return Err(HttpError::InternalError(Some(format!(
             "weir: circuit open for {host} after repeated failures; next attempt allowed in {} ms",
             rest.as_millis()
@@ -396,8 +394,6 @@ async fn send(
         let time_left = remaining().is_none_or(|left| left > delay);
         if !failed || attempt >= retries || !time_left {
             let opened = outcome.record(!failed);
-            let outcome_label = if failed { "failed" } else { "ok" };
-            metrics::counter!("weir_http_requests_total", "plugin" => plugin.to_string(), "outcome" => outcome_label).increment(1);
             if opened {
                 tracing::warn!(
                     plugin,
@@ -417,7 +413,7 @@ async fn send(
             Err(e) => e.to_string(),
         };
         drop(sent);
-        tracing::debug!(plugin, host, attempt, %why, delay_ms = delay.as_millis() as u64, "retrying outbound request");
+        tracing::info!(plugin, host, attempt, %why, delay_ms = delay.as_millis() as u64, "retrying outbound request");
         access.count(|c| c.retries += 1);
         tokio::time::sleep(delay).await;
         attempt += 1;
