@@ -499,3 +499,114 @@ fn a_tenant_over_its_memory_quota_fails_alone_and_gets_its_memory_back() {
     assert!(used("b") > 0, "b's idle instance holds its memory");
     running.shutdown().unwrap();
 }
+
+#[test]
+fn a_flood_of_slow_batches_does_not_starve_another_tenant() {
+    let root = tempfile::tempdir().unwrap();
+    // One batch slot for the whole service, so the tenants must take turns.
+    // Tenant a has 4 pipelines whose batches loop until their 500 ms
+    // deadline, so up to 4 of its batches are ready at once.
+    let (service_file, tokens) = write_service(
+        root.path(),
+        "max_concurrent_batches = 4, fuel_per_second = 0, ingest_requests_per_second = 1000",
+    );
+    let a_dir = root.path().join("tenants/a");
+    std::fs::copy(weir_tests::SPIN, a_dir.join("plugins/spin.wasm")).unwrap();
+    let pipeline = std::fs::read_to_string(a_dir.join("pipeline.toml")).unwrap();
+    let a_pipelines: String = (0..4)
+        .map(|i| {
+            let text = pipeline
+                .replace("name = \"events\"", &format!("name = \"loops{i}\""))
+                .replace(
+                    "name = \"flag\"\nkind = \"validate\"\nplugin = \"plugins/flag.wasm\"",
+                    "name = \"spin\"\nkind = \"transform\"\nplugin = \"plugins/spin.wasm\"\ntimeout_ms = 500\nbisect_max_calls = 0",
+                )
+                .replace("path = \"out\"", &format!("path = \"out{i}\""))
+                .replace("path = \"quarantine\"", &format!("path = \"quarantine{i}\""));
+            std::fs::write(a_dir.join(format!("loops{i}.toml")), text).unwrap();
+            format!("[[tenants.pipelines]]\nfile = \"loops{i}.toml\"\nlinger_ms = 1\n\n")
+        })
+        .collect();
+    let service = std::fs::read_to_string(&service_file)
+        .unwrap()
+        .replace("[service]\n", "[service]\nmax_running_batches = 1\n")
+        .replacen(
+            "[[tenants.pipelines]]\nfile = \"pipeline.toml\"\nlinger_ms = 10\n",
+            &a_pipelines,
+            1,
+        );
+    std::fs::write(&service_file, service).unwrap();
+    let running = Running::start(&service_file);
+    let post = |token: &str, pipeline: &str, action: &str| {
+        let body = format!("{{\"id\":1,\"action\":\"{action}\"}}\n");
+        let req = request(
+            "POST",
+            &format!("/v1/pipelines/{pipeline}/records"),
+            Some(&bearer(token)),
+            Body::from(body),
+        );
+        running.oneshot(req)
+    };
+    let tenant_share = |name: &str| {
+        let (_, tenants) = running.oneshot(request(
+            "GET",
+            "/v1/tenants",
+            Some(&bearer(&tokens.operator)),
+            Body::empty(),
+        ));
+        tenants["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()["scheduler"]
+            .clone()
+    };
+
+    std::thread::scope(|scope| {
+        let flood: Vec<_> = (0..8)
+            .map(|i| {
+                let post = &post;
+                let token = &tokens.a;
+                scope.spawn(move || post(token, &format!("loops{}", i % 4), "loop"))
+            })
+            .collect();
+        // Wait until a has one batch running and three waiting for the slot.
+        let queued = std::time::Instant::now();
+        while tenant_share("a")["waiting"].as_u64().unwrap_or(0) < 3 {
+            assert!(
+                queued.elapsed() < std::time::Duration::from_secs(10),
+                "a never queued: {}",
+                tenant_share("a")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let started = std::time::Instant::now();
+        let (status, ack) = post(&tokens.b, "events", "ok");
+        let b_latency = started.elapsed();
+        assert_eq!(
+            (status, ack["written"].as_u64()),
+            (StatusCode::OK, Some(1)),
+            "{ack}"
+        );
+        // b waits for a's running batch (at most its 500 ms deadline), not
+        // for the three a queued before it (another 1.5 s).
+        assert!(
+            b_latency < std::time::Duration::from_millis(1200),
+            "b waited {b_latency:?} behind a's flood"
+        );
+        for request in flood {
+            let (status, ack) = request.join().unwrap();
+            assert_eq!(status, StatusCode::OK, "{ack}");
+            assert_eq!(ack["written"].as_u64(), Some(0), "{ack}");
+        }
+    });
+    let (a, b) = (tenant_share("a"), tenant_share("b"));
+    assert!(a["slot_seconds"].as_f64().unwrap() >= 4.0 * 0.45, "{a}");
+    assert_eq!(
+        (a["running"].as_u64(), a["waiting"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(b["slot_seconds"].as_f64().unwrap() < 0.5, "{b}");
+    running.shutdown().unwrap();
+}

@@ -112,6 +112,10 @@ pub struct Quotas {
     /// too). A `memory.grow` past it fails that call as `memory_limit`.
     /// Default 4,294,967,296 (4 GiB).
     pub max_memory_bytes: u64,
+    /// The tenant's share of the service's batch slots when tenants
+    /// contend for them, relative to the other tenants' weights (see
+    /// [`super::scheduler`]). Default 1.
+    pub weight: f64,
 }
 
 impl Quotas {
@@ -140,6 +144,7 @@ impl Default for Quotas {
             max_body_bytes: 16 * 1024 * 1024,
             max_plugin_bytes: 64 * 1024 * 1024,
             max_memory_bytes: 4 * 1024 * 1024 * 1024,
+            weight: 1.0,
         }
     }
 }
@@ -167,6 +172,23 @@ pub struct ServiceSettings {
     /// On SIGTERM / Ctrl-C, how long to wait for in-flight batches to be
     /// written before exiting anyway, in milliseconds. Default 30,000.
     pub shutdown_timeout_ms: u64,
+    /// Micro-batches running at once in the whole service, all tenants
+    /// together; when more are ready, tenants get the slots by weighted
+    /// fair share (see [`super::scheduler`]). Default: the number of cores
+    /// (at least 2).
+    pub max_running_batches: Option<usize>,
+}
+
+impl ServiceSettings {
+    /// [`ServiceSettings::max_running_batches`], the default applied.
+    pub fn running_batches(&self) -> usize {
+        self.max_running_batches.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(2)
+                .max(2)
+        })
+    }
 }
 
 impl Default for ServiceSettings {
@@ -178,6 +200,7 @@ impl Default for ServiceSettings {
             max_body_bytes: 16 * 1024 * 1024,
             reload_debounce_ms: 200,
             shutdown_timeout_ms: 30_000,
+            max_running_batches: None,
         }
     }
 }
@@ -250,6 +273,9 @@ impl ServiceConfig {
         if self.service.max_body_bytes == 0 {
             problems.add("service.max_body_bytes", "must be at least 1");
         }
+        if self.service.max_running_batches == Some(0) {
+            problems.add("service.max_running_batches", "must be at least 1");
+        }
         if !self.auth_enabled()
             && let Ok(address) = self.service.listen.parse::<SocketAddr>()
             && !address.ip().is_loopback()
@@ -320,6 +346,9 @@ impl ServiceConfig {
             }
             if q.ingest_requests_per_second.is_nan() || q.ingest_requests_per_second <= 0.0 {
                 problems.add(key("quotas.ingest_requests_per_second"), "must be above 0");
+            }
+            if !q.weight.is_finite() || q.weight <= 0.0 {
+                problems.add(key("quotas.weight"), "must be a number above 0");
             }
             for (value, name) in [
                 (q.ingest_burst as usize, "ingest_burst"),

@@ -637,11 +637,13 @@ impl LivePipeline {
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
+        // A tenant in fuel debt waits here, before taking a service slot.
+        self.quota.wait_for_fuel().await;
+        let run_slot = self.quota.run_slot().await;
         let this = self.clone();
         running.spawn_blocking(move || {
-            this.quota.wait_for_fuel();
             this.run_batch(pieces);
-            drop((permit, tenant_permit));
+            drop((run_slot, permit, tenant_permit));
         });
     }
 

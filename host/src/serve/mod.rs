@@ -22,6 +22,7 @@ pub mod ingest;
 pub mod live;
 pub mod metrics;
 pub mod quarantine_log;
+pub mod scheduler;
 pub mod tenant;
 
 use std::collections::BTreeMap;
@@ -85,6 +86,7 @@ impl Service {
             .with_context(|| format!("creating {}", state_dir.display()))?;
         let mut errors = Vec::new();
         let mut tenants = BTreeMap::new();
+        let scheduler = scheduler::FairScheduler::new(config.service.running_batches());
         if !config.pipelines.is_empty() {
             // The implicit tenant keeps the state layout of a single-tenant
             // service: STATE_DIR/PIPELINE.
@@ -95,7 +97,11 @@ impl Service {
                 &base_dir,
                 false,
                 &config.pipelines,
-                Quotas::unlimited(config.service.max_body_bytes),
+                tenant::Quota::new(
+                    DEFAULT_TENANT,
+                    Quotas::unlimited(config.service.max_body_bytes),
+                    scheduler.clone(),
+                ),
                 &state_dir,
                 &mut errors,
             )?;
@@ -110,7 +116,7 @@ impl Service {
                 &dir,
                 true,
                 &tenant.pipelines,
-                tenant.quotas,
+                tenant::Quota::new(&tenant.name, tenant.quotas, scheduler.clone()),
                 &state_dir.join("tenants").join(&tenant.name),
                 &mut errors,
             )?;
@@ -339,11 +345,11 @@ fn load_tenant(
     dir: &Path,
     confined: bool,
     hosted_pipelines: &[HostedPipeline],
-    quotas: Quotas,
+    quota: tenant::Quota,
     state_dir: &Path,
     errors: &mut Vec<ConfigError>,
 ) -> Result<Tenant> {
-    let quota = Arc::new(tenant::Quota::new(name, quotas));
+    let quota = Arc::new(quota);
     let mut pipelines = BTreeMap::new();
     for (i, hosted) in hosted_pipelines.iter().enumerate() {
         let path = dir.join(&hosted.file);

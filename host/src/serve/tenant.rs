@@ -4,16 +4,19 @@
 //! Every quota is enforced per tenant, so a tenant over its quota waits or
 //! is refused while the others go on:
 //!
-//! - **Concurrent batches** ([`Tenant::batch_slots`]): a semaphore shared by
+//! - **Concurrent batches** ([`Quota::batch_slots`]): a semaphore shared by
 //!   the tenant's pipelines. A micro-batch holds a permit from before its
 //!   first plugin call to its commit, so a tenant with slow or looping
 //!   plugins occupies at most `max_concurrent_batches` worker threads (and
-//!   as many instances per stage). With fewer slots per tenant than cores,
-//!   the OS scheduler shares the CPU between tenants.
-//! - **Fuel per second** ([`Tenant::wait_for_fuel`]): a bucket refilled at
+//!   as many instances per stage).
+//! - **Fair share of the service** ([`Quota::run_slot`]): then the batch
+//!   waits for one of the service's `max_running_batches` slots, which the
+//!   [`FairScheduler`] hands out by weighted fair share between tenants.
+//! - **Fuel per second** ([`Quota::wait_for_fuel`]): a bucket refilled at
 //!   `fuel_per_second`, holding one second of it. Each batch debits the fuel
 //!   its calls burned; while the bucket is below zero, the tenant's next
-//!   batch waits for the refill before calling any plugin.
+//!   batch waits for the refill (holding no service slot) before calling
+//!   any plugin.
 //! - **Ingest rate** ([`Tenant::admit_request`]): a token bucket of
 //!   `ingest_burst` requests refilled at `ingest_requests_per_second`;
 //!   an empty bucket answers `429` before the body is decoded.
@@ -32,6 +35,7 @@ use tokio::sync::Semaphore;
 
 use super::config::Quotas;
 use super::live::LivePipeline;
+use super::scheduler::{FairScheduler, SchedulerShare, SlotGuard};
 use crate::plugin::MemoryPool;
 
 /// One tenant being served.
@@ -56,6 +60,7 @@ pub struct Quota {
     fuel: Mutex<Bucket>,
     requests: Mutex<Bucket>,
     memory: Arc<MemoryPool>,
+    scheduler: Arc<FairScheduler>,
 }
 
 impl std::fmt::Debug for Tenant {
@@ -122,6 +127,8 @@ pub struct TenantStatus {
     pub fuel_available: f64,
     /// Linear memory its live instances hold, in bytes.
     pub memory_used_bytes: u64,
+    /// Its use of the service's batch slots.
+    pub scheduler: Option<SchedulerShare>,
 }
 
 impl Tenant {
@@ -171,16 +178,19 @@ impl Tenant {
                 - quota.batch_slots.available_permits(),
             fuel_available,
             memory_used_bytes: quota.memory.used_bytes(),
+            scheduler: quota.scheduler.shares().remove(&*self.name),
         }
     }
 }
 
 impl Quota {
-    /// Fresh usage of `quotas` for tenant `tenant`.
-    pub fn new(tenant: &str, quotas: Quotas) -> Quota {
+    /// Fresh usage of `quotas` for tenant `tenant`, whose batches run in
+    /// the slots of `scheduler` (registered there with its weight).
+    pub fn new(tenant: &str, quotas: Quotas, scheduler: Arc<FairScheduler>) -> Quota {
         let fuel_rate = quotas.fuel_per_second as f64;
+        let tenant: Arc<str> = Arc::from(tenant);
+        scheduler.register(&tenant, quotas.weight);
         Quota {
-            tenant: Arc::from(tenant),
             batch_slots: Arc::new(Semaphore::new(quotas.max_concurrent_batches)),
             fuel: Mutex::new(Bucket::new(fuel_rate, fuel_rate)),
             requests: Mutex::new(Bucket::new(
@@ -192,7 +202,20 @@ impl Quota {
                 quotas.max_memory_bytes,
             )),
             quotas,
+            scheduler,
+            tenant,
         }
+    }
+
+    /// Waits for a slot of the service's scheduler for one batch; the slot
+    /// is held until the guard is dropped.
+    pub async fn run_slot(&self) -> SlotGuard {
+        self.scheduler.acquire(&self.tenant).await
+    }
+
+    /// The service's scheduler.
+    pub fn scheduler(&self) -> &Arc<FairScheduler> {
+        &self.scheduler
     }
 
     /// The tenant's linear-memory pool, shared by its instances.
@@ -220,9 +243,9 @@ impl Quota {
         }
     }
 
-    /// Blocks (on a worker thread) while the tenant's fuel budget is in
-    /// debt; returns how long it waited. Unlimited with `fuel_per_second = 0`.
-    pub fn wait_for_fuel(&self) -> Duration {
+    /// Waits while the tenant's fuel budget is in debt; returns how long it
+    /// waited. Unlimited with `fuel_per_second = 0`.
+    pub async fn wait_for_fuel(&self) -> Duration {
         if self.quotas.fuel_per_second == 0 {
             return Duration::ZERO;
         }
@@ -243,7 +266,7 @@ impl Quota {
                 return waited;
             }
             slept = true;
-            std::thread::sleep(wait.min(Duration::from_millis(100)));
+            tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
         }
     }
 
@@ -326,7 +349,7 @@ mod tests {
             ingest_requests_per_second: 20.0,
             ..Quotas::default()
         };
-        let tenant = Quota::new("a", quotas);
+        let tenant = Quota::new("a", quotas, FairScheduler::new(1));
         for _ in 0..3 {
             tenant.admit_request().unwrap();
         }
@@ -336,17 +359,17 @@ mod tests {
         tenant.admit_request().unwrap();
     }
 
-    #[test]
-    fn fuel_debt_makes_the_next_batch_wait() {
+    #[tokio::test]
+    async fn fuel_debt_makes_the_next_batch_wait() {
         let quotas = Quotas {
             fuel_per_second: 1_000_000,
             ..Quotas::default()
         };
-        let tenant = Quota::new("a", quotas);
-        assert_eq!(tenant.wait_for_fuel(), Duration::ZERO);
+        let tenant = Quota::new("a", quotas, FairScheduler::new(1));
+        assert_eq!(tenant.wait_for_fuel().await, Duration::ZERO);
         // One second of budget plus 0.2 s of debt.
         tenant.charge_fuel(1_200_000);
-        let waited = tenant.wait_for_fuel();
+        let waited = tenant.wait_for_fuel().await;
         assert!(
             waited >= Duration::from_millis(150) && waited < Duration::from_secs(2),
             "{waited:?}"
