@@ -413,9 +413,15 @@ fn ingest_quotas_answer_429_and_413() {
     let (status, answer) = send(&tokens.a, record.repeat(100));
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
     let mut statuses = Vec::new();
+    let mut took = Vec::new();
     for _ in 0..4 {
+        let started = std::time::Instant::now();
         statuses.push(send(&tokens.a, record.clone()).0);
+        took.push(started.elapsed());
     }
+    // A 429 is held until the quota would allow a request (at most 1 s), so
+    // a client retrying at once cannot flood the service with refusals.
+    assert!(took[2] >= std::time::Duration::from_millis(900), "{took:?}");
     // The over-size request took a token too: 3 in the burst = 1 + 2 OK.
     assert_eq!(&statuses[..2], [StatusCode::OK, StatusCode::OK]);
     assert!(

@@ -330,21 +330,25 @@ async fn send(
     }
     let (host, port) = split_port(authority);
     let host = format!("{host}:{}", port.unwrap_or(default_port));
+    // The body first: a body too large is the plugin's fault, not the host's.
+    let (parts, body) = request.into_parts();
+    let body = collect_body(body).await?;
     let breaker = access.breaker(&host);
     if let Admission::Rest(rest) = breaker.admit() {
         access.count(|c| c.rested += 1);
+        let when = if rest.is_zero() {
+            "a probe request is under way".to_string()
+        } else {
+            format!("next attempt allowed in {} ms", rest.as_millis())
+        };
         return Err(HttpError::InternalError(Some(format!(
-            "weir: circuit open for {host} after repeated failures; next attempt allowed in {} ms",
-            rest.as_millis()
+            "weir: circuit open for {host} after repeated failures; {when}"
         ))));
     }
     let mut outcome = Outcome {
-        breaker: breaker.clone(),
+        breaker,
         recorded: false,
     };
-
-    let (parts, body) = request.into_parts();
-    let body = collect_body(body).await?;
     let retries = if idempotent(&parts.method) {
         grant.retries
     } else {
