@@ -78,10 +78,11 @@ pub struct StageReport {
     pub calls: u64,
     /// Failed calls by error kind.
     pub errors: BTreeMap<String, u64>,
-    /// Fuel units consumed by successful calls.
+    /// Fuel units consumed by all calls, failed ones included (a call
+    /// stopped at its deadline burned fuel until then).
     pub fuel_consumed: u64,
-    /// Time spent in successful plugin calls, in milliseconds, summed over
-    /// workers (can exceed the run's wall-clock time).
+    /// Time spent in plugin calls, failed ones included, in milliseconds,
+    /// summed over workers (can exceed the run's wall-clock time).
     pub call_time_ms: f64,
     /// Largest linear memory any instance of this stage reached, in bytes.
     pub peak_memory_bytes: u64,

@@ -230,17 +230,17 @@ impl StageRunner {
         }
         let (instance, _) = self.instance.as_mut().expect("instantiated above");
         self.report.calls += 1;
-        let (output, stats) = match self.stage.kind {
-            PluginKind::Transform => {
-                let (out, stats) = instance.transform(batch)?;
-                (StageOutput::Transformed(columnar::from_wit(out)?), stats)
-            }
-            PluginKind::Validate => {
-                let (verdicts, stats) = instance.validate(batch)?;
-                (StageOutput::Verdicts(verdicts), stats)
-            }
+        let output = match self.stage.kind {
+            PluginKind::Transform => instance
+                .transform(batch)
+                .and_then(|(out, _)| Ok(StageOutput::Transformed(columnar::from_wit(out)?))),
+            PluginKind::Validate => instance
+                .validate(batch)
+                .map(|(verdicts, _)| StageOutput::Verdicts(verdicts)),
             PluginKind::Extract => unreachable!("extract stages are rejected by config validation"),
         };
+        // Failed calls count too: a call stopped at its deadline burned fuel.
+        let stats = instance.last_call();
         self.report.fuel_consumed += stats.fuel;
         self.report.call_time_ms += stats.duration.as_secs_f64() * 1000.0;
         self.report.peak_memory_bytes = self.report.peak_memory_bytes.max(stats.peak_memory_bytes);
@@ -255,7 +255,7 @@ impl StageRunner {
         metrics::counter!("weir_plugin_fuel_consumed_total", &labels).increment(stats.fuel);
         metrics::gauge!("weir_plugin_peak_memory_bytes", &labels)
             .set(self.report.peak_memory_bytes as f64);
-        Ok(output)
+        output
     }
 }
 
@@ -277,6 +277,17 @@ pub struct Scope {
     pub pipeline: Arc<str>,
     /// The tenant's linear-memory quota, shared by all its instances.
     pub memory: Option<Arc<crate::plugin::MemoryPool>>,
+    /// The tenant's fuel budget: a failed batch is split to find its poison
+    /// rows only while the budget lasts.
+    pub fuel: Option<Arc<dyn FuelBudget>>,
+}
+
+/// A tenant's fuel budget as the stages see it (`weir serve`'s
+/// `fuel_per_second` quota).
+pub trait FuelBudget: Send + Sync + std::fmt::Debug {
+    /// Fuel units the tenant may still burn now, before this batch's
+    /// calls are charged; negative when it is in debt.
+    fn available(&self) -> f64;
 }
 
 impl Scope {
@@ -286,6 +297,7 @@ impl Scope {
             tenant: Arc::from(tenant),
             pipeline: Arc::from(pipeline),
             memory: None,
+            fuel: None,
         }
     }
 
@@ -694,6 +706,19 @@ impl StageRunner {
     ///
     /// # Errors
     /// Only when the host cannot make a call at all.
+    /// Whether the tenant's fuel budget is spent, counting what this stage
+    /// burned in the running batch (charged to the budget after it).
+    fn out_of_fuel(&self, scope: &Scope) -> bool {
+        let out = scope
+            .fuel
+            .as_ref()
+            .is_some_and(|fuel| fuel.available() - self.report.fuel_consumed as f64 <= 0.0);
+        if out {
+            tracing::info!(tenant = %scope.tenant, stage = %self.stage.name, "the tenant's fuel budget is spent: the rest of the failed batch is quarantined without splitting further");
+        }
+        out
+    }
+
     fn isolate(
         &mut self,
         scope: &Scope,
@@ -708,7 +733,7 @@ impl StageRunner {
         while let Some((range, error)) = failing.pop() {
             // A start-up failure does not depend on the rows.
             let splittable = !matches!(error, PluginError::Instantiate(_));
-            if range.len() < 2 || budget < 2 || !splittable {
+            if range.len() < 2 || budget < 2 || !splittable || self.out_of_fuel(scope) {
                 failed.push((range, error));
                 continue;
             }

@@ -403,3 +403,22 @@ fn a_slow_host_call_is_stopped_by_the_deadline() {
     assert_eq!(report.records.written, 3);
     assert!(started.elapsed() >= Duration::from_millis(40));
 }
+
+#[test]
+fn a_failed_call_is_charged_the_fuel_it_burned() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::action_csv(dir.path(), &["loop"]);
+    let pipeline = crate::support::one_stage_pipeline(
+        dir.path(),
+        "transform",
+        weir_tests::SPIN,
+        10,
+        "fuel_per_batch = 50_000_000\ntimeout_ms = 600_000",
+    );
+    let report = crate::support::run(&pipeline);
+    assert_eq!(report.records.quarantined, 1);
+    assert_eq!(
+        report.stages[0].fuel_consumed, 50_000_000,
+        "the whole budget of the call that ran out of it"
+    );
+}

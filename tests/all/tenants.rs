@@ -616,3 +616,45 @@ fn a_flood_of_slow_batches_does_not_starve_another_tenant() {
     assert!(b["slot_seconds"].as_f64().unwrap() < 0.5, "{b}");
     running.shutdown().unwrap();
 }
+
+#[test]
+fn a_tenant_out_of_fuel_gets_no_split_calls() {
+    let root = tempfile::tempdir().unwrap();
+    // a's budget is smaller than one call of the flag validator.
+    let (service_file, tokens) = write_service(root.path(), "fuel_per_second = 1000");
+    let running = Running::start(&service_file);
+    let body: String = (0..10)
+        .map(|i| {
+            let action = if i == 3 { "trap" } else { "ok" };
+            format!("{{\"id\":{i},\"action\":\"{action}\"}}\n")
+        })
+        .collect();
+    let send = |token: &str| {
+        running.oneshot(request(
+            "POST",
+            "/v1/pipelines/events/records",
+            Some(&bearer(token)),
+            Body::from(body.clone()),
+        ))
+    };
+    // b splits the batch and quarantines the poison row alone ...
+    let (status, ack) = send(&tokens.b);
+    assert_eq!(status, StatusCode::OK, "{ack}");
+    assert_eq!(
+        (ack["written"].as_u64(), ack["quarantined"].as_u64()),
+        (Some(9), Some(1)),
+        "{ack}"
+    );
+    // ... a, whose fuel is spent by the failed call, quarantines it whole.
+    let (status, ack) = send(&tokens.a);
+    assert_eq!(status, StatusCode::OK, "{ack}");
+    assert_eq!(
+        (ack["written"].as_u64(), ack["quarantined"].as_u64()),
+        (Some(0), Some(10)),
+        "{ack}"
+    );
+    let a = running.service.pipeline("a", "events").unwrap();
+    assert_eq!(a.stage_reports()[0].bisect_calls, 0);
+    assert!(a.stage_reports()[0].fuel_consumed > 1000);
+    running.shutdown().unwrap();
+}

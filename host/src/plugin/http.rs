@@ -317,19 +317,27 @@ async fn send(
     } else {
         80
     };
-    let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+    // Host and port as the connection will use them; an authority with
+    // user information (`user@host`) is refused outright.
+    let (host, port) = match uri.authority() {
+        Some(a) if !a.as_str().contains('@') => (
+            a.host().to_ascii_lowercase(),
+            a.port_u16().unwrap_or(default_port),
+        ),
+        _ => (String::new(), default_port),
+    };
+    let host = format!("{host}:{port}");
     access.count(|c| c.requests += 1);
-    if !grant.allows(authority, default_port) {
+    if !grant.allows(&host, default_port) {
         access.count(|c| c.denied += 1);
+        let requested = uri.authority().map_or("", |a| a.as_str());
         tracing::warn!(
             plugin,
-            host = authority,
+            host = requested,
             "outbound request refused: host not in allow_hosts"
         );
         return Err(HttpError::HttpRequestDenied);
     }
-    let (host, port) = split_port(authority);
-    let host = format!("{host}:{}", port.unwrap_or(default_port));
     // The body first: a body too large is the plugin's fault, not the host's.
     let (parts, body) = request.into_parts();
     let body = collect_body(body).await?;
@@ -471,6 +479,7 @@ mod tests {
         assert!(!g.allows("evil-data.org", 443));
         assert!(!g.allows("api.example.com.evil.net", 443));
         assert!(!g.allows("", 80));
+        assert!(!g.allows(":80", 80));
         assert!(grant(&["[::1]:9000"]).allows("[::1]:9000", 80));
     }
 

@@ -394,6 +394,7 @@ impl Plugin {
             store,
             exports: Exports::Pending,
             limits,
+            last_call: CallStats::default(),
         };
         instance.arm();
         let exports = match &self.pre {
@@ -505,6 +506,7 @@ pub struct PluginInstance {
     store: Store<PluginState>,
     exports: Exports,
     limits: Limits,
+    last_call: CallStats,
 }
 
 impl PluginInstance {
@@ -525,13 +527,21 @@ impl PluginInstance {
         PluginError::classify(error, &self.limits, &stderr)
     }
 
-    fn stats(&self, started: Instant) -> CallStats {
+    fn stats(&mut self, started: Instant) -> CallStats {
         let left = self.store.get_fuel().unwrap_or(0);
-        CallStats {
+        self.last_call = CallStats {
             fuel: self.limits.fuel_per_batch.saturating_sub(left),
             duration: started.elapsed(),
             peak_memory_bytes: self.store.data().memory.peak_bytes(),
-        }
+        };
+        self.last_call
+    }
+
+    /// What the latest call used, whether it succeeded or failed (a call
+    /// stopped by its deadline has burned fuel too, which a tenant's fuel
+    /// quota must be charged).
+    pub fn last_call(&self) -> CallStats {
+        self.last_call
     }
 
     fn check_output(&self, bytes: u64) -> Result<(), PluginError> {

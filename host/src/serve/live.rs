@@ -656,6 +656,7 @@ impl LivePipeline {
                 Worker::new(
                     Scope {
                         memory: Some(self.quota.memory().clone()),
+                        fuel: Some(self.quota.clone()),
                         ..Scope::new(&self.tenant, &self.name)
                     },
                     self.pipeline.stages(),

@@ -270,7 +270,8 @@ impl Quota {
         }
     }
 
-    /// Debits `fuel` units burned by one batch's plugin calls.
+    /// Debits `fuel` units burned by one batch's plugin calls (after the
+    /// batch: see [`crate::stages::FuelBudget`] for the view during it).
     pub fn charge_fuel(&self, fuel: u64) {
         metrics::counter!("weir_tenant_fuel_consumed_total", "tenant" => self.tenant.to_string())
             .increment(fuel);
@@ -319,6 +320,17 @@ fn resolve(path: &Path) -> Option<PathBuf> {
         }
     }
     Some(resolved)
+}
+
+impl crate::stages::FuelBudget for Quota {
+    fn available(&self) -> f64 {
+        if self.quotas.fuel_per_second == 0 {
+            return f64::INFINITY;
+        }
+        let mut bucket = self.fuel.lock().expect("bucket lock");
+        bucket.refill();
+        bucket.level
+    }
 }
 
 #[cfg(test)]
