@@ -26,9 +26,10 @@
 //!    the committed flights sample again and again (one client) while
 //!    tenant A (quotas: 1 concurrent batch, 2e8 fuel/s, 20 requests/s)
 //!    floods ingest from 32 clients with batches that loop (deadline 200 ms),
-//!    bomb memory and trap. B's records/s and p99 request latency are
-//!    compared with B alone in the same service, in 5 alternating rounds
-//!    (median ratio reported).
+//!    bomb memory and trap. B's records/s and p99 request latency (100
+//!    requests per phase) beside the flood are compared with the mean of B
+//!    alone just before and just after, in 5 rounds (median ratio
+//!    reported, with B-alone-after / B-alone-before as the noise floor).
 //!
 //! Each figure is the median of several repetitions. Results are printed and
 //! written as JSON to `$WEIR_BENCH_JSON` (default `target/bench-weir.json`).
@@ -974,15 +975,17 @@ quarantine_path = "serve/quarantine"
     let a_url = format!("{}/v1/pipelines/hostile/records", background.url());
     let body = std::fs::read_to_string(&sample)?;
     let rows = body.lines().count() - 1;
-    let requests = 60;
-    // Warm up, then rounds of B alone and B beside A's flood, so that
-    // drifts of the shared machine hit both sides alike.
+    let requests = 100;
+    // Warm up, then B alone, and rounds of B beside A's flood each followed
+    // by B alone again: each flood phase is compared with the mean of the
+    // alone phases around it, so drifts of the shared machine cancel out,
+    // and consecutive alone phases show the noise floor.
     post_repeatedly(&b_url, &b_token, &body, 5);
     let counts = Arc::new(std::sync::Mutex::new(HashMap::<u16, u64>::new()));
     let rate = |elapsed: Duration| (rows * requests) as f64 / elapsed.as_secs_f64();
-    let mut rounds = Vec::new();
+    let mut alone = vec![post_repeatedly(&b_url, &b_token, &body, requests)];
+    let mut contended = Vec::new();
     for _ in 0..NEIGHBOUR_ROUNDS {
-        let (alone, alone_latencies) = post_repeatedly(&b_url, &b_token, &body, requests);
         // A floods: 32 clients posting hostile records as fast as they can.
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flooders: Vec<_> = (0..32)
@@ -1017,20 +1020,31 @@ quarantine_path = "serve/quarantine"
             })
             .collect();
         std::thread::sleep(Duration::from_millis(500));
-        let (contended, contended_latencies) = post_repeatedly(&b_url, &b_token, &body, requests);
+        contended.push(post_repeatedly(&b_url, &b_token, &body, requests));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for flooder in flooders {
             flooder.join().unwrap();
         }
-        rounds.push(json!({
-            "alone_records_per_s": rate(alone),
-            "contended_records_per_s": rate(contended),
-            "throughput_kept": rate(contended) / rate(alone),
-            "alone_p99_ms": percentile_ms(&alone_latencies, 0.99),
-            "contended_p99_ms": percentile_ms(&contended_latencies, 0.99),
-            "p99_ratio": percentile_ms(&contended_latencies, 0.99) / percentile_ms(&alone_latencies, 0.99),
-        }));
+        alone.push(post_repeatedly(&b_url, &b_token, &body, requests));
     }
+    let rounds: Vec<serde_json::Value> = contended
+        .iter()
+        .enumerate()
+        .map(|(i, (elapsed, latencies))| {
+            let (before, after) = (&alone[i], &alone[i + 1]);
+            let alone_rate = (rate(before.0) + rate(after.0)) / 2.0;
+            let alone_p99 = (percentile_ms(&before.1, 0.99) + percentile_ms(&after.1, 0.99)) / 2.0;
+            json!({
+                "alone_records_per_s": alone_rate,
+                "contended_records_per_s": rate(*elapsed),
+                "throughput_kept": rate(*elapsed) / alone_rate,
+                "alone_p99_ms": alone_p99,
+                "contended_p99_ms": percentile_ms(latencies, 0.99),
+                "p99_ratio": percentile_ms(latencies, 0.99) / alone_p99,
+                "alone_after_over_before": rate(after.0) / rate(before.0),
+            })
+        })
+        .collect();
     let a_status = background
         .service()
         .pipeline("a", "hostile")
@@ -1049,9 +1063,13 @@ quarantine_path = "serve/quarantine"
         values[values.len() / 2]
     };
     let (kept, p99_ratio) = (median_of("throughput_kept"), median_of("p99_ratio"));
+    let noise: Vec<String> = rounds
+        .iter()
+        .map(|r| format!("{:.2}", r["alone_after_over_before"].as_f64().unwrap()))
+        .collect();
     let counts = counts.lock().unwrap().clone();
     println!(
-        "noisy neighbour (median of {NEIGHBOUR_ROUNDS} rounds): B keeps {kept:.2}x of its records/s (target >= 0.9) and {p99_ratio:.2}x its p99 latency (target <= 1.5) while A floods (A's answers by status: {counts:?}; A quarantined {} records); rounds {:?} / {:?}",
+        "noisy neighbour (median of {NEIGHBOUR_ROUNDS} rounds): B keeps {kept:.2}x of its records/s (target >= 0.9) and {p99_ratio:.2}x its p99 latency (target <= 1.5) while A floods (A's answers by status: {counts:?}; A quarantined {} records); rounds {:?} / {:?}; noise floor, B alone after / before each round: {noise:?}",
         a_status.quarantined,
         rounds
             .iter()
@@ -1075,8 +1093,8 @@ quarantine_path = "serve/quarantine"
     }))
 }
 
-/// Rounds of the noisy-neighbour comparison (each: B alone, then B beside
-/// A's flood).
+/// Rounds of the noisy-neighbour comparison (each: B beside A's flood,
+/// then B alone; one more B-alone phase comes first).
 const NEIGHBOUR_ROUNDS: usize = 5;
 
 fn main() -> Result<()> {

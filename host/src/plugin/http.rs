@@ -380,9 +380,7 @@ async fn send(
                 timeout,
             )),
         };
-        let mut again = http::Request::from_parts(parts.clone(), ());
-        *again.uri_mut() = uri.clone();
-        let again = again.map(|()| {
+        let again = http::Request::from_parts(parts.clone(), ()).map(|()| {
             Full::new(body.clone())
                 .map_err(|never| match never {})
                 .boxed_unsync()
