@@ -696,29 +696,25 @@ impl Isolated {
 }
 
 impl StageRunner {
-    /// Finds the rows of `batch` that make the plugin fail (`error` is the
-    /// failure of the call on the whole batch): a failing range is split in
-    /// halves and each half called again, until a range is a single row or
-    /// the stage's `bisect_max_calls` are spent. Plugins are taken to fail
-    /// on rows, not on combinations; a failure that depends on the batch as
-    /// a whole (its size, say) also ends up isolated, in the smallest
-    /// ranges that still fail.
-    ///
-    /// # Errors
-    /// Only when the host cannot make a call at all.
     /// Whether the tenant's fuel budget is spent, counting what this stage
     /// burned in the running batch (charged to the budget after it).
     fn out_of_fuel(&self, scope: &Scope) -> bool {
-        let out = scope
+        scope
             .fuel
             .as_ref()
-            .is_some_and(|fuel| fuel.available() - self.report.fuel_consumed as f64 <= 0.0);
-        if out {
-            tracing::info!(tenant = %scope.tenant, stage = %self.stage.name, "the tenant's fuel budget is spent: the rest of the failed batch is quarantined without splitting further");
-        }
-        out
+            .is_some_and(|fuel| fuel.available() - self.report.fuel_consumed as f64 <= 0.0)
     }
 
+    /// Finds the rows of `batch` that make the plugin fail (`error` is the
+    /// failure of the call on the whole batch): a failing range is split in
+    /// halves and each half called again, until a range is a single row or
+    /// the stage's `bisect_max_calls` (or the tenant's fuel budget) are
+    /// spent. Plugins are taken to fail on rows, not on combinations; a
+    /// failure that depends on the batch as a whole (its size, say) also
+    /// ends up isolated, in the smallest ranges that still fail.
+    ///
+    /// # Errors
+    /// Only when the host cannot make a call at all.
     fn isolate(
         &mut self,
         scope: &Scope,
@@ -730,10 +726,17 @@ impl StageRunner {
         let mut passed = Vec::new();
         let mut failed = Vec::new();
         let mut failing = vec![(0..batch.num_rows(), error)];
+        let mut out_of_fuel = false;
         while let Some((range, error)) = failing.pop() {
             // A start-up failure does not depend on the rows.
             let splittable = !matches!(error, PluginError::Instantiate(_));
-            if range.len() < 2 || budget < 2 || !splittable || self.out_of_fuel(scope) {
+            if range.len() < 2 || budget < 2 || !splittable || out_of_fuel {
+                failed.push((range, error));
+                continue;
+            }
+            if self.out_of_fuel(scope) {
+                tracing::info!(tenant = %scope.tenant, stage = %self.stage.name, "the tenant's fuel budget is spent: the rest of the failed batch is quarantined without splitting further");
+                out_of_fuel = true;
                 failed.push((range, error));
                 continue;
             }
