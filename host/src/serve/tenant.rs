@@ -17,7 +17,7 @@
 //!   its calls burned; while the bucket is below zero, the tenant's next
 //!   batch waits for the refill (holding no service slot) before calling
 //!   any plugin.
-//! - **Ingest rate** ([`Tenant::admit_request`]): a token bucket of
+//! - **Ingest rate** ([`Quota::admit_request`]): a token bucket of
 //!   `ingest_burst` requests refilled at `ingest_requests_per_second`;
 //!   an empty bucket answers `429` before the body is decoded.
 //! - **Linear memory** ([`Quota::memory`]): a [`MemoryPool`] of
