@@ -607,12 +607,16 @@ fn a_flood_of_slow_batches_does_not_starve_another_tenant() {
             assert_eq!(ack["written"].as_u64(), Some(0), "{ack}");
         }
     });
+    // A batch frees its slot just after acknowledging its records.
+    let acked = std::time::Instant::now();
+    while tenant_share("a")["running"].as_u64() != Some(0) {
+        assert!(acked.elapsed() < std::time::Duration::from_secs(5));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let (a, b) = (tenant_share("a"), tenant_share("b"));
+    // At least one 500 ms batch per pipeline of a.
     assert!(a["slot_seconds"].as_f64().unwrap() >= 4.0 * 0.45, "{a}");
-    assert_eq!(
-        (a["running"].as_u64(), a["waiting"].as_u64()),
-        (Some(0), Some(0))
-    );
+    assert_eq!(a["waiting"].as_u64(), Some(0));
     assert!(b["slot_seconds"].as_f64().unwrap() < 0.5, "{b}");
     running.shutdown().unwrap();
 }

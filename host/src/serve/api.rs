@@ -594,10 +594,23 @@ async fn ingest(
             .unwrap_or_else(|| format!("http:{}", uuid::Uuid::new_v4().simple())),
     );
     let decoder = live.clone();
-    let items = tokio::task::spawn_blocking(move || format.decode(decoder.source(), label, body))
+    // Decoding is the tenant's work too: it holds one of the tenant's
+    // `max_concurrent_batches` permits, so a flood of large bodies occupies
+    // no more threads than the tenant's batches may.
+    let permit = quota
+        .batch_slots()
+        .clone()
+        .acquire_owned()
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+        .expect("the semaphore is never closed");
+    let items = tokio::task::spawn_blocking(move || {
+        let decoded = format.decode(decoder.source(), label, body);
+        drop(permit);
+        decoded
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
     Ok(Json(live.submit(items).await?).into_response())
 }
 

@@ -88,7 +88,8 @@ pub struct TokenConfig {
 pub struct Quotas {
     /// Micro-batches of the tenant running at once (over all its
     /// pipelines), i.e. plugin instances in use per stage and worker
-    /// threads it can occupy. Default 2.
+    /// threads it can occupy; decoding an ingest body holds one too.
+    /// Default 2.
     pub max_concurrent_batches: usize,
     /// Fuel the tenant's plugins may burn per second, in fuel units
     /// (≈ WebAssembly instructions), measured over a window of one second
