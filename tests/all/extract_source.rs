@@ -2,26 +2,14 @@
 //! file it rejects is quarantined as one row naming the file, and the other
 //! files are still read.
 
-use crate::support::{read_jsonl, run, write_pipeline};
+use crate::support::{extract_pipeline, read_jsonl, run};
 
 fn pipeline(dir: &std::path::Path, plugin: &str) -> std::path::PathBuf {
-    write_pipeline(
+    extract_pipeline(
         dir,
-        &format!(
-            r#"
-[pipeline]
-workers = 1
-
-[source]
-format = "extract"
-path = "*.txt"
-
-[source.extract]
-plugin = {plugin:?}
-content_type = "text/plain"
-timeout_ms = 5000
-"#
-        ),
+        "*.txt",
+        plugin,
+        "content_type = \"text/plain\"\ntimeout_ms = 5000",
     )
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 
-use crate::support::{read_jsonl, run, write_pipeline};
+use crate::support::{extract_pipeline, read_jsonl, run, write_pipeline};
 
 /// Rows of the committed flights sample served in this many parts.
 const PARTS: usize = 3;
@@ -144,24 +144,11 @@ fn pipeline(dir: &Path, http: &str) -> PathBuf {
     } else {
         format!("capabilities = {{ http = {{ {http} }} }}")
     };
-    write_pipeline(
+    extract_pipeline(
         dir,
-        &format!(
-            r#"
-[pipeline]
-workers = 1
-
-[source]
-format = "extract"
-path = "*.urls"
-
-[source.extract]
-plugin = {:?}
-timeout_ms = 10000
-{grant}
-"#,
-            weir_tests::FETCH
-        ),
+        "*.urls",
+        weir_tests::FETCH,
+        &format!("timeout_ms = 10000\n{grant}"),
     )
 }
 

@@ -60,6 +60,29 @@ plugin = {plugin:?}
     )
 }
 
+/// A one-worker pipeline in `dir` whose `format = "extract"` source reads
+/// the files matching `pattern` through `plugin`; `extract_extra` is
+/// appended to the `[source.extract]` table.
+pub fn extract_pipeline(dir: &Path, pattern: &str, plugin: &str, extract_extra: &str) -> PathBuf {
+    write_pipeline(
+        dir,
+        &format!(
+            r#"
+[pipeline]
+workers = 1
+
+[source]
+format = "extract"
+path = {pattern:?}
+
+[source.extract]
+plugin = {plugin:?}
+{extract_extra}
+"#
+        ),
+    )
+}
+
 /// Loads and runs a pipeline file.
 pub fn run(pipeline: &Path) -> RunReport {
     let pipeline = Pipeline::load(pipeline).unwrap_or_else(|e| panic!("{e}"));

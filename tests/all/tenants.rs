@@ -117,6 +117,39 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// Posts JSON Lines `body` to `pipeline` of `token`'s tenant.
+fn post_records(
+    running: &Running,
+    token: &str,
+    pipeline: &str,
+    body: impl Into<Body>,
+) -> (StatusCode, serde_json::Value) {
+    running.oneshot(request(
+        "POST",
+        &format!("/v1/pipelines/{pipeline}/records"),
+        Some(&bearer(token)),
+        body.into(),
+    ))
+}
+
+/// Tenant `name`'s entry of `GET /v1/tenants`, asked with the operator token.
+fn tenant_status(running: &Running, operator: &str, name: &str) -> serde_json::Value {
+    let (status, tenants) = running.oneshot(request(
+        "GET",
+        "/v1/tenants",
+        Some(&bearer(operator)),
+        Body::empty(),
+    ));
+    assert_eq!(status, StatusCode::OK, "{tenants}");
+    tenants["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no tenant {name} in {tenants}"))
+        .clone()
+}
+
 /// Every file under `dir`, relative.
 fn files(dir: &Path) -> BTreeSet<PathBuf> {
     let mut found = BTreeSet::new();
@@ -400,15 +433,7 @@ fn ingest_quotas_answer_429_and_413() {
         "ingest_burst = 3, ingest_requests_per_second = 0.5, max_body_bytes = 1000",
     );
     let running = Running::start(&service_file);
-    let send = |token: &str, body: String| {
-        let req = request(
-            "POST",
-            "/v1/pipelines/events/records",
-            Some(&bearer(token)),
-            Body::from(body),
-        );
-        running.oneshot(req)
-    };
+    let send = |token: &str, body: String| post_records(&running, token, "events", body);
     let record = "{\"id\":1,\"action\":\"ok\"}\n".to_string();
     let (status, answer) = send(&tokens.a, record.repeat(100));
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
@@ -461,13 +486,8 @@ fn a_tenant_over_its_memory_quota_fails_alone_and_gets_its_memory_back() {
     let (service_file, tokens) = write_service(root.path(), "max_memory_bytes = 65_536");
     let running = Running::start(&service_file);
     let send = |token: &str| {
-        let req = request(
-            "POST",
-            "/v1/pipelines/events/records",
-            Some(&bearer(token)),
-            Body::from("{\"id\":1,\"action\":\"ok\"}\n{\"id\":2,\"action\":\"ok\"}\n"),
-        );
-        running.oneshot(req)
+        let body = "{\"id\":1,\"action\":\"ok\"}\n{\"id\":2,\"action\":\"ok\"}\n";
+        post_records(&running, token, "events", body)
     };
     let (status, ack) = send(&tokens.a);
     assert_eq!(status, StatusCode::OK, "{ack}");
@@ -485,19 +505,8 @@ fn a_tenant_over_its_memory_quota_fails_alone_and_gets_its_memory_back() {
         "{ack}"
     );
 
-    let (_, tenants) = running.oneshot(request(
-        "GET",
-        "/v1/tenants",
-        Some(&bearer(&tokens.operator)),
-        Body::empty(),
-    ));
     let used = |name: &str| {
-        tenants["tenants"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == name)
-            .unwrap()["memory_used_bytes"]
+        tenant_status(&running, &tokens.operator, name)["memory_used_bytes"]
             .as_u64()
             .unwrap()
     };
@@ -545,29 +554,10 @@ fn a_flood_of_slow_batches_does_not_starve_another_tenant() {
     let running = Running::start(&service_file);
     let post = |token: &str, pipeline: &str, action: &str| {
         let body = format!("{{\"id\":1,\"action\":\"{action}\"}}\n");
-        let req = request(
-            "POST",
-            &format!("/v1/pipelines/{pipeline}/records"),
-            Some(&bearer(token)),
-            Body::from(body),
-        );
-        running.oneshot(req)
+        post_records(&running, token, pipeline, body)
     };
-    let tenant_share = |name: &str| {
-        let (_, tenants) = running.oneshot(request(
-            "GET",
-            "/v1/tenants",
-            Some(&bearer(&tokens.operator)),
-            Body::empty(),
-        ));
-        tenants["tenants"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == name)
-            .unwrap()["scheduler"]
-            .clone()
-    };
+    let tenant_share =
+        |name: &str| tenant_status(&running, &tokens.operator, name)["scheduler"].clone();
 
     std::thread::scope(|scope| {
         let flood: Vec<_> = (0..8)
@@ -633,14 +623,7 @@ fn a_tenant_out_of_fuel_gets_no_split_calls() {
             format!("{{\"id\":{i},\"action\":\"{action}\"}}\n")
         })
         .collect();
-    let send = |token: &str| {
-        running.oneshot(request(
-            "POST",
-            "/v1/pipelines/events/records",
-            Some(&bearer(token)),
-            Body::from(body.clone()),
-        ))
-    };
+    let send = |token: &str| post_records(&running, token, "events", body.clone());
     // b splits the batch and quarantines the poison row alone ...
     let (status, ack) = send(&tokens.b);
     assert_eq!(status, StatusCode::OK, "{ack}");

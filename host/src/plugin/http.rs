@@ -111,20 +111,18 @@ impl HttpGrant {
         Ok(())
     }
 
-    /// Whether `authority` (`host` or `host:port`, as the request names it)
-    /// is allowed. `default_port` is the scheme's port, used when the
-    /// request names none.
-    pub fn allows(&self, authority: &str, default_port: u16) -> bool {
-        let (host, port) = split_port(authority);
-        let port = port.unwrap_or(default_port);
-        self.allow_hosts.iter().any(|entry| {
-            let (pattern, entry_port) = split_port(entry);
-            let host_matches = match pattern.strip_prefix("*.") {
-                Some(domain) => host.ends_with(&format!(".{domain}")),
-                None => host == pattern,
-            };
-            !host.is_empty() && host_matches && entry_port.is_none_or(|p| p == port)
-        })
+    /// Whether `host` (lowercase, an IPv6 literal in brackets) at `port`
+    /// is allowed.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        !host.is_empty()
+            && self.allow_hosts.iter().any(|entry| {
+                let (pattern, entry_port) = split_port(entry);
+                let host_matches = match pattern.strip_prefix("*.") {
+                    Some(domain) => host.ends_with(&format!(".{domain}")),
+                    None => host == pattern,
+                };
+                host_matches && entry_port.is_none_or(|p| p == port)
+            })
     }
 
     fn backoff(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
@@ -139,18 +137,19 @@ impl HttpGrant {
     }
 }
 
-/// `host` (lowercased) and the port of `host[:port]`; an IPv6 literal
-/// carries a port only in brackets (`[::1]:8080`).
-fn split_port(authority: &str) -> (String, Option<u16>) {
-    let authority = authority.trim().to_ascii_lowercase();
-    if let Some((host, port)) = authority.rsplit_once(':')
+/// `host` (lowercased) and the port of an `allow_hosts` entry
+/// `host[:port]`; an IPv6 literal carries a port only in brackets
+/// (`[::1]:8080`).
+fn split_port(entry: &str) -> (String, Option<u16>) {
+    let entry = entry.trim().to_ascii_lowercase();
+    if let Some((host, port)) = entry.rsplit_once(':')
         && !host.is_empty()
         && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
         && let Ok(port) = port.parse()
     {
         return (host.to_string(), Some(port));
     }
-    (authority, None)
+    (entry, None)
 }
 
 /// Counts of one extract source's outbound requests since it started.
@@ -188,11 +187,6 @@ impl HttpAccess {
             breakers: Mutex::new(HashMap::new()),
             counts: Mutex::new(HttpCounts::default()),
         })
-    }
-
-    /// The grant.
-    pub fn grant(&self) -> &HttpGrant {
-        &self.grant
     }
 
     /// What has been sent so far.
@@ -326,9 +320,10 @@ async fn send(
         ),
         _ => (String::new(), default_port),
     };
-    let host = format!("{host}:{port}");
     access.count(|c| c.requests += 1);
-    if !grant.allows(&host, default_port) {
+    let allowed = grant.allows(&host, port);
+    let host = format!("{host}:{port}");
+    if !allowed {
         access.count(|c| c.denied += 1);
         let requested = uri.authority().map_or("", |a| a.as_str());
         tracing::warn!(
@@ -466,19 +461,25 @@ mod tests {
 
     #[test]
     fn allowlist_matches_host_port_and_subdomain_wildcards() {
-        let g = grant(&["api.example.com", "127.0.0.1:8080", "*.data.org"]);
+        let g = grant(&[
+            "api.example.com",
+            "127.0.0.1:8080",
+            "*.data.org",
+            "API.Other.net",
+        ]);
         assert!(g.allows("api.example.com", 443));
-        assert!(g.allows("API.example.com:8443", 443), "any port, any case");
-        assert!(g.allows("127.0.0.1:8080", 80));
-        assert!(!g.allows("127.0.0.1:8081", 80));
+        assert!(g.allows("api.example.com", 8443), "any port");
+        assert!(g.allows("api.other.net", 80), "entries without case");
+        assert!(g.allows("127.0.0.1", 8080));
+        assert!(!g.allows("127.0.0.1", 8081));
         assert!(!g.allows("127.0.0.1", 80), "port 80 is not 8080");
         assert!(g.allows("eu.data.org", 443));
         assert!(!g.allows("data.org", 443), "the wildcard needs a subdomain");
         assert!(!g.allows("evil-data.org", 443));
         assert!(!g.allows("api.example.com.evil.net", 443));
         assert!(!g.allows("", 80));
-        assert!(!g.allows(":80", 80));
-        assert!(grant(&["[::1]:9000"]).allows("[::1]:9000", 80));
+        assert!(grant(&["[::1]:9000"]).allows("[::1]", 9000));
+        assert!(!grant(&["[::1]:9000"]).allows("[::1]", 9001));
     }
 
     #[test]

@@ -104,11 +104,6 @@ impl FairScheduler {
         })
     }
 
-    /// How many batches may run at once.
-    pub fn slots(&self) -> usize {
-        self.slots
-    }
-
     /// Declares tenant `tenant` with `weight` (relative share; default 1).
     /// A tenant not declared gets weight 1 on first use.
     pub fn register(&self, tenant: &Arc<str>, weight: f64) {

@@ -213,11 +213,6 @@ impl Quota {
         self.scheduler.acquire(&self.tenant).await
     }
 
-    /// The service's scheduler.
-    pub fn scheduler(&self) -> &Arc<FairScheduler> {
-        &self.scheduler
-    }
-
     /// The tenant's linear-memory pool, shared by its instances.
     pub fn memory(&self) -> &Arc<MemoryPool> {
         &self.memory
