@@ -11,6 +11,9 @@ pub mod transformer {
         world: "transformer",
         path: "../wit",
         additional_derives: [PartialEq],
+        // Exports are called on a fiber so that fuel is saved every
+        // `FUEL_SLICE` (see `plugin::PluginInstance`); imports stay sync.
+        exports: { default: async },
     });
 }
 
@@ -22,6 +25,7 @@ pub mod validator {
             "weir:plugin/types": crate::bindings::transformer::weir::plugin::types,
             "weir:plugin/host": crate::bindings::transformer::weir::plugin::host,
         },
+        exports: { default: async },
     });
 }
 
@@ -33,6 +37,7 @@ pub mod extractor {
             "weir:plugin/types": crate::bindings::transformer::weir::plugin::types,
             "weir:plugin/host": crate::bindings::transformer::weir::plugin::host,
         },
+        exports: { default: async },
     });
 }
 

@@ -3,6 +3,7 @@
 mod boundary;
 mod cli;
 mod config_errors;
+mod containment;
 mod extract_source;
 mod flights;
 mod hostile;

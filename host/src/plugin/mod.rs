@@ -406,6 +406,12 @@ impl Plugin {
             PluginError::Trap(message) => PluginError::Instantiate(message),
             other => other,
         })?;
+        // From now on fuel is handed to the plugin `FUEL_SLICE` at a time
+        // (see `FUEL_SLICE`); calls must then run on a fiber (`call_async`).
+        instance
+            .store
+            .fuel_async_yield_interval(Some(FUEL_SLICE))
+            .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
         Ok(instance)
     }
 }
@@ -413,6 +419,43 @@ impl Plugin {
 /// Bytes of a plugin's stderr kept for error messages (a Rust panic message
 /// fits easily).
 const STDERR_CAPACITY_BYTES: usize = 64 * 1024;
+
+/// Fuel units a plugin runs on between two visits to the host.
+///
+/// Compiled code keeps its fuel count in a register and writes it back to
+/// the store only at calls, returns and when its fuel runs out; a call
+/// interrupted at its deadline (an epoch check in a loop) loses what it
+/// burned since. Handing fuel out in slices makes the plugin come back for
+/// more every `FUEL_SLICE` units, writing its count back each time, so what
+/// a call is charged is exact to within one slice (about 5 ms of work),
+/// however it ends. Each refill costs a switch to the host and back
+/// (microseconds), once per slice.
+pub const FUEL_SLICE: u64 = 10_000_000;
+
+/// Drives a future to completion on this thread. Plugin calls run on a
+/// wasmtime fiber whose only suspension point is a refuel (`FUEL_SLICE`),
+/// which wakes itself at once: no reactor is needed.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut context) {
+            Poll::Ready(output) => return output,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
 
 /// Log lines one instance may write per call before the rest are dropped.
 const LOG_LINES_PER_CALL: u32 = 1000;
@@ -489,10 +532,12 @@ enum Exports {
     Transform(transformer::Transformer),
 }
 
-/// Resource use of one successful call.
+/// Resource use of one call, however it ended.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallStats {
-    /// Fuel units consumed.
+    /// Fuel units consumed, exact to within [`FUEL_SLICE`] (a call stopped
+    /// at its deadline or memory limit is charged what it burned until then;
+    /// one that ran out of fuel, its whole `fuel_per_batch`).
     pub fuel: u64,
     /// Wall-clock duration of the call, lifting and lowering included.
     pub duration: Duration,
@@ -568,7 +613,7 @@ impl PluginInstance {
         let exports = exports.weir_plugin_transform().clone();
         self.arm();
         let started = Instant::now();
-        let result = exports.call_transform(&mut self.store, batch);
+        let result = block_on(exports.call_transform(&mut self.store, batch));
         let stats = self.stats(started);
         let output = result
             .map_err(|e| self.classify(&e))?
@@ -592,7 +637,7 @@ impl PluginInstance {
         let exports = exports.weir_plugin_validate().clone();
         self.arm();
         let started = Instant::now();
-        let result = exports.call_validate(&mut self.store, batch);
+        let result = block_on(exports.call_validate(&mut self.store, batch));
         let stats = self.stats(started);
         let verdicts = result
             .map_err(|e| self.classify(&e))?
@@ -626,7 +671,7 @@ impl PluginInstance {
         let exports = exports.weir_plugin_extract().clone();
         self.arm();
         let started = Instant::now();
-        let result = exports.call_extract(&mut self.store, data, metadata);
+        let result = block_on(exports.call_extract(&mut self.store, data, metadata));
         let stats = self.stats(started);
         let batches = result
             .map_err(|e| self.classify(&e))?

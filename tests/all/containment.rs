@@ -1,0 +1,62 @@
+//! Containment accounting: what a failed call costs, and how the host
+//! treats results and messages that are too big.
+
+use crate::support::{action_csv, one_stage_pipeline, read_jsonl, run};
+
+/// Fuel the `burn` component's one-row batch was charged when it ended
+/// with `action`, under `limits`, and the error kind it was quarantined
+/// with (`None` when it succeeded).
+fn charged(action: &str, limits: &str) -> (u64, Option<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    action_csv(dir.path(), &[action]);
+    let extra = format!("config = {{ iterations = 20_000_000 }}\n{limits}");
+    let pipeline = one_stage_pipeline(dir.path(), "transform", weir_tests::BURN, 1, &extra);
+    let report = run(&pipeline);
+    let kind = (report.records.quarantined == 1).then(|| {
+        read_jsonl(&dir.path().join("quarantine.jsonl"))[0]["error_kind"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    });
+    (report.stages[0].fuel_consumed, kind)
+}
+
+#[test]
+fn every_way_a_call_ends_is_charged_the_fuel_it_burned() {
+    let slice = weir::plugin::FUEL_SLICE;
+    let (success, kind) = charged("ok", "");
+    assert_eq!(kind, None);
+    assert!(success > 20_000_000, "the loop burned fuel: {success}");
+    // Each ending burns the same loop first; what follows it differs by
+    // far less than a slice.
+    for (action, limits, expected) in [
+        ("error", "", "plugin_error"),
+        ("trap", "", "trap"),
+        ("grow", "max_memory_bytes = 67_108_864", "memory_limit"),
+    ] {
+        let (fuel, kind) = charged(action, limits);
+        assert_eq!(kind.as_deref(), Some(expected));
+        assert!(
+            fuel.abs_diff(success) <= 2 * slice,
+            "{action}: charged {fuel}, the successful call {success}"
+        );
+    }
+    let (fuel, kind) = charged("spin", "fuel_per_batch = 300_000_000");
+    assert_eq!(kind.as_deref(), Some("fuel_exhausted"));
+    assert_eq!(fuel, 300_000_000, "the whole budget");
+}
+
+#[test]
+fn a_call_stopped_at_its_deadline_is_charged_the_fuel_it_burned() {
+    // Spinning for 500 ms burns billions of fuel units on an idle core;
+    // even at a tenth of a core it burns far more than 10 slices.
+    let (fuel, kind) = charged(
+        "spin",
+        "timeout_ms = 500\nfuel_per_batch = 1_000_000_000_000_000",
+    );
+    assert_eq!(kind.as_deref(), Some("timeout"));
+    assert!(
+        fuel >= 10 * weir::plugin::FUEL_SLICE,
+        "a timed-out call is charged what it burned, not the fuel saved at its last host call: {fuel}"
+    );
+}
