@@ -60,3 +60,43 @@ fn a_call_stopped_at_its_deadline_is_charged_the_fuel_it_burned() {
         "a timed-out call is charged what it burned, not the fuel saved at its last host call: {fuel}"
     );
 }
+
+/// Runs `huge` on one `huge` row asking for `mib` MiB, under `limits`:
+/// rows written and the quarantine's error kind and message, if any.
+fn huge_result(mib: usize, limits: &str) -> (u64, Option<(String, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    action_csv(dir.path(), &["huge"]);
+    let extra = format!("config = {{ mib = {mib} }}\n{limits}");
+    let pipeline = one_stage_pipeline(dir.path(), "transform", weir_tests::HUGE, 1, &extra);
+    let report = run(&pipeline);
+    let quarantined = (report.records.quarantined == 1).then(|| {
+        let row = &read_jsonl(&dir.path().join("quarantine.jsonl"))[0];
+        (
+            row["error_kind"].as_str().unwrap().to_string(),
+            row["message"].as_str().unwrap().to_string(),
+        )
+    });
+    (report.records.written, quarantined)
+}
+
+#[test]
+fn a_result_under_max_output_bytes_succeeds_past_wasmtimes_default_copy_budget() {
+    // 136 MiB: over wasmtime's default 128 MiB host-call copy budget, under
+    // the default max_output_bytes (256 MiB).
+    let (written, quarantined) = huge_result(136, "");
+    assert_eq!((written, quarantined), (1, None));
+}
+
+#[test]
+fn a_result_far_over_max_output_bytes_is_output_too_large_not_a_trap() {
+    // Just over the limit: copied, measured, refused.
+    let (_, quarantined) = huge_result(20, "max_output_bytes = 16_777_216");
+    let (kind, message) = quarantined.unwrap();
+    assert_eq!(kind, "output_too_large", "{message}");
+    // Far over it: the copy itself is stopped.
+    let (_, quarantined) = huge_result(136, "max_output_bytes = 16_777_216");
+    let (kind, message) = quarantined.unwrap();
+    assert_eq!(kind, "output_too_large", "{message}");
+    assert!(message.contains("max_output_bytes = 16777216"), "{message}");
+    assert!(message.contains("stopped copying"), "{message}");
+}

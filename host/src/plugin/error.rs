@@ -5,6 +5,9 @@ use wasmtime::Trap;
 use super::limits::{Limits, MemoryLimitExceeded, PoolExhausted};
 use crate::bindings::types;
 
+/// How wasmtime words a spent host-call copy budget.
+const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
+
 /// A failed plugin call. Every kind costs only the batch in flight: its rows
 /// are quarantined with [`PluginError::kind`] and the message, the instance
 /// is discarded, and the next batch gets a fresh one.
@@ -32,6 +35,17 @@ pub enum PluginError {
     OutputTooLarge {
         /// Size of the result's buffers, in bytes.
         bytes: u64,
+        /// The stage's `max_output_bytes`.
+        limit_bytes: u64,
+    },
+    /// The result was so far over `max_output_bytes` that the host stopped
+    /// copying it out of the plugin (see [`Limits::copy_budget_bytes`]).
+    #[error(
+        "output too large: the result is over {copied_bytes} bytes, far over max_output_bytes = {limit_bytes}; the host stopped copying it"
+    )]
+    OutputCopyStopped {
+        /// Bytes the host was willing to copy (the copy budget).
+        copied_bytes: u64,
         /// The stage's `max_output_bytes`.
         limit_bytes: u64,
     },
@@ -68,7 +82,9 @@ impl PluginError {
             PluginError::FuelExhausted { .. } => "fuel_exhausted",
             PluginError::Timeout { .. } => "timeout",
             PluginError::MemoryLimit(_) => "memory_limit",
-            PluginError::OutputTooLarge { .. } => "output_too_large",
+            PluginError::OutputTooLarge { .. } | PluginError::OutputCopyStopped { .. } => {
+                "output_too_large"
+            }
             PluginError::Trap(_) => "trap",
             PluginError::MalformedOutput(_) => "malformed_output",
             PluginError::Returned { .. } => "plugin_error",
@@ -91,6 +107,17 @@ impl PluginError {
         {
             return PluginError::Timeout {
                 timeout_ms: limits.timeout_ms,
+            };
+        }
+        // wasmtime's copy budget for one host call (`Store::set_hostcall_fuel`,
+        // set from `max_output_bytes`); its error type is private.
+        if error
+            .chain()
+            .any(|e| e.to_string().contains(HOSTCALL_FUEL_EXHAUSTED))
+        {
+            return PluginError::OutputCopyStopped {
+                copied_bytes: limits.copy_budget_bytes(),
+                limit_bytes: limits.max_output_bytes,
             };
         }
         match error.downcast_ref::<Trap>() {

@@ -28,7 +28,9 @@ pub struct Limits {
     pub max_memory_bytes: u64,
     /// Largest result a call may return, in bytes of column buffers
     /// (values, offsets, bitmaps, strings). Default 268,435,456 (256 MiB).
-    /// Example: `max_output_bytes = 16_777_216`.
+    /// A bigger result is `output_too_large`; one more than 16 MiB over it
+    /// is not even copied out of the plugin in full
+    /// ([`Limits::copy_budget_bytes`]). Example: `max_output_bytes = 16_777_216`.
     pub max_output_bytes: u64,
 }
 
@@ -43,7 +45,22 @@ impl Default for Limits {
     }
 }
 
+/// Bytes the host copies out of a plugin in one call beyond
+/// `max_output_bytes` before it stops: room for the schema, names and list
+/// headers that `max_output_bytes` does not count, so a result just under
+/// the limit is always copied whole and then measured.
+pub const COPY_HEADROOM_BYTES: u64 = 16 * 1024 * 1024;
+
 impl Limits {
+    /// Most bytes the host copies out of the plugin in one call (a result,
+    /// or the arguments of one host call): `max_output_bytes` +
+    /// [`COPY_HEADROOM_BYTES`]. A result past it is stopped mid-copy and
+    /// reported as `output_too_large`, so no result over `max_output_bytes`
+    /// is ever held in full.
+    pub fn copy_budget_bytes(&self) -> u64 {
+        self.max_output_bytes.saturating_add(COPY_HEADROOM_BYTES)
+    }
+
     /// These limits with each given value replacing its default.
     pub fn overridden(
         self,

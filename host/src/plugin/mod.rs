@@ -557,6 +557,10 @@ pub struct PluginInstance {
 impl PluginInstance {
     /// Refills fuel and restarts the deadline before a call.
     fn arm(&mut self) {
+        // wasmtime's own default copy budget (128 MiB) would otherwise be
+        // the real output cap, below the default `max_output_bytes`.
+        let budget = usize::try_from(self.limits.copy_budget_bytes()).unwrap_or(usize::MAX);
+        self.store.set_hostcall_fuel(budget);
         self.store.data_mut().log_lines = 0;
         self.store.data_mut().call_deadline =
             Instant::now().checked_add(Duration::from_millis(self.limits.timeout_ms));
