@@ -100,3 +100,19 @@ fn a_result_far_over_max_output_bytes_is_output_too_large_not_a_trap() {
     assert!(message.contains("max_output_bytes = 16777216"), "{message}");
     assert!(message.contains("stopped copying"), "{message}");
 }
+
+#[test]
+fn a_plugins_stderr_is_cut_to_its_last_4_kib_per_quarantined_row() {
+    let message = crate::hostile::contained(weir_tests::CHATTY, "chatter", "", "trap");
+    assert!(
+        message.contains("poison row 0 after the chatter"),
+        "the panic message, written last, is kept: {:.200}",
+        message
+    );
+    assert!(message.contains("earlier bytes cut"), "{message:.200}");
+    assert!(
+        message.len() < 2 * weir::plugin::MAX_STDERR_BYTES,
+        "{} bytes",
+        message.len()
+    );
+}

@@ -129,11 +129,14 @@ impl PluginError {
             },
             _ => {
                 let stderr = stderr.trim();
-                let detail = error.root_cause().to_string();
+                let detail = head(&error.root_cause().to_string(), MAX_MESSAGE_BYTES);
                 PluginError::Trap(if stderr.is_empty() {
                     detail
                 } else {
-                    format!("{detail}; plugin stderr: {stderr}")
+                    format!(
+                        "{detail}; plugin stderr: {}",
+                        tail(stderr, MAX_STDERR_BYTES)
+                    )
                 })
             }
         }
@@ -147,6 +150,69 @@ impl PluginError {
             types::Error::Parse(m) => ("parse", m),
             types::Error::Internal(m) => ("internal", m),
         };
-        PluginError::Returned { kind, message }
+        PluginError::Returned {
+            kind,
+            message: head(&message, MAX_MESSAGE_BYTES),
+        }
+    }
+}
+
+/// Most bytes of a plugin's own message (a returned error, a trap's
+/// description) kept in an error: 4 KiB. The rest is cut and counted, so a
+/// plugin cannot make every quarantined row carry megabytes.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// Most bytes of a plugin's stderr kept in a trap's message: its last 4 KiB
+/// (a panic message comes last). What was cut is counted in the message.
+pub const MAX_STDERR_BYTES: usize = 4096;
+
+/// `text` cut to its first `max` bytes (on a character boundary), with a
+/// note of how many bytes were cut.
+pub fn head(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} more bytes cut]", &text[..end], text.len() - end)
+}
+
+/// `text` cut to its last `max` bytes (on a character boundary), with a
+/// note of how many bytes were cut before them.
+pub fn tail(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[{start} earlier bytes cut] …{}", &text[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_on_character_boundaries_and_counted() {
+        let text = "é".repeat(3000); // 6000 bytes
+        let cut = head(&text, MAX_MESSAGE_BYTES);
+        assert!(cut.ends_with("… [1904 more bytes cut]"), "{}", &cut[4000..]);
+        let cut = tail(&text, MAX_STDERR_BYTES);
+        assert!(cut.starts_with("[1904 earlier bytes cut] …é"), "{}", &cut[..40]);
+        assert_eq!(head("short", 10), "short");
+    }
+
+    #[test]
+    fn a_returned_error_message_is_capped() {
+        let error = PluginError::returned(types::Error::Parse("x".repeat(40_000)));
+        let PluginError::Returned { message, .. } = &error else {
+            unreachable!()
+        };
+        assert!(message.len() < MAX_MESSAGE_BYTES + 64, "{}", message.len());
+        assert!(message.ends_with("[35904 more bytes cut]"), "{message:.40}");
     }
 }

@@ -24,6 +24,7 @@ mod error;
 pub mod http;
 mod limits;
 mod slot;
+mod stderr;
 mod watch;
 
 use std::path::{Path, PathBuf};
@@ -34,14 +35,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use wasmtime::Store;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub use breaker::{Admission, BreakerConfig, BreakerState, BreakerStatus, CircuitBreaker};
 pub use cache::{Origin, cache_dir};
 pub use capabilities::{ALWAYS_ALLOWED, Grants, check_imports};
-pub use error::PluginError;
+pub use error::{MAX_MESSAGE_BYTES, MAX_STDERR_BYTES, PluginError};
 pub use http::{HttpAccess, HttpCounts, HttpGrant};
 pub use limits::{Limits, MemoryCap, MemoryLimitExceeded, MemoryPool, PoolExhausted};
 pub use slot::{HISTORY_LEN, PluginSlot, PluginVersion, Rejection, SlotStatus, Swap};
@@ -361,7 +361,7 @@ impl Plugin {
         http: Option<&Arc<HttpAccess>>,
     ) -> Result<PluginInstance, PluginError> {
         let engine = Runtime::shared().engine();
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY_BYTES);
+        let stderr = stderr::TailPipe::new(error::MAX_STDERR_BYTES);
         let clock = clock::InstanceClock {
             start: Instant::now(),
         };
@@ -416,10 +416,6 @@ impl Plugin {
     }
 }
 
-/// Bytes of a plugin's stderr kept for error messages (a Rust panic message
-/// fits easily).
-const STDERR_CAPACITY_BYTES: usize = 64 * 1024;
-
 /// Fuel units a plugin runs on between two visits to the host.
 ///
 /// Compiled code keeps its fuel count in a register and writes it back to
@@ -470,7 +466,7 @@ pub struct PluginState {
     config_json: Arc<str>,
     plugin: Arc<str>,
     stage: Arc<str>,
-    stderr: MemoryOutputPipe,
+    stderr: stderr::TailPipe,
     log_lines: u32,
     /// The monotonic clock the plugin sees.
     clock: clock::InstanceClock,
@@ -572,8 +568,16 @@ impl PluginInstance {
     }
 
     fn classify(&self, error: &wasmtime::Error) -> PluginError {
-        let stderr = String::from_utf8_lossy(&self.store.data().stderr.contents()).into_owned();
-        PluginError::classify(error, &self.limits, &stderr)
+        // Only the last MAX_STDERR_BYTES are kept; say how much came before.
+        let (kept, dropped) = self.store.data().stderr.contents();
+        match PluginError::classify(error, &self.limits, &kept) {
+            PluginError::Trap(message) if dropped > 0 => PluginError::Trap(message.replacen(
+                "plugin stderr: ",
+                &format!("plugin stderr: [{dropped} earlier bytes cut] …"),
+                1,
+            )),
+            other => other,
+        }
     }
 
     fn stats(&mut self, started: Instant) -> CallStats {
