@@ -202,7 +202,11 @@ mod tests {
         let cut = head(&text, MAX_MESSAGE_BYTES);
         assert!(cut.ends_with("… [1904 more bytes cut]"), "{}", &cut[4000..]);
         let cut = tail(&text, MAX_STDERR_BYTES);
-        assert!(cut.starts_with("[1904 earlier bytes cut] …é"), "{}", &cut[..40]);
+        assert!(
+            cut.starts_with("[1904 earlier bytes cut] …é"),
+            "{}",
+            &cut[..40]
+        );
         assert_eq!(head("short", 10), "short");
     }
 
