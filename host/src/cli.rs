@@ -186,8 +186,10 @@ enum QuarantineCommand {
 enum PluginCommand {
     /// Create a plugin project that builds as is (a small working example).
     New {
-        /// Plugin name; also the directory created.
-        name: String,
+        /// Where to create the project (like `cargo new`): `NAME` or a path
+        /// such as `../plugins/late-only`; the plugin is named after its
+        /// last component.
+        name: PathBuf,
         /// Language to write it in.
         #[arg(long, value_enum)]
         lang: crate::authoring::Language,
@@ -433,17 +435,27 @@ fn print_summary(report: &RunReport) -> std::io::Result<()> {
             http.rested
         )?;
     }
-    let root = report
-        .outputs
-        .first()
-        .map(|o| o.path.display().to_string())
-        .unwrap_or_default();
+    let output = match report.outputs.as_slice() {
+        [] => "no file (no row to partition)".to_string(),
+        [only] => only.path.display().to_string(),
+        [first, ..] => format!("{} files (first: {})", report.outputs.len(), first.path.display()),
+    };
     say!(
-        "output: {} file(s) (first: {root}); quarantine: {} ({} rows)",
-        report.outputs.len(),
+        "output: {output}; quarantine: {} ({} rows)",
         report.quarantine.path.display(),
         report.quarantine.rows
-    )
+    )?;
+    if r.written == 0 {
+        let why = match report.main_quarantine_reason() {
+            _ if r.read == 0 => "the input has no records".to_string(),
+            Some(reason) => format!("every record was quarantined or filtered: {reason}"),
+            None => "every record was filtered by a transform".to_string(),
+        };
+        eprintln!(
+            "warning: nothing was written: {why}. Set [pipeline] max_quarantine_fraction to make such a run fail"
+        );
+    }
+    Ok(())
 }
 
 fn print_json(value: &serde_json::Value) -> Result<()> {
@@ -535,11 +547,26 @@ fn plugin_command(command: PluginCommand) -> Result<()> {
             dir,
             sdk_path,
         } => {
+            // `weir plugin new ../plugins/late-only`: the last component is
+            // the name, the rest joins `--dir`.
+            let plugin_name = name
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "`{}` does not end in a plugin name; give a path like ../plugins/my-plugin",
+                        name.display()
+                    )
+                })?;
+            let parent = match name.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => dir.join(parent),
+                _ => dir,
+            };
             let options = crate::authoring::scaffold::NewOptions {
-                name,
+                name: plugin_name,
                 language: lang,
                 kind,
-                parent: dir,
+                parent,
                 sdk_path,
             };
             let project = crate::authoring::scaffold::create(&options)?;
@@ -666,8 +693,38 @@ fn inspect(reference: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Prints up to `limit` rows of `path`, one table per run of files sharing
+/// a schema (a folder may mix outputs and quarantine files), naming the
+/// files when there are several; nulls print as `NULL`, distinct from an
+/// empty string.
 fn show(path: &Path, limit: usize) -> Result<()> {
-    let batches = crate::source::read_output(path, limit)?;
-    say!("{}", arrow::util::pretty::pretty_format_batches(&batches)?)?;
+    let files = crate::source::read_output_files(path, limit)?;
+    let mut groups: Vec<(Vec<PathBuf>, Vec<arrow::record_batch::RecordBatch>)> = Vec::new();
+    for (file, batches) in files {
+        let schema = batches.first().map(|b| b.schema());
+        match groups.last_mut() {
+            Some((names, group))
+                if schema.is_none()
+                    || group.first().map(|b| b.schema()) == schema
+                    || group.is_empty() =>
+            {
+                names.push(file);
+                group.extend(batches);
+            }
+            _ => groups.push((vec![file], batches)),
+        }
+    }
+    let options = arrow::util::display::FormatOptions::default().with_null("NULL");
+    let several = groups.len() > 1;
+    for (names, batches) in &groups {
+        if several {
+            let listed: Vec<String> = names.iter().map(|n| n.display().to_string()).collect();
+            say!("{} file(s): {}", names.len(), listed.join(", "))?;
+        }
+        say!(
+            "{}",
+            arrow::util::pretty::pretty_format_batches_with_options(batches, &options)?
+        )?;
+    }
     Ok(())
 }

@@ -255,6 +255,16 @@ fn malformed(message: String) -> PluginError {
 /// [`PluginError::MalformedOutput`] naming the column and the broken rule.
 pub fn from_wit(batch: types::RecordBatch) -> Result<RecordBatch, PluginError> {
     let rows = batch.num_rows as usize;
+    // Every column's length is checked against the claimed row count
+    // before anything is allocated for it; a batch without columns has
+    // nothing to check it against, so a claim of rows is refused (it made
+    // the next stage allocate per claimed row: 4,294,967,295 rows failed
+    // as `memory_limit` or `malformed_output` depending on the limit).
+    if batch.columns.is_empty() && rows > 0 {
+        return Err(malformed(format!(
+            "a batch without columns claims {rows} rows; rows are carried by columns"
+        )));
+    }
     if batch.columns.len() != batch.schema.fields.len() {
         return Err(malformed(format!(
             "the schema has {} fields but the batch has {} columns",
@@ -394,7 +404,7 @@ fn column_from_wit(
 /// callers that care check first).
 pub fn with_constant_utf8(
     batch: RecordBatch,
-    columns: &[(&str, &str)],
+    columns: &[(&str, Option<&str>)],
 ) -> Result<RecordBatch, arrow::error::ArrowError> {
     if columns.is_empty() {
         return Ok(batch);
@@ -408,7 +418,7 @@ pub fn with_constant_utf8(
         .collect();
     let mut arrays = batch.columns().to_vec();
     for (name, value) in columns {
-        fields.push(Field::new(*name, DataType::Utf8, false));
+        fields.push(Field::new(*name, DataType::Utf8, value.is_none()));
         arrays.push(Arc::new(StringArray::from(vec![*value; rows])));
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
@@ -458,6 +468,19 @@ mod tests {
         let out = round_trip(&batch);
         assert_eq!(out.schema().field(0).data_type(), &DataType::Int64);
         assert_eq!(out.column(1).null_count(), 1);
+    }
+
+    #[test]
+    fn a_batch_without_columns_cannot_claim_rows() {
+        let batch = |num_rows| types::RecordBatch {
+            schema: types::Schema { fields: vec![] },
+            num_rows,
+            columns: vec![],
+        };
+        let err = from_wit(batch(u32::MAX)).unwrap_err();
+        assert_eq!(err.kind(), "malformed_output");
+        assert!(err.to_string().contains("4294967295 rows"), "{err}");
+        assert_eq!(from_wit(batch(0)).unwrap().num_rows(), 0);
     }
 
     #[test]

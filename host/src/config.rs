@@ -49,6 +49,12 @@ pub struct PipelineSettings {
     pub batch_size: usize,
     /// Threads running plugin stages; 0 means one per CPU core. Default 0.
     pub workers: usize,
+    /// Fail the run, committing no output, when more than this fraction
+    /// (0.0–1.0) of the records read were quarantined; the quarantine is
+    /// still committed so the reasons can be read. Unset by default: a run
+    /// that quarantines everything succeeds, with a warning. Example:
+    /// `max_quarantine_fraction = 0.01`.
+    pub max_quarantine_fraction: Option<f64>,
 }
 
 impl Default for PipelineSettings {
@@ -57,6 +63,7 @@ impl Default for PipelineSettings {
             name: None,
             batch_size: 8192,
             workers: 0,
+            max_quarantine_fraction: None,
         }
     }
 }
@@ -69,6 +76,9 @@ pub enum SourceFormat {
     Csv,
     /// One JSON object per line.
     Jsonl,
+    /// A JSON document: an array of objects, or one object. Each file is
+    /// read whole (use JSON Lines for files larger than memory).
+    Json,
     /// Apache Parquet.
     Parquet,
     /// Any format: each file's bytes go to an extract plugin
@@ -83,6 +93,7 @@ impl SourceFormat {
         match path.extension()?.to_str()? {
             "csv" => Some(SourceFormat::Csv),
             "jsonl" | "ndjson" => Some(SourceFormat::Jsonl),
+            "json" => Some(SourceFormat::Json),
             "parquet" => Some(SourceFormat::Parquet),
             _ => None,
         }
@@ -171,6 +182,55 @@ pub struct SourceConfig {
     pub schema: Option<Vec<ColumnSpec>>,
     /// `format = "extract"`: the plugin that turns each file into batches.
     pub extract: Option<ExtractConfig>,
+    /// CSV with a header: what to do when a file's (or a request body's)
+    /// header lacks a column of the source schema. Columns are always
+    /// matched by header name, never by position. Default `error`.
+    #[serde(default)]
+    pub missing_columns: MissingColumns,
+    /// CSV with a header: what to do with a header column the source
+    /// schema does not have. Default `error`.
+    #[serde(default)]
+    pub extra_columns: ExtraColumns,
+    /// JSON Lines and JSON: a record field that is not a column of the
+    /// source schema. Always counted (`unknown_fields` in the run report
+    /// and in `weir serve`'s answer); default `ignore`.
+    #[serde(default)]
+    pub unknown_fields: UnknownFields,
+}
+
+/// `unknown_fields`: a JSON record field that is not a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownFields {
+    /// The field is dropped (and counted).
+    #[default]
+    Ignore,
+    /// The record is quarantined, naming the field.
+    Quarantine,
+    /// The file (or request) is refused, naming the record and the field.
+    Error,
+}
+
+/// `missing_columns`: a header without a column of the source schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingColumns {
+    /// The file (or request) is refused, naming the missing columns.
+    #[default]
+    Error,
+    /// The column is read as all nulls (it must be nullable).
+    Null,
+}
+
+/// `extra_columns`: a header column the source schema does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtraColumns {
+    /// The file (or request) is refused, naming the unknown columns.
+    #[default]
+    Error,
+    /// The column is skipped.
+    Ignore,
 }
 
 impl SourceConfig {
@@ -187,6 +247,9 @@ impl SourceConfig {
             infer_rows: default_infer_rows(),
             schema: None,
             extract: None,
+            missing_columns: MissingColumns::default(),
+            extra_columns: ExtraColumns::default(),
+            unknown_fields: UnknownFields::default(),
         }
     }
 }
@@ -217,6 +280,12 @@ pub struct ColumnSpec {
     /// Whether nulls are allowed. Default true.
     #[serde(default = "yes")]
     pub nullable: bool,
+    /// `date32` and `timestamp` columns written in another form than ISO
+    /// 8601: the chrono/strftime format of the values, e.g. `"%Y/%m/%d"`
+    /// or `"%d.%m.%Y %H:%M"`. A value off the format is quarantined.
+    /// Default: ISO 8601 (a declared schema), or a format inferred from
+    /// the sample (an inferred one).
+    pub format: Option<String>,
 }
 
 /// What a stage does when its plugin fails on a batch.
@@ -487,26 +556,129 @@ pub enum Purpose {
     Serve,
 }
 
-/// Parses TOML `text` (read from `path`) into `T`, naming the key and
-/// line of the first problem.
+/// Most unknown keys reported for one file before giving up.
+const MAX_UNKNOWN_KEYS: usize = 64;
+
+/// Parses TOML `text` (read from `path`) into `T`, naming the key (as
+/// `stages[0].config`) and line of each problem.
+///
+/// Every unknown key is reported, not only the first: each one found is
+/// blanked out of a copy of the text (offsets kept) and parsing starts
+/// again, so a file with three typos gets three problems at once. Other
+/// problems (invalid TOML, a value of the wrong type) end the list.
 ///
 /// # Errors
-/// Invalid TOML, an unknown key, or a value of the wrong type.
+/// Invalid TOML, unknown keys, or a value of the wrong type.
 pub fn parse_toml<T: serde::de::DeserializeOwned>(
     text: &str,
     path: &Path,
 ) -> Result<T, ConfigErrors> {
-    toml::from_str(text).map_err(|e: toml::de::Error| {
-        let key = e
+    let mut working = text.to_string();
+    let mut errors = Vec::new();
+    loop {
+        let error = match toml::from_str::<T>(&working) {
+            Ok(value) if errors.is_empty() => return Ok(value),
+            Ok(_) => return Err(ConfigErrors(errors)),
+            Err(error) => error,
+        };
+        let located = error
             .span()
-            .map(|span| key_at(text, span.start))
-            .unwrap_or_default();
-        ConfigErrors(vec![ConfigError {
+            .and_then(|span| locate_key(&working, span.start));
+        let key = match (&located, error.span()) {
+            (Some((key, _)), _) => key.clone(),
+            (None, Some(span)) => key_at(text, span.start),
+            (None, None) => String::new(),
+        };
+        errors.push(ConfigError {
             file: path.to_path_buf(),
             key,
-            message: e.message().trim().to_string() + &location(text, e.span()),
-        }])
-    })
+            message: error.message().trim().to_string() + &location(text, error.span()),
+        });
+        let unknown = error.message().starts_with("unknown field");
+        match located {
+            Some((_, range)) if unknown && errors.len() < MAX_UNKNOWN_KEYS => {
+                blank(&mut working, range);
+            }
+            _ => return Err(ConfigErrors(errors)),
+        }
+    }
+}
+
+/// The key (`stages[1].confg`) whose key or value holds byte `offset` of
+/// `text`, innermost first, with the range of its `key = value` (and a
+/// comma separating it from a neighbour in an inline table).
+fn locate_key(text: &str, offset: usize) -> Option<(String, std::ops::Range<usize>)> {
+    let document = toml::de::DeTable::parse(text).ok()?;
+    let (key, range) = find_in_table(document.get_ref(), offset, "")?;
+    Some((key, with_separator(text, range)))
+}
+
+fn find_in_table(
+    table: &toml::de::DeTable<'_>,
+    offset: usize,
+    prefix: &str,
+) -> Option<(String, std::ops::Range<usize>)> {
+    for (key, value) in table.iter() {
+        let name = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        if let Some(found) = find_in_value(value.get_ref(), offset, &name) {
+            return Some(found);
+        }
+        let (key_span, value_span) = (key.span(), value.span());
+        if key_span.contains(&offset) || value_span.contains(&offset) {
+            return Some((name, key_span.start..value_span.end.max(key_span.end)));
+        }
+    }
+    None
+}
+
+fn find_in_value(
+    value: &toml::de::DeValue<'_>,
+    offset: usize,
+    name: &str,
+) -> Option<(String, std::ops::Range<usize>)> {
+    match value {
+        toml::de::DeValue::Table(table) => find_in_table(table, offset, name),
+        toml::de::DeValue::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            find_in_value(item.get_ref(), offset, &format!("{name}[{i}]"))
+        }),
+        _ => None,
+    }
+}
+
+/// `range` extended over the comma that separates it from the next (or
+/// else the previous) entry of an inline table, so blanking it leaves
+/// valid TOML.
+fn with_separator(text: &str, range: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    let bytes = text.as_bytes();
+    let mut after = range.end;
+    while after < bytes.len() && matches!(bytes[after], b' ' | b'\t') {
+        after += 1;
+    }
+    if bytes.get(after) == Some(&b',') {
+        return range.start..after + 1;
+    }
+    let mut before = range.start;
+    while before > 0 && matches!(bytes[before - 1], b' ' | b'\t') {
+        before -= 1;
+    }
+    if before > 0 && bytes[before - 1] == b',' && bytes.get(after) == Some(&b'}') {
+        return before - 1..range.end;
+    }
+    range
+}
+
+/// Replaces `range` of `text` with spaces, keeping line breaks and every
+/// offset.
+fn blank(text: &mut String, range: std::ops::Range<usize>) {
+    let blanked: String = text[range.clone()]
+        .bytes()
+        .map(|b| if b == b'\n' { '\n' } else { ' ' })
+        .collect();
+    text.replace_range(range, &blanked);
 }
 
 /// Expands `pattern` (relative to `base_dir`) into the sorted list of
@@ -540,6 +712,22 @@ impl PipelineConfig {
     /// An unreadable file, malformed TOML, an unknown key or a value of the
     /// wrong type, as one [`ConfigError`] naming the file, line and key.
     pub fn from_file(path: &Path) -> Result<PipelineConfig, ConfigErrors> {
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        if let Some(extension) = extension
+            && ["csv", "tsv", "jsonl", "ndjson", "json", "parquet"].contains(&extension.as_str())
+        {
+            return Err(ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                key: String::new(),
+                message: format!(
+                    "this looks like a data file (.{extension}); weir takes a pipeline file (TOML) whose [source] reads the data, e.g.\n\n[source]\nformat = \"csv\"\npath = \"{}\"\n\n[sink]\nformat = \"parquet\"\npath = \"out.parquet\"\n\n[quarantine]\nformat = \"jsonl\"\npath = \"quarantine.jsonl\"\n\n(see docs/pipeline-file.md; `weir show FILE` prints a data file)",
+                    path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+                ),
+            }]));
+        }
         Self::from_toml(&read_text(path)?, path)
     }
 
@@ -570,6 +758,14 @@ impl PipelineConfig {
     /// Records every problem that matters for `purpose`: `weir serve`
     /// reads no source files, so with a declared schema it needs none.
     pub fn check_for(&self, problems: &mut Problems, base_dir: &Path, purpose: Purpose) {
+        if let Some(fraction) = self.pipeline.max_quarantine_fraction
+            && !(0.0..=1.0).contains(&fraction)
+        {
+            problems.add(
+                "pipeline.max_quarantine_fraction",
+                format!("{fraction} is not a fraction between 0.0 and 1.0"),
+            );
+        }
         if self.pipeline.batch_size == 0 {
             problems.add("pipeline.batch_size", "must be at least 1");
         }
@@ -634,6 +830,23 @@ impl PipelineConfig {
                         column.data_type
                     ),
                 );
+            }
+            if let Some(format) = &column.format {
+                let data_type = crate::source::parse_data_type(&column.data_type);
+                if !matches!(
+                    data_type,
+                    None | Some(arrow::datatypes::DataType::Date32 | arrow::datatypes::DataType::Timestamp(..))
+                ) {
+                    problems.add(
+                        format!("source.schema[{i}].format"),
+                        format!("a format applies to date32 and timestamp columns, not {}", column.data_type),
+                    );
+                } else if !crate::source::is_valid_date_format(format) {
+                    problems.add(
+                        format!("source.schema[{i}].format"),
+                        format!("`{format}` is not a strftime format chrono understands (e.g. \"%Y/%m/%d\")"),
+                    );
+                }
             }
         }
         let mut names = std::collections::HashSet::new();

@@ -106,6 +106,10 @@ pub struct Pipeline {
     config: PipelineConfig,
     extractor: Option<Extractor>,
     stages: Vec<Arc<Stage>>,
+    /// The sink's schema as the load-time probe found it (the source's,
+    /// through every stage, plus the lineage column); `None` when a stage
+    /// or the source could not be probed.
+    output_schema: Option<arrow::datatypes::SchemaRef>,
 }
 
 /// How to run.
@@ -113,6 +117,102 @@ pub struct Pipeline {
 pub struct RunOptions {
     /// Draw a progress line on stderr (only when it is a terminal).
     pub progress: bool,
+}
+
+/// Calls each stage once on an empty batch of the schema it will receive
+/// (the source's, as transformed by the stages before it), so that a
+/// plugin that rejects its config (`invalid-config`: a misspelled key, a
+/// bad rule) or the schema (`invalid-input`: a rule on a column the source
+/// does not have) fails the load with the stage's key, instead of
+/// quarantining every row of the run.
+///
+/// Probing stops quietly where the schema stops being known: a source
+/// whose schema cannot be read yet (its files are absent), or a stage that
+/// fails the probe any other way (a trap, a timeout), which the run will
+/// contain as usual.
+///
+/// Returns the schema the last stage outputs, when every stage could be
+/// probed.
+///
+/// # Errors
+/// One problem per stage that returned `invalid-config` or `invalid-input`.
+fn probe_stages(
+    config: &PipelineConfig,
+    file: &Path,
+    base_dir: &Path,
+    stages: &[Arc<Stage>],
+) -> Result<Option<arrow::datatypes::SchemaRef>, ConfigErrors> {
+    let Some(mut schema) = Source::open(&config.source, base_dir, 1, None)
+        .ok()
+        .and_then(|source| source.schema())
+    else {
+        return Ok(None);
+    };
+    let mut probed = true;
+    let mut problems = Problems::new(file);
+    for (i, stage) in stages.iter().enumerate() {
+        let version = stage.slot.current();
+        let empty = arrow::record_batch::RecordBatch::new_empty(schema.clone());
+        let Ok(wit) = columnar::to_wit(&empty) else {
+            probed = false;
+            break;
+        };
+        let outcome = version
+            .plugin
+            .instantiate_with(
+                &stage.name,
+                stage.config_json.clone(),
+                stage.limits,
+                &stage.grants,
+                None,
+                None,
+            )
+            .and_then(|mut instance| match stage.kind {
+                PluginKind::Transform => instance
+                    .transform(&wit)
+                    .and_then(|(out, _)| Ok(Some(columnar::from_wit(out)?.schema()))),
+                _ => instance.validate(&wit).map(|_| None),
+            });
+        match outcome {
+            Ok(Some(output)) => schema = output,
+            Ok(None) => {}
+            Err(crate::plugin::PluginError::Returned { kind, message }) => {
+                if kind == "invalid-config" {
+                    problems.add(
+                        format!("stages[{i}].config"),
+                        format!("stage `{}`: {message}", stage.name),
+                    );
+                } else {
+                    let columns: Vec<String> = schema
+                        .fields()
+                        .iter()
+                        .map(|f| format!("{} {}", f.name(), f.data_type()))
+                        .collect();
+                    problems.add(
+                        format!("stages[{i}]"),
+                        format!(
+                            "stage `{}` refuses the columns it would receive ({}): {kind}: {message}",
+                            stage.name,
+                            columns.join(", ")
+                        ),
+                    );
+                }
+                // A validate stage passes its input on, so later stages can
+                // still be probed.
+                probed = false;
+                if stage.kind == PluginKind::Transform {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(stage = %stage.name, %error, "the stage failed its load-time probe on an empty batch; later stages are not probed");
+                probed = false;
+                break;
+            }
+        }
+    }
+    problems.finish()?;
+    Ok(probed.then_some(schema))
 }
 
 fn config_json(stage: &StageConfig, base_dir: &Path) -> Result<String> {
@@ -227,6 +327,22 @@ impl Pipeline {
             }
         }
         problems.finish()?;
+        let output_schema = match extractor {
+            None => probe_stages(&config, file, &base_dir, &stages)?,
+            Some(_) => None,
+        }
+        .map(|schema| match &config.sink.lineage_column {
+            Some(column) => {
+                let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+                fields.push(Arc::new(arrow::datatypes::Field::new(
+                    column,
+                    arrow::datatypes::DataType::Utf8,
+                    true,
+                )));
+                Arc::new(arrow::datatypes::Schema::new(fields))
+            }
+            None => schema,
+        });
         let name = config.pipeline.name.clone().unwrap_or_else(|| {
             file.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -239,6 +355,7 @@ impl Pipeline {
             config,
             extractor,
             stages,
+            output_schema,
         })
     }
 
@@ -399,10 +516,9 @@ impl Pipeline {
             }
         }
         counts.filtered = stages.iter().map(|s| s.filtered).sum();
+        counts.unknown_fields = source.unknown_fields();
         let quarantine_rows = quarantine.rows();
-        let outputs = sink.commit()?;
-        let quarantine_path = quarantine.commit()?;
-        Ok(RunReport {
+        let mut report = RunReport {
             run_id,
             pipeline: self.name.clone(),
             pipeline_file: self.file.clone(),
@@ -418,9 +534,9 @@ impl Pipeline {
                     bytes: p.metadata().map(|m| m.len()).unwrap_or(0),
                 })
                 .collect(),
-            outputs,
+            outputs: Vec::new(),
             quarantine: QuarantineReport {
-                path: quarantine_path,
+                path: quarantine.path().to_path_buf(),
                 rows: quarantine_rows,
             },
             source_http: self
@@ -428,7 +544,28 @@ impl Pipeline {
                 .as_ref()
                 .and_then(|e| e.http.as_ref())
                 .map(|http| http.counts()),
-        })
+        };
+        if let Some(max) = settings.max_quarantine_fraction {
+            let fraction = counts.quarantined as f64 / counts.read.max(1) as f64;
+            if fraction > max {
+                let path = quarantine.commit()?;
+                let why = report.main_quarantine_reason().unwrap_or_default();
+                anyhow::bail!(
+                    "{} of {} records ({:.1}%) were quarantined, over max_quarantine_fraction = {max}: {why}. The output was not committed; the quarantine is at {}",
+                    counts.quarantined,
+                    counts.read,
+                    fraction * 100.0,
+                    path.display()
+                );
+            }
+        }
+        if let Some(schema) = &self.output_schema {
+            sink.expect_schema(schema.clone());
+        }
+        report.outputs = sink.commit()?;
+        report.quarantine.path = quarantine.commit()?;
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
     }
 }
 

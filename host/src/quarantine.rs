@@ -47,6 +47,41 @@ pub struct Reason {
     pub message: String,
 }
 
+/// Longest message repeated on every row of a failed batch, in bytes. A
+/// longer one (a trap with the plugin's stderr) is stored whole on the
+/// first row that has it and cut on the others, which say where the whole
+/// text is: a plugin's stderr is not copied into each of 8,192 rows.
+pub const MAX_REPEATED_MESSAGE_BYTES: usize = 256;
+
+/// The message stored for each of `reasons`' rows (see
+/// [`MAX_REPEATED_MESSAGE_BYTES`]).
+fn stored_messages(reasons: &[Reason]) -> Vec<String> {
+    let mut whole: Option<(&str, usize)> = None;
+    reasons
+        .iter()
+        .enumerate()
+        .map(|(row, reason)| {
+            let message = reason.message.as_str();
+            if message.len() <= MAX_REPEATED_MESSAGE_BYTES {
+                return message.to_string();
+            }
+            match whole {
+                Some((text, first)) if text == message => {
+                    let cut = crate::plugin::head(message, MAX_REPEATED_MESSAGE_BYTES);
+                    format!(
+                        "{cut} [the whole message is on the quarantined row {} rows above, from the same failed call]",
+                        row - first
+                    )
+                }
+                _ => {
+                    whole = Some((message, row));
+                    message.to_string()
+                }
+            }
+        })
+        .collect()
+}
+
 /// The quarantine's Arrow schema (see the module docs).
 pub fn schema() -> SchemaRef {
     let utf8 = |name: &str, nullable| Field::new(name, DataType::Utf8, nullable);
@@ -153,10 +188,11 @@ impl Quarantine {
         if reasons.is_empty() {
             return Ok(());
         }
+        let messages = stored_messages(reasons);
         let records = rows_as_json(rows)?;
         match self.writer.as_mut().expect("open until commit") {
             Writer::Jsonl(out) => {
-                for (reason, record) in reasons.iter().zip(&records) {
+                for ((reason, record), message) in reasons.iter().zip(&records).zip(&messages) {
                     let line = serde_json::json!({
                         "run_id": &*self.run_id,
                         "source_file": source_file,
@@ -165,7 +201,7 @@ impl Quarantine {
                         "plugin_sha256": &*reason.plugin_sha256,
                         "error_kind": reason.error_kind,
                         "rule": reason.rule,
-                        "message": reason.message,
+                        "message": message,
                         "record": serde_json::from_str::<serde_json::Value>(record)?,
                     });
                     serde_json::to_writer(&mut *out, &line)?;
@@ -187,7 +223,7 @@ impl Quarantine {
                         column(&|r| Some(r.plugin_sha256.to_string())),
                         column(&|r| Some(r.error_kind.clone())),
                         column(&|r| r.rule.clone()),
-                        column(&|r| Some(r.message.clone())),
+                        Arc::new(StringArray::from(messages)),
                         Arc::new(StringArray::from(records)),
                     ],
                 )?;

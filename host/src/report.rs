@@ -39,6 +39,36 @@ pub struct RunReport {
     pub source_http: Option<crate::plugin::HttpCounts>,
 }
 
+impl RunReport {
+    /// Why most quarantined records were quarantined, in a phrase: the
+    /// stage that quarantined the most and its most frequent failed-call
+    /// kind, or the source's reader when it rejected the most (records
+    /// that did not parse). `None` when nothing was quarantined.
+    pub fn main_quarantine_reason(&self) -> Option<String> {
+        let by_stages: u64 = self.stages.iter().map(|s| s.quarantined).sum();
+        let by_reader = self.records.quarantined.saturating_sub(by_stages);
+        let top = self.stages.iter().max_by_key(|s| s.quarantined);
+        match top {
+            Some(stage) if stage.quarantined > 0 && stage.quarantined >= by_reader => {
+                let kind = stage
+                    .errors
+                    .iter()
+                    .max_by_key(|(_, n)| **n)
+                    .map(|(kind, n)| format!("; failed calls: {n} × {kind}"))
+                    .unwrap_or_else(|| "; rows failed its validation rules".into());
+                Some(format!(
+                    "stage `{}` ({}) quarantined {} record(s){kind}",
+                    stage.name, stage.plugin, stage.quarantined
+                ))
+            }
+            _ if by_reader > 0 => Some(format!(
+                "the source reader rejected {by_reader} record(s) that do not parse as the source schema"
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// Whole-run record totals. `read == written + quarantined + filtered`.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct RecordCounts {
@@ -50,6 +80,10 @@ pub struct RecordCounts {
     pub quarantined: u64,
     /// Rows a transform left out on purpose.
     pub filtered: u64,
+    /// JSON record fields that were not columns of the source schema
+    /// (dropped, or quarantined with their record, per the source's
+    /// `unknown_fields`); not rows.
+    pub unknown_fields: u64,
 }
 
 /// Counts for one stage.

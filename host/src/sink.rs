@@ -127,6 +127,9 @@ pub struct Sink {
     staging: PathBuf,
     run_id: String,
     schema: Option<SchemaRef>,
+    /// The output schema known before any row ([`Sink::expect_schema`]),
+    /// for a run that writes no row.
+    expected: Option<SchemaRef>,
     files: HashMap<String, OpenFile>,
     committed: bool,
     /// Appending parts to a directory (`weir serve`) instead of replacing
@@ -175,6 +178,7 @@ impl Sink {
             staging,
             run_id: run_id.to_string(),
             schema: None,
+            expected: None,
             files: HashMap::new(),
             committed: false,
             parts,
@@ -223,16 +227,29 @@ impl Sink {
                 );
             }
         }
-        let fields: Vec<Field> = batch
-            .schema()
+        let schema = self.file_schema(&batch.schema());
+        self.schema = Some(schema.clone());
+        Ok(schema)
+    }
+
+    /// The schema files get for output rows of `schema`: all nullable,
+    /// partition columns removed.
+    fn file_schema(&self, schema: &Schema) -> SchemaRef {
+        let fields: Vec<Field> = schema
             .fields()
             .iter()
             .filter(|f| !self.partition_by.contains(f.name()))
             .map(|f| f.as_ref().clone().with_nullable(true))
             .collect();
-        let schema = Arc::new(Schema::new(fields));
-        self.schema = Some(schema.clone());
-        Ok(schema)
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Tells the sink the output schema (rows × `schema`, as the stages
+    /// make it) before any row arrives, so that a run writing no row still
+    /// commits a file readers accept: a Parquet file with those columns, a
+    /// CSV file with its header line.
+    pub fn expect_schema(&mut self, schema: SchemaRef) {
+        self.expected = Some(schema);
     }
 
     /// Writes `batch` (rows × the output schema).
@@ -312,14 +329,19 @@ impl Sink {
         if outputs.is_empty() {
             // No rows: still commit an empty output so downstream sees the run.
             if self.partitioned() {
+                // No partition value, so no file: an empty directory.
                 std::fs::create_dir_all(&self.staging)?;
             } else {
-                let schema = self
-                    .schema
-                    .clone()
-                    .unwrap_or_else(|| Arc::new(Schema::empty()));
-                FileWriter::create(self.format, &self.staging, schema, &self.compression)?
-                    .finish()?;
+                let schema = match (&self.schema, &self.expected) {
+                    (Some(schema), _) => schema.clone(),
+                    (None, Some(expected)) => self.file_schema(expected),
+                    (None, None) => Arc::new(Schema::empty()),
+                };
+                let mut writer =
+                    FileWriter::create(self.format, &self.staging, schema.clone(), &self.compression)?;
+                // A CSV writer writes its header with the first batch.
+                writer.write(&RecordBatch::new_empty(schema))?;
+                writer.finish()?;
                 outputs.push(OutputFile {
                     path: self.final_path.clone(),
                     rows: 0,
@@ -495,6 +517,31 @@ fn partition_rows(
 }
 
 /// Percent-encodes the characters Hive escapes in partition values.
+/// A partition directory's value as the sink wrote it: `None` for
+/// [`NULL_PARTITION`], else the value with its `%XX` escapes decoded
+/// (the inverse of the sink's escaping; a malformed escape stays as it is).
+pub fn unescape_partition(value: &str) -> Option<String> {
+    if value == NULL_PARTITION {
+        return None;
+    }
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = value.get(i + 1..i + 3)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(String::from_utf8(out).unwrap_or_else(|_| value.to_string()))
+}
+
 fn escape(value: &str) -> String {
     value
         .chars()
@@ -513,6 +560,14 @@ fn escape(value: &str) -> String {
 mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
+
+    #[test]
+    fn partition_values_round_trip_through_their_escapes() {
+        for value in ["2012/01/01", "a=b%c", "x:y#z", "plain", "é/ü"] {
+            assert_eq!(unescape_partition(&escape(value)).as_deref(), Some(value));
+        }
+        assert_eq!(unescape_partition(NULL_PARTITION), None);
+    }
 
     #[test]
     fn partition_values_are_escaped() {

@@ -728,8 +728,16 @@ impl StageRunner {
         let mut failing = vec![(0..batch.num_rows(), error)];
         let mut out_of_fuel = false;
         while let Some((range, error)) = failing.pop() {
-            // A start-up failure does not depend on the rows.
-            let splittable = !matches!(error, PluginError::Instantiate(_));
+            // A start-up failure or a rejected config does not depend on
+            // the rows: splitting would only repeat it.
+            let splittable = !matches!(
+                error,
+                PluginError::Instantiate(_)
+                    | PluginError::Returned {
+                        kind: "invalid-config",
+                        ..
+                    }
+            );
             if range.len() < 2 || budget < 2 || !splittable || out_of_fuel {
                 failed.push((range, error));
                 continue;
@@ -779,7 +787,7 @@ fn with_lineage(
         );
     }
     let lineage = plugin_versions.join(";");
-    Ok(columnar::with_constant_utf8(batch, &[(column, &lineage)])?)
+    Ok(columnar::with_constant_utf8(batch, &[(column, Some(&lineage))])?)
 }
 
 /// A batch split by a validator's verdicts.

@@ -129,9 +129,10 @@ fn existing_output_is_not_overwritten_by_default() {
 }
 
 #[test]
-fn plugin_config_errors_quarantine_with_the_key() {
-    // A malformed *plugin* config is the plugin's to report: every batch is
-    // quarantined with `invalid-config` naming the key, and nothing is lost.
+fn plugin_config_errors_are_reported_at_load_with_the_key() {
+    // A malformed *plugin* config fails the load (the stage is called once
+    // on an empty batch of the source schema): nothing runs, no row is
+    // quarantined for it, and the problem names the stage's config key.
     let dir = tempfile::tempdir().unwrap();
     action_csv(dir.path(), &["ok", "ok", "ok"]);
     let file = one_stage_pipeline(
@@ -141,12 +142,7 @@ fn plugin_config_errors_quarantine_with_the_key() {
         2,
         "config = { keep = [\"id\"], dorp = [\"action\"] }",
     );
-    let report = crate::support::run(&file);
-    assert_eq!((report.records.written, report.records.quarantined), (0, 3));
-    let quarantine = crate::support::read_jsonl(&dir.path().join("quarantine.jsonl"));
-    let message = quarantine[0]["message"].as_str().unwrap();
-    assert!(
-        message.contains("invalid-config") && message.contains("dorp"),
-        "{message}"
-    );
+    let message = problem_for(&load_errors(&file), "stages[0].config").to_string();
+    assert!(message.contains("dorp"), "{message}");
+    assert!(!dir.path().join("quarantine.jsonl").exists());
 }

@@ -116,3 +116,29 @@ fn a_plugins_stderr_is_cut_to_its_last_4_kib_per_quarantined_row() {
         message.len()
     );
 }
+
+#[test]
+fn a_failed_batchs_long_message_is_stored_once_not_on_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::action_csv(dir.path(), &["ok", "ok", "chatter", "ok", "ok", "ok"]);
+    let pipeline = crate::support::one_stage_pipeline(
+        dir.path(),
+        "transform",
+        weir_tests::CHATTY,
+        8,
+        "bisect_max_calls = 0",
+    );
+    let report = crate::support::run(&pipeline);
+    assert_eq!(report.records.quarantined, 6, "the whole batch, unsplit");
+    let quarantine = crate::support::read_jsonl(&dir.path().join("quarantine.jsonl"));
+    let messages: Vec<&str> = quarantine
+        .iter()
+        .map(|row| row["message"].as_str().unwrap())
+        .collect();
+    assert!(messages[0].len() > 2048, "the first row has it whole");
+    assert!(messages[0].contains("after the chatter"), "{:.200}", messages[0]);
+    for (i, message) in messages.iter().enumerate().skip(1) {
+        assert!(message.len() < 512, "row {i}: {} bytes", message.len());
+        assert!(message.contains(&format!("{i} rows above")), "{message}");
+    }
+}

@@ -11,6 +11,8 @@ mod hot_reload;
 mod http;
 mod languages;
 mod malformed_input;
+mod new_user;
+mod security;
 mod serve;
 mod support;
 mod tenants;

@@ -36,6 +36,11 @@ impl Running {
         }
     }
 
+    /// The service's base URL (`http://127.0.0.1:PORT`).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
     fn runtime(&self) -> &tokio::runtime::Runtime {
         self.background.runtime()
     }
@@ -59,21 +64,21 @@ impl Running {
     }
 }
 
-fn post(path: &str, content_type: &str, body: impl Into<Body>) -> Request<Body> {
+pub(crate) fn post(path: &str, content_type: &str, body: impl Into<Body>) -> Request<Body> {
     Request::post(path)
         .header("content-type", content_type)
         .body(body.into())
         .unwrap()
 }
 
-fn get(path: &str) -> Request<Body> {
+pub(crate) fn get(path: &str) -> Request<Body> {
     Request::get(path).body(Body::empty()).unwrap()
 }
 
 /// A pipeline over records `id` (int64), `action` (utf8), `value` (int64):
 /// `flag` (validate: `bad` / null action), then `extra` stages, with JSON
 /// Lines sink and quarantine directories and a lineage column.
-fn write_pipeline(dir: &Path, extra_stages: &str) -> PathBuf {
+pub(crate) fn write_pipeline(dir: &Path, extra_stages: &str) -> PathBuf {
     let text = format!(
         r#"
 [pipeline]
@@ -110,7 +115,7 @@ path = "quarantine"
     path
 }
 
-fn write_service(dir: &Path, extra: &str, pipeline_extra: &str) -> PathBuf {
+pub(crate) fn write_service(dir: &Path, extra: &str, pipeline_extra: &str) -> PathBuf {
     let path = dir.join("service.toml");
     std::fs::write(
         &path,
@@ -123,7 +128,7 @@ fn write_service(dir: &Path, extra: &str, pipeline_extra: &str) -> PathBuf {
 }
 
 /// JSON Lines records with ids `ids`, action `ok` unless listed in `bad`.
-fn records(ids: std::ops::Range<i64>, bad: &[i64]) -> String {
+pub(crate) fn records(ids: std::ops::Range<i64>, bad: &[i64]) -> String {
     ids.map(|id| {
         let action = if bad.contains(&id) { "bad" } else { "ok" };
         format!(
@@ -135,7 +140,7 @@ fn records(ids: std::ops::Range<i64>, bad: &[i64]) -> String {
 }
 
 /// Every JSON object in the `part-*` files of `dir` (and below).
-fn read_parts(dir: &Path) -> Vec<Value> {
+pub(crate) fn read_parts(dir: &Path) -> Vec<Value> {
     let mut rows = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return rows;
@@ -153,7 +158,7 @@ fn read_parts(dir: &Path) -> Vec<Value> {
     rows
 }
 
-fn ids_of(rows: &[Value], pointer: &str) -> Vec<i64> {
+pub(crate) fn ids_of(rows: &[Value], pointer: &str) -> Vec<i64> {
     rows.iter()
         .map(|r| r.pointer(pointer).and_then(Value::as_i64).unwrap())
         .collect()

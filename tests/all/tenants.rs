@@ -645,3 +645,102 @@ fn a_tenant_out_of_fuel_gets_no_split_calls() {
     assert!(a.stage_reports()[0].fuel_consumed > 1000);
     running.shutdown().unwrap();
 }
+
+#[test]
+fn revoking_a_token_names_one_token_and_never_the_operators() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, tokens) = write_service(dir.path(), "");
+    let running = Running::start(&service);
+    let operator = bearer(&tokens.operator);
+    let pipelines = |token: &str| {
+        running
+            .oneshot(request("GET", "/v1/pipelines", Some(&bearer(token)), Body::empty()))
+            .0
+    };
+    let issue = |id: &str| {
+        let (status, answer) = running.oneshot(request(
+            "POST",
+            "/v1/tenants/a/tokens",
+            Some(&operator),
+            Body::from(json!({ "id": id }).to_string()),
+        ));
+        (status, answer["token"].as_str().unwrap_or_default().to_string())
+    };
+    let (status, first) = issue("x");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(pipelines(&first), StatusCode::OK);
+    let (status, _) = running.oneshot(request(
+        "DELETE",
+        "/v1/tenants/a/tokens/x",
+        Some(&operator),
+        Body::empty(),
+    ));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(pipelines(&first), StatusCode::UNAUTHORIZED);
+    assert_eq!(pipelines(&tokens.a), StatusCode::OK, "another token of a");
+
+    // The id of a revoked token may name a new one; the old stays revoked.
+    let (status, second) = issue("x");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(pipelines(&second), StatusCode::OK);
+    assert_eq!(pipelines(&first), StatusCode::UNAUTHORIZED);
+    // A live id cannot be issued twice, nor the operator's.
+    assert_eq!(issue("x").0, StatusCode::CONFLICT);
+    assert_eq!(issue("operator").0, StatusCode::CONFLICT);
+
+    // The operator token is never reached through a tenant's id.
+    let (status, _) = running.oneshot(request(
+        "DELETE",
+        "/v1/tenants/a/tokens/operator",
+        Some(&operator),
+        Body::empty(),
+    ));
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(pipelines(&tokens.operator), StatusCode::OK);
+
+    // The scheme is case-insensitive.
+    let (status, _) = running.oneshot(request(
+        "GET",
+        "/v1/pipelines",
+        Some(&format!("bearer {}", tokens.a)),
+        Body::empty(),
+    ));
+    assert_eq!(status, StatusCode::OK);
+    running.shutdown().unwrap();
+
+    // A tenant token may not be named `operator` in the service file.
+    let text = std::fs::read_to_string(&service)
+        .unwrap()
+        .replace("id = \"a-ci\"", "id = \"operator\"");
+    std::fs::write(&service, text).unwrap();
+    let error = weir::serve::Service::load(&service).unwrap_err();
+    assert!(format!("{error:#}").contains("reserved for the operator"), "{error:#}");
+}
+
+#[test]
+fn errors_are_json_and_openapi_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, tokens) = write_service(dir.path(), "");
+    let running = Running::start(&service);
+    let client = reqwest::blocking::Client::new();
+    let url = running.url().to_string();
+    let answer = client.get(format!("{url}/openapi.json")).send().unwrap();
+    assert_eq!(answer.status(), StatusCode::OK, "no token needed");
+    for response in [
+        client.get(format!("{url}/no/such/route")).send().unwrap(),
+        client
+            .post(format!("{url}/v1/tenants/a/tokens"))
+            .header("authorization", bearer(&tokens.operator))
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .unwrap(),
+        client.put(format!("{url}/health")).send().unwrap(),
+    ] {
+        let status = response.status();
+        assert!(status.is_client_error(), "{status}");
+        let body: serde_json::Value = response.json().unwrap();
+        assert!(body["error"].is_string(), "{status}: {body}");
+    }
+    running.shutdown().unwrap();
+}

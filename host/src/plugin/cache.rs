@@ -10,6 +10,11 @@
 //!
 //! The directory is `$WEIR_CACHE_DIR`, else `$XDG_CACHE_HOME/weir`, else
 //! `$HOME/.cache/weir`; set `WEIR_CACHE_DIR=off` to disable caching.
+//!
+//! A **scope** (a `weir serve` tenant's name) adds a directory level,
+//! `<dir>/<engine-hash>/<scope>/…`: a tenant's uploads and reloads are
+//! cached apart from every other tenant's, so the time an upload takes
+//! cannot tell a tenant whether another tenant compiled the same bytes.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -46,16 +51,25 @@ fn engine_key(engine: &Engine) -> String {
 }
 
 /// Returns the compiled component for `bytes` (whose SHA-256 hex is
-/// `sha256`), from the cache when possible, else compiling and storing it.
+/// `sha256`), from the cache (of `scope`, when given) when possible, else
+/// compiling and storing it.
 ///
 /// # Errors
 /// When `bytes` is not a valid component. A cache that cannot be read or
 /// written is not an error: weir compiles instead and logs a warning.
-pub fn load_or_compile(engine: &Engine, bytes: &[u8], sha256: &str) -> Result<(Component, Origin)> {
+pub fn load_or_compile(
+    engine: &Engine,
+    bytes: &[u8],
+    sha256: &str,
+    scope: Option<&str>,
+) -> Result<(Component, Origin)> {
     let Some(dir) = cache_dir() else {
         return Ok((Component::new(engine, bytes)?, Origin::Compiled));
     };
-    let dir = dir.join(engine_key(engine));
+    let mut dir = dir.join(engine_key(engine));
+    if let Some(scope) = scope {
+        dir = dir.join(format!("tenant-{scope}"));
+    }
     let path = dir.join(format!("{sha256}.cwasm"));
     if path.is_file() {
         // SAFETY: the file was written by `store` below from the output of

@@ -41,7 +41,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 pub use breaker::{Admission, BreakerConfig, BreakerState, BreakerStatus, CircuitBreaker};
 pub use cache::{Origin, cache_dir};
 pub use capabilities::{ALWAYS_ALLOWED, Grants, check_imports};
-pub use error::{MAX_MESSAGE_BYTES, MAX_STDERR_BYTES, PluginError};
+pub use error::{MAX_MESSAGE_BYTES, MAX_STDERR_BYTES, PluginError, head};
 pub use http::{HttpAccess, HttpCounts, HttpGrant};
 pub use limits::{Limits, MemoryCap, MemoryLimitExceeded, MemoryPool, PoolExhausted};
 pub use slot::{HISTORY_LEN, PluginSlot, PluginVersion, Rejection, SlotStatus, Swap};
@@ -216,11 +216,25 @@ impl Plugin {
     /// # Errors
     /// As [`Plugin::load`].
     pub fn from_bytes(name: &str, bytes: &[u8], expected: Option<PluginKind>) -> Result<Plugin> {
+        Plugin::from_bytes_scoped(name, bytes, expected, None)
+    }
+
+    /// [`Plugin::from_bytes`] with the compiled artifact cached in `scope`
+    /// (a tenant's own part of the cache; see [`cache`]).
+    ///
+    /// # Errors
+    /// As [`Plugin::load`].
+    pub fn from_bytes_scoped(
+        name: &str,
+        bytes: &[u8],
+        expected: Option<PluginKind>,
+        scope: Option<&str>,
+    ) -> Result<Plugin> {
         let runtime = Runtime::shared();
         let engine = runtime.engine();
         let sha256 = sha256_hex(bytes);
         let started = Instant::now();
-        let (component, origin) = cache::load_or_compile(engine, bytes, &sha256)
+        let (component, origin) = cache::load_or_compile(engine, bytes, &sha256, scope)
             .with_context(|| format!("plugin `{name}` is not a valid WebAssembly component"))?;
         let compile_time = started.elapsed();
         let ty = component.component_type();
@@ -278,7 +292,7 @@ impl Plugin {
     pub fn inspect(bytes: &[u8]) -> Result<Inspection> {
         let engine = Runtime::shared().engine();
         let sha256 = sha256_hex(bytes);
-        let (component, _) = cache::load_or_compile(engine, bytes, &sha256)?;
+        let (component, _) = cache::load_or_compile(engine, bytes, &sha256, None)?;
         let ty = component.component_type();
         let exports = names(ty.exports(engine));
         let kind = detect_kind(&exports);

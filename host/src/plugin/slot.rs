@@ -102,6 +102,9 @@ pub struct PluginSlot {
     rejections: AtomicU64,
     breaker: CircuitBreaker,
     grants: super::Grants,
+    /// The compile-cache scope of reloads (a tenant's name under `weir
+    /// serve`), set once.
+    cache_scope: std::sync::OnceLock<String>,
 }
 
 fn now_rfc3339(time: SystemTime) -> String {
@@ -128,7 +131,15 @@ impl PluginSlot {
             rejections: AtomicU64::new(0),
             breaker: CircuitBreaker::new(BreakerConfig::default()),
             grants: super::Grants::default(),
+            cache_scope: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Compiles the versions later reloaded into this slot in `scope`'s
+    /// part of the compile cache (see [`super::cache`]); the first call
+    /// wins.
+    pub fn set_cache_scope(&self, scope: &str) {
+        let _ = self.cache_scope.set(scope.to_string());
     }
 
     /// This slot with candidates smoke-tested under `grants` (the stage's
@@ -174,7 +185,12 @@ impl PluginSlot {
                 latency: started.elapsed(),
             });
         }
-        let checked = Plugin::from_bytes(&self.name, bytes, Some(self.kind))
+        let checked = Plugin::from_bytes_scoped(
+            &self.name,
+            bytes,
+            Some(self.kind),
+            self.cache_scope.get().map(String::as_str),
+        )
             .map_err(|e| format!("{e:#}"))
             .and_then(|plugin| {
                 plugin

@@ -19,8 +19,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, RawPathParams, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -49,12 +48,23 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// Longest message an error answer carries, in bytes: an error quoting
+/// the caller's input (a bad record, a bad header) is cut here, so a bad
+/// request cannot make its answer large.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 2048;
+
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            message: message.into(),
+            message: crate::plugin::head(&message.into(), MAX_ERROR_MESSAGE_BYTES),
         }
+    }
+}
+
+impl From<super::body::BodyError> for ApiError {
+    fn from(error: super::body::BodyError) -> ApiError {
+        ApiError::new(error.status, error.message)
     }
 }
 
@@ -84,23 +94,15 @@ impl From<SubmitError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Largest body of the routes that take a small JSON document (token
+/// issue, deploy, quarantine filters), in bytes: 1 MiB.
+pub const MAX_JSON_BODY_BYTES: usize = 1024 * 1024;
+
 /// The router for `service`. Tenant routes exist twice: under
 /// `/v1/tenants/{tenant}/…` (any tenant, for the operator; its own, for a
 /// tenant) and under `/v1/…` (the caller's own tenant; for the operator,
 /// tenant `default`).
 pub fn router(service: Arc<Service>) -> Router {
-    let largest_body = service
-        .tenants()
-        .values()
-        .flat_map(|t| {
-            [
-                t.quota().quotas.max_body_bytes,
-                t.quota().quotas.max_plugin_bytes,
-            ]
-        })
-        .chain([service.config.service.max_body_bytes])
-        .max()
-        .unwrap_or(service.config.service.max_body_bytes);
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -117,7 +119,13 @@ pub fn router(service: Arc<Service>) -> Router {
         )
         .nest("/v1/tenants/{tenant}", tenant_routes())
         .nest("/v1", tenant_routes())
-        .layer(DefaultBodyLimit::max(largest_body))
+        // Ingest and upload bodies are read by `read_body` under the
+        // caller's own limits; this bounds the small JSON bodies of the
+        // other routes.
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
+        .layer(axum::middleware::map_response(json_errors))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(service)
 }
@@ -361,34 +369,56 @@ fn stored_plugin(tenant: &super::tenant::Tenant, sha256: &str) -> ApiResult<std:
 
 async fn upload_plugin(
     scoped: Scoped,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let max = scoped.tenant.quota().quotas.max_plugin_bytes;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the plugin is larger than max_plugin_bytes = {max} bytes"),
-        )
-    };
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large()
+    let quota = scoped.tenant.quota();
+    if let Err(wait) = quota.admit_upload() {
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "tenant `{}` is over its quota of {} plugin uploads per minute; retry later",
+                scoped.tenant.name, quota.quotas.plugin_uploads_per_minute
+            ),
+        );
+        response.message.push_str(&format!(" (in {} s)", wait.as_secs_f64().ceil()));
+        return Err(response);
+    }
+    let max = quota.quotas.max_plugin_bytes;
+    let buffered = read_body(&scoped, &headers, body, max).await.map_err(|e| {
+        if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the plugin is larger than max_plugin_bytes = {max} bytes"),
+            )
         } else {
-            ApiError::new(rejection.status(), rejection.body_text())
+            e.into()
         }
     })?;
-    if body.len() > max {
-        return Err(too_large());
-    }
+    let body = buffered.bytes.clone();
     let sha256 = crate::plugin::sha256_hex(&body);
     let path = stored_plugin(&scoped.tenant, &sha256)?;
     // Compile and check on a blocking thread, within the time limit; only
     // a valid component is stored.
     let bytes = body.clone();
     let name = format!("upload:{}", &sha256[..12]);
+    let tenant = scoped.tenant.name.to_string();
+    // Compiling is the tenant's work: it holds one of its
+    // `max_concurrent_batches` permits until the compile really ends (a
+    // compile cannot be interrupted, so one past the time limit still
+    // holds it), so parallel uploads cannot take more cores than the
+    // tenant's batches may.
+    let permit = quota
+        .batch_slots()
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
     let compile = tokio::task::spawn_blocking(move || {
-        crate::plugin::Plugin::from_bytes(&name, &bytes, None)
-            .map(|p| (p.kind(), p.imports().to_vec()))
+        let compiled = crate::plugin::Plugin::from_bytes_scoped(&name, &bytes, None, Some(&tenant))
+            .map(|p| (p.kind(), p.imports().to_vec()));
+        drop(permit);
+        compiled
     });
     let (kind, imports) = match tokio::time::timeout(UPLOAD_COMPILE_TIMEOUT, compile).await {
         Err(_) => {
@@ -409,29 +439,119 @@ async fn upload_plugin(
                 )
             })?,
     };
+    let referenced = referenced_plugins(&scoped.tenant);
+    let limit = quota.quotas.max_stored_plugin_bytes;
     let write = {
         let path = path.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let dir = path.parent().expect("stored under a directory");
-            std::fs::create_dir_all(dir)?;
+            make_room(dir, &path, body.len() as u64, limit, &referenced)?;
+            super::files::create_private_dir_all(dir)?;
             let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
-            std::fs::write(&tmp, &body)?;
-            std::fs::rename(&tmp, &path)
+            super::files::write_private(&tmp, &body)?;
+            Ok(std::fs::rename(&tmp, &path)?)
         })
     };
     write
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| {
-            ApiError::new(
+        .map_err(|e| match e.downcast_ref::<StorageFull>() {
+            Some(full) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, full.to_string()),
+            None => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("storing the plugin: {e}"),
-            )
+                format!("storing the plugin: {e:#}"),
+            ),
         })?;
     tracing::info!(tenant = %scoped.tenant.name, %sha256, %kind, "stored an uploaded plugin");
     Ok(Json(
         json!({ "sha256": sha256, "kind": kind, "imports": imports, "size_bytes": path.metadata().map(|m| m.len()).unwrap_or(0) }),
     ))
+}
+
+/// The SHA-256 of every plugin version a stage of `tenant` serves or
+/// holds for rollback: stored uploads that must not be deleted.
+fn referenced_plugins(tenant: &super::tenant::Tenant) -> std::collections::HashSet<String> {
+    let mut referenced = std::collections::HashSet::new();
+    for live in tenant.pipelines().values() {
+        for stage in live.pipeline().stages() {
+            let status = stage.slot.status();
+            referenced.insert(status.current_sha256);
+            referenced.extend(status.history);
+        }
+    }
+    referenced
+}
+
+/// An upload refused because the tenant's stored plugins would pass
+/// `max_stored_plugin_bytes` even after deleting unreferenced ones.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "storing {new_bytes} more bytes would pass max_stored_plugin_bytes = {limit_bytes} ({stored_bytes} bytes are stored, all of them deployed or kept for rollback); nothing was stored"
+)]
+struct StorageFull {
+    new_bytes: u64,
+    stored_bytes: u64,
+    limit_bytes: u64,
+}
+
+/// Makes room in `dir` (a tenant's stored uploads) for `new_bytes` more
+/// under `limit`: deletes stored plugins not in `referenced` (oldest
+/// first) while the total would pass the limit. Storing `path` again
+/// (the same bytes) needs no room.
+///
+/// # Errors
+/// [`StorageFull`] when even that is not enough; an I/O error.
+fn make_room(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    new_bytes: u64,
+    limit: u64,
+    referenced: &std::collections::HashSet<String>,
+) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let mut stored: Vec<(std::time::SystemTime, std::path::PathBuf, u64, bool)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let file = entry.path();
+            let Some(sha256) = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".wasm"))
+            else {
+                continue;
+            };
+            let metadata = entry.metadata()?;
+            stored.push((
+                metadata.modified().unwrap_or(std::time::UNIX_EPOCH),
+                file.clone(),
+                metadata.len(),
+                referenced.contains(sha256),
+            ));
+        }
+    }
+    let mut total: u64 = stored.iter().map(|(_, _, len, _)| len).sum();
+    stored.sort();
+    for (_, file, len, in_use) in &stored {
+        if total + new_bytes <= limit {
+            break;
+        }
+        if !in_use {
+            std::fs::remove_file(file)?;
+            total -= len;
+            tracing::info!(file = %file.display(), "deleted an unreferenced uploaded plugin to make room");
+        }
+    }
+    if total + new_bytes > limit {
+        return Err(StorageFull {
+            new_bytes,
+            stored_bytes: total,
+            limit_bytes: limit,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Body of `POST …/stages/{stage}/deploy`.
@@ -447,6 +567,16 @@ async fn deploy_plugin(
 ) -> ApiResult<Json<serde_json::Value>> {
     let live = scoped.pipeline()?;
     let stage = find_stage(&live, scoped.param("stage"))?;
+    if stage.reference.starts_with("builtin:") {
+        // As for a reload: a built-in stage is part of the pipeline file.
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "stage `{}` runs built-in {}, which cannot be replaced; change the pipeline file",
+                stage.name, stage.reference
+            ),
+        ));
+    }
     let path = stored_plugin(&scoped.tenant, &body.sha256)?;
     if !path.is_file() {
         return Err(ApiError::new(
@@ -458,6 +588,52 @@ async fn deploy_plugin(
         ));
     }
     swap_in(stage, path).await
+}
+
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route {}; see /openapi.json", uri.path()),
+    )
+}
+
+async fn no_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}; see /openapi.json", uri.path()),
+    )
+}
+
+/// Gives every error answer the API's JSON shape, `{"error": "…"}`: the
+/// framework's own rejections (a malformed JSON body, a bad query string)
+/// come as plain text.
+async fn json_errors(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let status = response.status();
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, MAX_ERROR_MESSAGE_BYTES * 4).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let text = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut answer = ApiError::new(status, text).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
 }
 
 async fn health(State(service): State<Arc<Service>>) -> Json<serde_json::Value> {
@@ -527,11 +703,34 @@ struct IngestQuery {
 /// Longest an over-quota ingest request is held before its `429` answer.
 const MAX_THROTTLE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Reads a request body of at most `max_body_bytes` under the service's
+/// and the caller's tenant's buffer budgets ([`super::body`]).
+async fn read_body(
+    scoped: &Scoped,
+    headers: &HeaderMap,
+    body: Body,
+    max_body_bytes: usize,
+) -> Result<super::body::Buffered, super::body::BodyError> {
+    let settings = &scoped.service.config.service;
+    super::body::read(
+        headers,
+        body,
+        super::body::BodyLimits {
+            max_body_bytes,
+            service: scoped.service.buffers(),
+            tenant: scoped.tenant.quota().buffers(),
+            tenant_name: &scoped.tenant.name,
+            read_timeout: std::time::Duration::from_millis(settings.body_read_timeout_ms),
+        },
+    )
+    .await
+}
+
 async fn ingest(
     scoped: Scoped,
     Query(query): Query<IngestQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Response> {
     let live = scoped.pipeline()?;
     let quota = scoped.tenant.quota();
@@ -555,26 +754,6 @@ async fn ingest(
         tokio::time::sleep(wait.min(MAX_THROTTLE_DELAY)).await;
         return Ok(response);
     }
-    let max_body = quota.quotas.max_body_bytes;
-    let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!(
-                "the body is larger than max_body_bytes = {max_body} bytes; split it into several requests"
-            )
-        } else {
-            rejection.body_text()
-        };
-        ApiError::new(status, message)
-    })?;
-    if body.len() > max_body {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the body is larger than max_body_bytes = {max_body} bytes; split it into several requests"
-            ),
-        ));
-    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -593,6 +772,7 @@ async fn ingest(
             .map(|s| format!("http:{s}"))
             .unwrap_or_else(|| format!("http:{}", uuid::Uuid::new_v4().simple())),
     );
+    let buffered = read_body(&scoped, &headers, body, quota.quotas.max_body_bytes).await?;
     let decoder = live.clone();
     // Decoding is the tenant's work too: it holds one of the tenant's
     // `max_concurrent_batches` permits, so a flood of large bodies occupies
@@ -604,14 +784,18 @@ async fn ingest(
         .await
         .expect("the semaphore is never closed");
     let items = tokio::task::spawn_blocking(move || {
-        let decoded = format.decode(decoder.source(), label, body);
+        let decoded = format.decode(decoder.source(), label, buffered.bytes.clone());
         drop(permit);
+        // The body's bytes stay counted until it is decoded.
+        drop(buffered);
         decoded
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
-    Ok(Json(live.submit(items).await?).into_response())
+    let mut ack = live.submit(items.items).await?;
+    ack.unknown_fields = items.unknown_fields;
+    Ok(Json(ack).into_response())
 }
 
 async fn pause(scoped: Scoped) -> ApiResult<Json<super::live::PipelineStatus>> {
@@ -837,7 +1021,7 @@ async fn replay_quarantine(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
-        let ack = live.submit(items).await?;
+        let ack = live.submit(items.items).await?;
         live.mark_replayed(&ids)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
         ack

@@ -86,7 +86,13 @@ pub struct StoredToken {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StateFile {
     issued: Vec<StoredToken>,
+    /// Token ids revoked by weir before 2026-12 (which revoked every token
+    /// of that id); read once and turned into `revoked_sha256`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     revoked: Vec<String>,
+    /// SHA-256 of each revoked token: a revocation names one token.
+    #[serde(default)]
+    revoked_sha256: Vec<String>,
 }
 
 /// Every token the service accepts, and the revoked ids.
@@ -134,6 +140,16 @@ impl TokenStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", state_file.display())),
         };
+        let mut state: StateFile = state;
+        // An old revocation by id: it meant the tenant tokens of that id,
+        // never the operator token.
+        for id in std::mem::take(&mut state.revoked) {
+            for token in configured.iter().chain(&state.issued) {
+                if token.id == id && token.tenant.is_some() {
+                    state.revoked_sha256.push(token.sha256.clone());
+                }
+            }
+        }
         Ok(TokenStore {
             enabled: config.auth_enabled(),
             configured,
@@ -157,10 +173,11 @@ impl TokenStore {
             return Ok(Caller::Operator);
         }
         let header = authorization.ok_or(AuthError::Missing)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .ok_or(AuthError::Malformed)?;
+        // The scheme is case-insensitive (RFC 9110, section 11.1).
+        let token = match header.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => return Err(AuthError::Malformed),
+        };
         if !well_formed(token) {
             return Err(AuthError::Malformed);
         }
@@ -175,7 +192,7 @@ impl TokenStore {
             }
         }
         let stored = found.ok_or(AuthError::Invalid)?;
-        if state.revoked.contains(&stored.id) {
+        if state.revoked_sha256.contains(&stored.sha256) {
             return Err(AuthError::Invalid);
         }
         Ok(match &stored.tenant {
@@ -190,18 +207,27 @@ impl TokenStore {
     /// Issues a new token for `tenant` named `id`; returns its text (shown
     /// once, never stored).
     ///
+    /// The id of a revoked token issued through the API may be reused;
+    /// the revoked token stays revoked.
+    ///
     /// # Errors
-    /// An id already in use, or a state file that cannot be written.
+    /// An id in use (by a live token, a token of the service file, or the
+    /// operator's), or a state file that cannot be written.
     pub fn issue(&self, tenant: &str, id: &str) -> Result<String> {
         let mut state = self.state.lock().expect("token lock");
-        if self
-            .configured
+        if id == OPERATOR_TOKEN_ID || self.configured.iter().any(|t| t.id == id) {
+            anyhow::bail!("a token named `{id}` exists; choose another id");
+        }
+        let revoked = &state.revoked_sha256;
+        if state
+            .issued
             .iter()
-            .chain(&state.issued)
-            .any(|t| t.id == id)
+            .any(|t| t.id == id && !revoked.contains(&t.sha256))
         {
             anyhow::bail!("a token named `{id}` exists; choose another id");
         }
+        let revoked = state.revoked_sha256.clone();
+        state.issued.retain(|t| t.id != id || !revoked.contains(&t.sha256));
         let (token, sha256) = new_token()?;
         state.issued.push(StoredToken {
             id: id.to_string(),
@@ -220,16 +246,19 @@ impl TokenStore {
     /// A state file that cannot be written.
     pub fn revoke(&self, tenant: &str, id: &str) -> Result<bool> {
         let mut state = self.state.lock().expect("token lock");
-        let known = self
+        // Ids are unique, so this is one token; the operator's has no
+        // tenant and can never match.
+        let Some(sha256) = self
             .configured
             .iter()
             .chain(&state.issued)
-            .any(|t| t.id == id && t.tenant.as_deref() == Some(tenant));
-        if !known {
+            .find(|t| t.id == id && t.tenant.as_deref() == Some(tenant))
+            .map(|t| t.sha256.clone())
+        else {
             return Ok(false);
-        }
-        if !state.revoked.iter().any(|r| r == id) {
-            state.revoked.push(id.to_string());
+        };
+        if !state.revoked_sha256.contains(&sha256) {
+            state.revoked_sha256.push(sha256);
             self.save(&state)?;
         }
         Ok(true)
@@ -247,7 +276,7 @@ impl TokenStore {
                 serde_json::json!({
                     "id": t.id,
                     "origin": t.origin,
-                    "revoked": state.revoked.contains(&t.id),
+                    "revoked": state.revoked_sha256.contains(&t.sha256),
                 })
             })
             .collect()
@@ -256,7 +285,7 @@ impl TokenStore {
     fn save(&self, state: &StateFile) -> Result<()> {
         let text = serde_json::to_string_pretty(state)?;
         let tmp = self.state_file.with_extension("json.tmp");
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        super::files::write_private(&tmp, text.as_bytes())?;
         std::fs::rename(&tmp, &self.state_file)
             .with_context(|| format!("writing {}", self.state_file.display()))
     }

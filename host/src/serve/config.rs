@@ -108,6 +108,18 @@ pub struct Quotas {
     pub max_body_bytes: usize,
     /// Largest plugin upload, in bytes. Default 67,108,864 (64 MiB).
     pub max_plugin_bytes: usize,
+    /// Plugin uploads the tenant may make per minute (each is compiled,
+    /// seconds of CPU); beyond it uploads get `429`. Default 10.
+    pub plugin_uploads_per_minute: u32,
+    /// Bytes of uploaded plugins the tenant may keep stored. When an
+    /// upload would pass it, stored plugins that no stage serves or holds
+    /// for rollback are deleted first; if that is not enough the upload
+    /// gets `507`. Default 1,073,741,824 (1 GiB).
+    pub max_stored_plugin_bytes: u64,
+    /// Request bodies the tenant may have in memory at once, all its
+    /// requests together, in bytes (decoded size for gzip); a request that
+    /// would go past it gets `429`. Default 67,108,864 (64 MiB).
+    pub max_buffered_bytes: usize,
     /// Linear memory all the tenant's live plugin instances may hold
     /// together, in bytes (idle instances kept for the next batch count
     /// too). A `memory.grow` past it fails that call as `memory_limit`.
@@ -130,6 +142,7 @@ impl Quotas {
             ingest_burst: u32::MAX,
             max_body_bytes,
             max_memory_bytes: u64::MAX,
+            max_buffered_bytes: usize::MAX,
             ..Quotas::default()
         }
     }
@@ -144,6 +157,9 @@ impl Default for Quotas {
             ingest_burst: 100,
             max_body_bytes: 16 * 1024 * 1024,
             max_plugin_bytes: 64 * 1024 * 1024,
+            max_buffered_bytes: 64 * 1024 * 1024,
+            plugin_uploads_per_minute: 10,
+            max_stored_plugin_bytes: 1024 * 1024 * 1024,
             max_memory_bytes: 4 * 1024 * 1024 * 1024,
             weight: 1.0,
         }
@@ -167,6 +183,20 @@ pub struct ServiceSettings {
     /// Largest request body accepted, in bytes; larger ones get
     /// `413 Payload Too Large`. Default 16,777,216 (16 MiB).
     pub max_body_bytes: usize,
+    /// Request bodies the whole service may have in memory at once, every
+    /// tenant's together, in bytes; a request that would go past it gets
+    /// `503` with `Retry-After`. Default 268,435,456 (256 MiB).
+    pub max_buffered_bytes: usize,
+    /// Longest time to receive a request's headers, and longest a
+    /// keep-alive connection may sit idle between requests, in
+    /// milliseconds; the connection is closed after it. Default 10,000.
+    pub header_read_timeout_ms: u64,
+    /// Longest time to receive a request's whole body, in milliseconds;
+    /// `408` after it. Default 60,000.
+    pub body_read_timeout_ms: u64,
+    /// Open connections the service accepts at once; more wait in the
+    /// listen backlog until one closes. Default 1,024.
+    pub max_connections: usize,
     /// Quiet period after a plugin file changes before it is reloaded, in
     /// milliseconds. Default 200.
     pub reload_debounce_ms: u64,
@@ -199,6 +229,10 @@ impl Default for ServiceSettings {
             operator_token_sha256: None,
             state_dir: PathBuf::from("weir-state"),
             max_body_bytes: 16 * 1024 * 1024,
+            max_buffered_bytes: 256 * 1024 * 1024,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 60_000,
+            max_connections: 1024,
             reload_debounce_ms: 200,
             shutdown_timeout_ms: 30_000,
             max_running_batches: None,
@@ -274,6 +308,16 @@ impl ServiceConfig {
         if self.service.max_body_bytes == 0 {
             problems.add("service.max_body_bytes", "must be at least 1");
         }
+        for (value, key) in [
+            (self.service.max_buffered_bytes as u64, "service.max_buffered_bytes"),
+            (self.service.header_read_timeout_ms, "service.header_read_timeout_ms"),
+            (self.service.body_read_timeout_ms, "service.body_read_timeout_ms"),
+            (self.service.max_connections as u64, "service.max_connections"),
+        ] {
+            if value == 0 {
+                problems.add(key, "must be at least 1");
+            }
+        }
         if self.service.max_running_batches == Some(0) {
             problems.add("service.max_running_batches", "must be at least 1");
         }
@@ -331,7 +375,12 @@ impl ServiceConfig {
                     &key(&format!("tokens[{i}].sha256")),
                     &token.sha256,
                 );
-                if !ids.insert(token.id.clone()) {
+                if token.id == super::auth::OPERATOR_TOKEN_ID {
+                    problems.add(
+                        key(&format!("tokens[{i}].id")),
+                        format!("`{}` is reserved for the operator token; choose another id", token.id),
+                    );
+                } else if !ids.insert(token.id.clone()) {
                     problems.add(
                         key(&format!("tokens[{i}].id")),
                         format!(

@@ -16,8 +16,16 @@
 //! milliseconds) ingests that one file again on restart (at-least-once).
 //! A file that cannot be decoded at all is recorded with its error and not
 //! retried until its content changes.
+//!
+//! **Crash loops.** Before a file is processed, an attempt is appended to
+//! `STATE_DIR/PIPELINE/attempts.jsonl` (synced). An attempt that neither
+//! reached the checkpoint nor was given back (a paused pipeline, a
+//! shutdown) means the process died while handling that file. After
+//! [`MAX_ATTEMPTS`] such attempts the file is not read again: it is moved
+//! to `DROP_DIR/.failed/` and recorded in the checkpoint with the reason,
+//! so one poisonous file cannot take the service down at every restart.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +46,90 @@ pub const SETTLE_TIME: Duration = Duration::from_millis(250);
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
 
 const CHECKPOINT_FILE: &str = "processed.jsonl";
+const ATTEMPTS_FILE: &str = "attempts.jsonl";
+
+/// Unfinished attempts (the process died while handling the file) after
+/// which a dropped file is set aside instead of read again.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// Where set-aside files go, under the drop directory (hidden, so it is
+/// never scanned).
+pub const FAILED_DIR: &str = ".failed";
+
+/// One line of the attempts log: a file's processing started, or was
+/// given back unfinished without a crash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Attempt {
+    file: String,
+    sha256: String,
+    /// `true` when the attempt was given back (not counted).
+    #[serde(default)]
+    released: bool,
+}
+
+/// The attempts log of a pipeline's drop directory: how many times each
+/// file (name, SHA-256) was started and never finished.
+struct Attempts {
+    path: PathBuf,
+    unfinished: HashMap<(String, String), u32>,
+}
+
+impl Attempts {
+    /// Reads the log, forgets files already in `done`, and rewrites it
+    /// with only what is still unfinished.
+    fn load(state_dir: &Path, done: &HashSet<(String, String)>) -> Result<Attempts> {
+        let path = state_dir.join(ATTEMPTS_FILE);
+        let mut unfinished: HashMap<(String, String), u32> = HashMap::new();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                // A torn last line (a crash mid-append) is ignored.
+                for attempt in text.lines().filter_map(|l| serde_json::from_str::<Attempt>(l).ok()) {
+                    let count = unfinished.entry((attempt.file, attempt.sha256)).or_default();
+                    if attempt.released {
+                        *count = count.saturating_sub(1);
+                    } else {
+                        *count += 1;
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        }
+        unfinished.retain(|key, count| *count > 0 && !done.contains(key));
+        let mut text = Vec::new();
+        for ((file, sha256), count) in &unfinished {
+            for _ in 0..*count {
+                let attempt = Attempt { file: file.clone(), sha256: sha256.clone(), released: false };
+                serde_json::to_writer(&mut text, &attempt)?;
+                text.push(b'\n');
+            }
+        }
+        let staging = state_dir.join(format!("{ATTEMPTS_FILE}.tmp"));
+        super::files::write_private(&staging, &text)?;
+        std::fs::rename(&staging, &path)
+            .with_context(|| format!("replacing {}", path.display()))?;
+        Ok(Attempts { path, unfinished })
+    }
+
+    /// Unfinished attempts of `key` so far.
+    fn count(&self, key: &(String, String)) -> u32 {
+        self.unfinished.get(key).copied().unwrap_or(0)
+    }
+
+    /// Appends an attempt (synced before the file is read); `released`
+    /// gives one back.
+    fn append(&mut self, key: &(String, String), released: bool) -> Result<()> {
+        let attempt = Attempt { file: key.0.clone(), sha256: key.1.clone(), released };
+        let mut line = serde_json::to_vec(&attempt)?;
+        line.push(b'\n');
+        let mut file = super::files::append_private(&self.path)?;
+        file.write_all(&line)?;
+        file.sync_data()?;
+        let count = self.unfinished.entry(key.clone()).or_default();
+        *count = if released { count.saturating_sub(1) } else { *count + 1 };
+        Ok(())
+    }
+}
 
 /// One line of the checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,11 +175,7 @@ pub fn read_checkpoint(state_dir: &Path) -> Result<Vec<ProcessedFile>> {
 
 fn append_checkpoint(state_dir: &Path, entry: &ProcessedFile) -> Result<()> {
     let path = state_dir.join(CHECKPOINT_FILE);
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let mut file = super::files::append_private(&path)?;
     let mut line = serde_json::to_vec(entry)?;
     line.push(b'\n');
     file.write_all(&line)?;
@@ -120,6 +208,7 @@ pub async fn run(
         .into_iter()
         .map(|p| (p.file, p.sha256))
         .collect();
+    let mut attempts = Attempts::load(&state_dir, &done)?;
     let (events_tx, mut events) = mpsc::unbounded_channel::<()>();
     let mut debouncer = new_debouncer(SETTLE_TIME, None, move |result: DebounceEventResult| {
         if result.is_ok_and(|events| !events.is_empty()) {
@@ -141,7 +230,7 @@ pub async fn run(
         if *shutdown.borrow() {
             return Ok(());
         }
-        if let Err(error) = scan(&live, &dir, &state_dir, &mut done).await {
+        if let Err(error) = scan(&live, &dir, &state_dir, &mut done, &mut attempts).await {
             tracing::warn!(pipeline = %live.name, dir = %dir.display(), error = format!("{error:#}"), "drop directory scan failed");
         }
     }
@@ -153,6 +242,7 @@ async fn scan(
     dir: &Path,
     state_dir: &Path,
     done: &mut HashSet<(String, String)>,
+    attempts: &mut Attempts,
 ) -> Result<()> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -174,10 +264,20 @@ async fn scan(
             Err(_) => continue,
         };
         let sha256 = crate::plugin::sha256_hex(&bytes);
-        if done.contains(&(name.clone(), sha256.clone())) {
+        let key = (name.clone(), sha256.clone());
+        if done.contains(&key) {
             continue;
         }
         let size = bytes.len() as u64;
+        let tried = attempts.count(&key);
+        if tried >= MAX_ATTEMPTS {
+            let entry = set_aside(&path, dir, &key, size, tried)?;
+            tracing::error!(pipeline = %live.name, file = %path.display(), error = entry.error.as_deref().unwrap_or_default(), "a dropped file was set aside");
+            append_checkpoint(state_dir, &entry)?;
+            done.insert(key);
+            continue;
+        }
+        attempts.append(&key, false)?;
         let format = BodyFormat::from_path(&path).expect("candidates have a known format");
         let source_live = live.clone();
         let label: Arc<str> = Arc::from(path.display().to_string());
@@ -200,7 +300,7 @@ async fn scan(
                 tracing::error!(pipeline = %live.name, file = %path.display(), error = format!("{error:#}"), "a dropped file cannot be decoded; it is recorded and skipped");
                 entry.error = Some(format!("{error:#}"));
             }
-            Ok(items) => match live.submit(items).await {
+            Ok(decoded) => match live.submit(decoded.items).await {
                 Ok(ack) => {
                     tracing::info!(pipeline = %live.name, file = %path.display(), received = ack.received, written = ack.written, quarantined = ack.quarantined, "ingested a dropped file");
                     entry.received = ack.received;
@@ -208,7 +308,10 @@ async fn scan(
                     entry.quarantined = ack.quarantined;
                 }
                 // Not taken: try again on a later scan (or after a restart).
-                Err(SubmitError::Paused(_) | SubmitError::ShuttingDown(_)) => return Ok(()),
+                Err(SubmitError::Paused(_) | SubmitError::ShuttingDown(_)) => {
+                    attempts.append(&key, true)?;
+                    return Ok(());
+                }
                 Err(SubmitError::Failed(error)) => {
                     tracing::error!(pipeline = %live.name, file = %path.display(), %error, "a dropped file could not be written; it is recorded and skipped");
                     entry.error = Some(error);
@@ -217,7 +320,37 @@ async fn scan(
         }
         entry.at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         append_checkpoint(state_dir, &entry)?;
-        done.insert((name, sha256));
+        done.insert(key);
     }
     Ok(())
+}
+
+/// Moves `path` to `dir/.failed/` after `tried` unfinished attempts, and
+/// returns its checkpoint entry.
+fn set_aside(
+    path: &Path,
+    dir: &Path,
+    (name, sha256): &(String, String),
+    size: u64,
+    tried: u32,
+) -> Result<ProcessedFile> {
+    let failed = dir.join(FAILED_DIR);
+    super::files::create_private_dir_all(&failed)?;
+    let target = failed.join(name);
+    std::fs::rename(path, &target)
+        .with_context(|| format!("moving {} to {}", path.display(), target.display()))?;
+    Ok(ProcessedFile {
+        file: name.clone(),
+        sha256: sha256.clone(),
+        bytes: size,
+        received: 0,
+        written: 0,
+        quarantined: 0,
+        at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        error: Some(format!(
+            "set aside to {}: the service stopped {tried} times while processing it (a crash or a kill); \
+             nothing of it was written. Inspect it, then move it back to retry",
+            target.display()
+        )),
+    })
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::SourceFormat;
-use crate::source::{Source, SourceItem};
+use crate::source::{DecodedBody, Source};
 
 /// Formats a request body or dropped file may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,53 +65,26 @@ impl BodyFormat {
     }
 
     /// Decodes `bytes` into items of `source`'s schema, named `name` in the
-    /// quarantine's `source_file` column.
+    /// quarantine's `source_file` column. A JSON array's elements keep
+    /// their own text and are numbered by their index.
     ///
     /// # Errors
     /// A body that cannot be split into records at all: JSON that is not an
-    /// array or object, a CSV line with the wrong number of fields, a Parquet
-    /// file that is not one or has another schema.
+    /// array or object, a CSV line with the wrong number of fields or a
+    /// header that does not match the schema, a Parquet file that is not
+    /// one or has another schema.
     pub fn decode(
         self,
         source: &Source,
         name: Arc<str>,
         bytes: bytes::Bytes,
-    ) -> anyhow::Result<Vec<SourceItem>> {
-        match self {
-            BodyFormat::Csv => source.decode_bytes(name, SourceFormat::Csv, bytes),
-            BodyFormat::JsonLines => source.decode_bytes(name, SourceFormat::Jsonl, bytes),
-            BodyFormat::Parquet => source.decode_bytes(name, SourceFormat::Parquet, bytes),
-            BodyFormat::JsonArray => {
-                let value: serde_json::Value = serde_json::from_slice(&bytes)
-                    .map_err(|e| anyhow::anyhow!("the body is not JSON: {e}"))?;
-                let records = match value {
-                    serde_json::Value::Array(records) => records,
-                    object @ serde_json::Value::Object(_) => vec![object],
-                    other => anyhow::bail!(
-                        "expected an array of objects or one object, found {}",
-                        json_kind(&other)
-                    ),
-                };
-                // One compact line per element: an element that is not an
-                // object is quarantined by the JSON Lines reader with its text.
-                let mut lines = Vec::with_capacity(bytes.len());
-                for record in &records {
-                    serde_json::to_writer(&mut lines, record)?;
-                    lines.push(b'\n');
-                }
-                source.decode_bytes(name, SourceFormat::Jsonl, lines.into())
-            }
-        }
-    }
-}
-
-fn json_kind(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
+    ) -> anyhow::Result<DecodedBody> {
+        let format = match self {
+            BodyFormat::Csv => SourceFormat::Csv,
+            BodyFormat::JsonLines => SourceFormat::Jsonl,
+            BodyFormat::JsonArray => SourceFormat::Json,
+            BodyFormat::Parquet => SourceFormat::Parquet,
+        };
+        source.decode_bytes(name, format, bytes)
     }
 }

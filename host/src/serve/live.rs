@@ -90,6 +90,11 @@ pub struct Ack {
     /// Quarantine reasons with how many records each, most frequent first
     /// (at most [`MAX_REASONS`] kinds).
     pub reasons: Vec<ReasonCount>,
+    /// JSON record fields that were not columns of the source schema
+    /// (dropped, or quarantined with their record, per the source's
+    /// `unknown_fields`).
+    #[serde(default)]
+    pub unknown_fields: u64,
 }
 
 /// Distinct reasons listed in an [`Ack`].
@@ -374,8 +379,7 @@ impl LivePipeline {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let state_dir = state_dir.join(&pipeline.name);
-        std::fs::create_dir_all(&state_dir)
-            .with_context(|| format!("creating {}", state_dir.display()))?;
+        super::files::create_private_dir_all(&state_dir)?;
         let replayed = read_replayed(&state_dir.join(REPLAYED_FILE))?;
         let concurrency = match config.pipeline.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -953,11 +957,7 @@ impl LivePipeline {
     pub fn mark_replayed(&self, ids: &[String]) -> Result<()> {
         use std::io::Write;
         let path = self.state_dir.join(REPLAYED_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let mut file = super::files::append_private(&path)?;
         let mut text = String::new();
         for id in ids {
             text.push_str(&serde_json::to_string(id)?);

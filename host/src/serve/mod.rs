@@ -16,8 +16,11 @@
 pub mod api;
 pub mod auth;
 pub mod background;
+pub mod body;
 pub mod config;
 pub mod drop_dir;
+pub mod files;
+pub mod http;
 pub mod ingest;
 pub mod live;
 pub mod metrics;
@@ -56,6 +59,7 @@ pub struct Service {
     started: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
+    buffers: body::BufferBudget,
 }
 
 impl std::fmt::Debug for Service {
@@ -82,8 +86,7 @@ impl Service {
         let config = ServiceConfig::from_file(file)?;
         let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let state_dir = base_dir.join(&config.service.state_dir);
-        std::fs::create_dir_all(&state_dir)
-            .with_context(|| format!("creating {}", state_dir.display()))?;
+        files::create_private_dir_all(&state_dir)?;
         let mut errors = Vec::new();
         let mut tenants = BTreeMap::new();
         let scheduler = scheduler::FairScheduler::new(config.service.running_batches());
@@ -126,6 +129,7 @@ impl Service {
             return Err(ConfigErrors(errors).into());
         }
         let tokens = TokenStore::load(&config, &state_dir)?;
+        let buffers = body::BufferBudget::new(config.service.max_buffered_bytes);
         Ok(Service {
             config,
             file: file.to_path_buf(),
@@ -136,7 +140,14 @@ impl Service {
             started: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            buffers,
         })
+    }
+
+    /// The service's budget of request-body bytes in memory
+    /// ([`config::ServiceSettings::max_buffered_bytes`]).
+    pub fn buffers(&self) -> &body::BufferBudget {
+        &self.buffers
     }
 
     /// The tenants by name (`default` holds the top-level `[[pipelines]]`).
@@ -234,10 +245,7 @@ impl Service {
 
         let router = api::router(self.clone());
         let this = self.clone();
-        let mut stop_signal = stop_rx.clone();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = stop_signal.wait_for(|stop| *stop).await;
-        });
+        let server = http::serve(listener, router, &self.config.service, stop_rx.clone());
         let trigger = async move {
             shutdown.await;
             tracing::info!("shutting down: no new records; flushing what was accepted");

@@ -61,6 +61,8 @@ pub struct Quota {
     requests: Mutex<Bucket>,
     memory: Arc<MemoryPool>,
     scheduler: Arc<FairScheduler>,
+    buffers: super::body::BufferBudget,
+    uploads: Mutex<Bucket>,
 }
 
 impl std::fmt::Debug for Tenant {
@@ -138,6 +140,12 @@ impl Tenant {
         quota: Arc<Quota>,
         pipelines: BTreeMap<String, Arc<LivePipeline>>,
     ) -> Tenant {
+        // Reloads compile in the tenant's own part of the compile cache.
+        for live in pipelines.values() {
+            for stage in live.pipeline().stages() {
+                stage.slot.set_cache_scope(&quota.tenant);
+            }
+        }
         Tenant {
             name: quota.tenant.clone(),
             dir,
@@ -201,10 +209,21 @@ impl Quota {
                 format!("tenant `{tenant}`"),
                 quotas.max_memory_bytes,
             )),
+            buffers: super::body::BufferBudget::new(quotas.max_buffered_bytes),
+            uploads: Mutex::new(Bucket::new(
+                f64::from(quotas.plugin_uploads_per_minute),
+                f64::from(quotas.plugin_uploads_per_minute) / 60.0,
+            )),
             quotas,
             scheduler,
             tenant,
         }
+    }
+
+    /// The tenant's budget of request-body bytes in memory
+    /// ([`Quotas::max_buffered_bytes`]).
+    pub fn buffers(&self) -> &super::body::BufferBudget {
+        &self.buffers
     }
 
     /// Waits for a slot of the service's scheduler for one batch; the slot
@@ -223,7 +242,23 @@ impl Quota {
         &self.batch_slots
     }
 
-    /// Takes one ingest request from the rate bucket.
+    /// Takes one plugin upload from the tenant's upload bucket
+    /// ([`Quotas::plugin_uploads_per_minute`]).
+    ///
+    /// # Errors
+    /// When the bucket is empty: how long until an upload is allowed.
+    pub fn admit_upload(&self) -> Result<(), Duration> {
+        let mut bucket = self.uploads.lock().expect("bucket lock");
+        bucket.refill();
+        if bucket.level >= 1.0 {
+            bucket.level -= 1.0;
+            Ok(())
+        } else {
+            Err(bucket.wait_for(1.0))
+        }
+    }
+
+    /// Takes one ingest request from the tenant's bucket.
     ///
     /// # Errors
     /// When the bucket is empty: how long until a request is allowed.

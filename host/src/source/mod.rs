@@ -7,11 +7,13 @@
 //! glob must fit that schema.
 
 mod csv;
+mod dates;
+mod json_check;
 mod jsonl;
 mod recovery;
 
 use std::fs::File;
-use std::io::{BufReader, Seek};
+use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,6 +41,12 @@ pub fn parse_data_type(name: &str) -> Option<DataType> {
 }
 
 use self::recovery::{Decoded, Decoding};
+
+/// Whether `format` is a strftime date/timestamp format chrono understands
+/// (the `format` of a `schema` column).
+pub fn is_valid_date_format(format: &str) -> bool {
+    dates::is_valid_format(format)
+}
 
 /// The `plugin` name quarantine rows carry when weir's own reader rejected
 /// a record (there is no plugin hash: `plugin_sha256` is empty).
@@ -99,6 +107,19 @@ pub struct Source {
     schema: Option<SchemaRef>,
     batch_size: usize,
     extractor: Option<Extractor>,
+    /// JSON record fields that were not columns, over every file read.
+    unknown_fields: Arc<std::sync::atomic::AtomicU64>,
+    /// Date and timestamp columns written in a format arrow does not read.
+    dates: dates::DateFormats,
+}
+
+/// A request body or dropped file, decoded ([`Source::decode_bytes`]).
+#[derive(Debug)]
+pub struct DecodedBody {
+    /// Its batches and rejected records.
+    pub items: Vec<SourceItem>,
+    /// JSON record fields that were not columns of the schema.
+    pub unknown_fields: u64,
 }
 
 impl Source {
@@ -128,8 +149,11 @@ impl Source {
                 schema: None,
                 batch_size,
                 extractor: Some(extractor),
+                unknown_fields: Arc::default(),
+                dates: dates::DateFormats::none(),
             });
         }
+        let mut formats = dates::DateFormats::none();
         let schema = match &config.schema {
             Some(columns) => Arc::new(Schema::new(
                 columns
@@ -138,12 +162,19 @@ impl Source {
                         let data_type = parse_data_type(&c.data_type).with_context(|| {
                             format!("unknown type `{}` for column `{}`", c.data_type, c.name)
                         })?;
+                        if let Some(format) = &c.format {
+                            formats.add(&c.name, data_type.clone(), format);
+                        }
                         Ok(Field::new(&c.name, data_type, c.nullable))
                     })
                     .collect::<Result<Vec<_>>>()?,
             )),
-            None => infer_schema(config, &files[0])
-                .with_context(|| format!("reading the schema of {}", files[0].display()))?,
+            None => {
+                let (schema, inferred) = infer_schema(config, &files[0])
+                    .with_context(|| format!("reading the schema of {}", files[0].display()))?;
+                formats = inferred;
+                schema
+            }
         };
         Ok(Source {
             config: config.clone(),
@@ -151,7 +182,16 @@ impl Source {
             schema: Some(schema),
             batch_size,
             extractor: None,
+            unknown_fields: Arc::default(),
+            dates: formats,
         })
+    }
+
+    /// JSON record fields that were not columns of the schema, in the
+    /// files read so far (ignored or quarantined per `unknown_fields`).
+    pub fn unknown_fields(&self) -> u64 {
+        self.unknown_fields
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The files to read, in order.
@@ -293,7 +333,7 @@ impl Source {
         let file = File::open(path)?;
         match self.config.format {
             SourceFormat::Parquet => self.decode_parquet(file),
-            format => self.decode_text(Box::new(file), format, name),
+            format => self.decode_text(Box::new(file), format, name, self.unknown_fields.clone()),
         }
     }
 
@@ -311,17 +351,25 @@ impl Source {
         name: Arc<str>,
         format: SourceFormat,
         bytes: bytes::Bytes,
-    ) -> Result<Vec<SourceItem>> {
+    ) -> Result<DecodedBody> {
+        let unknown = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let decoded: Box<dyn Iterator<Item = Result<Decoded>> + Send> = match format {
             SourceFormat::Parquet => self.decode_parquet(bytes)?,
-            SourceFormat::Csv | SourceFormat::Jsonl => {
-                self.decode_text(Box::new(std::io::Cursor::new(bytes)), format, name.clone())?
-            }
+            SourceFormat::Csv | SourceFormat::Jsonl | SourceFormat::Json => self.decode_text(
+                Box::new(std::io::Cursor::new(bytes)),
+                format,
+                name.clone(),
+                unknown.clone(),
+            )?,
             SourceFormat::Extract => bail!("extract sources take files, not records"),
         };
-        decoded
+        let items = decoded
             .map(|item| Ok(source_item(name.clone(), item?)))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DecodedBody {
+            items,
+            unknown_fields: unknown.load(std::sync::atomic::Ordering::Relaxed),
+        })
     }
 
     fn decode_text(
@@ -329,6 +377,7 @@ impl Source {
         reader: Box<dyn std::io::Read + Send>,
         format: SourceFormat,
         name: Arc<str>,
+        unknown_count: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<Box<dyn Iterator<Item = Result<Decoded>> + Send>> {
         let schema = self
             .schema
@@ -342,6 +391,9 @@ impl Source {
                     delimiter: config.delimiter.as_bytes()[0],
                     quote: config.quote.as_bytes()[0],
                     null_regex: null_regex(config)?,
+                    missing_columns: config.missing_columns,
+                    extra_columns: config.extra_columns,
+                    dates: self.dates.clone(),
                 };
                 Box::new(Decoding::new(csv::CsvRecords::open(
                     reader,
@@ -356,7 +408,31 @@ impl Source {
                 name,
                 schema,
                 self.batch_size,
+                jsonl::Options {
+                    unknown_fields: config.unknown_fields,
+                    unknown_count,
+                    numbering: jsonl::Numbering::Lines,
+                    dates: self.dates.clone(),
+                },
             ))),
+            SourceFormat::Json => {
+                let mut reader = reader;
+                let mut bytes = Vec::new();
+                reader.read_to_end(&mut bytes)?;
+                let lines = jsonl::array_as_lines(&bytes)?;
+                Box::new(Decoding::new(jsonl::JsonLines::open(
+                    Box::new(std::io::Cursor::new(lines)),
+                    name,
+                    schema,
+                    self.batch_size,
+                    jsonl::Options {
+                        unknown_fields: config.unknown_fields,
+                        unknown_count,
+                        numbering: jsonl::Numbering::ArrayElements,
+                        dates: self.dates.clone(),
+                    },
+                )))
+            }
             SourceFormat::Parquet | SourceFormat::Extract => {
                 unreachable!("not a text format")
             }
@@ -468,9 +544,35 @@ fn null_regex(config: &SourceConfig) -> Result<Option<regex::Regex>> {
     ))?))
 }
 
-fn infer_schema(config: &SourceConfig, path: &Path) -> Result<SchemaRef> {
+/// `schema` (inferred by arrow, whose field order is alphabetical) with
+/// its fields in the order their keys first appear in the first `rows`
+/// lines of `reader`, as a reader of the file expects.
+fn in_written_order(schema: Schema, reader: impl std::io::BufRead, rows: usize) -> Result<Schema> {
+    let mut order: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for line in reader.split(b'\n').take(rows) {
+        for key in json_check::top_level_keys(&line?) {
+            if seen.insert(key.clone()) {
+                order.push(key);
+            }
+        }
+        if seen.len() >= schema.fields().len() {
+            break;
+        }
+    }
+    let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+    fields.sort_by_key(|f| order.iter().position(|k| k == f.name()).unwrap_or(usize::MAX));
+    Ok(Schema::new(fields))
+}
+
+/// Reads the schema of `path` from its first `infer_rows` records, with
+/// the date formats of text columns whose every sampled value is a date or
+/// timestamp in one of [`dates::CANDIDATE_DATE_FORMATS`] (as DuckDB's
+/// sniffer does).
+fn infer_schema(config: &SourceConfig, path: &Path) -> Result<(SchemaRef, dates::DateFormats)> {
     let mut file = File::open(path)?;
-    let schema = match config.format {
+    let rows = config.infer_rows;
+    let (schema, sample): (Schema, Vec<RecordBatch>) = match config.format {
         SourceFormat::Csv => {
             let mut format = arrow::csv::reader::Format::default()
                 .with_header(config.header)
@@ -479,27 +581,105 @@ fn infer_schema(config: &SourceConfig, path: &Path) -> Result<SchemaRef> {
             if let Some(regex) = null_regex(config)? {
                 format = format.with_null_regex(regex);
             }
-            format
-                .infer_schema(BufReader::new(&mut file), Some(config.infer_rows))?
-                .0
+            let schema = format.infer_schema(BufReader::new(&mut file), Some(rows))?.0;
+            file.rewind()?;
+            let mut builder = arrow::csv::ReaderBuilder::new(Arc::new(schema.clone()))
+                .with_format(format)
+                .with_batch_size(rows.clamp(1, 8192));
+            if let Some(regex) = null_regex(config)? {
+                builder = builder.with_null_regex(regex);
+            }
+            let sample = sample_batches(builder.build(BufReader::new(&mut file))?, rows);
+            (schema, sample)
         }
         SourceFormat::Jsonl => {
-            arrow::json::reader::infer_json_schema(
-                BufReader::new(&mut file),
-                Some(config.infer_rows),
-            )?
-            .0
+            let inferred =
+                arrow::json::reader::infer_json_schema(BufReader::new(&mut file), Some(rows))?.0;
+            file.rewind()?;
+            let schema = in_written_order(inferred, BufReader::new(&mut file), rows)?;
+            file.rewind()?;
+            let reader = arrow::json::ReaderBuilder::new(Arc::new(schema.clone()))
+                .with_batch_size(rows.clamp(1, 8192))
+                .build(BufReader::new(&mut file))?;
+            (schema, sample_batches(reader, rows))
+        }
+        SourceFormat::Json => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut bytes)?;
+            let lines = jsonl::array_as_lines(&bytes)?;
+            let inferred =
+                arrow::json::reader::infer_json_schema(std::io::Cursor::new(&lines), Some(rows))?.0;
+            let schema = in_written_order(inferred, std::io::Cursor::new(&lines), rows)?;
+            let reader = arrow::json::ReaderBuilder::new(Arc::new(schema.clone()))
+                .with_batch_size(rows.clamp(1, 8192))
+                .build(std::io::Cursor::new(&lines))?;
+            (schema, sample_batches(reader, rows))
         }
         SourceFormat::Parquet => {
             file.rewind()?;
-            ParquetRecordBatchReaderBuilder::try_new(file)?
+            let schema = ParquetRecordBatchReaderBuilder::try_new(file)?
                 .schema()
                 .as_ref()
-                .clone()
+                .clone();
+            (schema, Vec::new())
         }
         SourceFormat::Extract => unreachable!("extract sources have no schema before extraction"),
     };
-    Ok(Arc::new(schema))
+    Ok(with_inferred_dates(schema, &sample))
+}
+
+/// Up to `rows` rows of `reader`, stopping at the first batch that does
+/// not decode (the sample only guides inference).
+fn sample_batches(
+    reader: impl Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>>,
+    rows: usize,
+) -> Vec<RecordBatch> {
+    let mut sample = Vec::new();
+    let mut taken = 0;
+    for batch in reader {
+        let Ok(batch) = batch else { break };
+        taken += batch.num_rows();
+        sample.push(batch);
+        if taken >= rows {
+            break;
+        }
+    }
+    sample
+}
+
+/// `schema` with each text column whose sampled values are all dates (or
+/// timestamps) of one candidate format typed as such, and those formats.
+fn with_inferred_dates(schema: Schema, sample: &[RecordBatch]) -> (SchemaRef, dates::DateFormats) {
+    let mut formats = dates::DateFormats::none();
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, field)| {
+            if field.data_type() != &DataType::Utf8 || sample.is_empty() {
+                return field.as_ref().clone();
+            }
+            let columns: Vec<&dyn arrow::array::Array> = sample
+                .iter()
+                .filter(|b| b.num_columns() > i)
+                .map(|b| b.column(i).as_ref())
+                .collect();
+            let Ok(values) = arrow::compute::concat(&columns) else {
+                return field.as_ref().clone();
+            };
+            let Some(text) = values.as_any().downcast_ref::<arrow::array::StringArray>() else {
+                return field.as_ref().clone();
+            };
+            match dates::infer_format(text) {
+                Some((data_type, format)) => {
+                    formats.add(field.name(), data_type.clone(), format);
+                    field.as_ref().clone().with_data_type(data_type)
+                }
+                None => field.as_ref().clone(),
+            }
+        })
+        .collect();
+    (Arc::new(Schema::new(fields)), formats)
 }
 
 /// Reads a whole reference table (format from the extension: `.csv`,
@@ -541,11 +721,25 @@ pub fn read_reference_table(path: &Path, max_bytes: usize) -> Result<serde_json:
 
 /// Reads up to `limit` rows of a weir output for display: a Parquet, JSON
 /// Lines or CSV file (by extension), or a directory of Parquet files, where
-/// Hive-style `key=value` directories come back as `utf8` columns.
+/// Hive-style `key=value` directories come back as `utf8` columns, their
+/// values decoded as the sink encoded them (`__HIVE_DEFAULT_PARTITION__`
+/// is null).
 ///
 /// # Errors
 /// An unreadable path or an unknown file extension.
 pub fn read_output(path: &Path, limit: usize) -> Result<Vec<RecordBatch>> {
+    Ok(read_output_files(path, limit)?
+        .into_iter()
+        .flat_map(|(_, batches)| batches)
+        .collect())
+}
+
+/// [`read_output`] file by file: each file read with its batches, in
+/// path order (files of different schemas may be mixed in a directory).
+///
+/// # Errors
+/// As [`read_output`].
+pub fn read_output_files(path: &Path, limit: usize) -> Result<Vec<(PathBuf, Vec<RecordBatch>)>> {
     let files: Vec<PathBuf> = if path.is_dir() {
         let pattern = path.join("**/*.parquet");
         let mut files: Vec<PathBuf> = glob::glob(&pattern.to_string_lossy())?
@@ -556,12 +750,13 @@ pub fn read_output(path: &Path, limit: usize) -> Result<Vec<RecordBatch>> {
     } else {
         vec![path.to_path_buf()]
     };
-    let mut batches = Vec::new();
+    let mut read = Vec::new();
     let mut remaining = limit;
     for file in files {
         if remaining == 0 {
             break;
         }
+        let mut batches = Vec::new();
         let format = SourceFormat::from_extension(&file).with_context(|| {
             format!(
                 "{}: unknown format (expected .parquet, .jsonl or .csv)",
@@ -572,7 +767,7 @@ pub fn read_output(path: &Path, limit: usize) -> Result<Vec<RecordBatch>> {
             infer_rows: 1000,
             ..SourceConfig::file(format, &file)
         };
-        let partitions: Vec<(String, String)> = file
+        let partitions: Vec<(String, Option<String>)> = file
             .strip_prefix(path)
             .unwrap_or(&file)
             .parent()
@@ -582,12 +777,12 @@ pub fn read_output(path: &Path, limit: usize) -> Result<Vec<RecordBatch>> {
                 c.as_os_str()
                     .to_str()?
                     .split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .map(|(k, v)| (k.to_string(), crate::sink::unescape_partition(v)))
             })
             .collect();
-        let partition_columns: Vec<(&str, &str)> = partitions
+        let partition_columns: Vec<(&str, Option<&str>)> = partitions
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
             .collect();
         let source = Source::open(&config, Path::new(""), remaining.min(8192), None)?;
         for batch in source.batches() {
@@ -602,6 +797,7 @@ pub fn read_output(path: &Path, limit: usize) -> Result<Vec<RecordBatch>> {
                 break;
             }
         }
+        read.push((file, batches));
     }
-    Ok(batches)
+    Ok(read)
 }
