@@ -105,7 +105,7 @@ fn misspelt_key_is_reported_with_its_line() {
     let errors = load_errors(&file);
     assert_eq!(errors.0.len(), 1);
     let error = &errors.0[0];
-    assert_eq!(error.key, "stages.fuel_per_btach");
+    assert_eq!(error.key, "stages[0].fuel_per_btach");
     assert!(
         error.message.contains("unknown field `fuel_per_btach`"),
         "{}",

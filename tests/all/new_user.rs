@@ -25,7 +25,13 @@ fn csv_pipeline(dir: &Path, pattern: &str, source_extra: &str) -> std::path::Pat
     )
 }
 
+/// Runs `file` after removing the outputs of an earlier run in its
+/// directory (`out.jsonl`, `quarantine.jsonl`).
 fn run_file(file: &Path) -> anyhow::Result<weir::report::RunReport> {
+    let dir = file.parent().unwrap();
+    for output in ["out.jsonl", "quarantine.jsonl"] {
+        let _ = std::fs::remove_file(dir.join(output));
+    }
     let pipeline = Pipeline::load(file).map_err(|e| anyhow::anyhow!("{e}"))?;
     pipeline.run(&RunOptions::default())
 }
@@ -159,7 +165,7 @@ fn a_run_that_writes_nothing_still_commits_readable_files_with_the_schema() {
     std::fs::write(dir.path().join("in.csv"), "id,month\n1,13\n2,14\n").unwrap();
     for (format, path) in [("parquet", "out.parquet"), ("csv", "out.csv")] {
         let text = format!(
-            "[source]\nformat = \"csv\"\npath = \"in.csv\"\n\n[[stages]]\nname = \"v\"\nkind = \"validate\"\nplugin = \"builtin:check\"\nconfig = {{ rules = [{{ id = \"month\", column = \"month\", check = \"range\", ge = 1, le = 12 }}] }}\n\n[[stages]]\nname = \"t\"\nkind = \"transform\"\nplugin = \"builtin:select\"\nconfig = {{ keep = [\"month\"] }}\n\n[sink]\nformat = \"{format}\"\npath = \"{path}\"\nmode = \"overwrite\"\n\n[quarantine]\nformat = \"jsonl\"\npath = \"q.jsonl\"\nmode = \"overwrite\"\n"
+            "[source]\nformat = \"csv\"\npath = \"in.csv\"\n\n[[stages]]\nname = \"v\"\nkind = \"validate\"\nplugin = \"builtin:check\"\nconfig = {{ rules = [{{ id = \"month\", column = \"month\", check = \"range\", ge = 1, le = 12 }}] }}\n\n[[stages]]\nname = \"t\"\nkind = \"transform\"\nplugin = \"builtin:select\"\nconfig = {{ keep = [\"month\"] }}\n\n[sink]\nformat = \"{format}\"\npath = \"{path}\"\nmode = \"overwrite\"\n\n[quarantine]\nformat = \"jsonl\"\npath = \"q.jsonl\"\n"
         );
         let file = dir.path().join("p.toml");
         std::fs::write(&file, text).unwrap();

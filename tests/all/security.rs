@@ -51,7 +51,7 @@ fn a_deeply_nested_json_lines_record_is_quarantined_not_a_crash() {
         .find(|r| r["error_kind"] == "parse")
         .unwrap_or_else(|| panic!("{ack}"));
     assert!(
-        reason["message"].as_str().unwrap().contains("nested more than 128 levels"),
+        reason["example"].as_str().unwrap().contains("nested more than 128 levels"),
         "{reason}"
     );
     // The service still answers.
