@@ -68,15 +68,15 @@ pub fn from_recipe(bytes: &[u8]) -> types::RecordBatch {
             types::DataType::Int64 => {
                 types::ColumnValues::Int64((0..len).map(|_| i64::from(recipe.u32())).collect())
             }
-            types::DataType::Float64 => types::ColumnValues::Float64(
-                (0..len).map(|_| f64::from(recipe.u32())).collect(),
-            ),
+            types::DataType::Float64 => {
+                types::ColumnValues::Float64((0..len).map(|_| f64::from(recipe.u32())).collect())
+            }
             types::DataType::Date32 => {
                 types::ColumnValues::Date32((0..len).map(|_| recipe.u32() as i32).collect())
             }
-            types::DataType::Timestamp(_) => types::ColumnValues::Timestamp(
-                (0..len).map(|_| i64::from(recipe.u32())).collect(),
-            ),
+            types::DataType::Timestamp(_) => {
+                types::ColumnValues::Timestamp((0..len).map(|_| i64::from(recipe.u32())).collect())
+            }
             types::DataType::Utf8 | types::DataType::Binary => {
                 let offsets: Vec<i32> = (0..len).map(|_| i32::from(recipe.byte()) - 8).collect();
                 let data_len = recipe.len();

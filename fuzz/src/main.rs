@@ -99,7 +99,10 @@ fn options() -> Result<Options> {
                 std::process::exit(0);
             }
             target if TARGETS.contains(&target) => options.targets.push(arg),
-            other => bail!("unknown argument `{other}`; targets: {}", TARGETS.join(", ")),
+            other => bail!(
+                "unknown argument `{other}`; targets: {}",
+                TARGETS.join(", ")
+            ),
         }
     }
     if options.targets.is_empty() {
@@ -211,7 +214,11 @@ fn execute(target: &str, fixture: &Fixture, input: &[u8]) -> String {
     let decode = |source: &Source, format| {
         outcome(
             source
-                .decode_bytes(Arc::from("fuzz"), format, bytes::Bytes::copy_from_slice(input))
+                .decode_bytes(
+                    Arc::from("fuzz"),
+                    format,
+                    bytes::Bytes::copy_from_slice(input),
+                )
                 .map(|body| {
                     let rejected: usize = body
                         .items
@@ -260,7 +267,13 @@ fn execute(target: &str, fixture: &Fixture, input: &[u8]) -> String {
         }
         "plugin-batch" => outcome(
             weir::columnar::from_wit(batch::from_recipe(input))
-                .map(|b| format!("ok rows={} columns={}", b.num_rows().min(4), b.num_columns()))
+                .map(|b| {
+                    format!(
+                        "ok rows={} columns={}",
+                        b.num_rows().min(4),
+                        b.num_columns()
+                    )
+                })
                 .map_err(|e| anyhow::anyhow!("{e}")),
         ),
         other => unreachable!("unknown target {other}"),
@@ -355,7 +368,10 @@ fn fuzz_target(
                             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                             .unwrap_or_default();
                         let path = save_input(&crashes_dir, &input)?;
-                        eprintln!("{target_owned}: panic ({message}); input saved to {}", path.display());
+                        eprintln!(
+                            "{target_owned}: panic ({message}); input saved to {}",
+                            path.display()
+                        );
                         if crashes >= 5 {
                             break;
                         }

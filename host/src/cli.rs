@@ -438,7 +438,11 @@ fn print_summary(report: &RunReport) -> std::io::Result<()> {
     let output = match report.outputs.as_slice() {
         [] => "no file (no row to partition)".to_string(),
         [only] => only.path.display().to_string(),
-        [first, ..] => format!("{} files (first: {})", report.outputs.len(), first.path.display()),
+        [first, ..] => format!(
+            "{} files (first: {})",
+            report.outputs.len(),
+            first.path.display()
+        ),
     };
     say!(
         "output: {output}; quarantine: {} ({} rows)",

@@ -642,9 +642,10 @@ fn find_in_value(
 ) -> Option<(String, std::ops::Range<usize>)> {
     match value {
         toml::de::DeValue::Table(table) => find_in_table(table, offset, name),
-        toml::de::DeValue::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
-            find_in_value(item.get_ref(), offset, &format!("{name}[{i}]"))
-        }),
+        toml::de::DeValue::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| find_in_value(item.get_ref(), offset, &format!("{name}[{i}]"))),
         _ => None,
     }
 }
@@ -724,7 +725,9 @@ impl PipelineConfig {
                 key: String::new(),
                 message: format!(
                     "this looks like a data file (.{extension}); weir takes a pipeline file (TOML) whose [source] reads the data, e.g.\n\n[source]\nformat = \"csv\"\npath = \"{}\"\n\n[sink]\nformat = \"parquet\"\npath = \"out.parquet\"\n\n[quarantine]\nformat = \"jsonl\"\npath = \"quarantine.jsonl\"\n\n(see docs/pipeline-file.md; `weir show FILE` prints a data file)",
-                    path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+                    path.file_name()
+                        .map(|n| n.to_string_lossy())
+                        .unwrap_or_default()
                 ),
             }]));
         }
@@ -835,11 +838,17 @@ impl PipelineConfig {
                 let data_type = crate::source::parse_data_type(&column.data_type);
                 if !matches!(
                     data_type,
-                    None | Some(arrow::datatypes::DataType::Date32 | arrow::datatypes::DataType::Timestamp(..))
+                    None | Some(
+                        arrow::datatypes::DataType::Date32
+                            | arrow::datatypes::DataType::Timestamp(..)
+                    )
                 ) {
                     problems.add(
                         format!("source.schema[{i}].format"),
-                        format!("a format applies to date32 and timestamp columns, not {}", column.data_type),
+                        format!(
+                            "a format applies to date32 and timestamp columns, not {}",
+                            column.data_type
+                        ),
                     );
                 } else if !crate::source::is_valid_date_format(format) {
                     problems.add(

@@ -337,8 +337,12 @@ impl Sink {
                     (None, Some(expected)) => self.file_schema(expected),
                     (None, None) => Arc::new(Schema::empty()),
                 };
-                let mut writer =
-                    FileWriter::create(self.format, &self.staging, schema.clone(), &self.compression)?;
+                let mut writer = FileWriter::create(
+                    self.format,
+                    &self.staging,
+                    schema.clone(),
+                    &self.compression,
+                )?;
                 // A CSV writer writes its header with the first batch.
                 writer.write(&RecordBatch::new_empty(schema))?;
                 writer.finish()?;

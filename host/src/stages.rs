@@ -787,7 +787,10 @@ fn with_lineage(
         );
     }
     let lineage = plugin_versions.join(";");
-    Ok(columnar::with_constant_utf8(batch, &[(column, Some(&lineage))])?)
+    Ok(columnar::with_constant_utf8(
+        batch,
+        &[(column, Some(&lineage))],
+    )?)
 }
 
 /// A batch split by a validator's verdicts.

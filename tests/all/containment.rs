@@ -136,7 +136,11 @@ fn a_failed_batchs_long_message_is_stored_once_not_on_every_row() {
         .map(|row| row["message"].as_str().unwrap())
         .collect();
     assert!(messages[0].len() > 2048, "the first row has it whole");
-    assert!(messages[0].contains("after the chatter"), "{:.200}", messages[0]);
+    assert!(
+        messages[0].contains("after the chatter"),
+        "{:.200}",
+        messages[0]
+    );
     for (i, message) in messages.iter().enumerate().skip(1) {
         assert!(message.len() < 512, "row {i}: {} bytes", message.len());
         assert!(message.contains(&format!("{i} rows above")), "{message}");

@@ -11,7 +11,11 @@ use weir::pipeline::{Pipeline, RunOptions};
 use crate::support::{read_jsonl, write_pipeline};
 
 fn weir(args: &[&str]) -> u8 {
-    weir_cli(["weir", "--log", "off"].into_iter().chain(args.iter().copied()))
+    weir_cli(
+        ["weir", "--log", "off"]
+            .into_iter()
+            .chain(args.iter().copied()),
+    )
 }
 
 /// A pipeline over the CSV files matching `pattern` with no stage and
@@ -131,19 +135,26 @@ fn max_quarantine_fraction_fails_a_run_that_quarantines_too_much_but_keeps_the_q
     let stages = "[[stages]]\nname = \"v\"\nkind = \"validate\"\nplugin = \"builtin:check\"\nconfig = { rules = [{ id = \"month\", column = \"month\", check = \"range\", ge = 1, le = 12 }] }\n";
     let file = write_pipeline(
         dir.path(),
-        &format!("[pipeline]\nmax_quarantine_fraction = 0.5\n\n[source]\nformat = \"csv\"\npath = \"in.csv\"\n\n{stages}"),
+        &format!(
+            "[pipeline]\nmax_quarantine_fraction = 0.5\n\n[source]\nformat = \"csv\"\npath = \"in.csv\"\n\n{stages}"
+        ),
     );
     let error = format!("{:#}", run_file(&file).unwrap_err());
     assert!(error.contains("2 of 3 records"), "{error}");
     assert!(error.contains("stage `v`"), "{error}");
     assert_eq!(weir(&["run", file.to_str().unwrap()]), 1);
-    assert!(!dir.path().join("out.jsonl").exists(), "no output committed");
+    assert!(
+        !dir.path().join("out.jsonl").exists(),
+        "no output committed"
+    );
     assert_eq!(read_jsonl(&dir.path().join("quarantine.jsonl")).len(), 2);
 
     // Under the threshold the run succeeds.
     let file = write_pipeline(
         dir.path(),
-        &format!("[pipeline]\nmax_quarantine_fraction = 0.7\n\n[source]\nformat = \"csv\"\npath = \"in.csv\"\n\n{stages}"),
+        &format!(
+            "[pipeline]\nmax_quarantine_fraction = 0.7\n\n[source]\nformat = \"csv\"\npath = \"in.csv\"\n\n{stages}"
+        ),
     );
     assert_eq!(run_file(&file).unwrap().records.written, 1);
 
@@ -154,7 +165,10 @@ fn max_quarantine_fraction_fails_a_run_that_quarantines_too_much_but_keeps_the_q
     );
     let errors = Pipeline::load(&file).unwrap_err();
     assert!(
-        errors.0.iter().any(|e| e.key == "pipeline.max_quarantine_fraction"),
+        errors
+            .0
+            .iter()
+            .any(|e| e.key == "pipeline.max_quarantine_fraction"),
         "{errors}"
     );
 }
@@ -209,11 +223,7 @@ fn a_header_only_csv_gives_a_parquet_file_with_its_columns() {
 #[test]
 fn csv_parse_errors_give_the_file_line_and_name_the_column() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("in.csv"),
-        "id,score\n1,10\n2,ten\n3,30\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("in.csv"), "id,score\n1,10\n2,ten\n3,30\n").unwrap();
     let file = csv_pipeline(
         dir.path(),
         "in.csv",
@@ -313,7 +323,11 @@ fn show_decodes_partition_values_and_reads_folders_mixing_schemas() {
     days.sort();
     assert_eq!(
         days,
-        [None, Some("2012/01/01".to_string()), Some("a=b%c".to_string())]
+        [
+            None,
+            Some("2012/01/01".to_string()),
+            Some("a=b%c".to_string())
+        ]
     );
     assert_eq!(weir(&["show", out.to_str().unwrap()]), 0);
 }
@@ -356,7 +370,10 @@ fn a_json_array_file_is_a_source_and_json_lines_starting_with_a_bracket_say_so()
             .join(",\n")
     );
     std::fs::write(dir.path().join("in.json"), &array).unwrap();
-    let file = write_pipeline(dir.path(), "[source]\nformat = \"json\"\npath = \"in.json\"\n");
+    let file = write_pipeline(
+        dir.path(),
+        "[source]\nformat = \"json\"\npath = \"in.json\"\n",
+    );
     let report = run_file(&file).unwrap();
     assert_eq!(report.records.written, 2000);
     let rows = read_jsonl(&dir.path().join("out.jsonl"));
@@ -390,16 +407,28 @@ fn unknown_json_fields_are_counted_and_can_be_quarantined_or_refused() {
         )
     };
     let report = run_file(&pipeline("")).unwrap();
-    assert_eq!((report.records.written, report.records.unknown_fields), (2, 2));
+    assert_eq!(
+        (report.records.written, report.records.unknown_fields),
+        (2, 2)
+    );
 
     let report = run_file(&pipeline("unknown_fields = \"quarantine\"")).unwrap();
     assert_eq!((report.records.written, report.records.quarantined), (1, 1));
     let quarantine = read_jsonl(&dir.path().join("quarantine.jsonl"));
     let message = quarantine[0]["message"].as_str().unwrap();
-    assert!(message.contains("line 2") && message.contains("`extra`"), "{message}");
+    assert!(
+        message.contains("line 2") && message.contains("`extra`"),
+        "{message}"
+    );
 
-    let error = format!("{:#}", run_file(&pipeline("unknown_fields = \"error\"")).unwrap_err());
-    assert!(error.contains("line 2") && error.contains("`extra`"), "{error}");
+    let error = format!(
+        "{:#}",
+        run_file(&pipeline("unknown_fields = \"error\"")).unwrap_err()
+    );
+    assert!(
+        error.contains("line 2") && error.contains("`extra`"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -416,15 +445,27 @@ fn json_array_body_errors_keep_the_original_text_and_the_element_index() {
         body,
     ));
     assert_eq!(status, StatusCode::OK, "{ack}");
-    assert_eq!((ack["written"].as_u64(), ack["quarantined"].as_u64()), (Some(2), Some(1)), "{ack}");
+    assert_eq!(
+        (ack["written"].as_u64(), ack["quarantined"].as_u64()),
+        (Some(2), Some(1)),
+        "{ack}"
+    );
     assert_eq!(ack["unknown_fields"], 1, "{ack}");
     running.shutdown().unwrap();
     let quarantined = crate::serve::read_parts(&dir.path().join("quarantine"));
     let row = &quarantined[0];
-    let text = row["record"]["text"].as_str().unwrap_or_else(|| panic!("{row}"));
-    assert_eq!(text, "{\"id\": \"two\",   \"action\": \"ok\", \"value\": 2}", "the client's own text");
+    let text = row["record"]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{row}"));
+    assert_eq!(
+        text, "{\"id\": \"two\",   \"action\": \"ok\", \"value\": 2}",
+        "the client's own text"
+    );
     assert_eq!(row["record"]["record_number"], 1, "{row}");
-    assert!(row["message"].as_str().unwrap().starts_with("element 1"), "{row}");
+    assert!(
+        row["message"].as_str().unwrap().starts_with("element 1"),
+        "{row}"
+    );
 }
 
 #[test]
@@ -447,11 +488,17 @@ fn csv_bodies_are_matched_by_header_name() {
         "id,act,value\n8,ok,1\n",
     ));
     assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
-    assert!(error["error"].as_str().unwrap().contains("`action`"), "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("`action`"),
+        "{error}"
+    );
     running.shutdown().unwrap();
     let rows = crate::serve::read_parts(&dir.path().join("out"));
     assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0]["id"].as_i64(), rows[0]["value"].as_i64()), (Some(7), Some(5)));
+    assert_eq!(
+        (rows[0]["id"].as_i64(), rows[0]["value"].as_i64()),
+        (Some(7), Some(5))
+    );
 }
 
 #[test]
@@ -499,7 +546,10 @@ fn dates_in_other_formats_are_inferred_or_declared_and_off_format_values_quarant
     assert_eq!(rows[0]["day"], "2012-01-31", "{rows:?}");
     let quarantine = read_jsonl(&dir.path().join("quarantine.jsonl"));
     let message = quarantine[0]["message"].as_str().unwrap();
-    assert!(message.contains("`2012-02-01`") && message.contains("%d.%m.%Y"), "{message}");
+    assert!(
+        message.contains("`2012-02-01`") && message.contains("%d.%m.%Y"),
+        "{message}"
+    );
     assert!(message.starts_with("line 3 (record 2)"), "{message}");
 
     // A format on a column that is not a date is a config error.
@@ -509,5 +559,8 @@ fn dates_in_other_formats_are_inferred_or_declared_and_off_format_values_quarant
         "schema = [{ name = \"id\", type = \"int64\", format = \"%Y\" }, { name = \"day\", type = \"utf8\" }]",
     );
     let errors = Pipeline::load(&file).unwrap_err();
-    assert!(errors.0.iter().any(|e| e.key == "source.schema[0].format"), "{errors}");
+    assert!(
+        errors.0.iter().any(|e| e.key == "source.schema[0].format"),
+        "{errors}"
+    );
 }

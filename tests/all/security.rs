@@ -43,7 +43,11 @@ fn a_deeply_nested_json_lines_record_is_quarantined_not_a_crash() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let ack: Value = response.json().unwrap();
-    assert_eq!((ack["written"].as_u64(), ack["quarantined"].as_u64()), (Some(4), Some(1)), "{ack}");
+    assert_eq!(
+        (ack["written"].as_u64(), ack["quarantined"].as_u64()),
+        (Some(4), Some(1)),
+        "{ack}"
+    );
     let reason = ack["reasons"]
         .as_array()
         .unwrap()
@@ -51,11 +55,17 @@ fn a_deeply_nested_json_lines_record_is_quarantined_not_a_crash() {
         .find(|r| r["error_kind"] == "parse")
         .unwrap_or_else(|| panic!("{ack}"));
     assert!(
-        reason["example"].as_str().unwrap().contains("nested more than 128 levels"),
+        reason["example"]
+            .as_str()
+            .unwrap()
+            .contains("nested more than 128 levels"),
         "{reason}"
     );
     // The service still answers.
-    let health = client.get(format!("{}/health", running.url())).send().unwrap();
+    let health = client
+        .get(format!("{}/health", running.url()))
+        .send()
+        .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     running.shutdown().unwrap();
 }
@@ -78,7 +88,11 @@ fn numbers_out_of_their_columns_range_are_quarantined_not_coerced() {
         body,
     ));
     assert_eq!(status, StatusCode::OK, "{ack}");
-    assert_eq!((ack["written"].as_u64(), ack["quarantined"].as_u64()), (Some(1), Some(3)), "{ack}");
+    assert_eq!(
+        (ack["written"].as_u64(), ack["quarantined"].as_u64()),
+        (Some(1), Some(3)),
+        "{ack}"
+    );
     running.shutdown().unwrap();
     let rows = read_parts(&dir.path().join("out"));
     assert_eq!(rows.len(), 1);
@@ -89,7 +103,9 @@ fn numbers_out_of_their_columns_range_are_quarantined_not_coerced() {
         .filter_map(|r| r["message"].as_str())
         .collect();
     assert!(
-        messages.iter().any(|m| m.contains("out of range for Int64")),
+        messages
+            .iter()
+            .any(|m| m.contains("out of range for Int64")),
         "{messages:?}"
     );
     assert!(
@@ -132,7 +148,10 @@ fn wait_for_lines(checkpoint: &Path, lines: usize) {
         if done >= lines {
             return;
         }
-        assert!(Instant::now() < deadline, "{done} of {lines} files processed");
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {lines} files processed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -166,7 +185,10 @@ fn a_dropped_file_that_kept_killing_the_service_is_set_aside() {
         .find(|e| e["file"] == "poison.jsonl")
         .unwrap();
     let error = poison_entry["error"].as_str().unwrap();
-    assert!(error.contains("set aside") && error.contains("3 times"), "{error}");
+    assert!(
+        error.contains("set aside") && error.contains("3 times"),
+        "{error}"
+    );
     assert!(!drop.join("poison.jsonl").exists());
     assert!(drop.join(".failed/poison.jsonl").exists());
     let written = read_parts(&dir.path().join("out"));
@@ -198,7 +220,10 @@ fn state_files_are_private_whatever_the_umask() {
     let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir.path().join("state")), 0o700);
     assert_eq!(mode(&dir.path().join("state/events")), 0o700);
-    assert_eq!(mode(&dir.path().join("state/events/processed.jsonl")), 0o600);
+    assert_eq!(
+        mode(&dir.path().join("state/events/processed.jsonl")),
+        0o600
+    );
     assert_eq!(mode(&dir.path().join("state/events/attempts.jsonl")), 0o600);
 }
 
@@ -257,7 +282,9 @@ fn silent_connections_are_closed_and_the_connection_count_is_capped() {
     // Two clients that never finish their headers hold both slots...
     let started = Instant::now();
     let mut silent: Vec<_> = (0..2).map(|_| connect(&running)).collect();
-    silent[0].write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    silent[0]
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     std::thread::sleep(Duration::from_millis(50));
     // ...so a third waits until the header timeout frees one.
     let mut third = connect(&running);
@@ -267,7 +294,10 @@ fn silent_connections_are_closed_and_the_connection_count_is_capped() {
     let answer = read_answer(&mut third);
     let waited = started.elapsed();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(waited >= Duration::from_millis(350), "answered after {waited:?}: not capped");
+    assert!(
+        waited >= Duration::from_millis(350),
+        "answered after {waited:?}: not capped"
+    );
     assert!(waited < Duration::from_secs(5), "{waited:?}");
     // The silent ones were closed by the server.
     for stream in &mut silent {
@@ -357,13 +387,19 @@ fn gzip_bodies_are_decoded_bombs_refused_and_other_encodings_415() {
     };
     let (status, ack) = post(gzip(records(0..10, &[3]).as_bytes()), "gzip");
     assert_eq!(status, StatusCode::OK, "{ack}");
-    assert_eq!((ack["written"].as_u64(), ack["quarantined"].as_u64()), (Some(9), Some(1)));
+    assert_eq!(
+        (ack["written"].as_u64(), ack["quarantined"].as_u64()),
+        (Some(9), Some(1))
+    );
     // 50 MB of zeros compress to about 50 KB: under max_body_bytes as sent.
     let bomb = gzip(&vec![b'0'; 50_000_000]);
     assert!(bomb.len() < 100_000);
     let (status, error) = post(bomb, "gzip");
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{error}");
-    assert!(error["error"].as_str().unwrap().contains("decodes to more"), "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("decodes to more"),
+        "{error}"
+    );
     let (status, error) = post(records(0..2, &[]).into_bytes(), "br");
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{error}");
     running.shutdown().unwrap();

@@ -654,7 +654,12 @@ fn revoking_a_token_names_one_token_and_never_the_operators() {
     let operator = bearer(&tokens.operator);
     let pipelines = |token: &str| {
         running
-            .oneshot(request("GET", "/v1/pipelines", Some(&bearer(token)), Body::empty()))
+            .oneshot(request(
+                "GET",
+                "/v1/pipelines",
+                Some(&bearer(token)),
+                Body::empty(),
+            ))
             .0
     };
     let issue = |id: &str| {
@@ -664,7 +669,10 @@ fn revoking_a_token_names_one_token_and_never_the_operators() {
             Some(&operator),
             Body::from(json!({ "id": id }).to_string()),
         ));
-        (status, answer["token"].as_str().unwrap_or_default().to_string())
+        (
+            status,
+            answer["token"].as_str().unwrap_or_default().to_string(),
+        )
     };
     let (status, first) = issue("x");
     assert_eq!(status, StatusCode::OK);
@@ -696,7 +704,12 @@ fn revoking_a_token_names_one_token_and_never_the_operators() {
         Body::empty(),
     ));
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = running.oneshot(request("GET", "/v1/tenants", Some(&operator), Body::empty()));
+    let (status, _) = running.oneshot(request(
+        "GET",
+        "/v1/tenants",
+        Some(&operator),
+        Body::empty(),
+    ));
     assert_eq!(status, StatusCode::OK, "the operator token still works");
 
     // The scheme is case-insensitive.
@@ -715,7 +728,10 @@ fn revoking_a_token_names_one_token_and_never_the_operators() {
         .replace("id = \"a-ci\"", "id = \"operator\"");
     std::fs::write(&service, text).unwrap();
     let error = weir::serve::Service::load(&service).unwrap_err();
-    assert!(format!("{error:#}").contains("reserved for the operator"), "{error:#}");
+    assert!(
+        format!("{error:#}").contains("reserved for the operator"),
+        "{error:#}"
+    );
 }
 
 #[test]

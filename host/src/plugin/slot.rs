@@ -191,20 +191,20 @@ impl PluginSlot {
             Some(self.kind),
             self.cache_scope.get().map(String::as_str),
         )
-            .map_err(|e| format!("{e:#}"))
-            .and_then(|plugin| {
-                plugin
-                    .instantiate_with(
-                        &self.stage,
-                        self.config_json.clone(),
-                        self.limits,
-                        &self.grants,
-                        None,
-                        None,
-                    )
-                    .map_err(|e| format!("smoke test failed: {e}"))?;
-                Ok(plugin)
-            });
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|plugin| {
+            plugin
+                .instantiate_with(
+                    &self.stage,
+                    self.config_json.clone(),
+                    self.limits,
+                    &self.grants,
+                    None,
+                    None,
+                )
+                .map_err(|e| format!("smoke test failed: {e}"))?;
+            Ok(plugin)
+        });
         let plugin = match checked {
             Ok(plugin) => plugin,
             Err(error) => {

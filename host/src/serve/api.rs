@@ -381,7 +381,9 @@ async fn upload_plugin(
                 scoped.tenant.name, quota.quotas.plugin_uploads_per_minute
             ),
         );
-        response.message.push_str(&format!(" (in {} s)", wait.as_secs_f64().ceil()));
+        response
+            .message
+            .push_str(&format!(" (in {} s)", wait.as_secs_f64().ceil()));
         return Err(response);
     }
     let max = quota.quotas.max_plugin_bytes;
@@ -600,7 +602,10 @@ async fn no_route(uri: axum::http::Uri) -> ApiError {
 async fn no_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("{method} is not allowed on {}; see /openapi.json", uri.path()),
+        format!(
+            "{method} is not allowed on {}; see /openapi.json",
+            uri.path()
+        ),
     )
 }
 

@@ -227,7 +227,9 @@ impl TokenStore {
             anyhow::bail!("a token named `{id}` exists; choose another id");
         }
         let revoked = state.revoked_sha256.clone();
-        state.issued.retain(|t| t.id != id || !revoked.contains(&t.sha256));
+        state
+            .issued
+            .retain(|t| t.id != id || !revoked.contains(&t.sha256));
         let (token, sha256) = new_token()?;
         state.issued.push(StoredToken {
             id: id.to_string(),

@@ -231,10 +231,7 @@ pub async fn read(
             Bytes::from(decoded)
         }
     };
-    Ok(Buffered {
-        bytes,
-        _held: held,
-    })
+    Ok(Buffered { bytes, _held: held })
 }
 
 /// Decodes gzip `raw`, refusing more than `max_bytes` of output.

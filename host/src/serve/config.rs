@@ -309,10 +309,22 @@ impl ServiceConfig {
             problems.add("service.max_body_bytes", "must be at least 1");
         }
         for (value, key) in [
-            (self.service.max_buffered_bytes as u64, "service.max_buffered_bytes"),
-            (self.service.header_read_timeout_ms, "service.header_read_timeout_ms"),
-            (self.service.body_read_timeout_ms, "service.body_read_timeout_ms"),
-            (self.service.max_connections as u64, "service.max_connections"),
+            (
+                self.service.max_buffered_bytes as u64,
+                "service.max_buffered_bytes",
+            ),
+            (
+                self.service.header_read_timeout_ms,
+                "service.header_read_timeout_ms",
+            ),
+            (
+                self.service.body_read_timeout_ms,
+                "service.body_read_timeout_ms",
+            ),
+            (
+                self.service.max_connections as u64,
+                "service.max_connections",
+            ),
         ] {
             if value == 0 {
                 problems.add(key, "must be at least 1");
@@ -378,7 +390,10 @@ impl ServiceConfig {
                 if token.id == super::auth::OPERATOR_TOKEN_ID {
                     problems.add(
                         key(&format!("tokens[{i}].id")),
-                        format!("`{}` is reserved for the operator token; choose another id", token.id),
+                        format!(
+                            "`{}` is reserved for the operator token; choose another id",
+                            token.id
+                        ),
                     );
                 } else if !ids.insert(token.id.clone()) {
                     problems.add(

@@ -83,8 +83,13 @@ impl Attempts {
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 // A torn last line (a crash mid-append) is ignored.
-                for attempt in text.lines().filter_map(|l| serde_json::from_str::<Attempt>(l).ok()) {
-                    let count = unfinished.entry((attempt.file, attempt.sha256)).or_default();
+                for attempt in text
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Attempt>(l).ok())
+                {
+                    let count = unfinished
+                        .entry((attempt.file, attempt.sha256))
+                        .or_default();
                     if attempt.released {
                         *count = count.saturating_sub(1);
                     } else {
@@ -99,7 +104,11 @@ impl Attempts {
         let mut text = Vec::new();
         for ((file, sha256), count) in &unfinished {
             for _ in 0..*count {
-                let attempt = Attempt { file: file.clone(), sha256: sha256.clone(), released: false };
+                let attempt = Attempt {
+                    file: file.clone(),
+                    sha256: sha256.clone(),
+                    released: false,
+                };
                 serde_json::to_writer(&mut text, &attempt)?;
                 text.push(b'\n');
             }
@@ -119,14 +128,22 @@ impl Attempts {
     /// Appends an attempt (synced before the file is read); `released`
     /// gives one back.
     fn append(&mut self, key: &(String, String), released: bool) -> Result<()> {
-        let attempt = Attempt { file: key.0.clone(), sha256: key.1.clone(), released };
+        let attempt = Attempt {
+            file: key.0.clone(),
+            sha256: key.1.clone(),
+            released,
+        };
         let mut line = serde_json::to_vec(&attempt)?;
         line.push(b'\n');
         let mut file = super::files::append_private(&self.path)?;
         file.write_all(&line)?;
         file.sync_data()?;
         let count = self.unfinished.entry(key.clone()).or_default();
-        *count = if released { count.saturating_sub(1) } else { *count + 1 };
+        *count = if released {
+            count.saturating_sub(1)
+        } else {
+            *count + 1
+        };
         Ok(())
     }
 }

@@ -126,7 +126,10 @@ impl Layout {
             .map(|f| f.as_ref())
             .collect();
         let list = |names: &mut dyn Iterator<Item = &str>| {
-            names.map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            names
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         if !missing.is_empty() && dialect.missing_columns == MissingColumns::Error {
             bail!(
@@ -163,8 +166,8 @@ impl Layout {
             .iter()
             .map(|f| header.iter().position(|name| name == f.name()))
             .collect();
-        let identity = header.len() == columns.len()
-            && columns.iter().enumerate().all(|(i, c)| *c == Some(i));
+        let identity =
+            header.len() == columns.len() && columns.iter().enumerate().all(|(i, c)| *c == Some(i));
         Ok(Layout {
             file_schema,
             columns,
@@ -280,9 +283,15 @@ impl CsvRecords {
         let layout = match header {
             true => match read_header(&mut reader, &dialect).context("reading the header line")? {
                 Some(names) => (Layout::from_header(&names, &dialect)?, 1),
-                None => (Layout::positional(&dialect.dates.read_schema(&dialect.schema)), 0),
+                None => (
+                    Layout::positional(&dialect.dates.read_schema(&dialect.schema)),
+                    0,
+                ),
             },
-            false => (Layout::positional(&dialect.dates.read_schema(&dialect.schema)), 0),
+            false => (
+                Layout::positional(&dialect.dates.read_schema(&dialect.schema)),
+                0,
+            ),
         };
         let (layout, lines_before) = layout;
         Ok(CsvRecords {
@@ -302,8 +311,10 @@ impl CsvRecords {
     /// and record number instead (exact unless a quoted field spans lines).
     fn field_count_error(&self, error: anyhow::Error) -> anyhow::Error {
         static FIELDS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-            regex::Regex::new(r"incorrect number of fields for line (\d+), expected (\d+) got (.+)$")
-                .expect("a valid pattern")
+            regex::Regex::new(
+                r"incorrect number of fields for line (\d+), expected (\d+) got (.+)$",
+            )
+            .expect("a valid pattern")
         });
         let message = error.to_string();
         let Some(captures) = FIELDS.captures(&message) else {
@@ -401,14 +412,17 @@ impl NextBatch for CsvRecords {
                     let recovered = self.recover(&raw)?;
                     self.records_before += recovered.iter().map(Decoded::records).sum::<u64>();
                     self.decoder_start = self.records_before;
-                    self.decoder =
-                        self.dialect.decoder(&self.layout.file_schema, self.batch_size);
+                    self.decoder = self
+                        .dialect
+                        .decoder(&self.layout.file_schema, self.batch_size);
                     Ok(Some(recovered))
                 }
             },
             Err(_) => {
                 // The decoder's state after a failed flush is unspecified.
-                self.decoder = self.dialect.decoder(&self.layout.file_schema, self.batch_size);
+                self.decoder = self
+                    .dialect
+                    .decoder(&self.layout.file_schema, self.batch_size);
                 let recovered = self.recover(&raw)?;
                 self.records_before += recovered.iter().map(Decoded::records).sum::<u64>();
                 self.decoder_start = self.records_before;

@@ -158,11 +158,13 @@ fn convert_column(text: &StringArray, formatted: &Formatted) -> Result<ArrayRef,
 /// A timestamp in `format`; a format without a time of day reads
 /// midnight.
 fn parse_timestamp(value: &str, format: &str) -> Option<NaiveDateTime> {
-    NaiveDateTime::parse_from_str(value, format).ok().or_else(|| {
-        NaiveDate::parse_from_str(value, format)
-            .ok()
-            .and_then(|date| date.and_hms_opt(0, 0, 0))
-    })
+    NaiveDateTime::parse_from_str(value, format)
+        .ok()
+        .or_else(|| {
+            NaiveDate::parse_from_str(value, format)
+                .ok()
+                .and_then(|date| date.and_hms_opt(0, 0, 0))
+        })
 }
 
 /// Whether `format` is a strftime format chrono understands.
@@ -243,7 +245,10 @@ mod tests {
         )
         .unwrap();
         let error = formats.convert(read, &schema).unwrap_err();
-        assert!(error.contains("`2012-01-01`") && error.contains("%Y/%m/%d"), "{error}");
+        assert!(
+            error.contains("`2012-01-01`") && error.contains("%Y/%m/%d"),
+            "{error}"
+        );
         assert!(is_valid_format("%d.%m.%Y") && !is_valid_format("%Q"));
     }
 }

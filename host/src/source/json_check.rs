@@ -91,9 +91,7 @@ pub fn check_record(text: &[u8], columns: &Columns) -> Result<RecordCheck, Strin
             open @ (b'{' | b'[') => {
                 depth += 1;
                 if depth > MAX_NESTING_DEPTH {
-                    return Err(format!(
-                        "nested more than {MAX_NESTING_DEPTH} levels deep"
-                    ));
+                    return Err(format!("nested more than {MAX_NESTING_DEPTH} levels deep"));
                 }
                 if depth == 1 {
                     top_is_object = open == b'{';

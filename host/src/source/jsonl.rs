@@ -66,8 +66,8 @@ impl Numbering {
 /// Input that is not JSON (serde_json's nesting limit of 128 included), or
 /// a document that is neither an array nor an object.
 pub fn array_as_lines(bytes: &[u8]) -> Result<Vec<u8>> {
-    let document: &serde_json::value::RawValue = serde_json::from_slice(bytes)
-        .map_err(|e| anyhow::anyhow!("the input is not JSON: {e}"))?;
+    let document: &serde_json::value::RawValue =
+        serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("the input is not JSON: {e}"))?;
     let text = document.get().trim_start();
     let elements: Vec<&serde_json::value::RawValue> = match text.as_bytes().first() {
         Some(b'[') => serde_json::from_str(text)?,
@@ -144,9 +144,11 @@ impl JsonLines {
     }
 
     fn decoder(&self, batch_size: usize) -> Result<Decoder> {
-        Ok(arrow::json::ReaderBuilder::new(self.options.dates.read_schema(&self.schema))
-            .with_batch_size(batch_size)
-            .build_decoder()?)
+        Ok(
+            arrow::json::ReaderBuilder::new(self.options.dates.read_schema(&self.schema))
+                .with_batch_size(batch_size)
+                .build_decoder()?,
+        )
     }
 
     /// Decodes `lines` together into the source schema (formatted dates
@@ -170,7 +172,11 @@ impl JsonLines {
 
     /// Decodes `lines` one at a time; `refused` (line number, text,
     /// reason) failed [`check_record`] and are rejected as they are.
-    fn recover(&self, lines: Vec<Line>, refused: Vec<(u64, Vec<u8>, String)>) -> Result<Vec<Decoded>> {
+    fn recover(
+        &self,
+        lines: Vec<Line>,
+        refused: Vec<(u64, Vec<u8>, String)>,
+    ) -> Result<Vec<Decoded>> {
         let numbering = self.options.numbering;
         let mut recovered = Recovered::default();
         for (line, text, reason) in refused {
@@ -224,7 +230,10 @@ impl NextBatch for JsonLines {
             if text.is_empty() {
                 continue;
             }
-            if self.line == 1 && self.options.numbering == Numbering::Lines && text.starts_with(b"[") {
+            if self.line == 1
+                && self.options.numbering == Numbering::Lines
+                && text.starts_with(b"[")
+            {
                 bail!(
                     "line 1 starts with `[`: this looks like a JSON array, not JSON Lines (one object per line); use format = \"json\" for a file, or Content-Type application/json for a request body"
                 );

@@ -561,7 +561,12 @@ fn in_written_order(schema: Schema, reader: impl std::io::BufRead, rows: usize) 
         }
     }
     let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
-    fields.sort_by_key(|f| order.iter().position(|k| k == f.name()).unwrap_or(usize::MAX));
+    fields.sort_by_key(|f| {
+        order
+            .iter()
+            .position(|k| k == f.name())
+            .unwrap_or(usize::MAX)
+    });
     Ok(Schema::new(fields))
 }
 
@@ -581,7 +586,9 @@ fn infer_schema(config: &SourceConfig, path: &Path) -> Result<(SchemaRef, dates:
             if let Some(regex) = null_regex(config)? {
                 format = format.with_null_regex(regex);
             }
-            let schema = format.infer_schema(BufReader::new(&mut file), Some(rows))?.0;
+            let schema = format
+                .infer_schema(BufReader::new(&mut file), Some(rows))?
+                .0;
             file.rewind()?;
             let mut builder = arrow::csv::ReaderBuilder::new(Arc::new(schema.clone()))
                 .with_format(format)
