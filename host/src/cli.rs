@@ -449,15 +449,8 @@ fn print_summary(report: &RunReport) -> std::io::Result<()> {
         report.quarantine.path.display(),
         report.quarantine.rows
     )?;
-    if r.written == 0 {
-        let why = match report.main_quarantine_reason() {
-            _ if r.read == 0 => "the input has no records".to_string(),
-            Some(reason) => format!("every record was quarantined or filtered: {reason}"),
-            None => "every record was filtered by a transform".to_string(),
-        };
-        eprintln!(
-            "warning: nothing was written: {why}. Set [pipeline] max_quarantine_fraction to make such a run fail"
-        );
+    if let Some(warning) = report.nothing_written_warning() {
+        eprintln!("warning: {warning}");
     }
     Ok(())
 }
@@ -704,18 +697,45 @@ fn inspect(reference: &str, json: bool) -> Result<()> {
 fn show(path: &Path, limit: usize) -> Result<()> {
     let files = crate::source::read_output_files(path, limit)?;
     let mut groups: Vec<(Vec<PathBuf>, Vec<arrow::record_batch::RecordBatch>)> = Vec::new();
+    // Same column names and types; nullability may differ (a partition
+    // value read from a path is nullable only where it is null).
+    let columns =
+        |batch: &arrow::record_batch::RecordBatch| -> Vec<(String, arrow::datatypes::DataType)> {
+            batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| (f.name().clone(), f.data_type().clone()))
+                .collect()
+        };
     for (file, batches) in files {
-        let schema = batches.first().map(|b| b.schema());
+        let shape = batches.first().map(columns);
         match groups.last_mut() {
             Some((names, group))
-                if schema.is_none()
-                    || group.first().map(|b| b.schema()) == schema
-                    || group.is_empty() =>
+                if shape.is_none() || group.is_empty() || group.first().map(columns) == shape =>
             {
                 names.push(file);
                 group.extend(batches);
             }
             _ => groups.push((vec![file], batches)),
+        }
+    }
+    // Batches of one group must share one schema to print as one table.
+    for (_, group) in &mut groups {
+        if let Some(first) = group.first() {
+            let nullable: Vec<_> = first
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect();
+            let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(nullable));
+            for batch in group.iter_mut() {
+                *batch = arrow::record_batch::RecordBatch::try_new(
+                    schema.clone(),
+                    batch.columns().to_vec(),
+                )?;
+            }
         }
     }
     let options = arrow::util::display::FormatOptions::default().with_null("NULL");

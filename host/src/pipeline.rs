@@ -176,7 +176,9 @@ fn probe_stages(
         match outcome {
             Ok(Some(output)) => schema = output,
             Ok(None) => {}
-            Err(crate::plugin::PluginError::Returned { kind, message }) => {
+            Err(crate::plugin::PluginError::Returned { kind, message })
+                if kind == "invalid-config" || kind == "invalid-input" =>
+            {
                 if kind == "invalid-config" {
                     problems.add(
                         format!("stages[{i}].config"),
@@ -204,6 +206,8 @@ fn probe_stages(
                     break;
                 }
             }
+            // Any other failure (a trap, a timeout, an `internal` error such
+            // as a file it cannot read yet) is the run's to contain.
             Err(error) => {
                 tracing::warn!(stage = %stage.name, %error, "the stage failed its load-time probe on an empty batch; later stages are not probed");
                 probed = false;

@@ -69,6 +69,25 @@ impl RunReport {
     }
 }
 
+impl RunReport {
+    /// The warning `weir run` prints when the run wrote no row, with its
+    /// main reason; `None` when it wrote rows.
+    pub fn nothing_written_warning(&self) -> Option<String> {
+        let records = &self.records;
+        if records.written > 0 {
+            return None;
+        }
+        let why = match self.main_quarantine_reason() {
+            _ if records.read == 0 => "the input has no records".to_string(),
+            Some(reason) => format!("every record was quarantined or filtered: {reason}"),
+            None => "every record was filtered by a transform".to_string(),
+        };
+        Some(format!(
+            "nothing was written: {why}. Set [pipeline] max_quarantine_fraction to make such a run fail"
+        ))
+    }
+}
+
 /// Whole-run record totals. `read == written + quarantined + filtered`.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct RecordCounts {

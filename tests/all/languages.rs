@@ -439,7 +439,9 @@ plugin = {:?}
     }
     assert!(nulls < rows.len());
 
-    // Without a `distance` column every row is quarantined with the message.
+    // Without a `distance` column the load-time probe (one call on an
+    // empty batch of the source schema) reports the plugin's message
+    // before any row is read.
     let other = tempfile::tempdir().unwrap();
     crate::support::action_csv(other.path(), &["ok", "ok"]);
     let pipeline = crate::support::one_stage_pipeline(
@@ -449,16 +451,16 @@ plugin = {:?}
         2,
         "",
     );
-    let report = run(&pipeline);
-    assert_eq!(report.records.quarantined, 2);
-    let quarantine = read_jsonl(&other.path().join("quarantine.jsonl"));
-    assert_eq!(quarantine[0]["error_kind"], "plugin_error");
+    let errors = weir::pipeline::Pipeline::load(&pipeline).unwrap_err();
+    let problem = errors
+        .0
+        .iter()
+        .find(|e| e.key == "stages[0]")
+        .unwrap_or_else(|| panic!("{errors}"));
     assert!(
-        quarantine[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no column `distance`"),
+        problem.message.contains("no column `distance`"),
         "{}",
-        quarantine[0]["message"]
+        problem.message
     );
+    assert!(!other.path().join("quarantine.jsonl").exists());
 }

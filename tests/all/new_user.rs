@@ -185,6 +185,11 @@ fn a_run_that_writes_nothing_still_commits_readable_files_with_the_schema() {
         std::fs::write(&file, text).unwrap();
         let report = run_file(&file).unwrap();
         assert_eq!((report.records.written, report.records.quarantined), (0, 2));
+        let warning = report.nothing_written_warning().unwrap();
+        assert!(
+            warning.contains("stage `v`") && warning.contains("max_quarantine_fraction"),
+            "{warning}"
+        );
         let output = dir.path().join(path);
         if format == "parquet" {
             let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
@@ -213,6 +218,12 @@ fn a_header_only_csv_gives_a_parquet_file_with_its_columns() {
     std::fs::write(&file, text).unwrap();
     let report = run_file(&file).unwrap();
     assert_eq!(report.records.read, 0);
+    assert!(
+        report
+            .nothing_written_warning()
+            .unwrap()
+            .contains("the input has no records")
+    );
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
         std::fs::File::open(dir.path().join("out.parquet")).unwrap(),
     )

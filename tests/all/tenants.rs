@@ -761,3 +761,56 @@ fn errors_are_json_and_openapi_is_open() {
     }
     running.shutdown().unwrap();
 }
+
+#[test]
+fn plugin_uploads_are_rate_limited_and_stored_uploads_capped_with_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = std::fs::read(weir_tests::IDENTITY).unwrap();
+    let flag = std::fs::read(weir_tests::FLAG).unwrap();
+    let (service, tokens) = write_service(
+        dir.path(),
+        &format!(
+            "plugin_uploads_per_minute = 2, max_stored_plugin_bytes = {}",
+            identity.len().max(flag.len()) * 3 / 2
+        ),
+    );
+    let running = Running::start(&service);
+    let upload = |bytes: &[u8]| {
+        let mut request = request(
+            "POST",
+            "/v1/plugins",
+            Some(&bearer(&tokens.a)),
+            Body::from(bytes.to_vec()),
+        );
+        request
+            .headers_mut()
+            .insert("content-type", "application/wasm".parse().unwrap());
+        running.oneshot(request)
+    };
+    let stored = dir.path().join("tenants/a/plugins/sha256");
+    let (status, first) = upload(&identity);
+    assert_eq!(status, StatusCode::OK, "{first}");
+    // The second upload does not fit beside the first, which no stage
+    // uses: the first is deleted to make room.
+    let (status, second) = upload(&flag);
+    assert_eq!(status, StatusCode::OK, "{second}");
+    let names: Vec<String> = std::fs::read_dir(&stored)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [format!("{}.wasm", second["sha256"].as_str().unwrap())]
+    );
+    // A third upload within the minute is refused.
+    let (status, error) = upload(&identity);
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("uploads per minute"),
+        "{error}"
+    );
+    running.shutdown().unwrap();
+}
