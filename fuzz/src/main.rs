@@ -16,7 +16,7 @@
 //! target's *behaviour*: an input whose outcome (success with how many
 //! batches and rejected records, or the error's message with its numbers
 //! blanked) was not seen before joins the corpus, and `--save` writes it to
-//! `fuzz/corpus/TARGET/`. Mutations are the usual ones (bit flips, byte and
+//! `fuzz/corpus/TARGET/` (at most 100 inputs of at most 4 KiB per run). Mutations are the usual ones (bit flips, byte and
 //! token insertion, deletion, repetition of a range, which builds deep
 //! nesting, splicing) with a dictionary of tokens per target.
 //!
@@ -52,6 +52,12 @@ const TARGETS: [&str; 7] = [
     "service-toml",
     "plugin-batch",
 ];
+
+/// Largest input `--save` writes to the corpus, in bytes, and how many
+/// it writes per target and run: the corpus is committed, so it stays
+/// small.
+const MAX_SAVED_BYTES: usize = 4096;
+const MAX_SAVED_INPUTS: usize = 100;
 
 /// Stack of the thread running inputs: tokio's default for blocking threads.
 const STACK_BYTES: usize = 2 * 1024 * 1024;
@@ -327,6 +333,7 @@ fn fuzz_target(
             let mut seen: HashSet<String> = HashSet::new();
             let mut execs = 0u64;
             let mut crashes = 0usize;
+            let mut saved = 0usize;
             let mut queue: Vec<Vec<u8>> = Vec::new();
             // Seeds first, then mutants until the deadline.
             let mut pending: Vec<Vec<u8>> = corpus.clone();
@@ -354,8 +361,12 @@ fn fuzz_target(
                 match result {
                     Ok(signature) => {
                         if seen.insert(signature) {
-                            if let Some(dir) = &save {
+                            if let Some(dir) = &save
+                                && input.len() <= MAX_SAVED_BYTES
+                                && saved < MAX_SAVED_INPUTS
+                            {
                                 save_input(dir, &input)?;
+                                saved += 1;
                             }
                             queue.push(input);
                         }

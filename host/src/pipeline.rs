@@ -157,6 +157,7 @@ fn probe_stages(
             probed = false;
             break;
         };
+        stage.slot.set_probe_batch(wit.clone());
         let outcome = version
             .plugin
             .instantiate_with(

@@ -75,3 +75,38 @@ fn run_writes_the_report_and_inspect_reads_a_component() {
         EXIT_RUN_FAILED
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn the_test_command_stops_at_once_with_the_install_line_when_system_packages_are_missing() {
+    // A PATH with nothing but bash and id: no node, python3 or clang-14.
+    let bin = tempfile::tempdir().unwrap();
+    for tool in ["bash", "id"] {
+        let found = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap();
+        std::os::unix::fs::symlink(found, bin.path().join(tool)).unwrap();
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = std::process::Command::new(bin.path().join("bash"))
+        .arg(root.join("scripts/install-system-packages"))
+        .arg("--check")
+        .env("PATH", bin.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("apt-get install -y")
+            && stderr.contains("clang-14")
+            && stderr.contains("npm"),
+        "{stderr}"
+    );
+    // scripts/test checks them before it builds anything.
+    let script = std::fs::read_to_string(root.join("scripts/test")).unwrap();
+    let check = script.find("scripts/install-system-packages").unwrap();
+    let build = script.find("cargo test").unwrap();
+    assert!(check < build, "the check comes first");
+}

@@ -464,3 +464,28 @@ plugin = {:?}
     );
     assert!(!other.path().join("quarantine.jsonl").exists());
 }
+
+#[test]
+fn a_reload_that_refuses_the_stages_input_is_rejected_and_the_old_version_serves() {
+    // The C example needs a `distance` column; the source has none. At
+    // load that is a config error (see above); as a hot reload it is a
+    // rejected candidate, and the running version keeps serving.
+    let dir = tempfile::tempdir().unwrap();
+    let component = built_c_example(dir.path());
+    crate::support::action_csv(dir.path(), &["ok", "ok"]);
+    let pipeline =
+        crate::support::one_stage_pipeline(dir.path(), "transform", weir_tests::IDENTITY, 2, "");
+    let loaded = weir::pipeline::Pipeline::load(&pipeline).unwrap();
+    let stage = &loaded.stages()[0];
+    let before = stage.plugin().sha256().to_string();
+    let rejection = stage
+        .slot
+        .reload(&std::fs::read(&component).unwrap())
+        .unwrap_err();
+    assert!(
+        rejection.error.contains("invalid-input") && rejection.error.contains("distance"),
+        "{}",
+        rejection.error
+    );
+    assert_eq!(stage.plugin().sha256(), before);
+}

@@ -404,3 +404,33 @@ fn gzip_bodies_are_decoded_bombs_refused_and_other_encodings_415() {
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{error}");
     running.shutdown().unwrap();
 }
+
+#[test]
+fn error_answers_are_capped_and_deploy_refuses_a_builtin_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pipeline(
+        dir.path(),
+        "[[stages]]\nname = \"tidy\"\nkind = \"transform\"\nplugin = \"builtin:select\"\n",
+    );
+    let service = write_service(dir.path(), "", "linger_ms = 5");
+    let running = Running::start(&service);
+    // A 40 KB header line is not echoed back whole.
+    let header = format!("id,action,value,{}\n1,ok,1,x\n", "x".repeat(40_000));
+    let (status, error) = running.oneshot(post("/v1/pipelines/events/records", "text/csv", header));
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    let message = error["error"].as_str().unwrap();
+    assert!(message.len() < 2200, "{} bytes", message.len());
+    assert!(message.contains("bytes cut"), "{message:.200}");
+
+    let (status, error) = running.oneshot(post(
+        "/v1/pipelines/events/stages/tidy/deploy",
+        "application/json",
+        format!("{{\"sha256\": \"{}\"}}", "0".repeat(64)),
+    ));
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("built-in"),
+        "{error}"
+    );
+    running.shutdown().unwrap();
+}

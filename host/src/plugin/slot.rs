@@ -105,6 +105,9 @@ pub struct PluginSlot {
     /// The compile-cache scope of reloads (a tenant's name under `weir
     /// serve`), set once.
     cache_scope: std::sync::OnceLock<String>,
+    /// An empty batch of the schema the stage receives, when the pipeline
+    /// could probe it at load: candidates are called once on it.
+    probe_batch: std::sync::OnceLock<crate::bindings::types::RecordBatch>,
 }
 
 fn now_rfc3339(time: SystemTime) -> String {
@@ -132,7 +135,16 @@ impl PluginSlot {
             breaker: CircuitBreaker::new(BreakerConfig::default()),
             grants: super::Grants::default(),
             cache_scope: std::sync::OnceLock::new(),
+            probe_batch: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Has every reload candidate called once on `batch` (an empty batch
+    /// of the schema the stage receives) in its smoke test: a version that
+    /// answers `invalid-config` or `invalid-input` is rejected, as it
+    /// would fail the load. The first call wins.
+    pub fn set_probe_batch(&self, batch: crate::bindings::types::RecordBatch) {
+        let _ = self.probe_batch.set(batch);
     }
 
     /// Compiles the versions later reloaded into this slot in `scope`'s
@@ -193,7 +205,7 @@ impl PluginSlot {
         )
         .map_err(|e| format!("{e:#}"))
         .and_then(|plugin| {
-            plugin
+            let mut instance = plugin
                 .instantiate_with(
                     &self.stage,
                     self.config_json.clone(),
@@ -203,6 +215,21 @@ impl PluginSlot {
                     None,
                 )
                 .map_err(|e| format!("smoke test failed: {e}"))?;
+            if let Some(probe) = self.probe_batch.get() {
+                let outcome = match self.kind {
+                    PluginKind::Transform => instance.transform(probe).map(|_| ()),
+                    _ => instance.validate(probe).map(|_| ()),
+                };
+                // Only a refusal of the config or the schema rejects the
+                // version; other failures are the run's to contain.
+                if let Err(super::PluginError::Returned { kind, message }) = outcome
+                    && (kind == "invalid-config" || kind == "invalid-input")
+                {
+                    return Err(format!(
+                        "smoke test failed: on an empty batch of the stage's input the new version answers {kind}: {message}"
+                    ));
+                }
+            }
             Ok(plugin)
         });
         let plugin = match checked {

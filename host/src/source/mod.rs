@@ -447,16 +447,50 @@ impl Source {
             .schema
             .clone()
             .context("only native formats are decoded by the host")?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(input)?
-            .with_batch_size(self.batch_size)
-            .build()?;
+        let batch_size = self.batch_size;
+        let reader = without_panics(std::panic::AssertUnwindSafe(move || {
+            Ok(ParquetRecordBatchReaderBuilder::try_new(input)?
+                .with_batch_size(batch_size)
+                .build()?)
+        }))?;
         let found = reader.schema();
         if found.fields() != schema.fields() {
             bail!("its schema differs from the source's: {found:?}");
         }
-        Ok(Box::new(
-            reader.map(|b| b.map(Decoded::Batch).map_err(Into::into)),
-        ))
+        let mut reader = Some(reader);
+        Ok(Box::new(std::iter::from_fn(move || {
+            let mut current = reader.take()?;
+            let next = without_panics(std::panic::AssertUnwindSafe(|| {
+                current.next().transpose().map_err(anyhow::Error::from)
+            }));
+            match next {
+                Ok(Some(batch)) => {
+                    reader = Some(current);
+                    Some(Ok(Decoded::Batch(batch)))
+                }
+                Ok(None) => None,
+                // After an error (or a panic) the reader is not used again.
+                Err(error) => Some(Err(error)),
+            }
+        })))
+    }
+}
+
+/// Runs `decode` and turns a panic into an error. The parquet crate
+/// panics on some malformed files (negative column lengths, offsets out
+/// of bounds, a division by zero: found by `weir-fuzz`); a malformed
+/// Parquet body must cost its request, not a worker thread or the run.
+fn without_panics<T>(decode: impl FnOnce() -> Result<T> + std::panic::UnwindSafe) -> Result<T> {
+    match std::panic::catch_unwind(decode) {
+        Ok(result) => result,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            bail!("the Parquet data is malformed ({why})")
+        }
     }
 }
 
