@@ -255,7 +255,7 @@ fn execute(target: &str, fixture: &Fixture, input: &[u8]) -> String {
                 weir::config::PipelineConfig::from_toml(&text, &path)
                     .and_then(|config| config.validate(&path, fixture.dir.path()))
                     .map(|()| "ok".to_string())
-                    .map_err(|e| anyhow::anyhow!("{e}")),
+                    .map_err(|e| anyhow::anyhow!("{}", problems(&e))),
             )
         }
         "service-toml" => {
@@ -266,7 +266,7 @@ fn execute(target: &str, fixture: &Fixture, input: &[u8]) -> String {
                     .map_err(anyhow::Error::from)
                     .and_then(|()| {
                         weir::serve::config::ServiceConfig::from_file(&path)
-                            .map_err(|e| anyhow::anyhow!("{e}"))
+                            .map_err(|e| anyhow::anyhow!("{}", problems(&e)))
                     })
                     .map(|_| "ok".to_string()),
             )
@@ -286,6 +286,23 @@ fn execute(target: &str, fixture: &Fixture, input: &[u8]) -> String {
     }
 }
 
+/// The keys of a config file's problems and each message's first words:
+/// the behaviour of the config checks, without the file's path.
+fn problems(errors: &weir::config::ConfigErrors) -> String {
+    errors
+        .0
+        .iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.key,
+                e.message.chars().take(24).collect::<String>()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A result's signature: `ok …`, or the error's first words with digits
 /// blanked (so "line 3" and "line 4" are one behaviour).
 fn outcome(result: Result<String>) -> String {
@@ -294,7 +311,7 @@ fn outcome(result: Result<String>) -> String {
         Err(error) => {
             let text: String = format!("{error:#}")
                 .chars()
-                .take(48)
+                .take(96)
                 .map(|c| if c.is_ascii_digit() { '#' } else { c })
                 .collect();
             format!("err {text}")

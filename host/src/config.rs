@@ -556,6 +556,35 @@ pub enum Purpose {
     Serve,
 }
 
+/// Deepest nesting of arrays and inline tables a config file may have. The
+/// TOML parser and deserializer recurse per level: 8,000 levels of `[{`
+/// (from `weir-fuzz`) overflowed a 2 MiB thread stack.
+const MAX_TOML_NESTING: usize = 128;
+
+/// The line where `text` first has more than `max` unclosed `[` and `{`;
+/// `None` when it never does. Every bracket counts, inside strings and
+/// comments too: the parser's view of malformed TOML (an unterminated
+/// string, a triple quote after a key) cannot be told from outside, and a
+/// real config never has 128 unclosed brackets, in a string or not. A
+/// table header `[a]` opens and closes on its line.
+fn nested_too_deep(text: &str, max: usize) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    for byte in text.bytes() {
+        match byte {
+            b'\n' => line += 1,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Some(line);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Most unknown keys reported for one file before giving up.
 const MAX_UNKNOWN_KEYS: usize = 64;
 
@@ -573,6 +602,15 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
     text: &str,
     path: &Path,
 ) -> Result<T, ConfigErrors> {
+    if let Some(line) = nested_too_deep(text, MAX_TOML_NESTING) {
+        return Err(ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            message: format!(
+                "more than {MAX_TOML_NESTING} brackets are open at once (line {line}): arrays and inline tables nested that deep are refused before parsing"
+            ),
+        }]));
+    }
     let mut working = text.to_string();
     let mut errors = Vec::new();
     loop {
@@ -984,6 +1022,24 @@ fn key_at(text: &str, offset: usize) -> String {
         (false, true) => table,
         (false, false) => format!("{table}.{key}"),
     }
+}
+
+#[cfg(test)]
+#[test]
+fn deep_nesting_is_refused_before_parsing_and_strings_do_not_count() {
+    let deep = format!("a = {}1{}\n", "[".repeat(200), "]".repeat(200));
+    assert_eq!(nested_too_deep(&deep, 128), Some(1));
+    let crash = format!("x = [\n{}", "[{`ne]\n".repeat(8000));
+    assert!(nested_too_deep(&crash, 128).is_some());
+    let fine = "[a]\n[[b]]\nc = [[1, 2], { d = \"[x]\" }] # [y]\n";
+    assert_eq!(nested_too_deep(fine, 3), None);
+    let quoted = format!("x = '''{}\n", "[{`ne]\n".repeat(8000));
+    assert!(nested_too_deep(&quoted, 128).is_some(), "strings count too");
+    let error = parse_toml::<toml::Table>(&crash, Path::new("p.toml")).unwrap_err();
+    assert!(
+        error.to_string().contains("more than 128 brackets"),
+        "{error}"
+    );
 }
 
 fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
