@@ -434,3 +434,96 @@ fn error_answers_are_capped_and_deploy_refuses_a_builtin_stage() {
     );
     running.shutdown().unwrap();
 }
+
+/// Environment variable naming the service file that
+/// [`child_service_for_crash_tests`] serves when this test binary is run
+/// as a child process.
+const CHILD_SERVICE: &str = "WEIR_TEST_CHILD_SERVICE";
+
+/// Not a test on its own: when the crash test below runs this binary as a
+/// child with [`CHILD_SERVICE`] set, it serves that file until killed.
+#[test]
+fn child_service_for_crash_tests() {
+    let Some(service) = std::env::var_os(CHILD_SERVICE) else {
+        return;
+    };
+    let _running = Running::start(Path::new(&service));
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// Lines in `path` (0 when it does not exist).
+fn lines_in(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_dropped_file_that_kills_the_service_three_times_is_set_aside_for_real() {
+    let dir = tempfile::tempdir().unwrap();
+    let stages = format!(
+        "[[stages]]\nname = \"slow\"\nkind = \"transform\"\nplugin = {:?}\n",
+        weir_tests::SLEEPY
+    );
+    write_pipeline(dir.path(), &stages);
+    let drop = dir.path().join("incoming");
+    std::fs::create_dir(&drop).unwrap();
+    let service = write_service(dir.path(), "", "drop_dir = \"incoming\"\nlinger_ms = 5");
+    // One row makes the stage sleep 5 s: long enough to kill the process
+    // while it handles the file, every time it starts.
+    std::fs::write(
+        drop.join("slow.jsonl"),
+        "{\"id\":1,\"action\":\"sleep\",\"value\":1}\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state/events");
+    let attempts = state.join("attempts.jsonl");
+    let checkpoint = state.join("processed.jsonl");
+    let spawn = || {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "security::child_service_for_crash_tests",
+                "--test-threads=1",
+            ])
+            .env(CHILD_SERVICE, &service)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let wait_until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for kill in 1..=3 {
+        let mut child = spawn();
+        // The attempt is synced before the file is read; kill -9 then.
+        wait_until("the attempt", &|| lines_in(&attempts) >= kill);
+        std::thread::sleep(Duration::from_millis(200));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert_eq!(lines_in(&checkpoint), 0, "kill {kill}: nothing finished");
+    }
+    // Three unfinished attempts: the next start sets the file aside.
+    let mut child = spawn();
+    wait_until("the set-aside", &|| lines_in(&checkpoint) >= 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let entry = &read_jsonl(&checkpoint)[0];
+    assert!(
+        entry["error"].as_str().unwrap().contains("set aside"),
+        "{entry}"
+    );
+    assert!(drop.join(".failed/slow.jsonl").exists());
+    assert!(!drop.join("slow.jsonl").exists());
+    assert!(
+        read_parts(&dir.path().join("out")).is_empty(),
+        "nothing was written"
+    );
+}
