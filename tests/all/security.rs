@@ -228,7 +228,7 @@ fn state_files_are_private_whatever_the_umask() {
 }
 
 /// Opens a raw connection to `running`.
-fn connect(running: &Running) -> std::net::TcpStream {
+pub(crate) fn connect(running: &Running) -> std::net::TcpStream {
     let address = running.url().trim_start_matches("http://");
     let stream = std::net::TcpStream::connect(address).unwrap();
     stream
@@ -238,7 +238,7 @@ fn connect(running: &Running) -> std::net::TcpStream {
 }
 
 /// Reads until the server closes the connection or `timeout`; the text.
-fn read_answer(stream: &mut std::net::TcpStream) -> String {
+pub(crate) fn read_answer(stream: &mut std::net::TcpStream) -> String {
     use std::io::Read;
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
@@ -248,7 +248,7 @@ fn read_answer(stream: &mut std::net::TcpStream) -> String {
 /// Sends `body` in 64 KiB pieces, pausing between them, and stops as soon
 /// as the server answers (so the server closes a connection it has read
 /// to the end, and the answer is not lost to a reset); returns the answer.
-fn send_until_answered(stream: &mut std::net::TcpStream, body: &[u8]) -> String {
+pub(crate) fn send_until_answered(stream: &mut std::net::TcpStream, body: &[u8]) -> String {
     use std::io::Write;
     for piece in body.chunks(64 * 1024) {
         stream

@@ -790,6 +790,27 @@ fn plugin_uploads_are_rate_limited_and_stored_uploads_capped_with_gc() {
     let stored = dir.path().join("tenants/a/plugins/sha256");
     let (status, first) = upload(&identity);
     assert_eq!(status, StatusCode::OK, "{first}");
+    // Its compiled artifact is cached in the tenant's own part of the cache.
+    let artifact = |sha256: &str| -> Vec<std::path::PathBuf> {
+        let Some(cache) = weir::plugin::cache::cache_dir() else {
+            return Vec::new();
+        };
+        std::fs::read_dir(cache)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|engine| {
+                engine
+                    .path()
+                    .join("tenant-a")
+                    .join(format!("{sha256}.cwasm"))
+            })
+            .filter(|path| path.exists())
+            .collect()
+    };
+    let first_sha = first["sha256"].as_str().unwrap().to_string();
+    let cached = weir::plugin::cache::cache_dir().is_some();
+    assert_eq!(artifact(&first_sha).len(), usize::from(cached));
     // The second upload does not fit beside the first, which no stage
     // uses: the first is deleted to make room.
     let (status, second) = upload(&flag);
@@ -802,6 +823,7 @@ fn plugin_uploads_are_rate_limited_and_stored_uploads_capped_with_gc() {
         names,
         [format!("{}.wasm", second["sha256"].as_str().unwrap())]
     );
+    assert!(artifact(&first_sha).is_empty(), "its artifact went with it");
     // A third upload within the minute is refused.
     let (status, error) = upload(&identity);
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{error}");
@@ -812,5 +834,43 @@ fn plugin_uploads_are_rate_limited_and_stored_uploads_capped_with_gc() {
             .contains("uploads per minute"),
         "{error}"
     );
+    running.shutdown().unwrap();
+}
+
+#[test]
+fn a_tenants_bodies_in_memory_are_capped_by_its_own_budget() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (service, tokens) = write_service(
+        dir.path(),
+        "max_body_bytes = 4000000, max_buffered_bytes = 1500000",
+    );
+    let running = Running::start(&service);
+    let line = "{\"id\":1,\"action\":\"ok\"}\n";
+    let body: String = line.repeat(1_000_000 / line.len());
+    let head = |token: &str| {
+        format!(
+            "POST /v1/pipelines/events/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+    };
+    // Tenant a's first body, all but its last byte, holds its budget...
+    let mut first = crate::security::connect(&running);
+    first.write_all(head(&tokens.a).as_bytes()).unwrap();
+    first.write_all(&body.as_bytes()[..body.len() - 1]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // ...so its second gets 429, while tenant b is not affected.
+    let mut second = crate::security::connect(&running);
+    second.write_all(head(&tokens.a).as_bytes()).unwrap();
+    let answer = crate::security::send_until_answered(&mut second, body.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 429"), "{:.300}", answer);
+    assert!(answer.contains("tenant `a`"), "{:.300}", answer);
+    let mut other = crate::security::connect(&running);
+    other.write_all(head(&tokens.b).as_bytes()).unwrap();
+    let answer = crate::security::send_until_answered(&mut other, body.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 200"), "{:.300}", answer);
+    first.write_all(&body.as_bytes()[body.len() - 1..]).unwrap();
+    let answer = crate::security::read_answer(&mut first);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{:.300}", answer);
     running.shutdown().unwrap();
 }

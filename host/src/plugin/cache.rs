@@ -35,6 +35,33 @@ pub fn cache_dir() -> Option<PathBuf> {
     }
 }
 
+/// Deletes the compiled artifact of the component whose SHA-256 hex is
+/// `sha256` from `scope`'s part of the cache (every engine version's),
+/// when caching is on; a missing artifact is not an error. `weir serve`
+/// calls it when it deletes a tenant's stored upload, so the cache does
+/// not keep growing with uploads nobody uses.
+pub fn remove(scope: &str, sha256: &str) {
+    let Some(dir) = cache_dir() else {
+        return;
+    };
+    let Ok(engines) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for engine in engines.flatten() {
+        let artifact = engine
+            .path()
+            .join(format!("tenant-{scope}"))
+            .join(format!("{sha256}.cwasm"));
+        match std::fs::remove_file(&artifact) {
+            Ok(()) => tracing::info!(path = %artifact.display(), "deleted a cached artifact"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(path = %artifact.display(), %error, "could not delete a cached artifact")
+            }
+        }
+    }
+}
+
 /// How a component was obtained, for reports and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {

@@ -17,7 +17,7 @@
 //! ```
 
 mod breaker;
-mod cache;
+pub mod cache;
 mod capabilities;
 pub(crate) mod clock;
 mod error;

@@ -443,11 +443,12 @@ async fn upload_plugin(
     };
     let referenced = referenced_plugins(&scoped.tenant);
     let limit = quota.quotas.max_stored_plugin_bytes;
+    let tenant = scoped.tenant.name.to_string();
     let write = {
         let path = path.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let dir = path.parent().expect("stored under a directory");
-            make_room(dir, &path, body.len() as u64, limit, &referenced)?;
+            make_room(dir, &path, body.len() as u64, limit, &referenced, &tenant)?;
             super::files::create_private_dir_all(dir)?;
             let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
             super::files::write_private(&tmp, &body)?;
@@ -509,11 +510,17 @@ fn make_room(
     new_bytes: u64,
     limit: u64,
     referenced: &std::collections::HashSet<String>,
+    tenant: &str,
 ) -> anyhow::Result<()> {
     if path.exists() {
         return Ok(());
     }
-    let mut stored: Vec<(std::time::SystemTime, std::path::PathBuf, u64, bool)> = Vec::new();
+    let mut stored: Vec<(
+        std::time::SystemTime,
+        std::path::PathBuf,
+        u64,
+        Option<String>,
+    )> = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let file = entry.path();
@@ -529,20 +536,21 @@ fn make_room(
                 metadata.modified().unwrap_or(std::time::UNIX_EPOCH),
                 file.clone(),
                 metadata.len(),
-                referenced.contains(sha256),
+                (!referenced.contains(sha256)).then(|| sha256.to_string()),
             ));
         }
     }
     let mut total: u64 = stored.iter().map(|(_, _, len, _)| len).sum();
     stored.sort();
-    for (_, file, len, in_use) in &stored {
+    for (_, file, len, unreferenced) in &stored {
         if total + new_bytes <= limit {
             break;
         }
-        if !in_use {
+        if let Some(sha256) = unreferenced {
             std::fs::remove_file(file)?;
+            crate::plugin::cache::remove(tenant, sha256);
             total -= len;
-            tracing::info!(file = %file.display(), "deleted an unreferenced uploaded plugin to make room");
+            tracing::info!(file = %file.display(), "deleted an unreferenced uploaded plugin (and its compiled artifact) to make room");
         }
     }
     if total + new_bytes > limit {
