@@ -138,24 +138,6 @@ fn a_float_that_overflows_is_quarantined_by_weir_run() {
     );
 }
 
-/// Waits until `checkpoint` has `lines` lines.
-fn wait_for_lines(checkpoint: &Path, lines: usize) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let done = std::fs::read_to_string(checkpoint)
-            .map(|t| t.lines().count())
-            .unwrap_or(0);
-        if done >= lines {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{done} of {lines} files processed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_dropped_file_that_kept_killing_the_service_is_set_aside() {
     let dir = tempfile::tempdir().unwrap();
@@ -176,7 +158,7 @@ fn a_dropped_file_that_kept_killing_the_service_is_set_aside() {
 
     let running = Running::start(&service);
     let checkpoint = state.join("processed.jsonl");
-    wait_for_lines(&checkpoint, 2);
+    crate::serve::wait_for_lines(&checkpoint, 2);
     running.shutdown().unwrap();
 
     let entries = read_jsonl(&checkpoint);
@@ -215,7 +197,7 @@ fn state_files_are_private_whatever_the_umask() {
     let service = write_service(dir.path(), "", "drop_dir = \"incoming\"\nlinger_ms = 5");
     std::fs::write(drop.join("a.jsonl"), records(0..2, &[])).unwrap();
     let running = Running::start(&service);
-    wait_for_lines(&dir.path().join("state/events/processed.jsonl"), 1);
+    crate::serve::wait_for_lines(&dir.path().join("state/events/processed.jsonl"), 1);
     running.shutdown().unwrap();
     let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir.path().join("state")), 0o700);

@@ -715,6 +715,25 @@ fn graceful_shutdown_writes_everything_it_acknowledged() {
     assert_eq!(written.into_iter().collect::<BTreeSet<_>>(), acked);
 }
 
+/// Waits (at most 15 s) until the drop-directory checkpoint `checkpoint`
+/// has `lines` lines.
+pub(crate) fn wait_for_lines(checkpoint: &Path, lines: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let done = std::fs::read_to_string(checkpoint)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if done >= lines {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {lines} files processed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn drop_directory_ingests_each_file_once_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
@@ -723,22 +742,7 @@ fn drop_directory_ingests_each_file_once_across_restarts() {
     std::fs::create_dir(&drop).unwrap();
     let service = write_service(dir.path(), "", "drop_dir = \"incoming\"\nlinger_ms = 5");
     let checkpoint = dir.path().join("state/events/processed.jsonl");
-    let wait_for = |lines: usize| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let done = std::fs::read_to_string(&checkpoint)
-                .map(|t| t.lines().count())
-                .unwrap_or(0);
-            if done >= lines {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{done} of {lines} files processed"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let wait_for = |lines: usize| wait_for_lines(&checkpoint, lines);
 
     std::fs::write(drop.join("a.jsonl"), records(0..30, &[5])).unwrap();
     std::fs::write(drop.join(".hidden.jsonl"), records(500..510, &[])).unwrap();

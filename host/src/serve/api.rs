@@ -410,12 +410,7 @@ async fn upload_plugin(
     // compile cannot be interrupted, so one past the time limit still
     // holds it), so parallel uploads cannot take more cores than the
     // tenant's batches may.
-    let permit = quota
-        .batch_slots()
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("the semaphore is never closed");
+    let permit = quota.work_permit().await;
     let compile = tokio::task::spawn_blocking(move || {
         let compiled = crate::plugin::Plugin::from_bytes_scoped(&name, &bytes, None, Some(&tenant))
             .map(|p| (p.kind(), p.imports().to_vec()));
@@ -790,12 +785,7 @@ async fn ingest(
     // Decoding is the tenant's work too: it holds one of the tenant's
     // `max_concurrent_batches` permits, so a flood of large bodies occupies
     // no more threads than the tenant's batches may.
-    let permit = quota
-        .batch_slots()
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("the semaphore is never closed");
+    let permit = quota.work_permit().await;
     let items = tokio::task::spawn_blocking(move || {
         let decoded = format.decode(decoder.source(), label, buffered.bytes.clone());
         drop(permit);

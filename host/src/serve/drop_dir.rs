@@ -169,6 +169,23 @@ pub struct ProcessedFile {
     pub error: Option<String>,
 }
 
+impl ProcessedFile {
+    /// The entry of file `(name, sha256)` of `bytes` bytes before anything
+    /// is known of it: no counts, no time, no error.
+    fn unfinished((file, sha256): &(String, String), bytes: u64) -> ProcessedFile {
+        ProcessedFile {
+            file: file.clone(),
+            sha256: sha256.clone(),
+            bytes,
+            received: 0,
+            written: 0,
+            quarantined: 0,
+            at: String::new(),
+            error: None,
+        }
+    }
+}
+
 /// Reads the checkpoint of a pipeline's drop directory.
 ///
 /// # Errors
@@ -302,16 +319,7 @@ async fn scan(
             format.decode(source_live.source(), label, bytes.into())
         })
         .await?;
-        let mut entry = ProcessedFile {
-            file: name.clone(),
-            sha256: sha256.clone(),
-            bytes: size,
-            received: 0,
-            written: 0,
-            quarantined: 0,
-            at: String::new(),
-            error: None,
-        };
+        let mut entry = ProcessedFile::unfinished(&key, size);
         match decoded {
             Err(error) => {
                 tracing::error!(pipeline = %live.name, file = %path.display(), error = format!("{error:#}"), "a dropped file cannot be decoded; it is recorded and skipped");
@@ -357,17 +365,12 @@ fn set_aside(
     std::fs::rename(path, &target)
         .with_context(|| format!("moving {} to {}", path.display(), target.display()))?;
     Ok(ProcessedFile {
-        file: name.clone(),
-        sha256: sha256.clone(),
-        bytes: size,
-        received: 0,
-        written: 0,
-        quarantined: 0,
         at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         error: Some(format!(
             "set aside to {}: the service stopped {tried} times while processing it (a crash or a kill); \
              nothing of it was written. Inspect it, then move it back to retry",
             target.display()
         )),
+        ..ProcessedFile::unfinished(&(name.clone(), sha256.clone()), size)
     })
 }

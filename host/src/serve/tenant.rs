@@ -103,6 +103,18 @@ impl Bucket {
     }
 
     /// Time until the level is back at `wanted`.
+    /// Takes one unit after refilling, or says how long until one is
+    /// there.
+    fn take_one(&mut self) -> Result<(), Duration> {
+        self.refill();
+        if self.level >= 1.0 {
+            self.level -= 1.0;
+            Ok(())
+        } else {
+            Err(self.wait_for(1.0))
+        }
+    }
+
     fn wait_for(&self, wanted: f64) -> Duration {
         if self.level >= wanted {
             Duration::ZERO
@@ -237,6 +249,17 @@ impl Quota {
         &self.memory
     }
 
+    /// Waits for one of the tenant's `max_concurrent_batches` permits for
+    /// work done on its behalf outside a micro-batch (decoding a body,
+    /// compiling an upload); held until dropped.
+    pub async fn work_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.batch_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
     /// The semaphore bounding its concurrent micro-batches.
     pub fn batch_slots(&self) -> &Arc<Semaphore> {
         &self.batch_slots
@@ -248,14 +271,7 @@ impl Quota {
     /// # Errors
     /// When the bucket is empty: how long until an upload is allowed.
     pub fn admit_upload(&self) -> Result<(), Duration> {
-        let mut bucket = self.uploads.lock().expect("bucket lock");
-        bucket.refill();
-        if bucket.level >= 1.0 {
-            bucket.level -= 1.0;
-            Ok(())
-        } else {
-            Err(bucket.wait_for(1.0))
-        }
+        self.uploads.lock().expect("bucket lock").take_one()
     }
 
     /// Takes one ingest request from the tenant's bucket.
@@ -263,14 +279,7 @@ impl Quota {
     /// # Errors
     /// When the bucket is empty: how long until a request is allowed.
     pub fn admit_request(&self) -> Result<(), Duration> {
-        let mut bucket = self.requests.lock().expect("bucket lock");
-        bucket.refill();
-        if bucket.level >= 1.0 {
-            bucket.level -= 1.0;
-            Ok(())
-        } else {
-            Err(bucket.wait_for(1.0))
-        }
+        self.requests.lock().expect("bucket lock").take_one()
     }
 
     /// Waits while the tenant's fuel budget is in debt; returns how long it

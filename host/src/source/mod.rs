@@ -403,32 +403,30 @@ impl Source {
                     self.batch_size,
                 )?))
             }
-            SourceFormat::Jsonl => Box::new(Decoding::new(jsonl::JsonLines::open(
-                reader,
-                name,
-                schema,
-                self.batch_size,
-                jsonl::Options {
-                    unknown_fields: config.unknown_fields,
-                    unknown_count,
-                    numbering: jsonl::Numbering::Lines,
-                    dates: self.dates.clone(),
-                },
-            ))),
-            SourceFormat::Json => {
-                let mut reader = reader;
-                let mut bytes = Vec::new();
-                reader.read_to_end(&mut bytes)?;
-                let lines = jsonl::array_as_lines(&bytes)?;
+            SourceFormat::Jsonl | SourceFormat::Json => {
+                // A JSON document becomes one element per line.
+                let (reader, numbering): (Box<dyn std::io::Read + Send>, _) =
+                    if format == SourceFormat::Json {
+                        let mut reader = reader;
+                        let mut bytes = Vec::new();
+                        reader.read_to_end(&mut bytes)?;
+                        let lines = jsonl::array_as_lines(&bytes)?;
+                        (
+                            Box::new(std::io::Cursor::new(lines)),
+                            jsonl::Numbering::ArrayElements,
+                        )
+                    } else {
+                        (reader, jsonl::Numbering::Lines)
+                    };
                 Box::new(Decoding::new(jsonl::JsonLines::open(
-                    Box::new(std::io::Cursor::new(lines)),
+                    reader,
                     name,
                     schema,
                     self.batch_size,
                     jsonl::Options {
                         unknown_fields: config.unknown_fields,
                         unknown_count,
-                        numbering: jsonl::Numbering::ArrayElements,
+                        numbering,
                         dates: self.dates.clone(),
                     },
                 )))
