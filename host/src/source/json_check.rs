@@ -10,8 +10,6 @@
 //! without allocating, so such a record is quarantined with a reason
 //! instead.
 
-use std::collections::HashMap;
-
 use arrow::datatypes::{DataType, Schema};
 
 /// Deepest nesting of arrays and objects a record may have. serde_json's
@@ -23,19 +21,45 @@ pub const MAX_NESTING_DEPTH: usize = 128;
 /// numeric columns' types (whose values it range-checks).
 #[derive(Debug, Default, Clone)]
 pub struct Columns {
-    types: HashMap<String, DataType>,
+    /// Column names as bytes, in schema order.
+    names: Vec<Box<[u8]>>,
+    types: Vec<DataType>,
 }
 
 impl Columns {
     /// The columns of `schema`.
     pub fn of(schema: &Schema) -> Columns {
         Columns {
+            names: schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_bytes().into())
+                .collect(),
             types: schema
                 .fields()
                 .iter()
-                .map(|f| (f.name().clone(), f.data_type().clone()))
+                .map(|f| f.data_type().clone())
                 .collect(),
         }
+    }
+
+    /// The column named `raw` (a key's bytes as written, quotes excluded),
+    /// trying the `hint`-th column first: records usually list their keys
+    /// in schema order, so that one comparison is all it takes. Hashing
+    /// every key cost a third of JSON Lines decoding.
+    fn find(&self, raw: &[u8], hint: usize) -> Option<usize> {
+        if self.names.get(hint).is_some_and(|name| **name == *raw) {
+            return Some(hint);
+        }
+        if raw.contains(&b'\\') {
+            let mut quoted = Vec::with_capacity(raw.len() + 2);
+            quoted.push(b'"');
+            quoted.extend_from_slice(raw);
+            quoted.push(b'"');
+            let name: String = serde_json::from_slice(&quoted).ok()?;
+            return self.names.iter().position(|n| **n == *name.as_bytes());
+        }
+        self.names.iter().position(|name| **name == *raw)
     }
 }
 
@@ -63,7 +87,10 @@ pub fn check_record(text: &[u8], columns: &Columns) -> Result<RecordCheck, Strin
     // comes next at depth 1.
     let mut top_is_object = false;
     let mut expecting_key = false;
-    let mut key: Option<&[u8]> = None;
+    // The column of the key whose value comes next, and how many keys
+    // came before it.
+    let mut column: Option<usize> = None;
+    let mut keys = 0usize;
     let mut i = 0;
     while i < text.len() {
         match text[i] {
@@ -72,14 +99,10 @@ pub fn check_record(text: &[u8], columns: &Columns) -> Result<RecordCheck, Strin
                 i = string_end(text, start);
                 if depth == 1 && top_is_object && expecting_key {
                     let raw = &text[start..i.saturating_sub(1).max(start)];
-                    key = Some(raw);
                     expecting_key = false;
-                    let known = match std::str::from_utf8(raw) {
-                        Ok(name) if !name.contains('\\') => columns.types.contains_key(name),
-                        _ => serde_json::from_slice::<String>(&text[start - 1..i])
-                            .is_ok_and(|name| columns.types.contains_key(&name)),
-                    };
-                    if !known {
+                    column = columns.find(raw, keys);
+                    keys += 1;
+                    if column.is_none() {
                         found.unknown_fields += 1;
                         if found.first_unknown.is_none() {
                             found.first_unknown = Some(String::from_utf8_lossy(raw).into_owned());
@@ -108,12 +131,12 @@ pub fn check_record(text: &[u8], columns: &Columns) -> Result<RecordCheck, Strin
                     i += 1;
                 }
                 if depth == 1
-                    && let Some(key) = key
-                    && let Ok(name) = std::str::from_utf8(key)
-                    && let Some(data_type) = columns.types.get(name)
+                    && let Some(index) = column
+                    && let data_type = &columns.types[index]
                     && (data_type.is_integer() || data_type.is_floating())
                 {
-                    check_number(name, &text[start..i], data_type)?;
+                    let name = String::from_utf8_lossy(&columns.names[index]);
+                    check_number(&name, &text[start..i], data_type)?;
                 }
                 continue;
             }
@@ -165,11 +188,14 @@ pub fn top_level_keys(text: &[u8]) -> Vec<String> {
 /// quote), or the end of `text` when it is unterminated.
 fn string_end(text: &[u8], start: usize) -> usize {
     let mut i = start;
-    while i < text.len() {
+    while let Some(found) = text
+        .get(i..)
+        .and_then(|rest| memchr::memchr2(b'\\', b'"', rest))
+    {
+        i += found;
         match text[i] {
             b'\\' => i += 2,
-            b'"' => return i + 1,
-            _ => i += 1,
+            _ => return i + 1,
         }
     }
     text.len()
