@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use super::config::ServiceConfig;
+use super::config::{OPERATOR_TOKEN_ID, ServiceConfig};
 use crate::plugin::sha256_hex;
 
 /// Prefix of every token.
@@ -103,9 +103,6 @@ pub struct TokenStore {
     state: Mutex<StateFile>,
     state_file: PathBuf,
 }
-
-/// Operator token id.
-pub const OPERATOR_TOKEN_ID: &str = "operator";
 
 impl TokenStore {
     /// The tokens of `config`, plus those issued and revoked through the

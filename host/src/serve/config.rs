@@ -166,6 +166,9 @@ impl Default for Quotas {
     }
 }
 
+/// The operator token's id: reserved, no tenant token may take it.
+pub const OPERATOR_TOKEN_ID: &str = "operator";
+
 /// `[service]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -387,7 +390,7 @@ impl ServiceConfig {
                     &key(&format!("tokens[{i}].sha256")),
                     &token.sha256,
                 );
-                if token.id == super::auth::OPERATOR_TOKEN_ID {
+                if token.id == OPERATOR_TOKEN_ID {
                     problems.add(
                         key(&format!("tokens[{i}].id")),
                         format!(
