@@ -720,6 +720,31 @@ fn blank(text: &mut String, range: std::ops::Range<usize>) {
     text.replace_range(range, &blanked);
 }
 
+/// The Arrow type for a type name of the pipeline file's `schema`
+/// (`int64`, `utf8`, `date32`, `timestamp` (µs, no zone)...); `None` for
+/// an unknown name.
+pub fn parse_data_type(name: &str) -> Option<arrow::datatypes::DataType> {
+    use arrow::datatypes::{DataType, TimeUnit};
+    Some(match name {
+        "boolean" | "bool" => DataType::Boolean,
+        "int64" | "integer" => DataType::Int64,
+        "float64" | "double" => DataType::Float64,
+        "utf8" | "string" => DataType::Utf8,
+        "binary" => DataType::Binary,
+        "date32" | "date" => DataType::Date32,
+        "timestamp" => DataType::Timestamp(TimeUnit::Microsecond, None),
+        _ => return None,
+    })
+}
+
+/// Whether `format` is a strftime date/timestamp format chrono understands
+/// (the `format` of a `schema` column).
+pub fn is_valid_date_format(format: &str) -> bool {
+    !format.is_empty()
+        && chrono::format::StrftimeItems::new(format)
+            .all(|item| !matches!(item, chrono::format::Item::Error))
+}
+
 /// Expands `pattern` (relative to `base_dir`) into the sorted list of
 /// matching files; a plain path matches itself if it exists.
 ///
@@ -863,7 +888,7 @@ impl PipelineConfig {
             (_, None) => {}
         }
         for (i, column) in source.schema.iter().flatten().enumerate() {
-            if crate::source::parse_data_type(&column.data_type).is_none() {
+            if parse_data_type(&column.data_type).is_none() {
                 problems.add(
                     format!("source.schema[{i}].type"),
                     format!(
@@ -873,7 +898,7 @@ impl PipelineConfig {
                 );
             }
             if let Some(format) = &column.format {
-                let data_type = crate::source::parse_data_type(&column.data_type);
+                let data_type = parse_data_type(&column.data_type);
                 if !matches!(
                     data_type,
                     None | Some(
@@ -888,7 +913,7 @@ impl PipelineConfig {
                             column.data_type
                         ),
                     );
-                } else if !crate::source::is_valid_date_format(format) {
+                } else if !is_valid_date_format(format) {
                     problems.add(
                         format!("source.schema[{i}].format"),
                         format!("`{format}` is not a strftime format chrono understands (e.g. \"%Y/%m/%d\")"),

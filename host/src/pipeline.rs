@@ -24,11 +24,11 @@ use anyhow::{Context, Result, anyhow};
 
 use crate::columnar;
 use crate::config::{
-    ConfigErrors, MAX_REFERENCE_TABLE_BYTES, OnError, PipelineConfig, Problems, Purpose,
-    StageConfig, expand_paths,
+    ConfigErrors, MAX_REFERENCE_TABLE_BYTES, PipelineConfig, Problems, Purpose, StageConfig,
+    expand_paths,
 };
-use crate::plugin::{Limits, Plugin, PluginKind, PluginSlot, PluginVersion, PluginWatcher};
-use crate::quarantine::{Quarantine, Reason};
+use crate::plugin::{Plugin, PluginKind, PluginSlot, PluginWatcher};
+use crate::quarantine::Quarantine;
 use crate::report::{InputFile, QuarantineReport, RecordCounts, RunReport, StageReport};
 use crate::sink::Sink;
 use crate::source::{Extractor, Source, SourceItem};
@@ -37,63 +37,7 @@ use crate::stages::{BatchResult, Worker};
 /// Batches in flight per worker between the reader and the writer.
 pub const IN_FLIGHT_PER_WORKER: usize = 4;
 
-/// One stage, ready to run: its plugin compiled and its config serialised.
-pub struct Stage {
-    /// Unique stage name.
-    pub name: Arc<str>,
-    /// Plugin kind (checked against the component's world).
-    pub kind: PluginKind,
-    /// The plugin reference as written in the pipeline file.
-    pub reference: String,
-    /// The stage's plugin; a reload swaps the version it serves.
-    pub slot: Arc<PluginSlot>,
-    /// The JSON the plugin's `config` import returns (reference tables
-    /// included under `tables`).
-    pub config_json: Arc<str>,
-    /// Limits on each call.
-    pub limits: Limits,
-    /// What a failed call does to the run.
-    pub on_error: OnError,
-    /// Extra calls a failed batch may spend isolating its poison rows
-    /// ([`crate::config::StageConfig::bisect_max_calls`]).
-    pub bisect_max_calls: u32,
-    /// What the plugin may reach (host paths resolved).
-    pub grants: crate::plugin::Grants,
-}
-
-impl std::fmt::Debug for Stage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stage")
-            .field("name", &self.name)
-            .field("kind", &self.kind)
-            .field("plugin", &self.reference)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Stage {
-    /// The plugin version serving now.
-    pub fn plugin(&self) -> Arc<Plugin> {
-        self.slot.current().plugin.clone()
-    }
-
-    pub(crate) fn reason(
-        &self,
-        version: &PluginVersion,
-        error_kind: &str,
-        rule: Option<String>,
-        message: String,
-    ) -> Reason {
-        Reason {
-            stage: self.name.clone(),
-            plugin: Arc::from(version.plugin.name()),
-            plugin_sha256: Arc::from(version.plugin.sha256()),
-            error_kind: error_kind.to_string(),
-            rule,
-            message,
-        }
-    }
-}
+pub use crate::stages::Stage;
 
 /// A validated pipeline with its plugins loaded.
 #[derive(Debug)]
@@ -468,7 +412,7 @@ impl Pipeline {
                     let batch_rx = batch_rx.clone();
                     let result_tx = result_tx.clone();
                     let mut worker = Worker::new(
-                        crate::stages::Scope::new(crate::serve::config::DEFAULT_TENANT, &self.name),
+                        crate::stages::Scope::new(crate::stages::DEFAULT_TENANT, &self.name),
                         &self.stages,
                         self.config.sink.lineage_column.clone(),
                     );

@@ -35,11 +35,75 @@ use arrow::record_batch::RecordBatch;
 use crate::bindings::types;
 use crate::columnar;
 use crate::config::OnError;
-use crate::pipeline::Stage;
-use crate::plugin::{Admission, PluginError, PluginInstance, PluginKind, PluginVersion, Verdict};
+use crate::plugin::{
+    Admission, Limits, Plugin, PluginError, PluginInstance, PluginKind, PluginSlot, PluginVersion,
+    Verdict,
+};
 use crate::quarantine::Reason;
 use crate::report::StageReport;
 use crate::source::SourceItem;
+
+/// The tenant label of work outside `weir serve`'s tenants (`weir run`),
+/// and the implicit tenant of a service file's top-level `[[pipelines]]`.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// One stage, ready to run: its plugin compiled and its config serialised.
+pub struct Stage {
+    /// Unique stage name.
+    pub name: Arc<str>,
+    /// Plugin kind (checked against the component's world).
+    pub kind: PluginKind,
+    /// The plugin reference as written in the pipeline file.
+    pub reference: String,
+    /// The stage's plugin; a reload swaps the version it serves.
+    pub slot: Arc<PluginSlot>,
+    /// The JSON the plugin's `config` import returns (reference tables
+    /// included under `tables`).
+    pub config_json: Arc<str>,
+    /// Limits on each call.
+    pub limits: Limits,
+    /// What a failed call does to the run.
+    pub on_error: OnError,
+    /// Extra calls a failed batch may spend isolating its poison rows
+    /// ([`crate::config::StageConfig::bisect_max_calls`]).
+    pub bisect_max_calls: u32,
+    /// What the plugin may reach (host paths resolved).
+    pub grants: crate::plugin::Grants,
+}
+
+impl std::fmt::Debug for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stage")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("plugin", &self.reference)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stage {
+    /// The plugin version serving now.
+    pub fn plugin(&self) -> Arc<Plugin> {
+        self.slot.current().plugin.clone()
+    }
+
+    pub(crate) fn reason(
+        &self,
+        version: &PluginVersion,
+        error_kind: &str,
+        rule: Option<String>,
+        message: String,
+    ) -> Reason {
+        Reason {
+            stage: self.name.clone(),
+            plugin: Arc::from(version.plugin.name()),
+            plugin_sha256: Arc::from(version.plugin.sha256()),
+            error_kind: error_kind.to_string(),
+            rule,
+            message,
+        }
+    }
+}
 
 /// Where each row of a batch came from, for batches that merge several
 /// requests (`weir serve`).

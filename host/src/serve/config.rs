@@ -47,8 +47,7 @@ pub struct ServiceConfig {
     pub tenants: Vec<TenantConfig>,
 }
 
-/// The tenant that top-level `[[pipelines]]` belong to.
-pub const DEFAULT_TENANT: &str = "default";
+pub use crate::stages::DEFAULT_TENANT;
 
 /// `[[tenants]]`: one client, isolated from the others.
 #[derive(Debug, Clone, Deserialize)]

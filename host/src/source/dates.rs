@@ -167,13 +167,6 @@ fn parse_timestamp(value: &str, format: &str) -> Option<NaiveDateTime> {
         })
 }
 
-/// Whether `format` is a strftime format chrono understands.
-pub fn is_valid_format(format: &str) -> bool {
-    !format.is_empty()
-        && chrono::format::StrftimeItems::new(format)
-            .all(|item| !matches!(item, chrono::format::Item::Error))
-}
-
 /// The date or timestamp format (and type) under which every non-null
 /// value of `sample` parses, among the candidates; `None` when none does
 /// or the sample has no value.
@@ -249,6 +242,9 @@ mod tests {
             error.contains("`2012-01-01`") && error.contains("%Y/%m/%d"),
             "{error}"
         );
-        assert!(is_valid_format("%d.%m.%Y") && !is_valid_format("%Q"));
+        assert!(
+            crate::config::is_valid_date_format("%d.%m.%Y")
+                && !crate::config::is_valid_date_format("%Q")
+        );
     }
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchReader};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -26,27 +26,9 @@ use crate::config::{SourceConfig, SourceFormat, expand_paths};
 use crate::plugin::{Limits, Plugin, PluginInstance, SourceMetadata};
 use crate::quarantine::Reason;
 
-/// The Arrow type for a type name of the pipeline file (`int64`...).
-pub fn parse_data_type(name: &str) -> Option<DataType> {
-    Some(match name {
-        "boolean" | "bool" => DataType::Boolean,
-        "int64" | "integer" => DataType::Int64,
-        "float64" | "double" => DataType::Float64,
-        "utf8" | "string" => DataType::Utf8,
-        "binary" => DataType::Binary,
-        "date32" | "date" => DataType::Date32,
-        "timestamp" => DataType::Timestamp(TimeUnit::Microsecond, None),
-        _ => return None,
-    })
-}
+pub use crate::config::parse_data_type;
 
 use self::recovery::{Decoded, Decoding};
-
-/// Whether `format` is a strftime date/timestamp format chrono understands
-/// (the `format` of a `schema` column).
-pub fn is_valid_date_format(format: &str) -> bool {
-    dates::is_valid_format(format)
-}
 
 /// The `plugin` name quarantine rows carry when weir's own reader rejected
 /// a record (there is no plugin hash: `plugin_sha256` is empty).
