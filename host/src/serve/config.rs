@@ -436,7 +436,7 @@ impl ServiceConfig {
                     ("quarantine_path", hosted.quarantine_path.as_ref()),
                 ] {
                     if let Some(path) = path
-                        && !crate::serve::tenant::is_inside(&dir, &dir.join(path))
+                        && !super::confine::is_inside(&dir, &dir.join(path))
                     {
                         problems.add(
                             format!("{prefix}[{i}].{name}"),

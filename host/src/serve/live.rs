@@ -34,7 +34,7 @@ use crate::source::{Source, SourceBatch, SourceItem};
 use crate::stages::{Origins, Quarantined, Scope, Worker};
 
 use super::config::HostedPipeline;
-use super::tenant::Quota;
+use super::quota::Quota;
 
 /// Whether a pipeline takes new records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod background;
 pub mod body;
 pub mod config;
+pub mod confine;
 pub mod drop_dir;
 pub mod files;
 pub mod http;
@@ -25,6 +26,7 @@ pub mod ingest;
 pub mod live;
 pub mod metrics;
 pub mod quarantine_log;
+pub mod quota;
 pub mod scheduler;
 pub mod tenant;
 
