@@ -15,7 +15,8 @@
 //! Everything a plugin returns is checked before it is trusted
 //! ([`from_wit`]): field and column counts, value types, lengths, bitmap
 //! sizes, offsets, UTF-8, nullability and unique names. A violation is a
-//! [`PluginError::MalformedOutput`].
+//! [`MalformedBatch`] (the plugin runtime reports it as a
+//! `malformed_output` failure of the call).
 
 use std::sync::Arc;
 
@@ -28,7 +29,6 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 
 use crate::bindings::types;
-use crate::plugin::PluginError;
 
 /// The WIT type a column of Arrow type `data_type` crosses as, or `None`
 /// when weir cannot carry it.
@@ -244,16 +244,22 @@ pub fn payload_bytes(batch: &types::RecordBatch) -> u64 {
         .sum()
 }
 
-fn malformed(message: String) -> PluginError {
-    PluginError::MalformedOutput(message)
+/// A batch that breaks the WIT `record-batch` contract: which rule, and
+/// where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MalformedBatch(pub String);
+
+fn malformed(message: String) -> MalformedBatch {
+    MalformedBatch(message)
 }
 
 /// Converts a batch a plugin returned into arrow-rs, checking every shape
 /// rule of the WIT `record-batch` (see the module docs).
 ///
 /// # Errors
-/// [`PluginError::MalformedOutput`] naming the column and the broken rule.
-pub fn from_wit(batch: types::RecordBatch) -> Result<RecordBatch, PluginError> {
+/// [`MalformedBatch`] naming the column and the broken rule.
+pub fn from_wit(batch: types::RecordBatch) -> Result<RecordBatch, MalformedBatch> {
     let rows = batch.num_rows as usize;
     // Every column's length is checked against the claimed row count
     // before anything is allocated for it; a batch without columns has
@@ -478,7 +484,6 @@ mod tests {
             columns: vec![],
         };
         let err = from_wit(batch(u32::MAX)).unwrap_err();
-        assert_eq!(err.kind(), "malformed_output");
         assert!(err.to_string().contains("4294967295 rows"), "{err}");
         assert_eq!(from_wit(batch(0)).unwrap().num_rows(), 0);
     }
@@ -503,7 +508,6 @@ mod tests {
             }],
         };
         let err = from_wit(batch).unwrap_err();
-        assert_eq!(err.kind(), "malformed_output");
         assert!(err.to_string().contains("never decrease"), "{err}");
     }
 
@@ -527,7 +531,8 @@ mod tests {
                 }),
             }],
         };
-        assert_eq!(from_wit(bad_utf8).unwrap_err().kind(), "malformed_output");
+        let err = from_wit(bad_utf8).unwrap_err();
+        assert!(err.to_string().starts_with("column `c`"), "{err}");
         let short = types::RecordBatch {
             schema: types::Schema {
                 fields: vec![field(types::DataType::Int64)],

@@ -1,19 +1,18 @@
-//! The process-wide wasmtime engine, its linker and the epoch ticker.
+//! The process-wide wasmtime engine and the epoch ticker.
 //!
 //! weir keeps exactly one [`Runtime`] per process ([`Runtime::shared`]):
 //! one [`wasmtime::Engine`] configured for fuel metering, epoch interruption
-//! and the pooling instance allocator, one [`Linker`] with the host imports
-//! every plugin may use, and one thread advancing the engine's epoch every
-//! [`EPOCH_TICK_MS`] so that wall-clock deadlines can interrupt a plugin.
+//! and the pooling instance allocator, and one thread advancing the
+//! engine's epoch every [`EPOCH_TICK_MS`] so that wall-clock deadlines can
+//! interrupt a plugin. The linker of the host imports every plugin may use
+//! belongs to the plugin runtime (`crate::plugin`), which knows the store's
+//! state; this module knows nothing of plugins.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
-
-use crate::plugin::PluginState;
 
 /// Period of the epoch ticker, in milliseconds: the resolution of every
 /// `timeout_ms` deadline.
@@ -29,10 +28,9 @@ pub const MAX_MEMORY_CEILING_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// stage, plus one being replaced after a failure.
 pub const MAX_LIVE_INSTANCES: u32 = 256;
 
-/// The engine, linker and epoch ticker shared by every plugin in the process.
+/// The engine and epoch ticker shared by every plugin in the process.
 pub struct Runtime {
     engine: Engine,
-    linker: Linker<PluginState>,
 }
 
 impl Runtime {
@@ -72,24 +70,6 @@ impl Runtime {
             .map_err(anyhow::Error::from)
             .context("configuring the wasmtime engine")?;
 
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("adding WASI to the linker")?;
-        // Linked for every plugin but usable only by extract plugins whose
-        // source grants it (see plugin::capabilities and plugin::http).
-        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("adding wasi:http to the linker")?;
-        crate::plugin::clock::add_to_linker(&mut linker)
-            .context("adding the deadline-aware monotonic clock to the linker")?;
-        crate::bindings::host::add_to_linker::<PluginState, HasSelf<PluginState>>(
-            &mut linker,
-            |state| state,
-        )
-        .map_err(anyhow::Error::from)
-        .context("adding weir:plugin/host to the linker")?;
-
         let ticker = engine.weak();
         std::thread::Builder::new()
             .name("weir-epoch".into())
@@ -102,17 +82,11 @@ impl Runtime {
             })
             .context("starting the epoch ticker")?;
 
-        Ok(Self { engine, linker })
+        Ok(Self { engine })
     }
 
     /// The shared engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
-    }
-
-    /// The linker holding WASI (with no capabilities granted by default) and
-    /// `weir:plugin/host`.
-    pub fn linker(&self) -> &Linker<PluginState> {
-        &self.linker
     }
 }

@@ -72,6 +72,12 @@ pub enum PluginError {
     Instantiate(String),
 }
 
+impl From<crate::columnar::MalformedBatch> for PluginError {
+    fn from(error: crate::columnar::MalformedBatch) -> PluginError {
+        PluginError::MalformedOutput(error.0)
+    }
+}
+
 impl PluginError {
     /// A short, stable identifier of the kind, as written to the quarantine
     /// and the run report: `fuel_exhausted`, `timeout`, `memory_limit`,
@@ -218,5 +224,12 @@ mod tests {
         };
         assert!(message.len() < MAX_MESSAGE_BYTES + 64, "{}", message.len());
         assert!(message.ends_with("[35904 more bytes cut]"), "{message:.40}");
+    }
+
+    #[test]
+    fn a_malformed_batch_is_a_malformed_output_failure() {
+        let error = PluginError::from(crate::columnar::MalformedBatch("column `c`: bad".into()));
+        assert_eq!(error.kind(), "malformed_output");
+        assert_eq!(error.to_string(), "malformed output: column `c`: bad");
     }
 }

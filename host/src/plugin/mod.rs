@@ -50,6 +50,36 @@ pub use watch::{DEFAULT_DEBOUNCE, PluginWatcher};
 use crate::bindings::{extractor, host, transformer, types, validator};
 use crate::engine::{EPOCH_TICK_MS, Runtime};
 
+/// The process-wide linker of the shared engine ([`Runtime::shared`]):
+/// WASI (with no capability granted by default), `wasi:http` (usable only
+/// by extract plugins whose source grants it, see [`capabilities`] and
+/// [`http`]), the deadline-aware monotonic clock and `weir:plugin/host`.
+///
+/// # Panics
+/// If an interface cannot be added, which is a bug of weir's bindings.
+fn linker() -> &'static wasmtime::component::Linker<PluginState> {
+    static LINKER: std::sync::OnceLock<wasmtime::component::Linker<PluginState>> =
+        std::sync::OnceLock::new();
+    LINKER.get_or_init(|| new_linker().expect("linking the host imports"))
+}
+
+fn new_linker() -> Result<wasmtime::component::Linker<PluginState>> {
+    use wasmtime::component::{HasSelf, Linker};
+    let mut linker = Linker::new(Runtime::shared().engine());
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("adding WASI to the linker")?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("adding wasi:http to the linker")?;
+    clock::add_to_linker(&mut linker)
+        .context("adding the deadline-aware monotonic clock to the linker")?;
+    host::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)
+        .context("adding weir:plugin/host to the linker")?;
+    Ok(linker)
+}
+
 /// The three plugin kinds, one per WIT world.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
@@ -260,7 +290,7 @@ impl Plugin {
             );
         }
         check_imports(name, kind, &imports)?;
-        let instance_pre = runtime.linker().instantiate_pre(&component).map_err(|e| {
+        let instance_pre = linker().instantiate_pre(&component).map_err(|e| {
             anyhow!(
                 "plugin `{name}` imports something weir does not provide: {}",
                 e.root_cause()

@@ -534,7 +534,10 @@ fn extract_file(
             .as_mut()
             .expect("created above")
             .extract(bytes, &metadata)?;
-        batches.into_iter().map(crate::columnar::from_wit).collect()
+        batches
+            .into_iter()
+            .map(|batch| Ok(crate::columnar::from_wit(batch)?))
+            .collect()
     })();
     result.map_err(|e: crate::plugin::PluginError| {
         *instance = None;
