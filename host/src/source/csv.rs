@@ -233,6 +233,9 @@ fn read_header(reader: &mut impl BufRead, dialect: &Dialect) -> Result<Option<Ve
 pub struct CsvRecords {
     reader: BufReader<Box<dyn Read + Send>>,
     layout: Layout,
+    /// The source schema as the decoder reads it (formatted dates as
+    /// text), computed once.
+    read_schema: SchemaRef,
     dialect: Dialect,
     batch_size: usize,
     decoder: Decoder,
@@ -280,24 +283,20 @@ impl CsvRecords {
         batch_size: usize,
     ) -> Result<CsvRecords> {
         let mut reader = BufReader::with_capacity(1 << 20, file);
-        let layout = match header {
-            true => match read_header(&mut reader, &dialect).context("reading the header line")? {
-                Some(names) => (Layout::from_header(&names, &dialect)?, 1),
-                None => (
-                    Layout::positional(&dialect.dates.read_schema(&dialect.schema)),
-                    0,
-                ),
-            },
-            false => (
-                Layout::positional(&dialect.dates.read_schema(&dialect.schema)),
-                0,
-            ),
+        let read_schema = dialect.dates.read_schema(&dialect.schema);
+        let names = match header {
+            true => read_header(&mut reader, &dialect).context("reading the header line")?,
+            false => None,
         };
-        let (layout, lines_before) = layout;
+        let (layout, lines_before) = match names {
+            Some(names) => (Layout::from_header(&names, &dialect)?, 1),
+            None => (Layout::positional(&read_schema), 0),
+        };
         Ok(CsvRecords {
             reader,
             decoder: dialect.decoder(&layout.file_schema, batch_size),
             layout,
+            read_schema,
             dialect,
             batch_size,
             file: name,
@@ -339,10 +338,9 @@ impl CsvRecords {
     /// # Errors
     /// A value that does not match its column's date format.
     fn finish(&self, batch: RecordBatch) -> Result<RecordBatch, String> {
-        let read_schema = self.dialect.dates.read_schema(&self.dialect.schema);
         let batch = self
             .layout
-            .project(batch, &read_schema)
+            .project(batch, &self.read_schema)
             .map_err(|e| e.to_string())?;
         self.dialect.dates.convert(batch, &self.dialect.schema)
     }
@@ -394,6 +392,21 @@ impl CsvRecords {
     }
 }
 
+impl CsvRecords {
+    /// The current batch's records (`raw`) decoded one at a time, with a
+    /// fresh decoder for the next batch: the state of one whose flush failed
+    /// is unspecified.
+    fn recover_batch(&mut self, raw: &[u8]) -> Result<Vec<Decoded>> {
+        let recovered = self.recover(raw)?;
+        self.records_before += recovered.iter().map(Decoded::records).sum::<u64>();
+        self.decoder_start = self.records_before;
+        self.decoder = self
+            .dialect
+            .decoder(&self.layout.file_schema, self.batch_size);
+        Ok(recovered)
+    }
+}
+
 impl NextBatch for CsvRecords {
     fn next_batch(&mut self) -> Result<Option<Vec<Decoded>>> {
         let mut raw = Vec::new();
@@ -408,26 +421,9 @@ impl NextBatch for CsvRecords {
                     Ok(Some(vec![Decoded::Batch(batch)]))
                 }
                 // A date off its format: find the records, one at a time.
-                Err(_) => {
-                    let recovered = self.recover(&raw)?;
-                    self.records_before += recovered.iter().map(Decoded::records).sum::<u64>();
-                    self.decoder_start = self.records_before;
-                    self.decoder = self
-                        .dialect
-                        .decoder(&self.layout.file_schema, self.batch_size);
-                    Ok(Some(recovered))
-                }
+                Err(_) => self.recover_batch(&raw).map(Some),
             },
-            Err(_) => {
-                // The decoder's state after a failed flush is unspecified.
-                self.decoder = self
-                    .dialect
-                    .decoder(&self.layout.file_schema, self.batch_size);
-                let recovered = self.recover(&raw)?;
-                self.records_before += recovered.iter().map(Decoded::records).sum::<u64>();
-                self.decoder_start = self.records_before;
-                Ok(Some(recovered))
-            }
+            Err(_) => self.recover_batch(&raw).map(Some),
         };
         self.lines_before += lines;
         result
@@ -436,5 +432,5 @@ impl NextBatch for CsvRecords {
 
 /// Line breaks in `bytes`.
 fn newlines(bytes: &[u8]) -> u64 {
-    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+    memchr::memchr_iter(b'\n', bytes).count() as u64
 }

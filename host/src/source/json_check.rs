@@ -135,8 +135,7 @@ pub fn check_record(text: &[u8], columns: &Columns) -> Result<RecordCheck, Strin
                     && let data_type = &columns.types[index]
                     && (data_type.is_integer() || data_type.is_floating())
                 {
-                    let name = String::from_utf8_lossy(&columns.names[index]);
-                    check_number(&name, &text[start..i], data_type)?;
+                    check_number(&columns.names[index], &text[start..i], data_type)?;
                 }
                 continue;
             }
@@ -202,10 +201,25 @@ fn string_end(text: &[u8], start: usize) -> usize {
 }
 
 /// Checks the number literal `literal` of column `name` against its type.
-fn check_number(name: &str, literal: &[u8], data_type: &DataType) -> Result<(), String> {
+///
+/// This runs on every number of every record, so the common cases return
+/// before any parsing: a float without an exponent (and under 300 digits)
+/// is finite, and an int64 of at most 18 digits fits.
+fn check_number(name: &[u8], literal: &[u8], data_type: &DataType) -> Result<(), String> {
     let Ok(literal) = std::str::from_utf8(literal) else {
         return Ok(());
     };
+    let has_exponent = literal.contains(['e', 'E']);
+    if data_type.is_floating() && !has_exponent && literal.len() < 300 {
+        return Ok(());
+    }
+    if *data_type == DataType::Int64 && !has_exponent && !literal.contains('.') {
+        let digits = literal.strip_prefix('-').unwrap_or(literal);
+        if digits.len() <= 18 {
+            return Ok(());
+        }
+    }
+    let name = String::from_utf8_lossy(name);
     let out_of_range = || format!("field `{name}`: {literal} is out of range for {data_type}");
     if data_type.is_floating() {
         return match literal.parse::<f64>() {

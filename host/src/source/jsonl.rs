@@ -112,6 +112,8 @@ pub struct Options {
 pub struct JsonLines {
     reader: BufReader<Box<dyn Read + Send>>,
     schema: SchemaRef,
+    /// `schema` as the decoder reads it (formatted dates as text).
+    read_schema: SchemaRef,
     columns: Columns,
     options: Options,
     batch_size: usize,
@@ -135,6 +137,7 @@ impl JsonLines {
         JsonLines {
             reader: BufReader::with_capacity(1 << 20, file),
             columns: Columns::of(&schema),
+            read_schema: options.dates.read_schema(&schema),
             schema,
             options,
             batch_size,
@@ -144,11 +147,9 @@ impl JsonLines {
     }
 
     fn decoder(&self, batch_size: usize) -> Result<Decoder> {
-        Ok(
-            arrow::json::ReaderBuilder::new(self.options.dates.read_schema(&self.schema))
-                .with_batch_size(batch_size)
-                .build_decoder()?,
-        )
+        Ok(arrow::json::ReaderBuilder::new(self.read_schema.clone())
+            .with_batch_size(batch_size)
+            .build_decoder()?)
     }
 
     /// Decodes `lines` together into the source schema (formatted dates
