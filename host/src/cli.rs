@@ -47,6 +47,11 @@ enum Command {
         /// started finish on the version they started with).
         #[arg(long)]
         watch: bool,
+        /// Discard the checkpoint of an interrupted run of this pipeline
+        /// and start over. Without it, a run that was killed resumes after
+        /// its last committed epoch (see docs/delivery.md).
+        #[arg(long)]
+        restart: bool,
     },
     /// Validate a pipeline file and its plugins without running.
     Check {
@@ -323,7 +328,8 @@ fn dispatch(command: Command) -> Result<()> {
             report,
             no_progress,
             watch,
-        } => run_pipeline(&pipeline, report.as_deref(), !no_progress, watch),
+            restart,
+        } => run_pipeline(&pipeline, report.as_deref(), !no_progress, watch, restart),
         Command::Check { pipeline } => {
             let loaded = Pipeline::load(&pipeline)?;
             say!(
@@ -372,10 +378,12 @@ fn run_pipeline(
     report_path: Option<&Path>,
     progress: bool,
     watch: bool,
+    restart: bool,
 ) -> Result<()> {
     let pipeline = Pipeline::load(file)?;
     let options = RunOptions {
         progress: progress && std::io::stderr().is_terminal(),
+        restart,
     };
     // Watching stops when the guard drops, after the run.
     let _watcher = if watch {
@@ -423,6 +431,24 @@ fn print_summary(report: &RunReport) -> std::io::Result<()> {
             stage.records_out,
             stage.quarantined,
             stage.filtered
+        )?;
+    }
+    if let Some(account) = &report.checkpoint {
+        let recovery = &account.recovery;
+        if let Some(epoch) = recovery.resumed_after_epoch {
+            say!(
+                "  resumed an interrupted run after epoch {epoch} (file #{} of the source, after record {}); recovery took {} ms, finished {} commit(s), rolled back {} epoch(s)",
+                recovery.position.file + 1,
+                recovery.position.records,
+                recovery.recovery_ms,
+                recovery.commits_finished,
+                recovery.epochs_rolled_back
+            )?;
+        }
+        say!(
+            "  checkpoint: {} epoch(s) committed, {} ms committing",
+            account.epochs,
+            account.commit_ms
         )?;
     }
     if let Some(http) = &report.source_http {

@@ -55,6 +55,14 @@ pub struct PipelineSettings {
     /// that quarantines everything succeeds, with a warning. Example:
     /// `max_quarantine_fraction = 0.01`.
     pub max_quarantine_fraction: Option<f64>,
+    /// Checkpoint the run so that a run killed at any point resumes, when
+    /// started again, where it stopped and publishes exactly the output of
+    /// an uninterrupted run (`docs/delivery.md`). Default true.
+    pub checkpoint: bool,
+    /// Batches per epoch (between checkpoints). Default 64.
+    pub checkpoint_every_batches: usize,
+    /// Longest epoch, in milliseconds. Default 10000.
+    pub checkpoint_interval_ms: u64,
 }
 
 impl Default for PipelineSettings {
@@ -64,6 +72,9 @@ impl Default for PipelineSettings {
             batch_size: 8192,
             workers: 0,
             max_quarantine_fraction: None,
+            checkpoint: true,
+            checkpoint_every_batches: crate::checkpoint::run::DEFAULT_EPOCH_BATCHES,
+            checkpoint_interval_ms: crate::checkpoint::run::DEFAULT_EPOCH_INTERVAL_MS,
         }
     }
 }
@@ -831,6 +842,9 @@ impl PipelineConfig {
                 "pipeline.max_quarantine_fraction",
                 format!("{fraction} is not a fraction between 0.0 and 1.0"),
             );
+        }
+        if self.pipeline.checkpoint_every_batches == 0 {
+            problems.add("pipeline.checkpoint_every_batches", "must be at least 1");
         }
         if self.pipeline.batch_size == 0 {
             problems.add("pipeline.batch_size", "must be at least 1");

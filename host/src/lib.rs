@@ -32,10 +32,12 @@
 pub mod authoring;
 pub mod bindings;
 pub mod builtin;
+pub mod checkpoint;
 pub mod cli;
 pub mod client;
 pub mod columnar;
 pub mod config;
+pub mod crash;
 pub mod engine;
 pub mod pipeline;
 pub mod plugin;

@@ -22,6 +22,10 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 
+use crate::checkpoint::{
+    self,
+    run::{Coordinator, EpochSettings, Identity, Phase, RunState},
+};
 use crate::columnar;
 use crate::config::{
     ConfigErrors, MAX_REFERENCE_TABLE_BYTES, PipelineConfig, Problems, Purpose, StageConfig,
@@ -61,6 +65,9 @@ pub struct Pipeline {
 pub struct RunOptions {
     /// Draw a progress line on stderr (only when it is a terminal).
     pub progress: bool,
+    /// Discard the checkpoint of an interrupted run and start over
+    /// (`weir run --restart`), instead of resuming it.
+    pub restart: bool,
 }
 
 /// Calls each stage once on an empty batch of the schema it will receive
@@ -351,14 +358,20 @@ impl Pipeline {
 
     /// Runs the pipeline to completion and commits its outputs.
     ///
+    /// With `[pipeline] checkpoint` (the default) the run is cut into
+    /// epochs and checkpointed ([`crate::checkpoint::run`]): a run killed
+    /// at any point resumes, when started again, after its last committed
+    /// epoch, and publishes exactly the output of an uninterrupted run.
+    ///
     /// # Errors
-    /// A source that cannot be read, a sink that cannot be written, or a
-    /// stage with `on_error = "fail"` whose plugin failed. Nothing is
-    /// committed then: earlier outputs stay as they were.
+    /// A source that cannot be read, a sink that cannot be written, a
+    /// stage with `on_error = "fail"` whose plugin failed, or a checkpoint
+    /// that cannot be resumed. Nothing is committed then: earlier outputs
+    /// stay as they were.
     pub fn run(&self, options: &RunOptions) -> Result<RunReport> {
         let started = Instant::now();
-        let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        let run_id = uuid::Uuid::new_v4().to_string();
+        let mut started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let mut run_id = uuid::Uuid::new_v4().to_string();
         let settings = &self.config.pipeline;
         let source = Source::open(
             &self.config.source,
@@ -371,8 +384,94 @@ impl Pipeline {
             columnar::wit_schema(&schema)
                 .map_err(|e| anyhow!("the source cannot be passed to plugins: {e}"))?;
         }
-        let mut sink = Sink::create(&self.config.sink, &self.base_dir, &run_id)?;
-        let mut quarantine = Quarantine::create(&self.config.quarantine, &self.base_dir, &run_id)?;
+        let mut coordinator = match settings.checkpoint {
+            false => None,
+            true => {
+                let identity = Identity::compute(
+                    &self.file,
+                    self.stages
+                        .iter()
+                        .map(|s| (s.name.to_string(), s.plugin().sha256().to_string()))
+                        .collect(),
+                    source.files(),
+                )?;
+                let state = RunState::begin(
+                    &checkpoint::run::dir_for(&self.config.sink, &self.base_dir),
+                    identity,
+                    options.restart,
+                    &run_id,
+                    &started_at,
+                )?;
+                run_id = state.run_id().to_string();
+                started_at = state.started_at().to_string();
+                Some(Coordinator::new(
+                    state,
+                    EpochSettings {
+                        every_batches: settings.checkpoint_every_batches,
+                        interval: std::time::Duration::from_millis(settings.checkpoint_interval_ms),
+                    },
+                    source.files(),
+                    self.config.quarantine.format,
+                ))
+            }
+        };
+        let outcome = self.run_with(
+            options,
+            &source,
+            &run_id,
+            &started_at,
+            started,
+            &mut coordinator,
+        );
+        if outcome.is_err()
+            && let Some(coordinator) = coordinator
+        {
+            coordinator.abandon();
+        }
+        outcome
+    }
+
+    fn run_with(
+        &self,
+        options: &RunOptions,
+        source: &Source,
+        run_id: &str,
+        started_at: &str,
+        started: Instant,
+        coordinator: &mut Option<Coordinator>,
+    ) -> Result<RunReport> {
+        let settings = &self.config.pipeline;
+        let publishing = coordinator
+            .as_ref()
+            .is_some_and(|c| c.state().checkpoint().phase == Phase::Publishing);
+        let (mut sink, mut quarantine) = match coordinator {
+            None => (
+                Sink::create(&self.config.sink, &self.base_dir, run_id)?,
+                Quarantine::create(&self.config.quarantine, &self.base_dir, run_id)?,
+            ),
+            Some(_) if publishing => (
+                Sink::for_publish(&self.config.sink, &self.base_dir, run_id),
+                Quarantine::for_epochs(&self.config.quarantine, &self.base_dir, run_id),
+            ),
+            Some(_) => (
+                Sink::create(&self.config.sink, &self.base_dir, run_id)?,
+                Quarantine::for_epochs(&self.config.quarantine, &self.base_dir, run_id),
+            ),
+        };
+        let mut counts = RecordCounts::default();
+        let mut resumed_filtered = 0;
+        let mut start = checkpoint::run::Position::default();
+        if let Some(coordinator) = coordinator.as_mut() {
+            let base = coordinator.resumed_totals();
+            counts.read = base.read;
+            counts.written = base.written;
+            counts.quarantined = base.quarantined;
+            resumed_filtered = base.read - base.written - base.quarantined;
+            start = coordinator.state().checkpoint().position;
+            if !publishing {
+                coordinator.begin_epoch(&mut sink, &mut quarantine)?;
+            }
+        }
         let workers = self.workers();
         let window = workers * IN_FLIGHT_PER_WORKER;
 
@@ -385,13 +484,16 @@ impl Pipeline {
                 .expect("channel has room for every permit");
         }
         let progress = Progress::new(options.progress);
-        let mut counts = RecordCounts::default();
 
         let worker_reports = std::thread::scope(|scope| -> Result<Vec<Vec<StageReport>>> {
+            if publishing {
+                return Ok(Vec::new());
+            }
             let reader_results = result_tx.clone();
-            let batches = source.items();
+            let batches = source.items_from(start.file, start.items);
             scope.spawn(move || {
                 for (seq, batch) in (0u64..).zip(batches) {
+                    crate::crash::point("mid-read");
                     if permit_rx.recv().is_err() {
                         return;
                     }
@@ -433,8 +535,11 @@ impl Pipeline {
             let outcome = write_results(
                 &result_rx,
                 &permit_tx,
-                &mut sink,
-                &mut quarantine,
+                Output {
+                    sink: &mut sink,
+                    quarantine: &mut quarantine,
+                    coordinator: coordinator.as_mut(),
+                },
                 &mut counts,
                 &progress,
             );
@@ -464,14 +569,13 @@ impl Pipeline {
                 total.merge(part);
             }
         }
-        counts.filtered = stages.iter().map(|s| s.filtered).sum();
+        counts.filtered = stages.iter().map(|s| s.filtered).sum::<u64>() + resumed_filtered;
         counts.unknown_fields = source.unknown_fields();
-        let quarantine_rows = quarantine.rows();
         let mut report = RunReport {
-            run_id,
+            run_id: run_id.to_string(),
             pipeline: self.name.clone(),
             pipeline_file: self.file.clone(),
-            started_at,
+            started_at: started_at.to_string(),
             duration_ms: started.elapsed().as_millis() as u64,
             records: counts,
             stages,
@@ -486,44 +590,66 @@ impl Pipeline {
             outputs: Vec::new(),
             quarantine: QuarantineReport {
                 path: quarantine.path().to_path_buf(),
-                rows: quarantine_rows,
+                rows: counts.quarantined,
             },
             source_http: self
                 .extractor
                 .as_ref()
                 .and_then(|e| e.http.as_ref())
                 .map(|http| http.counts()),
+            checkpoint: None,
         };
-        if let Some(max) = settings.max_quarantine_fraction {
+        let over_limit = settings.max_quarantine_fraction.and_then(|max| {
             let fraction = counts.quarantined as f64 / counts.read.max(1) as f64;
-            if fraction > max {
-                let path = quarantine.commit()?;
-                let why = report.main_quarantine_reason().unwrap_or_default();
-                anyhow::bail!(
-                    "{} of {} records ({:.1}%) were quarantined, over max_quarantine_fraction = {max}: {why}. The output was not committed; the quarantine is at {}",
-                    counts.quarantined,
-                    counts.read,
-                    fraction * 100.0,
-                    path.display()
-                );
-            }
-        }
+            (fraction > max).then_some((max, fraction))
+        });
         if let Some(schema) = &self.output_schema {
             sink.expect_schema(schema.clone());
         }
-        report.outputs = sink.commit()?;
-        report.quarantine.path = quarantine.commit()?;
+        let totals = checkpoint::run::totals(&counts);
+        let quarantine_path = match (coordinator.take(), over_limit) {
+            (Some(coordinator), over_limit) => {
+                let (outputs, path, account) =
+                    coordinator.publish(totals, sink, quarantine, over_limit.is_none())?;
+                report.outputs = outputs;
+                report.checkpoint = Some(account);
+                path
+            }
+            (None, Some(_)) => quarantine.commit()?,
+            (None, None) => {
+                report.outputs = sink.commit()?;
+                quarantine.commit()?
+            }
+        };
+        report.quarantine.path = quarantine_path;
+        if let Some((max, fraction)) = over_limit {
+            let why = report.main_quarantine_reason().unwrap_or_default();
+            anyhow::bail!(
+                "{} of {} records ({:.1}%) were quarantined, over max_quarantine_fraction = {max}: {why}. The output was not committed; the quarantine is at {}",
+                counts.quarantined,
+                counts.read,
+                fraction * 100.0,
+                report.quarantine.path.display()
+            );
+        }
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
     }
+}
+
+/// Where written results go.
+struct Output<'a> {
+    sink: &'a mut Sink,
+    quarantine: &'a mut Quarantine,
+    /// Under the checkpoint protocol, the epochs' coordinator.
+    coordinator: Option<&'a mut Coordinator>,
 }
 
 /// Receives worker results, puts them back in input order and writes them.
 fn write_results(
     results: &crossbeam_channel::Receiver<Result<BatchResult>>,
     permits: &crossbeam_channel::Sender<()>,
-    sink: &mut Sink,
-    quarantine: &mut Quarantine,
+    mut out: Output<'_>,
     counts: &mut RecordCounts,
     progress: &Progress,
 ) -> Result<()> {
@@ -535,15 +661,26 @@ fn write_results(
         while let Some(result) = pending.remove(&next) {
             counts.read += result.rows_read;
             if let Some(output) = &result.output {
-                sink.write(output)
-                    .with_context(|| format!("writing to {}", sink.path().display()))?;
+                out.sink
+                    .write(output)
+                    .with_context(|| format!("writing to {}", out.sink.path().display()))?;
                 counts.written += output.num_rows() as u64;
+                crate::crash::point("mid-part-write");
             }
             for group in &result.quarantined {
-                quarantine
+                out.quarantine
                     .write(&group.rows, &group.reasons, &result.file)
-                    .with_context(|| format!("writing to {}", quarantine.path().display()))?;
+                    .with_context(|| format!("writing to {}", out.quarantine.path().display()))?;
                 counts.quarantined += group.rows.num_rows() as u64;
+            }
+            if let Some(coordinator) = out.coordinator.as_deref_mut() {
+                coordinator.after_item(
+                    &result.file,
+                    result.rows_read,
+                    checkpoint::run::totals(counts),
+                    out.sink,
+                    out.quarantine,
+                )?;
             }
             progress.update(counts);
             next += 1;

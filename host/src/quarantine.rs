@@ -114,6 +114,26 @@ enum Writer {
     Parquet(Box<ArrowWriter<File>>),
 }
 
+fn open_writer(format: QuarantineFormat, path: &Path) -> Result<Writer> {
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(match format {
+        QuarantineFormat::Jsonl => Writer::Jsonl(BufWriter::new(file)),
+        QuarantineFormat::Parquet => {
+            Writer::Parquet(Box::new(ArrowWriter::try_new(file, schema(), None)?))
+        }
+    })
+}
+
+fn close_writer(writer: Writer) -> Result<()> {
+    match writer {
+        Writer::Jsonl(mut out) => out.flush()?,
+        Writer::Parquet(out) => {
+            out.close()?;
+        }
+    }
+    Ok(())
+}
+
 /// An open quarantine sink.
 pub struct Quarantine {
     format: QuarantineFormat,
@@ -131,33 +151,81 @@ impl Quarantine {
     /// # Errors
     /// When the staging file cannot be created.
     pub fn create(config: &QuarantineConfig, base_dir: &Path, run_id: &str) -> Result<Quarantine> {
+        let mut quarantine = Quarantine::for_epochs(config, base_dir, run_id);
+        if let Some(parent) = quarantine.staging.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        quarantine.writer = Some(open_writer(config.format, &quarantine.staging)?);
+        Ok(quarantine)
+    }
+
+    /// A quarantine for a checkpointed run: nothing is opened until
+    /// [`Quarantine::begin_epoch`].
+    pub fn for_epochs(config: &QuarantineConfig, base_dir: &Path, run_id: &str) -> Quarantine {
         let final_path = base_dir.join(&config.path);
         let name = final_path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let staging = final_path.with_file_name(format!(".{name}.weir-{run_id}.tmp"));
-        if let Some(parent) = staging.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        let file =
-            File::create(&staging).with_context(|| format!("creating {}", staging.display()))?;
-        let writer = match config.format {
-            QuarantineFormat::Jsonl => Writer::Jsonl(BufWriter::new(file)),
-            QuarantineFormat::Parquet => {
-                Writer::Parquet(Box::new(ArrowWriter::try_new(file, schema(), None)?))
-            }
-        };
-        Ok(Quarantine {
+        Quarantine {
             format: config.format,
             final_path,
             staging,
             run_id: Arc::from(run_id),
-            writer: Some(writer),
+            writer: None,
             rows: 0,
             committed: false,
-        })
+        }
+    }
+
+    /// Starts an epoch of a checkpointed run: rows written from now on go
+    /// to `path` (which the caller owns) until [`Quarantine::prepare_epoch`].
+    ///
+    /// # Errors
+    /// When `path` cannot be created.
+    pub fn begin_epoch(&mut self, path: &Path) -> Result<()> {
+        self.writer = Some(open_writer(self.format, path)?);
+        Ok(())
+    }
+
+    /// Prepares the current epoch: closes its file and fsyncs it.
+    ///
+    /// # Errors
+    /// An I/O error.
+    pub fn prepare_epoch(&mut self, path: &Path) -> Result<()> {
+        close_writer(self.writer.take().context("prepare_epoch without begin_epoch")?)?;
+        crate::checkpoint::fsync_file(path)
+    }
+
+    /// Publishes a checkpointed run: the epochs' files (`parts`, in epoch
+    /// order) concatenated into the staging file and moved into place,
+    /// replacing the previous run's. `rows` is the total they hold.
+    ///
+    /// # Errors
+    /// A missing part or an I/O error.
+    pub fn publish(mut self, parts: &[PathBuf], rows: u64) -> Result<PathBuf> {
+        self.writer = None;
+        let _ = std::fs::remove_file(&self.staging);
+        if parts.is_empty() {
+            self.writer = Some(open_writer(self.format, &self.staging)?);
+            return self.commit();
+        }
+        let format = match self.format {
+            QuarantineFormat::Jsonl => crate::config::SinkFormat::Jsonl,
+            QuarantineFormat::Parquet => crate::config::SinkFormat::Parquet,
+        };
+        crate::sink::concat::concat(format, parts, &self.staging)?;
+        self.rows = rows;
+        crate::sink::replace(
+            &self.staging,
+            &self.final_path,
+            WriteMode::Overwrite,
+            &self.run_id,
+        )?;
+        self.committed = true;
+        Ok(self.final_path.clone())
     }
 
     /// Final path of the quarantine file.
@@ -239,12 +307,7 @@ impl Quarantine {
     /// # Errors
     /// An I/O error.
     pub fn commit(mut self) -> Result<PathBuf> {
-        match self.writer.take().expect("open until commit") {
-            Writer::Jsonl(mut out) => out.flush()?,
-            Writer::Parquet(out) => {
-                out.close()?;
-            }
-        }
+        close_writer(self.writer.take().expect("open until commit"))?;
         crate::sink::replace(
             &self.staging,
             &self.final_path,

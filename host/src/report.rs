@@ -37,6 +37,10 @@ pub struct RunReport {
     /// HTTP (`[source.extract.capabilities.http]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_http: Option<crate::plugin::HttpCounts>,
+    /// The checkpoint protocol's account: epochs, the last position,
+    /// whether the run resumed; `None` with `checkpoint = false`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<crate::checkpoint::run::CheckpointReport>,
 }
 
 impl RunReport {

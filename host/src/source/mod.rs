@@ -200,9 +200,21 @@ impl Source {
     /// rows, and for `extract` sources the files the plugin rejected. An
     /// error names the file; reading stops after it.
     pub fn items(&self) -> Box<dyn Iterator<Item = Result<SourceItem>> + Send> {
+        self.items_from(0, 0)
+    }
+
+    /// [`Source::items`] resumed at a checkpointed position: from file
+    /// `first_file` (an index into [`Source::files`]) after its first
+    /// `skip` items. Skipped items are decoded but not yielded; files
+    /// before `first_file` are not opened.
+    pub fn items_from(
+        &self,
+        first_file: usize,
+        skip: u64,
+    ) -> Box<dyn Iterator<Item = Result<SourceItem>> + Send> {
         match &self.extractor {
-            Some(extractor) => Box::new(self.extracted(extractor.clone())),
-            None => Box::new(self.decoded().map(|item| {
+            Some(extractor) => Box::new(self.extracted(extractor.clone(), first_file, skip)),
+            None => Box::new(self.decoded(first_file, skip).map(|item| {
                 let (file, decoded) = item?;
                 Ok(source_item(file, decoded))
             })),
@@ -214,70 +226,24 @@ impl Source {
     fn extracted(
         &self,
         extractor: Extractor,
+        first_file: usize,
+        skip: u64,
     ) -> impl Iterator<Item = Result<SourceItem>> + Send + 'static {
         let batch_size = self.batch_size;
         let mut instance: Option<PluginInstance> = None;
-        self.files.clone().into_iter().flat_map(move |path| {
-            let file: Arc<str> = Arc::from(path.display().to_string());
-            let bytes =
-                match std::fs::read(&path).with_context(|| format!("reading {}", path.display())) {
-                    Ok(bytes) => bytes,
-                    Err(e) => return vec![Err(e)],
-                };
-            match extract_file(&extractor, &mut instance, &file, &bytes) {
-                Ok(batches) => batches
-                    .iter()
-                    .flat_map(|batch| {
-                        (0..batch.num_rows().max(1))
-                            .step_by(batch_size)
-                            .map(|offset| {
-                                batch.slice(offset, batch_size.min(batch.num_rows() - offset))
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                    .map(|batch| {
-                        Ok(SourceItem::Batch(SourceBatch {
-                            batch,
-                            file: file.clone(),
-                        }))
-                    })
-                    .collect(),
-                Err((kind, message)) => {
-                    tracing::warn!(file = %file, kind, %message, "extract plugin rejected a file");
-                    let rows = RecordBatch::try_from_iter([
-                        (
-                            "source_file",
-                            Arc::new(arrow::array::StringArray::from(vec![&*file]))
-                                as arrow::array::ArrayRef,
-                        ),
-                        (
-                            "bytes",
-                            Arc::new(arrow::array::Int64Array::from(vec![bytes.len() as i64])),
-                        ),
-                    ])
-                    .expect("two one-row columns");
-                    let reason = Reason {
-                        stage: Arc::from("source"),
-                        plugin: Arc::from(extractor.plugin.name()),
-                        plugin_sha256: Arc::from(extractor.plugin.sha256()),
-                        error_kind: kind.to_string(),
-                        rule: None,
-                        message,
-                    };
-                    vec![Ok(SourceItem::Rejected {
-                        file,
-                        rows,
-                        reasons: vec![reason],
-                    })]
-                }
-            }
+        let files: Vec<PathBuf> = self.files.iter().skip(first_file).cloned().collect();
+        files.into_iter().enumerate().flat_map(move |(i, path)| {
+            let skip = if i == 0 { skip as usize } else { 0 };
+            extract_items(&extractor, &mut instance, batch_size, path)
+                .into_iter()
+                .skip(skip)
         })
     }
 
     /// Reads every file of a native format in turn, yielding batches of at
     /// most `batch_size` rows. An error names the file; reading stops after it.
     pub fn batches(&self) -> impl Iterator<Item = Result<SourceBatch>> + Send + 'static {
-        self.decoded().map(|item| {
+        self.decoded(0, 0).map(|item| {
             let (file, decoded) = item?;
             match decoded {
                 Decoded::Batch(batch) => Ok(SourceBatch { batch, file }),
@@ -289,9 +255,15 @@ impl Source {
     }
 
     /// Every file of a native format, decoded in turn, with its name.
-    fn decoded(&self) -> impl Iterator<Item = Result<(Arc<str>, Decoded)>> + Send + 'static {
+    fn decoded(
+        &self,
+        first_file: usize,
+        skip: u64,
+    ) -> impl Iterator<Item = Result<(Arc<str>, Decoded)>> + Send + 'static {
         let this = self.clone();
-        self.files.clone().into_iter().flat_map(move |path| {
+        let files: Vec<PathBuf> = self.files.iter().skip(first_file).cloned().collect();
+        files.into_iter().enumerate().flat_map(move |(i, path)| {
+            let skip = if i == 0 { skip as usize } else { 0 };
             let file: Arc<str> = Arc::from(path.display().to_string());
             let decoded = match this
                 .open_file(&path, file.clone())
@@ -300,7 +272,7 @@ impl Source {
                 Ok(decoded) => decoded,
                 Err(e) => Box::new(std::iter::once(Err(e))),
             };
-            decoded.map(move |item| {
+            decoded.skip(skip).map(move |item| {
                 item.with_context(|| format!("reading {file}"))
                     .map(|decoded| (file.clone(), decoded))
             })
@@ -453,6 +425,69 @@ impl Source {
                 Err(error) => Some(Err(error)),
             }
         })))
+    }
+}
+
+/// One file's items through the extract plugin: batches of at most
+/// `batch_size` rows, or the file as one rejected row.
+fn extract_items(
+    extractor: &Extractor,
+    instance: &mut Option<PluginInstance>,
+    batch_size: usize,
+    path: PathBuf,
+) -> Vec<Result<SourceItem>> {
+    let file: Arc<str> = Arc::from(path.display().to_string());
+    let bytes =
+        match std::fs::read(&path).with_context(|| format!("reading {}", path.display())) {
+            Ok(bytes) => bytes,
+            Err(e) => return vec![Err(e)],
+        };
+    match extract_file(&extractor, instance, &file, &bytes) {
+        Ok(batches) => batches
+            .iter()
+            .flat_map(|batch| {
+                (0..batch.num_rows().max(1))
+                    .step_by(batch_size)
+                    .map(|offset| {
+                        batch.slice(offset, batch_size.min(batch.num_rows() - offset))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .map(|batch| {
+                Ok(SourceItem::Batch(SourceBatch {
+                    batch,
+                    file: file.clone(),
+                }))
+            })
+            .collect(),
+        Err((kind, message)) => {
+            tracing::warn!(file = %file, kind, %message, "extract plugin rejected a file");
+            let rows = RecordBatch::try_from_iter([
+                (
+                    "source_file",
+                    Arc::new(arrow::array::StringArray::from(vec![&*file]))
+                        as arrow::array::ArrayRef,
+                ),
+                (
+                    "bytes",
+                    Arc::new(arrow::array::Int64Array::from(vec![bytes.len() as i64])),
+                ),
+            ])
+            .expect("two one-row columns");
+            let reason = Reason {
+                stage: Arc::from("source"),
+                plugin: Arc::from(extractor.plugin.name()),
+                plugin_sha256: Arc::from(extractor.plugin.sha256()),
+                error_kind: kind.to_string(),
+                rule: None,
+                message,
+            };
+            vec![Ok(SourceItem::Rejected {
+                file,
+                rows,
+                reasons: vec![reason],
+            })]
+        }
     }
 }
 

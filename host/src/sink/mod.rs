@@ -29,6 +29,12 @@ use parquet::file::properties::WriterProperties;
 
 use crate::config::{SinkConfig, SinkFormat, WriteMode};
 
+pub mod concat;
+
+/// File name of an unpartitioned sink's part inside an epoch's directory
+/// (the extension is the format's).
+const EPOCH_PART_STEM: &str = "part";
+
 /// Directory name Hive uses for a null partition value.
 pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
@@ -135,6 +141,9 @@ pub struct Sink {
     /// Appending parts to a directory (`weir serve`) instead of replacing
     /// the output.
     parts: bool,
+    /// Under the checkpoint protocol (`weir run`): the prepared directory
+    /// of the current epoch, where files go until [`Sink::prepare_epoch`].
+    epoch_dir: Option<PathBuf>,
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -162,6 +171,15 @@ impl Sink {
         Ok(Sink::new(config, final_path, staging, run_id, false))
     }
 
+    /// [`Sink::create`] without the `mode` check, for publishing a
+    /// checkpointed run whose interrupted publish may have put this run's
+    /// own output in place already.
+    pub fn for_publish(config: &SinkConfig, base_dir: &Path, run_id: &str) -> Sink {
+        let final_path = base_dir.join(&config.path);
+        let staging = sibling(&final_path, &format!("weir-{run_id}.tmp"));
+        Sink::new(config, final_path, staging, run_id, false)
+    }
+
     fn new(
         config: &SinkConfig,
         final_path: PathBuf,
@@ -182,6 +200,7 @@ impl Sink {
             files: HashMap::new(),
             committed: false,
             parts,
+            epoch_dir: None,
         }
     }
 
@@ -279,10 +298,14 @@ impl Sink {
                 Path::new(&key).join(format!("part-{}.parquet", self.run_id))
             } else if self.parts {
                 PathBuf::from(format!("part-{}.{}", self.run_id, self.format.extension()))
+            } else if self.epoch_dir.is_some() {
+                PathBuf::from(format!("{EPOCH_PART_STEM}.{}", self.format.extension()))
             } else {
                 PathBuf::new()
             };
-            let path = if self.partitioned() || self.parts {
+            let path = if let Some(dir) = &self.epoch_dir {
+                dir.join(&relative)
+            } else if self.partitioned() || self.parts {
                 self.staging.join(&relative)
             } else {
                 self.staging.clone()
@@ -302,6 +325,98 @@ impl Sink {
         file.writer.write(data)?;
         file.rows += data.num_rows() as u64;
         Ok(())
+    }
+
+    /// Starts an epoch: files written from now on go under `dir` (which
+    /// the caller owns) until [`Sink::prepare_epoch`].
+    pub fn begin_epoch(&mut self, dir: PathBuf) {
+        self.epoch_dir = Some(dir);
+    }
+
+    /// Prepares the current epoch (phase one of the commit): finishes every
+    /// file written since [`Sink::begin_epoch`] and fsyncs it and its
+    /// directories. Returns the files, paths relative to the epoch's
+    /// directory (`[PARTITION/]part-RUNID.parquet`, or `part.EXT` when
+    /// unpartitioned), with their rows; none when the epoch wrote no row.
+    ///
+    /// # Errors
+    /// An I/O error.
+    pub fn prepare_epoch(&mut self) -> Result<Vec<OutputFile>> {
+        let dir = self.epoch_dir.clone().context("prepare_epoch without begin_epoch")?;
+        let mut parts = Vec::new();
+        let mut dirs = std::collections::BTreeSet::new();
+        for (_, file) in self.files.drain() {
+            file.writer.finish()?;
+            let path = dir.join(&file.relative);
+            crate::checkpoint::fsync_file(&path)?;
+            if let Some(parent) = path.parent() {
+                dirs.insert(parent.to_path_buf());
+            }
+            parts.push(OutputFile {
+                path: file.relative,
+                rows: file.rows,
+            });
+        }
+        for synced in &dirs {
+            crate::checkpoint::fsync_dir(synced)?;
+        }
+        parts.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(parts)
+    }
+
+    /// Publishes a checkpointed run: concatenates, file by file, the parts
+    /// of every committed epoch (`epochs`: each epoch's directory and the
+    /// parts [`Sink::prepare_epoch`] returned, in epoch order) into the
+    /// staging path and moves it into place as [`Sink::commit`] does.
+    /// With `replace_own_output` the final path may already hold this
+    /// run's output (a publish that a crash interrupted), whatever `mode`.
+    /// The epoch parts are left in place.
+    ///
+    /// # Errors
+    /// A missing or unreadable part, or an I/O error.
+    pub fn publish(
+        mut self,
+        epochs: &[(PathBuf, Vec<OutputFile>)],
+        replace_own_output: bool,
+    ) -> Result<Vec<OutputFile>> {
+        if replace_own_output {
+            self.mode = WriteMode::Overwrite;
+        }
+        let _ = remove_path(&self.staging);
+        let mut by_file: std::collections::BTreeMap<&Path, (Vec<PathBuf>, u64)> =
+            std::collections::BTreeMap::new();
+        for (dir, parts) in epochs {
+            for part in parts {
+                let entry = by_file.entry(part.path.as_path()).or_default();
+                entry.0.push(dir.join(&part.path));
+                entry.1 += part.rows;
+            }
+        }
+        if by_file.is_empty() {
+            self.files.clear();
+            return self.commit();
+        }
+        let mut outputs = Vec::new();
+        for (relative, (parts, rows)) in by_file {
+            let (staged, path) = if self.partitioned() {
+                (self.staging.join(relative), self.final_path.join(relative))
+            } else {
+                (self.staging.clone(), self.final_path.clone())
+            };
+            concat::concat(self.format, &parts, &staged)?;
+            outputs.push(OutputFile { path, rows });
+        }
+        if let Some(parent) = self.staging.parent() {
+            crate::checkpoint::fsync_dir(parent)?;
+        }
+        crate::crash::point("mid-publish");
+        replace(&self.staging, &self.final_path, self.mode, &self.run_id)?;
+        if let Some(parent) = self.final_path.parent() {
+            crate::checkpoint::fsync_dir(parent)?;
+        }
+        self.committed = true;
+        outputs.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(outputs)
     }
 
     /// Finishes every file and moves the output into place.
@@ -407,14 +522,16 @@ fn remove_path(path: &Path) -> std::io::Result<()> {
 /// Moves `staging` to `final_path`. An existing output (allowed by `mode`)
 /// is first renamed aside, then removed once the new one is in place.
 pub fn replace(staging: &Path, final_path: &Path, mode: WriteMode, run_id: &str) -> Result<()> {
+    // A replace that a crash interrupted left the previous output aside.
+    let old = sibling(final_path, &format!("weir-{run_id}.old"));
     if final_path.exists() {
+        let _ = remove_path(&old);
         if mode == WriteMode::ErrorIfExists {
             bail!(
                 "{} appeared during the run; not overwriting it",
                 final_path.display()
             );
         }
-        let old = sibling(final_path, &format!("weir-{run_id}.old"));
         std::fs::rename(final_path, &old)
             .with_context(|| format!("moving aside {}", final_path.display()))?;
         std::fs::rename(staging, final_path)
@@ -426,6 +543,7 @@ pub fn replace(staging: &Path, final_path: &Path, mode: WriteMode, run_id: &str)
         }
         std::fs::rename(staging, final_path)
             .with_context(|| format!("moving {} into place", staging.display()))?;
+        let _ = remove_path(&old);
     }
     Ok(())
 }
