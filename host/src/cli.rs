@@ -91,6 +91,15 @@ enum Command {
         pipeline: String,
         /// A .csv, .jsonl/.ndjson, .json (array) or .parquet file.
         file: PathBuf,
+        /// The request's Idempotency-Key. Default: a new random UUID. Give
+        /// the same key to post again after an interrupted `weir post`:
+        /// the service writes the records once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Keep retrying (same key) on lost connections and 408/409/429/
+        /// 5xx answers for this many seconds.
+        #[arg(long, default_value_t = 60)]
+        retry_for_s: u64,
         #[command(flatten)]
         service: ServiceUrl,
     },
@@ -360,8 +369,18 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Post {
             pipeline,
             file,
+            idempotency_key,
+            retry_for_s,
             service,
-        } => print_json(&Client::new(&service.url)?.post_file(&pipeline, &file)?),
+        } => {
+            let key = idempotency_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            print_json(&Client::new(&service.url)?.post_file_once(
+                &pipeline,
+                &file,
+                &key,
+                std::time::Duration::from_secs(retry_for_s),
+            )?)
+        }
         Command::Pause { pipeline, service } => print_json(
             &Client::new(&service.url)?.post(&format!("/v1/pipelines/{pipeline}/pause"), None)?,
         ),

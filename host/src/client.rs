@@ -89,6 +89,46 @@ impl Client {
     /// # Errors
     /// An unknown extension, an unreadable file, or an error answer.
     pub fn post_file(&self, pipeline: &str, file: &Path) -> Result<Value> {
+        let key = uuid::Uuid::new_v4().to_string();
+        self.post_file_once(pipeline, file, &key, Duration::from_secs(60))
+    }
+
+    /// Posts the file at `file` to `pipeline` exactly once under the
+    /// idempotency key `key`: on a lost connection, a timeout or a
+    /// retryable answer (408, 409 while the key is in flight, 429, 502,
+    /// 503, 504) the same request is sent again with the same key, with
+    /// backoff (0.1 s doubling to 2 s), for up to `retry_for`. The service
+    /// writes the records once whatever the number of attempts, and
+    /// answers a repeat of a committed request with its original result.
+    ///
+    /// # Errors
+    /// As [`Client::post_file`], or the last failure once `retry_for` is
+    /// spent.
+    pub fn post_file_once(
+        &self,
+        pipeline: &str,
+        file: &Path,
+        key: &str,
+        retry_for: Duration,
+    ) -> Result<Value> {
+        let deadline = std::time::Instant::now() + retry_for;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.post_file_attempt(pipeline, file, key) {
+                Ok(Attempt::Done(value)) => return Ok(value),
+                Ok(Attempt::Retry(why)) | Err(why) => {
+                    if std::time::Instant::now() + backoff > deadline {
+                        return Err(why);
+                    }
+                    tracing::info!(error = format!("{why:#}"), "retrying with the same idempotency key");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    fn post_file_attempt(&self, pipeline: &str, file: &Path, key: &str) -> Result<Attempt> {
         let content_type = match BodyFormat::from_path(file) {
             Some(BodyFormat::Csv) => "text/csv",
             Some(BodyFormat::JsonLines) => "application/x-ndjson",
@@ -111,9 +151,42 @@ impl Client {
                 url_escape(&name)
             )))
             .header(reqwest::header::CONTENT_TYPE, content_type)
+            .header("idempotency-key", key)
             .body(bytes);
-        self.send(request, &format!("posting {}", file.display()))
+        let what = format!("posting {}", file.display());
+        let response = match request.send() {
+            Ok(response) => response,
+            Err(error) => {
+                return Ok(Attempt::Retry(anyhow::Error::new(error).context(format!(
+                    "{what}: cannot reach weir serve at {}",
+                    self.base
+                ))));
+            }
+        };
+        let status = response.status().as_u16();
+        if matches!(status, 408 | 409 | 429 | 502 | 503 | 504) {
+            return Ok(Attempt::Retry(anyhow::anyhow!("{what}: {status}")));
+        }
+        let body: Value = match response.json() {
+            Ok(body) => body,
+            // The connection broke mid-answer.
+            Err(error) => return Ok(Attempt::Retry(anyhow::Error::new(error).context(what))),
+        };
+        if !(200..300).contains(&status) {
+            let message = body["error"].as_str().unwrap_or("no message");
+            bail!("{what}: {status}: {message}");
+        }
+        Ok(Attempt::Done(body))
     }
+}
+
+/// One attempt of an idempotent post.
+enum Attempt {
+    Done(Value),
+    Retry(anyhow::Error),
+}
+
+impl Client {
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).

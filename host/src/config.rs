@@ -37,6 +37,21 @@ pub struct PipelineConfig {
     pub quarantine: QuarantineConfig,
 }
 
+/// Default batches per epoch (`checkpoint_every_batches`): 64 batches of
+/// the default 8192 rows is about 0.5 M rows, so that the per-epoch cost
+/// (a few fsyncs and renames, a Parquet footer per file) stays under 1% of
+/// the epoch's work.
+pub const DEFAULT_EPOCH_BATCHES: usize = 64;
+
+/// Default longest epoch, in milliseconds (`checkpoint_interval_ms`):
+/// 10 s, Arroyo's default checkpoint interval, so that a slow pipeline
+/// still checkpoints regularly.
+pub const DEFAULT_EPOCH_INTERVAL_MS: u64 = 10_000;
+
+/// File name of a checkpointed run's checkpoint inside its directory
+/// ([`SinkConfig::checkpoint_dir`]).
+pub const CHECKPOINT_FILE: &str = "checkpoint.json";
+
 /// `[pipeline]`: run-wide settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -73,8 +88,8 @@ impl Default for PipelineSettings {
             workers: 0,
             max_quarantine_fraction: None,
             checkpoint: true,
-            checkpoint_every_batches: crate::checkpoint::run::DEFAULT_EPOCH_BATCHES,
-            checkpoint_interval_ms: crate::checkpoint::run::DEFAULT_EPOCH_INTERVAL_MS,
+            checkpoint_every_batches: DEFAULT_EPOCH_BATCHES,
+            checkpoint_interval_ms: DEFAULT_EPOCH_INTERVAL_MS,
         }
     }
 }
@@ -392,6 +407,20 @@ pub enum SinkFormat {
     Jsonl,
     /// CSV with a header line.
     Csv,
+}
+
+impl SinkConfig {
+    /// The checkpoint directory of a `weir run` writing this sink:
+    /// `.NAME.weir-checkpoint` beside the sink's path (relative to
+    /// `base_dir`), on the same filesystem so that publishing is a rename.
+    pub fn checkpoint_dir(&self, base_dir: &Path) -> PathBuf {
+        let path = base_dir.join(&self.path);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        path.with_file_name(format!(".{name}.weir-checkpoint"))
+    }
 }
 
 impl SinkFormat {
@@ -1000,7 +1029,18 @@ impl PipelineConfig {
         }
         let sink_path = base_dir.join(&sink.path);
         // weir serve appends parts to a directory; `mode` is for weir run.
-        if purpose == Purpose::Run && sink.mode == WriteMode::ErrorIfExists && sink_path.exists() {
+        // An interrupted checkpointed run may have published already; its
+        // resume decides.
+        let resumable = self.pipeline.checkpoint
+            && sink
+                .checkpoint_dir(base_dir)
+                .join(CHECKPOINT_FILE)
+                .exists();
+        if purpose == Purpose::Run
+            && sink.mode == WriteMode::ErrorIfExists
+            && sink_path.exists()
+            && !resumable
+        {
             problems.add(
                 "sink.path",
                 format!(

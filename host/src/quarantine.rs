@@ -318,6 +318,19 @@ impl Quarantine {
         Ok(self.final_path.clone())
     }
 
+    /// Prepares the file for the checkpoint protocol: closes and fsyncs it
+    /// under its staging name and returns `(staged, final)`, for the caller
+    /// to record and then rename.
+    ///
+    /// # Errors
+    /// An I/O error; the staged file is then removed.
+    pub fn prepare(mut self) -> Result<(PathBuf, PathBuf)> {
+        close_writer(self.writer.take().expect("open until commit"))?;
+        crate::checkpoint::fsync_file(&self.staging)?;
+        self.committed = true;
+        Ok((self.staging.clone(), self.final_path.clone()))
+    }
+
     /// The format it writes.
     pub fn format(&self) -> QuarantineFormat {
         self.format

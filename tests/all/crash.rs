@@ -11,6 +11,7 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -142,7 +143,7 @@ fn parquet_ids(path: &Path) -> Vec<i64> {
     for file in files {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         assert!(
-            !name.starts_with('.') && name.ends_with(".parquet"),
+            file == path || (!name.starts_with('.') && name.ends_with(".parquet")),
             "unexpected file in the output: {}",
             file.display()
         );
@@ -350,8 +351,8 @@ impl Rng {
 
 /// Several crashes in a row on one run (a recovery killed again, at a
 /// random point or a random time), then completion; the single-file
-/// sinks (unpartitioned Parquet) too. `WEIR_CRASH_SOAK` runs (default 8),
-/// each with up to 5 crashes.
+/// sinks (unpartitioned Parquet) too; random epoch sizes. Runs until
+/// `WEIR_CRASH_SOAK` crashes (default 200), up to 5 per run.
 #[test]
 fn a_run_killed_again_and_again_at_random_still_produces_exactly_the_input() {
     const POINTS: [&str; 10] = [
@@ -366,10 +367,10 @@ fn a_run_killed_again_and_again_at_random_still_produces_exactly_the_input() {
         "mid-publish",
         "after-publish",
     ];
-    let soaks: u64 = std::env::var("WEIR_CRASH_SOAK")
+    let target: u64 = std::env::var("WEIR_CRASH_SOAK")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(8);
+        .unwrap_or(200);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -378,7 +379,9 @@ fn a_run_killed_again_and_again_at_random_still_produces_exactly_the_input() {
     eprintln!("crash soak seed {seed}");
     let mut rng = Rng(seed);
     let mut crashes = 0;
-    for soak in 0..soaks {
+    let mut soak = 0;
+    while crashes < target {
+        soak += 1;
         let dir = tempfile::tempdir().unwrap();
         let single_file = soak % 2 == 1;
         let sink = if single_file {
@@ -432,7 +435,7 @@ fn a_run_killed_again_and_again_at_random_still_produces_exactly_the_input() {
             assert_complete(dir.path(), &format!("seed {seed} soak {soak}"));
         }
     }
-    eprintln!("crash soak: {crashes} crashes over {soaks} runs");
+    eprintln!("crash soak: {crashes} crashes over {soak} runs");
 }
 
 #[test]
@@ -524,4 +527,257 @@ fn a_checkpoint_edited_by_hand_is_refused_with_the_file_named() {
     let log = std::fs::read_to_string(dir.path().join("child.log")).unwrap();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("edited by hand") && log.contains("grp=g0"), "{log}");
+}
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The ids of the rows in the JSON Lines parts under `dir` (`record.id`
+/// for quarantine rows).
+fn part_ids(dir: &Path) -> Vec<i64> {
+    crate::serve::read_parts(dir)
+        .iter()
+        .map(|row| {
+            row.get("record")
+                .unwrap_or(row)
+                .get("id")
+                .and_then(|id| id.as_i64())
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Hidden staging entries (`.weir-*.tmp`) under `dir`.
+fn staging_left(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".weir-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 14's serve check: clients that retry every request until it is
+/// acknowledged, with the same `Idempotency-Key`, while the service is
+/// killed (SIGKILL, at random times and at named points) and restarted
+/// 50 times; plus files in the drop directory. Every record ends up
+/// exactly once in the sink or the quarantine.
+#[test]
+fn a_service_killed_50_times_under_retrying_clients_writes_every_record_once() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const REQUESTS: u64 = 1200;
+    const PER_REQUEST: i64 = 150;
+    const FILES: i64 = 12;
+    const PER_FILE: i64 = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    crate::serve::write_pipeline(dir.path(), "");
+    std::fs::create_dir(dir.path().join("incoming")).unwrap();
+    let port = free_port();
+    crate::serve::write_service(
+        dir.path(),
+        &format!("listen = \"127.0.0.1:{port}\""),
+        "linger_ms = 5\nmax_batch_rows = 100\ndrop_dir = \"incoming\"",
+    );
+    let bad = |id: i64| id % 97 == 5;
+    // Dropped files: ids after every request's.
+    let first_file_id = REQUESTS as i64 * PER_REQUEST;
+    for f in 0..FILES {
+        let start = first_file_id + f * PER_FILE;
+        let bad_ids: Vec<i64> = (start..start + PER_FILE).filter(|id| bad(*id)).collect();
+        std::fs::write(
+            dir.path().join(format!("incoming/file-{f:02}.jsonl")),
+            crate::serve::records(start..start + PER_FILE, &bad_ids),
+        )
+        .unwrap();
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let url = format!("http://127.0.0.1:{port}/v1/pipelines/events/records");
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let next = next.clone();
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap();
+                let mut retries = 0u64;
+                loop {
+                    let request = next.fetch_add(1, Ordering::Relaxed);
+                    if request >= REQUESTS {
+                        return retries;
+                    }
+                    let start = request as i64 * PER_REQUEST;
+                    let bad_ids: Vec<i64> =
+                        (start..start + PER_REQUEST).filter(|id| bad(*id)).collect();
+                    let body = crate::serve::records(start..start + PER_REQUEST, &bad_ids);
+                    loop {
+                        let answer = http
+                            .post(&url)
+                            .header("content-type", "application/x-ndjson")
+                            .header("idempotency-key", format!("request-{request}"))
+                            .body(body.clone())
+                            .send();
+                        match answer {
+                            Ok(response) if response.status().is_success() => {
+                                let ack: serde_json::Value = response.json().unwrap_or_default();
+                                if ack["received"] == PER_REQUEST {
+                                    break;
+                                }
+                            }
+                            Ok(response) => assert!(
+                                [409, 503].contains(&response.status().as_u16()),
+                                "unexpected answer {}",
+                                response.status()
+                            ),
+                            Err(_) => {}
+                        }
+                        retries += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            })
+        })
+        .collect();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("serve crash seed {seed}");
+    let mut rng = Rng(seed);
+    let points = [
+        "mid-part-write",
+        "after-part-fsync",
+        "mid-checkpoint-write",
+        "after-checkpoint-append",
+        "mid-commit-rename",
+        "after-commit",
+        "after-ack",
+    ];
+    let service = ["serve", "service.toml"];
+    let mut named = 0;
+    for kill in 0..50 {
+        if kill % 2 == 0 {
+            let point = points[rng.below(points.len() as u64) as usize];
+            let hit = 1 + rng.below(20);
+            let mut child = spawn_weir(dir.path(), &service, Some(&format!("{point}:{hit}")));
+            // Named points: the service kills itself there, or is killed
+            // after 3 s if the point was not reached that often.
+            let started = Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                if started.elapsed() > Duration::from_secs(3) {
+                    child.kill().unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if started.elapsed() <= Duration::from_secs(3) {
+                named += 1;
+            }
+        } else {
+            let mut child = spawn_weir(dir.path(), &service, None);
+            std::thread::sleep(Duration::from_millis(200 + rng.below(1300)));
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    // A last start serves the rest; then a clean stop.
+    let mut child = spawn_weir(dir.path(), &service, None);
+    let retries: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let processed = dir.path().join("state/events/processed.jsonl");
+    while std::fs::read_to_string(&processed)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < FILES as usize
+    {
+        assert!(Instant::now() < deadline, "the dropped files were not all processed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    eprintln!("serve crash: 50 kills ({named} at named points), {retries} client retries");
+
+    let total = first_file_id + FILES * PER_FILE;
+    let mut written = part_ids(&dir.path().join("out"));
+    written.sort_unstable();
+    let mut quarantined = part_ids(&dir.path().join("quarantine"));
+    quarantined.sort_unstable();
+    let expected_written: Vec<i64> = (0..total).filter(|id| !bad(*id)).collect();
+    let expected_quarantined: Vec<i64> = (0..total).filter(|id| bad(*id)).collect();
+    let duplicates = |ids: &[i64]| ids.windows(2).filter(|w| w[0] == w[1]).count();
+    assert_eq!(
+        (written.len(), duplicates(&written)),
+        (expected_written.len(), 0),
+        "sink: rows and duplicates"
+    );
+    assert!(written == expected_written, "sink ids");
+    assert!(quarantined == expected_quarantined, "quarantine ids");
+    let log = std::fs::read_to_string(dir.path().join("child.log")).unwrap_or_default();
+    for sub in ["out", "quarantine"] {
+        assert_eq!(
+            staging_left(&dir.path().join(sub)),
+            Vec::<String>::new(),
+            "{sub}: staging left\n{log}"
+        );
+    }
+}
+
+#[test]
+fn a_repeated_idempotency_key_is_answered_from_the_record_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::serve::write_pipeline(dir.path(), "");
+    let service = crate::serve::write_service(dir.path(), "", "linger_ms = 5");
+    let running = crate::serve::Running::start(&service);
+    let http = reqwest::blocking::Client::new();
+    let url = format!("{}/v1/pipelines/events/records", running.url());
+    let send = |key: &str, body: String| {
+        http.post(&url)
+            .header("content-type", "application/x-ndjson")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let first = send("order-1", crate::serve::records(0..10, &[3]));
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: serde_json::Value = first.json().unwrap();
+    let again = send("order-1", crate::serve::records(0..10, &[3]));
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: serde_json::Value = again.json().unwrap();
+    assert_eq!(again["written"], first["written"]);
+    assert_eq!(again["quarantined"], 1);
+    // The same key for other records is refused; a bad key too.
+    let reused = send("order-1", crate::serve::records(10..20, &[]));
+    assert_eq!(reused.status(), 422);
+    let text = reused.text().unwrap();
+    assert!(text.contains("different body"), "{text}");
+    assert_eq!(send("", crate::serve::records(0..1, &[])).status(), 400);
+    let status: serde_json::Value = http
+        .get(format!("{}/v1/pipelines/events", running.url()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(status["delivery"]["keys"], 1, "{status}");
+    assert!(status["delivery"]["last_epoch"].is_string(), "{status}");
+    running.shutdown().unwrap();
+    assert_eq!(part_ids(&dir.path().join("out")).len(), 9);
+    assert_eq!(part_ids(&dir.path().join("quarantine")), vec![3]);
 }

@@ -181,6 +181,11 @@ impl Log {
         Ok(())
     }
 
+    /// The log's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Records in the log.
     pub fn records(&self) -> usize {
         self.records
@@ -217,7 +222,8 @@ mod tests {
         let opened = Log::open(&path).unwrap();
         assert_eq!(opened.records.len(), 3);
         assert_eq!(opened.torn_bytes, 0);
-        opened.log.rewrite([b"four".as_slice()]).unwrap();
+        let mut log = opened.log;
+        log.rewrite([b"four".as_slice()]).unwrap();
         assert_eq!(Log::open(&path).unwrap().records, vec![b"four".to_vec()]);
     }
 

@@ -48,17 +48,7 @@ use crate::sink::{OutputFile, Sink};
 /// version is refused with instructions, never guessed at.
 pub const FORMAT: u32 = 1;
 
-/// File name of the checkpoint inside the checkpoint directory.
-pub const CHECKPOINT_FILE: &str = "checkpoint.json";
-
-/// Default batches per epoch: 64 batches of the default 8192 rows is
-/// about 0.5 M rows, so that the per-epoch cost (a few fsyncs and renames,
-/// a Parquet footer per file) stays under 1% of the epoch's work.
-pub const DEFAULT_EPOCH_BATCHES: usize = 64;
-
-/// Default longest epoch, in milliseconds (10 s, Arroyo's default
-/// checkpoint interval): a slow pipeline still checkpoints regularly.
-pub const DEFAULT_EPOCH_INTERVAL_MS: u64 = 10_000;
+pub use crate::config::{CHECKPOINT_FILE, DEFAULT_EPOCH_BATCHES, DEFAULT_EPOCH_INTERVAL_MS};
 
 /// When an epoch ends.
 #[derive(Debug, Clone, Copy)]
@@ -288,15 +278,9 @@ pub struct RunState {
     pub recovery: Recovery,
 }
 
-/// The checkpoint directory of a sink: `.NAME.weir-checkpoint` beside it,
-/// on the same filesystem so that publishing is a rename.
+/// The checkpoint directory of a sink ([`SinkConfig::checkpoint_dir`]).
 pub fn dir_for(sink: &SinkConfig, base_dir: &Path) -> PathBuf {
-    let path = base_dir.join(&sink.path);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.weir-checkpoint"))
+    sink.checkpoint_dir(base_dir)
 }
 
 fn epoch_name(epoch: u64) -> String {

@@ -87,6 +87,8 @@ impl From<SubmitError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             SubmitError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            SubmitError::Key(super::delivery::KeyError::InFlight(_)) => StatusCode::CONFLICT,
+            SubmitError::Key(_) => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError::new(status, error.to_string())
     }
@@ -774,13 +776,28 @@ async fn ingest(
             ),
         )
     })?;
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => {
+            let key = value.to_str().unwrap_or_default().to_string();
+            super::delivery::check_key(&key)
+                .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))?;
+            Some(key)
+        }
+    };
+    // The label is in quarantine rows: the same for every retry of a key.
     let label: Arc<str> = Arc::from(
         query
             .source
             .map(|s| format!("http:{s}"))
+            .or_else(|| key.as_ref().map(|k| format!("http:key:{k}")))
             .unwrap_or_else(|| format!("http:{}", uuid::Uuid::new_v4().simple())),
     );
     let buffered = read_body(&scoped, &headers, body, quota.quotas.max_body_bytes).await?;
+    let origin = key.map(|key| super::delivery::Origin {
+        key: format!("http:{key}"),
+        body_sha256: crate::plugin::sha256_hex(&buffered.bytes),
+    });
     let decoder = live.clone();
     // Decoding is the tenant's work too: it holds one of the tenant's
     // `max_concurrent_batches` permits, so a flood of large bodies occupies
@@ -796,10 +813,28 @@ async fn ingest(
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
-    let mut ack = live.submit(items.items).await?;
-    ack.unknown_fields = items.unknown_fields;
-    Ok(Json(ack).into_response())
+    let submitted = live.submit_from(items.items, origin).await?;
+    let mut ack = submitted.ack;
+    if !submitted.replayed {
+        ack.unknown_fields = items.unknown_fields;
+    }
+    let mut response = Json(ack).into_response();
+    if submitted.replayed {
+        response.headers_mut().insert(
+            IDEMPOTENT_REPLAYED,
+            header::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
 }
+
+/// The request header naming a submission for exactly-once ingest (IETF
+/// httpapi draft "The Idempotency-Key HTTP Header Field").
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The answer header saying a repeated key was answered from the record,
+/// writing nothing (Stripe's name for it).
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 async fn pause(scoped: Scoped) -> ApiResult<Json<super::live::PipelineStatus>> {
     set_paused(&scoped, true)

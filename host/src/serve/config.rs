@@ -265,6 +265,16 @@ pub struct HostedPipeline {
     pub sink_path: Option<PathBuf>,
     /// Directory of quarantine parts, instead of `[quarantine] path`.
     pub quarantine_path: Option<PathBuf>,
+    /// How long an `Idempotency-Key` (and a dropped file's record) is
+    /// remembered, in seconds: a request repeating a key within it is
+    /// answered with the original result instead of writing again.
+    /// Default 86400 (24 h).
+    #[serde(default = "default_idempotency_window_s")]
+    pub idempotency_window_s: u64,
+}
+
+fn default_idempotency_window_s() -> u64 {
+    super::delivery::DEFAULT_KEY_WINDOW.as_secs()
 }
 
 fn default_linger_ms() -> u64 {
@@ -275,6 +285,11 @@ impl HostedPipeline {
     /// The linger time.
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms)
+    }
+
+    /// The idempotency window.
+    pub fn idempotency_window(&self) -> Duration {
+        Duration::from_secs(self.idempotency_window_s)
     }
 }
 

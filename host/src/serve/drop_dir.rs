@@ -325,7 +325,17 @@ async fn scan(
                 tracing::error!(pipeline = %live.name, file = %path.display(), error = format!("{error:#}"), "a dropped file cannot be decoded; it is recorded and skipped");
                 entry.error = Some(format!("{error:#}"));
             }
-            Ok(decoded) => match live.submit(decoded.items).await {
+            Ok(decoded) => match live
+                .submit_from(
+                    decoded.items,
+                    Some(super::delivery::Origin {
+                        key: format!("file:{name}:{sha256}"),
+                        body_sha256: sha256.clone(),
+                    }),
+                )
+                .await
+                .map(|submitted| submitted.ack)
+            {
                 Ok(ack) => {
                     tracing::info!(pipeline = %live.name, file = %path.display(), received = ack.received, written = ack.written, quarantined = ack.quarantined, "ingested a dropped file");
                     entry.received = ack.received;
@@ -336,6 +346,10 @@ async fn scan(
                 Err(SubmitError::Paused(_) | SubmitError::ShuttingDown(_)) => {
                     attempts.append(&key, true)?;
                     return Ok(());
+                }
+                Err(SubmitError::Key(error)) => {
+                    tracing::error!(pipeline = %live.name, file = %path.display(), %error, "a dropped file was refused");
+                    entry.error = Some(error.to_string());
                 }
                 Err(SubmitError::Failed(error)) => {
                     tracing::error!(pipeline = %live.name, file = %path.display(), %error, "a dropped file could not be written; it is recorded and skipped");

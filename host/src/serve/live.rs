@@ -25,6 +25,7 @@ use arrow::array::UInt32Array;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::delivery::{Admission, Delivery, Origin, PieceRecord, StagedFile};
 use crate::config::{QuarantineConfig, QuarantineFormat};
 use crate::pipeline::Pipeline;
 use crate::quarantine::{Quarantine, Reason};
@@ -71,6 +72,19 @@ pub enum SubmitError {
     /// its records were written.
     #[error("the records could not be written: {0}")]
     Failed(String),
+    /// The submission's idempotency key was refused.
+    #[error(transparent)]
+    Key(#[from] super::delivery::KeyError),
+}
+
+/// A submission's outcome.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// Where its records went.
+    pub ack: Ack,
+    /// The key's submission was already committed: nothing was written
+    /// now, `ack` is the recorded acknowledgement.
+    pub replayed: bool,
 }
 
 /// How many of a submission's records went where, and why some were
@@ -139,7 +153,7 @@ impl Ack {
         }
     }
 
-    fn merge(&mut self, other: Ack) {
+    pub(super) fn merge(&mut self, other: Ack) {
         self.received += other.received;
         self.accepted += other.accepted;
         self.written += other.written;
@@ -150,7 +164,7 @@ impl Ack {
         }
     }
 
-    fn finish(mut self) -> Ack {
+    pub(super) fn finish(mut self) -> Ack {
         self.reasons.sort_by_key(|r| std::cmp::Reverse(r.count));
         self.reasons.truncate(MAX_REASONS);
         self
@@ -192,6 +206,8 @@ struct Piece {
     item: SourceItem,
     ack: Arc<AckState>,
     enqueued: Instant,
+    /// Its submission's origin and its index there, for exactly-once.
+    origin: Option<(Arc<Origin>, u32, u32)>,
 }
 
 impl Piece {
@@ -252,6 +268,9 @@ pub struct PipelineStatus {
     pub quarantine_dir: PathBuf,
     /// The drop directory, if any.
     pub drop_dir: Option<PathBuf>,
+    /// The checkpoint protocol: the last committed micro-batch (epoch),
+    /// the delivery log, remembered idempotency keys, recovery at start.
+    pub delivery: super::delivery::DeliveryStatus,
 }
 
 /// One committed micro-batch, for the admin API's reports.
@@ -312,6 +331,7 @@ pub struct LivePipeline {
     instance_id: String,
     part_seq: AtomicU64,
     replayed: Mutex<HashSet<String>>,
+    delivery: Delivery,
 }
 
 impl std::fmt::Debug for LivePipeline {
@@ -381,6 +401,12 @@ impl LivePipeline {
         let state_dir = state_dir.join(&pipeline.name);
         super::files::create_private_dir_all(&state_dir)?;
         let replayed = read_replayed(&state_dir.join(REPLAYED_FILE))?;
+        let delivery = Delivery::open(
+            &state_dir,
+            &sink_dir,
+            &quarantine_dir,
+            hosted.idempotency_window(),
+        )?;
         let concurrency = match config.pipeline.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -420,6 +446,7 @@ impl LivePipeline {
             instance_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
             part_seq: AtomicU64::new(0),
             replayed: Mutex::new(replayed),
+            delivery,
         })
     }
 
@@ -499,6 +526,23 @@ impl LivePipeline {
     /// [`SubmitError`]: paused, shutting down, or a micro-batch that could
     /// not be committed.
     pub async fn submit(&self, items: Vec<SourceItem>) -> Result<Ack, SubmitError> {
+        Ok(self.submit_from(items, None).await?.ack)
+    }
+
+    /// [`LivePipeline::submit`] exactly once per `origin` (an idempotency
+    /// key, a dropped file): a submission whose pieces are all committed
+    /// is answered with the recorded acknowledgement and writes nothing;
+    /// one partly committed before a crash submits only the missing
+    /// pieces ([`super::delivery`]).
+    ///
+    /// # Errors
+    /// As [`LivePipeline::submit`], and [`SubmitError::Key`] for a key in
+    /// flight or reused for another body.
+    pub async fn submit_from(
+        &self,
+        items: Vec<SourceItem>,
+        origin: Option<Origin>,
+    ) -> Result<Submitted, SubmitError> {
         match self.state() {
             PipelineState::Running => {}
             PipelineState::Paused => return Err(SubmitError::Paused(self.name.clone())),
@@ -511,11 +555,48 @@ impl LivePipeline {
             .clone()
             .ok_or_else(|| SubmitError::ShuttingDown(self.name.clone()))?;
         let pieces = self.split(items);
+        let count = pieces.len() as u32;
+        let mut committed = BTreeMap::new();
+        let mut _guard = None;
+        let origin = match origin {
+            None => None,
+            Some(origin) => match self.delivery.admit(&origin, count)? {
+                Admission::Done(ack) => {
+                    return Ok(Submitted {
+                        ack,
+                        replayed: true,
+                    });
+                }
+                Admission::Submit {
+                    committed: done,
+                    guard,
+                } => {
+                    committed = done;
+                    _guard = Some(guard);
+                    Some(Arc::new(origin))
+                }
+            },
+        };
+        let pieces: Vec<(u32, SourceItem)> = (0..count)
+            .zip(pieces)
+            .filter(|(index, _)| !committed.contains_key(index))
+            .collect();
         if pieces.is_empty() {
-            return Ok(Ack::default());
+            let mut ack = Ack::default();
+            for piece in committed.into_values() {
+                ack.merge(piece);
+            }
+            return Ok(Submitted {
+                ack: ack.finish(),
+                replayed: false,
+            });
+        }
+        let mut already = Ack::default();
+        for piece in committed.into_values() {
+            already.merge(piece);
         }
         let (sender, receiver) = oneshot::channel();
-        let received: u64 = pieces.iter().map(|item| item_rows(item) as u64).sum();
+        let received: u64 = pieces.iter().map(|(_, item)| item_rows(item) as u64).sum();
         self.counters.submissions.fetch_add(1, Ordering::Relaxed);
         self.counters
             .received
@@ -526,15 +607,16 @@ impl LivePipeline {
         metrics::counter!("weir_records_in_total", &self.labels()).increment(received);
         let ack = Arc::new(AckState {
             remaining: AtomicU64::new(pieces.len() as u64),
-            outcome: Mutex::new((Ack::default(), None)),
+            outcome: Mutex::new((already, None)),
             sender: Mutex::new(Some(sender)),
         });
         let enqueued = Instant::now();
-        for item in pieces {
+        for (index, item) in pieces {
             let piece = Piece {
                 item,
                 ack: ack.clone(),
                 enqueued,
+                origin: origin.as_ref().map(|o| (o.clone(), index, count)),
             };
             if queue.send(piece).await.is_err() {
                 return Err(SubmitError::ShuttingDown(self.name.clone()));
@@ -542,7 +624,10 @@ impl LivePipeline {
         }
         drop(queue);
         match receiver.await {
-            Ok(Ok(ack)) => Ok(ack),
+            Ok(Ok(ack)) => Ok(Submitted {
+                ack,
+                replayed: false,
+            }),
             Ok(Err(error)) => Err(SubmitError::Failed(error)),
             Err(_) => Err(SubmitError::Failed("the batch was dropped".into())),
         }
@@ -691,6 +776,7 @@ impl LivePipeline {
                 for (piece, ack) in pieces.iter().zip(acks) {
                     piece.ack.complete_piece(Ok(ack));
                 }
+                crate::crash::point("after-ack");
             }
             Err(error) => {
                 self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
@@ -830,12 +916,18 @@ impl LivePipeline {
                 output = Some(batch);
             }
         }
+        let prepared = Instant::now();
         let mut outputs = Vec::new();
+        let mut staged: Vec<StagedFile> = Vec::new();
         if let Some(batch) = output.as_ref().filter(|b| b.num_rows() > 0) {
             let mut sink = Sink::create_part(&self.sink_config, Path::new(""), part)?;
             sink.write(batch)
                 .with_context(|| format!("writing to {}", self.sink_dir.display()))?;
-            outputs.extend(sink.commit()?.into_iter().map(|f| f.path));
+            crate::crash::point("mid-part-write");
+            for (file, path) in sink.prepare_parts()? {
+                outputs.push(path.clone());
+                staged.push(StagedFile { staged: file, path });
+            }
         }
         if !quarantined.is_empty() {
             let config = QuarantineConfig {
@@ -858,14 +950,36 @@ impl LivePipeline {
                 quarantine.write(&group.rows, &group.reasons, &file)?;
                 acks[*piece].add_quarantined(&group.reasons);
             }
-            outputs.push(quarantine.commit()?);
+            let (file, path) = quarantine.prepare()?;
+            outputs.push(path.clone());
+            staged.push(StagedFile { staged: file, path });
         }
+        crate::checkpoint::fsync_dir(&self.sink_dir)?;
+        crate::checkpoint::fsync_dir(&self.quarantine_dir)?;
+        crate::crash::point("after-part-fsync");
         for ack in &mut acks {
             // A transform may also add rows, so `written` can exceed what
             // was received.
             ack.accepted = ack.received - ack.quarantined;
             ack.filtered = ack.accepted.saturating_sub(ack.written);
         }
+        let keyed: Vec<PieceRecord> = pieces
+            .iter()
+            .zip(&acks)
+            .filter_map(|(piece, ack)| {
+                let (origin, index, count) = piece.origin.as_ref()?;
+                Some(PieceRecord {
+                    key: origin.key.clone(),
+                    body_sha256: origin.body_sha256.clone(),
+                    index: *index,
+                    count: *count,
+                    ack: ack.clone(),
+                })
+            })
+            .collect();
+        self.delivery
+            .record_and_commit(part, staged, keyed, prepared)?;
+        crate::crash::point("after-commit");
         let total = |f: fn(&Ack) -> u64| acks.iter().map(f).sum::<u64>();
         let report = BatchReport {
             tenant: self.tenant.to_string(),
@@ -918,6 +1032,7 @@ impl LivePipeline {
             sink_dir: self.sink_dir.clone(),
             quarantine_dir: self.quarantine_dir.clone(),
             drop_dir: self.hosted.drop_dir.clone(),
+            delivery: self.delivery.status(),
         }
     }
 

@@ -19,6 +19,7 @@ pub mod background;
 pub mod body;
 pub mod config;
 pub mod confine;
+pub mod delivery;
 pub mod drop_dir;
 pub mod files;
 pub mod http;

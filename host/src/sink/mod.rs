@@ -473,6 +473,34 @@ impl Sink {
         Ok(outputs)
     }
 
+    /// Prepares a part of an appending sink for the checkpoint protocol:
+    /// finishes and fsyncs each file under its staging name and returns
+    /// `(staged, final)` pairs, for the caller to record and then rename.
+    ///
+    /// # Errors
+    /// An I/O error; the staged files are then removed.
+    pub fn prepare_parts(mut self) -> Result<Vec<(PathBuf, PathBuf)>> {
+        let mut files = Vec::new();
+        let open: Vec<(String, OpenFile)> = self.files.drain().collect();
+        let mut dirs = std::collections::BTreeSet::new();
+        for (_, file) in open {
+            file.writer.finish()?;
+            let staged = self.staging.join(&file.relative);
+            crate::checkpoint::fsync_file(&staged)?;
+            if let Some(parent) = staged.parent() {
+                dirs.insert(parent.to_path_buf());
+            }
+            files.push((staged, self.final_path.join(&file.relative)));
+        }
+        for dir in &dirs {
+            crate::checkpoint::fsync_dir(dir)?;
+        }
+        // The staging directory now belongs to the caller's commit.
+        self.committed = true;
+        files.sort();
+        Ok(files)
+    }
+
     /// Renames each staged file of a part into the directory; a part
     /// without rows adds nothing.
     fn commit_parts(mut self) -> Result<Vec<OutputFile>> {
