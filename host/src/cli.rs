@@ -374,6 +374,9 @@ fn dispatch(command: Command) -> Result<()> {
             service,
         } => {
             let key = idempotency_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            // On stderr, so that an interrupted post can be sent again under
+            // the same key (`--idempotency-key`) without writing twice.
+            eprintln!("idempotency-key: {key}");
             print_json(&Client::new(&service.url)?.post_file_once(
                 &pipeline,
                 &file,

@@ -441,6 +441,11 @@ impl Pipeline {
         coordinator: &mut Option<Coordinator>,
     ) -> Result<RunReport> {
         let settings = &self.config.pipeline;
+        if let Some(done) = coordinator
+            .take_if(|c| c.state().checkpoint().phase == Phase::Published)
+        {
+            return Ok(self.already_published(source, run_id, started_at, started, done));
+        }
         let publishing = coordinator
             .as_ref()
             .is_some_and(|c| c.state().checkpoint().phase == Phase::Publishing);
@@ -634,6 +639,54 @@ impl Pipeline {
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
+    }
+}
+
+impl Pipeline {
+    /// The report of a run that was killed after it was published: its
+    /// output is in place; only its checkpoint was left to remove.
+    fn already_published(
+        &self,
+        source: &Source,
+        run_id: &str,
+        started_at: &str,
+        started: Instant,
+        coordinator: Coordinator,
+    ) -> RunReport {
+        let totals = coordinator.resumed_totals();
+        let records = RecordCounts {
+            read: totals.read,
+            written: totals.written,
+            quarantined: totals.quarantined,
+            filtered: totals.read - totals.written - totals.quarantined,
+            unknown_fields: 0,
+        };
+        let account = coordinator.finish_published();
+        tracing::info!("the interrupted run had published its output already; its checkpoint is removed");
+        RunReport {
+            run_id: run_id.to_string(),
+            pipeline: self.name.clone(),
+            pipeline_file: self.file.clone(),
+            started_at: started_at.to_string(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            records,
+            stages: Vec::new(),
+            inputs: source
+                .files()
+                .iter()
+                .map(|p| InputFile {
+                    path: p.clone(),
+                    bytes: p.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .collect(),
+            outputs: Vec::new(),
+            quarantine: QuarantineReport {
+                path: self.base_dir.join(&self.config.quarantine.path),
+                rows: totals.quarantined,
+            },
+            source_http: None,
+            checkpoint: Some(account),
+        }
     }
 }
 

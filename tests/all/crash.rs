@@ -336,6 +336,11 @@ fn killed_after_publish_a_run_resumes_to_exactly_the_input() {
     crash_at("after-publish");
 }
 
+/// The checkpoint of an unfinished run of the harness pipeline in `dir`.
+fn checkpoint_file(dir: &Path) -> PathBuf {
+    dir.join(".out.weir-checkpoint/checkpoint.json")
+}
+
 /// A tiny deterministic generator (xorshift64*), so a failing soak can be
 /// replayed from its printed seed.
 struct Rng(u64);
@@ -417,13 +422,12 @@ fn a_run_killed_again_and_again_at_random_still_produces_exactly_the_input() {
             if !single_file {
                 assert_nothing_or_complete(dir.path(), &what);
             }
-            if dir.path().join("out").exists() && !dir.path().join(".out.weir-checkpoint").exists()
-            {
+            if dir.path().join("out").exists() && !checkpoint_file(dir.path()).exists() {
                 // Killed after the run was published and cleaned up.
                 break;
             }
         }
-        if !dir.path().join("out").exists() || dir.path().join(".out.weir-checkpoint").exists() {
+        if !dir.path().join("out").exists() || checkpoint_file(dir.path()).exists() {
             run_to_completion(dir.path(), &format!("seed {seed} soak {soak}"));
         }
         if single_file {
@@ -574,8 +578,7 @@ fn staging_left(dir: &Path) -> Vec<String> {
 #[test]
 fn a_service_killed_50_times_under_retrying_clients_writes_every_record_once() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    const REQUESTS: u64 = 1200;
-    const PER_REQUEST: i64 = 150;
+    const PER_REQUEST: i64 = 40;
     const FILES: i64 = 12;
     const PER_FILE: i64 = 2000;
     let dir = tempfile::tempdir().unwrap();
@@ -585,11 +588,11 @@ fn a_service_killed_50_times_under_retrying_clients_writes_every_record_once() {
     crate::serve::write_service(
         dir.path(),
         &format!("listen = \"127.0.0.1:{port}\""),
-        "linger_ms = 5\nmax_batch_rows = 100\ndrop_dir = \"incoming\"",
+        "linger_ms = 5\nmax_batch_rows = 25\ndrop_dir = \"incoming\"",
     );
     let bad = |id: i64| id % 97 == 5;
-    // Dropped files: ids after every request's.
-    let first_file_id = REQUESTS as i64 * PER_REQUEST;
+    // Dropped files: ids from 10^9 on, after every request's.
+    let first_file_id: i64 = 1_000_000_000;
     for f in 0..FILES {
         let start = first_file_id + f * PER_FILE;
         let bad_ids: Vec<i64> = (start..start + PER_FILE).filter(|id| bad(*id)).collect();
@@ -605,6 +608,7 @@ fn a_service_killed_50_times_under_retrying_clients_writes_every_record_once() {
     let clients: Vec<_> = (0..2)
         .map(|_| {
             let next = next.clone();
+            let done = done.clone();
             let url = url.clone();
             std::thread::spawn(move || {
                 let http = reqwest::blocking::Client::builder()
@@ -613,10 +617,13 @@ fn a_service_killed_50_times_under_retrying_clients_writes_every_record_once() {
                     .unwrap();
                 let mut retries = 0u64;
                 loop {
-                    let request = next.fetch_add(1, Ordering::Relaxed);
-                    if request >= REQUESTS {
+                    // Requests keep coming until the last kill; each one
+                    // taken is retried until it is acknowledged.
+                    if done.load(Ordering::Relaxed) {
                         return retries;
                     }
+                    std::thread::sleep(Duration::from_millis(5));
+                    let request = next.fetch_add(1, Ordering::Relaxed);
                     let start = request as i64 * PER_REQUEST;
                     let bad_ids: Vec<i64> =
                         (start..start + PER_REQUEST).filter(|id| bad(*id)).collect();
@@ -712,13 +719,15 @@ fn a_service_killed_50_times_under_retrying_clients_writes_every_record_once() {
     child.wait().unwrap();
     eprintln!("serve crash: 50 kills ({named} at named points), {retries} client retries");
 
-    let total = first_file_id + FILES * PER_FILE;
+    let requested = next.load(Ordering::Relaxed) as i64 * PER_REQUEST;
+    eprintln!("serve crash: {requested} records posted");
+    let ids = (0..requested).chain(first_file_id..first_file_id + FILES * PER_FILE);
     let mut written = part_ids(&dir.path().join("out"));
     written.sort_unstable();
     let mut quarantined = part_ids(&dir.path().join("quarantine"));
     quarantined.sort_unstable();
-    let expected_written: Vec<i64> = (0..total).filter(|id| !bad(*id)).collect();
-    let expected_quarantined: Vec<i64> = (0..total).filter(|id| bad(*id)).collect();
+    let expected_written: Vec<i64> = ids.clone().filter(|id| !bad(*id)).collect();
+    let expected_quarantined: Vec<i64> = ids.filter(|id| bad(*id)).collect();
     let duplicates = |ids: &[i64]| ids.windows(2).filter(|w| w[0] == w[1]).count();
     assert_eq!(
         (written.len(), duplicates(&written)),

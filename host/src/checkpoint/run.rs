@@ -215,6 +215,8 @@ pub enum Phase {
     Running,
     /// Every epoch committed; moving the output into place.
     Publishing,
+    /// The output is in place; the checkpoint directory is being removed.
+    Published,
 }
 
 /// Record totals at a checkpoint.
@@ -412,6 +414,11 @@ impl RunState {
             checkpoint,
             recovery: Recovery::default(),
         };
+        if state.checkpoint.phase == Phase::Published {
+            // Killed while removing the checkpoint of a published run: the
+            // run only has to finish that.
+            return Ok(RunState { recovery, ..state });
+        }
         // Roll back epochs past the checkpoint; finish recorded commits.
         for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
             let entry = entry?;
@@ -569,9 +576,36 @@ impl RunState {
         (sink, quarantine)
     }
 
-    /// Removes the checkpoint directory: the run is published, or failed
-    /// and committed nothing.
+    /// Removes the checkpoint directory of a published run: the epochs
+    /// first, the checkpoint (which says `published`) last, so that a crash
+    /// in between leaves a checkpoint the next start recognises.
+    fn remove_published(self) {
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                if entry.file_name() != CHECKPOINT_FILE {
+                    let _ = std::fs::remove_dir_all(entry.path())
+                        .or_else(|_| std::fs::remove_file(entry.path()));
+                }
+            }
+        }
+        if let Err(error) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), %error, "could not remove the checkpoint directory");
+        }
+    }
+
+    /// Removes the checkpoint directory of a run that failed and
+    /// committed nothing.
     pub fn remove(self) {
+        // The checkpoint goes first: a crash while the rest is being
+        // removed then leaves a directory without one, which the next
+        // start clears as a fresh run's leftovers, instead of a checkpoint
+        // whose epochs are half gone.
+        let removed = std::fs::remove_file(self.dir.join(CHECKPOINT_FILE))
+            .map_err(anyhow::Error::from)
+            .and_then(|()| super::fsync_dir(&self.dir));
+        if let Err(error) = removed {
+            tracing::warn!(dir = %self.dir.display(), error = format!("{error:#}"), "could not remove the checkpoint");
+        }
         if let Err(error) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), %error, "could not remove the checkpoint directory");
         }
@@ -733,9 +767,13 @@ impl Coordinator {
             std::fs::remove_dir_all(self.state.epoch_dir(epoch))?;
             return Ok(());
         }
-        if !parts.is_empty() {
-            super::fsync_dir(&self.state.prepared_sink_dir(epoch))?;
-        }
+        // An epoch whose rows were all quarantined or filtered has no sink
+        // part: it still gets its (empty) directory before it is recorded,
+        // so that every recorded epoch has one to commit.
+        let prepared = self.state.prepared_sink_dir(epoch);
+        std::fs::create_dir_all(&prepared)
+            .with_context(|| format!("creating {}", prepared.display()))?;
+        super::fsync_dir(&prepared)?;
         super::fsync_dir(&self.state.epoch_dir(epoch))?;
         crate::crash::point("after-part-fsync");
         let checkpoint = &mut self.state.checkpoint;
@@ -754,11 +792,6 @@ impl Coordinator {
         checkpoint.position = self.position;
         checkpoint.totals = totals;
         self.state.write()?;
-        if !self.state.prepared_sink_dir(epoch).exists() {
-            // An epoch whose rows were all quarantined or filtered has no
-            // sink part; commit an empty directory for it.
-            std::fs::create_dir_all(self.state.prepared_sink_dir(epoch))?;
-        }
         self.state.commit_epoch(epoch)?;
         crate::crash::point("after-commit");
         // Acknowledge: a file source's position is in the checkpoint.
@@ -811,6 +844,8 @@ impl Coordinator {
         };
         let quarantine_path = quarantine.publish(&quarantine_parts, quarantine_rows)?;
         crate::crash::point("after-publish");
+        self.state.checkpoint.phase = Phase::Published;
+        self.state.write()?;
         let report = CheckpointReport {
             dir: self.state.dir.clone(),
             epochs: self.state.checkpoint.epoch,
@@ -819,8 +854,23 @@ impl Coordinator {
             commit_ms: self.commit_time.as_millis() as u64,
             max_commit_lag_ms: self.max_commit_lag.as_millis() as u64,
         };
-        self.state.remove();
+        self.state.remove_published();
         Ok((outputs, quarantine_path, report))
+    }
+
+    /// Finishes a run killed after it was published (while its checkpoint
+    /// was being removed): removes the rest and returns the account.
+    pub fn finish_published(self) -> CheckpointReport {
+        let report = CheckpointReport {
+            dir: self.state.dir.clone(),
+            epochs: self.state.checkpoint.epoch,
+            position: self.state.checkpoint.position,
+            recovery: self.state.recovery.clone(),
+            commit_ms: 0,
+            max_commit_lag_ms: 0,
+        };
+        self.state.remove_published();
+        report
     }
 
     /// Gives up the run after a fatal error: nothing is committed, and the
