@@ -120,7 +120,10 @@ impl Client {
                     if std::time::Instant::now() + backoff > deadline {
                         return Err(why);
                     }
-                    tracing::info!(error = format!("{why:#}"), "retrying with the same idempotency key");
+                    tracing::info!(
+                        error = format!("{why:#}"),
+                        "retrying with the same idempotency key"
+                    );
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
@@ -186,8 +189,7 @@ enum Attempt {
     Retry(anyhow::Error),
 }
 
-impl Client {
-}
+impl Client {}
 
 /// Percent-encodes a query value (everything but unreserved characters).
 pub fn url_escape(text: &str) -> String {

@@ -1032,10 +1032,7 @@ impl PipelineConfig {
         // An interrupted checkpointed run may have published already; its
         // resume decides.
         let resumable = self.pipeline.checkpoint
-            && sink
-                .checkpoint_dir(base_dir)
-                .join(CHECKPOINT_FILE)
-                .exists();
+            && sink.checkpoint_dir(base_dir).join(CHECKPOINT_FILE).exists();
         if purpose == Purpose::Run
             && sink.mode == WriteMode::ErrorIfExists
             && sink_path.exists()

@@ -441,8 +441,8 @@ impl Pipeline {
         coordinator: &mut Option<Coordinator>,
     ) -> Result<RunReport> {
         let settings = &self.config.pipeline;
-        if let Some(done) = coordinator
-            .take_if(|c| c.state().checkpoint().phase == Phase::Published)
+        if let Some(done) =
+            coordinator.take_if(|c| c.state().checkpoint().phase == Phase::Published)
         {
             return Ok(self.already_published(source, run_id, started_at, started, done));
         }
@@ -662,7 +662,9 @@ impl Pipeline {
             unknown_fields: 0,
         };
         let account = coordinator.finish_published();
-        tracing::info!("the interrupted run had published its output already; its checkpoint is removed");
+        tracing::info!(
+            "the interrupted run had published its output already; its checkpoint is removed"
+        );
         RunReport {
             run_id: run_id.to_string(),
             pipeline: self.name.clone(),

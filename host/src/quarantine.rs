@@ -195,7 +195,11 @@ impl Quarantine {
     /// # Errors
     /// An I/O error.
     pub fn prepare_epoch(&mut self, path: &Path) -> Result<()> {
-        close_writer(self.writer.take().context("prepare_epoch without begin_epoch")?)?;
+        close_writer(
+            self.writer
+                .take()
+                .context("prepare_epoch without begin_epoch")?,
+        )?;
         crate::checkpoint::fsync_file(path)
     }
 

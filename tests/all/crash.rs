@@ -11,8 +11,8 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The environment variable that carries a child's `weir` arguments.
@@ -43,7 +43,12 @@ pub fn spawn_weir(dir: &Path, args: &[&str], crash: Option<&str>) -> std::proces
         .unwrap();
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
-        .args(["--exact", "crash::child_weir", "--test-threads=1", "--nocapture"])
+        .args([
+            "--exact",
+            "crash::child_weir",
+            "--test-threads=1",
+            "--nocapture",
+        ])
         .env(CHILD_ARGS, serde_json::to_string(args).unwrap())
         .env_remove(weir::crash::ENV)
         .current_dir(dir)
@@ -434,7 +439,10 @@ fn a_run_killed_again_and_again_at_random_still_produces_exactly_the_input() {
             let mut ids = parquet_ids(&dir.path().join("out"));
             ids.sort_unstable();
             let expected: Vec<i64> = (0..ROWS).filter(|id| id % 1000 != 7).collect();
-            assert!(ids == expected, "seed {seed} soak {soak}: single-file output");
+            assert!(
+                ids == expected,
+                "seed {seed} soak {soak}: single-file output"
+            );
         } else {
             assert_complete(dir.path(), &format!("seed {seed} soak {soak}"));
         }
@@ -466,7 +474,12 @@ fn a_changed_input_file_or_pipeline_refuses_to_resume_and_restart_starts_over() 
     // The input changes under the recorded position.
     std::fs::write(&input, text.replace("\n7,7,", "\n7,8,")).unwrap();
     let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash::child_weir", "--test-threads=1", "--nocapture"])
+        .args([
+            "--exact",
+            "crash::child_weir",
+            "--test-threads=1",
+            "--nocapture",
+        ])
         .env(CHILD_ARGS, r#"["run","pipeline.toml"]"#)
         .current_dir(dir.path())
         .output()
@@ -480,12 +493,19 @@ fn a_changed_input_file_or_pipeline_refuses_to_resume_and_restart_starts_over() 
         "{stderr}"
     );
     assert!(
-        dir.path().join(".out.weir-checkpoint/checkpoint.json").exists(),
+        dir.path()
+            .join(".out.weir-checkpoint/checkpoint.json")
+            .exists(),
         "nothing was changed"
     );
     // --restart discards the checkpoint and runs from scratch.
     let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash::child_weir", "--test-threads=1", "--nocapture"])
+        .args([
+            "--exact",
+            "crash::child_weir",
+            "--test-threads=1",
+            "--nocapture",
+        ])
         .env(CHILD_ARGS, r#"["run","pipeline.toml","--restart"]"#)
         .current_dir(dir.path())
         .output()
@@ -508,7 +528,11 @@ fn a_checkpoint_edited_by_hand_is_refused_with_the_file_named() {
     assert!(run_crashing_at(dir.path(), "after-commit", 3));
     let checkpoint = dir.path().join(".out.weir-checkpoint/checkpoint.json");
     let text = std::fs::read_to_string(&checkpoint).unwrap();
-    std::fs::write(&checkpoint, text.replacen("\"epoch\": 3", "\"epoch\": 4", 1)).unwrap();
+    std::fs::write(
+        &checkpoint,
+        text.replacen("\"epoch\": 3", "\"epoch\": 4", 1),
+    )
+    .unwrap();
     let status = spawn_weir(dir.path(), &["run", "pipeline.toml"], None)
         .wait()
         .unwrap();
@@ -530,7 +554,10 @@ fn a_checkpoint_edited_by_hand_is_refused_with_the_file_named() {
         .unwrap();
     let log = std::fs::read_to_string(dir.path().join("child.log")).unwrap();
     assert_eq!(status.code(), Some(1), "{log}");
-    assert!(log.contains("edited by hand") && log.contains("grp=g0"), "{log}");
+    assert!(
+        log.contains("edited by hand") && log.contains("grp=g0"),
+        "{log}"
+    );
 }
 
 /// A free loopback port (bound, then released).
@@ -709,7 +736,10 @@ fn a_service_killed_50_times_under_retrying_clients_writes_every_record_once() {
         .unwrap_or(0)
         < FILES as usize
     {
-        assert!(Instant::now() < deadline, "the dropped files were not all processed");
+        assert!(
+            Instant::now() < deadline,
+            "the dropped files were not all processed"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Command::new("kill")

@@ -31,6 +31,14 @@
 //!    alone just before and just after, in 5 rounds (median ratio
 //!    reported, with B-alone-after / B-alone-before as the noise floor).
 //!
+//! 7. Checkpoints (issue 14): the flights run with the checkpoint
+//!    protocol on (default epochs, and 8-batch epochs) vs off, paired
+//!    runs, median ratio; `weir serve` ingest of the flights data with
+//!    checkpoints on vs off (`checkpoint = false`); and recovery after a
+//!    kill: the `weir` binary killed (SIGKILL, `WEIR_CRASH_AT`) mid-run,
+//!    then started again: its recovery time and the resumed run's wall
+//!    time against a whole run.
+//!
 //! Each figure is the median of several repetitions. Results are printed and
 //! written as JSON to `$WEIR_BENCH_JSON` (default `target/bench-weir.json`).
 //! Needs `examples/flights/data/flights.csv` (`examples/flights/fetch-data.sh`).
@@ -1097,8 +1105,173 @@ quarantine_path = "serve/quarantine"
 /// then B alone; one more B-alone phase comes first).
 const NEIGHBOUR_ROUNDS: usize = 5;
 
+/// The flights pipeline file with `extra` added to `[pipeline]`, in `dir`.
+fn flights_variant(root: &Path, dir: &Path, name: &str, extra: &str) -> Result<PathBuf> {
+    let data = root.join("examples/flights/data");
+    weir_tests::write_flights_pipeline(dir, "pipeline.toml", &data, "flights.csv", None);
+    let text = std::fs::read_to_string(dir.join("pipeline.toml"))?
+        .replace("batch_size = 8192", &format!("batch_size = 8192\n{extra}"));
+    let file = dir.join(name);
+    std::fs::write(&file, text)?;
+    Ok(file)
+}
+
+/// Median of `pairs` ratios `a / b`, the two timed in turn.
+fn paired_ratio(pairs: usize, mut a: impl FnMut() -> f64, mut b: impl FnMut() -> f64) -> f64 {
+    let mut ratios: Vec<f64> = (0..pairs).map(|_| a() / b()).collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
+}
+
+/// Seconds `f` takes.
+fn seconds(f: impl FnOnce()) -> f64 {
+    let started = Instant::now();
+    f();
+    started.elapsed().as_secs_f64()
+}
+
+/// Issue 14's benchmark: see the module docs (part 7).
+fn checkpoint(root: &Path) -> Result<serde_json::Value> {
+    flights_csv(root)?;
+    let dir = tempfile::tempdir()?;
+    let on = Pipeline::load(&flights_variant(root, dir.path(), "on.toml", "")?)?;
+    let small = Pipeline::load(&flights_variant(
+        root,
+        dir.path(),
+        "small.toml",
+        "checkpoint_every_batches = 8",
+    )?)?;
+    let off = Pipeline::load(&flights_variant(
+        root,
+        dir.path(),
+        "off.toml",
+        "checkpoint = false",
+    )?)?;
+    let run = |p: &Pipeline| seconds(|| drop(p.run(&RunOptions::default()).unwrap()));
+    let run_on = paired_ratio(9, || run(&on), || run(&off));
+    let run_small = paired_ratio(9, || run(&small), || run(&off));
+
+    // Serve ingest, on vs off: one service per variant.
+    let data = root.join("examples/flights/data");
+    let csv = std::fs::read_to_string(data.join("flights.csv"))?;
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    let rows: Vec<&str> = lines.collect();
+    let bodies: Vec<String> = rows
+        .chunks(2000)
+        .map(|c| format!("{header}\n{}\n", c.join("\n")))
+        .collect();
+    let mut services = Vec::new();
+    for variant in ["on", "off"] {
+        let home = dir.path().join(format!("serve-{variant}"));
+        std::fs::create_dir_all(&home)?;
+        let extra = if variant == "off" {
+            "checkpoint = false"
+        } else {
+            ""
+        };
+        flights_variant(root, &home, "pipeline.toml", extra)?;
+        std::fs::write(
+            home.join("service.toml"),
+            "[service]\nstate_dir = \"state\"\n\n[[pipelines]]\nfile = \"pipeline.toml\"\nlinger_ms = 5\nsink_path = \"serve/out\"\nquarantine_path = \"serve/quarantine\"\n",
+        )?;
+        services.push(weir::serve::background::Background::start(
+            &home.join("service.toml"),
+        )?);
+    }
+    let url = |b: &weir::serve::background::Background| {
+        format!("{}/v1/pipelines/flights/records", b.url())
+    };
+    let (url_on, url_off) = (url(&services[0]), url(&services[1]));
+    let serve_on = paired_ratio(
+        5,
+        || post_all(&url_on, bodies.clone(), 4).0.as_secs_f64(),
+        || post_all(&url_off, bodies.clone(), 4).0.as_secs_f64(),
+    );
+    for service in services {
+        service.shutdown()?;
+    }
+
+    // Recovery after a kill, with the `weir` binary.
+    let binary = std::env::current_exe()?
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|release| release.join("weir"))
+        .filter(|b| b.is_file());
+    let recovery = match binary {
+        None => {
+            println!(
+                "checkpoint: the weir binary is not built (cargo build --release -p weir-host); recovery not measured"
+            );
+            json!(null)
+        }
+        Some(weir) => {
+            let file = flights_variant(
+                root,
+                dir.path(),
+                "kill.toml",
+                "checkpoint_every_batches = 8",
+            )?;
+            let whole = seconds(|| {
+                let status = std::process::Command::new(&weir)
+                    .args(["run", "--no-progress", "--restart"])
+                    .arg(&file)
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+            });
+            // Killed at the 30th of 42 batches written: 3 of 6 epochs committed.
+            let killed = std::process::Command::new(&weir)
+                .args(["run", "--no-progress"])
+                .arg(&file)
+                .env(weir::crash::ENV, "mid-part-write:30")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()?;
+            assert!(!killed.success(), "the run was killed");
+            let report = dir.path().join("resumed.json");
+            let resumed = seconds(|| {
+                let status = std::process::Command::new(&weir)
+                    .args(["run", "--no-progress", "--report"])
+                    .arg(&report)
+                    .arg(&file)
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+            });
+            let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+            let account = &report["checkpoint"]["recovery"];
+            println!(
+                "checkpoint: kill -9 mid-run then restart: recovery {} ms (resumed after epoch {}), resumed run {:.3} s vs whole run {:.3} s ({:.2}x)",
+                account["recovery_ms"],
+                account["resumed_after_epoch"],
+                resumed,
+                whole,
+                resumed / whole
+            );
+            json!({
+                "recovery_ms": account["recovery_ms"],
+                "resumed_after_epoch": account["resumed_after_epoch"],
+                "resumed_run_s": resumed,
+                "whole_run_s": whole,
+            })
+        }
+    };
+    println!(
+        "checkpoint: flights run on/off {run_on:.3}x (8-batch epochs {run_small:.3}x); serve ingest time on/off {serve_on:.3}x"
+    );
+    Ok(json!({
+        "run_on_over_off": run_on,
+        "run_small_epochs_over_off": run_small,
+        "serve_ingest_time_on_over_off": serve_on,
+        "recovery": recovery,
+    }))
+}
+
 fn main() -> Result<()> {
-    // `cargo bench -p weir-tests --bench weir -- [boundary|reload|flights|serve|languages|neighbours]` runs one
+    // `cargo bench -p weir-tests --bench weir -- [boundary|reload|flights|serve|languages|neighbours|checkpoint]` runs one
     // part; `cargo bench` itself adds `--bench`.
     let only: Vec<String> = std::env::args()
         .skip(1)
@@ -1124,6 +1297,9 @@ fn main() -> Result<()> {
     }
     if wanted("neighbours") {
         report.insert("neighbours".into(), neighbours()?);
+    }
+    if wanted("checkpoint") {
+        report.insert("checkpoint".into(), checkpoint(&root)?);
     }
     let path = std::env::var_os("WEIR_BENCH_JSON")
         .map(PathBuf::from)

@@ -175,7 +175,10 @@ impl Log {
         std::fs::rename(&tmp, &self.path)
             .with_context(|| format!("replacing {}", self.path.display()))?;
         super::fsync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
-        self.file = OpenOptions::new().append(true).read(true).open(&self.path)?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .read(true)
+            .open(&self.path)?;
         self.records = count;
         self.bytes = bytes;
         Ok(())

@@ -90,7 +90,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         .with_context(|| format!("writing {}", tmp.display()))?;
     crate::crash::point("mid-checkpoint-write");
     file.write_all(&contents[half..])
-        .and_then(|()| write!(file, "{CHECKSUM_PREFIX}{checksum}\n"))
+        .and_then(|()| writeln!(file, "{CHECKSUM_PREFIX}{checksum}"))
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
     drop(file);

@@ -645,9 +645,20 @@ pub struct Coordinator {
     quarantine_rows_at_epoch_start: u64,
     commit_time: Duration,
     max_commit_lag: Duration,
+    /// Called with each committed epoch and the source position after it,
+    /// once the epoch's sink and quarantine parts are committed: where a
+    /// source that must be told (a message queue) is acknowledged.
+    acknowledge: Option<Box<dyn FnMut(u64, Position) + Send>>,
 }
 
 impl Coordinator {
+    /// Calls `hook` with each epoch and the source position after it once
+    /// the epoch is committed, never before (the acknowledgement step of
+    /// the protocol; a file source needs none).
+    pub fn on_acknowledge(&mut self, hook: impl FnMut(u64, Position) + Send + 'static) {
+        self.acknowledge = Some(Box::new(hook));
+    }
+
     /// A coordinator continuing `state`, for a source reading `files` (in
     /// order) and a quarantine of `quarantine_format`.
     pub fn new(
@@ -673,6 +684,7 @@ impl Coordinator {
             quarantine_rows_at_epoch_start: 0,
             commit_time: Duration::ZERO,
             max_commit_lag: Duration::ZERO,
+            acknowledge: None,
         }
     }
 
@@ -721,7 +733,11 @@ impl Coordinator {
         sink: &mut Sink,
         quarantine: &mut Quarantine,
     ) -> Result<()> {
-        let index = self.file_index.get(file).copied().unwrap_or(self.position.file);
+        let index = self
+            .file_index
+            .get(file)
+            .copied()
+            .unwrap_or(self.position.file);
         if index != self.position.file {
             self.position = Position {
                 file: index,
@@ -795,6 +811,9 @@ impl Coordinator {
         self.state.commit_epoch(epoch)?;
         crate::crash::point("after-commit");
         // Acknowledge: a file source's position is in the checkpoint.
+        if let Some(acknowledge) = self.acknowledge.as_mut() {
+            acknowledge(epoch, self.position);
+        }
         crate::crash::point("after-ack");
         self.epoch = epoch;
         let spent = started.elapsed();
@@ -887,5 +906,105 @@ pub fn totals(counts: &RecordCounts) -> Totals {
         read: counts.read,
         written: counts.written,
         quarantined: counts.quarantined,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{QuarantineConfig, SinkFormat, WriteMode};
+    use arrow::array::{ArrayRef, Int64Array};
+    use arrow::record_batch::RecordBatch;
+
+    /// No source is acknowledged before every sink of its epoch has
+    /// committed: at each acknowledgement, the epoch's sink parts and
+    /// quarantine file are under their committed names, none is still
+    /// prepared, and the checkpoint already records the epoch.
+    #[test]
+    fn a_source_is_acknowledged_only_after_every_sink_of_its_epoch_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink_config = SinkConfig {
+            format: SinkFormat::Parquet,
+            path: "out".into(),
+            partition_by: vec!["k".into()],
+            compression: "snappy".into(),
+            mode: WriteMode::ErrorIfExists,
+            lineage_column: None,
+        };
+        let quarantine_config = QuarantineConfig {
+            format: QuarantineFormat::Jsonl,
+            path: "quarantine.jsonl".into(),
+        };
+        let input = dir.path().join("input.csv");
+        std::fs::write(&input, "k\n1\n").unwrap();
+        let pipeline_file = dir.path().join("pipeline.toml");
+        std::fs::write(&pipeline_file, "").unwrap();
+        let identity =
+            Identity::compute(&pipeline_file, Vec::new(), std::slice::from_ref(&input)).unwrap();
+        let state_dir = dir_for(&sink_config, dir.path());
+        let state = RunState::begin(&state_dir, identity, false, "run", "now").unwrap();
+        let mut coordinator = Coordinator::new(
+            state,
+            EpochSettings {
+                every_batches: 2,
+                interval: Duration::from_secs(3600),
+            },
+            std::slice::from_ref(&input),
+            QuarantineFormat::Jsonl,
+        );
+        let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = acknowledged.clone();
+        let checked_dir = state_dir.clone();
+        coordinator.on_acknowledge(move |epoch, position| {
+            let epoch_dir = checked_dir.join(epoch_name(epoch));
+            assert!(
+                epoch_dir.join("sink/k=1").is_dir(),
+                "the sink part is committed"
+            );
+            assert!(
+                !epoch_dir.join("sink.prepared").exists(),
+                "nothing left prepared"
+            );
+            assert!(
+                epoch_dir.join("quarantine.jsonl").is_file(),
+                "the quarantine is committed"
+            );
+            assert!(!epoch_dir.join("quarantine.prepared.jsonl").exists());
+            let recorded: Checkpoint = serde_json::from_slice(
+                &crate::checkpoint::read_verified(&checked_dir.join(CHECKPOINT_FILE))
+                    .unwrap()
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                recorded.epoch, epoch,
+                "the checkpoint records the epoch first"
+            );
+            assert_eq!(recorded.position, position);
+            seen.lock().unwrap().push(epoch);
+        });
+        let mut sink = Sink::create(&sink_config, dir.path(), "run").unwrap();
+        let mut quarantine = Quarantine::for_epochs(&quarantine_config, dir.path(), "run");
+        coordinator.begin_epoch(&mut sink, &mut quarantine).unwrap();
+        let file: Arc<str> = Arc::from(input.display().to_string());
+        let batch = RecordBatch::try_from_iter([
+            ("k", Arc::new(Int64Array::from(vec![1, 1])) as ArrayRef),
+            ("v", Arc::new(Int64Array::from(vec![7, 8])) as ArrayRef),
+        ])
+        .unwrap();
+        let mut totals = Totals::default();
+        for _ in 0..4 {
+            sink.write(&batch).unwrap();
+            totals.read += 2;
+            totals.written += 2;
+            coordinator
+                .after_item(&file, 2, totals, &mut sink, &mut quarantine)
+                .unwrap();
+        }
+        assert_eq!(*acknowledged.lock().unwrap(), vec![1, 2]);
+        let (outputs, _, report) = coordinator.publish(totals, sink, quarantine, true).unwrap();
+        assert_eq!(outputs.iter().map(|o| o.rows).sum::<u64>(), 8);
+        assert_eq!(report.epochs, 2);
+        assert!(!state_dir.exists(), "the checkpoint directory is removed");
     }
 }

@@ -88,6 +88,7 @@ impl From<SubmitError> for ApiError {
             }
             SubmitError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             SubmitError::Key(super::delivery::KeyError::InFlight(_)) => StatusCode::CONFLICT,
+            SubmitError::Key(super::delivery::KeyError::Disabled(_)) => StatusCode::BAD_REQUEST,
             SubmitError::Key(_) => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError::new(status, error.to_string())

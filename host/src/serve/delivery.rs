@@ -144,6 +144,11 @@ pub enum KeyError {
         "Idempotency-Key `{0}` was recorded with {1} pieces but its body now makes {2} (the pipeline's batch size changed); send it under a new key"
     )]
     Pieces(String, u32, u32),
+    /// The pipeline runs without the checkpoint protocol.
+    #[error(
+        "pipeline `{0}` has `checkpoint = false`, so it cannot honour an Idempotency-Key; send without one (at-least-once) or enable checkpoints"
+    )]
+    Disabled(String),
 }
 
 /// Holds a key as in flight; releases it when dropped.
@@ -269,8 +274,12 @@ impl Delivery {
         let mut status = DeliveryStatus::default();
         let mut kept = Vec::new();
         for bytes in &opened.records {
-            let record: Record = serde_json::from_slice(bytes)
-                .with_context(|| format!("{}: a record is not valid", state_dir.join(LOG_FILE).display()))?;
+            let record: Record = serde_json::from_slice(bytes).with_context(|| {
+                format!(
+                    "{}: a record is not valid",
+                    state_dir.join(LOG_FILE).display()
+                )
+            })?;
             for file in &record.files {
                 if commit_file(file)? {
                     status.recovered_commits += 1;
@@ -413,16 +422,7 @@ impl Delivery {
             }
             commit_file(file)?;
         }
-        // The emptied staging directories of the part.
-        for file in &record.files {
-            if let Some(dir) = file.staged.ancestors().find(|dir| {
-                dir.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(".weir-") && n.ends_with(".tmp"))
-            }) {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
+        remove_part_staging(&record.files);
         let spent = prepared.elapsed();
         metrics::counter!("weir_epochs_committed_total").increment(1);
         metrics::histogram!("weir_commit_seconds").record(spent.as_secs_f64());
@@ -435,6 +435,21 @@ impl Delivery {
         Ok(())
     }
 
+    /// Commits a micro-batch's staged files without recording them, for a
+    /// pipeline with `checkpoint = false` (at-least-once: a crash between
+    /// two renames can leave part of a micro-batch, and a client retrying
+    /// a lost answer writes again).
+    ///
+    /// # Errors
+    /// A rename failed.
+    pub fn commit_unrecorded(&self, files: Vec<StagedFile>) -> Result<()> {
+        for file in &files {
+            commit_file(file)?;
+        }
+        remove_part_staging(&files);
+        Ok(())
+    }
+
     /// Drops the records older than the window from the log.
     fn compact(&self, log: &mut Log) -> Result<()> {
         let cutoff = unix_now().saturating_sub(self.window.as_secs());
@@ -442,9 +457,7 @@ impl Delivery {
         let kept: Vec<Vec<u8>> = opened
             .records
             .into_iter()
-            .filter(|bytes| {
-                serde_json::from_slice::<Record>(bytes).is_ok_and(|r| r.at >= cutoff)
-            })
+            .filter(|bytes| serde_json::from_slice::<Record>(bytes).is_ok_and(|r| r.at >= cutoff))
             .collect();
         log.rewrite(kept.iter().map(Vec::as_slice))?;
         self.keys
@@ -457,6 +470,20 @@ impl Delivery {
     /// Counts for the admin API.
     pub fn status(&self) -> DeliveryStatus {
         self.status.lock().expect("status lock").clone()
+    }
+}
+
+/// Removes the staging directories a committed part's files were renamed
+/// out of (empty by now).
+fn remove_part_staging(files: &[StagedFile]) {
+    for file in files {
+        if let Some(dir) = file.staged.ancestors().find(|dir| {
+            dir.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(".weir-") && n.ends_with(".tmp"))
+        }) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -560,6 +560,11 @@ impl LivePipeline {
         let mut _guard = None;
         let origin = match origin {
             None => None,
+            Some(_) if !self.pipeline.config().pipeline.checkpoint => {
+                return Err(SubmitError::Key(super::delivery::KeyError::Disabled(
+                    self.name.clone(),
+                )));
+            }
             Some(origin) => match self.delivery.admit(&origin, count)? {
                 Admission::Done(ack) => {
                     return Ok(Submitted {
@@ -977,8 +982,13 @@ impl LivePipeline {
                 })
             })
             .collect();
-        self.delivery
-            .record_and_commit(part, staged, keyed, prepared)?;
+        if self.pipeline.config().pipeline.checkpoint {
+            self.delivery
+                .record_and_commit(part, staged, keyed, prepared)?;
+        } else {
+            // `checkpoint = false`: at-least-once, committed unrecorded.
+            self.delivery.commit_unrecorded(staged)?;
+        }
         crate::crash::point("after-commit");
         let total = |f: fn(&Ack) -> u64| acks.iter().map(f).sum::<u64>();
         let report = BatchReport {

@@ -47,8 +47,9 @@ pub fn concat(format: SinkFormat, parts: &[PathBuf], output: &Path) -> Result<()
 fn concat_text(parts: &[PathBuf], output: &Path, skip_header: bool) -> Result<()> {
     let mut out = BufWriter::new(File::create(output)?);
     for (i, part) in parts.iter().enumerate() {
-        let mut input =
-            BufReader::new(File::open(part).with_context(|| format!("opening {}", part.display()))?);
+        let mut input = BufReader::new(
+            File::open(part).with_context(|| format!("opening {}", part.display()))?,
+        );
         if skip_header && i > 0 {
             let mut header = Vec::new();
             input.read_until(b'\n', &mut header)?;
@@ -114,7 +115,10 @@ fn concat_parquet(parts: &[PathBuf], output: &Path) -> Result<()> {
             out.close()?;
         }
     }
-    let file = writer.into_inner()?.into_inner().map_err(|e| e.into_error())?;
+    let file = writer
+        .into_inner()?
+        .into_inner()
+        .map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(())
 }

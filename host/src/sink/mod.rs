@@ -342,7 +342,10 @@ impl Sink {
     /// # Errors
     /// An I/O error.
     pub fn prepare_epoch(&mut self) -> Result<Vec<OutputFile>> {
-        let dir = self.epoch_dir.clone().context("prepare_epoch without begin_epoch")?;
+        let dir = self
+            .epoch_dir
+            .clone()
+            .context("prepare_epoch without begin_epoch")?;
         let mut parts = Vec::new();
         let mut dirs = std::collections::BTreeSet::new();
         for (_, file) in self.files.drain() {

@@ -437,20 +437,17 @@ fn extract_items(
     path: PathBuf,
 ) -> Vec<Result<SourceItem>> {
     let file: Arc<str> = Arc::from(path.display().to_string());
-    let bytes =
-        match std::fs::read(&path).with_context(|| format!("reading {}", path.display())) {
-            Ok(bytes) => bytes,
-            Err(e) => return vec![Err(e)],
-        };
-    match extract_file(&extractor, instance, &file, &bytes) {
+    let bytes = match std::fs::read(&path).with_context(|| format!("reading {}", path.display())) {
+        Ok(bytes) => bytes,
+        Err(e) => return vec![Err(e)],
+    };
+    match extract_file(extractor, instance, &file, &bytes) {
         Ok(batches) => batches
             .iter()
             .flat_map(|batch| {
                 (0..batch.num_rows().max(1))
                     .step_by(batch_size)
-                    .map(|offset| {
-                        batch.slice(offset, batch_size.min(batch.num_rows() - offset))
-                    })
+                    .map(|offset| batch.slice(offset, batch_size.min(batch.num_rows() - offset)))
                     .collect::<Vec<_>>()
             })
             .map(|batch| {
