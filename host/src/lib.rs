@@ -38,6 +38,7 @@ pub mod client;
 pub mod columnar;
 pub mod config;
 pub mod crash;
+pub mod durable;
 pub mod engine;
 pub mod pipeline;
 pub mod plugin;

@@ -611,7 +611,7 @@ impl Pipeline {
         if let Some(schema) = &self.output_schema {
             sink.expect_schema(schema.clone());
         }
-        let totals = checkpoint::run::totals(&counts);
+        let totals = totals(&counts);
         let quarantine_path = match (coordinator.take(), over_limit) {
             (Some(coordinator), over_limit) => {
                 let (outputs, path, account) =
@@ -692,6 +692,15 @@ impl Pipeline {
     }
 }
 
+/// The checkpoint's totals of the run's writer-side counts.
+fn totals(counts: &RecordCounts) -> checkpoint::run::Totals {
+    checkpoint::run::Totals {
+        read: counts.read,
+        written: counts.written,
+        quarantined: counts.quarantined,
+    }
+}
+
 /// Where written results go.
 struct Output<'a> {
     sink: &'a mut Sink,
@@ -732,7 +741,7 @@ fn write_results(
                 coordinator.after_item(
                     &result.file,
                     result.rows_read,
-                    checkpoint::run::totals(counts),
+                    totals(counts),
                     out.sink,
                     out.quarantine,
                 )?;

@@ -200,7 +200,7 @@ impl Quarantine {
                 .take()
                 .context("prepare_epoch without begin_epoch")?,
         )?;
-        crate::checkpoint::fsync_file(path)
+        crate::durable::fsync_file(path)
     }
 
     /// Publishes a checkpointed run: the epochs' files (`parts`, in epoch
@@ -330,7 +330,7 @@ impl Quarantine {
     /// An I/O error; the staged file is then removed.
     pub fn prepare(mut self) -> Result<(PathBuf, PathBuf)> {
         close_writer(self.writer.take().expect("open until commit"))?;
-        crate::checkpoint::fsync_file(&self.staging)?;
+        crate::durable::fsync_file(&self.staging)?;
         self.committed = true;
         Ok((self.staging.clone(), self.final_path.clone()))
     }

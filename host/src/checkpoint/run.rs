@@ -41,7 +41,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{QuarantineFormat, SinkConfig};
 use crate::quarantine::Quarantine;
-use crate::report::RecordCounts;
 use crate::sink::{OutputFile, Sink};
 
 /// Version of the checkpoint file's layout; a checkpoint of another
@@ -897,15 +896,6 @@ impl Coordinator {
     /// an uninterrupted run that failed would).
     pub fn abandon(self) {
         self.state.remove();
-    }
-}
-
-/// Converts the run's writer-side counts into checkpoint totals.
-pub fn totals(counts: &RecordCounts) -> Totals {
-    Totals {
-        read: counts.read,
-        written: counts.written,
-        quarantined: counts.quarantined,
     }
 }
 

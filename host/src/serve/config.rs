@@ -273,8 +273,12 @@ pub struct HostedPipeline {
     pub idempotency_window_s: u64,
 }
 
+/// Default `idempotency_window_s`: 24 hours (Stripe's window; the IETF
+/// draft leaves it to the server).
+pub const DEFAULT_IDEMPOTENCY_WINDOW_S: u64 = 24 * 3600;
+
 fn default_idempotency_window_s() -> u64 {
-    super::delivery::DEFAULT_KEY_WINDOW.as_secs()
+    DEFAULT_IDEMPOTENCY_WINDOW_S
 }
 
 fn default_linger_ms() -> u64 {

@@ -36,15 +36,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::live::Ack;
+use super::ack::Ack;
 use crate::checkpoint::log::Log;
 
 /// File name of the delivery log in a pipeline's state directory.
 pub const LOG_FILE: &str = "delivery.log";
 
-/// How long an idempotency key is remembered: 24 hours (Stripe's window;
-/// the IETF draft leaves it to the server).
-pub const DEFAULT_KEY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// How long an idempotency key is remembered by default
+/// ([`super::config::DEFAULT_IDEMPOTENCY_WINDOW_S`]).
+pub const DEFAULT_KEY_WINDOW: Duration =
+    Duration::from_secs(super::config::DEFAULT_IDEMPOTENCY_WINDOW_S);
 
 /// Log size past which it is compacted (records older than the window
 /// dropped), in bytes: 64 MiB.
@@ -315,7 +316,7 @@ impl Delivery {
             log.rewrite(kept.iter().copied())?;
         }
         for dir in [sink_dir, quarantine_dir] {
-            crate::checkpoint::fsync_dir(dir)?;
+            crate::durable::fsync_dir(dir)?;
         }
         status.keys = keys.len();
         status.log_records = log.records();

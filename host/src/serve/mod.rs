@@ -13,6 +13,7 @@
 //! flushes every queued record and closes the sinks: whatever was
 //! acknowledged is on disk.
 
+pub mod ack;
 pub mod api;
 pub mod auth;
 pub mod background;

@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,13 +22,14 @@ use arrow::array::{Array, ArrayRef, UInt32Array};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 
 use crate::config::{SinkConfig, SinkFormat, WriteMode};
 
 pub mod concat;
+pub mod csv;
+pub mod jsonl;
+pub mod parquet;
+pub mod text;
 
 /// File name of an unpartitioned sink's part inside an epoch's directory
 /// (the extension is the format's).
@@ -47,77 +47,49 @@ pub struct OutputFile {
     pub rows: u64,
 }
 
-enum FileWriter {
-    Parquet(ArrowWriter<File>),
-    Jsonl(arrow::json::Writer<BufWriter<File>, arrow::json::writer::LineDelimited>),
-    Csv(arrow::csv::Writer<BufWriter<File>>),
+/// One output file being written in one format: what each file format of
+/// the sink implements (`parquet.rs`, `jsonl.rs`, `csv.rs`); a new format
+/// is one new file and a line in [`create_writer`].
+pub trait FormatWriter: Send {
+    /// Appends `batch` (rows × the file's schema).
+    ///
+    /// # Errors
+    /// An I/O or encoding error.
+    fn write(&mut self, batch: &RecordBatch) -> Result<()>;
+
+    /// Writes what is buffered and the format's trailer (a Parquet footer)
+    /// and flushes; the caller fsyncs.
+    ///
+    /// # Errors
+    /// An I/O or encoding error.
+    fn finish(self: Box<Self>) -> Result<()>;
 }
 
-impl FileWriter {
-    fn create(
-        format: SinkFormat,
-        path: &Path,
-        schema: SchemaRef,
-        compression: &str,
-    ) -> Result<FileWriter> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(match format {
-            SinkFormat::Parquet => {
-                let compression = match compression {
-                    "zstd" => Compression::ZSTD(ZstdLevel::default()),
-                    "none" => Compression::UNCOMPRESSED,
-                    _ => Compression::SNAPPY,
-                };
-                let properties = WriterProperties::builder()
-                    .set_compression(compression)
-                    .build();
-                FileWriter::Parquet(ArrowWriter::try_new(file, schema, Some(properties))?)
-            }
-            SinkFormat::Jsonl => FileWriter::Jsonl(
-                arrow::json::WriterBuilder::new()
-                    .with_explicit_nulls(true)
-                    .build(BufWriter::new(file)),
-            ),
-            SinkFormat::Csv => FileWriter::Csv(
-                arrow::csv::WriterBuilder::new()
-                    .with_header(true)
-                    .build(BufWriter::new(file)),
-            ),
-        })
+/// Creates `path` (and its directories) and starts a `format` file of
+/// `schema` rows in it.
+///
+/// # Errors
+/// The file cannot be created, or a schema the format cannot hold.
+pub fn create_writer(
+    format: SinkFormat,
+    path: &Path,
+    schema: SchemaRef,
+    compression: &str,
+) -> Result<Box<dyn FormatWriter>> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
-
-    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        match self {
-            FileWriter::Parquet(w) => w.write(batch)?,
-            FileWriter::Jsonl(w) => w.write(batch)?,
-            FileWriter::Csv(w) => w.write(batch)?,
-        }
-        Ok(())
-    }
-
-    fn finish(self) -> Result<()> {
-        match self {
-            FileWriter::Parquet(w) => {
-                w.close()?;
-            }
-            FileWriter::Jsonl(mut w) => {
-                w.finish()?;
-                std::io::Write::flush(w.get_mut())?;
-            }
-            FileWriter::Csv(w) => {
-                std::io::Write::flush(&mut w.into_inner())?;
-            }
-        }
-        Ok(())
-    }
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(match format {
+        SinkFormat::Parquet => Box::new(parquet::ParquetWriter::new(file, schema, compression)?),
+        SinkFormat::Jsonl => Box::new(jsonl::JsonlWriter::new(file)),
+        SinkFormat::Csv => Box::new(csv::CsvWriter::new(file)),
+    })
 }
 
 struct OpenFile {
-    writer: FileWriter,
+    writer: Box<dyn FormatWriter>,
     relative: PathBuf,
     rows: u64,
 }
@@ -311,7 +283,7 @@ impl Sink {
                 self.staging.clone()
             };
             let schema = self.schema.clone().expect("set by writer_schema");
-            let writer = FileWriter::create(self.format, &path, schema, &self.compression)?;
+            let writer = create_writer(self.format, &path, schema, &self.compression)?;
             self.files.insert(
                 key.clone(),
                 OpenFile {
@@ -351,7 +323,7 @@ impl Sink {
         for (_, file) in self.files.drain() {
             file.writer.finish()?;
             let path = dir.join(&file.relative);
-            crate::checkpoint::fsync_file(&path)?;
+            crate::durable::fsync_file(&path)?;
             if let Some(parent) = path.parent() {
                 dirs.insert(parent.to_path_buf());
             }
@@ -361,7 +333,7 @@ impl Sink {
             });
         }
         for synced in &dirs {
-            crate::checkpoint::fsync_dir(synced)?;
+            crate::durable::fsync_dir(synced)?;
         }
         parts.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(parts)
@@ -410,12 +382,12 @@ impl Sink {
             outputs.push(OutputFile { path, rows });
         }
         if let Some(parent) = self.staging.parent() {
-            crate::checkpoint::fsync_dir(parent)?;
+            crate::durable::fsync_dir(parent)?;
         }
         crate::crash::point("mid-publish");
         replace(&self.staging, &self.final_path, self.mode, &self.run_id)?;
         if let Some(parent) = self.final_path.parent() {
-            crate::checkpoint::fsync_dir(parent)?;
+            crate::durable::fsync_dir(parent)?;
         }
         self.committed = true;
         outputs.sort_by(|a, b| a.path.cmp(&b.path));
@@ -455,7 +427,7 @@ impl Sink {
                     (None, Some(expected)) => self.file_schema(expected),
                     (None, None) => Arc::new(Schema::empty()),
                 };
-                let mut writer = FileWriter::create(
+                let mut writer = create_writer(
                     self.format,
                     &self.staging,
                     schema.clone(),
@@ -489,14 +461,14 @@ impl Sink {
         for (_, file) in open {
             file.writer.finish()?;
             let staged = self.staging.join(&file.relative);
-            crate::checkpoint::fsync_file(&staged)?;
+            crate::durable::fsync_file(&staged)?;
             if let Some(parent) = staged.parent() {
                 dirs.insert(parent.to_path_buf());
             }
             files.push((staged, self.final_path.join(&file.relative)));
         }
         for dir in &dirs {
-            crate::checkpoint::fsync_dir(dir)?;
+            crate::durable::fsync_dir(dir)?;
         }
         // The staging directory now belongs to the caller's commit.
         self.committed = true;

@@ -8,8 +8,10 @@
 
 mod csv;
 mod dates;
+mod extract;
 mod json_check;
 mod jsonl;
+mod parquet;
 mod recovery;
 
 use std::fs::File;
@@ -17,41 +19,22 @@ use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use anyhow::{Context, Result, bail};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::record_batch::{RecordBatch, RecordBatchReader};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use arrow::record_batch::RecordBatch;
 
 use crate::config::{SourceConfig, SourceFormat, expand_paths};
-use crate::plugin::{Limits, Plugin, PluginInstance, SourceMetadata};
 use crate::quarantine::Reason;
 
 pub use crate::config::parse_data_type;
 
+pub use self::extract::Extractor;
 use self::recovery::{Decoded, Decoding};
 
 /// The `plugin` name quarantine rows carry when weir's own reader rejected
 /// a record (there is no plugin hash: `plugin_sha256` is empty).
 pub const NATIVE_READER: &str = "weir:reader";
-
-/// The extract plugin of a `format = "extract"` source, ready to run.
-#[derive(Debug, Clone)]
-pub struct Extractor {
-    /// The compiled `extractor` component.
-    pub plugin: Arc<Plugin>,
-    /// What its `config` import returns.
-    pub config_json: Arc<str>,
-    /// Limits on each call (one call per file).
-    pub limits: Limits,
-    /// MIME type passed with every file.
-    pub content_type: String,
-    /// Largest file handed to the plugin, in bytes.
-    pub max_file_bytes: u64,
-    /// Its capabilities, host paths resolved.
-    pub grants: crate::plugin::Grants,
-    /// Its outbound HTTP (breakers and counts), when granted.
-    pub http: Option<Arc<crate::plugin::HttpAccess>>,
-}
 
 /// What a source yields: a batch, or a file that could not be read into
 /// batches (extract sources only), as a one-row batch for the quarantine.
@@ -221,25 +204,6 @@ impl Source {
         }
     }
 
-    /// Each file's bytes through the extract plugin, one instance reused
-    /// across files until it fails.
-    fn extracted(
-        &self,
-        extractor: Extractor,
-        first_file: usize,
-        skip: u64,
-    ) -> impl Iterator<Item = Result<SourceItem>> + Send + 'static {
-        let batch_size = self.batch_size;
-        let mut instance: Option<PluginInstance> = None;
-        let files: Vec<PathBuf> = self.files.iter().skip(first_file).cloned().collect();
-        files.into_iter().enumerate().flat_map(move |(i, path)| {
-            let skip = if i == 0 { skip as usize } else { 0 };
-            extract_items(&extractor, &mut instance, batch_size, path)
-                .into_iter()
-                .skip(skip)
-        })
-    }
-
     /// Reads every file of a native format in turn, yielding batches of at
     /// most `batch_size` rows. An error names the file; reading stops after it.
     pub fn batches(&self) -> impl Iterator<Item = Result<SourceBatch>> + Send + 'static {
@@ -390,102 +354,6 @@ impl Source {
             }
         })
     }
-
-    fn decode_parquet<R: parquet::file::reader::ChunkReader + 'static>(
-        &self,
-        input: R,
-    ) -> Result<Box<dyn Iterator<Item = Result<Decoded>> + Send>> {
-        let schema = self
-            .schema
-            .clone()
-            .context("only native formats are decoded by the host")?;
-        let batch_size = self.batch_size;
-        let reader = without_panics(std::panic::AssertUnwindSafe(move || {
-            Ok(ParquetRecordBatchReaderBuilder::try_new(input)?
-                .with_batch_size(batch_size)
-                .build()?)
-        }))?;
-        let found = reader.schema();
-        if found.fields() != schema.fields() {
-            bail!("its schema differs from the source's: {found:?}");
-        }
-        let mut reader = Some(reader);
-        Ok(Box::new(std::iter::from_fn(move || {
-            let mut current = reader.take()?;
-            let next = without_panics(std::panic::AssertUnwindSafe(|| {
-                current.next().transpose().map_err(anyhow::Error::from)
-            }));
-            match next {
-                Ok(Some(batch)) => {
-                    reader = Some(current);
-                    Some(Ok(Decoded::Batch(batch)))
-                }
-                Ok(None) => None,
-                // After an error (or a panic) the reader is not used again.
-                Err(error) => Some(Err(error)),
-            }
-        })))
-    }
-}
-
-/// One file's items through the extract plugin: batches of at most
-/// `batch_size` rows, or the file as one rejected row.
-fn extract_items(
-    extractor: &Extractor,
-    instance: &mut Option<PluginInstance>,
-    batch_size: usize,
-    path: PathBuf,
-) -> Vec<Result<SourceItem>> {
-    let file: Arc<str> = Arc::from(path.display().to_string());
-    let bytes = match std::fs::read(&path).with_context(|| format!("reading {}", path.display())) {
-        Ok(bytes) => bytes,
-        Err(e) => return vec![Err(e)],
-    };
-    match extract_file(extractor, instance, &file, &bytes) {
-        Ok(batches) => batches
-            .iter()
-            .flat_map(|batch| {
-                (0..batch.num_rows().max(1))
-                    .step_by(batch_size)
-                    .map(|offset| batch.slice(offset, batch_size.min(batch.num_rows() - offset)))
-                    .collect::<Vec<_>>()
-            })
-            .map(|batch| {
-                Ok(SourceItem::Batch(SourceBatch {
-                    batch,
-                    file: file.clone(),
-                }))
-            })
-            .collect(),
-        Err((kind, message)) => {
-            tracing::warn!(file = %file, kind, %message, "extract plugin rejected a file");
-            let rows = RecordBatch::try_from_iter([
-                (
-                    "source_file",
-                    Arc::new(arrow::array::StringArray::from(vec![&*file]))
-                        as arrow::array::ArrayRef,
-                ),
-                (
-                    "bytes",
-                    Arc::new(arrow::array::Int64Array::from(vec![bytes.len() as i64])),
-                ),
-            ])
-            .expect("two one-row columns");
-            let reason = Reason {
-                stage: Arc::from("source"),
-                plugin: Arc::from(extractor.plugin.name()),
-                plugin_sha256: Arc::from(extractor.plugin.sha256()),
-                error_kind: kind.to_string(),
-                rule: None,
-                message,
-            };
-            vec![Ok(SourceItem::Rejected {
-                file,
-                rows,
-                reasons: vec![reason],
-            })]
-        }
-    }
 }
 
 /// Runs `decode` and turns a panic into an error. The parquet crate
@@ -527,54 +395,6 @@ fn source_item(file: Arc<str>, decoded: Decoded) -> SourceItem {
             rows,
         },
     }
-}
-
-/// Runs the extract plugin on one file. The instance is created on first use
-/// and dropped after a failure. Errors are (kind, message) for the quarantine.
-fn extract_file(
-    extractor: &Extractor,
-    instance: &mut Option<PluginInstance>,
-    file: &str,
-    bytes: &[u8],
-) -> Result<Vec<RecordBatch>, (&'static str, String)> {
-    if bytes.len() as u64 > extractor.max_file_bytes {
-        return Err((
-            "file_too_large",
-            format!(
-                "{} bytes, over max_file_bytes = {}",
-                bytes.len(),
-                extractor.max_file_bytes
-            ),
-        ));
-    }
-    let result = (|| -> Result<Vec<RecordBatch>, crate::plugin::PluginError> {
-        if instance.is_none() {
-            *instance = Some(extractor.plugin.instantiate_with(
-                "source",
-                extractor.config_json.clone(),
-                extractor.limits,
-                &extractor.grants,
-                None,
-                extractor.http.as_ref(),
-            )?);
-        }
-        let metadata = SourceMetadata {
-            source_name: file.to_string(),
-            content_type: extractor.content_type.clone(),
-        };
-        let (batches, _) = instance
-            .as_mut()
-            .expect("created above")
-            .extract(bytes, &metadata)?;
-        batches
-            .into_iter()
-            .map(|batch| Ok(crate::columnar::from_wit(batch)?))
-            .collect()
-    })();
-    result.map_err(|e: crate::plugin::PluginError| {
-        *instance = None;
-        (e.kind(), e.to_string())
-    })
 }
 
 /// A regex matching the empty cell and every `null_values` entry exactly.
