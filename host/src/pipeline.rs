@@ -34,8 +34,8 @@ use crate::config::{
 use crate::plugin::{Plugin, PluginKind, PluginSlot, PluginWatcher};
 use crate::quarantine::Quarantine;
 use crate::report::{InputFile, QuarantineReport, RecordCounts, RunReport, StageReport};
-use crate::sink::Sink;
-use crate::source::{Extractor, Source, SourceItem};
+use crate::sink::{EpochSink, Sink};
+use crate::source::{Extractor, Position, Source, SourceConnector, SourceItem};
 use crate::stages::{BatchResult, Worker};
 
 /// Batches in flight per worker between the reader and the writer.
@@ -410,8 +410,6 @@ impl Pipeline {
                         every_batches: settings.checkpoint_every_batches,
                         interval: std::time::Duration::from_millis(settings.checkpoint_interval_ms),
                     },
-                    source.files(),
-                    self.config.quarantine.format,
                 ))
             }
         };
@@ -465,7 +463,7 @@ impl Pipeline {
         };
         let mut counts = RecordCounts::default();
         let mut resumed_filtered = 0;
-        let mut start = checkpoint::run::Position::default();
+        let mut start = Position::default();
         if let Some(coordinator) = coordinator.as_mut() {
             let base = coordinator.resumed_totals();
             counts.read = base.read;
@@ -474,7 +472,7 @@ impl Pipeline {
             resumed_filtered = base.read - base.written - base.quarantined;
             start = coordinator.state().checkpoint().position;
             if !publishing {
-                coordinator.begin_epoch(&mut sink, &mut quarantine)?;
+                coordinator.begin_epoch(&mut [&mut sink, &mut quarantine])?;
             }
         }
         let workers = self.workers();
@@ -483,6 +481,9 @@ impl Pipeline {
         let (batch_tx, batch_rx) = crossbeam_channel::bounded::<(u64, SourceItem)>(window);
         let (result_tx, result_rx) = crossbeam_channel::bounded::<Result<BatchResult>>(window);
         let (permit_tx, permit_rx) = crossbeam_channel::bounded::<()>(window);
+        // The source's position after each item, in reading order (at most
+        // `window` ahead of the writer, as the items are).
+        let (positions_tx, positions_rx) = crossbeam_channel::unbounded::<Position>();
         for _ in 0..window {
             permit_tx
                 .send(())
@@ -495,7 +496,7 @@ impl Pipeline {
                 return Ok(Vec::new());
             }
             let reader_results = result_tx.clone();
-            let batches = source.items_from(start.file, start.items);
+            let batches = source.read_from(start);
             scope.spawn(move || {
                 for (seq, batch) in (0u64..).zip(batches) {
                     crate::crash::point("mid-read");
@@ -503,7 +504,12 @@ impl Pipeline {
                         return;
                     }
                     let sent = match batch {
-                        Ok(batch) => batch_tx.send((seq, batch)).is_ok(),
+                        // The position goes first: the writer takes it when
+                        // it writes this item's result.
+                        Ok((batch, position)) => {
+                            positions_tx.send(position).is_ok()
+                                && batch_tx.send((seq, batch)).is_ok()
+                        }
                         Err(e) => {
                             let _ = reader_results.send(Err(e));
                             false
@@ -544,6 +550,7 @@ impl Pipeline {
                     sink: &mut sink,
                     quarantine: &mut quarantine,
                     coordinator: coordinator.as_mut(),
+                    positions: &positions_rx,
                 },
                 &mut counts,
                 &progress,
@@ -614,11 +621,17 @@ impl Pipeline {
         let totals = totals(&counts);
         let quarantine_path = match (coordinator.take(), over_limit) {
             (Some(coordinator), over_limit) => {
-                let (outputs, path, account) =
-                    coordinator.publish(totals, sink, quarantine, over_limit.is_none())?;
-                report.outputs = outputs;
+                let quarantine_path = quarantine.path().to_path_buf();
+                let (mut published, account) = coordinator.publish(
+                    totals,
+                    vec![
+                        (Box::new(sink) as Box<dyn EpochSink>, over_limit.is_none()),
+                        (Box::new(quarantine), true),
+                    ],
+                )?;
+                report.outputs = published.swap_remove(0);
                 report.checkpoint = Some(account);
-                path
+                quarantine_path
             }
             (None, Some(_)) => quarantine.commit()?,
             (None, None) => {
@@ -707,6 +720,8 @@ struct Output<'a> {
     quarantine: &'a mut Quarantine,
     /// Under the checkpoint protocol, the epochs' coordinator.
     coordinator: Option<&'a mut Coordinator>,
+    /// The source's position after each item, in reading order.
+    positions: &'a crossbeam_channel::Receiver<Position>,
 }
 
 /// Receives worker results, puts them back in input order and writes them.
@@ -737,13 +752,16 @@ fn write_results(
                     .with_context(|| format!("writing to {}", out.quarantine.path().display()))?;
                 counts.quarantined += group.rows.num_rows() as u64;
             }
+            // Sent before the item was: there is one per result.
+            let position = out
+                .positions
+                .recv()
+                .context("the source's position of a written batch is missing")?;
             if let Some(coordinator) = out.coordinator.as_deref_mut() {
                 coordinator.after_item(
-                    &result.file,
-                    result.rows_read,
+                    position,
                     totals(counts),
-                    out.sink,
-                    out.quarantine,
+                    &mut [&mut *out.sink, &mut *out.quarantine],
                 )?;
             }
             progress.update(counts);

@@ -29,6 +29,7 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 
 use crate::config::{QuarantineConfig, QuarantineFormat, WriteMode};
+use crate::sink::OutputFile;
 
 /// Why a group of rows was rejected: everything but the row itself.
 #[derive(Debug, Clone)]
@@ -143,6 +144,9 @@ pub struct Quarantine {
     writer: Option<Writer>,
     rows: u64,
     committed: bool,
+    /// Under the checkpoint protocol: the current epoch's file and the
+    /// rows written before it.
+    epoch: Option<(PathBuf, u64)>,
 }
 
 impl Quarantine {
@@ -177,30 +181,8 @@ impl Quarantine {
             writer: None,
             rows: 0,
             committed: false,
+            epoch: None,
         }
-    }
-
-    /// Starts an epoch of a checkpointed run: rows written from now on go
-    /// to `path` (which the caller owns) until [`Quarantine::prepare_epoch`].
-    ///
-    /// # Errors
-    /// When `path` cannot be created.
-    pub fn begin_epoch(&mut self, path: &Path) -> Result<()> {
-        self.writer = Some(open_writer(self.format, path)?);
-        Ok(())
-    }
-
-    /// Prepares the current epoch: closes its file and fsyncs it.
-    ///
-    /// # Errors
-    /// An I/O error.
-    pub fn prepare_epoch(&mut self, path: &Path) -> Result<()> {
-        close_writer(
-            self.writer
-                .take()
-                .context("prepare_epoch without begin_epoch")?,
-        )?;
-        crate::durable::fsync_file(path)
     }
 
     /// Publishes a checkpointed run: the epochs' files (`parts`, in epoch
@@ -209,9 +191,13 @@ impl Quarantine {
     ///
     /// # Errors
     /// A missing part or an I/O error.
-    pub fn publish(mut self, parts: &[PathBuf], rows: u64) -> Result<PathBuf> {
+    fn publish_parts(mut self, parts: &[PathBuf], rows: u64) -> Result<PathBuf> {
         self.writer = None;
         let _ = std::fs::remove_file(&self.staging);
+        if let Some(parent) = self.staging.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
         if parts.is_empty() {
             self.writer = Some(open_writer(self.format, &self.staging)?);
             return self.commit();
@@ -338,6 +324,68 @@ impl Quarantine {
     /// The format it writes.
     pub fn format(&self) -> QuarantineFormat {
         self.format
+    }
+}
+
+/// File name of the quarantine's part in an epoch's directory.
+fn epoch_part(format: QuarantineFormat) -> &'static str {
+    match format {
+        QuarantineFormat::Jsonl => "part.jsonl",
+        QuarantineFormat::Parquet => "part.parquet",
+    }
+}
+
+impl crate::sink::EpochSink for Quarantine {
+    fn connector(&self) -> &'static str {
+        "quarantine"
+    }
+
+    fn begin_epoch(&mut self, dir: &Path) -> Result<()> {
+        let path = dir.join(epoch_part(self.format));
+        self.writer = Some(open_writer(self.format, &path)?);
+        self.epoch = Some((path, self.rows));
+        Ok(())
+    }
+
+    fn prepare_epoch(&mut self) -> Result<Vec<OutputFile>> {
+        let (path, rows_before) = self
+            .epoch
+            .take()
+            .context("prepare_epoch without begin_epoch")?;
+        close_writer(
+            self.writer
+                .take()
+                .context("prepare_epoch without begin_epoch")?,
+        )?;
+        crate::durable::fsync_file(&path)?;
+        Ok(vec![OutputFile {
+            path: PathBuf::from(epoch_part(self.format)),
+            rows: self.rows - rows_before,
+        }])
+    }
+
+    fn publish(
+        self: Box<Self>,
+        epochs: &[(PathBuf, Vec<OutputFile>)],
+        _replace_own_output: bool,
+    ) -> Result<Vec<OutputFile>> {
+        // Epochs without rejected rows add nothing.
+        let parts: Vec<PathBuf> = epochs
+            .iter()
+            .flat_map(|(dir, parts)| {
+                parts
+                    .iter()
+                    .filter(|p| p.rows > 0)
+                    .map(move |p| dir.join(&p.path))
+            })
+            .collect();
+        let rows = epochs
+            .iter()
+            .flat_map(|(_, parts)| parts)
+            .map(|p| p.rows)
+            .sum();
+        let path = self.publish_parts(&parts, rows)?;
+        Ok(vec![OutputFile { path, rows }])
     }
 }
 

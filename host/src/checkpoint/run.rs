@@ -8,20 +8,22 @@
 //! ```text
 //! checkpoint.json            the last checkpoint (write_atomic; checksummed)
 //! epoch-000001/sink/…        committed parts of epoch 1 (as the sink lays them out)
-//! epoch-000001/quarantine.jsonl
+//! epoch-000001/quarantine/part.jsonl
 //! epoch-000002/sink.prepared/…   parts of epoch 2, prepared, not yet committed
 //! ```
 //!
-//! Each epoch's output goes to `epoch-N/sink.prepared/` and
-//! `epoch-N/quarantine.prepared.EXT`; when the epoch ends (after
-//! [`EpochSettings::every_batches`] batches or [`EpochSettings::interval`],
-//! whichever comes first) the files are fsynced (prepare), the checkpoint
-//! is rewritten naming epoch N, the source position after it and every
-//! part so far, and the two prepared names are renamed to `sink/` and
-//! `quarantine.EXT` (commit). Nothing is visible at the sink's path until
-//! the run ends: then the checkpoint says `publishing`, the epochs' parts
-//! are concatenated into the final files ([`crate::sink::Sink::publish`]),
-//! moved into place, and the checkpoint directory is removed.
+//! Each connector ([`EpochSink`]: the sink, the quarantine) writes an
+//! epoch's output under `epoch-N/CONNECTOR.prepared/`; when the epoch ends
+//! (after [`EpochSettings::every_batches`] batches or
+//! [`EpochSettings::interval`], whichever comes first) the files are
+//! fsynced (prepare), the checkpoint is rewritten naming epoch N, the
+//! source position after it and every part so far, and each prepared
+//! directory is renamed to `epoch-N/CONNECTOR/` (commit). Nothing is
+//! visible at the sink's path until the run ends: then the checkpoint says
+//! `publishing`, each connector publishes the epochs' parts
+//! ([`EpochSink::publish`]: the file sinks concatenate them into the final
+//! files and move those into place), the checkpoint says `published`, and
+//! the checkpoint directory is removed.
 //!
 //! Recovery ([`RunState::begin`]) reads `checkpoint.json`, finishes the
 //! commit of every recorded epoch (renaming what is still `prepared`),
@@ -31,17 +33,15 @@
 //! read from it (batches are cut the same way on every read of unchanged
 //! input, which the recorded SHA-256 of every input file guarantees).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{QuarantineFormat, SinkConfig};
-use crate::quarantine::Quarantine;
-use crate::sink::{OutputFile, Sink};
+use crate::config::SinkConfig;
+use crate::sink::{EpochSink, OutputFile};
 
 /// Version of the checkpoint file's layout; a checkpoint of another
 /// version is refused with instructions, never guessed at.
@@ -173,28 +173,16 @@ impl Identity {
     }
 }
 
-/// Where the source stands: the next item comes from file `file` (an index
-/// into the source's files) after its first `items` items (batches or
-/// rejected-record groups), which held `records` records.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Position {
-    /// Index of the file being read.
-    pub file: usize,
-    /// Items of that file already consumed.
-    pub items: u64,
-    /// Records of that file already consumed.
-    pub records: u64,
-}
+pub use crate::source::Position;
 
 /// One committed epoch's parts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochRecord {
     /// The epoch number (1, 2, …).
     pub epoch: u64,
-    /// The sink's parts, relative to `epoch-N/sink/`, with their rows.
-    pub sink: Vec<PartRecord>,
-    /// Rows in `epoch-N/quarantine.EXT`.
-    pub quarantine_rows: u64,
+    /// Each connector's parts (by [`EpochSink::connector`] name: `sink`,
+    /// `quarantine`), relative to `epoch-N/CONNECTOR/`, with their rows.
+    pub parts: BTreeMap<String, Vec<PartRecord>>,
 }
 
 /// One file an epoch prepared.
@@ -286,13 +274,6 @@ pub fn dir_for(sink: &SinkConfig, base_dir: &Path) -> PathBuf {
 
 fn epoch_name(epoch: u64) -> String {
     format!("epoch-{epoch:06}")
-}
-
-fn quarantine_ext(format: QuarantineFormat) -> &'static str {
-    match format {
-        QuarantineFormat::Jsonl => "jsonl",
-        QuarantineFormat::Parquet => "parquet",
-    }
 }
 
 fn now() -> String {
@@ -435,7 +416,7 @@ impl RunState {
             }
         }
         for record in &state.checkpoint.epochs {
-            let finished = state.commit_epoch(record.epoch).map_err(|e| {
+            let finished = state.commit_epoch(record).map_err(|e| {
                 anyhow::anyhow!(
                     "{e:#}: the checkpoint directory {} was edited by hand, and the run cannot be finished from it. {restart_hint}",
                     dir.display()
@@ -444,14 +425,18 @@ impl RunState {
             if finished {
                 recovery.commits_finished += 1;
             }
-            for part in &record.sink {
-                let path = state.sink_dir(record.epoch).join(&part.path);
-                if !path.is_file() {
-                    bail!(
-                        "{} is recorded in {} but is gone: the checkpoint directory was edited by hand. {restart_hint}",
-                        path.display(),
-                        file.display()
-                    );
+            for (connector, parts) in &record.parts {
+                for part in parts {
+                    let path = state
+                        .committed_dir(record.epoch, connector)
+                        .join(&part.path);
+                    if !path.is_file() {
+                        bail!(
+                            "{} is recorded in {} but is gone: the checkpoint directory was edited by hand. {restart_hint}",
+                            path.display(),
+                            file.display()
+                        );
+                    }
                 }
             }
         }
@@ -497,43 +482,37 @@ impl RunState {
         self.dir.join(epoch_name(epoch))
     }
 
-    fn sink_dir(&self, epoch: u64) -> PathBuf {
-        self.epoch_dir(epoch).join("sink")
+    /// Where `connector`'s parts of `epoch` are once committed.
+    fn committed_dir(&self, epoch: u64, connector: &str) -> PathBuf {
+        self.epoch_dir(epoch).join(connector)
     }
 
-    fn prepared_sink_dir(&self, epoch: u64) -> PathBuf {
-        self.epoch_dir(epoch).join("sink.prepared")
+    /// Where `connector` writes `epoch` until it is committed.
+    fn prepared_dir(&self, epoch: u64, connector: &str) -> PathBuf {
+        self.epoch_dir(epoch).join(format!("{connector}.prepared"))
     }
 
-    fn quarantine_file(&self, epoch: u64, format: QuarantineFormat) -> PathBuf {
-        self.epoch_dir(epoch)
-            .join(format!("quarantine.{}", quarantine_ext(format)))
-    }
-
-    fn prepared_quarantine_file(&self, epoch: u64, format: QuarantineFormat) -> PathBuf {
-        self.epoch_dir(epoch)
-            .join(format!("quarantine.prepared.{}", quarantine_ext(format)))
-    }
-
-    /// Commits epoch `epoch`: renames its prepared sink directory and
-    /// quarantine file to their committed names. Idempotent; returns
-    /// whether anything was left to rename.
-    fn commit_epoch(&self, epoch: u64) -> Result<bool> {
-        let mut renamed = false;
-        let dir = self.epoch_dir(epoch);
+    /// Commits a recorded epoch: renames each connector's prepared
+    /// directory to its committed name. Idempotent; returns whether
+    /// anything was left to rename.
+    ///
+    /// # Errors
+    /// A connector's directory under neither name (the outcome cannot be
+    /// known), or an I/O error.
+    fn commit_epoch(&self, record: &EpochRecord) -> Result<bool> {
+        let dir = self.epoch_dir(record.epoch);
         if !dir.exists() {
             bail!("epoch directory {} is gone", dir.display());
         }
-        let prepared = self.prepared_sink_dir(epoch);
-        if prepared.exists() || !self.sink_dir(epoch).exists() {
-            renamed |= commit_rename(&prepared, &self.sink_dir(epoch))?;
-        }
-        crate::crash::point("mid-commit-rename");
-        for format in [QuarantineFormat::Jsonl, QuarantineFormat::Parquet] {
-            let prepared = self.prepared_quarantine_file(epoch, format);
-            if prepared.exists() {
-                renamed |= commit_rename(&prepared, &self.quarantine_file(epoch, format))?;
+        let mut renamed = false;
+        for (i, connector) in record.parts.keys().enumerate() {
+            if i > 0 {
+                crate::crash::point("mid-commit-rename");
             }
+            renamed |= commit_rename(
+                &self.prepared_dir(record.epoch, connector),
+                &self.committed_dir(record.epoch, connector),
+            )?;
         }
         if renamed {
             super::fsync_dir(&dir)?;
@@ -541,22 +520,20 @@ impl RunState {
         Ok(renamed)
     }
 
-    /// The parts of every committed epoch: each epoch's sink directory with
-    /// its parts, and the quarantine files holding rows, in epoch order.
-    fn committed_parts(
-        &self,
-        format: QuarantineFormat,
-    ) -> (Vec<(PathBuf, Vec<OutputFile>)>, Vec<PathBuf>) {
-        let sink = self
-            .checkpoint
+    /// `connector`'s parts of every committed epoch, in epoch order: each
+    /// epoch's committed directory and the parts in it.
+    fn committed_parts(&self, connector: &str) -> Vec<(PathBuf, Vec<OutputFile>)> {
+        self.checkpoint
             .epochs
             .iter()
             .map(|record| {
                 (
-                    self.sink_dir(record.epoch),
+                    self.committed_dir(record.epoch, connector),
                     record
-                        .sink
-                        .iter()
+                        .parts
+                        .get(connector)
+                        .into_iter()
+                        .flatten()
                         .map(|p| OutputFile {
                             path: p.path.clone(),
                             rows: p.rows,
@@ -564,15 +541,7 @@ impl RunState {
                         .collect(),
                 )
             })
-            .collect();
-        let quarantine = self
-            .checkpoint
-            .epochs
-            .iter()
-            .filter(|record| record.quarantine_rows > 0)
-            .map(|record| self.quarantine_file(record.epoch, format))
-            .collect();
-        (sink, quarantine)
+            .collect()
     }
 
     /// Removes the checkpoint directory of a published run: the epochs
@@ -631,60 +600,46 @@ pub struct CheckpointReport {
 
 /// Drives epochs during a run: tracks the source position as batches are
 /// written, ends an epoch when it is due (prepare, checkpoint, commit,
-/// acknowledge) and publishes at the end.
+/// acknowledge) and publishes at the end. The connectors (the sink and
+/// the quarantine, any [`EpochSink`]) stay the caller's, which writes rows
+/// to them; the coordinator is handed them, always in the same order, at
+/// each step of the protocol.
 pub struct Coordinator {
     state: RunState,
     settings: EpochSettings,
-    quarantine_format: QuarantineFormat,
-    file_index: HashMap<Arc<str>, usize>,
     position: Position,
     epoch: u64,
     batches_in_epoch: usize,
     epoch_started: Instant,
-    quarantine_rows_at_epoch_start: u64,
     commit_time: Duration,
     max_commit_lag: Duration,
     /// Called with each committed epoch and the source position after it,
-    /// once the epoch's sink and quarantine parts are committed: where a
+    /// once every connector's parts of the epoch are committed: where a
     /// source that must be told (a message queue) is acknowledged.
     acknowledge: Option<Box<dyn FnMut(u64, Position) + Send>>,
 }
 
 impl Coordinator {
-    /// Calls `hook` with each epoch and the source position after it once
-    /// the epoch is committed, never before (the acknowledgement step of
-    /// the protocol; a file source needs none).
-    pub fn on_acknowledge(&mut self, hook: impl FnMut(u64, Position) + Send + 'static) {
-        self.acknowledge = Some(Box::new(hook));
-    }
-
-    /// A coordinator continuing `state`, for a source reading `files` (in
-    /// order) and a quarantine of `quarantine_format`.
-    pub fn new(
-        state: RunState,
-        settings: EpochSettings,
-        files: &[PathBuf],
-        quarantine_format: QuarantineFormat,
-    ) -> Coordinator {
-        let file_index = files
-            .iter()
-            .enumerate()
-            .map(|(i, path)| (Arc::from(path.display().to_string()), i))
-            .collect();
+    /// A coordinator continuing `state`.
+    pub fn new(state: RunState, settings: EpochSettings) -> Coordinator {
         Coordinator {
             position: state.checkpoint.position,
             epoch: state.checkpoint.epoch,
             state,
             settings,
-            quarantine_format,
-            file_index,
             batches_in_epoch: 0,
             epoch_started: Instant::now(),
-            quarantine_rows_at_epoch_start: 0,
             commit_time: Duration::ZERO,
             max_commit_lag: Duration::ZERO,
             acknowledge: None,
         }
+    }
+
+    /// Calls `hook` with each epoch and the source position after it once
+    /// the epoch is committed, never before (the acknowledgement step of
+    /// the protocol; a file source needs none).
+    pub fn on_acknowledge(&mut self, hook: impl FnMut(u64, Position) + Send + 'static) {
+        self.acknowledge = Some(Box::new(hook));
     }
 
     /// The state it drives.
@@ -698,67 +653,50 @@ impl Coordinator {
         self.state.checkpoint.totals
     }
 
-    /// Opens the next epoch: the sink and the quarantine write under its
-    /// prepared names from now on.
+    /// Opens the next epoch: each connector writes under its prepared
+    /// directory of the epoch (`epoch-N/CONNECTOR.prepared/`) from now on.
     ///
     /// # Errors
-    /// The epoch's directory or quarantine file cannot be created.
-    pub fn begin_epoch(&mut self, sink: &mut Sink, quarantine: &mut Quarantine) -> Result<()> {
+    /// A directory cannot be created, or a connector cannot start.
+    pub fn begin_epoch(&mut self, connectors: &mut [&mut dyn EpochSink]) -> Result<()> {
         let epoch = self.epoch + 1;
-        let dir = self.state.epoch_dir(epoch);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        sink.begin_epoch(self.state.prepared_sink_dir(epoch));
-        quarantine.begin_epoch(
-            &self
-                .state
-                .prepared_quarantine_file(epoch, self.quarantine_format),
-        )?;
+        for connector in connectors.iter_mut() {
+            let dir = self.state.prepared_dir(epoch, connector.connector());
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            connector.begin_epoch(&dir)?;
+        }
         self.batches_in_epoch = 0;
         self.epoch_started = Instant::now();
-        self.quarantine_rows_at_epoch_start = quarantine.rows();
         Ok(())
     }
 
-    /// Notes that the next item, read from `file`, was written (`totals`
-    /// are the run's totals after it), and ends the epoch if it is due.
+    /// Notes that the next item was written (`position`: the source's
+    /// position after it, as [`crate::source::SourceConnector::read_from`]
+    /// gave it; `totals`: the run's totals after it), and ends the epoch
+    /// if it is due.
     ///
     /// # Errors
     /// Ending the epoch failed (see [`Coordinator::end_epoch`]).
     pub fn after_item(
         &mut self,
-        file: &Arc<str>,
-        records: u64,
+        position: Position,
         totals: Totals,
-        sink: &mut Sink,
-        quarantine: &mut Quarantine,
+        connectors: &mut [&mut dyn EpochSink],
     ) -> Result<()> {
-        let index = self
-            .file_index
-            .get(file)
-            .copied()
-            .unwrap_or(self.position.file);
-        if index != self.position.file {
-            self.position = Position {
-                file: index,
-                items: 0,
-                records: 0,
-            };
-        }
-        self.position.items += 1;
-        self.position.records += records;
+        self.position = position;
         self.batches_in_epoch += 1;
         if self.batches_in_epoch >= self.settings.every_batches
             || self.epoch_started.elapsed() >= self.settings.interval
         {
-            self.end_epoch(totals, sink, quarantine)?;
-            self.begin_epoch(sink, quarantine)?;
+            self.end_epoch(totals, connectors)?;
+            self.begin_epoch(connectors)?;
         }
         Ok(())
     }
 
-    /// Ends the current epoch: prepare (the sink's and quarantine's files
-    /// finished and fsynced), checkpoint (the epoch, the source position
-    /// and every part recorded durably), commit (prepared names renamed
+    /// Ends the current epoch: prepare (each connector finishes and
+    /// fsyncs its files), checkpoint (the epoch, the source position and
+    /// every part recorded durably), commit (prepared directories renamed
     /// to committed ones), then acknowledge the sources (nothing to do for
     /// files, whose position is the acknowledgement). An epoch that read
     /// nothing is dropped.
@@ -768,46 +706,40 @@ impl Coordinator {
     pub fn end_epoch(
         &mut self,
         totals: Totals,
-        sink: &mut Sink,
-        quarantine: &mut Quarantine,
+        connectors: &mut [&mut dyn EpochSink],
     ) -> Result<()> {
         let started = Instant::now();
         let epoch = self.epoch + 1;
-        let parts = sink.prepare_epoch()?;
-        let quarantine_file = self
-            .state
-            .prepared_quarantine_file(epoch, self.quarantine_format);
-        quarantine.prepare_epoch(&quarantine_file)?;
+        let mut parts = BTreeMap::new();
+        for connector in connectors.iter_mut() {
+            let prepared = connector.prepare_epoch()?;
+            let dir = self.state.prepared_dir(epoch, connector.connector());
+            super::fsync_dir(&dir)?;
+            parts.insert(
+                connector.connector().to_string(),
+                prepared
+                    .into_iter()
+                    .map(|p| PartRecord {
+                        path: p.path,
+                        rows: p.rows,
+                    })
+                    .collect(),
+            );
+        }
         if self.batches_in_epoch == 0 {
             std::fs::remove_dir_all(self.state.epoch_dir(epoch))?;
             return Ok(());
         }
-        // An epoch whose rows were all quarantined or filtered has no sink
-        // part: it still gets its (empty) directory before it is recorded,
-        // so that every recorded epoch has one to commit.
-        let prepared = self.state.prepared_sink_dir(epoch);
-        std::fs::create_dir_all(&prepared)
-            .with_context(|| format!("creating {}", prepared.display()))?;
-        super::fsync_dir(&prepared)?;
         super::fsync_dir(&self.state.epoch_dir(epoch))?;
         crate::crash::point("after-part-fsync");
+        let record = EpochRecord { epoch, parts };
         let checkpoint = &mut self.state.checkpoint;
-        checkpoint.epochs.push(EpochRecord {
-            epoch,
-            sink: parts
-                .into_iter()
-                .map(|p| PartRecord {
-                    path: p.path,
-                    rows: p.rows,
-                })
-                .collect(),
-            quarantine_rows: quarantine.rows() - self.quarantine_rows_at_epoch_start,
-        });
+        checkpoint.epochs.push(record.clone());
         checkpoint.epoch = epoch;
         checkpoint.position = self.position;
         checkpoint.totals = totals;
         self.state.write()?;
-        self.state.commit_epoch(epoch)?;
+        self.state.commit_epoch(&record)?;
         crate::crash::point("after-commit");
         // Acknowledge: a file source's position is in the checkpoint.
         if let Some(acknowledge) = self.acknowledge.as_mut() {
@@ -823,10 +755,12 @@ impl Coordinator {
     }
 
     /// Ends the last epoch and publishes the run: the checkpoint says
-    /// `publishing`, every epoch's parts are concatenated into the sink's
-    /// and the quarantine's final files and moved into place, and the
-    /// checkpoint directory is removed. Returns the sink's files and the
-    /// quarantine's path.
+    /// `publishing`, each connector publishes every committed epoch's
+    /// parts ([`EpochSink::publish`]; those with `false` beside them are
+    /// dropped unpublished, as the sink of a run over
+    /// `max_quarantine_fraction`), the checkpoint says `published`, and
+    /// the checkpoint directory is removed. Returns each connector's
+    /// published files, in order (none for one left unpublished).
     ///
     /// # Errors
     /// An I/O error; the checkpoint then still says `publishing` and the
@@ -834,33 +768,29 @@ impl Coordinator {
     pub fn publish(
         mut self,
         totals: Totals,
-        mut sink: Sink,
-        mut quarantine: Quarantine,
-        publish_sink: bool,
-    ) -> Result<(Vec<OutputFile>, PathBuf, CheckpointReport)> {
+        mut connectors: Vec<(Box<dyn EpochSink + '_>, bool)>,
+    ) -> Result<(Vec<Vec<OutputFile>>, CheckpointReport)> {
         // A publish that a crash interrupted may have put this run's
         // output in place already: replacing it is then allowed.
         let resumed_publish = self.state.checkpoint.phase == Phase::Publishing;
         if !resumed_publish {
-            self.end_epoch(totals, &mut sink, &mut quarantine)?;
+            let mut open: Vec<&mut dyn EpochSink> = connectors
+                .iter_mut()
+                .map(|(connector, _)| &mut **connector as &mut dyn EpochSink)
+                .collect();
+            self.end_epoch(totals, &mut open)?;
             self.state.checkpoint.phase = Phase::Publishing;
             self.state.write()?;
         }
-        let (sink_parts, quarantine_parts) = self.state.committed_parts(self.quarantine_format);
-        let quarantine_rows = self
-            .state
-            .checkpoint
-            .epochs
-            .iter()
-            .map(|r| r.quarantine_rows)
-            .sum();
-        let outputs = if publish_sink {
-            sink.publish(&sink_parts, resumed_publish)?
-        } else {
-            drop(sink);
-            Vec::new()
-        };
-        let quarantine_path = quarantine.publish(&quarantine_parts, quarantine_rows)?;
+        let mut published = Vec::new();
+        for (connector, publish) in connectors {
+            if publish {
+                let parts = self.state.committed_parts(connector.connector());
+                published.push(connector.publish(&parts, resumed_publish)?);
+            } else {
+                published.push(Vec::new());
+            }
+        }
         crate::crash::point("after-publish");
         self.state.checkpoint.phase = Phase::Published;
         self.state.write()?;
@@ -873,7 +803,7 @@ impl Coordinator {
             max_commit_lag_ms: self.max_commit_lag.as_millis() as u64,
         };
         self.state.remove_published();
-        Ok((outputs, quarantine_path, report))
+        Ok((published, report))
     }
 
     /// Finishes a run killed after it was published (while its checkpoint
@@ -902,9 +832,12 @@ impl Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{QuarantineConfig, SinkFormat, WriteMode};
+    use crate::config::{QuarantineConfig, QuarantineFormat, SinkFormat, WriteMode};
+    use crate::quarantine::Quarantine;
+    use crate::sink::Sink;
     use arrow::array::{ArrayRef, Int64Array};
     use arrow::record_batch::RecordBatch;
+    use std::sync::Arc;
 
     /// No source is acknowledged before every sink of its epoch has
     /// committed: at each acknowledgement, the epoch's sink parts and
@@ -939,8 +872,6 @@ mod tests {
                 every_batches: 2,
                 interval: Duration::from_secs(3600),
             },
-            std::slice::from_ref(&input),
-            QuarantineFormat::Jsonl,
         );
         let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = acknowledged.clone();
@@ -956,10 +887,10 @@ mod tests {
                 "nothing left prepared"
             );
             assert!(
-                epoch_dir.join("quarantine.jsonl").is_file(),
+                epoch_dir.join("quarantine/part.jsonl").is_file(),
                 "the quarantine is committed"
             );
-            assert!(!epoch_dir.join("quarantine.prepared.jsonl").exists());
+            assert!(!epoch_dir.join("quarantine.prepared").exists());
             let recorded: Checkpoint = serde_json::from_slice(
                 &crate::checkpoint::read_verified(&checked_dir.join(CHECKPOINT_FILE))
                     .unwrap()
@@ -975,25 +906,40 @@ mod tests {
         });
         let mut sink = Sink::create(&sink_config, dir.path(), "run").unwrap();
         let mut quarantine = Quarantine::for_epochs(&quarantine_config, dir.path(), "run");
-        coordinator.begin_epoch(&mut sink, &mut quarantine).unwrap();
-        let file: Arc<str> = Arc::from(input.display().to_string());
+        coordinator
+            .begin_epoch(&mut [&mut sink, &mut quarantine])
+            .unwrap();
         let batch = RecordBatch::try_from_iter([
             ("k", Arc::new(Int64Array::from(vec![1, 1])) as ArrayRef),
             ("v", Arc::new(Int64Array::from(vec![7, 8])) as ArrayRef),
         ])
         .unwrap();
         let mut totals = Totals::default();
-        for _ in 0..4 {
+        for item in 1..=4 {
             sink.write(&batch).unwrap();
             totals.read += 2;
             totals.written += 2;
             coordinator
-                .after_item(&file, 2, totals, &mut sink, &mut quarantine)
+                .after_item(
+                    Position {
+                        file: 0,
+                        items: item,
+                        records: 2 * item,
+                    },
+                    totals,
+                    &mut [&mut sink, &mut quarantine],
+                )
                 .unwrap();
         }
         assert_eq!(*acknowledged.lock().unwrap(), vec![1, 2]);
-        let (outputs, _, report) = coordinator.publish(totals, sink, quarantine, true).unwrap();
-        assert_eq!(outputs.iter().map(|o| o.rows).sum::<u64>(), 8);
+        let (published, report) = coordinator
+            .publish(
+                totals,
+                vec![(Box::new(sink), true), (Box::new(quarantine), true)],
+            )
+            .unwrap();
+        assert_eq!(published[0].iter().map(|o| o.rows).sum::<u64>(), 8);
+        assert_eq!(published[1][0].rows, 0, "nothing quarantined");
         assert_eq!(report.epochs, 2);
         assert!(!state_dir.exists(), "the checkpoint directory is removed");
     }

@@ -47,6 +47,73 @@ pub struct OutputFile {
     pub rows: u64,
 }
 
+/// A sink connector under the checkpoint protocol of `weir run`
+/// ([`crate::checkpoint::run`]), the two-phase commit contract: the rows of
+/// an epoch go under a directory the coordinator owns
+/// ([`EpochSink::begin_epoch`]); phase one, [`EpochSink::prepare_epoch`],
+/// makes them durable but invisible and names the parts for the
+/// checkpoint; the coordinator commits by renaming that directory (an
+/// idempotent step it repeats at recovery); at the end,
+/// [`EpochSink::publish`] makes every committed epoch's parts the output.
+/// Implemented by [`Sink`] (Parquet, JSON Lines, CSV files) and the
+/// quarantine; a new sink connector implements it in one new file.
+pub trait EpochSink {
+    /// The connector's name in the checkpoint and its directory under
+    /// each epoch: `sink`, `quarantine`.
+    fn connector(&self) -> &'static str;
+
+    /// Starts an epoch: rows written from now on go under `dir`.
+    ///
+    /// # Errors
+    /// When the connector cannot start writing there.
+    fn begin_epoch(&mut self, dir: &Path) -> Result<()>;
+
+    /// Phase one: finishes the epoch's files under its directory and
+    /// fsyncs them; returns them (paths relative to the directory) with
+    /// their rows.
+    ///
+    /// # Errors
+    /// An I/O error.
+    fn prepare_epoch(&mut self) -> Result<Vec<OutputFile>>;
+
+    /// Publishes the run from `epochs` (each committed epoch's directory
+    /// and the parts [`EpochSink::prepare_epoch`] returned, in order),
+    /// leaving the parts in place. With `replace_own_output` the output may
+    /// already be this run's (a publish a crash interrupted). Returns the
+    /// published files.
+    ///
+    /// # Errors
+    /// A missing part or an I/O error.
+    fn publish(
+        self: Box<Self>,
+        epochs: &[(PathBuf, Vec<OutputFile>)],
+        replace_own_output: bool,
+    ) -> Result<Vec<OutputFile>>;
+}
+
+impl EpochSink for Sink {
+    fn connector(&self) -> &'static str {
+        "sink"
+    }
+
+    fn begin_epoch(&mut self, dir: &Path) -> Result<()> {
+        self.epoch_dir = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn prepare_epoch(&mut self) -> Result<Vec<OutputFile>> {
+        self.prepare_epoch_files()
+    }
+
+    fn publish(
+        self: Box<Self>,
+        epochs: &[(PathBuf, Vec<OutputFile>)],
+        replace_own_output: bool,
+    ) -> Result<Vec<OutputFile>> {
+        self.publish_epochs(epochs, replace_own_output)
+    }
+}
+
 /// One output file being written in one format: what each file format of
 /// the sink implements (`parquet.rs`, `jsonl.rs`, `csv.rs`); a new format
 /// is one new file and a line in [`create_writer`].
@@ -299,12 +366,6 @@ impl Sink {
         Ok(())
     }
 
-    /// Starts an epoch: files written from now on go under `dir` (which
-    /// the caller owns) until [`Sink::prepare_epoch`].
-    pub fn begin_epoch(&mut self, dir: PathBuf) {
-        self.epoch_dir = Some(dir);
-    }
-
     /// Prepares the current epoch (phase one of the commit): finishes every
     /// file written since [`Sink::begin_epoch`] and fsyncs it and its
     /// directories. Returns the files, paths relative to the epoch's
@@ -313,7 +374,7 @@ impl Sink {
     ///
     /// # Errors
     /// An I/O error.
-    pub fn prepare_epoch(&mut self) -> Result<Vec<OutputFile>> {
+    fn prepare_epoch_files(&mut self) -> Result<Vec<OutputFile>> {
         let dir = self
             .epoch_dir
             .clone()
@@ -349,8 +410,8 @@ impl Sink {
     ///
     /// # Errors
     /// A missing or unreadable part, or an I/O error.
-    pub fn publish(
-        mut self,
+    fn publish_epochs(
+        mut self: Box<Self>,
         epochs: &[(PathBuf, Vec<OutputFile>)],
         replace_own_output: bool,
     ) -> Result<Vec<OutputFile>> {

@@ -36,6 +36,69 @@ use self::recovery::{Decoded, Decoding};
 /// a record (there is no plugin hash: `plugin_sha256` is empty).
 pub const NATIVE_READER: &str = "weir:reader";
 
+/// Where the source stands: the next item comes from file `file` (an index
+/// into the source's files) after its first `items` items (batches or
+/// rejected-record groups), which held `records` records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    /// Index of the file being read.
+    pub file: usize,
+    /// Items of that file already consumed.
+    pub items: u64,
+    /// Records of that file already consumed.
+    pub records: u64,
+}
+
+/// A source connector under the checkpoint protocol: it reads items from
+/// a position and says, with each item, the position after it, so that a
+/// run can resume exactly where its last committed epoch ended
+/// ([`crate::checkpoint::run`]). Reading from the same position of
+/// unchanged input yields the same items. Implemented by [`Source`] (the
+/// CSV, JSON Lines, JSON, Parquet and extract file sources); a new source
+/// connector implements it in one new file.
+pub trait SourceConnector {
+    /// Items from `start` on (`Position::default()`: the beginning), each
+    /// with the position after it. An error names the file; reading stops
+    /// after it.
+    fn read_from(
+        &self,
+        start: Position,
+    ) -> Box<dyn Iterator<Item = Result<(SourceItem, Position)>> + Send>;
+}
+
+impl SourceConnector for Source {
+    fn read_from(
+        &self,
+        start: Position,
+    ) -> Box<dyn Iterator<Item = Result<(SourceItem, Position)>> + Send> {
+        let index: std::collections::HashMap<Arc<str>, usize> = self
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, path)| (Arc::from(path.display().to_string()), i))
+            .collect();
+        let mut position = start;
+        Box::new(self.items_from(start.file, start.items).map(move |item| {
+            let item = item?;
+            let (file, rows) = match &item {
+                SourceItem::Batch(batch) => (&batch.file, batch.batch.num_rows()),
+                SourceItem::Rejected { file, rows, .. } => (file, rows.num_rows()),
+            };
+            let file = index.get(file).copied().unwrap_or(position.file);
+            if file != position.file {
+                position = Position {
+                    file,
+                    items: 0,
+                    records: 0,
+                };
+            }
+            position.items += 1;
+            position.records += rows as u64;
+            Ok((item, position))
+        }))
+    }
+}
+
 /// What a source yields: a batch, or a file that could not be read into
 /// batches (extract sources only), as a one-row batch for the quarantine.
 #[derive(Debug)]
