@@ -751,7 +751,22 @@ fn a_service_killed_50_times_under_retrying_clients_writes_every_record_once() {
 
     let requested = next.load(Ordering::Relaxed) as i64 * PER_REQUEST;
     eprintln!("serve crash: {requested} records posted");
-    let ids = (0..requested).chain(first_file_id..first_file_id + FILES * PER_FILE);
+    // A file the service was killed three times while reading is set
+    // aside (drop_dir's crash-loop guard) with nothing of it written: its
+    // ids are then expected nowhere.
+    let set_aside: Vec<i64> = (0..FILES)
+        .filter(|f| {
+            dir.path()
+                .join(format!("incoming/.failed/file-{f:02}.jsonl"))
+                .exists()
+        })
+        .collect();
+    eprintln!("serve crash: dropped files set aside: {set_aside:?}");
+    let ids = (0..requested).chain(
+        (0..FILES)
+            .filter(|f| !set_aside.contains(f))
+            .flat_map(|f| first_file_id + f * PER_FILE..first_file_id + (f + 1) * PER_FILE),
+    );
     let mut written = part_ids(&dir.path().join("out"));
     written.sort_unstable();
     let mut quarantined = part_ids(&dir.path().join("quarantine"));

@@ -468,6 +468,15 @@ impl Delivery {
         Ok(())
     }
 
+    /// Pieces of the submission keyed `key` already committed.
+    pub fn committed_pieces(&self, key: &str) -> usize {
+        self.keys
+            .lock()
+            .expect("keys lock")
+            .get(key)
+            .map_or(0, |state| state.pieces.len())
+    }
+
     /// Counts for the admin API.
     pub fn status(&self) -> DeliveryStatus {
         self.status.lock().expect("status lock").clone()

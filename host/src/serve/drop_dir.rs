@@ -304,7 +304,13 @@ async fn scan(
         }
         let size = bytes.len() as u64;
         let tried = attempts.count(&key);
-        if tried >= MAX_ATTEMPTS {
+        // A file partly committed before the crashes is finished, not set
+        // aside: setting it aside would leave part of it written.
+        let progressed = live
+            .delivery()
+            .committed_pieces(&format!("file:{name}:{sha256}"))
+            > 0;
+        if tried >= MAX_ATTEMPTS && !progressed {
             let entry = set_aside(&path, dir, &key, size, tried)?;
             tracing::error!(pipeline = %live.name, file = %path.display(), error = entry.error.as_deref().unwrap_or_default(), "a dropped file was set aside");
             append_checkpoint(state_dir, &entry)?;

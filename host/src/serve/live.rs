@@ -437,6 +437,11 @@ impl LivePipeline {
             || self.state() == PipelineState::Running
     }
 
+    /// The pipeline's exactly-once delivery state.
+    pub fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+
     /// Submits decoded records and waits until they are committed.
     ///
     /// # Errors
