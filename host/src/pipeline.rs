@@ -591,14 +591,7 @@ impl Pipeline {
             duration_ms: started.elapsed().as_millis() as u64,
             records: counts,
             stages,
-            inputs: source
-                .files()
-                .iter()
-                .map(|p| InputFile {
-                    path: p.clone(),
-                    bytes: p.metadata().map(|m| m.len()).unwrap_or(0),
-                })
-                .collect(),
+            inputs: input_files(source),
             outputs: Vec::new(),
             quarantine: QuarantineReport {
                 path: quarantine.path().to_path_buf(),
@@ -686,14 +679,7 @@ impl Pipeline {
             duration_ms: started.elapsed().as_millis() as u64,
             records,
             stages: Vec::new(),
-            inputs: source
-                .files()
-                .iter()
-                .map(|p| InputFile {
-                    path: p.clone(),
-                    bytes: p.metadata().map(|m| m.len()).unwrap_or(0),
-                })
-                .collect(),
+            inputs: input_files(source),
             outputs: Vec::new(),
             quarantine: QuarantineReport {
                 path: self.base_dir.join(&self.config.quarantine.path),
@@ -703,6 +689,18 @@ impl Pipeline {
             checkpoint: Some(account),
         }
     }
+}
+
+/// The source's files with their sizes, for the report.
+fn input_files(source: &Source) -> Vec<InputFile> {
+    source
+        .files()
+        .iter()
+        .map(|p| InputFile {
+            path: p.clone(),
+            bytes: p.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .collect()
 }
 
 /// The checkpoint's totals of the run's writer-side counts.

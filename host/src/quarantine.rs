@@ -208,14 +208,7 @@ impl Quarantine {
         };
         crate::sink::concat::concat(format, parts, &self.staging)?;
         self.rows = rows;
-        crate::sink::replace(
-            &self.staging,
-            &self.final_path,
-            WriteMode::Overwrite,
-            &self.run_id,
-        )?;
-        self.committed = true;
-        Ok(self.final_path.clone())
+        self.move_into_place()
     }
 
     /// Final path of the quarantine file.
@@ -298,14 +291,7 @@ impl Quarantine {
     /// An I/O error.
     pub fn commit(mut self) -> Result<PathBuf> {
         close_writer(self.writer.take().expect("open until commit"))?;
-        crate::sink::replace(
-            &self.staging,
-            &self.final_path,
-            WriteMode::Overwrite,
-            &self.run_id,
-        )?;
-        self.committed = true;
-        Ok(self.final_path.clone())
+        self.move_into_place()
     }
 
     /// Prepares the file for the checkpoint protocol: closes and fsyncs it
@@ -319,6 +305,19 @@ impl Quarantine {
         crate::durable::fsync_file(&self.staging)?;
         self.committed = true;
         Ok((self.staging.clone(), self.final_path.clone()))
+    }
+
+    /// Moves the finished staging file over the final path (replacing the
+    /// previous run's).
+    fn move_into_place(mut self) -> Result<PathBuf> {
+        crate::sink::replace(
+            &self.staging,
+            &self.final_path,
+            WriteMode::Overwrite,
+            &self.run_id,
+        )?;
+        self.committed = true;
+        Ok(self.final_path.clone())
     }
 
     /// The format it writes.
