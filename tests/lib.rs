@@ -5,6 +5,7 @@ include!(concat!(env!("OUT_DIR"), "/components.rs"));
 
 mod every_type;
 pub use every_type::every_type;
+pub mod pg;
 
 /// The directory of committed test data (`tests/data`).
 pub fn data_dir() -> std::path::PathBuf {

@@ -466,6 +466,11 @@ fn print_summary(report: &RunReport) -> std::io::Result<()> {
                 recovery.commits_finished,
                 recovery.epochs_rolled_back
             )?;
+            if let Some(epoch) = recovery.sink_committed_epoch {
+                say!(
+                    "  the sink had committed epoch {epoch} before the crash: it was replayed to the same position and not loaded again"
+                )?;
+            }
         }
         say!(
             "  checkpoint: {} epoch(s) committed, {} ms committing",

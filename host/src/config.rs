@@ -407,13 +407,22 @@ pub enum SinkFormat {
     Jsonl,
     /// CSV with a header line.
     Csv,
+    /// A PostgreSQL table, loaded with binary `COPY`
+    /// ([`crate::sink::postgres`]).
+    Postgres,
 }
 
 impl SinkConfig {
     /// The checkpoint directory of a `weir run` writing this sink:
     /// `.NAME.weir-checkpoint` beside the sink's path (relative to
     /// `base_dir`), on the same filesystem so that publishing is a rename.
+    /// A PostgreSQL sink has no path: its checkpoint directory is
+    /// `.TABLE.weir-checkpoint` in `base_dir`.
     pub fn checkpoint_dir(&self, base_dir: &Path) -> PathBuf {
+        if self.format == SinkFormat::Postgres {
+            let table = self.table.as_deref().unwrap_or("postgres");
+            return base_dir.join(format!(".{table}.weir-checkpoint"));
+        }
         let path = base_dir.join(&self.path);
         let name = path
             .file_name()
@@ -430,6 +439,7 @@ impl SinkFormat {
             SinkFormat::Parquet => "parquet",
             SinkFormat::Jsonl => "jsonl",
             SinkFormat::Csv => "csv",
+            SinkFormat::Postgres => "bin",
         }
     }
 }
@@ -443,31 +453,85 @@ pub enum WriteMode {
     ErrorIfExists,
     /// Replace the old output when the run commits; until then it is intact.
     Overwrite,
+    /// PostgreSQL (default there): add the rows to the table.
+    Append,
+    /// PostgreSQL: insert rows whose `key` is new, update those whose key
+    /// is in the table (the last row of a key in an epoch wins).
+    Upsert,
+    /// PostgreSQL: the run's rows replace the table's (or, with
+    /// `partition_by`, the rows of the partitions the run wrote), in one
+    /// transaction at the end of the run.
+    Replace,
 }
 
 /// `[sink]`: where passing records are written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
-    /// `parquet`, `jsonl` or `csv`.
+    /// `parquet`, `jsonl`, `csv` or `postgres`.
     pub format: SinkFormat,
     /// Output path, relative to the pipeline file: a file, or a directory
-    /// when `partition_by` is set.
+    /// when `partition_by` is set. Not used by `postgres`.
+    #[serde(default)]
     pub path: String,
     /// Parquet: columns whose values name Hive-style subdirectories
     /// (`month=1/`); the columns are stored in the path, not in the files.
+    /// PostgreSQL with `mode = "replace"`: the columns whose values the
+    /// run replaces (only rows of those partitions are deleted).
     #[serde(default)]
     pub partition_by: Vec<String>,
     /// Parquet: `snappy` (default), `zstd` or `none`.
     #[serde(default = "default_compression")]
     pub compression: String,
-    /// `error_if_exists` (default) or `overwrite`.
+    /// Files: `error_if_exists` (default) or `overwrite`. PostgreSQL:
+    /// `append` (default), `upsert` or `replace`.
     #[serde(default)]
-    pub mode: WriteMode,
+    pub mode: Option<WriteMode>,
     /// Name of a `utf8` column added to every output row naming the plugin
     /// version each stage ran, as `stage=sha256;stage=sha256…`. Default:
     /// none. Example: `lineage_column = "_weir_lineage"`.
     pub lineage_column: Option<String>,
+    /// PostgreSQL: a libpq connection string (`host=… port=… user=…
+    /// dbname=…`) or `postgresql://` URL; what it leaves out comes from
+    /// the `PG*` environment variables. Prefer `PGPASSWORD` (or a
+    /// `.pgpass`-free secret in the environment) to a password here.
+    pub connection: Option<String>,
+    /// PostgreSQL: the table, `name` or `schema.name`, matched exactly.
+    pub table: Option<String>,
+    /// PostgreSQL `upsert`: the key columns (a unique index or primary
+    /// key on exactly these must exist, or be created with `create`).
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// PostgreSQL: create the table from the output's schema when it does
+    /// not exist (types: docs/postgres.md). Default false.
+    #[serde(default)]
+    pub create: bool,
+    /// PostgreSQL: how long to keep retrying a lost connection before the
+    /// run fails, in seconds. Default 60.
+    #[serde(default = "default_retry_budget_s")]
+    pub retry_budget_s: u64,
+}
+
+impl Default for SinkFormat {
+    fn default() -> SinkFormat {
+        SinkFormat::Parquet
+    }
+}
+
+fn default_retry_budget_s() -> u64 {
+    crate::postgres::DEFAULT_RETRY_BUDGET_S
+}
+
+impl SinkConfig {
+    /// The write mode, its default filled in: `error_if_exists` for
+    /// files, `append` for PostgreSQL.
+    pub fn write_mode(&self) -> WriteMode {
+        match (self.mode, self.format) {
+            (Some(mode), _) => mode,
+            (None, SinkFormat::Postgres) => WriteMode::Append,
+            (None, _) => WriteMode::ErrorIfExists,
+        }
+    }
 }
 
 fn default_compression() -> String {
@@ -1018,6 +1082,32 @@ impl PipelineConfig {
             }
         }
         let sink = &self.sink;
+        if sink.format == SinkFormat::Postgres {
+            self.check_postgres_sink(problems, purpose);
+            return;
+        }
+        if sink.path.is_empty() {
+            problems.add("sink.path", "missing: the output file or directory");
+        }
+        for (key, set) in [
+            ("sink.connection", sink.connection.is_some()),
+            ("sink.table", sink.table.is_some()),
+            ("sink.key", !sink.key.is_empty()),
+            ("sink.create", sink.create),
+        ] {
+            if set {
+                problems.add(key, "is only used with format = \"postgres\"");
+            }
+        }
+        if matches!(
+            sink.mode,
+            Some(WriteMode::Append | WriteMode::Upsert | WriteMode::Replace)
+        ) {
+            problems.add(
+                "sink.mode",
+                "a file sink's mode is error_if_exists or overwrite (append, upsert and replace are for format = \"postgres\")",
+            );
+        }
         if !sink.partition_by.is_empty() && sink.format != SinkFormat::Parquet {
             problems.add("sink.partition_by", "only parquet sinks can be partitioned");
         }
@@ -1034,7 +1124,7 @@ impl PipelineConfig {
         let resumable = self.pipeline.checkpoint
             && sink.checkpoint_dir(base_dir).join(CHECKPOINT_FILE).exists();
         if purpose == Purpose::Run
-            && sink.mode == WriteMode::ErrorIfExists
+            && sink.write_mode() == WriteMode::ErrorIfExists
             && sink_path.exists()
             && !resumable
         {
@@ -1048,6 +1138,70 @@ impl PipelineConfig {
         }
         if base_dir.join(&self.quarantine.path) == sink_path {
             problems.add("quarantine.path", "must differ from sink.path");
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// The checks of a `format = "postgres"` sink.
+    fn check_postgres_sink(&self, problems: &mut Problems, purpose: Purpose) {
+        let sink = &self.sink;
+        if purpose == Purpose::Serve {
+            problems.add(
+                "sink.format",
+                "weir serve does not load into PostgreSQL yet; use weir run (or a file sink)",
+            );
+        }
+        if !self.pipeline.checkpoint {
+            problems.add(
+                "pipeline.checkpoint",
+                "a postgres sink loads epoch by epoch under the checkpoint protocol; remove checkpoint = false",
+            );
+        }
+        if !sink.path.is_empty() {
+            problems.add(
+                "sink.path",
+                "a postgres sink writes to `table`, not to a path; remove `path`",
+            );
+        }
+        match sink.table.as_deref() {
+            None => problems.add("sink.table", "missing: the table to load, `name` or `schema.name`"),
+            Some(table) => {
+                if let Err(e) = crate::postgres::TableName::parse(table) {
+                    problems.add("sink.table", format!("{e:#}"));
+                }
+            }
+        }
+        if let Err(e) = crate::postgres::Target::new(sink.connection.as_deref()) {
+            problems.add("sink.connection", format!("{e:#}"));
+        }
+        match sink.write_mode() {
+            WriteMode::Append | WriteMode::Replace => {
+                if !sink.key.is_empty() {
+                    problems.add("sink.key", "is only used with mode = \"upsert\"");
+                }
+            }
+            WriteMode::Upsert => {
+                if sink.key.is_empty() {
+                    problems.add(
+                        "sink.key",
+                        "missing: mode = \"upsert\" needs the key columns, e.g. key = [\"id\"]",
+                    );
+                }
+            }
+            WriteMode::ErrorIfExists | WriteMode::Overwrite => problems.add(
+                "sink.mode",
+                "a postgres sink's mode is append (default), upsert or replace",
+            ),
+        }
+        if !sink.partition_by.is_empty() && sink.write_mode() != WriteMode::Replace {
+            problems.add(
+                "sink.partition_by",
+                "a postgres sink uses partition_by only with mode = \"replace\" (the partitions the run replaces)",
+            );
+        }
+        if sink.retry_budget_s == 0 {
+            problems.add("sink.retry_budget_s", "must be at least 1");
         }
     }
 }
@@ -1149,7 +1303,7 @@ path = "q.jsonl"
         let config = PipelineConfig::from_toml(MINIMAL, Path::new("p.toml")).unwrap();
         assert_eq!(config.pipeline.batch_size, 8192);
         assert_eq!(config.source.delimiter, ",");
-        assert_eq!(config.sink.mode, WriteMode::ErrorIfExists);
+        assert_eq!(config.sink.write_mode(), WriteMode::ErrorIfExists);
     }
 
     #[test]

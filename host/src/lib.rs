@@ -42,6 +42,7 @@ pub mod durable;
 pub mod engine;
 pub mod pipeline;
 pub mod plugin;
+pub mod postgres;
 pub mod quarantine;
 pub mod report;
 pub mod serve;

@@ -34,7 +34,7 @@ use crate::config::{
 use crate::plugin::{Plugin, PluginKind, PluginSlot, PluginWatcher};
 use crate::quarantine::Quarantine;
 use crate::report::{InputFile, QuarantineReport, RecordCounts, RunReport, StageReport};
-use crate::sink::{EpochSink, Sink};
+use crate::sink::{EpochSink, RecordSink};
 use crate::source::{Extractor, Position, Source, SourceConnector, SourceItem};
 use crate::stages::{BatchResult, Worker};
 
@@ -449,18 +449,18 @@ impl Pipeline {
             .is_some_and(|c| c.state().checkpoint().phase == Phase::Publishing);
         let (mut sink, mut quarantine) = match coordinator {
             None => (
-                Sink::create(&self.config.sink, &self.base_dir, run_id)?,
+                crate::sink::open(&self.config.sink, &self.base_dir, run_id, false)?,
                 Quarantine::create(&self.config.quarantine, &self.base_dir, run_id)?,
             ),
-            Some(_) if publishing => (
-                Sink::for_publish(&self.config.sink, &self.base_dir, run_id),
-                Quarantine::for_epochs(&self.config.quarantine, &self.base_dir, run_id),
-            ),
             Some(_) => (
-                Sink::create(&self.config.sink, &self.base_dir, run_id)?,
+                crate::sink::open(&self.config.sink, &self.base_dir, run_id, publishing)?,
                 Quarantine::for_epochs(&self.config.quarantine, &self.base_dir, run_id),
             ),
         };
+        // A table sink checks (or creates) its table before any row.
+        if let Some(schema) = &self.output_schema {
+            sink.expect_schema(schema.clone())?;
+        }
         let mut counts = RecordCounts::default();
         let mut resumed_filtered = 0;
         let mut start = Position::default();
@@ -472,7 +472,8 @@ impl Pipeline {
             resumed_filtered = base.read - base.written - base.quarantined;
             start = coordinator.state().checkpoint().position;
             if !publishing {
-                coordinator.begin_epoch(&mut [&mut sink, &mut quarantine])?;
+                coordinator.align(&mut [&mut *sink, &mut quarantine])?;
+                coordinator.begin_epoch(&mut [&mut *sink, &mut quarantine])?;
             }
         }
         let workers = self.workers();
@@ -547,7 +548,7 @@ impl Pipeline {
                 &result_rx,
                 &permit_tx,
                 Output {
-                    sink: &mut sink,
+                    sink: &mut *sink,
                     quarantine: &mut quarantine,
                     coordinator: coordinator.as_mut(),
                     positions: &positions_rx,
@@ -608,9 +609,6 @@ impl Pipeline {
             let fraction = counts.quarantined as f64 / counts.read.max(1) as f64;
             (fraction > max).then_some((max, fraction))
         });
-        if let Some(schema) = &self.output_schema {
-            sink.expect_schema(schema.clone());
-        }
         let totals = totals(&counts);
         let quarantine_path = match (coordinator.take(), over_limit) {
             (Some(coordinator), over_limit) => {
@@ -618,11 +616,15 @@ impl Pipeline {
                 let (mut published, account) = coordinator.publish(
                     totals,
                     vec![
-                        (Box::new(sink) as Box<dyn EpochSink>, over_limit.is_none()),
+                        (sink as Box<dyn EpochSink>, over_limit.is_none()),
                         (Box::new(quarantine), true),
                     ],
                 )?;
                 report.outputs = published.swap_remove(0);
+                // Rows the database refused were counted as written.
+                report.records.written -= account.rejected_by_sink;
+                report.records.quarantined += account.rejected_by_sink;
+                report.quarantine.rows += account.rejected_by_sink;
                 report.checkpoint = Some(account);
                 quarantine_path
             }
@@ -714,7 +716,7 @@ fn totals(counts: &RecordCounts) -> checkpoint::run::Totals {
 
 /// Where written results go.
 struct Output<'a> {
-    sink: &'a mut Sink,
+    sink: &'a mut dyn RecordSink,
     quarantine: &'a mut Quarantine,
     /// Under the checkpoint protocol, the epochs' coordinator.
     coordinator: Option<&'a mut Coordinator>,
@@ -740,7 +742,7 @@ fn write_results(
             if let Some(output) = &result.output {
                 out.sink
                     .write(output)
-                    .with_context(|| format!("writing to {}", out.sink.path().display()))?;
+                    .with_context(|| format!("writing to {}", out.sink.describe()))?;
                 counts.written += output.num_rows() as u64;
                 crate::crash::point("mid-part-write");
             }

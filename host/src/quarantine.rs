@@ -346,7 +346,15 @@ impl crate::sink::EpochSink for Quarantine {
         Ok(())
     }
 
-    fn prepare_epoch(&mut self) -> Result<Vec<OutputFile>> {
+    fn accept_rejected(&mut self, rejected: &crate::sink::SinkRejected) -> Result<bool> {
+        self.write(&rejected.rows, &rejected.reasons, &rejected.source)?;
+        Ok(true)
+    }
+
+    fn prepare_epoch(
+        &mut self,
+        _epoch: &crate::sink::EpochContext,
+    ) -> Result<crate::sink::Prepared> {
         let (path, rows_before) = self
             .epoch
             .take()
@@ -357,10 +365,13 @@ impl crate::sink::EpochSink for Quarantine {
                 .context("prepare_epoch without begin_epoch")?,
         )?;
         crate::durable::fsync_file(&path)?;
-        Ok(vec![OutputFile {
-            path: PathBuf::from(epoch_part(self.format)),
-            rows: self.rows - rows_before,
-        }])
+        Ok(crate::sink::Prepared {
+            parts: vec![OutputFile {
+                path: PathBuf::from(epoch_part(self.format)),
+                rows: self.rows - rows_before,
+            }],
+            rejected: Vec::new(),
+        })
     }
 
     fn publish(

@@ -36,6 +36,16 @@ fn child_weir() {
 /// A child process running `weir ARGS` (stdout and stderr captured in
 /// `dir/child.log`), with `crash` as `WEIR_CRASH_AT` when given.
 pub fn spawn_weir(dir: &Path, args: &[&str], crash: Option<&str>) -> std::process::Child {
+    spawn_weir_with(dir, args, crash, &[])
+}
+
+/// [`spawn_weir`] with more environment variables (`envs`).
+pub fn spawn_weir_with(
+    dir: &Path,
+    args: &[&str],
+    crash: Option<&str>,
+    envs: &[(&str, &str)],
+) -> std::process::Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -52,11 +62,12 @@ pub fn spawn_weir(dir: &Path, args: &[&str], crash: Option<&str>) -> std::proces
         .env(CHILD_ARGS, serde_json::to_string(args).unwrap())
         .env_remove(weir::crash::ENV)
         .current_dir(dir)
-        .stdout(Stdio::null())
+        .stdout(log.try_clone().unwrap())
         .stderr(log);
     if let Some(point) = crash {
         command.env(weir::crash::ENV, point);
     }
+    command.envs(envs.iter().copied());
     command.spawn().unwrap()
 }
 

@@ -13,6 +13,7 @@ mod http;
 mod languages;
 mod malformed_input;
 mod new_user;
+mod postgres;
 mod security;
 mod serve;
 mod support;

@@ -41,7 +41,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::config::SinkConfig;
-use crate::sink::{EpochSink, OutputFile};
+use crate::sink::{EpochContext, EpochSink, OutputFile};
 
 /// Version of the checkpoint file's layout; a checkpoint of another
 /// version is refused with instructions, never guessed at.
@@ -256,6 +256,10 @@ pub struct Recovery {
     pub epochs_rolled_back: u64,
     /// Time spent recovering, in milliseconds.
     pub recovery_ms: u64,
+    /// An epoch past the checkpoint that a connector had committed on its
+    /// own side (a database sink, [`Coordinator::align`]): replayed to the
+    /// same position, not loaded again.
+    pub sink_committed_epoch: Option<u64>,
 }
 
 /// The state of a checkpointed run: its directory and last checkpoint.
@@ -596,6 +600,9 @@ pub struct CheckpointReport {
     pub commit_ms: u64,
     /// Longest time from an epoch's last batch to its commit, in ms.
     pub max_commit_lag_ms: u64,
+    /// Rows the sink's destination refused in this process (a database
+    /// constraint), moved from written to quarantined.
+    pub rejected_by_sink: u64,
 }
 
 /// Drives epochs during a run: tracks the source position as batches are
@@ -617,6 +624,11 @@ pub struct Coordinator {
     /// once every connector's parts of the epoch are committed: where a
     /// source that must be told (a message queue) is acknowledged.
     acknowledge: Option<Box<dyn FnMut(u64, Position) + Send>>,
+    /// Where the next epoch must end: a connector committed it on its own
+    /// side before a crash ([`Coordinator::align`]).
+    boundary: Option<(u64, Position)>,
+    /// Rows the sink's destination refused in this process.
+    rejected_by_sink: u64,
 }
 
 impl Coordinator {
@@ -632,7 +644,44 @@ impl Coordinator {
             commit_time: Duration::ZERO,
             max_commit_lag: Duration::ZERO,
             acknowledge: None,
+            boundary: None,
+            rejected_by_sink: 0,
         }
+    }
+
+    /// After a crash, asks each connector whether it committed an epoch
+    /// past the checkpoint on its own side
+    /// ([`EpochSink::committed_beyond`]: a database sink commits before
+    /// the checkpoint file records the epoch); if one did, the replayed
+    /// epoch will end exactly where that one ended, so the connector
+    /// recognises it and loads nothing twice.
+    ///
+    /// # Errors
+    /// A connector's record cannot be read, or is more than one epoch
+    /// ahead (it cannot be: the checkpoint is written right after).
+    pub fn align(&mut self, connectors: &mut [&mut dyn EpochSink]) -> Result<()> {
+        for connector in connectors.iter_mut() {
+            if let Some((epoch, position)) =
+                connector.committed_beyond(&self.state.checkpoint.run_id, self.epoch)?
+            {
+                if epoch != self.epoch + 1 {
+                    bail!(
+                        "the {} committed epoch {epoch} but the checkpoint records only {}: the checkpoint directory {} does not belong to this output",
+                        connector.connector(),
+                        self.epoch,
+                        self.state.dir.display()
+                    );
+                }
+                tracing::info!(
+                    epoch,
+                    "the {} committed epoch {epoch} before the crash; it is replayed to the same position and not loaded again",
+                    connector.connector()
+                );
+                self.boundary = Some((epoch, position));
+                self.state.recovery.sink_committed_epoch = Some(epoch);
+            }
+        }
+        Ok(())
     }
 
     /// Calls `hook` with each epoch and the source position after it once
@@ -685,9 +734,25 @@ impl Coordinator {
     ) -> Result<()> {
         self.position = position;
         self.batches_in_epoch += 1;
-        if self.batches_in_epoch >= self.settings.every_batches
-            || self.epoch_started.elapsed() >= self.settings.interval
-        {
+        let due = match self.boundary {
+            Some((_, end)) if end == position => {
+                self.boundary = None;
+                true
+            }
+            Some((epoch, end)) => {
+                if (position.file, position.items) > (end.file, end.items) {
+                    bail!(
+                        "the replay of epoch {epoch} went past the position a connector recorded for it ({end:?}): the input changed since the crash"
+                    );
+                }
+                false
+            }
+            None => {
+                self.batches_in_epoch >= self.settings.every_batches
+                    || self.epoch_started.elapsed() >= self.settings.interval
+            }
+        };
+        if due {
             self.end_epoch(totals, connectors)?;
             self.begin_epoch(connectors)?;
         }
@@ -710,14 +775,35 @@ impl Coordinator {
     ) -> Result<()> {
         let started = Instant::now();
         let epoch = self.epoch + 1;
+        let context = EpochContext {
+            run_id: self.state.checkpoint.run_id.clone(),
+            epoch,
+            position: self.position,
+        };
         let mut parts = BTreeMap::new();
+        // Rows a destination refused go to a later connector that takes
+        // them (the quarantine) before it prepares.
+        let mut refused = Vec::new();
+        let mut refused_rows = 0u64;
         for connector in connectors.iter_mut() {
-            let prepared = connector.prepare_epoch()?;
+            let mut kept = Vec::new();
+            for rejected in refused.drain(..) {
+                if !connector.accept_rejected(&rejected)? {
+                    kept.push(rejected);
+                }
+            }
+            refused = kept;
+            let prepared = connector.prepare_epoch(&context)?;
+            for rejected in prepared.rejected {
+                refused_rows += rejected.rows.num_rows() as u64;
+                refused.push(rejected);
+            }
             let dir = self.state.prepared_dir(epoch, connector.connector());
             super::fsync_dir(&dir)?;
             parts.insert(
                 connector.connector().to_string(),
                 prepared
+                    .parts
                     .into_iter()
                     .map(|p| PartRecord {
                         path: p.path,
@@ -726,6 +812,13 @@ impl Coordinator {
                     .collect(),
             );
         }
+        if !refused.is_empty() {
+            bail!("the sink's destination refused rows, and no connector after it takes them");
+        }
+        self.rejected_by_sink += refused_rows;
+        let mut totals = totals;
+        totals.written -= self.rejected_by_sink.min(totals.written);
+        totals.quarantined += self.rejected_by_sink;
         if self.batches_in_epoch == 0 {
             std::fs::remove_dir_all(self.state.epoch_dir(epoch))?;
             return Ok(());
@@ -801,6 +894,7 @@ impl Coordinator {
             recovery: self.state.recovery.clone(),
             commit_ms: self.commit_time.as_millis() as u64,
             max_commit_lag_ms: self.max_commit_lag.as_millis() as u64,
+            rejected_by_sink: self.rejected_by_sink,
         };
         self.state.remove_published();
         Ok((published, report))
@@ -816,6 +910,7 @@ impl Coordinator {
             recovery: self.state.recovery.clone(),
             commit_ms: 0,
             max_commit_lag_ms: 0,
+            rejected_by_sink: 0,
         };
         self.state.remove_published();
         report
@@ -851,8 +946,9 @@ mod tests {
             path: "out".into(),
             partition_by: vec!["k".into()],
             compression: "snappy".into(),
-            mode: WriteMode::ErrorIfExists,
+            mode: Some(WriteMode::ErrorIfExists),
             lineage_column: None,
+            ..SinkConfig::default()
         };
         let quarantine_config = QuarantineConfig {
             format: QuarantineFormat::Jsonl,

@@ -29,6 +29,7 @@ pub mod concat;
 pub mod csv;
 pub mod jsonl;
 pub mod parquet;
+pub mod postgres;
 pub mod text;
 
 /// File name of an unpartitioned sink's part inside an epoch's directory
@@ -47,6 +48,39 @@ pub struct OutputFile {
     pub rows: u64,
 }
 
+/// The epoch a connector is asked to prepare ([`EpochSink::prepare_epoch`]).
+#[derive(Debug, Clone)]
+pub struct EpochContext {
+    /// The run's id (kept across resumes).
+    pub run_id: String,
+    /// The epoch's number (1, 2, …).
+    pub epoch: u64,
+    /// The source position after the epoch's last item.
+    pub position: crate::source::Position,
+}
+
+/// What preparing an epoch produced.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// The epoch's parts (paths relative to the epoch's directory) with
+    /// their rows.
+    pub parts: Vec<OutputFile>,
+    /// Rows the destination refused (a database's constraint), for the
+    /// quarantine.
+    pub rejected: Vec<SinkRejected>,
+}
+
+/// Rows a sink's destination refused, with why: they go to the quarantine.
+#[derive(Debug)]
+pub struct SinkRejected {
+    /// The rows (rows × the output schema).
+    pub rows: RecordBatch,
+    /// One reason per row.
+    pub reasons: Vec<crate::quarantine::Reason>,
+    /// The destination, for the quarantine's `source_file` column.
+    pub source: String,
+}
+
 /// A sink connector under the checkpoint protocol of `weir run`
 /// ([`crate::checkpoint::run`]), the two-phase commit contract: the rows of
 /// an epoch go under a directory the coordinator owns
@@ -55,7 +89,9 @@ pub struct OutputFile {
 /// checkpoint; the coordinator commits by renaming that directory (an
 /// idempotent step it repeats at recovery); at the end,
 /// [`EpochSink::publish`] makes every committed epoch's parts the output.
-/// Implemented by [`Sink`] (Parquet, JSON Lines, CSV files) and the
+/// Implemented by [`Sink`] (Parquet, JSON Lines, CSV files), the
+/// PostgreSQL sink ([`postgres::PostgresSink`], which commits each epoch
+/// in the database during phase one and records it there) and the
 /// quarantine; a new sink connector implements it in one new file.
 pub trait EpochSink {
     /// The connector's name in the checkpoint and its directory under
@@ -70,11 +106,38 @@ pub trait EpochSink {
 
     /// Phase one: finishes the epoch's files under its directory and
     /// fsyncs them; returns them (paths relative to the directory) with
-    /// their rows.
+    /// their rows, and any rows the destination refused.
     ///
     /// # Errors
     /// An I/O error.
-    fn prepare_epoch(&mut self) -> Result<Vec<OutputFile>>;
+    fn prepare_epoch(&mut self, epoch: &EpochContext) -> Result<Prepared>;
+
+    /// After a crash: the first epoch after `epoch` (the checkpoint's)
+    /// that this connector already committed on its own side (a database
+    /// that committed before the checkpoint file was written), with the
+    /// source position it ended at, so that the replay ends that epoch at
+    /// the same place. `None` for connectors that commit only by the
+    /// coordinator's rename (files).
+    ///
+    /// # Errors
+    /// The connector's own record cannot be read.
+    fn committed_beyond(
+        &mut self,
+        _run_id: &str,
+        _epoch: u64,
+    ) -> Result<Option<(u64, crate::source::Position)>> {
+        Ok(None)
+    }
+
+    /// Takes rows another connector's destination refused, into this
+    /// epoch; `false` when this connector does not hold rejected rows
+    /// (only the quarantine does).
+    ///
+    /// # Errors
+    /// An I/O error.
+    fn accept_rejected(&mut self, _rejected: &SinkRejected) -> Result<bool> {
+        Ok(false)
+    }
 
     /// Publishes the run from `epochs` (each committed epoch's directory
     /// and the parts [`EpochSink::prepare_epoch`] returned, in order),
@@ -91,6 +154,77 @@ pub trait EpochSink {
     ) -> Result<Vec<OutputFile>>;
 }
 
+/// What the pipeline writes output rows to: a [`Sink`] of files or a
+/// [`postgres::PostgresSink`], chosen by `[sink] format` ([`open`]).
+pub trait RecordSink: EpochSink + Send {
+    /// Writes `batch` (rows × the output schema).
+    ///
+    /// # Errors
+    /// A batch whose columns differ from the first batch's, or an I/O or
+    /// database error.
+    fn write(&mut self, batch: &RecordBatch) -> Result<()>;
+
+    /// Tells the sink the output schema before any row arrives (a file
+    /// sink then commits a readable empty output for a run without rows;
+    /// a table sink checks or creates its table before anything is
+    /// written).
+    ///
+    /// # Errors
+    /// The destination cannot take rows of `schema` (a table sink: a
+    /// missing table, a column of another type).
+    fn expect_schema(&mut self, schema: SchemaRef) -> Result<()>;
+
+    /// The output's path or address, for messages and reports (never
+    /// with a password).
+    fn describe(&self) -> String;
+
+    /// Commits a run that is not checkpointed: finishes and moves the
+    /// output into place.
+    ///
+    /// # Errors
+    /// An I/O error, or a sink that loads only under the checkpoint
+    /// protocol.
+    fn commit(self: Box<Self>) -> Result<Vec<OutputFile>>;
+}
+
+/// Opens the sink `config` names: files ([`Sink::create`], or
+/// [`Sink::for_publish`] with `for_publish`) or a PostgreSQL table.
+///
+/// # Errors
+/// As [`Sink::create`], or a PostgreSQL connection string or table name
+/// that does not parse.
+pub fn open(
+    config: &SinkConfig,
+    base_dir: &Path,
+    run_id: &str,
+    for_publish: bool,
+) -> Result<Box<dyn RecordSink>> {
+    Ok(match (config.format, for_publish) {
+        (SinkFormat::Postgres, _) => Box::new(postgres::PostgresSink::new(config, run_id)?),
+        (_, false) => Box::new(Sink::create(config, base_dir, run_id)?),
+        (_, true) => Box::new(Sink::for_publish(config, base_dir, run_id)),
+    })
+}
+
+impl RecordSink for Sink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        Sink::write(self, batch)
+    }
+
+    fn expect_schema(&mut self, schema: SchemaRef) -> Result<()> {
+        Sink::expect_schema(self, schema);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.final_path.display().to_string()
+    }
+
+    fn commit(self: Box<Self>) -> Result<Vec<OutputFile>> {
+        Sink::commit(*self)
+    }
+}
+
 impl EpochSink for Sink {
     fn connector(&self) -> &'static str {
         "sink"
@@ -101,8 +235,11 @@ impl EpochSink for Sink {
         Ok(())
     }
 
-    fn prepare_epoch(&mut self) -> Result<Vec<OutputFile>> {
-        self.prepare_epoch_files()
+    fn prepare_epoch(&mut self, _epoch: &EpochContext) -> Result<Prepared> {
+        Ok(Prepared {
+            parts: self.prepare_epoch_files()?,
+            rejected: Vec::new(),
+        })
     }
 
     fn publish(
@@ -152,6 +289,7 @@ pub fn create_writer(
         SinkFormat::Parquet => Box::new(parquet::ParquetWriter::new(file, schema, compression)?),
         SinkFormat::Jsonl => Box::new(jsonl::JsonlWriter::new(file)),
         SinkFormat::Csv => Box::new(csv::CsvWriter::new(file)),
+        SinkFormat::Postgres => bail!("a PostgreSQL table is not a file"),
     })
 }
 
@@ -200,7 +338,7 @@ impl Sink {
     /// When the output exists and `mode` is `error_if_exists`.
     pub fn create(config: &SinkConfig, base_dir: &Path, run_id: &str) -> Result<Sink> {
         let final_path = base_dir.join(&config.path);
-        if config.mode == WriteMode::ErrorIfExists && final_path.exists() {
+        if config.write_mode() == WriteMode::ErrorIfExists && final_path.exists() {
             bail!(
                 "{} exists; remove it or set mode = \"overwrite\"",
                 final_path.display()
@@ -230,7 +368,7 @@ impl Sink {
             format: config.format,
             compression: config.compression.clone(),
             partition_by: config.partition_by.clone(),
-            mode: config.mode,
+            mode: config.write_mode(),
             final_path,
             staging,
             run_id: run_id.to_string(),
@@ -769,8 +907,9 @@ mod tests {
             path: "out".into(),
             partition_by: vec!["m".into()],
             compression: "snappy".into(),
-            mode: WriteMode::ErrorIfExists,
+            mode: None,
             lineage_column: None,
+            ..SinkConfig::default()
         };
         let batch = RecordBatch::try_from_iter([
             (
@@ -828,8 +967,9 @@ mod tests {
             path: "out.jsonl".into(),
             partition_by: vec![],
             compression: "snappy".into(),
-            mode: WriteMode::ErrorIfExists,
+            mode: None,
             lineage_column: None,
+            ..SinkConfig::default()
         };
         let batch =
             RecordBatch::try_from_iter([("v", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef)])

@@ -1,0 +1,801 @@
+//! The PostgreSQL sink (`format = "postgres"`): loads each epoch of a
+//! checkpointed `weir run` into a table with binary `COPY`, exactly once.
+//!
+//! **Writing.** Rows are encoded column by column into PostgreSQL's binary
+//! `COPY` form ([`crate::postgres::binary`]) as they arrive, into a spool
+//! file in the epoch's directory (so an epoch's rows are held on disk, not
+//! in memory, and can be sent again after a lost connection).
+//!
+//! **Committing an epoch** ([`EpochSink::prepare_epoch`]), in one
+//! transaction: if `_weir_checkpoints` already records this run's epoch
+//! (a replay after a crash that came after the commit), nothing is
+//! loaded; else the spool is copied into the table (`append`), into a
+//! temporary table merged with `INSERT … ON CONFLICT (key) DO UPDATE`
+//! (`upsert`; the last row of a key in an epoch wins), or into a shadow
+//! table (`replace`); the epoch, its row count, the source position after
+//! it and the rows the database refused are recorded in
+//! `_weir_checkpoints`; then `COMMIT`. The rows and the record commit
+//! together or not at all, so after any crash the table holds each epoch
+//! once. Rows the database refuses (SQLSTATE class 22, a data exception,
+//! or 23, a constraint violation) are found by bisection under savepoints
+//! and go to the quarantine with the database's message; the rest of the
+//! epoch loads.
+//!
+//! The transaction commits before weir's own checkpoint file records the
+//! epoch. A crash between the two leaves the database one epoch ahead:
+//! at recovery, [`EpochSink::committed_beyond`] reports that epoch and
+//! the source position after it, the coordinator ends the replayed epoch
+//! at exactly that position, and the sink finds it recorded and skips it.
+//!
+//! **Publishing**: `append` and `upsert` rows are visible epoch by epoch;
+//! `replace` swaps the shadow table's rows in at the end of the run, in one
+//! transaction (`TRUNCATE` and `INSERT`, or, with `partition_by`, `DELETE`
+//! of the partitions the run wrote and `INSERT`), recorded as epoch 0 of
+//! the run so a publish a crash interrupted is not done twice.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use postgres::types::Type;
+
+use super::{EpochContext, EpochSink, OutputFile, Prepared, RecordSink, SinkRejected};
+use crate::config::{SinkConfig, WriteMode};
+use crate::postgres::binary::{self, Kind};
+use crate::postgres::{AttemptError, Retry, TableName, Target, quote_ident};
+use crate::quarantine::Reason;
+use crate::source::Position;
+
+/// The table that records committed epochs, in the target table's schema.
+pub const CHECKPOINT_TABLE: &str = "_weir_checkpoints";
+
+/// Bytes of spooled `COPY` data sent per message.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// The file an epoch's directory holds for a load: the table, the epoch
+/// and its rows, as a receipt (the rows are in the database).
+const RECEIPT: &str = "loaded.json";
+
+/// Name of the plugin column of quarantine rows the database refused.
+pub const PLUGIN: &str = "weir:postgres";
+
+/// A PostgreSQL sink; see the module documentation.
+pub struct PostgresSink {
+    target: Target,
+    table: TableName,
+    mode: WriteMode,
+    key: Vec<String>,
+    partition_by: Vec<String>,
+    create: bool,
+    retry: Retry,
+    run_id: String,
+    client: Option<postgres::Client>,
+    /// The output schema, as loaded (after [`binary::normalize`]), once
+    /// checked against the table.
+    schema: Option<SchemaRef>,
+    epoch_dir: Option<PathBuf>,
+    spool: Option<Spool>,
+    encoded: Vec<u8>,
+    /// Rows loaded (or found loaded) by this process.
+    loaded: u64,
+}
+
+/// One epoch's encoded rows on disk: tuples only, no header or trailer.
+struct Spool {
+    path: PathBuf,
+    file: BufWriter<File>,
+    /// Byte offset of each row's tuple in the file.
+    row_starts: Vec<u64>,
+    bytes: u64,
+}
+
+impl PostgresSink {
+    /// A sink for `config` (`format = "postgres"`); connects lazily.
+    ///
+    /// # Errors
+    /// A connection string or table name that does not parse.
+    pub fn new(config: &SinkConfig, run_id: &str) -> Result<PostgresSink> {
+        let table = TableName::parse(config.table.as_deref().unwrap_or_default())?;
+        Ok(PostgresSink {
+            target: Target::new(config.connection.as_deref())?,
+            table,
+            mode: config.write_mode(),
+            key: config.key.clone(),
+            partition_by: config.partition_by.clone(),
+            create: config.create,
+            retry: Retry {
+                budget: Duration::from_secs(config.retry_budget_s),
+            },
+            run_id: run_id.to_string(),
+            client: None,
+            schema: None,
+            epoch_dir: None,
+            spool: None,
+            encoded: Vec::new(),
+            loaded: 0,
+        })
+    }
+
+    /// `postgresql://USER@HOST:PORT/DB/TABLE`, as reports and errors show
+    /// the output (never with a password).
+    pub fn describe(&self) -> String {
+        format!("{}/{}", self.target.describe(), self.table)
+    }
+
+    fn checkpoints(&self) -> String {
+        self.table.sibling(CHECKPOINT_TABLE).sql()
+    }
+
+    /// The shadow table `replace` loads into: `_weir_replace_` and the
+    /// run id's first 12 hex digits, beside the table.
+    fn shadow(&self) -> TableName {
+        let short: String = self.run_id.chars().filter(|c| *c != '-').take(12).collect();
+        self.table.sibling(&format!("_weir_replace_{short}"))
+    }
+
+    /// The key `_weir_checkpoints` records this sink under.
+    fn record_key(&self) -> String {
+        self.table.to_string()
+    }
+
+    /// Runs `work` on a connection, reconnecting and retrying within the
+    /// budget when the connection is lost.
+    fn with_client<T>(
+        &mut self,
+        what: &str,
+        mut work: impl FnMut(&mut postgres::Client) -> std::result::Result<T, AttemptError>,
+    ) -> Result<T> {
+        let retry = self.retry;
+        let target = self.target.clone();
+        let client = &mut self.client;
+        retry.run(&target, what, || {
+            if client.as_mut().is_none_or(|c| c.is_closed()) {
+                *client = Some(
+                    target
+                        .connect()
+                        .map_err(|e| AttemptError::from_pg(e, "connecting"))?,
+                );
+            }
+            let result = work(client.as_mut().expect("connected above"));
+            if let Err(AttemptError::Transient(_)) = &result {
+                *client = None;
+            }
+            result
+        })
+    }
+
+    /// Checks (or, with `create`, creates) the table for rows of `schema`,
+    /// before anything is written: every output column must be a column
+    /// of the table with the type weir writes it as, every table column
+    /// the output lacks must be nullable or have a default, and `upsert`
+    /// needs a unique index on exactly its key columns. Also creates
+    /// `_weir_checkpoints`.
+    fn check_table(&mut self, schema: &Schema) -> Result<()> {
+        let kinds: Vec<(String, Kind)> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                Kind::of_arrow(f.data_type())
+                    .with_context(|| format!("output column `{}`", f.name()))
+                    .map(|k| (f.name().clone(), k))
+            })
+            .collect::<Result<_>>()?;
+        for key in self.key.iter().chain(&self.partition_by) {
+            if !kinds.iter().any(|(name, _)| name == key) {
+                bail!(
+                    "`{key}` (in key or partition_by) is not a column of the output (columns: {})",
+                    kinds.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        let table = self.table.clone();
+        let described = self.describe();
+        let create = self.create;
+        let mode = self.mode;
+        let key = self.key.clone();
+        let checkpoints = self.checkpoints();
+        self.with_client("checking the table", |client| {
+            let fatal = |e: postgres::Error| AttemptError::from_pg(e, "checking the table");
+            let exists: Option<u32> = client
+                .query_one("SELECT to_regclass($1)::oid", &[&table.sql()])
+                .map_err(fatal)?
+                .get(0);
+            let Some(oid) = exists else {
+                if !create {
+                    return Err(AttemptError::Fatal(anyhow::anyhow!(
+                        "table {table} does not exist in {described}; create it, or set create = true in [sink] for weir to create it from the output's schema"
+                    )));
+                }
+                let mut columns: Vec<String> = kinds
+                    .iter()
+                    .map(|(name, kind)| format!("{} {}", quote_ident(name), kind.create_type()))
+                    .collect();
+                if mode == WriteMode::Upsert {
+                    columns.push(format!(
+                        "PRIMARY KEY ({})",
+                        key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                client
+                    .batch_execute(&format!(
+                        "CREATE TABLE IF NOT EXISTS {} ({})",
+                        table.sql(),
+                        columns.join(", ")
+                    ))
+                    .map_err(fatal)?;
+                tracing::info!("created table {table} in {described}");
+                return Ok(());
+            };
+            let rows = client
+                .query(
+                    "SELECT attname::text, atttypid, format_type(atttypid, atttypmod), attnotnull, atthasdef OR attidentity <> '' OR attgenerated <> '' \
+                     FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                    &[&oid],
+                )
+                .map_err(fatal)?;
+            let table_columns: Vec<(String, u32, String, bool, bool)> = rows
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                .collect();
+            for (name, kind) in &kinds {
+                let Some((_, type_oid, type_name, _, _)) =
+                    table_columns.iter().find(|(column, ..)| column == name)
+                else {
+                    return Err(AttemptError::Fatal(anyhow::anyhow!(
+                        "column `{name}` of the output is not a column of table {table} (its columns: {}); add it to the table or drop it from the output",
+                        table_columns.iter().map(|c| c.0.as_str()).collect::<Vec<_>>().join(", ")
+                    )));
+                };
+                let loads = Type::from_oid(*type_oid).is_some_and(|t| kind.loads_into(&t));
+                if !loads {
+                    return Err(AttemptError::Fatal(anyhow::anyhow!(
+                        "column `{name}` of table {table} is `{type_name}`, but the output's `{name}` is {} and loads only into `{}`; change the column's type or cast the value in a stage",
+                        kind.arrow_type(),
+                        kind.create_type()
+                    )));
+                }
+            }
+            for (name, _, type_name, not_null, has_default) in &table_columns {
+                if *not_null && !*has_default && !kinds.iter().any(|(column, _)| column == name) {
+                    return Err(AttemptError::Fatal(anyhow::anyhow!(
+                        "column `{name}` ({type_name}) of table {table} is NOT NULL without a default, and the output has no `{name}`"
+                    )));
+                }
+            }
+            if mode == WriteMode::Upsert {
+                let mut sorted = key.clone();
+                sorted.sort();
+                let unique: bool = client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = $1 AND i.indisunique \
+                         AND i.indpred IS NULL AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) \
+                         FROM pg_attribute a WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) = $2)",
+                        &[&oid, &sorted],
+                    )
+                    .map_err(fatal)?
+                    .get(0);
+                if !unique {
+                    return Err(AttemptError::Fatal(anyhow::anyhow!(
+                        "mode = \"upsert\" needs a unique index or primary key on exactly ({}) in table {table}; none exists",
+                        key.join(", ")
+                    )));
+                }
+            }
+            Ok(())
+        })?;
+        self.with_client("creating the checkpoint table", |client| {
+            client
+                .batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {checkpoints} (\
+                     run_id text NOT NULL, target text NOT NULL, epoch bigint NOT NULL, \
+                     position jsonb NOT NULL, rows bigint NOT NULL, rejected jsonb NOT NULL DEFAULT '[]', \
+                     committed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run_id, target, epoch))"
+                ))
+                .map_err(|e| AttemptError::from_pg(e, "creating the checkpoint table"))?;
+            Ok(())
+        })
+    }
+
+    fn ensure_checked(&mut self, schema: SchemaRef) -> Result<()> {
+        if self.schema.is_none() {
+            self.check_table(&schema)
+                .with_context(|| format!("sink {}", self.describe()))?;
+            self.schema = Some(schema);
+        }
+        Ok(())
+    }
+
+    fn spool(&mut self) -> Result<&mut Spool> {
+        if self.spool.is_none() {
+            let dir = self
+                .epoch_dir
+                .clone()
+                .context("the postgres sink writes only under the checkpoint protocol")?;
+            let path = dir.join("copy.bin");
+            let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            self.spool = Some(Spool {
+                path,
+                file: BufWriter::with_capacity(1 << 20, file),
+                row_starts: Vec::new(),
+                bytes: 0,
+            });
+        }
+        Ok(self.spool.as_mut().expect("created above"))
+    }
+
+    /// The columns of the output, quoted, for SQL.
+    fn column_list(&self) -> String {
+        self.schema
+            .as_ref()
+            .map(|s| {
+                s.fields()
+                    .iter()
+                    .map(|f| quote_ident(f.name()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    }
+
+    /// Loads the epoch's spool in one transaction with its record; see the
+    /// module documentation. Returns the rows loaded and the rows refused.
+    fn load_epoch(
+        &mut self,
+        epoch: &EpochContext,
+        spool: Option<&mut Spool>,
+    ) -> Result<(u64, Vec<(usize, String)>)> {
+        let Some(spool) = spool else {
+            return Ok((0, Vec::new()));
+        };
+        spool.file.flush()?;
+        let spool: &Spool = spool;
+        let rows = spool.row_starts.len();
+        let mut reader = File::open(&spool.path)?;
+        let checkpoints = self.checkpoints();
+        let record_key = self.record_key();
+        let run_id = self.run_id.clone();
+        let position = serde_json::to_string(&epoch.position)?;
+        let columns = self.column_list();
+        let mode = self.mode;
+        let (copy_into, merge) = match mode {
+            WriteMode::Upsert => ("_weir_upsert".to_string(), Some(self.merge_sql())),
+            WriteMode::Replace => (self.shadow().sql(), None),
+            _ => (self.table.sql(), None),
+        };
+        let staging_columns = self.staging_columns();
+        let table = self.table.sql();
+        let number = epoch.epoch as i64;
+        let what = format!("loading epoch {} into {}", epoch.epoch, self.table);
+        self.with_client(&what, |client| {
+            let pg = |context: &'static str| move |e: postgres::Error| AttemptError::from_pg(e, context);
+            let mut txn = client.transaction().map_err(pg("BEGIN"))?;
+            let recorded = txn
+                .query_opt(
+                    &format!("SELECT rows, rejected::text FROM {checkpoints} WHERE run_id = $1 AND target = $2 AND epoch = $3"),
+                    &[&run_id, &record_key, &number],
+                )
+                .map_err(pg("reading the checkpoint table"))?;
+            if let Some(row) = recorded {
+                // Committed before a crash: the replay loads nothing.
+                let loaded: i64 = row.get(0);
+                let rejected: String = row.get(1);
+                let rejected: Vec<(usize, String)> = serde_json::from_str(&rejected)
+                    .map_err(|e| AttemptError::Fatal(e.into()))?;
+                tracing::info!(epoch = number, "epoch already loaded before a crash; not loading it again");
+                return Ok((loaded as u64, rejected));
+            }
+            if mode == WriteMode::Replace {
+                txn.batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {copy_into} (LIKE {table} INCLUDING DEFAULTS)"
+                ))
+                .map_err(pg("creating the shadow table"))?;
+            }
+            if merge.is_some() {
+                txn.batch_execute(&format!(
+                    "CREATE TEMP TABLE _weir_upsert ({staging_columns}, _weir_row bigint GENERATED ALWAYS AS IDENTITY) ON COMMIT DROP"
+                ))
+                .map_err(pg("creating the upsert staging table"))?;
+            }
+            let copy = format!("COPY {copy_into} ({columns}) FROM STDIN (FORMAT binary)");
+            let mut rejected = Vec::new();
+            load_rows(&mut txn, &copy, &mut reader, spool, 0, rows, &mut rejected)?;
+            let mut loaded = (rows - rejected.len()) as i64;
+            if let Some(merge) = &merge {
+                let merged = txn.execute(merge.as_str(), &[]).map_err(pg("merging the upsert"))?;
+                loaded = merged as i64;
+            }
+            let rejected_json =
+                serde_json::to_string(&rejected).map_err(|e| AttemptError::Fatal(e.into()))?;
+            txn.execute(
+                &format!("INSERT INTO {checkpoints} (run_id, target, epoch, position, rows, rejected) VALUES ($1, $2, $3, $4::text::jsonb, $5, $6::text::jsonb)"),
+                &[&run_id, &record_key, &number, &position, &loaded, &rejected_json],
+            )
+            .map_err(pg("recording the epoch"))?;
+            crate::crash::point("before-pg-commit");
+            txn.commit().map_err(pg("COMMIT"))?;
+            crate::crash::point("after-pg-commit");
+            Ok((loaded as u64, rejected))
+        })
+    }
+
+    /// Column definitions of the upsert staging table: the output's
+    /// columns with the types weir creates, all nullable.
+    fn staging_columns(&self) -> String {
+        self.schema
+            .as_ref()
+            .map(|s| {
+                s.fields()
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{} {}",
+                            quote_ident(f.name()),
+                            Kind::of_arrow(f.data_type())
+                                .map(|k| k.create_type())
+                                .unwrap_or("text")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    }
+
+    /// `INSERT … SELECT DISTINCT ON (key) … ON CONFLICT (key) DO UPDATE`:
+    /// the last row of each key in the epoch replaces the table's row.
+    fn merge_sql(&self) -> String {
+        let columns = self.column_list();
+        let keys = self
+            .key
+            .iter()
+            .map(|k| quote_ident(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let updates: Vec<String> = self
+            .schema
+            .as_ref()
+            .map(|s| {
+                s.fields()
+                    .iter()
+                    .filter(|f| !self.key.contains(f.name()))
+                    .map(|f| format!("{0} = EXCLUDED.{0}", quote_ident(f.name())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let action = if updates.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
+        };
+        format!(
+            "INSERT INTO {} ({columns}) SELECT DISTINCT ON ({keys}) {columns} FROM _weir_upsert ORDER BY {keys}, _weir_row DESC ON CONFLICT ({keys}) {action}",
+            self.table.sql()
+        )
+    }
+
+    /// `replace`'s end of run: the shadow table's rows replace the
+    /// table's (all of them, or the partitions the run wrote), in one
+    /// transaction recorded as epoch 0.
+    fn swap_in(&mut self) -> Result<()> {
+        let checkpoints = self.checkpoints();
+        let record_key = self.record_key();
+        let run_id = self.run_id.clone();
+        let table = self.table.sql();
+        let shadow = self.shadow().sql();
+        let partition_by = self.partition_by.clone();
+        self.with_client("replacing the table's rows", |client| {
+            let pg = |context: &'static str| move |e: postgres::Error| AttemptError::from_pg(e, context);
+            let mut txn = client.transaction().map_err(pg("BEGIN"))?;
+            let done = txn
+                .query_opt(
+                    &format!("SELECT 1 FROM {checkpoints} WHERE run_id = $1 AND target = $2 AND epoch = 0"),
+                    &[&run_id, &record_key],
+                )
+                .map_err(pg("reading the checkpoint table"))?;
+            if done.is_some() {
+                return Ok(());
+            }
+            txn.batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {shadow} (LIKE {table} INCLUDING DEFAULTS)"
+            ))
+            .map_err(pg("creating the shadow table"))?;
+            if partition_by.is_empty() {
+                txn.batch_execute(&format!("DELETE FROM {table}"))
+                    .map_err(pg("emptying the table"))?;
+            } else {
+                let matches = partition_by
+                    .iter()
+                    .map(|p| format!("s.{0} IS NOT DISTINCT FROM t.{0}", quote_ident(p)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                txn.batch_execute(&format!(
+                    "DELETE FROM {table} t WHERE EXISTS (SELECT 1 FROM {shadow} s WHERE {matches})"
+                ))
+                .map_err(pg("deleting the partitions"))?;
+            }
+            txn.batch_execute(&format!("INSERT INTO {table} SELECT * FROM {shadow}; DROP TABLE {shadow}"))
+                .map_err(pg("moving the rows in"))?;
+            txn.execute(
+                &format!("INSERT INTO {checkpoints} (run_id, target, epoch, position, rows) VALUES ($1, $2, 0, '{{}}', 0)"),
+                &[&run_id, &record_key],
+            )
+            .map_err(pg("recording the publish"))?;
+            crate::crash::point("before-pg-commit");
+            txn.commit().map_err(pg("COMMIT"))?;
+            Ok(())
+        })
+    }
+}
+
+/// Copies rows `lo..hi` of the spool with `copy` under a savepoint; when
+/// the database refuses some of them (SQLSTATE class 22 or 23), halves the
+/// range until each refused row is alone, collecting `(row, message)` in
+/// `rejected` and loading the rest.
+fn load_rows(
+    txn: &mut postgres::Transaction<'_>,
+    copy: &str,
+    reader: &mut File,
+    spool: &Spool,
+    lo: usize,
+    hi: usize,
+    rejected: &mut Vec<(usize, String)>,
+) -> std::result::Result<(), AttemptError> {
+    if lo >= hi {
+        return Ok(());
+    }
+    let mut savepoint = txn
+        .savepoint("weir_rows")
+        .map_err(|e| AttemptError::from_pg(e, "SAVEPOINT"))?;
+    match copy_range(&mut savepoint, copy, reader, spool, lo, hi) {
+        Ok(()) => savepoint
+            .commit()
+            .map_err(|e| AttemptError::from_pg(e, "RELEASE SAVEPOINT")),
+        Err(CopyError::Pg(e)) if crate::postgres::is_row_error(&e) => {
+            drop(savepoint);
+            if hi - lo == 1 {
+                rejected.push((lo, crate::postgres::message(&e)));
+                return Ok(());
+            }
+            let mid = lo + (hi - lo) / 2;
+            load_rows(txn, copy, reader, spool, lo, mid, rejected)?;
+            load_rows(txn, copy, reader, spool, mid, hi, rejected)
+        }
+        Err(CopyError::Pg(e)) => Err(AttemptError::from_pg(e, "COPY")),
+        Err(CopyError::Io(e)) => Err(AttemptError::Fatal(e)),
+    }
+}
+
+enum CopyError {
+    Pg(postgres::Error),
+    Io(anyhow::Error),
+}
+
+/// Sends rows `lo..hi` of the spool as one binary `COPY`.
+fn copy_range(
+    txn: &mut postgres::Transaction<'_>,
+    copy: &str,
+    reader: &mut File,
+    spool: &Spool,
+    lo: usize,
+    hi: usize,
+) -> std::result::Result<(), CopyError> {
+    let start = spool.row_starts[lo];
+    let end = spool.row_starts.get(hi).copied().unwrap_or(spool.bytes);
+    let mut writer = txn.copy_in(copy).map_err(CopyError::Pg)?;
+    let mut head = Vec::with_capacity(19);
+    binary::write_header(&mut head);
+    let unwrap_io = |e: std::io::Error| match e
+        .into_inner()
+        .map(|inner| inner.downcast::<postgres::Error>())
+    {
+        Some(Ok(pg)) => CopyError::Pg(*pg),
+        Some(Err(other)) => CopyError::Io(anyhow::anyhow!("{other}")),
+        None => CopyError::Io(anyhow::anyhow!("an I/O error while copying")),
+    };
+    writer.write_all(&head).map_err(unwrap_io)?;
+    reader
+        .seek(SeekFrom::Start(start))
+        .map_err(|e| CopyError::Io(e.into()))?;
+    let mut left = end - start;
+    let mut chunk = vec![0u8; CHUNK_BYTES];
+    while left > 0 {
+        let n = (left as usize).min(CHUNK_BYTES);
+        reader
+            .read_exact(&mut chunk[..n])
+            .map_err(|e| CopyError::Io(e.into()))?;
+        writer.write_all(&chunk[..n]).map_err(unwrap_io)?;
+        left -= n as u64;
+        crate::crash::point("mid-copy");
+    }
+    let mut tail = Vec::with_capacity(2);
+    binary::write_trailer(&mut tail);
+    writer.write_all(&tail).map_err(unwrap_io)?;
+    writer.finish().map_err(CopyError::Pg)?;
+    Ok(())
+}
+
+impl EpochSink for PostgresSink {
+    fn connector(&self) -> &'static str {
+        "sink"
+    }
+
+    fn begin_epoch(&mut self, dir: &Path) -> Result<()> {
+        self.epoch_dir = Some(dir.to_path_buf());
+        self.spool = None;
+        Ok(())
+    }
+
+    fn prepare_epoch(&mut self, epoch: &EpochContext) -> Result<Prepared> {
+        let mut spool = self.spool.take();
+        let (loaded, rejected) = self
+            .load_epoch(epoch, spool.as_mut())
+            .with_context(|| format!("sink {}", self.describe()))?;
+        self.loaded += loaded;
+        let mut out = Prepared::default();
+        if let (Some(spool), false) = (&spool, rejected.is_empty()) {
+            out.rejected.push(self.rejected_rows(spool, &rejected)?);
+        }
+        if let Some(spool) = spool {
+            drop(spool.file);
+            let _ = std::fs::remove_file(&spool.path);
+        }
+        if loaded > 0 || !rejected.is_empty() {
+            // The checkpoint's record of the load: a small file, so the
+            // epoch's parts exist like a file sink's do.
+            let dir = self.epoch_dir.clone().context("prepare_epoch without begin_epoch")?;
+            let receipt = serde_json::json!({
+                "target": self.describe(),
+                "epoch": epoch.epoch,
+                "rows": loaded,
+                "rejected": rejected.len(),
+            });
+            std::fs::write(dir.join(RECEIPT), serde_json::to_vec_pretty(&receipt)?)?;
+            crate::durable::fsync_file(&dir.join(RECEIPT))?;
+            out.parts.push(OutputFile {
+                path: PathBuf::from(RECEIPT),
+                rows: loaded,
+            });
+        }
+        Ok(out)
+    }
+
+    fn committed_beyond(&mut self, run_id: &str, epoch: u64) -> Result<Option<(u64, Position)>> {
+        let checkpoints = self.checkpoints();
+        let record_key = self.record_key();
+        let run_id = run_id.to_string();
+        let after = epoch as i64;
+        let found = self.with_client("reading the checkpoint table", |client| {
+            let exists: Option<u32> = client
+                .query_one("SELECT to_regclass($1)::oid", &[&checkpoints])
+                .map_err(|e| AttemptError::from_pg(e, "reading the checkpoint table"))?
+                .get(0);
+            if exists.is_none() {
+                return Ok(None);
+            }
+            let row = client
+                .query_opt(
+                    &format!("SELECT epoch, position::text FROM {checkpoints} WHERE run_id = $1 AND target = $2 AND epoch > $3 ORDER BY epoch LIMIT 1"),
+                    &[&run_id, &record_key, &after],
+                )
+                .map_err(|e| AttemptError::from_pg(e, "reading the checkpoint table"))?;
+            Ok(row.map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))))
+        })?;
+        match found {
+            None => Ok(None),
+            Some((epoch, position)) => Ok(Some((
+                epoch as u64,
+                serde_json::from_str(&position).context("a malformed position in _weir_checkpoints")?,
+            ))),
+        }
+    }
+
+    fn publish(
+        mut self: Box<Self>,
+        epochs: &[(PathBuf, Vec<OutputFile>)],
+        _replace_own_output: bool,
+    ) -> Result<Vec<OutputFile>> {
+        if self.mode == WriteMode::Replace {
+            self.swap_in()
+                .with_context(|| format!("sink {}", self.describe()))?;
+            crate::crash::point("mid-publish");
+        }
+        let rows = epochs
+            .iter()
+            .flat_map(|(_, parts)| parts.iter().map(|p| p.rows))
+            .sum();
+        Ok(vec![OutputFile {
+            path: PathBuf::from(self.describe()),
+            rows,
+        }])
+    }
+}
+
+impl PostgresSink {
+    /// The rows the database refused, decoded back from the spool, with
+    /// its message for each.
+    fn rejected_rows(&self, spool: &Spool, rejected: &[(usize, String)]) -> Result<SinkRejected> {
+        let schema = self.schema.clone().context("rows without a schema")?;
+        let mut file = File::open(&spool.path)?;
+        let mut tuples = Vec::new();
+        for (row, _) in rejected {
+            let start = spool.row_starts[*row];
+            let end = spool.row_starts.get(row + 1).copied().unwrap_or(spool.bytes);
+            let mut bytes = vec![0u8; (end - start) as usize];
+            file.seek(SeekFrom::Start(start))?;
+            file.read_exact(&mut bytes)?;
+            tuples.extend_from_slice(&bytes);
+        }
+        let rows = binary::decode_tuples(&tuples, schema)?;
+        let reasons = rejected
+            .iter()
+            .map(|(_, message)| Reason {
+                stage: Arc::from("sink"),
+                plugin: Arc::from(PLUGIN),
+                plugin_sha256: Arc::from(""),
+                error_kind: "database".into(),
+                rule: None,
+                message: message.clone(),
+            })
+            .collect();
+        Ok(SinkRejected {
+            rows,
+            reasons,
+            source: self.describe(),
+        })
+    }
+}
+
+impl RecordSink for PostgresSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let batch = binary::normalize(batch)?;
+        self.ensure_checked(batch.schema())?;
+        let expected = self.schema.clone().expect("checked above");
+        if batch.schema().fields() != expected.fields() {
+            let names = |s: &Schema| {
+                s.fields()
+                    .iter()
+                    .map(|f| format!("{} {}", f.name(), f.data_type()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            bail!(
+                "the output's columns changed between batches: first [{}], now [{}]",
+                names(&expected),
+                names(&batch.schema())
+            );
+        }
+        let mut encoded = std::mem::take(&mut self.encoded);
+        encoded.clear();
+        let mut starts = Vec::with_capacity(batch.num_rows());
+        binary::encode(&batch, &mut encoded, &mut starts)?;
+        let spool = self.spool()?;
+        let base = spool.bytes;
+        spool.row_starts.extend(starts.iter().map(|s| s + base));
+        spool.file.write_all(&encoded)?;
+        spool.bytes += encoded.len() as u64;
+        self.encoded = encoded;
+        Ok(())
+    }
+
+    fn expect_schema(&mut self, schema: SchemaRef) -> Result<()> {
+        let empty = RecordBatch::new_empty(schema);
+        let normalized = binary::normalize(&empty)?;
+        self.ensure_checked(normalized.schema())
+    }
+
+    fn describe(&self) -> String {
+        PostgresSink::describe(self)
+    }
+
+    fn commit(self: Box<Self>) -> Result<Vec<OutputFile>> {
+        bail!("the postgres sink loads only under the checkpoint protocol ([pipeline] checkpoint = true)")
+    }
+}
