@@ -61,7 +61,10 @@ impl PgServer {
     /// installs it) or does not start, with its log.
     pub fn start() -> PgServer {
         let bin = bin_dir();
-        let dir = tempfile::Builder::new().prefix("weir-pg-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("weir-pg-")
+            .tempdir()
+            .unwrap();
         // SAFETY: geteuid has no preconditions.
         let as_postgres = unsafe { libc::geteuid() } == 0;
         if as_postgres {

@@ -110,6 +110,8 @@ pub enum SourceFormat {
     /// Any format: each file's bytes go to an extract plugin
     /// (`[source.extract]`), which returns record batches.
     Extract,
+    /// A PostgreSQL table or query ([`crate::source::postgres`]).
+    Postgres,
 }
 
 impl SourceFormat {
@@ -222,6 +224,21 @@ pub struct SourceConfig {
     /// and in `weir serve`'s answer); default `ignore`.
     #[serde(default)]
     pub unknown_fields: UnknownFields,
+    /// PostgreSQL: a libpq connection string or `postgresql://` URL; what
+    /// it leaves out comes from the `PG*` environment variables.
+    pub connection: Option<String>,
+    /// PostgreSQL: the table to read, `name` or `schema.name`.
+    pub table: Option<String>,
+    /// PostgreSQL: a query to read instead of a table.
+    pub query: Option<String>,
+    /// PostgreSQL: read incrementally by this integer, date or timestamp
+    /// column: rows in its order, each run only those past the previous
+    /// run's high-water mark. Default: read everything.
+    pub incremental_by: Option<String>,
+    /// PostgreSQL: how long to keep retrying a lost connection, in
+    /// seconds. Default 60.
+    #[serde(default = "default_retry_budget_s")]
+    pub retry_budget_s: u64,
 }
 
 /// `unknown_fields`: a JSON record field that is not a column.
@@ -276,6 +293,11 @@ impl SourceConfig {
             missing_columns: MissingColumns::default(),
             extra_columns: ExtraColumns::default(),
             unknown_fields: UnknownFields::default(),
+            connection: None,
+            table: None,
+            query: None,
+            incremental_by: None,
+            retry_budget_s: default_retry_budget_s(),
         }
     }
 }
@@ -943,7 +965,22 @@ impl PipelineConfig {
             problems.add("pipeline.batch_size", "must be at least 1");
         }
         let source = &self.source;
-        let files_needed = purpose == Purpose::Run || source.schema.is_none();
+        let database = source.format == SourceFormat::Postgres;
+        if database {
+            check_postgres_source(problems, source, purpose);
+        } else {
+            for (key, set) in [
+                ("source.connection", source.connection.is_some()),
+                ("source.table", source.table.is_some()),
+                ("source.query", source.query.is_some()),
+                ("source.incremental_by", source.incremental_by.is_some()),
+            ] {
+                if set {
+                    problems.add(key, "is only used with format = \"postgres\"");
+                }
+            }
+        }
+        let files_needed = !database && (purpose == Purpose::Run || source.schema.is_none());
         if source.path.is_empty() && files_needed {
             problems.add(
                 "source.path",
@@ -1165,7 +1202,10 @@ impl PipelineConfig {
             );
         }
         match sink.table.as_deref() {
-            None => problems.add("sink.table", "missing: the table to load, `name` or `schema.name`"),
+            None => problems.add(
+                "sink.table",
+                "missing: the table to load, `name` or `schema.name`",
+            ),
             Some(table) => {
                 if let Err(e) = crate::postgres::TableName::parse(table) {
                     problems.add("sink.table", format!("{e:#}"));
@@ -1203,6 +1243,51 @@ impl PipelineConfig {
         if sink.retry_budget_s == 0 {
             problems.add("sink.retry_budget_s", "must be at least 1");
         }
+    }
+}
+
+/// The checks of a `format = "postgres"` source.
+fn check_postgres_source(problems: &mut Problems, source: &SourceConfig, purpose: Purpose) {
+    if purpose == Purpose::Serve {
+        problems.add(
+            "source.format",
+            "weir serve takes records by request and drop directory; read PostgreSQL with weir run",
+        );
+    }
+    if !source.path.is_empty() {
+        problems.add(
+            "source.path",
+            "a postgres source reads `table` or `query`, not a path; remove `path`",
+        );
+    }
+    match (&source.table, &source.query) {
+        (None, None) => problems.add(
+            "source.table",
+            "missing: the table to read (`table = \"name\"`), or a `query`",
+        ),
+        (Some(_), Some(_)) => problems.add("source.query", "give `table` or `query`, not both"),
+        (Some(table), None) => {
+            if let Err(e) = crate::postgres::TableName::parse(table) {
+                problems.add("source.table", format!("{e:#}"));
+            }
+        }
+        (None, Some(query)) => {
+            if query.trim().is_empty() {
+                problems.add("source.query", "is empty");
+            }
+        }
+    }
+    if let Err(e) = crate::postgres::Target::new(source.connection.as_deref()) {
+        problems.add("source.connection", format!("{e:#}"));
+    }
+    if source.schema.is_some() {
+        problems.add(
+            "source.schema",
+            "a postgres source's schema is the table's or query's; remove `schema`",
+        );
+    }
+    if source.retry_budget_s == 0 {
+        problems.add("source.retry_budget_s", "must be at least 1");
     }
 }
 

@@ -93,6 +93,11 @@ fn probe_stages(
     base_dir: &Path,
     stages: &[Arc<Stage>],
 ) -> Result<Option<arrow::datatypes::SchemaRef>, ConfigErrors> {
+    // A database's schema is read when the run starts, not when the file
+    // is loaded (an unreachable server would stall `weir check`).
+    if config.source.format == crate::config::SourceFormat::Postgres {
+        return Ok(None);
+    }
     let Some(mut schema) = Source::open(&config.source, base_dir, 1, None)
         .ok()
         .and_then(|source| source.schema())
@@ -373,13 +378,19 @@ impl Pipeline {
         let mut started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         let mut run_id = uuid::Uuid::new_v4().to_string();
         let settings = &self.config.pipeline;
-        let source = Source::open(
+        let checkpoint_dir = checkpoint::run::dir_for(&self.config.sink, &self.base_dir);
+        let cursor_file = crate::source::postgres::cursor_file(&checkpoint_dir);
+        let source = Source::open_with_cursor(
             &self.config.source,
             &self.base_dir,
             settings.batch_size,
             self.extractor.clone(),
+            settings.checkpoint.then_some(cursor_file.as_path()),
         )
-        .with_context(|| format!("opening source {}", self.config.source.path))?;
+        .with_context(|| match source_database(&self.config.source) {
+            Some(what) => format!("opening source {what}"),
+            None => format!("opening source {}", self.config.source.path),
+        })?;
         if let Some(schema) = source.schema() {
             columnar::wit_schema(&schema)
                 .map_err(|e| anyhow!("the source cannot be passed to plugins: {e}"))?;
@@ -396,7 +407,7 @@ impl Pipeline {
                     source.files(),
                 )?;
                 let state = RunState::begin(
-                    &checkpoint::run::dir_for(&self.config.sink, &self.base_dir),
+                    &checkpoint_dir,
                     identity,
                     options.restart,
                     &run_id,
@@ -404,13 +415,21 @@ impl Pipeline {
                 )?;
                 run_id = state.run_id().to_string();
                 started_at = state.started_at().to_string();
-                Some(Coordinator::new(
+                let mut coordinator = Coordinator::new(
                     state,
                     EpochSettings {
                         every_batches: settings.checkpoint_every_batches,
                         interval: std::time::Duration::from_millis(settings.checkpoint_interval_ms),
                     },
-                ))
+                );
+                if let Some(database) = source.database() {
+                    // The high-water mark moves on only with published output.
+                    let database = database.clone();
+                    coordinator.on_published(move |position| {
+                        database.store_cursor(&cursor_file, &position)
+                    });
+                }
+                Some(coordinator)
             }
         };
         let outcome = self.run_with(
@@ -421,9 +440,18 @@ impl Pipeline {
             started,
             &mut coordinator,
         );
-        if outcome.is_err()
+        if let Err(error) = &outcome
             && let Some(coordinator) = coordinator
         {
+            let loaded = coordinator.state().checkpoint().epoch;
+            if self.config.sink.format == crate::config::SinkFormat::Postgres && loaded > 0 {
+                // Those epochs are in the table: starting afresh would load
+                // them again. The next start resumes after them.
+                return Err(anyhow!(
+                    "{error:#}\n{loaded} epoch(s) are already loaded into the table; the checkpoint at {} is kept so that running the same command again resumes after them (with --restart the run starts over, and an append would load those rows twice)",
+                    coordinator.state().dir().display()
+                ));
+            }
             coordinator.abandon();
         }
         outcome
@@ -691,6 +719,12 @@ impl Pipeline {
             checkpoint: Some(account),
         }
     }
+}
+
+/// A PostgreSQL source's table or query, as messages name it.
+fn source_database(config: &crate::config::SourceConfig) -> Option<String> {
+    (config.format == crate::config::SourceFormat::Postgres)
+        .then(|| config.table.clone().unwrap_or_else(|| "query".to_string()))
 }
 
 /// The source's files with their sizes, for the report.

@@ -121,7 +121,9 @@ fn id_summary(server: &PgServer, table: &str) -> (i64, i64, i64) {
     let row = server
         .client()
         .query_one(
-            &format!("SELECT count(*), count(DISTINCT id), coalesce(sum(id), 0)::bigint FROM {table}"),
+            &format!(
+                "SELECT count(*), count(DISTINCT id), coalesce(sum(id), 0)::bigint FROM {table}"
+            ),
             &[],
         )
         .unwrap();
@@ -166,14 +168,21 @@ fn assert_exactly_once(server: &PgServer, dir: &Path, table: &str, what: &str) {
 fn a_load_is_exactly_once_and_a_replayed_run_loads_nothing_new() {
     let server = PgServer::start();
     let dir = tempfile::tempdir().unwrap();
-    write_pipeline(dir.path(), None, &pg_sink(&server, "events", "create = true"));
+    write_pipeline(
+        dir.path(),
+        None,
+        &pg_sink(&server, "events", "create = true"),
+    );
     let log = run_ok(dir.path());
     assert!(log.contains("200000 read"), "{log}");
     assert_exactly_once(&server, dir.path(), "events", "first run");
     // The epochs are recorded with their source positions.
     let epochs: i64 = server
         .client()
-        .query_one("SELECT count(*) FROM _weir_checkpoints WHERE target = 'events'", &[])
+        .query_one(
+            "SELECT count(*) FROM _weir_checkpoints WHERE target = 'events'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(epochs, 13, "25 batches in epochs of 2");
@@ -218,7 +227,9 @@ fn crash_and_recover(point: &str, hits: &[u64]) {
         assert!(log.contains("resumed"), "{what}: {log}");
         if point == "after-pg-commit" {
             assert!(
-                log.contains(&format!("the sink had committed epoch {hit} before the crash")),
+                log.contains(&format!(
+                    "the sink had committed epoch {hit} before the crash"
+                )),
                 "{what}: the recovery finds the epoch the database committed: {log}"
             );
         }
@@ -287,7 +298,10 @@ fn a_server_crash_mid_load_is_retried_and_loads_exactly_once() {
     let status = child.wait().unwrap();
     let log = std::fs::read_to_string(dir.path().join("child.log")).unwrap();
     assert!(status.success(), "weir did not survive the restart: {log}");
-    assert!(log.contains("retrying"), "the lost connection is logged: {log}");
+    assert!(
+        log.contains("retrying"),
+        "the lost connection is logged: {log}"
+    );
     assert_exactly_once(&server, dir.path(), "survivor", "server crash");
 }
 
@@ -383,7 +397,11 @@ fn replace_swaps_the_whole_table_or_only_the_partitions_written() {
     write_pipeline(
         dir.path(),
         Some(&source),
-        &pg_sink(&server, "daily", "mode = \"replace\"\npartition_by = [\"grp\"]"),
+        &pg_sink(
+            &server,
+            "daily",
+            "mode = \"replace\"\npartition_by = [\"grp\"]",
+        ),
     );
     run_ok(dir.path());
     let ids = |server: &PgServer| -> Vec<i64> {
@@ -395,7 +413,11 @@ fn replace_swaps_the_whole_table_or_only_the_partitions_written() {
             .map(|r| r.get(0))
             .collect()
     };
-    assert_eq!(ids(&server), vec![1, 2, 100], "partition g1 replaced, `old` kept");
+    assert_eq!(
+        ids(&server),
+        vec![1, 2, 100],
+        "partition g1 replaced, `old` kept"
+    );
     write_pipeline(
         dir.path(),
         Some(&source),
@@ -431,7 +453,10 @@ fn the_first_errors_a_user_meets_are_clear_and_write_nothing() {
         server.port
     ));
     assert!(log.contains("password authentication failed"), "{log}");
-    assert!(!log.contains("not-the-secret"), "the password leaked: {log}");
+    assert!(
+        !log.contains("not-the-secret"),
+        "the password leaked: {log}"
+    );
     // A missing table without `create`.
     let log = run(&pg_sink(&server, "missing", ""));
     assert!(
@@ -459,11 +484,347 @@ fn the_first_errors_a_user_meets_are_clear_and_write_nothing() {
         .client()
         .batch_execute("CREATE TABLE nokey (id bigint, value bigint, grp text)")
         .unwrap();
-    let log = run(&pg_sink(&server, "nokey", "mode = \"upsert\"\nkey = [\"id\"]"));
-    assert!(log.contains("needs a unique index or primary key on exactly (id)"), "{log}");
+    let log = run(&pg_sink(
+        &server,
+        "nokey",
+        "mode = \"upsert\"\nkey = [\"id\"]",
+    ));
+    assert!(
+        log.contains("needs a unique index or primary key on exactly (id)"),
+        "{log}"
+    );
     // A server that is not there: retried within the budget, then a clear failure.
     let log = run(&format!(
         "format = \"postgres\"\nconnection = \"host=127.0.0.1 port=1 user=weir dbname=postgres\"\ntable = \"t\"\nretry_budget_s = 1"
     ));
-    assert!(log.contains("gave up after") && log.contains("retry_budget_s = 1"), "{log}");
+    assert!(
+        log.contains("gave up after") && log.contains("retry_budget_s = 1"),
+        "{log}"
+    );
+}
+
+/// Writes `dir/NAME`: `source` and `sink` (`[source]` and `[sink]`
+/// bodies), no stage, `batch_size` rows per batch, epochs of 2 batches.
+fn write_plain_pipeline(dir: &Path, name: &str, source: &str, sink: &str, batch_size: usize) {
+    let text = format!(
+        r#"
+[pipeline]
+name = "plain"
+batch_size = {batch_size}
+checkpoint_every_batches = 2
+
+[source]
+{source}
+
+[sink]
+{sink}
+
+[quarantine]
+format = "jsonl"
+path = "quarantine-{name}.jsonl"
+"#
+    );
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+fn run_file(dir: &Path, name: &str) -> String {
+    let (status, log) = run_weir(dir, &["run", name, "--no-progress"], None);
+    assert!(status.success(), "weir run {name} failed: {log}");
+    log
+}
+
+/// Rows × 8 columns of every weir type at its extremes: nulls, empty and
+/// non-ASCII strings, NaN and infinities, the first and last days
+/// PostgreSQL and Arrow share.
+fn extremes() -> arrow::record_batch::RecordBatch {
+    use arrow::array::*;
+    use std::sync::Arc;
+    let day = 86_400_000_000i64;
+    arrow::record_batch::RecordBatch::try_from_iter(vec![
+        (
+            "id",
+            Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5, 6])) as ArrayRef,
+        ),
+        (
+            "flag",
+            Arc::new(BooleanArray::from(vec![
+                Some(true),
+                Some(false),
+                None,
+                Some(true),
+                None,
+                Some(false),
+            ])),
+        ),
+        (
+            "count",
+            Arc::new(Int64Array::from(vec![
+                Some(i64::MIN),
+                Some(i64::MAX),
+                None,
+                Some(0),
+                Some(-1),
+                Some(1),
+            ])),
+        ),
+        (
+            "ratio",
+            Arc::new(Float64Array::from(vec![
+                Some(f64::MAX),
+                Some(f64::MIN_POSITIVE),
+                None,
+                Some(f64::INFINITY),
+                Some(f64::NEG_INFINITY),
+                Some(f64::NAN),
+            ])),
+        ),
+        (
+            "name",
+            Arc::new(StringArray::from(vec![
+                Some(""),
+                Some("zürich"),
+                None,
+                Some("東京 ✈ 🛫"),
+                Some("quote \" and \\ and\nnewline, comma"),
+                Some(&*"long".repeat(10_000)),
+            ])),
+        ),
+        (
+            "blob",
+            Arc::new(BinaryArray::from(vec![
+                Some(&b""[..]),
+                Some(&b"\0\x01\xff"[..]),
+                None,
+                Some(&b"plain"[..]),
+                Some(&[0u8; 300][..]),
+                Some(&b"\\x00"[..]),
+            ])),
+        ),
+        (
+            "day",
+            Arc::new(Date32Array::from(vec![
+                Some(-719_162),  // 0001-01-01
+                Some(2_932_896), // 9999-12-31
+                None,
+                Some(0),
+                Some(-1),
+                Some(10_957),
+            ])),
+        ),
+        (
+            "at",
+            Arc::new(TimestampMicrosecondArray::from(vec![
+                Some(-719_162 * day),
+                Some(2_932_896 * day + day - 1),
+                None,
+                Some(0),
+                Some(-1),
+                Some(1_700_000_000_123_456),
+            ])),
+        ),
+        (
+            "at_utc",
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![
+                    Some(1),
+                    None,
+                    Some(-1),
+                    Some(0),
+                    Some(day),
+                    Some(-day),
+                ])
+                .with_timezone("UTC"),
+            ),
+        ),
+    ])
+    .unwrap()
+}
+
+fn read_parquet(path: &Path) -> arrow::record_batch::RecordBatch {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(path).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+#[test]
+fn every_type_round_trips_file_to_postgres_to_file_identically() {
+    let server = PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let input = extremes();
+    let file = std::fs::File::create(dir.path().join("in.parquet")).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, input.schema(), None).unwrap();
+    writer.write(&input).unwrap();
+    writer.close().unwrap();
+    write_plain_pipeline(
+        dir.path(),
+        "load.toml",
+        "format = \"parquet\"\npath = \"in.parquet\"",
+        &pg_sink(&server, "every_type", "create = true"),
+        4,
+    );
+    run_file(dir.path(), "load.toml");
+    write_plain_pipeline(
+        dir.path(),
+        "unload.toml",
+        &format!(
+            "format = \"postgres\"\nconnection = {:?}\nquery = \"SELECT * FROM every_type ORDER BY id\"",
+            server.connection_without_password()
+        ),
+        "format = \"parquet\"\npath = \"out.parquet\"",
+        4,
+    );
+    run_file(dir.path(), "unload.toml");
+    let output = read_parquet(&dir.path().join("out.parquet"));
+    assert_eq!(
+        output.schema().fields().len(),
+        input.schema().fields().len()
+    );
+    for (index, field) in input.schema().fields().iter().enumerate() {
+        let (got, want) = (output.column(index), input.column(index));
+        assert_eq!(got.data_type(), want.data_type(), "column {}", field.name());
+        assert_eq!(
+            got.to_data(),
+            want.to_data(),
+            "column {} changed on the way through PostgreSQL",
+            field.name()
+        );
+    }
+    // What weir created, as PostgreSQL sees it.
+    let types: Vec<String> = server
+        .client()
+        .query(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'every_type'::regclass AND attnum > 0 ORDER BY attnum",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "bigint",
+            "boolean",
+            "bigint",
+            "double precision",
+            "text",
+            "bytea",
+            "date",
+            "timestamp without time zone",
+            "timestamp with time zone"
+        ]
+    );
+}
+
+#[test]
+fn an_incremental_source_reads_only_new_and_updated_rows_and_upsert_keeps_the_latest() {
+    let server = PgServer::start();
+    server
+        .client()
+        .batch_execute(
+            "CREATE TABLE crm (id integer PRIMARY KEY, updated_at timestamp NOT NULL, name text, score numeric(6,2));
+             INSERT INTO crm SELECT i, TIMESTAMP '2026-01-01' + (i / 3) * INTERVAL '1 second', 'n' || i, i / 4.0 FROM generate_series(1, 100) i;",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Batches of 2 rows, with 3 rows per timestamp: batches must grow
+    // rather than end inside a timestamp.
+    write_plain_pipeline(
+        dir.path(),
+        "sync.toml",
+        &format!(
+            "format = \"postgres\"\nconnection = {:?}\ntable = \"crm\"\nincremental_by = \"updated_at\"",
+            server.connection_without_password()
+        ),
+        &pg_sink(
+            &server,
+            "crm_copy",
+            "mode = \"upsert\"\nkey = [\"id\"]\ncreate = true",
+        ),
+        2,
+    );
+    let log = run_file(dir.path(), "sync.toml");
+    assert!(log.contains("100 read → 100 written"), "{log}");
+    // Two new rows, one updated row, one untouched.
+    server
+        .client()
+        .batch_execute(
+            "INSERT INTO crm VALUES (101, TIMESTAMP '2026-02-01', 'new', 1.5), (102, TIMESTAMP '2026-02-01', 'newer', NULL);
+             UPDATE crm SET name = 'renamed', updated_at = TIMESTAMP '2026-02-02' WHERE id = 50;",
+        )
+        .unwrap();
+    let log = run_file(dir.path(), "sync.toml");
+    assert!(
+        log.contains("3 read → 3 written"),
+        "only the new and updated rows: {log}"
+    );
+    let log = run_file(dir.path(), "sync.toml");
+    assert!(log.contains("0 read → 0 written"), "nothing new: {log}");
+    let client = &mut server.client();
+    let copy: Vec<(i64, String, Option<String>)> = client
+        .query("SELECT id, name, score FROM crm_copy ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(copy.len(), 102);
+    assert_eq!(
+        copy[49],
+        (50, "renamed".to_string(), Some("12.50".to_string()))
+    );
+    assert_eq!(copy[101], (102, "newer".to_string(), None));
+    assert_eq!(
+        copy[0],
+        (1, "n1".to_string(), Some("0.25".to_string())),
+        "numeric is read as its text"
+    );
+}
+
+#[test]
+fn a_postgres_to_postgres_run_killed_after_a_commit_resumes_from_its_high_water_mark() {
+    let server = PgServer::start();
+    server
+        .client()
+        .batch_execute(
+            "CREATE TABLE events (id bigint, value bigint, grp text);
+             INSERT INTO events SELECT i, i * 3, 'g' || (i % 4) FROM generate_series(0, 49999) i;",
+        )
+        .unwrap();
+    for (run, point) in ["after-pg-commit:2", "mid-copy:3", "after-commit:4"]
+        .iter()
+        .enumerate()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let table = format!("events_copy_{run}");
+        write_plain_pipeline(
+            dir.path(),
+            "pipeline.toml",
+            &format!(
+                "format = \"postgres\"\nconnection = {:?}\ntable = \"events\"\nincremental_by = \"id\"",
+                server.connection_without_password()
+            ),
+            &pg_sink(&server, &table, "create = true"),
+            4096,
+        );
+        let (status, log) = run_weir(
+            dir.path(),
+            &["run", "pipeline.toml", "--no-progress"],
+            Some(point),
+        );
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "{point}: never reached: {log}");
+        let log = run_ok(dir.path());
+        assert!(log.contains("resumed"), "{point}: {log}");
+        let (rows, distinct, sum) = id_summary(&server, &table);
+        assert_eq!(
+            (rows, distinct, sum),
+            (50_000, 50_000, (0..50_000i64).sum()),
+            "{point}: every row once: {log}"
+        );
+    }
 }

@@ -629,6 +629,9 @@ pub struct Coordinator {
     boundary: Option<(u64, Position)>,
     /// Rows the sink's destination refused in this process.
     rejected_by_sink: u64,
+    /// Called with the final position once every connector published,
+    /// before the checkpoint says so ([`Coordinator::on_published`]).
+    published: Option<Box<dyn FnOnce(Position) -> Result<()> + Send>>,
 }
 
 impl Coordinator {
@@ -646,7 +649,16 @@ impl Coordinator {
             acknowledge: None,
             boundary: None,
             rejected_by_sink: 0,
+            published: None,
         }
+    }
+
+    /// Calls `hook` with the source position after the last epoch once
+    /// every connector has published, before the checkpoint records the
+    /// publish (a crash in between repeats it): where an incremental
+    /// source keeps its high-water mark for the next run.
+    pub fn on_published(&mut self, hook: impl FnOnce(Position) -> Result<()> + Send + 'static) {
+        self.published = Some(Box::new(hook));
     }
 
     /// After a crash, asks each connector whether it committed an epoch
@@ -883,6 +895,9 @@ impl Coordinator {
             } else {
                 published.push(Vec::new());
             }
+        }
+        if let Some(hook) = self.published.take() {
+            hook(self.state.checkpoint.position)?;
         }
         crate::crash::point("after-publish");
         self.state.checkpoint.phase = Phase::Published;

@@ -343,7 +343,8 @@ impl Builder {
                 n => bail!("a float of {n} bytes"),
             }),
             Builder::Text(b) => b.append_value(
-                std::str::from_utf8(value).context("text that is not UTF-8 (is the database's encoding UTF8?)")?,
+                std::str::from_utf8(value)
+                    .context("text that is not UTF-8 (is the database's encoding UTF8?)")?,
             ),
             Builder::Bytes(b) => b.append_value(value),
             Builder::Date(b) => {
@@ -354,7 +355,11 @@ impl Builder {
             Builder::Timestamp(b) => {
                 let micros =
                     i64::from_be_bytes(value.try_into().context("a timestamp of wrong length")?);
-                b.append_value(micros.checked_add(EPOCH_MICROS).context("timestamp out of range")?)
+                b.append_value(
+                    micros
+                        .checked_add(EPOCH_MICROS)
+                        .context("timestamp out of range")?,
+                )
             }
         }
         Ok(())
@@ -509,9 +514,9 @@ impl<R: Read> Decoder<R> {
         for (index, builder) in self.builders.iter_mut().enumerate() {
             match self.fields[index] {
                 None => builder.append_null(),
-                Some((start, end)) => builder.append(&self.row[start..end]).with_context(|| {
-                    format!("column `{}`", self.schema.field(index).name())
-                })?,
+                Some((start, end)) => builder
+                    .append(&self.row[start..end])
+                    .with_context(|| format!("column `{}`", self.schema.field(index).name()))?,
             }
         }
         self.rows += 1;
@@ -576,7 +581,11 @@ mod tests {
                 Arc::new(Int64Array::from(vec![Some(i64::MIN), None, Some(i64::MAX)])),
                 Arc::new(Float64Array::from(vec![Some(f64::MIN), None, Some(-0.5)])),
                 Arc::new(StringArray::from(vec![Some("東京"), None, Some("")])),
-                Arc::new(BinaryArray::from(vec![Some(&b"\0\xff"[..]), None, Some(&b""[..])])),
+                Arc::new(BinaryArray::from(vec![
+                    Some(&b"\0\xff"[..]),
+                    None,
+                    Some(&b""[..]),
+                ])),
                 Arc::new(Date32Array::from(vec![Some(-719_162), None, Some(0)])),
                 Arc::new(TimestampMicrosecondArray::from(vec![
                     Some(-62_135_596_800_000_000),
@@ -592,8 +601,8 @@ mod tests {
         assert_eq!(starts.len(), 3);
         let decoded = decode_tuples(&out, schema).unwrap();
         assert_eq!(decoded, batch);
-        let second = decode_tuples(&out[starts[1] as usize..starts[2] as usize], batch.schema())
-            .unwrap();
+        let second =
+            decode_tuples(&out[starts[1] as usize..starts[2] as usize], batch.schema()).unwrap();
         assert_eq!(second, batch.slice(1, 1));
     }
 }

@@ -328,9 +328,10 @@ mod tests {
 
     #[test]
     fn a_password_is_never_described() {
-        let target =
-            Target::new(Some("host=db.example port=6543 user=loader password=s3cret dbname=dw"))
-                .unwrap();
+        let target = Target::new(Some(
+            "host=db.example port=6543 user=loader password=s3cret dbname=dw",
+        ))
+        .unwrap();
         assert_eq!(target.describe(), "postgresql://loader@db.example:6543/dw");
         assert!(!format!("{target:?}").contains("s3cret"));
         let url = Target::new(Some("postgresql://loader:s3cret@db.example/dw")).unwrap();

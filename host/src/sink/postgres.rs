@@ -189,7 +189,11 @@ impl PostgresSink {
             if !kinds.iter().any(|(name, _)| name == key) {
                 bail!(
                     "`{key}` (in key or partition_by) is not a column of the output (columns: {})",
-                    kinds.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                    kinds
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
         }
@@ -317,7 +321,8 @@ impl PostgresSink {
                 .clone()
                 .context("the postgres sink writes only under the checkpoint protocol")?;
             let path = dir.join("copy.bin");
-            let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            let file =
+                File::create(&path).with_context(|| format!("creating {}", path.display()))?;
             self.spool = Some(Spool {
                 path,
                 file: BufWriter::with_capacity(1 << 20, file),
@@ -647,7 +652,10 @@ impl EpochSink for PostgresSink {
         if loaded > 0 || !rejected.is_empty() {
             // The checkpoint's record of the load: a small file, so the
             // epoch's parts exist like a file sink's do.
-            let dir = self.epoch_dir.clone().context("prepare_epoch without begin_epoch")?;
+            let dir = self
+                .epoch_dir
+                .clone()
+                .context("prepare_epoch without begin_epoch")?;
             let receipt = serde_json::json!({
                 "target": self.describe(),
                 "epoch": epoch.epoch,
@@ -689,7 +697,8 @@ impl EpochSink for PostgresSink {
             None => Ok(None),
             Some((epoch, position)) => Ok(Some((
                 epoch as u64,
-                serde_json::from_str(&position).context("a malformed position in _weir_checkpoints")?,
+                serde_json::from_str(&position)
+                    .context("a malformed position in _weir_checkpoints")?,
             ))),
         }
     }
@@ -724,7 +733,11 @@ impl PostgresSink {
         let mut tuples = Vec::new();
         for (row, _) in rejected {
             let start = spool.row_starts[*row];
-            let end = spool.row_starts.get(row + 1).copied().unwrap_or(spool.bytes);
+            let end = spool
+                .row_starts
+                .get(row + 1)
+                .copied()
+                .unwrap_or(spool.bytes);
             let mut bytes = vec![0u8; (end - start) as usize];
             file.seek(SeekFrom::Start(start))?;
             file.read_exact(&mut bytes)?;
@@ -796,6 +809,8 @@ impl RecordSink for PostgresSink {
     }
 
     fn commit(self: Box<Self>) -> Result<Vec<OutputFile>> {
-        bail!("the postgres sink loads only under the checkpoint protocol ([pipeline] checkpoint = true)")
+        bail!(
+            "the postgres sink loads only under the checkpoint protocol ([pipeline] checkpoint = true)"
+        )
     }
 }

@@ -12,6 +12,7 @@ mod extract;
 mod json_check;
 mod jsonl;
 mod parquet;
+pub mod postgres;
 mod recovery;
 
 use std::fs::File;
@@ -47,6 +48,10 @@ pub struct Position {
     pub items: u64,
     /// Records of that file already consumed.
     pub records: u64,
+    /// An incremental source's high-water mark: the cursor column's value
+    /// in the last item (an integer, or days / microseconds since 1970).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<i64>,
 }
 
 /// A source connector under the checkpoint protocol: it reads items from
@@ -71,6 +76,9 @@ impl SourceConnector for Source {
         &self,
         start: Position,
     ) -> Box<dyn Iterator<Item = Result<(SourceItem, Position)>> + Send> {
+        if let Some(database) = &self.postgres {
+            return database.read_from(start);
+        }
         let index: std::collections::HashMap<Arc<str>, usize> = self
             .files
             .iter()
@@ -90,6 +98,7 @@ impl SourceConnector for Source {
                     file,
                     items: 0,
                     records: 0,
+                    cursor: None,
                 };
             }
             position.items += 1;
@@ -139,6 +148,8 @@ pub struct Source {
     unknown_fields: Arc<std::sync::atomic::AtomicU64>,
     /// Date and timestamp columns written in a format arrow does not read.
     dates: dates::DateFormats,
+    /// `format = "postgres"`: the table or query read instead of files.
+    postgres: Option<postgres::PostgresSource>,
 }
 
 /// A request body or dropped file, decoded ([`Source::decode_bytes`]).
@@ -164,6 +175,34 @@ impl Source {
         batch_size: usize,
         extractor: Option<Extractor>,
     ) -> Result<Source> {
+        Source::open_with_cursor(config, base_dir, batch_size, extractor, None)
+    }
+
+    /// [`Source::open`] for a `weir run` whose incremental PostgreSQL
+    /// source keeps its high-water mark in `cursor_file` between runs.
+    ///
+    /// # Errors
+    /// As [`Source::open`]; for PostgreSQL, the server's refusal.
+    pub fn open_with_cursor(
+        config: &SourceConfig,
+        base_dir: &Path,
+        batch_size: usize,
+        extractor: Option<Extractor>,
+        cursor_file: Option<&Path>,
+    ) -> Result<Source> {
+        if config.format == SourceFormat::Postgres {
+            let database = postgres::PostgresSource::open(config, batch_size, cursor_file)?;
+            return Ok(Source {
+                config: config.clone(),
+                files: Vec::new(),
+                schema: Some(database.schema()),
+                batch_size,
+                extractor: None,
+                unknown_fields: Arc::default(),
+                dates: dates::DateFormats::none(),
+                postgres: Some(database),
+            });
+        }
         // A declared schema needs no file (weir serve without a sample).
         let files = match expand_paths(base_dir, &config.path) {
             Err(_) if config.schema.is_some() => Vec::new(),
@@ -179,6 +218,7 @@ impl Source {
                 extractor: Some(extractor),
                 unknown_fields: Arc::default(),
                 dates: dates::DateFormats::none(),
+                postgres: None,
             });
         }
         let mut formats = dates::DateFormats::none();
@@ -212,6 +252,7 @@ impl Source {
             extractor: None,
             unknown_fields: Arc::default(),
             dates: formats,
+            postgres: None,
         })
     }
 
@@ -220,6 +261,11 @@ impl Source {
     pub fn unknown_fields(&self) -> u64 {
         self.unknown_fields
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A PostgreSQL source's table or query.
+    pub fn database(&self) -> Option<&postgres::PostgresSource> {
+        self.postgres.as_ref()
     }
 
     /// The files to read, in order.
@@ -258,6 +304,13 @@ impl Source {
         first_file: usize,
         skip: u64,
     ) -> Box<dyn Iterator<Item = Result<SourceItem>> + Send> {
+        if let Some(database) = &self.postgres {
+            let start = Position {
+                items: skip,
+                ..Position::default()
+            };
+            return Box::new(database.read_from(start).map(|item| item.map(|(i, _)| i)));
+        }
         match &self.extractor {
             Some(extractor) => Box::new(self.extracted(extractor.clone(), first_file, skip)),
             None => Box::new(self.decoded(first_file, skip).map(|item| {
@@ -343,6 +396,7 @@ impl Source {
                 unknown.clone(),
             )?,
             SourceFormat::Extract => bail!("extract sources take files, not records"),
+            SourceFormat::Postgres => bail!("a postgres source reads a table, not records"),
         };
         let items = decoded
             .map(|item| Ok(source_item(name.clone(), item?)))
@@ -412,7 +466,7 @@ impl Source {
                     },
                 )))
             }
-            SourceFormat::Parquet | SourceFormat::Extract => {
+            SourceFormat::Parquet | SourceFormat::Extract | SourceFormat::Postgres => {
                 unreachable!("not a text format")
             }
         })
@@ -563,6 +617,7 @@ fn infer_schema(config: &SourceConfig, path: &Path) -> Result<(SchemaRef, dates:
             (schema, Vec::new())
         }
         SourceFormat::Extract => unreachable!("extract sources have no schema before extraction"),
+        SourceFormat::Postgres => unreachable!("a postgres source's schema is the server's"),
     };
     Ok(with_inferred_dates(schema, &sample))
 }
