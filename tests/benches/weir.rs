@@ -39,6 +39,15 @@
 //!    then started again: its recovery time and the resumed run's wall
 //!    time against a whole run.
 //!
+//! 8. PostgreSQL (issue 17), against a throwaway server
+//!    (`weir_tests::pg::PgServer`): loading the flights output (336,314
+//!    rows × 21 columns, read from Parquet) with weir's sink vs `psql
+//!    \copy` of the same rows from CSV into a table of the same columns,
+//!    paired runs (each into an emptied table), median ratio; and reading
+//!    the table back: weir's source (batches, no sink) vs `psql \copy
+//!    (SELECT …) TO /dev/null`, and weir's source into a Parquet file vs
+//!    `psql \copy` into a CSV file.
+//!
 //! Each figure is the median of several repetitions. Results are printed and
 //! written as JSON to `$WEIR_BENCH_JSON` (default `target/bench-weir.json`).
 //! Needs `examples/flights/data/flights.csv` (`examples/flights/fetch-data.sh`).
@@ -390,8 +399,9 @@ fn native_flights(root: &Path, out: &Path) -> Result<(u64, u64)> {
         path: "native-flights".into(),
         partition_by: vec!["month".into()],
         compression: "snappy".into(),
-        mode: WriteMode::Overwrite,
+        mode: Some(WriteMode::Overwrite),
         lineage_column: None,
+        ..SinkConfig::default()
     };
     let mut sink = Sink::create(&sink_config, out, "native")?;
     let quarantine_config = QuarantineConfig {
@@ -1270,8 +1280,161 @@ fn checkpoint(root: &Path) -> Result<serde_json::Value> {
     }))
 }
 
+/// Issue 17's benchmark: see the module docs (part 8).
+fn postgres(root: &Path) -> Result<serde_json::Value> {
+    flights_csv(root)?;
+    let dir = tempfile::tempdir()?;
+    // The flights output as one Parquet file, and the same rows as CSV.
+    let stages = flights_variant(root, dir.path(), "output.toml", "")?;
+    let text = std::fs::read_to_string(&stages)?.replace(
+        "path = \"out/flights\"\npartition_by = [\"month\"]",
+        "path = \"flights.parquet\"",
+    );
+    std::fs::write(&stages, text)?;
+    Pipeline::load(&stages)?.run(&RunOptions::default())?;
+    let plain = |name: &str, source: &str, sink: &str| -> Result<PathBuf> {
+        let file = dir.path().join(name);
+        std::fs::write(
+            &file,
+            format!(
+                "[pipeline]\nname = \"{name}\"\nbatch_size = 8192\n\n[source]\n{source}\n\n[sink]\n{sink}\n\n[quarantine]\nformat = \"jsonl\"\npath = \"q-{name}.jsonl\"\n"
+            ),
+        )?;
+        Ok(file)
+    };
+    let parquet = "format = \"parquet\"\npath = \"flights.parquet\"";
+    Pipeline::load(&plain(
+        "csv.toml",
+        parquet,
+        "format = \"csv\"\npath = \"flights.csv\"\nmode = \"overwrite\"",
+    )?)?
+    .run(&RunOptions::default())?;
+    let server = weir_tests::pg::PgServer::start();
+    let sink = |table: &str| {
+        format!(
+            "format = \"postgres\"\nconnection = \"{}\"\ntable = \"{table}\"\ncreate = true",
+            server.connection()
+        )
+    };
+    let load = Pipeline::load(&plain("load.toml", parquet, &sink("flights_weir"))?)?;
+    let report = load.run(&RunOptions::default())?;
+    let rows = report.records.written;
+    let client = std::cell::RefCell::new(server.client());
+    client
+        .borrow_mut()
+        .batch_execute("CREATE TABLE flights_psql (LIKE flights_weir)")?;
+    let columns: i64 = client
+        .borrow_mut()
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'flights_weir'",
+            &[],
+        )?
+        .get(0);
+    let psql = |command: &str| {
+        let output = server.psql().args(["-q", "-c", command]).output().unwrap();
+        assert!(
+            output.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let csv = dir.path().join("flights.csv");
+    let load_ratio = paired_ratio(
+        5,
+        || {
+            client
+                .borrow_mut()
+                .batch_execute("TRUNCATE flights_weir")
+                .unwrap();
+            seconds(|| drop(load.run(&RunOptions::default()).unwrap()))
+        },
+        || {
+            client
+                .borrow_mut()
+                .batch_execute("TRUNCATE flights_psql")
+                .unwrap();
+            seconds(|| {
+                psql(&format!(
+                    "\\copy flights_psql FROM '{}' (FORMAT csv, HEADER)",
+                    csv.display()
+                ))
+            })
+        },
+    );
+    let loaded: i64 = client
+        .borrow_mut()
+        .query_one("SELECT count(*) FROM flights_weir", &[])?
+        .get(0);
+    assert_eq!(loaded as u64, rows, "weir loaded every row once");
+
+    // Reading back: the source alone, then into files.
+    let mut source_config = SourceConfig::file(weir::config::SourceFormat::Postgres, Path::new(""));
+    source_config.path = String::new();
+    source_config.connection = Some(server.connection());
+    source_config.table = Some("flights_weir".into());
+    let source = weir::source::Source::open(&source_config, dir.path(), 8192, None)?;
+    let mut read = 0;
+    let read_ratio = paired_ratio(
+        5,
+        || {
+            seconds(|| {
+                read = 0;
+                for item in weir::source::SourceConnector::read_from(
+                    &source,
+                    weir::source::Position::default(),
+                ) {
+                    if let (weir::source::SourceItem::Batch(batch), _) = item.unwrap() {
+                        read += batch.batch.num_rows();
+                    }
+                }
+            })
+        },
+        || seconds(|| psql("\\copy (SELECT * FROM flights_weir) TO '/dev/null' (FORMAT csv)")),
+    );
+    assert_eq!(read as u64, rows, "the source read every row");
+    let unload = Pipeline::load(&plain(
+        "unload.toml",
+        &format!(
+            "format = \"postgres\"\nconnection = \"{}\"\ntable = \"flights_weir\"",
+            server.connection()
+        ),
+        "format = \"parquet\"\npath = \"back.parquet\"\nmode = \"overwrite\"",
+    )?)?;
+    let back_csv = dir.path().join("back.csv");
+    let unload_ratio = paired_ratio(
+        5,
+        || seconds(|| drop(unload.run(&RunOptions::default()).unwrap())),
+        || {
+            seconds(|| {
+                psql(&format!(
+                    "\\copy (SELECT * FROM flights_weir) TO '{}' (FORMAT csv, HEADER)",
+                    back_csv.display()
+                ))
+            })
+        },
+    );
+    println!("postgres ({rows} rows × {columns} columns of the flights output, PostgreSQL 15, one server on this machine):");
+    println!(
+        "  load: weir sink (Parquet → binary COPY, exactly-once epochs) / psql \\copy from CSV = {load_ratio:.2}x time (≤ 1.0 is as fast as the bulk loader)"
+    );
+    println!(
+        "  read: weir source (binary COPY → record batches) / psql \\copy to /dev/null = {read_ratio:.2}x time → {:.2}x psql's rows/s",
+        1.0 / read_ratio
+    );
+    println!(
+        "  read into a file: weir source → Parquet / psql \\copy → CSV = {unload_ratio:.2}x time"
+    );
+    Ok(json!({
+        "rows": rows,
+        "columns": columns,
+        "load_weir_over_psql_copy": load_ratio,
+        "read_weir_over_psql_copy": read_ratio,
+        "read_into_file_weir_parquet_over_psql_csv": unload_ratio,
+    }))
+}
+
 fn main() -> Result<()> {
-    // `cargo bench -p weir-tests --bench weir -- [boundary|reload|flights|serve|languages|neighbours|checkpoint]` runs one
+    // `cargo bench -p weir-tests --bench weir -- [boundary|reload|flights|serve|languages|neighbours|checkpoint|postgres]` runs one
     // part; `cargo bench` itself adds `--bench`.
     let only: Vec<String> = std::env::args()
         .skip(1)
@@ -1300,6 +1463,9 @@ fn main() -> Result<()> {
     }
     if wanted("checkpoint") {
         report.insert("checkpoint".into(), checkpoint(&root)?);
+    }
+    if wanted("postgres") {
+        report.insert("postgres".into(), postgres(&root)?);
     }
     let path = std::env::var_os("WEIR_BENCH_JSON")
         .map(PathBuf::from)

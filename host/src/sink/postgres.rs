@@ -83,6 +83,195 @@ pub struct PostgresSink {
     encoded: Vec<u8>,
     /// Rows loaded (or found loaded) by this process.
     loaded: u64,
+    /// The epoch's `COPY` streaming to the server as rows arrive.
+    streamer: Option<Streamer>,
+}
+
+/// The SQL of one epoch's load, the same for the streamed and the
+/// spooled path.
+#[derive(Debug, Clone)]
+struct LoadPlan {
+    /// Statements before the `COPY` (the shadow or staging table).
+    setup: Vec<String>,
+    /// `COPY … FROM STDIN (FORMAT binary)`.
+    copy: String,
+    /// `upsert`'s `INSERT … ON CONFLICT` from the staging table.
+    merge: Option<String>,
+    /// The qualified `_weir_checkpoints`.
+    checkpoints: String,
+    record_key: String,
+    run_id: String,
+}
+
+impl LoadPlan {
+    /// `(rows, rejected)` when `_weir_checkpoints` records `epoch`.
+    fn recorded(
+        &self,
+        txn: &mut postgres::Transaction<'_>,
+        epoch: i64,
+    ) -> std::result::Result<Option<(u64, Vec<(usize, String)>)>, AttemptError> {
+        let row = txn
+            .query_opt(
+                &format!(
+                    "SELECT rows, rejected::text FROM {} WHERE run_id = $1 AND target = $2 AND epoch = $3",
+                    self.checkpoints
+                ),
+                &[&self.run_id, &self.record_key, &epoch],
+            )
+            .map_err(|e| AttemptError::from_pg(e, "reading the checkpoint table"))?;
+        let Some(row) = row else { return Ok(None) };
+        let loaded: i64 = row.get(0);
+        let rejected: String = row.get(1);
+        let rejected: Vec<(usize, String)> =
+            serde_json::from_str(&rejected).map_err(|e| AttemptError::Fatal(e.into()))?;
+        tracing::info!(epoch, "epoch already loaded before a crash; not loading it again");
+        Ok(Some((loaded as u64, rejected)))
+    }
+
+    /// After the `COPY`: the merge, the record, `COMMIT`. Returns the rows
+    /// loaded (`copied` for a plain load).
+    fn complete(
+        &self,
+        mut txn: postgres::Transaction<'_>,
+        epoch: i64,
+        position: &str,
+        copied: i64,
+        rejected: &[(usize, String)],
+    ) -> std::result::Result<u64, AttemptError> {
+        let pg = |context: &'static str| move |e: postgres::Error| AttemptError::from_pg(e, context);
+        let mut loaded = copied;
+        if let Some(merge) = &self.merge {
+            loaded = txn.execute(merge.as_str(), &[]).map_err(pg("merging the upsert"))? as i64;
+        }
+        let rejected_json =
+            serde_json::to_string(rejected).map_err(|e| AttemptError::Fatal(e.into()))?;
+        txn.execute(
+            &format!(
+                "INSERT INTO {} (run_id, target, epoch, position, rows, rejected) VALUES ($1, $2, $3, $4::text::jsonb, $5, $6::text::jsonb)",
+                self.checkpoints
+            ),
+            &[&self.run_id, &self.record_key, &epoch, &position, &loaded, &rejected_json],
+        )
+        .map_err(pg("recording the epoch"))?;
+        crate::crash::point("before-pg-commit");
+        txn.commit().map_err(pg("COMMIT"))?;
+        crate::crash::point("after-pg-commit");
+        Ok(loaded as u64)
+    }
+}
+
+/// What the streaming thread is sent.
+enum ToStreamer {
+    /// Encoded tuples.
+    Rows(Vec<u8>),
+    /// The end of the epoch: its number, position (JSON) and rows.
+    Finish(i64, String, i64),
+}
+
+/// How a streamed epoch ended: `(rows loaded, rows refused)`, or why it
+/// did not (the spooled path then loads the epoch).
+type Streamed = std::result::Result<(u64, Vec<(usize, String)>), String>;
+
+/// A thread holding one epoch's transaction open, copying tuples to the
+/// server as the pipeline writes them, so the server works while weir
+/// reads and encodes the next batches. The spool keeps every tuple, so
+/// any failure here (a lost connection, a row the database refuses) falls
+/// back to loading the epoch from the spool.
+struct Streamer {
+    tx: crossbeam_channel::Sender<ToStreamer>,
+    done: crossbeam_channel::Receiver<Streamed>,
+}
+
+impl Streamer {
+    fn start(target: Target, plan: LoadPlan) -> Streamer {
+        let (tx, rx) = crossbeam_channel::bounded::<ToStreamer>(4);
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        std::thread::Builder::new()
+            .name("weir-pg-copy".into())
+            .spawn(move || {
+                let mut finished = false;
+                let outcome = stream_epoch(&target, &plan, &rx, &mut finished);
+                // After a failure, drain what the pipeline still sends,
+                // until the end of the epoch.
+                if !finished {
+                    for message in rx.iter() {
+                        if let ToStreamer::Finish(..) = message {
+                            break;
+                        }
+                    }
+                }
+                let _ = done_tx.send(outcome);
+            })
+            .expect("spawning the COPY thread");
+        Streamer { tx, done }
+    }
+
+    fn send(&self, rows: Vec<u8>) {
+        // A failed stream drains; the spool has the rows.
+        let _ = self.tx.send(ToStreamer::Rows(rows));
+    }
+
+    fn finish(self, epoch: i64, position: String, rows: i64) -> Streamed {
+        let _ = self.tx.send(ToStreamer::Finish(epoch, position, rows));
+        self.done
+            .recv()
+            .unwrap_or_else(|_| Err("the COPY thread ended".into()))
+    }
+}
+
+/// Streams one epoch (see [`Streamer`]); sets `finished` once the
+/// epoch's `Finish` is received.
+fn stream_epoch(
+    target: &Target,
+    plan: &LoadPlan,
+    rx: &crossbeam_channel::Receiver<ToStreamer>,
+    finished: &mut bool,
+) -> Streamed {
+    let text = |e: postgres::Error| crate::postgres::message(&e);
+    let mut client = target.connect().map_err(text)?;
+    let mut txn = client.transaction().map_err(text)?;
+    // Whether this epoch was loaded before a crash is known once its
+    // number is, at `Finish`; the rows stream before then and are rolled
+    // back if so.
+    for statement in &plan.setup {
+        txn.batch_execute(statement).map_err(text)?;
+    }
+    let mut head = Vec::with_capacity(19);
+    binary::write_header(&mut head);
+    let mut copy = txn.copy_in(plan.copy.as_str()).map_err(text)?;
+    copy.write_all(&head).map_err(|e| e.to_string())?;
+    let finish = loop {
+        match rx.recv() {
+            Ok(ToStreamer::Rows(rows)) => {
+                copy.write_all(&rows).map_err(|e| e.to_string())?;
+                crate::crash::point("mid-copy");
+            }
+            Ok(ToStreamer::Finish(epoch, position, rows)) => {
+                *finished = true;
+                break (epoch, position, rows);
+            }
+            Err(_) => {
+                *finished = true;
+                return Err("the pipeline stopped".into());
+            }
+        }
+    };
+    let mut tail = Vec::with_capacity(2);
+    binary::write_trailer(&mut tail);
+    copy.write_all(&tail).map_err(|e| e.to_string())?;
+    let copied = copy.finish().map_err(text)? as i64;
+    let (epoch, position, rows) = finish;
+    if let Some(found) = plan.recorded(&mut txn, epoch).map_err(|e| format!("{e:?}"))? {
+        // Loaded before a crash: this copy is rolled back.
+        drop(txn);
+        return Ok(found);
+    }
+    if copied != rows {
+        return Err(format!("the server copied {copied} rows of {rows}"));
+    }
+    plan.complete(txn, epoch, &position, rows, &[])
+        .map(|loaded| (loaded, Vec::new()))
+        .map_err(|e| format!("{e:?}"))
 }
 
 /// One epoch's encoded rows on disk: tuples only, no header or trailer.
@@ -118,6 +307,7 @@ impl PostgresSink {
             spool: None,
             encoded: Vec::new(),
             loaded: 0,
+            streamer: None,
         })
     }
 
@@ -347,8 +537,45 @@ impl PostgresSink {
             .unwrap_or_default()
     }
 
-    /// Loads the epoch's spool in one transaction with its record; see the
-    /// module documentation. Returns the rows loaded and the rows refused.
+    /// The SQL of this sink's epoch loads.
+    fn plan(&self) -> LoadPlan {
+        let columns = self.column_list();
+        let table = self.table.sql();
+        let (setup, copy_into, merge) = match self.mode {
+            WriteMode::Upsert => (
+                vec![format!(
+                    "CREATE TEMP TABLE _weir_upsert ({}, _weir_row bigint GENERATED ALWAYS AS IDENTITY) ON COMMIT DROP",
+                    self.staging_columns()
+                )],
+                "_weir_upsert".to_string(),
+                Some(self.merge_sql()),
+            ),
+            WriteMode::Replace => {
+                let shadow = self.shadow().sql();
+                (
+                    vec![format!(
+                        "CREATE TABLE IF NOT EXISTS {shadow} (LIKE {table} INCLUDING DEFAULTS)"
+                    )],
+                    shadow,
+                    None,
+                )
+            }
+            _ => (Vec::new(), table, None),
+        };
+        LoadPlan {
+            setup,
+            copy: format!("COPY {copy_into} ({columns}) FROM STDIN (FORMAT binary)"),
+            merge,
+            checkpoints: self.checkpoints(),
+            record_key: self.record_key(),
+            run_id: self.run_id.clone(),
+        }
+    }
+
+    /// Loads the epoch's spool in one transaction with its record (the
+    /// path after a failed stream, and for rows the database refuses; see
+    /// the module documentation). Returns the rows loaded and the rows
+    /// refused.
     fn load_epoch(
         &mut self,
         epoch: &EpochContext,
@@ -361,70 +588,27 @@ impl PostgresSink {
         let spool: &Spool = spool;
         let rows = spool.row_starts.len();
         let mut reader = File::open(&spool.path)?;
-        let checkpoints = self.checkpoints();
-        let record_key = self.record_key();
-        let run_id = self.run_id.clone();
         let position = serde_json::to_string(&epoch.position)?;
-        let columns = self.column_list();
-        let mode = self.mode;
-        let (copy_into, merge) = match mode {
-            WriteMode::Upsert => ("_weir_upsert".to_string(), Some(self.merge_sql())),
-            WriteMode::Replace => (self.shadow().sql(), None),
-            _ => (self.table.sql(), None),
-        };
-        let staging_columns = self.staging_columns();
-        let table = self.table.sql();
+        let plan = self.plan();
         let number = epoch.epoch as i64;
         let what = format!("loading epoch {} into {}", epoch.epoch, self.table);
         self.with_client(&what, |client| {
-            let pg = |context: &'static str| move |e: postgres::Error| AttemptError::from_pg(e, context);
-            let mut txn = client.transaction().map_err(pg("BEGIN"))?;
-            let recorded = txn
-                .query_opt(
-                    &format!("SELECT rows, rejected::text FROM {checkpoints} WHERE run_id = $1 AND target = $2 AND epoch = $3"),
-                    &[&run_id, &record_key, &number],
-                )
-                .map_err(pg("reading the checkpoint table"))?;
-            if let Some(row) = recorded {
+            let mut txn = client
+                .transaction()
+                .map_err(|e| AttemptError::from_pg(e, "BEGIN"))?;
+            if let Some(found) = plan.recorded(&mut txn, number)? {
                 // Committed before a crash: the replay loads nothing.
-                let loaded: i64 = row.get(0);
-                let rejected: String = row.get(1);
-                let rejected: Vec<(usize, String)> = serde_json::from_str(&rejected)
-                    .map_err(|e| AttemptError::Fatal(e.into()))?;
-                tracing::info!(epoch = number, "epoch already loaded before a crash; not loading it again");
-                return Ok((loaded as u64, rejected));
+                return Ok(found);
             }
-            if mode == WriteMode::Replace {
-                txn.batch_execute(&format!(
-                    "CREATE TABLE IF NOT EXISTS {copy_into} (LIKE {table} INCLUDING DEFAULTS)"
-                ))
-                .map_err(pg("creating the shadow table"))?;
+            for statement in &plan.setup {
+                txn.batch_execute(statement)
+                    .map_err(|e| AttemptError::from_pg(e, "preparing the load"))?;
             }
-            if merge.is_some() {
-                txn.batch_execute(&format!(
-                    "CREATE TEMP TABLE _weir_upsert ({staging_columns}, _weir_row bigint GENERATED ALWAYS AS IDENTITY) ON COMMIT DROP"
-                ))
-                .map_err(pg("creating the upsert staging table"))?;
-            }
-            let copy = format!("COPY {copy_into} ({columns}) FROM STDIN (FORMAT binary)");
             let mut rejected = Vec::new();
-            load_rows(&mut txn, &copy, &mut reader, spool, 0, rows, &mut rejected)?;
-            let mut loaded = (rows - rejected.len()) as i64;
-            if let Some(merge) = &merge {
-                let merged = txn.execute(merge.as_str(), &[]).map_err(pg("merging the upsert"))?;
-                loaded = merged as i64;
-            }
-            let rejected_json =
-                serde_json::to_string(&rejected).map_err(|e| AttemptError::Fatal(e.into()))?;
-            txn.execute(
-                &format!("INSERT INTO {checkpoints} (run_id, target, epoch, position, rows, rejected) VALUES ($1, $2, $3, $4::text::jsonb, $5, $6::text::jsonb)"),
-                &[&run_id, &record_key, &number, &position, &loaded, &rejected_json],
-            )
-            .map_err(pg("recording the epoch"))?;
-            crate::crash::point("before-pg-commit");
-            txn.commit().map_err(pg("COMMIT"))?;
-            crate::crash::point("after-pg-commit");
-            Ok((loaded as u64, rejected))
+            load_rows(&mut txn, &plan.copy, &mut reader, spool, 0, rows, &mut rejected)?;
+            let copied = (rows - rejected.len()) as i64;
+            let loaded = plan.complete(txn, number, &position, copied, &rejected)?;
+            Ok((loaded, rejected))
         })
     }
 
@@ -632,14 +816,30 @@ impl EpochSink for PostgresSink {
     fn begin_epoch(&mut self, dir: &Path) -> Result<()> {
         self.epoch_dir = Some(dir.to_path_buf());
         self.spool = None;
+        self.streamer = None;
         Ok(())
     }
 
     fn prepare_epoch(&mut self, epoch: &EpochContext) -> Result<Prepared> {
         let mut spool = self.spool.take();
-        let (loaded, rejected) = self
-            .load_epoch(epoch, spool.as_mut())
-            .with_context(|| format!("sink {}", self.describe()))?;
+        let streamed = self.streamer.take().map(|streamer| {
+            let rows = spool.as_ref().map_or(0, |s| s.row_starts.len()) as i64;
+            let position = serde_json::to_string(&epoch.position).unwrap_or_default();
+            streamer.finish(epoch.epoch as i64, position, rows)
+        });
+        let (loaded, rejected) = match streamed {
+            Some(Ok(done)) => done,
+            other => {
+                if let Some(Err(why)) = other {
+                    tracing::info!(
+                        epoch = epoch.epoch,
+                        "the streamed COPY did not complete ({why}); loading the epoch from its spool"
+                    );
+                }
+                self.load_epoch(epoch, spool.as_mut())
+                    .with_context(|| format!("sink {}", self.describe()))?
+            }
+        };
         self.loaded += loaded;
         let mut out = Prepared::default();
         if let (Some(spool), false) = (&spool, rejected.is_empty()) {
@@ -794,6 +994,11 @@ impl RecordSink for PostgresSink {
         spool.row_starts.extend(starts.iter().map(|s| s + base));
         spool.file.write_all(&encoded)?;
         spool.bytes += encoded.len() as u64;
+        if self.streamer.is_none() {
+            self.streamer = Some(Streamer::start(self.target.clone(), self.plan()));
+        }
+        let streamer = self.streamer.as_ref().expect("started above");
+        streamer.send(encoded.clone());
         self.encoded = encoded;
         Ok(())
     }
