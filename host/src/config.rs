@@ -420,10 +420,12 @@ impl StageConfig {
 }
 
 /// Output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkFormat {
-    /// Apache Parquet; may be partitioned.
+    /// Apache Parquet; may be partitioned (the default of a config built
+    /// in code).
+    #[default]
     Parquet,
     /// One JSON object per line.
     Jsonl,
@@ -532,12 +534,6 @@ pub struct SinkConfig {
     /// run fails, in seconds. Default 60.
     #[serde(default = "default_retry_budget_s")]
     pub retry_budget_s: u64,
-}
-
-impl Default for SinkFormat {
-    fn default() -> SinkFormat {
-        SinkFormat::Parquet
-    }
 }
 
 fn default_retry_budget_s() -> u64 {

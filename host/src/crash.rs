@@ -12,7 +12,11 @@
 //! `mid-part-write`, `after-part-fsync`, `mid-checkpoint-write`,
 //! `after-checkpoint-rename`, `mid-commit-rename`, `after-commit`
 //! (before the sources are acknowledged), `after-ack`, and for the end of a
-//! `weir run`: `mid-publish`, `after-publish`.
+//! `weir run`: `mid-publish`, `after-publish`. The PostgreSQL sink adds,
+//! inside its prepare step: `mid-copy` (after each chunk of rows sent to
+//! the server), `before-pg-commit` (rows and epoch record sent, `COMMIT`
+//! not), `after-pg-commit` (committed in the database, not yet in weir's
+//! checkpoint).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

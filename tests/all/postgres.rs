@@ -494,9 +494,9 @@ fn the_first_errors_a_user_meets_are_clear_and_write_nothing() {
         "{log}"
     );
     // A server that is not there: retried within the budget, then a clear failure.
-    let log = run(&format!(
-        "format = \"postgres\"\nconnection = \"host=127.0.0.1 port=1 user=weir dbname=postgres\"\ntable = \"t\"\nretry_budget_s = 1"
-    ));
+    let log = run(
+        "format = \"postgres\"\nconnection = \"host=127.0.0.1 port=1 user=weir dbname=postgres\"\ntable = \"t\"\nretry_budget_s = 1",
+    );
     assert!(
         log.contains("gave up after") && log.contains("retry_budget_s = 1"),
         "{log}"

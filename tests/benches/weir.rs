@@ -1413,7 +1413,9 @@ fn postgres(root: &Path) -> Result<serde_json::Value> {
             })
         },
     );
-    println!("postgres ({rows} rows × {columns} columns of the flights output, PostgreSQL 15, one server on this machine):");
+    println!(
+        "postgres ({rows} rows × {columns} columns of the flights output, PostgreSQL 15, one server on this machine):"
+    );
     println!(
         "  load: weir sink (Parquet → binary COPY, exactly-once epochs) / psql \\copy from CSV = {load_ratio:.2}x time (≤ 1.0 is as fast as the bulk loader)"
     );

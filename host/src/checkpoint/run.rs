@@ -1036,6 +1036,7 @@ mod tests {
                         file: 0,
                         items: item,
                         records: 2 * item,
+                        cursor: None,
                     },
                     totals,
                     &mut [&mut sink, &mut quarantine],

@@ -2,14 +2,19 @@
 //! checkpointed `weir run` into a table with binary `COPY`, exactly once.
 //!
 //! **Writing.** Rows are encoded column by column into PostgreSQL's binary
-//! `COPY` form ([`crate::postgres::binary`]) as they arrive, into a spool
-//! file in the epoch's directory (so an epoch's rows are held on disk, not
-//! in memory, and can be sent again after a lost connection).
+//! `COPY` form ([`crate::postgres::binary`]) as they arrive. Each batch's
+//! tuples go two ways: to a thread ([`Streamer`]) that holds the epoch's
+//! transaction open and streams them to the server with `COPY … FROM
+//! STDIN`, so the server stores rows while weir reads and encodes the next
+//! ones; and to a spool file in the epoch's directory, so that the epoch
+//! can be sent again (after a lost connection, or to find the rows the
+//! database refuses) without holding it in memory.
 //!
 //! **Committing an epoch** ([`EpochSink::prepare_epoch`]), in one
-//! transaction: if `_weir_checkpoints` already records this run's epoch
-//! (a replay after a crash that came after the commit), nothing is
-//! loaded; else the spool is copied into the table (`append`), into a
+//! transaction (the streamed one; if it failed, a new one from the spool):
+//! if `_weir_checkpoints` already records this run's epoch (a replay
+//! after a crash that came after the commit), nothing is loaded; else the
+//! rows are copied into the table (`append`), into a
 //! temporary table merged with `INSERT … ON CONFLICT (key) DO UPDATE`
 //! (`upsert`; the last row of a key in an epoch wins), or into a shadow
 //! table (`replace`); the epoch, its row count, the source position after
@@ -87,6 +92,10 @@ pub struct PostgresSink {
     streamer: Option<Streamer>,
 }
 
+/// An epoch's load: `(rows loaded, (row, the database's message) for
+/// each row refused)`.
+type Loaded = (u64, Vec<(usize, String)>);
+
 /// The SQL of one epoch's load, the same for the streamed and the
 /// spooled path.
 #[derive(Debug, Clone)]
@@ -109,7 +118,7 @@ impl LoadPlan {
         &self,
         txn: &mut postgres::Transaction<'_>,
         epoch: i64,
-    ) -> std::result::Result<Option<(u64, Vec<(usize, String)>)>, AttemptError> {
+    ) -> std::result::Result<Option<Loaded>, AttemptError> {
         let row = txn
             .query_opt(
                 &format!(
@@ -124,7 +133,10 @@ impl LoadPlan {
         let rejected: String = row.get(1);
         let rejected: Vec<(usize, String)> =
             serde_json::from_str(&rejected).map_err(|e| AttemptError::Fatal(e.into()))?;
-        tracing::info!(epoch, "epoch already loaded before a crash; not loading it again");
+        tracing::info!(
+            epoch,
+            "epoch already loaded before a crash; not loading it again"
+        );
         Ok(Some((loaded as u64, rejected)))
     }
 
@@ -138,10 +150,13 @@ impl LoadPlan {
         copied: i64,
         rejected: &[(usize, String)],
     ) -> std::result::Result<u64, AttemptError> {
-        let pg = |context: &'static str| move |e: postgres::Error| AttemptError::from_pg(e, context);
+        let pg =
+            |context: &'static str| move |e: postgres::Error| AttemptError::from_pg(e, context);
         let mut loaded = copied;
         if let Some(merge) = &self.merge {
-            loaded = txn.execute(merge.as_str(), &[]).map_err(pg("merging the upsert"))? as i64;
+            loaded = txn
+                .execute(merge.as_str(), &[])
+                .map_err(pg("merging the upsert"))? as i64;
         }
         let rejected_json =
             serde_json::to_string(rejected).map_err(|e| AttemptError::Fatal(e.into()))?;
@@ -170,7 +185,7 @@ enum ToStreamer {
 
 /// How a streamed epoch ended: `(rows loaded, rows refused)`, or why it
 /// did not (the spooled path then loads the epoch).
-type Streamed = std::result::Result<(u64, Vec<(usize, String)>), String>;
+type Streamed = std::result::Result<Loaded, String>;
 
 /// A thread holding one epoch's transaction open, copying tuples to the
 /// server as the pipeline writes them, so the server works while weir
@@ -261,7 +276,10 @@ fn stream_epoch(
     copy.write_all(&tail).map_err(|e| e.to_string())?;
     let copied = copy.finish().map_err(text)? as i64;
     let (epoch, position, rows) = finish;
-    if let Some(found) = plan.recorded(&mut txn, epoch).map_err(|e| format!("{e:?}"))? {
+    if let Some(found) = plan
+        .recorded(&mut txn, epoch)
+        .map_err(|e| format!("{e:?}"))?
+    {
         // Loaded before a crash: this copy is rolled back.
         drop(txn);
         return Ok(found);
@@ -576,11 +594,7 @@ impl PostgresSink {
     /// path after a failed stream, and for rows the database refuses; see
     /// the module documentation). Returns the rows loaded and the rows
     /// refused.
-    fn load_epoch(
-        &mut self,
-        epoch: &EpochContext,
-        spool: Option<&mut Spool>,
-    ) -> Result<(u64, Vec<(usize, String)>)> {
+    fn load_epoch(&mut self, epoch: &EpochContext, spool: Option<&mut Spool>) -> Result<Loaded> {
         let Some(spool) = spool else {
             return Ok((0, Vec::new()));
         };
@@ -605,7 +619,15 @@ impl PostgresSink {
                     .map_err(|e| AttemptError::from_pg(e, "preparing the load"))?;
             }
             let mut rejected = Vec::new();
-            load_rows(&mut txn, &plan.copy, &mut reader, spool, 0, rows, &mut rejected)?;
+            load_rows(
+                &mut txn,
+                &plan.copy,
+                &mut reader,
+                spool,
+                0,
+                rows,
+                &mut rejected,
+            )?;
             let copied = (rows - rejected.len()) as i64;
             let loaded = plan.complete(txn, number, &position, copied, &rejected)?;
             Ok((loaded, rejected))
@@ -986,7 +1008,6 @@ impl RecordSink for PostgresSink {
             );
         }
         let mut encoded = std::mem::take(&mut self.encoded);
-        encoded.clear();
         let mut starts = Vec::with_capacity(batch.num_rows());
         binary::encode(&batch, &mut encoded, &mut starts)?;
         let spool = self.spool()?;
@@ -998,8 +1019,9 @@ impl RecordSink for PostgresSink {
             self.streamer = Some(Streamer::start(self.target.clone(), self.plan()));
         }
         let streamer = self.streamer.as_ref().expect("started above");
-        streamer.send(encoded.clone());
-        self.encoded = encoded;
+        // The streamer takes the buffer; the next batch gets a new one.
+        self.encoded = Vec::with_capacity(encoded.len());
+        streamer.send(encoded);
         Ok(())
     }
 

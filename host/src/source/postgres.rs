@@ -17,17 +17,17 @@
 //! (`::text`), never dropped.
 //!
 //! **Incremental reads** (`incremental_by = "COLUMN"`, an integer, date or
-//! timestamp column): rows are read in that column's order, `WHERE COLUMN
-//! > high-water mark`. A batch never ends between two rows with the same
-//! cursor value (it grows past `batch_size` instead), so the position
-//! after every batch is one value, the high-water mark: a resumed run
-//! continues after it, and when a run publishes, the mark is kept in
-//! `.SINK.weir-cursor.json` beside the sink so the next run reads only
-//! rows added or updated since (delete that file to read everything
-//! again). Without `incremental_by` the position is the number of batches
-//! read, and a resume re-runs the query and skips them: exact only if the
-//! query is ordered (`ORDER BY` a unique key) and the rows it reads did
-//! not change meanwhile.
+//! timestamp column): rows are read in that column's order, only those
+//! whose value is greater than the high-water mark. A batch never ends
+//! between two rows with the same cursor value (it grows past
+//! `batch_size` instead), so the position after every batch is one value,
+//! the high-water mark: a resumed run continues after it, and when a run
+//! publishes, the mark is kept in `.SINK.weir-cursor.json` beside the sink
+//! so the next run reads only rows added or updated since (delete that
+//! file to read everything again). Without `incremental_by` the position
+//! is the number of batches read, and a resume re-runs the query and skips
+//! them: exact only if the query is ordered (by a unique key) and the rows
+//! it reads did not change meanwhile.
 //!
 //! **Lost connections** are retried within `retry_budget_s` (default 60):
 //! the query is sent again from the last position handed out.
@@ -316,10 +316,11 @@ impl PostgresSource {
             };
             // A batch ends at `batch_size` rows, but never between two rows
             // of one cursor value.
-            if decoder.rows() >= self.batch_size && (incremental.is_none() || value != last) {
-                if !send(&mut decoder, position, last, &mut to_skip)? {
-                    return Ok(());
-                }
+            if decoder.rows() >= self.batch_size
+                && (incremental.is_none() || value != last)
+                && !send(&mut decoder, position, last, &mut to_skip)?
+            {
+                return Ok(());
             }
             decoder.append_row().map_err(AttemptError::Fatal)?;
             if value.is_some() {
