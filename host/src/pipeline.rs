@@ -444,7 +444,20 @@ impl Pipeline {
             && let Some(coordinator) = coordinator
         {
             let loaded = coordinator.state().checkpoint().epoch;
-            if self.config.sink.format == crate::config::SinkFormat::Postgres && loaded > 0 {
+            // The database may also have committed the epoch after the
+            // checkpoint's, before the failure (a server that cannot be
+            // asked either had nothing committed in the common case: the
+            // failure is then the connection itself).
+            let committed_beyond = || {
+                crate::sink::postgres::PostgresSink::new(&self.config.sink, &run_id)
+                    .and_then(|mut sink| {
+                        crate::sink::EpochSink::committed_beyond(&mut sink, &run_id, loaded)
+                    })
+                    .is_ok_and(|beyond| beyond.is_some())
+            };
+            if self.config.sink.format == crate::config::SinkFormat::Postgres
+                && (loaded > 0 || committed_beyond())
+            {
                 // Those epochs are in the table: starting afresh would load
                 // them again. The next start resumes after them.
                 return Err(anyhow!(

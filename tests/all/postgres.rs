@@ -387,7 +387,7 @@ fn replace_swaps_the_whole_table_or_only_the_partitions_written() {
     server
         .client()
         .batch_execute(
-            "CREATE TABLE daily (id bigint, value bigint, grp text); INSERT INTO daily VALUES (100, 1, 'old'), (101, 2, 'g1')",
+            "CREATE TABLE daily (id bigint, value bigint, grp text, added bigint GENERATED ALWAYS AS IDENTITY); INSERT INTO daily (id, value, grp) VALUES (100, 1, 'old'), (101, 2, 'g1')",
         )
         .unwrap();
     let dir = tempfile::tempdir().unwrap();

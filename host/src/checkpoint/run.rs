@@ -888,6 +888,7 @@ impl Coordinator {
             self.state.write()?;
         }
         let mut published = Vec::new();
+        let everything_published = connectors.iter().all(|(_, publish)| *publish);
         for (connector, publish) in connectors {
             if publish {
                 let parts = self.state.committed_parts(connector.connector());
@@ -896,7 +897,11 @@ impl Coordinator {
                 published.push(Vec::new());
             }
         }
-        if let Some(hook) = self.published.take() {
+        // Output held back (over max_quarantine_fraction) was not
+        // delivered: the source must not move on past it.
+        if let Some(hook) = self.published.take()
+            && everything_published
+        {
             hook(self.state.checkpoint.position)?;
         }
         crate::crash::point("after-publish");
@@ -1037,6 +1042,7 @@ mod tests {
                         items: item,
                         records: 2 * item,
                         cursor: None,
+                        cursor_limit: None,
                     },
                     totals,
                     &mut [&mut sink, &mut quarantine],

@@ -349,12 +349,21 @@ impl Builder {
             Builder::Bytes(b) => b.append_value(value),
             Builder::Date(b) => {
                 let days = i32::from_be_bytes(value.try_into().context("a date of wrong length")?);
-                // ±infinity dates have no Arrow value.
+                if days == i32::MIN || days == i32::MAX {
+                    bail!(
+                        "±infinity has no Arrow date value; cast it in the query (e.g. NULLIF(col, 'infinity'))"
+                    );
+                }
                 b.append_value(days.checked_add(EPOCH_DAYS).context("date out of range")?)
             }
             Builder::Timestamp(b) => {
                 let micros =
                     i64::from_be_bytes(value.try_into().context("a timestamp of wrong length")?);
+                if micros == i64::MIN || micros == i64::MAX {
+                    bail!(
+                        "±infinity has no Arrow timestamp value; cast it in the query (e.g. NULLIF(col, 'infinity'))"
+                    );
+                }
                 b.append_value(
                     micros
                         .checked_add(EPOCH_MICROS)

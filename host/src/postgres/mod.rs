@@ -56,8 +56,10 @@ impl Target {
     pub fn new(connection: Option<&str>) -> Result<Target> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let mut config = match connection {
-            Some(text) if !text.trim().is_empty() => postgres::Config::from_str(text).map_err(|e| {
-                anyhow::anyhow!("the connection string does not parse ({e}); it is not shown because it may hold a password")
+            // The parser's message may quote part of the string (a
+            // password with a space in it), so it is not repeated.
+            Some(text) if !text.trim().is_empty() => postgres::Config::from_str(text).map_err(|_| {
+                anyhow::anyhow!("the connection string does not parse: expected `key=value` pairs (host, port, user, dbname, …; quote values with spaces in single quotes) or a postgresql:// URL; it is not shown because it may hold a password")
             })?,
             _ => postgres::Config::new(),
         };
@@ -91,6 +93,14 @@ impl Target {
         if config.get_application_name().is_none() {
             config.application_name(&env("PGAPPNAME").unwrap_or_else(|| "weir".into()));
         }
+        // A connection that goes silent (a dropped network, a server
+        // host that died) is noticed within about 30 s, not the 2 h of
+        // the system's keepalive default, so the retry budget applies.
+        config
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(30));
         if config.get_connect_timeout().is_none() {
             let seconds = env("PGCONNECT_TIMEOUT")
                 .and_then(|s| s.parse().ok())
@@ -128,10 +138,12 @@ fn describe(config: &postgres::Config) -> String {
     format!("postgresql://{user}@{host}:{port}/{dbname}")
 }
 
-/// Whether `error` is a lost or refused connection that a new attempt may
-/// get past: the socket closed, an I/O error, the server shutting down or
-/// starting up (SQLSTATE class 08, 57P01–57P03), too many connections
-/// (53300). A refused password (28P01) or a bad query is not.
+/// Whether `error` is a lost or refused connection, or a conflict, that a
+/// new attempt may get past: the socket closed, an I/O error (refused,
+/// reset, timed out), the server shutting down or starting up (SQLSTATE
+/// class 08, 57P01–57P03), too many connections (53300), a deadlock or
+/// serialization failure (40P01, 40001: the transaction is retried whole).
+/// A refused password (28P01), a missing password or a bad query is not.
 pub fn is_transient(error: &postgres::Error) -> bool {
     if error.is_closed() {
         return true;
@@ -139,10 +151,22 @@ pub fn is_transient(error: &postgres::Error) -> bool {
     match error.code() {
         Some(code) => {
             let code = code.code();
-            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+            code.starts_with("08")
+                || matches!(
+                    code,
+                    "57P01" | "57P02" | "57P03" | "53300" | "40P01" | "40001"
+                )
         }
-        // No SQLSTATE: a connection-level failure (refused, reset, timed out).
-        None => error.as_db_error().is_none(),
+        None => {
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                if cause.downcast_ref::<std::io::Error>().is_some() {
+                    return true;
+                }
+                source = cause.source();
+            }
+            false
+        }
     }
 }
 

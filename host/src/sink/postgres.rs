@@ -114,21 +114,33 @@ struct LoadPlan {
 
 impl LoadPlan {
     /// `(rows, rejected)` when `_weir_checkpoints` records `epoch`.
+    ///
+    /// An epoch recorded at another source position than `position` (the
+    /// replay's) is an error, never skipped: skipping it would lose or
+    /// repeat the rows in between.
     fn recorded(
         &self,
         txn: &mut postgres::Transaction<'_>,
         epoch: i64,
+        position: &str,
     ) -> std::result::Result<Option<Loaded>, AttemptError> {
         let row = txn
             .query_opt(
                 &format!(
-                    "SELECT rows, rejected::text FROM {} WHERE run_id = $1 AND target = $2 AND epoch = $3",
+                    "SELECT rows, rejected::text, position = $4::text::jsonb, position::text FROM {} WHERE run_id = $1 AND target = $2 AND epoch = $3",
                     self.checkpoints
                 ),
-                &[&self.run_id, &self.record_key, &epoch],
+                &[&self.run_id, &self.record_key, &epoch, &position],
             )
             .map_err(|e| AttemptError::from_pg(e, "reading the checkpoint table"))?;
         let Some(row) = row else { return Ok(None) };
+        let same: bool = row.get(2);
+        if !same {
+            let recorded: String = row.get(3);
+            return Err(AttemptError::Fatal(anyhow::anyhow!(
+                "epoch {epoch} was loaded before the crash ending at source position {recorded}, but its replay ends at {position}: the input changed since; the rows already loaded are kept, and this run cannot resume exactly (with --restart it starts over)"
+            )));
+        }
         let loaded: i64 = row.get(0);
         let rejected: String = row.get(1);
         let rejected: Vec<(usize, String)> =
@@ -277,7 +289,7 @@ fn stream_epoch(
     let copied = copy.finish().map_err(text)? as i64;
     let (epoch, position, rows) = finish;
     if let Some(found) = plan
-        .recorded(&mut txn, epoch)
+        .recorded(&mut txn, epoch, &position)
         .map_err(|e| format!("{e:?}"))?
     {
         // Loaded before a crash: this copy is rolled back.
@@ -517,7 +529,14 @@ impl PostgresSink {
         if self.schema.is_none() {
             self.check_table(&schema)
                 .with_context(|| format!("sink {}", self.describe()))?;
-            self.schema = Some(schema);
+            // All nullable: batches may differ in nullability, and refused
+            // rows are decoded back with this schema.
+            let fields: Vec<arrow::datatypes::Field> = schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect();
+            self.schema = Some(Arc::new(Schema::new(fields)));
         }
         Ok(())
     }
@@ -571,8 +590,12 @@ impl PostgresSink {
             WriteMode::Replace => {
                 let shadow = self.shadow().sql();
                 (
+                    // The output's columns only, without the table's
+                    // constraints, identities or generated columns: the
+                    // table's own rules apply when the rows move in.
                     vec![format!(
-                        "CREATE TABLE IF NOT EXISTS {shadow} (LIKE {table} INCLUDING DEFAULTS)"
+                        "CREATE TABLE IF NOT EXISTS {shadow} ({})",
+                        self.staging_columns()
                     )],
                     shadow,
                     None,
@@ -610,7 +633,7 @@ impl PostgresSink {
             let mut txn = client
                 .transaction()
                 .map_err(|e| AttemptError::from_pg(e, "BEGIN"))?;
-            if let Some(found) = plan.recorded(&mut txn, number)? {
+            if let Some(found) = plan.recorded(&mut txn, number, &position)? {
                 // Committed before a crash: the replay loads nothing.
                 return Ok(found);
             }
@@ -683,8 +706,17 @@ impl PostgresSink {
         } else {
             format!("DO UPDATE SET {}", updates.join(", "))
         };
+        // Rows with a null key never conflict (a unique index lets nulls
+        // repeat), so they are all inserted rather than collapsed.
+        let not_null = self
+            .key
+            .iter()
+            .map(|k| format!("{} IS NOT NULL", quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         format!(
-            "INSERT INTO {} ({columns}) SELECT DISTINCT ON ({keys}) {columns} FROM _weir_upsert ORDER BY {keys}, _weir_row DESC ON CONFLICT ({keys}) {action}",
+            "INSERT INTO {} ({columns}) (SELECT DISTINCT ON ({keys}) {columns} FROM _weir_upsert WHERE {not_null} ORDER BY {keys}, _weir_row DESC) \
+             UNION ALL (SELECT {columns} FROM _weir_upsert WHERE NOT ({not_null})) ON CONFLICT ({keys}) {action}",
             self.table.sql()
         )
     }
@@ -711,26 +743,38 @@ impl PostgresSink {
             if done.is_some() {
                 return Ok(());
             }
-            txn.batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {shadow} (LIKE {table} INCLUDING DEFAULTS)"
-            ))
-            .map_err(pg("creating the shadow table"))?;
-            if partition_by.is_empty() {
-                txn.batch_execute(&format!("DELETE FROM {table}"))
-                    .map_err(pg("emptying the table"))?;
-            } else {
-                let matches = partition_by
-                    .iter()
-                    .map(|p| format!("s.{0} IS NOT DISTINCT FROM t.{0}", quote_ident(p)))
-                    .collect::<Vec<_>>()
-                    .join(" AND ");
-                txn.batch_execute(&format!(
-                    "DELETE FROM {table} t WHERE EXISTS (SELECT 1 FROM {shadow} s WHERE {matches})"
-                ))
-                .map_err(pg("deleting the partitions"))?;
+            // No shadow table: the run wrote no row.
+            let columns: Option<String> = txn
+                .query_one(
+                    "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute \
+                     WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+                    &[&shadow],
+                )
+                .map_err(pg("reading the shadow table"))?
+                .get(0);
+            match (&columns, partition_by.is_empty()) {
+                (_, true) => txn
+                    .batch_execute(&format!("DELETE FROM {table}"))
+                    .map_err(pg("emptying the table"))?,
+                (Some(_), false) => {
+                    let matches = partition_by
+                        .iter()
+                        .map(|p| format!("s.{0} IS NOT DISTINCT FROM t.{0}", quote_ident(p)))
+                        .collect::<Vec<_>>()
+                        .join(" AND ");
+                    txn.batch_execute(&format!(
+                        "DELETE FROM {table} t WHERE EXISTS (SELECT 1 FROM {shadow} s WHERE {matches})"
+                    ))
+                    .map_err(pg("deleting the partitions"))?
+                }
+                (None, false) => {}
             }
-            txn.batch_execute(&format!("INSERT INTO {table} SELECT * FROM {shadow}; DROP TABLE {shadow}"))
+            if let Some(columns) = &columns {
+                txn.batch_execute(&format!(
+                    "INSERT INTO {table} ({columns}) SELECT {columns} FROM {shadow}; DROP TABLE {shadow}"
+                ))
                 .map_err(pg("moving the rows in"))?;
+            }
             txn.execute(
                 &format!("INSERT INTO {checkpoints} (run_id, target, epoch, position, rows) VALUES ($1, $2, 0, '{{}}', 0)"),
                 &[&run_id, &record_key],
@@ -844,6 +888,9 @@ impl EpochSink for PostgresSink {
 
     fn prepare_epoch(&mut self, epoch: &EpochContext) -> Result<Prepared> {
         let mut spool = self.spool.take();
+        if let Some(spool) = spool.as_mut() {
+            spool.file.flush()?;
+        }
         let streamed = self.streamer.take().map(|streamer| {
             let rows = spool.as_ref().map_or(0, |s| s.row_starts.len()) as i64;
             let position = serde_json::to_string(&epoch.position).unwrap_or_default();
@@ -993,7 +1040,14 @@ impl RecordSink for PostgresSink {
         let batch = binary::normalize(batch)?;
         self.ensure_checked(batch.schema())?;
         let expected = self.schema.clone().expect("checked above");
-        if batch.schema().fields() != expected.fields() {
+        let shape = |schema: &Schema| -> Vec<(String, arrow::datatypes::DataType)> {
+            schema
+                .fields()
+                .iter()
+                .map(|f| (f.name().clone(), f.data_type().clone()))
+                .collect()
+        };
+        if shape(&batch.schema()) != shape(&expected) {
             let names = |s: &Schema| {
                 s.fields()
                     .iter()

@@ -52,6 +52,11 @@ pub struct Position {
     /// in the last item (an integer, or days / microseconds since 1970).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<i64>,
+    /// An incremental source's upper bound for this run: the cursor
+    /// column's greatest value when the run started, so that a resumed run
+    /// reads the same rows as the one that crashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor_limit: Option<i64>,
 }
 
 /// A source connector under the checkpoint protocol: it reads items from
@@ -99,6 +104,7 @@ impl SourceConnector for Source {
                     items: 0,
                     records: 0,
                     cursor: None,
+                    cursor_limit: None,
                 };
             }
             position.items += 1;

@@ -209,22 +209,52 @@ impl PostgresSource {
         }
     }
 
-    /// The `COPY` that reads from `after` (a high-water mark).
-    fn copy_sql(&self, after: Option<i64>) -> String {
-        let mut sql = format!("SELECT {} FROM ({}) AS q", self.select, self.query);
+    /// The `COPY` that reads the rows after `after` (a high-water mark) up
+    /// to `limit` (inclusive).
+    fn copy_sql(&self, after: Option<i64>, limit: Option<i64>) -> String {
+        // The newline ends a `--` comment the query may end with.
+        let mut sql = format!("SELECT {} FROM ({}\n) AS q", self.select, self.query);
         if let Some((_, column, kind)) = &self.cursor {
             let column = quote_ident(column);
+            sql.push_str(&format!(" WHERE q.{column} IS NOT NULL"));
             if let Some(value) = after {
+                sql.push_str(&format!(" AND q.{column} > {}", Self::literal(kind, value)));
+            }
+            if let Some(value) = limit {
                 sql.push_str(&format!(
-                    " WHERE q.{column} > {}",
+                    " AND q.{column} <= {}",
                     Self::literal(kind, value)
                 ));
-            } else {
-                sql.push_str(&format!(" WHERE q.{column} IS NOT NULL"));
             }
             sql.push_str(&format!(" ORDER BY q.{column}"));
         }
         format!("COPY ({sql}) TO STDOUT (FORMAT binary)")
+    }
+
+    /// The cursor column's greatest value now (as an `i64`, see
+    /// [`binary::ordinal`]); `None` when it has none.
+    fn cursor_max(
+        &self,
+        client: &mut postgres::Client,
+    ) -> std::result::Result<Option<i64>, AttemptError> {
+        let Some((_, column, kind)) = &self.cursor else {
+            return Ok(None);
+        };
+        let column = quote_ident(column);
+        let value = match kind {
+            Kind::Date => format!("(max(q.{column}) - DATE '1970-01-01')::bigint"),
+            Kind::Timestamp(None) => {
+                format!("(extract(epoch FROM max(q.{column})) * 1000000)::bigint")
+            }
+            Kind::Timestamp(Some(_)) => {
+                format!("(extract(epoch FROM max(q.{column})) * 1000000)::bigint")
+            }
+            _ => format!("max(q.{column})::bigint"),
+        };
+        let row = client
+            .query_one(&format!("SELECT {value} FROM ({}\n) AS q", self.query), &[])
+            .map_err(|e| AttemptError::from_pg(e, "reading the cursor column's greatest value"))?;
+        Ok(row.get(0))
     }
 
     /// Batches from `start` on, each with the position after it; read by
@@ -267,7 +297,19 @@ impl PostgresSource {
             .connect()
             .map_err(|e| AttemptError::from_pg(e, "connecting"))?;
         let incremental = self.cursor.clone();
-        let sql = self.copy_sql(position.cursor.filter(|_| incremental.is_some()));
+        if incremental.is_some() && position.cursor_limit.is_none() {
+            // Fixed when the run starts (and kept in the checkpoint), so a
+            // resumed run reads the rows the crashed one did; later rows
+            // are the next run's.
+            match self.cursor_max(&mut client)? {
+                Some(limit) => position.cursor_limit = Some(limit),
+                None => return Ok(()),
+            }
+        }
+        let sql = self.copy_sql(
+            position.cursor.filter(|_| incremental.is_some()),
+            position.cursor_limit,
+        );
         let reader = client
             .copy_out(sql.as_str())
             .map_err(|e| AttemptError::from_pg(e, "COPY … TO STDOUT"))?;
