@@ -31,22 +31,7 @@ use parquet::arrow::ArrowWriter;
 use crate::config::{QuarantineConfig, QuarantineFormat, WriteMode};
 use crate::sink::OutputFile;
 
-/// Why a group of rows was rejected: everything but the row itself.
-#[derive(Debug, Clone)]
-pub struct Reason {
-    /// The stage that rejected the rows.
-    pub stage: Arc<str>,
-    /// The stage's plugin reference.
-    pub plugin: Arc<str>,
-    /// SHA-256 of the plugin component.
-    pub plugin_sha256: Arc<str>,
-    /// `validation` or a plugin error kind.
-    pub error_kind: String,
-    /// Failed rule ids (validation only).
-    pub rule: Option<String>,
-    /// Human-readable explanation.
-    pub message: String,
-}
+pub use crate::reason::Reason;
 
 /// Longest message repeated on every row of a failed batch, in bytes. A
 /// longer one (a trap with the plugin's stderr) is stored whole on the

@@ -56,7 +56,7 @@ pub struct EpochContext {
     /// The epoch's number (1, 2, …).
     pub epoch: u64,
     /// The source position after the epoch's last item.
-    pub position: crate::source::Position,
+    pub position: crate::position::Position,
 }
 
 /// What preparing an epoch produced.
@@ -76,7 +76,7 @@ pub struct SinkRejected {
     /// The rows (rows × the output schema).
     pub rows: RecordBatch,
     /// One reason per row.
-    pub reasons: Vec<crate::quarantine::Reason>,
+    pub reasons: Vec<crate::reason::Reason>,
     /// The destination, for the quarantine's `source_file` column.
     pub source: String,
 }
@@ -125,7 +125,7 @@ pub trait EpochSink {
         &mut self,
         _run_id: &str,
         _epoch: u64,
-    ) -> Result<Option<(u64, crate::source::Position)>> {
+    ) -> Result<Option<(u64, crate::position::Position)>> {
         Ok(None)
     }
 

@@ -51,10 +51,10 @@ use postgres::types::Type;
 
 use super::{EpochContext, EpochSink, OutputFile, Prepared, RecordSink, SinkRejected};
 use crate::config::{SinkConfig, WriteMode};
+use crate::position::Position;
 use crate::postgres::binary::{self, Kind};
 use crate::postgres::{AttemptError, Retry, TableName, Target, quote_ident};
-use crate::quarantine::Reason;
-use crate::source::Position;
+use crate::reason::Reason;
 
 /// The table that records committed epochs, in the target table's schema.
 pub const CHECKPOINT_TABLE: &str = "_weir_checkpoints";

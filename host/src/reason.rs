@@ -1,0 +1,22 @@
+//! Why rows were rejected: what the quarantine stores beside each row,
+//! given by the stage, the source reader or the sink's destination that
+//! refused them.
+
+use std::sync::Arc;
+
+/// Why a group of rows was rejected: everything but the row itself.
+#[derive(Debug, Clone)]
+pub struct Reason {
+    /// The stage that rejected the rows.
+    pub stage: Arc<str>,
+    /// The stage's plugin reference.
+    pub plugin: Arc<str>,
+    /// SHA-256 of the plugin component.
+    pub plugin_sha256: Arc<str>,
+    /// `validation` or a plugin error kind.
+    pub error_kind: String,
+    /// Failed rule ids (validation only).
+    pub rule: Option<String>,
+    /// Human-readable explanation.
+    pub message: String,
+}
