@@ -382,6 +382,62 @@ fn upsert_leaves_the_latest_version_of_each_key() {
 }
 
 #[test]
+fn upsert_rows_the_table_refuses_go_to_the_quarantine_and_the_rest_merge() {
+    let server = PgServer::start();
+    server
+        .client()
+        .batch_execute(
+            "CREATE TABLE scores (id bigint PRIMARY KEY, value bigint CONSTRAINT non_negative CHECK (value >= 0), grp text)",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("scores.csv");
+    let source = format!("format = \"csv\"\npath = {:?}", csv.display().to_string());
+    write_pipeline(
+        dir.path(),
+        Some(&source),
+        &pg_sink(&server, "scores", "mode = \"upsert\"\nkey = [\"id\"]"),
+    );
+    // Id 3's last version breaks the CHECK: it is quarantined, and the last
+    // version the table accepts stays.
+    std::fs::write(
+        &csv,
+        "id,value,grp\n1,10,a\n2,-5,b\n3,30,c\n3,-1,c2\n4,40,d\n",
+    )
+    .unwrap();
+    let log = run_ok(dir.path());
+    let rows: Vec<(i64, i64)> = server
+        .client()
+        .query("SELECT id, value FROM scores ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![(1, 10), (3, 30), (4, 40)], "{log}");
+    let refused: Vec<(i64, i64, String)> =
+        std::fs::read_to_string(dir.path().join("quarantine.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|row| {
+                (
+                    row["record"]["id"].as_i64().unwrap(),
+                    row["record"]["value"].as_i64().unwrap(),
+                    row["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert_eq!((refused[0].0, refused[0].1), (2, -5));
+    assert_eq!((refused[1].0, refused[1].1), (3, -1));
+    assert!(
+        refused.iter().all(|r| r.2.contains("non_negative")),
+        "{refused:?}"
+    );
+    assert!(log.contains("2 quarantined"), "{log}");
+}
+
+#[test]
 fn replace_swaps_the_whole_table_or_only_the_partitions_written() {
     let server = PgServer::start();
     server

@@ -154,24 +154,77 @@ impl LoadPlan {
 
     /// After the `COPY`: the merge, the record, `COMMIT`. Returns the rows
     /// loaded (`copied` for a plain load).
+    ///
+    /// With `bisect`, an `upsert` merge the table refuses rows of (SQLSTATE
+    /// class 22 or 23) is halved under savepoints until each refused row is
+    /// alone; those join `rejected` (as spool rows) and the rest merge.
+    /// Without it, such a merge fails (the streamed path then falls back to
+    /// the spooled one, which bisects).
     fn complete(
         &self,
         mut txn: postgres::Transaction<'_>,
         epoch: i64,
         position: &str,
         copied: i64,
-        rejected: &[(usize, String)],
+        rejected: &mut Vec<(usize, String)>,
+        bisect: bool,
     ) -> std::result::Result<u64, AttemptError> {
         let pg =
             |context: &'static str| move |e: postgres::Error| AttemptError::from_pg(e, context);
         let mut loaded = copied;
         if let Some(merge) = &self.merge {
-            loaded = txn
-                .execute(merge.as_str(), &[])
-                .map_err(pg("merging the upsert"))? as i64;
+            if bisect {
+                let (lo, hi): (Option<i64>, Option<i64>) = {
+                    let row = txn
+                        .query_one(
+                            "SELECT min(_weir_row), max(_weir_row) FROM _weir_upsert",
+                            &[],
+                        )
+                        .map_err(pg("reading the upsert staging table"))?;
+                    (row.get(0), row.get(1))
+                };
+                let mut refused = Vec::new();
+                loaded = match (lo, hi) {
+                    (Some(lo), Some(hi)) => {
+                        merge_rows(&mut txn, merge, lo, hi, &mut refused)? as i64
+                    }
+                    _ => 0,
+                };
+                if !refused.is_empty() {
+                    // `_weir_row` counts staged rows in spool order (with
+                    // gaps where a refused COPY used values): its rank among
+                    // the staged rows is the spool row's among those the
+                    // COPY kept.
+                    let copy_refused: std::collections::BTreeSet<usize> =
+                        rejected.iter().map(|(row, _)| *row).collect();
+                    let kept: Vec<usize> = (0..copied as usize + copy_refused.len())
+                        .filter(|row| !copy_refused.contains(row))
+                        .collect();
+                    for (weir_row, message) in refused {
+                        let rank: i64 = txn
+                            .query_one(
+                                "SELECT count(*) FROM _weir_upsert WHERE _weir_row <= $1",
+                                &[&weir_row],
+                            )
+                            .map_err(pg("reading the upsert staging table"))?
+                            .get(0);
+                        let row = kept.get(rank as usize - 1).copied().ok_or_else(|| {
+                            AttemptError::Fatal(anyhow::anyhow!(
+                                "a refused staged row out of range"
+                            ))
+                        })?;
+                        rejected.push((row, message));
+                    }
+                    rejected.sort_by_key(|(row, _)| *row);
+                }
+            } else {
+                loaded = txn
+                    .execute(merge.as_str(), &[&1i64, &i64::MAX])
+                    .map_err(pg("merging the upsert"))? as i64;
+            }
         }
         let rejected_json =
-            serde_json::to_string(rejected).map_err(|e| AttemptError::Fatal(e.into()))?;
+            serde_json::to_string(&*rejected).map_err(|e| AttemptError::Fatal(e.into()))?;
         txn.execute(
             &format!(
                 "INSERT INTO {} (run_id, target, epoch, position, rows, rejected) VALUES ($1, $2, $3, $4::text::jsonb, $5, $6::text::jsonb)",
@@ -299,7 +352,7 @@ fn stream_epoch(
     if copied != rows {
         return Err(format!("the server copied {copied} rows of {rows}"));
     }
-    plan.complete(txn, epoch, &position, rows, &[])
+    plan.complete(txn, epoch, &position, rows, &mut Vec::new(), false)
         .map(|loaded| (loaded, Vec::new()))
         .map_err(|e| format!("{e:?}"))
 }
@@ -652,7 +705,7 @@ impl PostgresSink {
                 &mut rejected,
             )?;
             let copied = (rows - rejected.len()) as i64;
-            let loaded = plan.complete(txn, number, &position, copied, &rejected)?;
+            let loaded = plan.complete(txn, number, &position, copied, &mut rejected, true)?;
             Ok((loaded, rejected))
         })
     }
@@ -680,8 +733,9 @@ impl PostgresSink {
             .unwrap_or_default()
     }
 
-    /// `INSERT … SELECT DISTINCT ON (key) … ON CONFLICT (key) DO UPDATE`:
-    /// the last row of each key in the epoch replaces the table's row.
+    /// `INSERT … SELECT DISTINCT ON (key) … ON CONFLICT (key) DO UPDATE`
+    /// of the staged rows whose `_weir_row` is in `$1..=$2`: the last row
+    /// of each key replaces the table's row.
     fn merge_sql(&self) -> String {
         let columns = self.column_list();
         let keys = self
@@ -715,8 +769,8 @@ impl PostgresSink {
             .collect::<Vec<_>>()
             .join(" AND ");
         format!(
-            "INSERT INTO {} ({columns}) (SELECT DISTINCT ON ({keys}) {columns} FROM _weir_upsert WHERE {not_null} ORDER BY {keys}, _weir_row DESC) \
-             UNION ALL (SELECT {columns} FROM _weir_upsert WHERE NOT ({not_null})) ON CONFLICT ({keys}) {action}",
+            "INSERT INTO {} ({columns}) (SELECT DISTINCT ON ({keys}) {columns} FROM _weir_upsert WHERE _weir_row BETWEEN $1 AND $2 AND {not_null} ORDER BY {keys}, _weir_row DESC) \
+             UNION ALL (SELECT {columns} FROM _weir_upsert WHERE _weir_row BETWEEN $1 AND $2 AND NOT ({not_null})) ON CONFLICT ({keys}) {action}",
             self.table.sql()
         )
     }
@@ -822,6 +876,44 @@ fn load_rows(
         }
         Err(CopyError::Pg(e)) => Err(AttemptError::from_pg(e, "COPY")),
         Err(CopyError::Io(e)) => Err(AttemptError::Fatal(e)),
+    }
+}
+
+/// Merges the staged rows whose `_weir_row` is in `lo..=hi` with `merge`
+/// under a savepoint; when the table refuses some (SQLSTATE class 22 or
+/// 23), halves the range until each refused row is alone, collecting
+/// `(_weir_row, message)` in `refused`. Returns the rows merged.
+fn merge_rows(
+    txn: &mut postgres::Transaction<'_>,
+    merge: &str,
+    lo: i64,
+    hi: i64,
+    refused: &mut Vec<(i64, String)>,
+) -> std::result::Result<u64, AttemptError> {
+    if lo > hi {
+        return Ok(0);
+    }
+    let mut savepoint = txn
+        .savepoint("weir_merge")
+        .map_err(|e| AttemptError::from_pg(e, "SAVEPOINT"))?;
+    match savepoint.execute(merge, &[&lo, &hi]) {
+        Ok(merged) => {
+            savepoint
+                .commit()
+                .map_err(|e| AttemptError::from_pg(e, "RELEASE SAVEPOINT"))?;
+            Ok(merged)
+        }
+        Err(e) if crate::postgres::is_row_error(&e) => {
+            drop(savepoint);
+            if lo == hi {
+                refused.push((lo, crate::postgres::message(&e)));
+                return Ok(0);
+            }
+            let mid = lo + (hi - lo) / 2;
+            Ok(merge_rows(txn, merge, lo, mid, refused)?
+                + merge_rows(txn, merge, mid + 1, hi, refused)?)
+        }
+        Err(e) => Err(AttemptError::from_pg(e, "merging the upsert")),
     }
 }
 
