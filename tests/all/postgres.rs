@@ -902,3 +902,114 @@ fn a_postgres_to_postgres_run_killed_after_a_commit_resumes_from_its_high_water_
         );
     }
 }
+
+#[test]
+fn a_value_the_column_cannot_take_is_quarantined_with_the_servers_words() {
+    let server = PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    // PostgreSQL's text cannot hold a NUL character.
+    std::fs::write(
+        dir.path().join("notes.jsonl"),
+        "{\"id\": 1, \"note\": \"fine\"}\n{\"id\": 2, \"note\": \"nul \\u0000 inside\"}\n{\"id\": 3, \"note\": \"東京\"}\n",
+    )
+    .unwrap();
+    write_plain_pipeline(
+        dir.path(),
+        "pipeline.toml",
+        "format = \"jsonl\"\npath = \"notes.jsonl\"",
+        &pg_sink(&server, "notes", "create = true"),
+        2,
+    );
+    let log = run_file(dir.path(), "pipeline.toml");
+    let ids: Vec<i64> = server
+        .client()
+        .query("SELECT id FROM notes ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![1, 3], "{log}");
+    let quarantine =
+        std::fs::read_to_string(dir.path().join("quarantine-pipeline.toml.jsonl")).unwrap();
+    let row: serde_json::Value = serde_json::from_str(quarantine.lines().next().unwrap()).unwrap();
+    assert_eq!(row["record"]["id"], 2);
+    assert_eq!(row["error_kind"], "database");
+    assert!(
+        row["message"].as_str().unwrap().contains("22021"),
+        "the server's own reason: {row}"
+    );
+}
+
+#[test]
+fn a_server_crash_mid_read_is_retried_and_every_row_is_read_once() {
+    let server = PgServer::start();
+    server
+        .client()
+        .batch_execute(
+            "CREATE TABLE big (id bigint PRIMARY KEY, payload text);
+             INSERT INTO big SELECT i, repeat('x', 200) FROM generate_series(0, 999999) i;",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_plain_pipeline(
+        dir.path(),
+        "pipeline.toml",
+        &format!(
+            "format = \"postgres\"\nconnection = {:?}\nquery = \"SELECT * FROM big ORDER BY id\"",
+            server.connection_without_password()
+        ),
+        "format = \"parquet\"\npath = \"big.parquet\"",
+        4096,
+    );
+    let mut child = spawn_weir_with(
+        dir.path(),
+        &["run", "pipeline.toml", "--no-progress"],
+        None,
+        &[("PGPASSWORD", weir_tests::pg::PASSWORD)],
+    );
+    // Crash the server while weir's COPY is running.
+    let started = std::time::Instant::now();
+    loop {
+        let copying: i64 = server
+            .client()
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT%'",
+                &[],
+            )
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if copying > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the read never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    server.stop_immediately();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    server.start_again();
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("child.log")).unwrap();
+    assert!(status.success(), "weir did not survive the restart: {log}");
+    assert!(
+        log.contains("retrying"),
+        "the lost connection is retried: {log}"
+    );
+    let output = read_parquet(&dir.path().join("big.parquet"));
+    let ids = output
+        .column_by_name("id")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .values()
+        .to_vec();
+    assert_eq!(
+        ids,
+        (0..1_000_000i64).collect::<Vec<_>>(),
+        "every row once, in order: {log}"
+    );
+}
