@@ -45,14 +45,6 @@ fn bin_dir() -> PathBuf {
     found.pop().unwrap_or_default()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl PgServer {
     /// Creates and starts a cluster (about 1–2 s).
     ///
@@ -78,7 +70,7 @@ impl PgServer {
         let server = PgServer {
             dir,
             bin,
-            port: free_port(),
+            port: crate::free_port(),
             as_postgres,
         };
         let pwfile = server.dir.path().join("pwfile");

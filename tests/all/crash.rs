@@ -571,15 +571,6 @@ fn a_checkpoint_edited_by_hand_is_refused_with_the_file_named() {
     );
 }
 
-/// A free loopback port (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The ids of the rows in the JSON Lines parts under `dir` (`record.id`
 /// for quarantine rows).
 fn part_ids(dir: &Path) -> Vec<i64> {
@@ -622,7 +613,7 @@ fn a_service_killed_50_times_under_retrying_clients_writes_every_record_once() {
     let dir = tempfile::tempdir().unwrap();
     crate::serve::write_pipeline(dir.path(), "");
     std::fs::create_dir(dir.path().join("incoming")).unwrap();
-    let port = free_port();
+    let port = weir_tests::free_port();
     crate::serve::write_service(
         dir.path(),
         &format!("listen = \"127.0.0.1:{port}\""),

@@ -165,7 +165,7 @@ fn assert_exactly_once(server: &PgServer, dir: &Path, table: &str, what: &str) {
 }
 
 #[test]
-fn a_load_is_exactly_once_and_a_replayed_run_loads_nothing_new() {
+fn a_load_holds_every_row_once_and_records_each_epoch() {
     let server = PgServer::start();
     let dir = tempfile::tempdir().unwrap();
     write_pipeline(
@@ -260,6 +260,51 @@ fn killed_after_the_checkpoint_before_the_source_ack_a_load_resumes_exactly_once
     crash_and_recover("after-commit", &[2, 12]);
 }
 
+/// Runs `weir run pipeline.toml` in `dir`; once `under_way` (a count
+/// query) returns at least 1, crashes the server (`pg_ctl stop -m
+/// immediate`) and starts it again after `down`. Returns weir's log,
+/// asserting that the run succeeded and retried the lost connection.
+fn crash_the_server_during_a_run(
+    server: &PgServer,
+    dir: &Path,
+    under_way: &str,
+    down: std::time::Duration,
+) -> String {
+    let mut child = spawn_weir_with(
+        dir,
+        &["run", "pipeline.toml", "--no-progress"],
+        None,
+        &[("PGPASSWORD", weir_tests::pg::PASSWORD)],
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let count: i64 = server
+            .client()
+            .query_one(under_way, &[])
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if count > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "never under way: {under_way}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    server.stop_immediately();
+    std::thread::sleep(down);
+    server.start_again();
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(dir.join("child.log")).unwrap();
+    assert!(status.success(), "weir did not survive the restart: {log}");
+    assert!(
+        log.contains("retrying"),
+        "the lost connection is retried: {log}"
+    );
+    log
+}
+
 #[test]
 fn a_server_crash_mid_load_is_retried_and_loads_exactly_once() {
     let server = PgServer::start();
@@ -269,38 +314,12 @@ fn a_server_crash_mid_load_is_retried_and_loads_exactly_once() {
         None,
         &pg_sink(&server, "survivor", "create = true\nretry_budget_s = 60"),
     );
-    let mut child = spawn_weir_with(
+    // Crash the server once two epochs have landed.
+    crash_the_server_during_a_run(
+        &server,
         dir.path(),
-        &["run", "pipeline.toml", "--no-progress"],
-        None,
-        &[("PGPASSWORD", weir_tests::pg::PASSWORD)],
-    );
-    // Wait for the first epochs to land, then crash the server.
-    let started = std::time::Instant::now();
-    loop {
-        let loaded = server
-            .client()
-            .query_one("SELECT count(*) FROM _weir_checkpoints", &[])
-            .map(|r| r.get::<_, i64>(0))
-            .unwrap_or(0);
-        if loaded >= 2 {
-            break;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "no epoch was loaded"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    server.stop_immediately();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    server.start_again();
-    let status = child.wait().unwrap();
-    let log = std::fs::read_to_string(dir.path().join("child.log")).unwrap();
-    assert!(status.success(), "weir did not survive the restart: {log}");
-    assert!(
-        log.contains("retrying"),
-        "the lost connection is logged: {log}"
+        "SELECT count(*) - 1 FROM _weir_checkpoints",
+        std::time::Duration::from_millis(1500),
     );
     assert_exactly_once(&server, dir.path(), "survivor", "server crash");
 }
@@ -961,42 +980,12 @@ fn a_server_crash_mid_read_is_retried_and_every_row_is_read_once() {
         "format = \"parquet\"\npath = \"big.parquet\"",
         4096,
     );
-    let mut child = spawn_weir_with(
-        dir.path(),
-        &["run", "pipeline.toml", "--no-progress"],
-        None,
-        &[("PGPASSWORD", weir_tests::pg::PASSWORD)],
-    );
     // Crash the server while weir's COPY is running.
-    let started = std::time::Instant::now();
-    loop {
-        let copying: i64 = server
-            .client()
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT%'",
-                &[],
-            )
-            .map(|r| r.get(0))
-            .unwrap_or(0);
-        if copying > 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "the read never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    server.stop_immediately();
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    server.start_again();
-    let status = child.wait().unwrap();
-    let log = std::fs::read_to_string(dir.path().join("child.log")).unwrap();
-    assert!(status.success(), "weir did not survive the restart: {log}");
-    assert!(
-        log.contains("retrying"),
-        "the lost connection is retried: {log}"
+    let log = crash_the_server_during_a_run(
+        &server,
+        dir.path(),
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT%'",
+        std::time::Duration::from_millis(1000),
     );
     let output = read_parquet(&dir.path().join("big.parquet"));
     let ids = output

@@ -788,7 +788,6 @@ impl Coordinator {
         let started = Instant::now();
         let epoch = self.epoch + 1;
         let context = EpochContext {
-            run_id: self.state.checkpoint.run_id.clone(),
             epoch,
             position: self.position,
         };

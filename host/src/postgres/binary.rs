@@ -239,12 +239,20 @@ pub fn encode(batch: &RecordBatch, out: &mut Vec<u8>, row_starts: &mut Vec<u64>)
     let columns: Vec<Column> = batch.columns().iter().map(typed).collect::<Result<_>>()?;
     let count = i16::try_from(columns.len()).context("more than 32,767 columns")?;
     let schema = batch.schema();
+    // Validity bitmaps once per batch, not a dynamic call per value.
+    let nulls: Vec<Option<&arrow::buffer::NullBuffer>> =
+        batch.columns().iter().map(|c| c.nulls()).collect();
+    let out_of_range = |index: usize, row: usize, what: &str| {
+        anyhow::anyhow!(
+            "column `{}` row {row}: {what} out of range",
+            schema.field(index).name()
+        )
+    };
     for row in 0..batch.num_rows() {
         row_starts.push(out.len() as u64);
         out.extend_from_slice(&count.to_be_bytes());
         for (index, column) in columns.iter().enumerate() {
-            let null = batch.column(index).is_null(row);
-            if null {
+            if nulls[index].is_some_and(|n| n.is_null(row)) {
                 out.extend_from_slice(&(-1i32).to_be_bytes());
                 continue;
             }
@@ -264,22 +272,18 @@ pub fn encode(batch: &RecordBatch, out: &mut Vec<u8>, row_starts: &mut Vec<u64>)
                 Column::Text(a) => put_bytes(out, a.value(row).as_bytes())?,
                 Column::Bytes(a) => put_bytes(out, a.value(row))?,
                 Column::Date(a) => {
-                    let days = a.value(row).checked_sub(EPOCH_DAYS).with_context(|| {
-                        format!(
-                            "column `{}` row {row}: date out of range",
-                            schema.field(index).name()
-                        )
-                    })?;
+                    let days = a
+                        .value(row)
+                        .checked_sub(EPOCH_DAYS)
+                        .ok_or_else(|| out_of_range(index, row, "date"))?;
                     out.extend_from_slice(&4i32.to_be_bytes());
                     out.extend_from_slice(&days.to_be_bytes());
                 }
                 Column::Timestamp(a) => {
-                    let micros = a.value(row).checked_sub(EPOCH_MICROS).with_context(|| {
-                        format!(
-                            "column `{}` row {row}: timestamp out of range",
-                            schema.field(index).name()
-                        )
-                    })?;
+                    let micros = a
+                        .value(row)
+                        .checked_sub(EPOCH_MICROS)
+                        .ok_or_else(|| out_of_range(index, row, "timestamp"))?;
                     out.extend_from_slice(&8i32.to_be_bytes());
                     out.extend_from_slice(&micros.to_be_bytes());
                 }
@@ -452,11 +456,6 @@ impl<R: Read> Decoder<R> {
             rows: 0,
             started: false,
         })
-    }
-
-    /// The column kinds, in order.
-    pub fn kinds(&self) -> &[Kind] {
-        &self.kinds
     }
 
     /// Reads the next row; `false` at the trailer (or the end of input).

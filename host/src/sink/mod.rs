@@ -51,8 +51,6 @@ pub struct OutputFile {
 /// The epoch a connector is asked to prepare ([`EpochSink::prepare_epoch`]).
 #[derive(Debug, Clone)]
 pub struct EpochContext {
-    /// The run's id (kept across resumes).
-    pub run_id: String,
     /// The epoch's number (1, 2, …).
     pub epoch: u64,
     /// The source position after the epoch's last item.

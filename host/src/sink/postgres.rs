@@ -86,8 +86,6 @@ pub struct PostgresSink {
     epoch_dir: Option<PathBuf>,
     spool: Option<Spool>,
     encoded: Vec<u8>,
-    /// Rows loaded (or found loaded) by this process.
-    loaded: u64,
     /// The epoch's `COPY` streaming to the server as rows arrive.
     streamer: Option<Streamer>,
 }
@@ -389,7 +387,6 @@ impl PostgresSink {
             epoch_dir: None,
             spool: None,
             encoded: Vec::new(),
-            loaded: 0,
             streamer: None,
         })
     }
@@ -670,12 +667,10 @@ impl PostgresSink {
     /// path after a failed stream, and for rows the database refuses; see
     /// the module documentation). Returns the rows loaded and the rows
     /// refused.
-    fn load_epoch(&mut self, epoch: &EpochContext, spool: Option<&mut Spool>) -> Result<Loaded> {
+    fn load_epoch(&mut self, epoch: &EpochContext, spool: Option<&Spool>) -> Result<Loaded> {
         let Some(spool) = spool else {
             return Ok((0, Vec::new()));
         };
-        spool.file.flush()?;
-        let spool: &Spool = spool;
         let rows = spool.row_starts.len();
         let mut reader = File::open(&spool.path)?;
         let position = serde_json::to_string(&epoch.position)?;
@@ -997,11 +992,10 @@ impl EpochSink for PostgresSink {
                         "the streamed COPY did not complete ({why}); loading the epoch from its spool"
                     );
                 }
-                self.load_epoch(epoch, spool.as_mut())
+                self.load_epoch(epoch, spool.as_ref())
                     .with_context(|| format!("sink {}", self.describe()))?
             }
         };
-        self.loaded += loaded;
         let mut out = Prepared::default();
         if let (Some(spool), false) = (&spool, rejected.is_empty()) {
             out.rejected.push(self.rejected_rows(spool, &rejected)?);

@@ -190,11 +190,6 @@ impl PostgresSource {
         &self.label
     }
 
-    /// Where a fresh run starts: after the stored high-water mark.
-    pub fn stored_cursor(&self) -> Option<i64> {
-        self.stored_cursor
-    }
-
     /// The SQL literal of cursor value `value`.
     fn literal(kind: &Kind, value: i64) -> String {
         match kind {
