@@ -112,6 +112,9 @@ pub enum SourceFormat {
     Extract,
     /// A PostgreSQL table or query ([`crate::source::postgres`]).
     Postgres,
+    /// A NATS JetStream durable consumer (`weir serve` only; settings in
+    /// `[source.nats]`, see [`crate::nats::SourceSettings`]).
+    Nats,
 }
 
 impl SourceFormat {
@@ -239,6 +242,8 @@ pub struct SourceConfig {
     /// seconds. Default 60.
     #[serde(default = "default_retry_budget_s")]
     pub retry_budget_s: u64,
+    /// `format = "nats"`: the stream and durable consumer to read.
+    pub nats: Option<crate::nats::SourceSettings>,
 }
 
 /// `unknown_fields`: a JSON record field that is not a column.
@@ -298,6 +303,7 @@ impl SourceConfig {
             query: None,
             incremental_by: None,
             retry_budget_s: default_retry_budget_s(),
+            nats: None,
         }
     }
 }
@@ -434,6 +440,9 @@ pub enum SinkFormat {
     /// A PostgreSQL table, loaded with binary `COPY`
     /// ([`crate::sink::postgres`]).
     Postgres,
+    /// NATS JetStream: one message per row (`weir serve` with a NATS
+    /// source only; settings in `[sink.nats]`, see [`crate::sink::nats`]).
+    Nats,
 }
 
 impl SinkConfig {
@@ -464,6 +473,7 @@ impl SinkFormat {
             SinkFormat::Jsonl => "jsonl",
             SinkFormat::Csv => "csv",
             SinkFormat::Postgres => "bin",
+            SinkFormat::Nats => "json",
         }
     }
 }
@@ -534,6 +544,8 @@ pub struct SinkConfig {
     /// run fails, in seconds. Default 60.
     #[serde(default = "default_retry_budget_s")]
     pub retry_budget_s: u64,
+    /// `format = "nats"`: the servers and the subject to publish to.
+    pub nats: Option<crate::nats::SinkSettings>,
 }
 
 fn default_retry_budget_s() -> u64 {
@@ -976,7 +988,38 @@ impl PipelineConfig {
                 }
             }
         }
-        let files_needed = !database && (purpose == Purpose::Run || source.schema.is_none());
+        let stream = source.format == SourceFormat::Nats;
+        match (&source.nats, stream) {
+            (Some(settings), true) => crate::nats::check_names(problems, settings),
+            (None, true) => problems.add(
+                "source.nats",
+                "missing: [source.nats] with the `stream` and durable `consumer` to read",
+            ),
+            (Some(_), false) => problems.add("source.nats", "is only used with format = \"nats\""),
+            (None, false) => {}
+        }
+        if stream {
+            if purpose == Purpose::Run {
+                problems.add(
+                    "source.format",
+                    "a NATS stream never ends; serve the pipeline with weir serve (weir run reads files and tables)",
+                );
+            }
+            if source.schema.is_none() {
+                problems.add(
+                    "source.schema",
+                    "missing: a NATS source needs its records' schema declared",
+                );
+            }
+            if !source.path.is_empty() {
+                problems.add(
+                    "source.path",
+                    "a NATS source reads a stream, not a path; remove `path`",
+                );
+            }
+        }
+        let files_needed =
+            !database && !stream && (purpose == Purpose::Run || source.schema.is_none());
         if source.path.is_empty() && files_needed {
             problems.add(
                 "source.path",
@@ -1118,6 +1161,38 @@ impl PipelineConfig {
         if sink.format == SinkFormat::Postgres {
             self.check_postgres_sink(problems, purpose);
             return;
+        }
+        if sink.format == SinkFormat::Nats {
+            if self.source.format != SourceFormat::Nats {
+                problems.add(
+                    "sink.format",
+                    "a NATS sink derives each message id from the source's stream sequence, so its source must be format = \"nats\"",
+                );
+            }
+            match &sink.nats {
+                None => problems.add(
+                    "sink.nats",
+                    "missing: [sink.nats] with the `subject` to publish to",
+                ),
+                Some(settings) => {
+                    if let Err(e) = crate::sink::nats::SubjectTemplate::parse(&settings.subject) {
+                        problems.add("sink.nats.subject", format!("{e:#}"));
+                    }
+                    if settings.servers.is_empty() {
+                        problems.add("sink.nats.servers", "must name at least one server");
+                    }
+                }
+            }
+            if !sink.path.is_empty() {
+                problems.add(
+                    "sink.path",
+                    "a NATS sink publishes to a subject, not a path; remove `path`",
+                );
+            }
+            return;
+        }
+        if sink.nats.is_some() {
+            problems.add("sink.nats", "is only used with format = \"nats\"");
         }
         if sink.path.is_empty() {
             problems.add("sink.path", "missing: the output file or directory");

@@ -87,6 +87,7 @@ impl From<SubmitError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             SubmitError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            SubmitError::Stream(_) => StatusCode::CONFLICT,
             SubmitError::Key(super::delivery::KeyError::InFlight(_)) => StatusCode::CONFLICT,
             SubmitError::Key(super::delivery::KeyError::Disabled(_)) => StatusCode::BAD_REQUEST,
             SubmitError::Key(_) => StatusCode::UNPROCESSABLE_ENTITY,

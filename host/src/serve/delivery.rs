@@ -256,8 +256,10 @@ fn remove_staging(dir: &Path) -> u64 {
 impl Delivery {
     /// Opens the delivery log in `state_dir` and recovers: finishes the
     /// commits a crash interrupted, removes the staging files of
-    /// micro-batches never recorded (in `sink_dir` and `quarantine_dir`),
-    /// and loads the keys of the last `window`.
+    /// micro-batches never recorded (in `sink_dir` and `quarantine_dir`)
+    /// unless `keep_staging` (a stream pipeline, whose epochs are recorded
+    /// in the shared ledger: [`Delivery::recover_claimed`] decides), and
+    /// loads the keys of the last `window`.
     ///
     /// # Errors
     /// A damaged log (not a torn last record, which is ignored), or a
@@ -267,6 +269,7 @@ impl Delivery {
         sink_dir: &Path,
         quarantine_dir: &Path,
         window: Duration,
+        keep_staging: bool,
     ) -> Result<Delivery> {
         let opened = Log::open(&state_dir.join(LOG_FILE))?;
         let mut log = opened.log;
@@ -301,7 +304,9 @@ impl Delivery {
             status.last_epoch = Some(record.part.clone());
             kept.push(bytes.as_slice());
         }
-        status.rolled_back_files = remove_staging(sink_dir) + remove_staging(quarantine_dir);
+        if !keep_staging {
+            status.rolled_back_files = remove_staging(sink_dir) + remove_staging(quarantine_dir);
+        }
         if status.recovered_commits > 0 || status.rolled_back_files > 0 || opened.torn_bytes > 0 {
             metrics::counter!("weir_recoveries_total").increment(1);
             tracing::warn!(
@@ -436,6 +441,44 @@ impl Delivery {
         Ok(())
     }
 
+    /// Recovery of a stream pipeline, once its ledger is read: renames into
+    /// place the staged files of this worker's committed epochs (`claimed`)
+    /// and removes every other staging file in `sink_dir` and
+    /// `quarantine_dir` (epochs that never committed; their messages are
+    /// redelivered). Returns (files renamed, files removed).
+    ///
+    /// # Errors
+    /// A rename that fails.
+    pub fn recover_claimed(
+        &self,
+        claimed: &[StagedFile],
+        sink_dir: &Path,
+        quarantine_dir: &Path,
+    ) -> Result<(u64, u64)> {
+        let mut renamed = 0;
+        for file in claimed {
+            if commit_file(file)? {
+                renamed += 1;
+            }
+        }
+        let removed = remove_staging(sink_dir) + remove_staging(quarantine_dir);
+        for dir in [sink_dir, quarantine_dir] {
+            crate::durable::fsync_dir(dir)?;
+        }
+        let mut status = self.status.lock().expect("status lock");
+        status.recovered_commits += renamed;
+        status.rolled_back_files += removed;
+        if renamed > 0 || removed > 0 {
+            metrics::counter!("weir_recoveries_total").increment(1);
+            tracing::warn!(
+                recovered_commits = renamed,
+                rolled_back_files = removed,
+                "recovered a stream pipeline from an unclean stop: committed epochs renamed into place, uncommitted ones rolled back"
+            );
+        }
+        Ok((renamed, removed))
+    }
+
     /// Commits a micro-batch's staged files without recording them, for a
     /// pipeline with `checkpoint = false` (at-least-once: a crash between
     /// two renames can leave part of a micro-batch, and a client retrying
@@ -449,6 +492,16 @@ impl Delivery {
         }
         remove_part_staging(&files);
         Ok(())
+    }
+
+    /// Removes a micro-batch's staged files (and their staging
+    /// directories) without committing them: an epoch another worker
+    /// committed first.
+    pub fn discard(&self, files: &[StagedFile]) {
+        for file in files {
+            let _ = std::fs::remove_file(&file.staged);
+        }
+        remove_part_staging(files);
     }
 
     /// Drops the records older than the window from the log.

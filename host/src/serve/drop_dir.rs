@@ -357,6 +357,9 @@ async fn scan(
                     tracing::error!(pipeline = %live.name, file = %path.display(), %error, "a dropped file was refused");
                     entry.error = Some(error.to_string());
                 }
+                Err(error @ SubmitError::Stream(_)) => {
+                    entry.error = Some(error.to_string());
+                }
                 Err(SubmitError::Failed(error)) => {
                     tracing::error!(pipeline = %live.name, file = %path.display(), %error, "a dropped file could not be written; it is recorded and skipped");
                     entry.error = Some(error);

@@ -73,6 +73,9 @@ pub enum SubmitError {
     /// its records were written.
     #[error("the records could not be written: {0}")]
     Failed(String),
+    /// The pipeline reads a NATS stream; it takes no records by request.
+    #[error("pipeline `{0}` reads a NATS stream; publish the records to the stream instead")]
+    Stream(String),
     /// The submission's idempotency key was refused.
     #[error(transparent)]
     Key(#[from] super::delivery::KeyError),
@@ -188,6 +191,10 @@ pub struct PipelineStatus {
     /// The checkpoint protocol: the last committed micro-batch (epoch),
     /// the delivery log, remembered idempotency keys, recovery at start.
     pub delivery: super::delivery::DeliveryStatus,
+    /// A stream pipeline's consumer: connection, lag (pending messages),
+    /// the ledger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<super::stream::StreamStatus>,
 }
 
 /// One committed micro-batch, for the admin API's reports.
@@ -215,6 +222,30 @@ pub struct BatchReport {
     pub outputs: Vec<PathBuf>,
     /// `stage=sha256` of the version each stage ran.
     pub plugin_versions: Vec<String>,
+}
+
+/// An epoch of stream messages whose output is staged (or published) and
+/// waits for the ledger ([`super::ledger`]).
+#[derive(Debug)]
+pub struct StreamEpoch {
+    /// Its part id.
+    pub part: String,
+    /// Its staged sink and quarantine files.
+    pub staged: Vec<StagedFile>,
+    report: BatchReport,
+    /// What a NATS sink published (stored, duplicates).
+    pub published: Option<crate::sink::nats::Published>,
+}
+
+/// A micro-batch whose output is staged (or published) but not committed.
+struct Prepared {
+    acks: Vec<Ack>,
+    report: BatchReport,
+    staged: Vec<StagedFile>,
+    /// When the staging finished.
+    at: Instant,
+    /// What a NATS sink published.
+    published: Option<crate::sink::nats::Published>,
 }
 
 /// Reports kept per pipeline.
@@ -249,6 +280,9 @@ pub struct LivePipeline {
     part_seq: AtomicU64,
     replayed: Mutex<HashSet<String>>,
     delivery: Delivery,
+    /// `[source.nats]` of a stream pipeline.
+    stream: Option<crate::nats::SourceSettings>,
+    stream_status: Mutex<Option<super::stream::StreamStatus>>,
 }
 
 impl std::fmt::Debug for LivePipeline {
@@ -287,7 +321,22 @@ impl LivePipeline {
                 pipeline.file.display()
             );
         }
-        let source = Source::open(&config.source, &base_dir, config.pipeline.batch_size, None)
+        // A stream's messages are decoded as JSON Lines records.
+        let stream = config.source.nats.clone();
+        let source_config = match stream {
+            Some(_) => crate::config::SourceConfig {
+                format: crate::config::SourceFormat::Jsonl,
+                ..config.source.clone()
+            },
+            None => config.source.clone(),
+        };
+        if stream.is_some() && hosted.drop_dir.is_some() {
+            anyhow::bail!(
+                "{}: a pipeline reading a NATS stream takes no drop directory; remove drop_dir",
+                pipeline.file.display()
+            );
+        }
+        let source = Source::open(&source_config, &base_dir, config.pipeline.batch_size, None)
             .with_context(|| {
                 format!(
                     "{}: weir serve needs the records' schema before the first request: declare [source] schema, or point [source] path at a sample file",
@@ -323,6 +372,7 @@ impl LivePipeline {
             &sink_dir,
             &quarantine_dir,
             hosted.idempotency_window(),
+            stream.is_some(),
         )?;
         let concurrency = match config.pipeline.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -364,6 +414,8 @@ impl LivePipeline {
             part_seq: AtomicU64::new(0),
             replayed: Mutex::new(replayed),
             delivery,
+            stream,
+            stream_status: Mutex::new(None),
         })
     }
 
@@ -465,6 +517,9 @@ impl LivePipeline {
         items: Vec<SourceItem>,
         origin: Option<Origin>,
     ) -> Result<Submitted, SubmitError> {
+        if self.stream.is_some() {
+            return Err(SubmitError::Stream(self.name.clone()));
+        }
         match self.state() {
             PipelineState::Running => {}
             PipelineState::Paused => return Err(SubmitError::Paused(self.name.clone())),
@@ -770,6 +825,45 @@ impl LivePipeline {
         part: &str,
         pieces: &[Piece],
     ) -> Result<(Vec<Ack>, BatchReport)> {
+        let prepared = self.prepare(worker, part, pieces, None)?;
+        let keyed: Vec<PieceRecord> = pieces
+            .iter()
+            .zip(&prepared.acks)
+            .filter_map(|(piece, ack)| {
+                let (origin, index, count) = piece.origin.as_ref()?;
+                Some(PieceRecord {
+                    key: origin.key.clone(),
+                    body_sha256: origin.body_sha256.clone(),
+                    index: *index,
+                    count: *count,
+                    ack: ack.clone(),
+                })
+            })
+            .collect();
+        if self.pipeline.config().pipeline.checkpoint {
+            self.delivery
+                .record_and_commit(part, prepared.staged, keyed, prepared.at)?;
+        } else {
+            // `checkpoint = false`: at-least-once, committed unrecorded.
+            self.delivery.commit_unrecorded(prepared.staged)?;
+        }
+        crate::crash::point("after-commit");
+        Ok((prepared.acks, prepared.report))
+    }
+
+    /// Runs the stages over the merged pieces and writes the sink and
+    /// quarantine parts under staging names (fsynced), or, for a NATS sink,
+    /// publishes the output (`publish`: the sink and the stream sequence of
+    /// each input row of the single batch piece, from which each message
+    /// id is derived). Nothing is visible until the staged files are
+    /// committed.
+    fn prepare(
+        &self,
+        worker: &mut Worker,
+        part: &str,
+        pieces: &[Piece],
+        publish: Option<(&crate::sink::nats::NatsSink, &[u64])>,
+    ) -> Result<Prepared> {
         let mut acks: Vec<Ack> = pieces
             .iter()
             .map(|p| Ack {
@@ -786,6 +880,16 @@ impl LivePipeline {
         let mut quarantined: Vec<(usize, Quarantined)> = Vec::new();
         for (i, piece) in pieces.iter().enumerate() {
             match &piece.item {
+                SourceItem::Batch(batch) if publish.is_some() => {
+                    // Each row its own request: its output rows are traced
+                    // to it even through a transform that adds rows.
+                    for _ in 0..batch.batch.num_rows() {
+                        starts.push(merged_rows);
+                        owners.push(i);
+                        merged_rows += 1;
+                    }
+                    batches.push(batch.batch.clone());
+                }
                 SourceItem::Batch(batch) => {
                     starts.push(merged_rows);
                     owners.push(i);
@@ -803,6 +907,7 @@ impl LivePipeline {
             }
         }
         let mut output = None;
+        let mut message_ids: Vec<String> = Vec::new();
         let mut plugin_versions = Vec::new();
         if !batches.is_empty() {
             let schema = self.source.schema().expect("serve sources have a schema");
@@ -836,9 +941,21 @@ impl LivePipeline {
                 }
             }
             if let Some(batch) = result.output {
-                for (request, rows) in by_request(result.output_origins.as_ref(), batch.num_rows())
-                {
-                    acks[owners[request]].written += rows.len() as u64;
+                let by_request = by_request(result.output_origins.as_ref(), batch.num_rows());
+                for (request, rows) in &by_request {
+                    acks[owners[*request]].written += rows.len() as u64;
+                }
+                if let Some((_, sequences)) = publish {
+                    // `STREAM:SEQUENCE:K`: the K-th output row of the
+                    // message at SEQUENCE (crate::sink::nats).
+                    let stream = self.stream_name();
+                    let mut ids = vec![String::new(); batch.num_rows()];
+                    for (request, rows) in &by_request {
+                        for (k, &row) in rows.iter().enumerate() {
+                            ids[row as usize] = format!("{stream}:{}:{k}", sequences[*request]);
+                        }
+                    }
+                    message_ids = ids;
                 }
                 output = Some(batch);
             }
@@ -846,7 +963,16 @@ impl LivePipeline {
         let prepared = Instant::now();
         let mut outputs = Vec::new();
         let mut staged: Vec<StagedFile> = Vec::new();
-        if let Some(batch) = output.as_ref().filter(|b| b.num_rows() > 0) {
+        let mut published = None;
+        if let (Some((sink, _)), Some(batch)) = (publish, output.as_ref()) {
+            if batch.num_rows() > 0 {
+                let sent = tokio::runtime::Handle::current()
+                    .block_on(sink.publish(batch, &message_ids))
+                    .context("publishing the output to NATS")?;
+                crate::crash::point("after-publish");
+                published = Some(sent);
+            }
+        } else if let Some(batch) = output.as_ref().filter(|b| b.num_rows() > 0) {
             let mut sink = Sink::create_part(&self.sink_config, Path::new(""), part)?;
             sink.write(batch)
                 .with_context(|| format!("writing to {}", self.sink_dir.display()))?;
@@ -890,28 +1016,6 @@ impl LivePipeline {
             ack.accepted = ack.received - ack.quarantined;
             ack.filtered = ack.accepted.saturating_sub(ack.written);
         }
-        let keyed: Vec<PieceRecord> = pieces
-            .iter()
-            .zip(&acks)
-            .filter_map(|(piece, ack)| {
-                let (origin, index, count) = piece.origin.as_ref()?;
-                Some(PieceRecord {
-                    key: origin.key.clone(),
-                    body_sha256: origin.body_sha256.clone(),
-                    index: *index,
-                    count: *count,
-                    ack: ack.clone(),
-                })
-            })
-            .collect();
-        if self.pipeline.config().pipeline.checkpoint {
-            self.delivery
-                .record_and_commit(part, staged, keyed, prepared)?;
-        } else {
-            // `checkpoint = false`: at-least-once, committed unrecorded.
-            self.delivery.commit_unrecorded(staged)?;
-        }
-        crate::crash::point("after-commit");
         let total = |f: fn(&Ack) -> u64| acks.iter().map(f).sum::<u64>();
         let report = BatchReport {
             tenant: self.tenant.to_string(),
@@ -930,7 +1034,13 @@ impl LivePipeline {
             outputs,
             plugin_versions,
         };
-        Ok((acks, report))
+        Ok(Prepared {
+            acks,
+            report,
+            staged,
+            at: prepared,
+            published,
+        })
     }
 
     /// Counts and rates, for the admin API.
@@ -965,7 +1075,119 @@ impl LivePipeline {
             quarantine_dir: self.quarantine_dir.clone(),
             drop_dir: self.hosted.drop_dir.clone(),
             delivery: self.delivery.status(),
+            stream: self
+                .stream_status
+                .lock()
+                .expect("stream status lock")
+                .clone(),
         }
+    }
+
+    /// `[source.nats]` of a pipeline reading a stream.
+    pub fn stream_settings(&self) -> Option<&crate::nats::SourceSettings> {
+        self.stream.as_ref()
+    }
+
+    fn stream_name(&self) -> &str {
+        self.stream.as_ref().map_or("", |s| s.stream.as_str())
+    }
+
+    /// Updates the stream section of [`LivePipeline::status`].
+    pub fn set_stream_status(&self, update: impl FnOnce(&mut super::stream::StreamStatus)) {
+        let mut status = self.stream_status.lock().expect("stream status lock");
+        update(status.get_or_insert_with(Default::default));
+    }
+
+    /// A new part id: `INSTANCE-SEQ`, unique across restarts.
+    pub fn next_part(&self) -> String {
+        let seq = self.part_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{seq:08}", self.instance_id)
+    }
+
+    /// Recovery of a stream pipeline: see [`Delivery::recover_claimed`].
+    ///
+    /// # Errors
+    /// A rename that fails.
+    pub fn recover_claimed(&self, claimed: &[StagedFile]) -> Result<(u64, u64)> {
+        self.delivery
+            .recover_claimed(claimed, &self.sink_dir, &self.quarantine_dir)
+    }
+
+    /// Runs one epoch of stream messages (`decoded`, from
+    /// [`crate::nats::decode`]) through the stages and stages its output
+    /// (or publishes it to `sink`), on the calling (blocking) thread.
+    /// Nothing is visible until [`LivePipeline::commit_epoch`].
+    ///
+    /// # Errors
+    /// The sink could not be written or published to; nothing of the
+    /// epoch is committed.
+    pub fn prepare_epoch(
+        &self,
+        part: &str,
+        decoded: crate::nats::Decoded,
+        sink: Option<&crate::sink::nats::NatsSink>,
+    ) -> Result<StreamEpoch> {
+        let started = Instant::now();
+        let ack = Arc::new(AckState {
+            remaining: AtomicU64::new(u64::MAX),
+            outcome: Mutex::new((Ack::default(), None)),
+            sender: Mutex::new(None),
+        });
+        let pieces: Vec<Piece> = decoded
+            .items
+            .into_iter()
+            .map(|item| Piece {
+                item,
+                ack: ack.clone(),
+                enqueued: started,
+                origin: None,
+            })
+            .collect();
+        let rows: u64 = pieces.iter().map(|p| p.rows() as u64).sum();
+        self.counters.received.fetch_add(rows, Ordering::Relaxed);
+        self.counters.submissions.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("weir_records_in_total", &self.labels()).increment(rows);
+        let mut worker = self.take_worker();
+        let publish = sink.map(|sink| (sink, decoded.sequences.as_slice()));
+        let outcome = self.prepare(&mut worker, part, &pieces, publish);
+        let deltas = worker.take_reports();
+        self.workers.lock().expect("workers lock").push(worker);
+        self.quota
+            .charge_fuel(deltas.iter().map(|d| d.fuel_consumed).sum());
+        self.merge_stage_reports(&deltas);
+        match outcome {
+            Ok(prepared) => Ok(StreamEpoch {
+                part: part.to_string(),
+                staged: prepared.staged,
+                report: prepared.report,
+                published: prepared.published,
+            }),
+            Err(error) => {
+                self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("weir_batches_failed_total", &self.labels()).increment(1);
+                Err(error)
+            }
+        }
+    }
+
+    /// Commits an epoch the ledger accepted: renames its staged files into
+    /// place and counts it. `latency`: from its first message's publish
+    /// time to now.
+    ///
+    /// # Errors
+    /// A rename that fails (the ledger holds the epoch: recovery at the
+    /// next start finishes it).
+    pub fn commit_epoch(&self, epoch: StreamEpoch, latency: Duration) -> Result<()> {
+        self.delivery.commit_unrecorded(epoch.staged)?;
+        let mut report = epoch.report;
+        report.latency_ms = latency.as_secs_f64() * 1000.0;
+        self.record_batch(&report, latency);
+        Ok(())
+    }
+
+    /// Drops an epoch's staged files: the ledger refused it.
+    pub fn discard_epoch(&self, epoch: StreamEpoch) {
+        self.delivery.discard(&epoch.staged);
     }
 
     /// Per-stage counts since the service started.

@@ -25,11 +25,13 @@ pub mod drop_dir;
 pub mod files;
 pub mod http;
 pub mod ingest;
+pub mod ledger;
 pub mod live;
 pub mod metrics;
 pub mod quarantine_log;
 pub mod quota;
 pub mod scheduler;
+pub mod stream;
 pub mod tenant;
 
 use std::collections::BTreeMap;
@@ -232,6 +234,15 @@ impl Service {
             batchers.push(live.start());
             if let Some(watcher) = live.pipeline().watch_plugins(debounce)? {
                 watchers.push(watcher);
+            }
+            if live.stream_settings().is_some() {
+                let live = live.clone();
+                let stop = stop_rx.clone();
+                drop_dirs.spawn(async move {
+                    if let Err(error) = stream::run(live.clone(), stop).await {
+                        tracing::error!(pipeline = %live.name, error = format!("{error:#}"), "the stream consumer stopped");
+                    }
+                });
             }
             if let Some(dir) = live.hosted().drop_dir.clone() {
                 let live = live.clone();

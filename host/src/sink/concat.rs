@@ -32,6 +32,7 @@ pub fn concat(format: SinkFormat, parts: &[PathBuf], output: &Path) -> Result<()
         SinkFormat::Csv => super::csv::concat(parts, output),
         SinkFormat::Jsonl => super::jsonl::concat(parts, output),
         SinkFormat::Postgres => anyhow::bail!("a PostgreSQL table has no parts to concatenate"),
+        SinkFormat::Nats => anyhow::bail!("a NATS subject has no parts to concatenate"),
     }
     .with_context(|| format!("writing {}", output.display()))?;
     crate::durable::fsync_file(output)

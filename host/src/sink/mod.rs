@@ -28,6 +28,7 @@ use crate::config::{SinkConfig, SinkFormat, WriteMode};
 pub mod concat;
 pub mod csv;
 pub mod jsonl;
+pub mod nats;
 pub mod parquet;
 pub mod postgres;
 pub mod text;
@@ -199,6 +200,7 @@ pub fn open(
 ) -> Result<Box<dyn RecordSink>> {
     Ok(match (config.format, for_publish) {
         (SinkFormat::Postgres, _) => Box::new(postgres::PostgresSink::new(config, run_id)?),
+        (SinkFormat::Nats, _) => bail!("a NATS sink publishes from weir serve, not from weir run"),
         (_, false) => Box::new(Sink::create(config, base_dir, run_id)?),
         (_, true) => Box::new(Sink::for_publish(config, base_dir, run_id)),
     })
@@ -288,6 +290,7 @@ pub fn create_writer(
         SinkFormat::Jsonl => Box::new(jsonl::JsonlWriter::new(file)),
         SinkFormat::Csv => Box::new(csv::CsvWriter::new(file)),
         SinkFormat::Postgres => bail!("a PostgreSQL table is not a file"),
+        SinkFormat::Nats => bail!("a NATS subject is not a file"),
     })
 }
 

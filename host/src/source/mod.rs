@@ -383,6 +383,7 @@ impl Source {
             )?,
             SourceFormat::Extract => bail!("extract sources take files, not records"),
             SourceFormat::Postgres => bail!("a postgres source reads a table, not records"),
+            SourceFormat::Nats => bail!("decode a NATS message's payload as jsonl"),
         };
         let items = decoded
             .map(|item| Ok(source_item(name.clone(), item?)))
@@ -452,7 +453,10 @@ impl Source {
                     },
                 )))
             }
-            SourceFormat::Parquet | SourceFormat::Extract | SourceFormat::Postgres => {
+            SourceFormat::Parquet
+            | SourceFormat::Extract
+            | SourceFormat::Postgres
+            | SourceFormat::Nats => {
                 unreachable!("not a text format")
             }
         })
@@ -604,6 +608,7 @@ fn infer_schema(config: &SourceConfig, path: &Path) -> Result<(SchemaRef, dates:
         }
         SourceFormat::Extract => unreachable!("extract sources have no schema before extraction"),
         SourceFormat::Postgres => unreachable!("a postgres source's schema is the server's"),
+        SourceFormat::Nats => unreachable!("a NATS source's schema is declared"),
     };
     Ok(with_inferred_dates(schema, &sample))
 }
