@@ -287,3 +287,92 @@ fn a_stream_is_read_exactly_once_and_malformed_messages_are_quarantined_with_the
     let reason = row.to_string();
     assert!(reason.contains(&format!("stream sequence {sequence}")), "{reason}");
 }
+
+/// `WEIR_STREAM_CRASH_RUNS` crashes (default 10) at `point`, each with
+/// new messages published before it, then a clean run: every id exactly
+/// once.
+fn crash_at(point: &str) {
+    let runs: i64 = std::env::var("WEIR_STREAM_CRASH_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10);
+    const PER_RUN: i64 = 300;
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_stream_pipeline(dir.path(), &nats.url(), "", "ack_wait_s = 2");
+    write_stream_service(dir.path(), 100);
+    let mut sequences = BTreeMap::new();
+    for run in 0..runs {
+        sequences.extend(publish(&nats.url(), run * PER_RUN..(run + 1) * PER_RUN));
+        // Hits 1..=3: the first, second or third epoch of the run.
+        let hit = 1 + run % 3;
+        let mut child = serve(dir.path(), Some(&format!("{point}:{hit}")));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{point}:{hit} (run {run}) was never reached: {}",
+                std::fs::read_to_string(dir.path().join("child.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "{point}:{hit}: {status}");
+    }
+    let child = serve(dir.path(), None);
+    let done = wait_for_all(dir.path(), &sequences, Duration::from_secs(90));
+    // Let redeliveries of what the crashed runs committed arrive (the
+    // consumer's ack_wait is 2 s here) and be recognized.
+    std::thread::sleep(Duration::from_secs(3));
+    stop(child);
+    assert!(
+        done,
+        "{point}: not everything came out: {}",
+        std::fs::read_to_string(dir.path().join("child.log")).unwrap_or_default()
+    );
+    assert_exactly_once(dir.path(), &sequences, point);
+    assert!(
+        !std::fs::read_dir(dir.path().join("out"))
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with('.')),
+        "{point}: staging files were left behind"
+    );
+}
+
+#[test]
+fn killed_mid_part_write_a_stream_pipeline_recovers_exactly_once() {
+    crash_at("mid-part-write");
+}
+
+#[test]
+fn killed_after_part_fsync_a_stream_pipeline_recovers_exactly_once() {
+    crash_at("after-part-fsync");
+}
+
+#[test]
+fn killed_before_its_ledger_claim_a_stream_pipeline_recovers_exactly_once() {
+    crash_at("before-ledger-commit");
+}
+
+#[test]
+fn killed_after_its_ledger_claim_a_stream_pipeline_recovers_exactly_once() {
+    crash_at("after-ledger-commit");
+}
+
+#[test]
+fn killed_after_the_rename_before_the_acks_a_stream_pipeline_recovers_exactly_once() {
+    crash_at("after-commit");
+}
+
+#[test]
+fn killed_mid_ack_a_stream_pipeline_recovers_exactly_once() {
+    crash_at("mid-ack");
+}
+
+#[test]
+fn killed_after_the_acks_a_stream_pipeline_recovers_exactly_once() {
+    crash_at("after-ack");
+}
