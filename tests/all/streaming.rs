@@ -376,3 +376,118 @@ fn killed_mid_ack_a_stream_pipeline_recovers_exactly_once() {
 fn killed_after_the_acks_a_stream_pipeline_recovers_exactly_once() {
     crash_at("after-ack");
 }
+
+/// The ids of every message on `subject` (wildcards allowed) in the stream.
+fn published_ids(url: &str, subject: &str) -> BTreeMap<i64, u32> {
+    runtime().block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let context = jetstream::new(client);
+        let stream = context.get_stream(STREAM).await.unwrap();
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                filter_subject: subject.into(),
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut ids = BTreeMap::new();
+        loop {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(10_000)
+                .messages()
+                .await
+                .unwrap();
+            let mut got = 0;
+            while let Some(Ok(message)) = batch.next().await {
+                let row: Value = serde_json::from_slice(&message.payload).unwrap();
+                *ids.entry(row["id"].as_i64().unwrap()).or_insert(0) += 1;
+                got += 1;
+            }
+            if got == 0 {
+                return ids;
+            }
+        }
+    })
+}
+
+#[test]
+fn a_nats_sink_replaying_an_epoch_publishes_nothing_new() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_stream_pipeline(
+        dir.path(),
+        &nats.url(),
+        &format!(
+            "[sink]\nformat = \"nats\"\n\n[sink.nats]\nservers = [\"{}\"]\nsubject = \"events.out.{{action}}\"",
+            nats.url()
+        ),
+        "ack_wait_s = 2",
+    );
+    let port = write_stream_service(dir.path(), 100);
+    let sequences = publish(&nats.url(), 0..1000);
+    // Killed after publishing an epoch's rows, before its ledger claim:
+    // the replay publishes the same message ids again.
+    for hit in [1, 2] {
+        let mut child = serve(dir.path(), Some(&format!("after-publish:{hit}")));
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "after-publish:{hit}: {status}");
+    }
+    let child = serve(dir.path(), None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stream = loop {
+        let stream = status(port)["stream"].clone();
+        if stream["pending"] == 0 && stream["ack_pending"] == 0 && stream["connected"] == true {
+            break stream;
+        }
+        assert!(Instant::now() < deadline, "the consumer did not drain: {stream}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    stop(child);
+    assert!(
+        stream["published_duplicates"].as_u64().unwrap() >= 100,
+        "the server reported no duplicates: {stream}"
+    );
+    let out = published_ids(&nats.url(), "events.out.>");
+    let twice: Vec<_> = out.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "published twice: {twice:?}");
+    let good: Vec<i64> = sequences
+        .values()
+        .copied()
+        .filter(|id| !(id % 211 == 7 || id % 101 == 3 || id % 97 == 5))
+        .collect();
+    assert_eq!(out.keys().copied().collect::<Vec<_>>(), good);
+}
+
+#[test]
+fn a_restarted_nats_server_is_reconnected_to_without_loss_or_duplicates() {
+    let mut nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_stream_pipeline(dir.path(), &nats.url(), "", "ack_wait_s = 2");
+    write_stream_service(dir.path(), 200);
+    let mut sequences = publish(&nats.url(), 0..20_000);
+    let child = serve(dir.path(), None);
+    // Kill the server while epochs are in flight, twice.
+    for round in 0..2 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while outcome(dir.path(), &sequences).0.len() < 2000 * (round + 1) {
+            assert!(Instant::now() < deadline, "no progress before the kill");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nats.kill();
+        std::thread::sleep(Duration::from_millis(1500));
+        nats.start_again();
+    }
+    sequences.extend(publish(&nats.url(), 20_000..21_000));
+    let done = wait_for_all(dir.path(), &sequences, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(3));
+    stop(child);
+    assert!(
+        done,
+        "not everything came out after the restarts: {}",
+        std::fs::read_to_string(dir.path().join("child.log")).unwrap_or_default()
+    );
+    assert_exactly_once(dir.path(), &sequences, "nats-server restarted twice");
+}
