@@ -21,14 +21,22 @@ pub fn binary() -> PathBuf {
     if let Ok(path) = std::env::var("WEIR_NATS_SERVER") {
         return PathBuf::from(path);
     }
-    let tools = std::env::var("WEIR_TOOLS_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-        std::env::var("XDG_DATA_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".local/share"))
-            .join("weir/tools")
-    });
+    let tools = std::env::var("WEIR_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::env::var("XDG_DATA_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| {
+                    PathBuf::from(std::env::var("HOME").unwrap()).join(".local/share")
+                })
+                .join("weir/tools")
+        });
     let venv = tools.join("venv/bin/nats-server");
-    if venv.exists() { venv } else { PathBuf::from("nats-server") }
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("nats-server")
+    }
 }
 
 impl NatsServer {
@@ -37,8 +45,15 @@ impl NatsServer {
     /// # Panics
     /// When nats-server is missing or does not accept connections in 10 s.
     pub fn start() -> NatsServer {
-        let dir = tempfile::Builder::new().prefix("weir-nats-").tempdir().unwrap();
-        let mut server = NatsServer { dir, port: crate::free_port(), child: None };
+        let dir = tempfile::Builder::new()
+            .prefix("weir-nats-")
+            .tempdir()
+            .unwrap();
+        let mut server = NatsServer {
+            dir,
+            port: crate::free_port(),
+            child: None,
+        };
         server.start_again();
         server
     }
@@ -61,12 +76,24 @@ impl NatsServer {
         assert!(self.child.is_none(), "the server is running");
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
         let child = Command::new(binary())
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(self.dir.path().join("store"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {} (scripts/install-guest-tools installs it): {e}", binary().display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting {} (scripts/install-guest-tools installs it): {e}",
+                    binary().display()
+                )
+            });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {

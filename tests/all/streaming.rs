@@ -87,7 +87,10 @@ pub(crate) fn payload(id: i64) -> String {
         format!("not json {id}")
     } else {
         let action = if id % 97 == 5 { "bad" } else { "ok" };
-        format!("{{\"id\":{id},\"action\":\"{action}\",\"value\":{}}}", id % 7)
+        format!(
+            "{{\"id\":{id},\"action\":\"{action}\",\"value\":{}}}",
+            id % 7
+        )
     }
 }
 
@@ -193,7 +196,10 @@ pub(crate) fn assert_exactly_once(dir: &Path, sequences: &BTreeMap<u64, i64>, wh
         .filter(|(_, n)| **n > 1)
         .take(5)
         .collect();
-    assert!(twice.is_empty(), "{what}: ids written more than once: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "{what}: ids written more than once: {twice:?}"
+    );
     for id in sequences.values() {
         let bad = id % 211 == 7 || id % 101 == 3 || id % 97 == 5;
         let (here, there) = if bad {
@@ -214,7 +220,12 @@ pub(crate) fn assert_exactly_once(dir: &Path, sequences: &BTreeMap<u64, i64>, wh
 }
 
 fn serve(dir: &Path, crash: Option<&str>) -> std::process::Child {
-    spawn_weir_with(dir, &["serve", "service.toml"], crash, &[("RUST_LOG", "warn")])
+    spawn_weir_with(
+        dir,
+        &["serve", "service.toml"],
+        crash,
+        &[("RUST_LOG", "warn")],
+    )
 }
 
 fn stop(mut child: std::process::Child) {
@@ -262,14 +273,19 @@ fn a_stream_is_read_exactly_once_and_malformed_messages_are_quarantined_with_the
         if stream["pending"] == 0 && stream["ack_pending"] == 0 && stream["messages"] == 4000 {
             break stream;
         }
-        assert!(Instant::now() < deadline, "the consumer did not drain: {stream}");
+        assert!(
+            Instant::now() < deadline,
+            "the consumer did not drain: {stream}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(stream["connected"], true);
     assert_eq!(stream["consumer"], "weir-events");
     // Ingest by request is refused: the records come from the stream.
     let refused = reqwest::blocking::Client::new()
-        .post(format!("http://127.0.0.1:{port}/v1/pipelines/events/records"))
+        .post(format!(
+            "http://127.0.0.1:{port}/v1/pipelines/events/records"
+        ))
         .header("content-type", "application/x-ndjson")
         .body(payload(1))
         .send()
@@ -278,14 +294,20 @@ fn a_stream_is_read_exactly_once_and_malformed_messages_are_quarantined_with_the
     stop(child);
     assert_exactly_once(dir.path(), &all, "one worker");
     // An unparseable message names its stream sequence in the quarantine.
-    let (sequence, id) = all.iter().find(|(_, id)| *id % 101 == 3 && *id % 211 != 7).unwrap();
+    let (sequence, id) = all
+        .iter()
+        .find(|(_, id)| *id % 101 == 3 && *id % 211 != 7)
+        .unwrap();
     let row = rows(&dir.path().join("quarantine"))
         .into_iter()
         .find(|r| r["record"]["record_number"].as_u64() == Some(*sequence))
         .unwrap();
     assert_eq!(row["record"]["text"], format!("not json {id}"));
     let reason = row.to_string();
-    assert!(reason.contains(&format!("stream sequence {sequence}")), "{reason}");
+    assert!(
+        reason.contains(&format!("stream sequence {sequence}")),
+        "{reason}"
+    );
 }
 
 /// `WEIR_STREAM_CRASH_RUNS` crashes (default 10) at `point`, each with
@@ -335,9 +357,11 @@ fn crash_at(point: &str) {
     );
     assert_exactly_once(dir.path(), &sequences, point);
     assert!(
-        !std::fs::read_dir(dir.path().join("out"))
+        !std::fs::read_dir(dir.path().join("out")).unwrap().any(|e| e
             .unwrap()
-            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with('.')),
+            .file_name()
+            .to_string_lossy()
+            .starts_with('.')),
         "{point}: staging files were left behind"
     );
 }
@@ -442,7 +466,10 @@ fn a_nats_sink_replaying_an_epoch_publishes_nothing_new() {
         if stream["pending"] == 0 && stream["ack_pending"] == 0 && stream["connected"] == true {
             break stream;
         }
-        assert!(Instant::now() < deadline, "the consumer did not drain: {stream}");
+        assert!(
+            Instant::now() < deadline,
+            "the consumer did not drain: {stream}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     stop(child);
@@ -490,4 +517,169 @@ fn a_restarted_nats_server_is_reconnected_to_without_loss_or_duplicates() {
         std::fs::read_to_string(dir.path().join("child.log")).unwrap_or_default()
     );
     assert_exactly_once(dir.path(), &sequences, "nats-server restarted twice");
+}
+
+#[test]
+fn workers_sharing_one_consumer_split_the_stream_and_write_each_message_once() {
+    // `WEIR_STREAM_SCALE_MESSAGES` for the long tier (1,000,000).
+    let messages: i64 = std::env::var("WEIR_STREAM_SCALE_MESSAGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    let nats = NatsServer::start();
+    let root = tempfile::tempdir().unwrap();
+    let worker_dir = |i: usize| {
+        let dir = root.path().join(format!("worker-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_stream_pipeline(&dir, &nats.url(), "", "ack_wait_s = 2");
+        write_stream_service(&dir, 1000);
+        dir
+    };
+    let sequences = publish(&nats.url(), 0..messages);
+    let mut workers: Vec<(std::path::PathBuf, Option<std::process::Child>)> = (0..3)
+        .map(|i| {
+            let dir = worker_dir(i);
+            let child = serve(&dir, None);
+            (dir, Some(child))
+        })
+        .collect();
+    let total = |workers: &[(std::path::PathBuf, Option<std::process::Child>)]| {
+        workers
+            .iter()
+            .map(|(dir, _)| {
+                let (w, q) = outcome(dir, &sequences);
+                w.len() + q.len()
+            })
+            .sum::<usize>()
+    };
+    // Kill one worker mid-run (its unacknowledged messages go to the
+    // others after ack_wait), and add a fourth.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while total(&workers) < messages as usize / 4 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut killed = workers[1].1.take().unwrap();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let dir = worker_dir(3);
+    let child = serve(&dir, None);
+    workers.push((dir, Some(child)));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while total(&workers) < messages as usize {
+        assert!(
+            Instant::now() < deadline,
+            "stalled at {} of {messages}",
+            total(&workers)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for (_, child) in &mut workers {
+        if let Some(child) = child.take() {
+            stop(child);
+        }
+    }
+    // Union of the workers' outputs: every id once.
+    let mut written: BTreeMap<i64, u32> = BTreeMap::new();
+    let mut quarantined: BTreeMap<i64, u32> = BTreeMap::new();
+    let mut shares = Vec::new();
+    for (dir, _) in &workers {
+        let (w, q) = outcome(dir, &sequences);
+        shares.push(w.len() + q.len());
+        for (id, n) in w {
+            *written.entry(id).or_insert(0) += n;
+        }
+        for (id, n) in q {
+            *quarantined.entry(id).or_insert(0) += n;
+        }
+    }
+    eprintln!("messages per worker: {shares:?}");
+    let twice: Vec<_> = written
+        .iter()
+        .chain(&quarantined)
+        .filter(|(_, n)| **n > 1)
+        .take(5)
+        .collect();
+    assert!(twice.is_empty(), "ids written more than once: {twice:?}");
+    assert_eq!(written.len() + quarantined.len(), messages as usize);
+    assert!(
+        shares.iter().filter(|n| **n > 0).count() >= 3,
+        "the stream was not shared: {shares:?}"
+    );
+}
+
+#[test]
+fn an_acknowledgement_after_ack_wait_does_not_make_a_redelivered_message_count_twice() {
+    // The trap: a worker holds messages past ack_wait, the server
+    // redelivers them to another worker, and still accepts the first
+    // worker's late acknowledgement. Here a raw consumer holds them; weir
+    // commits the redelivery; the late holder's claim is then refused by
+    // the ledger, and its late ack is accepted without effect on the output.
+    use weir::serve::ledger::{Commit, Ledger, SeqSet};
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_stream_pipeline(dir.path(), &nats.url(), "", "ack_wait_s = 1");
+    write_stream_service(dir.path(), 100);
+    let sequences = publish(&nats.url(), 0..50);
+    let settings: weir::nats::SourceSettings = toml::from_str(&format!(
+        "servers = [\"{}\"]\nstream = \"{STREAM}\"\nconsumer = \"weir-events\"\nsubject = \"events.in\"\nack_wait_s = 1",
+        nats.url()
+    ))
+    .unwrap();
+    let rt = runtime();
+    let held = rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let context = jetstream::new(client);
+        let stream = context.get_stream(STREAM).await.unwrap();
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                "weir-events",
+                jetstream::consumer::pull::Config {
+                    durable_name: Some("weir-events".into()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(1),
+                    filter_subject: "events.in".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut batch = consumer.fetch().max_messages(50).messages().await.unwrap();
+        let mut held = Vec::new();
+        while let Some(Ok(message)) = batch.next().await {
+            held.push(message);
+        }
+        held
+    });
+    assert_eq!(held.len(), 50);
+    // weir starts while they are held, and gets them after ack_wait.
+    let child = serve(dir.path(), None);
+    assert!(wait_for_all(
+        dir.path(),
+        &sequences,
+        Duration::from_secs(30)
+    ));
+    let refused = rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let context = jetstream::new(client);
+        let (mut ledger, _) = Ledger::open(&context, &settings, "late-worker")
+            .await
+            .unwrap();
+        let seqs = SeqSet::from_sequences(held.iter().map(|m| m.info().unwrap().stream_sequence));
+        let claim = ledger.claim("late-part", &seqs, Vec::new());
+        let outcome = ledger.commit(&claim).await.unwrap();
+        // The late acknowledgement is taken by the server all the same.
+        for message in &held {
+            message.double_ack().await.unwrap();
+        }
+        outcome
+    });
+    assert!(
+        matches!(&refused, Commit::Overlap(set) if set.ranges() == vec![(1, 50)]),
+        "the late claim was not refused: {refused:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    stop(child);
+    assert_exactly_once(dir.path(), &sequences, "late ack");
 }
