@@ -48,6 +48,17 @@
 //!    (SELECT …) TO /dev/null`, and weir's source into a Parquet file vs
 //!    `psql \copy` into a CSV file.
 //!
+//! 9. NATS JetStream (issue 16), against a throwaway nats-server 2.15
+//!    (`weir_tests::nats::NatsServer`), 200,000 JSON messages
+//!    (`{id, action, value}`) published before each consumer starts: a
+//!    bare async-nats durable pull consumer that only double-acknowledges
+//!    each message (batches of 1000, acks pipelined) vs `weir serve`
+//!    reading the same stream through a pass-through pipeline (no stage,
+//!    JSON Lines parts) and through one validate stage; 1 vs 3 workers on
+//!    the validate pipeline; and the latency from publish to commit
+//!    (p50/p99 over the epochs) at the default epoch (linger 200 ms) under
+//!    a steady 5,000 messages/s.
+//!
 //! Each figure is the median of several repetitions. Results are printed and
 //! written as JSON to `$WEIR_BENCH_JSON` (default `target/bench-weir.json`).
 //! Needs `examples/flights/data/flights.csv` (`examples/flights/fetch-data.sh`).
@@ -1436,7 +1447,7 @@ fn postgres(root: &Path) -> Result<serde_json::Value> {
 }
 
 fn main() -> Result<()> {
-    // `cargo bench -p weir-tests --bench weir -- [boundary|reload|flights|serve|languages|neighbours|checkpoint|postgres]` runs one
+    // `cargo bench -p weir-tests --bench weir -- [boundary|reload|flights|serve|languages|neighbours|checkpoint|postgres|stream]` runs one
     // part; `cargo bench` itself adds `--bench`.
     let only: Vec<String> = std::env::args()
         .skip(1)
@@ -1469,6 +1480,9 @@ fn main() -> Result<()> {
     if wanted("postgres") {
         report.insert("postgres".into(), postgres(&root)?);
     }
+    if wanted("stream") {
+        report.insert("stream".into(), stream()?);
+    }
     let path = std::env::var_os("WEIR_BENCH_JSON")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/bench-weir.json"));
@@ -1478,4 +1492,263 @@ fn main() -> Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
     println!("results: {}", path.display());
     Ok(())
+}
+
+/// Publishes `ids` as `{id, action, value}` messages to `events.in` of
+/// stream `EVENTS` (created when missing), acks pipelined.
+fn stream_publish(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    subject: &'static str,
+    ids: std::ops::Range<i64>,
+) {
+    use futures_util::StreamExt;
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let context = async_nats::jetstream::new(client);
+        context
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: "EVENTS".into(),
+                subjects: vec!["events.>".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut pending = futures_util::stream::FuturesUnordered::new();
+        for id in ids {
+            let body = format!("{{\"id\":{id},\"action\":\"ok\",\"value\":{}}}", id % 7);
+            pending.push(
+                context
+                    .publish(subject, body.into())
+                    .await
+                    .unwrap()
+                    .into_future(),
+            );
+            if pending.len() >= 4096 {
+                pending.next().await.unwrap().unwrap();
+            }
+        }
+        while let Some(ack) = pending.next().await {
+            ack.unwrap();
+        }
+    });
+}
+
+/// A bare consumer: drains `count` messages with a durable pull consumer
+/// named `name`, double-acknowledging each (pipelined). Returns the time.
+fn bare_consumer(rt: &tokio::runtime::Runtime, url: &str, name: &str, count: usize) -> Duration {
+    use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+    use futures_util::StreamExt;
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let context = async_nats::jetstream::new(client);
+        let stream = context.get_stream("EVENTS").await.unwrap();
+        let consumer: PullConsumer = stream
+            .get_or_create_consumer(
+                name,
+                pull::Config {
+                    durable_name: Some(name.into()),
+                    ack_policy: AckPolicy::Explicit,
+                    filter_subject: "events.in".into(),
+                    max_ack_pending: 16_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut seen = 0;
+        while seen < count {
+            let mut batch = consumer
+                .batch()
+                .max_messages(1000)
+                .expires(Duration::from_millis(200))
+                .messages()
+                .await
+                .unwrap();
+            let mut messages = Vec::new();
+            while let Some(Ok(message)) = batch.next().await {
+                messages.push(message);
+            }
+            let mut acks = futures_util::stream::FuturesUnordered::new();
+            for message in &messages {
+                acks.push(message.double_ack());
+            }
+            while let Some(ack) = acks.next().await {
+                ack.unwrap();
+            }
+            seen += messages.len();
+        }
+        started.elapsed()
+    })
+}
+
+/// `weir serve` on the stream: `workers` services (one process each would
+/// be the deployment; here one process hosts each in its own runtime),
+/// consumer `consumer`, with `stage` (may be empty). Returns the time
+/// from all bound to `count` messages committed, and the epochs' latencies.
+fn weir_consumer(
+    url: &str,
+    subject: &str,
+    consumer: &str,
+    stage: &str,
+    workers: usize,
+    count: u64,
+    linger_ms: u64,
+) -> Result<(Duration, Vec<f64>)> {
+    let root = tempfile::tempdir()?;
+    let mut services = Vec::new();
+    for w in 0..workers {
+        let dir = root.path().join(format!("w{w}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("pipeline.toml"),
+            format!(
+                "[pipeline]\nname = \"events\"\nworkers = 1\n\n[source]\nformat = \"nats\"\nschema = [\n  {{ name = \"id\", type = \"int64\" }},\n  {{ name = \"action\", type = \"utf8\" }},\n  {{ name = \"value\", type = \"int64\" }},\n]\n\n[source.nats]\nservers = [\"{url}\"]\nstream = \"EVENTS\"\nconsumer = \"{consumer}\"\nsubject = \"{subject}\"\n\n{stage}\n\n[sink]\nformat = \"jsonl\"\npath = \"out\"\n\n[quarantine]\nformat = \"jsonl\"\npath = \"quarantine\"\n"
+            ),
+        )?;
+        std::fs::write(
+            dir.join("service.toml"),
+            format!(
+                "[service]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:0\"\n\n[[pipelines]]\nfile = \"pipeline.toml\"\nmax_batch_rows = 1000\nlinger_ms = {linger_ms}\n"
+            ),
+        )?;
+        services.push(weir::serve::background::Background::start(
+            &dir.join("service.toml"),
+        )?);
+    }
+    let pipelines: Vec<_> = services
+        .iter()
+        .map(|s| s.service().pipeline("default", "events").unwrap().clone())
+        .collect();
+    while !pipelines
+        .iter()
+        .all(|p| p.status().stream.is_some_and(|s| s.connected))
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let started = Instant::now();
+    let committed = || -> u64 {
+        pipelines
+            .iter()
+            .map(|p| p.status().stream.map_or(0, |s| s.messages))
+            .sum()
+    };
+    while committed() < count {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = started.elapsed();
+    let latencies = pipelines
+        .iter()
+        .flat_map(|p| p.batch_reports())
+        .map(|r| r.latency_ms)
+        .collect();
+    for service in services {
+        service.shutdown()?;
+    }
+    Ok((elapsed, latencies))
+}
+
+fn stream() -> Result<serde_json::Value> {
+    const MESSAGES: i64 = 200_000;
+    let nats = weir_tests::nats::NatsServer::start();
+    let url = nats.url();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    stream_publish(&rt, &url, "events.in", 0..MESSAGES);
+    let validate = format!(
+        "[[stages]]\nname = \"flag\"\nkind = \"validate\"\nplugin = {:?}",
+        weir_tests::FLAG
+    );
+    let mut ratios = Vec::new();
+    let mut flag_ratios = Vec::new();
+    let mut bare_rates = Vec::new();
+    for rep in 0..3 {
+        let bare = bare_consumer(&rt, &url, &format!("bare-{rep}"), MESSAGES as usize);
+        let (pass, _) = weir_consumer(
+            &url,
+            "events.in",
+            &format!("pass-{rep}"),
+            "",
+            1,
+            MESSAGES as u64,
+            200,
+        )?;
+        let (flag, _) = weir_consumer(
+            &url,
+            "events.in",
+            &format!("flag-{rep}"),
+            &validate,
+            1,
+            MESSAGES as u64,
+            200,
+        )?;
+        bare_rates.push(MESSAGES as f64 / bare.as_secs_f64());
+        ratios.push(bare.as_secs_f64() / pass.as_secs_f64());
+        flag_ratios.push(bare.as_secs_f64() / flag.as_secs_f64());
+    }
+    let median_of = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (one, _) = weir_consumer(
+        &url,
+        "events.in",
+        "scale-1",
+        &validate,
+        1,
+        MESSAGES as u64,
+        200,
+    )?;
+    let (three, _) = weir_consumer(
+        &url,
+        "events.in",
+        "scale-3",
+        &validate,
+        3,
+        MESSAGES as u64,
+        200,
+    )?;
+    // Latency: a steady 5,000 messages/s for 6 s while one worker consumes.
+    let latency_consumer = std::thread::spawn({
+        let url = url.clone();
+        move || weir_consumer(&url, "events.latency", "latency", "", 1, 30_000, 200)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for second in 0..6 {
+        let start = Instant::now();
+        for slice in 0..10 {
+            let first = MESSAGES + second * 5000 + slice * 500;
+            stream_publish(&rt, &url, "events.latency", first..first + 500);
+            std::thread::sleep(Duration::from_millis(100).saturating_sub(start.elapsed() / 10));
+        }
+    }
+    let (_, latencies) = latency_consumer.join().expect("latency run")?;
+    let mut latencies: Vec<Duration> = latencies
+        .into_iter()
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .collect();
+    latencies.retain(|d| *d < Duration::from_secs(60));
+    let (p50, p99) = (
+        percentile(latencies.clone(), 0.5).as_secs_f64() * 1000.0,
+        percentile(latencies, 0.99).as_secs_f64() * 1000.0,
+    );
+    let pass = median_of(ratios);
+    let flag = median_of(flag_ratios);
+    let bare_rate = median_of(bare_rates);
+    let scale = one.as_secs_f64() / three.as_secs_f64();
+    println!(
+        "stream ({MESSAGES} JSON messages, nats-server 2.15, one machine with 2 cores): bare async-nats consumer {bare_rate:.0} msgs/s; weir pass-through at {pass:.2}x its rate, with a validate stage {flag:.2}x; 3 workers vs 1 (validate): {scale:.2}x; publish → commit latency p50/p99 {p50:.0}/{p99:.0} ms (linger 200 ms, 5,000 msgs/s)"
+    );
+    Ok(json!({
+        "messages": MESSAGES,
+        "bare_messages_per_s": bare_rate,
+        "pass_through_vs_bare": pass,
+        "validate_vs_bare": flag,
+        "three_workers_vs_one": scale,
+        "latency_p50_ms": p50,
+        "latency_p99_ms": p99,
+    }))
 }
