@@ -154,6 +154,12 @@ pub struct Ledger {
     /// Ledger stream sequence of the last record read (0: none).
     last: u64,
     committed: SeqSet,
+    /// The highest acknowledgement floor seen: every sequence at or below
+    /// it was acknowledged, and a message is acknowledged only once its
+    /// epoch is committed, so all of them count as committed (even one
+    /// the server still had in flight to this worker when the floor
+    /// passed it: the late-acknowledgement race).
+    floor: u64,
     records_read: u64,
 }
 
@@ -209,6 +215,7 @@ impl Ledger {
             worker: worker.to_string(),
             last: 0,
             committed: SeqSet::default(),
+            floor: 0,
             records_read: 0,
         };
         let mut mine = Vec::new();
@@ -229,7 +236,7 @@ impl Ledger {
 
     /// Whether `sequence` is committed, as far as this worker has read.
     pub fn is_committed(&self, sequence: u64) -> bool {
-        self.committed.contains(sequence)
+        sequence <= self.floor || self.committed.contains(sequence)
     }
 
     /// Ranges of committed sequences still remembered.
@@ -242,10 +249,11 @@ impl Ledger {
         self.records_read
     }
 
-    /// Forgets sequences at or below the consumer's acknowledgement floor:
-    /// the server never delivers them again.
+    /// Counts every sequence at or below the consumer's acknowledgement
+    /// floor as committed, and forgets their ranges.
     pub fn forget_below(&mut self, ack_floor: u64) {
-        self.committed.remove_through(ack_floor);
+        self.floor = self.floor.max(ack_floor);
+        self.committed.remove_through(self.floor);
     }
 
     /// Reads the records after the last one read, calling `each` on every
@@ -362,6 +370,9 @@ impl Ledger {
     fn overlap(&self, wanted: &SeqSet) -> SeqSet {
         let mut overlap = SeqSet::default();
         for (s, e) in wanted.ranges() {
+            if s <= self.floor {
+                overlap.insert(s, e.min(self.floor));
+            }
             // Claims are small; a range is checked per sequence only
             // where it meets a committed range.
             for (&cs, &ce) in self.committed.ranges.range(..=e) {
