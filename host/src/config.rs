@@ -113,7 +113,7 @@ pub enum SourceFormat {
     /// A PostgreSQL table or query ([`crate::source::postgres`]).
     Postgres,
     /// A NATS JetStream durable consumer (`weir serve` only; settings in
-    /// `[source.nats]`, see [`crate::nats::SourceSettings`]).
+    /// `[source.nats]`, see [`crate::nats::settings::SourceSettings`]).
     Nats,
 }
 
@@ -243,7 +243,7 @@ pub struct SourceConfig {
     #[serde(default = "default_retry_budget_s")]
     pub retry_budget_s: u64,
     /// `format = "nats"`: the stream and durable consumer to read.
-    pub nats: Option<crate::nats::SourceSettings>,
+    pub nats: Option<crate::nats::settings::SourceSettings>,
 }
 
 /// `unknown_fields`: a JSON record field that is not a column.
@@ -545,7 +545,7 @@ pub struct SinkConfig {
     #[serde(default = "default_retry_budget_s")]
     pub retry_budget_s: u64,
     /// `format = "nats"`: the servers and the subject to publish to.
-    pub nats: Option<crate::nats::SinkSettings>,
+    pub nats: Option<crate::nats::settings::SinkSettings>,
 }
 
 fn default_retry_budget_s() -> u64 {
@@ -990,7 +990,7 @@ impl PipelineConfig {
         }
         let stream = source.format == SourceFormat::Nats;
         match (&source.nats, stream) {
-            (Some(settings), true) => crate::nats::check_names(problems, settings),
+            (Some(settings), true) => check_nats_source(problems, settings),
             (None, true) => problems.add(
                 "source.nats",
                 "missing: [source.nats] with the `stream` and durable `consumer` to read",
@@ -1175,7 +1175,8 @@ impl PipelineConfig {
                     "missing: [sink.nats] with the `subject` to publish to",
                 ),
                 Some(settings) => {
-                    if let Err(e) = crate::sink::nats::SubjectTemplate::parse(&settings.subject) {
+                    if let Err(e) = crate::nats::subject::SubjectTemplate::parse(&settings.subject)
+                    {
                         problems.add("sink.nats.subject", format!("{e:#}"));
                     }
                     if settings.servers.is_empty() {
@@ -1315,6 +1316,51 @@ impl PipelineConfig {
             problems.add("sink.retry_budget_s", "must be at least 1");
         }
     }
+}
+
+/// The checks of `[source.nats]`.
+fn check_nats_source(problems: &mut Problems, settings: &crate::nats::settings::SourceSettings) {
+    for (key, value) in [
+        ("source.nats.stream", &settings.stream),
+        ("source.nats.consumer", &settings.consumer),
+        ("source.nats.ledger_stream", &settings.ledger_stream),
+    ] {
+        if let Err(message) = check_nats_name(value) {
+            problems.add(key, message);
+        }
+    }
+    if settings.servers.is_empty() {
+        problems.add("source.nats.servers", "must name at least one server");
+    }
+    if settings.ack_wait_s == 0 {
+        problems.add("source.nats.ack_wait_s", "must be at least 1");
+    }
+    if settings.ledger_max_age_s < settings.ack_wait_s * 10 {
+        problems.add(
+            "source.nats.ledger_max_age_s",
+            format!(
+                "{} s is too short: ledger records must outlive redeliveries (at least 10 × ack_wait_s = {} s)",
+                settings.ledger_max_age_s,
+                settings.ack_wait_s * 10
+            ),
+        );
+    }
+}
+
+/// Whether `name` can be a stream or consumer name (and a subject token).
+fn check_nats_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| matches!(c, '.' | '*' | '>' | ' ' | '\t' | '/' | '\\') || c.is_control())
+    {
+        return Err(format!(
+            "`{name}` holds {c:?}, which a JetStream name cannot"
+        ));
+    }
+    Ok(())
 }
 
 /// The checks of a `format = "postgres"` source.

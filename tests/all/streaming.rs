@@ -622,7 +622,7 @@ fn an_acknowledgement_after_ack_wait_does_not_make_a_redelivered_message_count_t
     write_stream_pipeline(dir.path(), &nats.url(), "", "ack_wait_s = 1");
     write_stream_service(dir.path(), 100);
     let sequences = publish(&nats.url(), 0..50);
-    let settings: weir::nats::SourceSettings = toml::from_str(&format!(
+    let settings: weir::nats::settings::SourceSettings = toml::from_str(&format!(
         "servers = [\"{}\"]\nstream = \"{STREAM}\"\nconsumer = \"weir-events\"\nsubject = \"events.in\"\nack_wait_s = 1",
         nats.url()
     ))

@@ -37,7 +37,7 @@ use async_nats::jetstream::stream::DirectGetErrorKind;
 use serde::{Deserialize, Serialize};
 
 use super::delivery::StagedFile;
-use crate::nats::SourceSettings;
+use crate::nats::settings::SourceSettings;
 
 /// A set of stream sequences, as disjoint inclusive ranges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -194,7 +194,44 @@ pub struct PipelineStatus {
     /// A stream pipeline's consumer: connection, lag (pending messages),
     /// the ledger.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stream: Option<super::stream::StreamStatus>,
+    pub stream: Option<StreamStatus>,
+}
+
+/// A stream pipeline's consumer, for `/v1/pipelines/NAME`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamStatus {
+    /// This worker's id (in its claims).
+    pub worker: String,
+    /// The stream and durable consumer.
+    pub stream: String,
+    /// The durable consumer.
+    pub consumer: String,
+    /// Whether the consumer is bound now.
+    pub connected: bool,
+    /// Messages in the stream not yet delivered to any worker (the lag).
+    pub pending: u64,
+    /// Messages delivered to some worker and not yet acknowledged.
+    pub ack_pending: u64,
+    /// Messages the server redelivered at least once.
+    pub redelivered: u64,
+    /// Epochs this worker committed.
+    pub epochs: u64,
+    /// Messages this worker committed.
+    pub messages: u64,
+    /// Redelivered messages that were already committed (by this or
+    /// another worker), acknowledged without being processed again.
+    pub skipped_committed: u64,
+    /// Epochs whose claim found some of its messages committed by another
+    /// worker first (those were left out and the epoch redone).
+    pub overlaps: u64,
+    /// Messages a NATS sink published that the server reported as
+    /// duplicates (a replayed epoch's output, dropped by the server).
+    pub published_duplicates: u64,
+    /// Ranges of committed stream sequences remembered (above the ack floor).
+    pub ledger_ranges: usize,
+    /// The last error (connection, consumer, epoch), if any since it last
+    /// connected.
+    pub last_error: Option<String>,
 }
 
 /// One committed micro-batch, for the admin API's reports.
@@ -281,8 +318,8 @@ pub struct LivePipeline {
     replayed: Mutex<HashSet<String>>,
     delivery: Delivery,
     /// `[source.nats]` of a stream pipeline.
-    stream: Option<crate::nats::SourceSettings>,
-    stream_status: Mutex<Option<super::stream::StreamStatus>>,
+    stream: Option<crate::nats::settings::SourceSettings>,
+    stream_status: Mutex<Option<StreamStatus>>,
 }
 
 impl std::fmt::Debug for LivePipeline {
@@ -1084,7 +1121,7 @@ impl LivePipeline {
     }
 
     /// `[source.nats]` of a pipeline reading a stream.
-    pub fn stream_settings(&self) -> Option<&crate::nats::SourceSettings> {
+    pub fn stream_settings(&self) -> Option<&crate::nats::settings::SourceSettings> {
         self.stream.as_ref()
     }
 
@@ -1093,7 +1130,7 @@ impl LivePipeline {
     }
 
     /// Updates the stream section of [`LivePipeline::status`].
-    pub fn set_stream_status(&self, update: impl FnOnce(&mut super::stream::StreamStatus)) {
+    pub fn set_stream_status(&self, update: impl FnOnce(&mut StreamStatus)) {
         let mut status = self.stream_status.lock().expect("stream status lock");
         update(status.get_or_insert_with(Default::default));
     }

@@ -29,12 +29,12 @@ use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::message::Acker;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use serde::Serialize;
 use tokio::sync::watch;
 
 use super::ledger::{Commit, Ledger, SeqSet};
 use super::live::{LivePipeline, PipelineState};
-use crate::nats::{Received, SourceSettings};
+use crate::nats::Received;
+use crate::nats::settings::SourceSettings;
 use crate::sink::nats::NatsSink;
 
 /// Epochs of `max_batch_rows` messages the consumer lets be delivered and
@@ -44,43 +44,6 @@ pub const ACK_PENDING_EPOCHS: usize = 16;
 
 /// Acknowledgements in flight at once.
 const ACKS_IN_FLIGHT: usize = 4096;
-
-/// A stream pipeline's consumer, for `/v1/pipelines/NAME`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct StreamStatus {
-    /// This worker's id (in its claims).
-    pub worker: String,
-    /// The stream and durable consumer.
-    pub stream: String,
-    /// The durable consumer.
-    pub consumer: String,
-    /// Whether the consumer is bound now.
-    pub connected: bool,
-    /// Messages in the stream not yet delivered to any worker (the lag).
-    pub pending: u64,
-    /// Messages delivered to some worker and not yet acknowledged.
-    pub ack_pending: u64,
-    /// Messages the server redelivered at least once.
-    pub redelivered: u64,
-    /// Epochs this worker committed.
-    pub epochs: u64,
-    /// Messages this worker committed.
-    pub messages: u64,
-    /// Redelivered messages that were already committed (by this or
-    /// another worker), acknowledged without being processed again.
-    pub skipped_committed: u64,
-    /// Epochs whose claim found some of its messages committed by another
-    /// worker first (those were left out and the epoch redone).
-    pub overlaps: u64,
-    /// Messages a NATS sink published that the server reported as
-    /// duplicates (a replayed epoch's output, dropped by the server).
-    pub published_duplicates: u64,
-    /// Ranges of committed stream sequences remembered (above the ack floor).
-    pub ledger_ranges: usize,
-    /// The last error (connection, consumer, epoch), if any since it last
-    /// connected.
-    pub last_error: Option<String>,
-}
 
 /// One pulled message: what the epoch needs of it.
 struct Pulled {
