@@ -219,6 +219,28 @@ pub(crate) fn assert_exactly_once(dir: &Path, sequences: &BTreeMap<u64, i64>, wh
     );
 }
 
+/// Waits (up to `timeout`) for every id of `sequences` to come out of the
+/// service `child` in `dir`, lets redeliveries of what earlier runs
+/// committed arrive and be recognized (the tests' `ack_wait_s` is 2 s),
+/// stops it, and checks each id came out exactly once.
+fn finish(
+    dir: &Path,
+    child: std::process::Child,
+    sequences: &BTreeMap<u64, i64>,
+    timeout: Duration,
+    what: &str,
+) {
+    let done = wait_for_all(dir, sequences, timeout);
+    std::thread::sleep(Duration::from_secs(3));
+    stop(child);
+    assert!(
+        done,
+        "{what}: not everything came out: {}",
+        std::fs::read_to_string(dir.join("child.log")).unwrap_or_default()
+    );
+    assert_exactly_once(dir, sequences, what);
+}
+
 fn serve(dir: &Path, crash: Option<&str>) -> std::process::Child {
     spawn_weir_with(
         dir,
@@ -345,17 +367,13 @@ fn crash_at(point: &str) {
         assert_eq!(status.signal(), Some(9), "{point}:{hit}: {status}");
     }
     let child = serve(dir.path(), None);
-    let done = wait_for_all(dir.path(), &sequences, Duration::from_secs(90));
-    // Let redeliveries of what the crashed runs committed arrive (the
-    // consumer's ack_wait is 2 s here) and be recognized.
-    std::thread::sleep(Duration::from_secs(3));
-    stop(child);
-    assert!(
-        done,
-        "{point}: not everything came out: {}",
-        std::fs::read_to_string(dir.path().join("child.log")).unwrap_or_default()
+    finish(
+        dir.path(),
+        child,
+        &sequences,
+        Duration::from_secs(90),
+        point,
     );
-    assert_exactly_once(dir.path(), &sequences, point);
     assert!(
         !std::fs::read_dir(dir.path().join("out")).unwrap().any(|e| e
             .unwrap()
@@ -508,15 +526,13 @@ fn a_restarted_nats_server_is_reconnected_to_without_loss_or_duplicates() {
         nats.start_again();
     }
     sequences.extend(publish(&nats.url(), 20_000..21_000));
-    let done = wait_for_all(dir.path(), &sequences, Duration::from_secs(120));
-    std::thread::sleep(Duration::from_secs(3));
-    stop(child);
-    assert!(
-        done,
-        "not everything came out after the restarts: {}",
-        std::fs::read_to_string(dir.path().join("child.log")).unwrap_or_default()
+    finish(
+        dir.path(),
+        child,
+        &sequences,
+        Duration::from_secs(120),
+        "nats-server restarted twice",
     );
-    assert_exactly_once(dir.path(), &sequences, "nats-server restarted twice");
 }
 
 #[test]

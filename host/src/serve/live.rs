@@ -1125,6 +1125,11 @@ impl LivePipeline {
         self.stream.as_ref()
     }
 
+    /// Micro-batching: rows per batch at most (a stream's epoch: messages).
+    pub fn max_batch_rows(&self) -> usize {
+        self.max_batch_rows
+    }
+
     fn stream_name(&self) -> &str {
         self.stream.as_ref().map_or("", |s| s.stream.as_str())
     }

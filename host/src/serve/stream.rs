@@ -112,7 +112,7 @@ async fn session(
         .get_stream(&settings.stream)
         .await
         .with_context(|| format!("the stream `{}`", settings.stream))?;
-    let max_messages = live.status().max_batch_rows.max(1);
+    let max_messages = live.max_batch_rows().max(1);
     let consumer: PullConsumer = stream
         .get_or_create_consumer(
             &settings.consumer,
@@ -258,12 +258,7 @@ async fn epoch(
     let (done, mut fresh): (Vec<Pulled>, Vec<Pulled>) = pulled
         .into_iter()
         .partition(|p| ledger.is_committed(p.received.sequence));
-    if !done.is_empty() {
-        let count = done.len() as u64;
-        live.set_stream_status(|s| s.skipped_committed += count);
-        metrics::counter!("weir_stream_skipped_committed_total").increment(count);
-        acknowledge(done.iter().map(|p| &p.acker)).await;
-    }
+    skip_committed(live, &done).await;
     while !fresh.is_empty() {
         let part = live.next_part();
         let received: Vec<Received> = fresh.iter().map(|p| p.received.clone()).collect();
@@ -330,15 +325,24 @@ async fn epoch(
                 let (done, rest): (Vec<Pulled>, Vec<Pulled>) = fresh
                     .into_iter()
                     .partition(|p| overlap.contains(p.received.sequence));
-                let count = done.len() as u64;
-                live.set_stream_status(|s| s.skipped_committed += count);
-                metrics::counter!("weir_stream_skipped_committed_total").increment(count);
-                acknowledge(done.iter().map(|p| &p.acker)).await;
+                skip_committed(live, &done).await;
                 fresh = rest;
             }
         }
     }
     Ok(())
+}
+
+/// Acknowledges messages some epoch already committed (redeliveries),
+/// without processing them, and counts them.
+async fn skip_committed(live: &LivePipeline, done: &[Pulled]) {
+    if done.is_empty() {
+        return;
+    }
+    let count = done.len() as u64;
+    live.set_stream_status(|s| s.skipped_committed += count);
+    metrics::counter!("weir_stream_skipped_committed_total").increment(count);
+    acknowledge(done.iter().map(|p| &p.acker)).await;
 }
 
 /// Sends progress acknowledgements for `pulled` every third of `ack_wait`

@@ -836,10 +836,53 @@ impl PostgresSink {
     }
 }
 
-/// Copies rows `lo..hi` of the spool with `copy` under a savepoint; when
-/// the database refuses some of them (SQLSTATE class 22 or 23), halves the
-/// range until each refused row is alone, collecting `(row, message)` in
-/// `rejected` and loading the rest.
+/// Runs `attempt` over rows `lo..hi` under a savepoint (`what` names it
+/// in errors); when the database refuses some of them (SQLSTATE class 22
+/// or 23), halves the range until each refused row is alone, collecting
+/// `(row, message)` in `refused` and running `attempt` on the rest.
+/// Returns the sum of what the accepted attempts returned.
+fn bisect(
+    txn: &mut postgres::Transaction<'_>,
+    what: &'static str,
+    lo: usize,
+    hi: usize,
+    refused: &mut Vec<(usize, String)>,
+    attempt: &mut impl FnMut(
+        &mut postgres::Transaction<'_>,
+        usize,
+        usize,
+    ) -> std::result::Result<u64, CopyError>,
+) -> std::result::Result<u64, AttemptError> {
+    if lo >= hi {
+        return Ok(0);
+    }
+    let mut savepoint = txn
+        .savepoint("weir_rows")
+        .map_err(|e| AttemptError::from_pg(e, "SAVEPOINT"))?;
+    match attempt(&mut savepoint, lo, hi) {
+        Ok(done) => {
+            savepoint
+                .commit()
+                .map_err(|e| AttemptError::from_pg(e, "RELEASE SAVEPOINT"))?;
+            Ok(done)
+        }
+        Err(CopyError::Pg(e)) if crate::postgres::is_row_error(&e) => {
+            drop(savepoint);
+            if hi - lo == 1 {
+                refused.push((lo, crate::postgres::message(&e)));
+                return Ok(0);
+            }
+            let mid = lo + (hi - lo) / 2;
+            Ok(bisect(txn, what, lo, mid, refused, attempt)?
+                + bisect(txn, what, mid, hi, refused, attempt)?)
+        }
+        Err(CopyError::Pg(e)) => Err(AttemptError::from_pg(e, what)),
+        Err(CopyError::Io(e)) => Err(AttemptError::Fatal(e)),
+    }
+}
+
+/// Copies rows `lo..hi` of the spool with `copy`, bisecting refused rows
+/// out ([`bisect`]) into `rejected`.
 fn load_rows(
     txn: &mut postgres::Transaction<'_>,
     copy: &str,
@@ -849,35 +892,15 @@ fn load_rows(
     hi: usize,
     rejected: &mut Vec<(usize, String)>,
 ) -> std::result::Result<(), AttemptError> {
-    if lo >= hi {
-        return Ok(());
-    }
-    let mut savepoint = txn
-        .savepoint("weir_rows")
-        .map_err(|e| AttemptError::from_pg(e, "SAVEPOINT"))?;
-    match copy_range(&mut savepoint, copy, reader, spool, lo, hi) {
-        Ok(()) => savepoint
-            .commit()
-            .map_err(|e| AttemptError::from_pg(e, "RELEASE SAVEPOINT")),
-        Err(CopyError::Pg(e)) if crate::postgres::is_row_error(&e) => {
-            drop(savepoint);
-            if hi - lo == 1 {
-                rejected.push((lo, crate::postgres::message(&e)));
-                return Ok(());
-            }
-            let mid = lo + (hi - lo) / 2;
-            load_rows(txn, copy, reader, spool, lo, mid, rejected)?;
-            load_rows(txn, copy, reader, spool, mid, hi, rejected)
-        }
-        Err(CopyError::Pg(e)) => Err(AttemptError::from_pg(e, "COPY")),
-        Err(CopyError::Io(e)) => Err(AttemptError::Fatal(e)),
-    }
+    bisect(txn, "COPY", lo, hi, rejected, &mut |txn, lo, hi| {
+        copy_range(txn, copy, reader, spool, lo, hi).map(|()| 0)
+    })?;
+    Ok(())
 }
 
-/// Merges the staged rows whose `_weir_row` is in `lo..=hi` with `merge`
-/// under a savepoint; when the table refuses some (SQLSTATE class 22 or
-/// 23), halves the range until each refused row is alone, collecting
-/// `(_weir_row, message)` in `refused`. Returns the rows merged.
+/// Merges the staged rows whose `_weir_row` is in `lo..=hi` with `merge`,
+/// bisecting refused rows out ([`bisect`]) into `refused` as
+/// `(_weir_row, message)`. Returns the rows merged.
 fn merge_rows(
     txn: &mut postgres::Transaction<'_>,
     merge: &str,
@@ -885,31 +908,26 @@ fn merge_rows(
     hi: i64,
     refused: &mut Vec<(i64, String)>,
 ) -> std::result::Result<u64, AttemptError> {
-    if lo > hi {
-        return Ok(0);
-    }
-    let mut savepoint = txn
-        .savepoint("weir_merge")
-        .map_err(|e| AttemptError::from_pg(e, "SAVEPOINT"))?;
-    match savepoint.execute(merge, &[&lo, &hi]) {
-        Ok(merged) => {
-            savepoint
-                .commit()
-                .map_err(|e| AttemptError::from_pg(e, "RELEASE SAVEPOINT"))?;
-            Ok(merged)
-        }
-        Err(e) if crate::postgres::is_row_error(&e) => {
-            drop(savepoint);
-            if lo == hi {
-                refused.push((lo, crate::postgres::message(&e)));
-                return Ok(0);
-            }
-            let mid = lo + (hi - lo) / 2;
-            Ok(merge_rows(txn, merge, lo, mid, refused)?
-                + merge_rows(txn, merge, mid + 1, hi, refused)?)
-        }
-        Err(e) => Err(AttemptError::from_pg(e, "merging the upsert")),
-    }
+    // `_weir_row` values as offsets from `lo`, half-open.
+    let mut by_offset = Vec::new();
+    let end = usize::try_from(hi - lo + 1).unwrap_or(0);
+    let merged = bisect(
+        txn,
+        "merging the upsert",
+        0,
+        end,
+        &mut by_offset,
+        &mut |txn, a, b| {
+            let (first, last) = (lo + a as i64, lo + b as i64 - 1);
+            txn.execute(merge, &[&first, &last]).map_err(CopyError::Pg)
+        },
+    )?;
+    refused.extend(
+        by_offset
+            .into_iter()
+            .map(|(offset, m)| (lo + offset as i64, m)),
+    );
+    Ok(merged)
 }
 
 enum CopyError {
