@@ -113,7 +113,7 @@ async fn session(
         .await
         .with_context(|| format!("the stream `{}`", settings.stream))?;
     let max_messages = live.max_batch_rows().max(1);
-    let consumer: PullConsumer = stream
+    let mut consumer: PullConsumer = stream
         .get_or_create_consumer(
             &settings.consumer,
             pull::Config {
@@ -130,8 +130,8 @@ async fn session(
     let (mut ledger, claimed) = Ledger::open(&context, settings, worker).await?;
     // No epoch is in flight between sessions: what this worker committed
     // is renamed into place, every other staging file is rolled back.
-    let source_stage = live.clone();
-    tokio::task::spawn_blocking(move || source_stage.recover_claimed(&claimed))
+    let recovering = live.clone();
+    tokio::task::spawn_blocking(move || recovering.recover_claimed(&claimed))
         .await
         .context("recovery panicked")??;
     let sink = match live.pipeline().config().sink.nats.as_ref() {
@@ -146,7 +146,6 @@ async fn session(
     let linger = live.hosted().linger().max(Duration::from_millis(10));
     let ack_wait = Duration::from_secs(settings.ack_wait_s);
     let name: Arc<str> = Arc::from(format!("nats:{}", settings.stream));
-    let mut consumer = consumer;
     let mut last_info: Option<Instant> = None;
     loop {
         if *stop.borrow() {
