@@ -31,6 +31,10 @@ pub struct PipelineConfig {
     /// Plugins applied to every batch, in order.
     #[serde(default)]
     pub stages: Vec<StageConfig>,
+    /// Built-in stateful operators (dedupe, aggregate) applied, in order,
+    /// to the rows that passed every stage.
+    #[serde(default)]
+    pub operators: Vec<crate::operator::OperatorConfig>,
     /// Where records that pass every stage go.
     pub sink: SinkConfig,
     /// Where rejected records go, with their reasons.
@@ -78,6 +82,11 @@ pub struct PipelineSettings {
     pub checkpoint_every_batches: usize,
     /// Longest epoch, in milliseconds. Default 10000.
     pub checkpoint_interval_ms: u64,
+    /// Directory of the operators' state store (`state.redb`), relative
+    /// to the pipeline file. Default (`weir run`): `.NAME.weir-state`
+    /// beside the sink's path (`.TABLE.weir-state` for a table); `weir
+    /// serve` keeps it in the pipeline's state directory.
+    pub state_dir: Option<String>,
 }
 
 impl Default for PipelineSettings {
@@ -90,6 +99,7 @@ impl Default for PipelineSettings {
             checkpoint: true,
             checkpoint_every_batches: DEFAULT_EPOCH_BATCHES,
             checkpoint_interval_ms: DEFAULT_EPOCH_INTERVAL_MS,
+            state_dir: None,
         }
     }
 }
@@ -443,6 +453,28 @@ pub enum SinkFormat {
     /// NATS JetStream: one message per row (`weir serve` with a NATS
     /// source only; settings in `[sink.nats]`, see [`crate::sink::nats`]).
     Nats,
+}
+
+impl PipelineConfig {
+    /// The state store of a `weir run` of this pipeline (see
+    /// [`PipelineSettings::state_dir`]).
+    pub fn state_store(&self, base_dir: &Path) -> PathBuf {
+        let dir = match &self.pipeline.state_dir {
+            Some(dir) => base_dir.join(dir),
+            None => {
+                let checkpoint = self.sink.checkpoint_dir(base_dir);
+                let name = checkpoint
+                    .file_name()
+                    .map(|n| {
+                        n.to_string_lossy()
+                            .replace(".weir-checkpoint", ".weir-state")
+                    })
+                    .unwrap_or_else(|| ".weir-state".to_string());
+                checkpoint.with_file_name(name)
+            }
+        };
+        dir.join(crate::state::STORE_FILE)
+    }
 }
 
 impl SinkConfig {
@@ -950,6 +982,57 @@ impl PipelineConfig {
         problems.finish()
     }
 
+    /// The `[[operators]]` problems; `names` are the stages' names.
+    fn check_operators<'a>(
+        &'a self,
+        problems: &mut Problems,
+        purpose: Purpose,
+        mut names: std::collections::HashSet<&'a str>,
+    ) {
+        use crate::operator::OperatorKind;
+        for (i, operator) in self.operators.iter().enumerate() {
+            let key = format!("operators[{i}]");
+            if operator.name.trim().is_empty() {
+                problems.add(format!("{key}.name"), "must not be empty");
+            } else if !names.insert(operator.name.as_str()) {
+                problems.add(
+                    format!("{key}.name"),
+                    format!(
+                        "`{}` is used by a stage or an earlier operator; names must be unique",
+                        operator.name
+                    ),
+                );
+            }
+            for problem in operator.problems(&key) {
+                let (at, message) = problem.split_once(": ").unwrap_or((&key, &problem));
+                problems.add(at.to_string(), message.to_string());
+            }
+            if purpose == Purpose::Serve {
+                problems.add(
+                    format!("{key}"),
+                    "stateful operators run in weir run only, for now",
+                );
+            }
+            if purpose == Purpose::Serve
+                && operator.kind == OperatorKind::Aggregate
+                && operator.window.is_none()
+            {
+                problems.add(
+                    format!("{key}.window"),
+                    "weir serve's input never ends, so an aggregate there needs a window (and event_time) to close",
+                );
+            }
+        }
+        if !self.operators.is_empty()
+            && (self.source.format == SourceFormat::Nats || self.sink.format == SinkFormat::Nats)
+        {
+            problems.add(
+                "operators",
+                "stateful operators do not run on NATS streams yet (their state is committed with file and table outputs)",
+            );
+        }
+    }
+
     /// Records every problem [`PipelineConfig::validate`] would report.
     pub fn check(&self, problems: &mut Problems, base_dir: &Path) {
         self.check_for(problems, base_dir, Purpose::Run);
@@ -1157,6 +1240,7 @@ impl PipelineConfig {
                 }
             }
         }
+        self.check_operators(problems, purpose, names);
         let sink = &self.sink;
         if sink.format == SinkFormat::Postgres {
             self.check_postgres_sink(problems, purpose);

@@ -31,6 +31,7 @@ use crate::config::{
     ConfigErrors, MAX_REFERENCE_TABLE_BYTES, PipelineConfig, Problems, Purpose, StageConfig,
     expand_paths,
 };
+use crate::operator::OperatorChain;
 use crate::plugin::{Plugin, PluginKind, PluginSlot, PluginWatcher};
 use crate::quarantine::Quarantine;
 use crate::report::{InputFile, QuarantineReport, RecordCounts, RunReport, StageReport};
@@ -432,13 +433,17 @@ impl Pipeline {
                 Some(coordinator)
             }
         };
+        let mut operators = self.open_operators(&run_id, coordinator.as_ref())?;
         let outcome = self.run_with(
             options,
             &source,
-            &run_id,
-            &started_at,
-            started,
+            Begun {
+                run_id: &run_id,
+                started_at: &started_at,
+                started,
+            },
             &mut coordinator,
+            &mut operators,
         );
         if let Err(error) = &outcome
             && let Some(coordinator) = coordinator
@@ -474,11 +479,15 @@ impl Pipeline {
         &self,
         options: &RunOptions,
         source: &Source,
-        run_id: &str,
-        started_at: &str,
-        started: Instant,
+        begun: Begun<'_>,
         coordinator: &mut Option<Coordinator>,
+        operators: &mut Option<OperatorChain>,
     ) -> Result<RunReport> {
+        let Begun {
+            run_id,
+            started_at,
+            started,
+        } = begun;
         let settings = &self.config.pipeline;
         if let Some(done) =
             coordinator.take_if(|c| c.state().checkpoint().phase == Phase::Published)
@@ -510,11 +519,13 @@ impl Pipeline {
             counts.read = base.read;
             counts.written = base.written;
             counts.quarantined = base.quarantined;
-            resumed_filtered = base.read - base.written - base.quarantined;
+            // An aggregate may write fewer (or more) rows than it read.
+            resumed_filtered = base.read.saturating_sub(base.written + base.quarantined);
             start = coordinator.state().checkpoint().position;
             if !publishing {
-                coordinator.align(&mut [&mut *sink, &mut quarantine])?;
-                coordinator.begin_epoch(&mut [&mut *sink, &mut quarantine])?;
+                let mut connectors = connectors(&mut *sink, &mut quarantine, operators.as_mut());
+                coordinator.align(&mut connectors)?;
+                coordinator.begin_epoch(&mut connectors)?;
             }
         }
         let workers = self.workers();
@@ -591,6 +602,7 @@ impl Pipeline {
                 Output {
                     sink: &mut *sink,
                     quarantine: &mut quarantine,
+                    operators: operators.as_mut(),
                     coordinator: coordinator.as_mut(),
                     positions: &positions_rx,
                 },
@@ -645,6 +657,10 @@ impl Pipeline {
                 .and_then(|e| e.http.as_ref())
                 .map(|http| http.counts()),
             checkpoint: None,
+            operators: operators
+                .as_ref()
+                .map(OperatorChain::reports)
+                .unwrap_or_default(),
         };
         let over_limit = settings.max_quarantine_fraction.and_then(|max| {
             let fraction = counts.quarantined as f64 / counts.read.max(1) as f64;
@@ -654,13 +670,15 @@ impl Pipeline {
         let quarantine_path = match (coordinator.take(), over_limit) {
             (Some(coordinator), over_limit) => {
                 let quarantine_path = quarantine.path().to_path_buf();
-                let (mut published, account) = coordinator.publish(
-                    totals,
-                    vec![
-                        (sink as Box<dyn EpochSink>, over_limit.is_none()),
-                        (Box::new(quarantine), true),
-                    ],
-                )?;
+                let mut connectors: Vec<(Box<dyn EpochSink>, bool)> = vec![
+                    (sink as Box<dyn EpochSink>, over_limit.is_none()),
+                    (Box::new(quarantine), true),
+                ];
+                // The state moves on only with the output it produced.
+                if let Some(chain) = operators.take() {
+                    connectors.push((Box::new(chain), over_limit.is_none()));
+                }
+                let (mut published, account) = coordinator.publish(totals, connectors)?;
                 report.outputs = published.swap_remove(0);
                 // Rows the database refused were counted as written.
                 report.records.written -= account.rejected_by_sink;
@@ -672,6 +690,9 @@ impl Pipeline {
             (None, Some(_)) => quarantine.commit()?,
             (None, None) => {
                 report.outputs = sink.commit()?;
+                if let Some(chain) = operators.as_mut() {
+                    chain.commit_unrecorded(&format!("run:{run_id}"))?;
+                }
                 quarantine.commit()?
             }
         };
@@ -692,6 +713,32 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// The operators of the pipeline with their state: loaded from the
+    /// store, plus (when resuming a checkpointed run) the deltas of the
+    /// epochs it committed. `None` without `[[operators]]`.
+    ///
+    /// # Errors
+    /// The store cannot be opened (another run holds it) or read.
+    fn open_operators(
+        &self,
+        run_id: &str,
+        coordinator: Option<&Coordinator>,
+    ) -> Result<Option<OperatorChain>> {
+        if self.config.operators.is_empty() {
+            return Ok(None);
+        }
+        let store = self.config.state_store(&self.base_dir);
+        let mut chain = OperatorChain::open(&self.config.operators, &store, run_id)?;
+        if let Some(coordinator) = coordinator {
+            let state = coordinator.state();
+            let marker = format!("run:{run_id}");
+            if state.checkpoint().phase == Phase::Running && !chain.store().applied(&marker)? {
+                chain.replay(&state.committed_parts("state"))?;
+            }
+        }
+        Ok(Some(chain))
+    }
+
     /// The report of a run that was killed after it was published: its
     /// output is in place; only its checkpoint was left to remove.
     fn already_published(
@@ -730,6 +777,7 @@ impl Pipeline {
             },
             source_http: None,
             checkpoint: Some(account),
+            operators: Vec::new(),
         }
     }
 }
@@ -753,6 +801,13 @@ fn input_files(source: &Source) -> Vec<InputFile> {
 }
 
 /// The checkpoint's totals of the run's writer-side counts.
+/// Which run this is and when it began (the first start's, on resume).
+struct Begun<'a> {
+    run_id: &'a str,
+    started_at: &'a str,
+    started: Instant,
+}
+
 fn totals(counts: &RecordCounts) -> checkpoint::run::Totals {
     checkpoint::run::Totals {
         read: counts.read,
@@ -765,6 +820,8 @@ fn totals(counts: &RecordCounts) -> checkpoint::run::Totals {
 struct Output<'a> {
     sink: &'a mut dyn RecordSink,
     quarantine: &'a mut Quarantine,
+    /// The stateful operators, run on each batch in input order.
+    operators: Option<&'a mut OperatorChain>,
     /// Under the checkpoint protocol, the epochs' coordinator.
     coordinator: Option<&'a mut Coordinator>,
     /// The source's position after each item, in reading order.
@@ -784,21 +841,17 @@ fn write_results(
     for result in results {
         let result = result?;
         pending.insert(result.seq, result);
-        while let Some(result) = pending.remove(&next) {
+        while let Some(mut result) = pending.remove(&next) {
             counts.read += result.rows_read;
-            if let Some(output) = &result.output {
-                out.sink
-                    .write(output)
-                    .with_context(|| format!("writing to {}", out.sink.describe()))?;
-                counts.written += output.num_rows() as u64;
-                crate::crash::point("mid-part-write");
+            if let (Some(chain), Some(output)) =
+                (out.operators.as_deref_mut(), result.output.take())
+            {
+                let stepped = chain.process(output)?;
+                chain.accept();
+                result.output = stepped.output;
+                result.quarantined.extend(stepped.quarantined);
             }
-            for group in &result.quarantined {
-                out.quarantine
-                    .write(&group.rows, &group.reasons, &result.file)
-                    .with_context(|| format!("writing to {}", out.quarantine.path().display()))?;
-                counts.quarantined += group.rows.num_rows() as u64;
-            }
+            write_result(&mut out, &result, counts)?;
             // Sent before the item was: there is one per result.
             let position = out
                 .positions
@@ -808,7 +861,11 @@ fn write_results(
                 coordinator.after_item(
                     position,
                     totals(counts),
-                    &mut [&mut *out.sink, &mut *out.quarantine],
+                    &mut connectors(
+                        &mut *out.sink,
+                        &mut *out.quarantine,
+                        out.operators.as_deref_mut(),
+                    ),
                 )?;
             }
             progress.update(counts);
@@ -816,7 +873,55 @@ fn write_results(
             let _ = permits.send(());
         }
     }
+    // The input ended: windows still open close now, into the last epoch.
+    if let Some(chain) = out.operators.as_deref_mut() {
+        let closed = chain.finish()?;
+        chain.accept();
+        let result = BatchResult {
+            output: closed.output,
+            quarantined: closed.quarantined,
+            ..BatchResult::empty(next, Arc::from("(end of input)"), 0)
+        };
+        write_result(&mut out, &result, counts)?;
+    }
     Ok(())
+}
+
+/// Writes one result's rows to the sink and the quarantine.
+fn write_result(
+    out: &mut Output<'_>,
+    result: &BatchResult,
+    counts: &mut RecordCounts,
+) -> Result<()> {
+    if let Some(output) = result.output.as_ref().filter(|b| b.num_rows() > 0) {
+        out.sink
+            .write(output)
+            .with_context(|| format!("writing to {}", out.sink.describe()))?;
+        counts.written += output.num_rows() as u64;
+        crate::crash::point("mid-part-write");
+    }
+    for group in &result.quarantined {
+        out.quarantine
+            .write(&group.rows, &group.reasons, &result.file)
+            .with_context(|| format!("writing to {}", out.quarantine.path().display()))?;
+        counts.quarantined += group.rows.num_rows() as u64;
+    }
+    Ok(())
+}
+
+/// The connectors of an epoch, in their fixed order: the sink, the
+/// quarantine, then the operators' state (which must follow the output
+/// it belongs to).
+fn connectors<'a>(
+    sink: &'a mut dyn RecordSink,
+    quarantine: &'a mut Quarantine,
+    operators: Option<&'a mut OperatorChain>,
+) -> Vec<&'a mut dyn EpochSink> {
+    let mut connectors: Vec<&mut dyn EpochSink> = vec![sink, quarantine];
+    if let Some(chain) = operators {
+        connectors.push(chain);
+    }
+    connectors
 }
 
 /// The progress line on stderr.

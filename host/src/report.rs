@@ -41,6 +41,10 @@ pub struct RunReport {
     /// whether the run resumed; `None` with `checkpoint = false`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<crate::checkpoint::run::CheckpointReport>,
+    /// One entry per `[[operators]]` entry, in order, with its state's
+    /// size at the end of the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operators: Vec<crate::operator::OperatorReport>,
 }
 
 impl RunReport {

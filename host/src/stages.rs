@@ -200,7 +200,7 @@ pub struct BatchResult {
 }
 
 impl BatchResult {
-    fn empty(seq: u64, file: Arc<str>, rows_read: u64) -> BatchResult {
+    pub(crate) fn empty(seq: u64, file: Arc<str>, rows_read: u64) -> BatchResult {
         BatchResult {
             seq,
             file,

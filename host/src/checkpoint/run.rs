@@ -526,7 +526,7 @@ impl RunState {
 
     /// `connector`'s parts of every committed epoch, in epoch order: each
     /// epoch's committed directory and the parts in it.
-    fn committed_parts(&self, connector: &str) -> Vec<(PathBuf, Vec<OutputFile>)> {
+    pub fn committed_parts(&self, connector: &str) -> Vec<(PathBuf, Vec<OutputFile>)> {
         self.checkpoint
             .epochs
             .iter()

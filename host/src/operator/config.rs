@@ -1,0 +1,334 @@
+//! `[[operators]]` of a pipeline file: the built-in stateful operators and
+//! their settings, checked before anything runs.
+
+use serde::Deserialize;
+
+use super::time::millis;
+
+/// Default [`OperatorConfig::max_state_bytes`]: 256 MiB of keys and values
+/// per operator. Operators hold their state in memory while they run (and
+/// in the state store between runs), so the cap bounds the memory a
+/// pipeline's state may take.
+pub const DEFAULT_MAX_STATE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Which built-in operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperatorKind {
+    /// Drops (or quarantines) rows whose key was seen before.
+    Dedupe,
+    /// Groups rows by key columns (and event-time windows) and emits one
+    /// row of measures per group when its window closes.
+    Aggregate,
+}
+
+/// What `dedupe` does with a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Duplicates {
+    /// Left out of the output and counted (default).
+    #[default]
+    Drop,
+    /// Sent to the quarantine with the error kind `duplicate`.
+    Quarantine,
+}
+
+/// One `[[operators]]` entry. Operators run after the plugin stages, in
+/// input order, in the order written.
+///
+/// ```toml
+/// [[operators]]
+/// name = "unique"
+/// kind = "dedupe"
+/// key = ["carrier", "flight", "time_hour"]
+/// event_time = "time_hour"   # optional: duplicates only within `within`
+/// within = "1d"
+///
+/// [[operators]]
+/// name = "per_carrier_month"
+/// kind = "aggregate"
+/// group_by = ["carrier", "year", "month"]
+/// measures = ["count(*) as flights", "mean(arr_delay) as mean_arr_delay"]
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// Unique name (among stages and operators); also the namespace of
+    /// its state.
+    pub name: String,
+    /// `dedupe` or `aggregate`.
+    pub kind: OperatorKind,
+    /// dedupe: the columns whose values identify a record.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// dedupe, aggregate: the event-time column (timestamp, date, or
+    /// integer milliseconds).
+    pub event_time: Option<String>,
+    /// dedupe with `event_time`: a key is a duplicate only within this
+    /// duration of its first row's event time (e.g. `1d`); older keys are
+    /// forgotten. Default: forever.
+    pub within: Option<String>,
+    /// dedupe without `event_time`: a key is remembered this long after it
+    /// was first seen, by the wall clock (e.g. `7d`). Default: forever.
+    pub ttl: Option<String>,
+    /// dedupe: `drop` (default) or `quarantine`.
+    #[serde(default)]
+    pub duplicates: Duplicates,
+    /// aggregate: the grouping columns (none: one group).
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    /// aggregate: `FUNCTION(COLUMN) [as NAME]`, with FUNCTION one of
+    /// `count` (`count(*)` counts rows), `sum`, `min`, `max`, `mean`,
+    /// `count_distinct`. Nulls are ignored as in SQL.
+    #[serde(default)]
+    pub measures: Vec<String>,
+    /// aggregate: window length over `event_time` (e.g. `1h`). Without a
+    /// window, the whole input is one window that closes when the input
+    /// ends (`weir run` only).
+    pub window: Option<String>,
+    /// aggregate: distance between window starts for hopping windows
+    /// (default: `window`, i.e. tumbling).
+    pub hop: Option<String>,
+    /// aggregate: how far behind the latest event time a row may be and
+    /// still count (default `0s`). The watermark is the latest event time
+    /// seen minus this; a window closes when the watermark passes its end,
+    /// and a row whose every window closed is quarantined as `late`.
+    pub allowed_lateness: Option<String>,
+    /// Largest state, in bytes of keys and values (default
+    /// [`DEFAULT_MAX_STATE_BYTES`]). A batch that would exceed it is
+    /// quarantined as `state_quota` and changes nothing.
+    pub max_state_bytes: Option<u64>,
+}
+
+/// An aggregate function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    /// Rows (`count(*)`) or non-null values.
+    Count,
+    /// Sum of non-null values (null when there are none).
+    Sum,
+    /// Smallest non-null value.
+    Min,
+    /// Largest non-null value.
+    Max,
+    /// Arithmetic mean of non-null values.
+    Mean,
+    /// Number of distinct non-null values (exact).
+    CountDistinct,
+}
+
+/// One parsed measure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Measure {
+    /// The function.
+    pub function: Function,
+    /// Its column (`None`: `count(*)`).
+    pub column: Option<String>,
+    /// The output column's name.
+    pub name: String,
+}
+
+impl Measure {
+    /// Parses `FUNCTION(COLUMN) [as NAME]`.
+    ///
+    /// # Errors
+    /// Anything else, with what is expected.
+    pub fn parse(text: &str) -> Result<Measure, String> {
+        let expected = "expected FUNCTION(COLUMN) [as NAME] with FUNCTION one of count, sum, min, max, mean, count_distinct";
+        let (call, name) = match text.split_once(" as ") {
+            Some((call, name)) => (call.trim(), Some(name.trim())),
+            None => (text.trim(), None),
+        };
+        let (function, rest) = call
+            .split_once('(')
+            .ok_or_else(|| format!("`{text}`: {expected}"))?;
+        let column = rest
+            .strip_suffix(')')
+            .ok_or_else(|| format!("`{text}`: {expected}"))?
+            .trim();
+        let function = match function.trim() {
+            "count" => Function::Count,
+            "sum" => Function::Sum,
+            "min" => Function::Min,
+            "max" => Function::Max,
+            "mean" | "avg" => Function::Mean,
+            "count_distinct" => Function::CountDistinct,
+            other => return Err(format!("`{text}`: unknown function `{other}`; {expected}")),
+        };
+        let column = match column {
+            "*" if function == Function::Count => None,
+            "*" => return Err(format!("`{text}`: only count takes `*`")),
+            "" => return Err(format!("`{text}`: {expected}")),
+            column => Some(column.to_string()),
+        };
+        let name = match name {
+            Some("") => return Err(format!("`{text}`: empty name after `as`")),
+            Some(name) => name.to_string(),
+            None => {
+                let f = call.split('(').next().unwrap_or_default().trim();
+                match &column {
+                    Some(c) => format!("{f}_{c}"),
+                    None => f.to_string(),
+                }
+            }
+        };
+        Ok(Measure {
+            function,
+            column,
+            name,
+        })
+    }
+}
+
+impl OperatorConfig {
+    /// The problems of this entry (`key` is its place in the file, like
+    /// `operators[0]`), each naming the setting.
+    pub fn problems(&self, key: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut not_for = |setting: &str, set: bool| {
+            if set {
+                problems.push(format!(
+                    "{key}.{setting}: not a setting of a {} operator",
+                    match self.kind {
+                        OperatorKind::Dedupe => "dedupe",
+                        OperatorKind::Aggregate => "aggregate",
+                    }
+                ));
+            }
+        };
+        match self.kind {
+            OperatorKind::Dedupe => {
+                not_for("group_by", !self.group_by.is_empty());
+                not_for("measures", !self.measures.is_empty());
+                not_for("window", self.window.is_some());
+                not_for("hop", self.hop.is_some());
+                not_for("allowed_lateness", self.allowed_lateness.is_some());
+            }
+            OperatorKind::Aggregate => {
+                not_for("key", !self.key.is_empty());
+                not_for("within", self.within.is_some());
+                not_for("ttl", self.ttl.is_some());
+                not_for("duplicates", self.duplicates != Duplicates::Drop);
+            }
+        }
+        let mut duration = |setting: &str, value: &Option<String>| {
+            if let Some(value) = value
+                && let Err(e) = millis(value)
+            {
+                problems.push(format!("{key}.{setting}: {e}"));
+            }
+        };
+        duration("within", &self.within);
+        duration("ttl", &self.ttl);
+        duration("window", &self.window);
+        duration("hop", &self.hop);
+        if let Some(lateness) = &self.allowed_lateness
+            && humantime::parse_duration(lateness).is_err()
+        {
+            problems.push(format!(
+                "{key}.allowed_lateness: `{lateness}` is not a duration like 0s, 30s or 5m"
+            ));
+        }
+        match self.kind {
+            OperatorKind::Dedupe => {
+                if self.key.is_empty() {
+                    problems.push(format!(
+                        "{key}.key: a dedupe operator needs the key columns, e.g. key = [\"id\"]"
+                    ));
+                }
+                if self.within.is_some() && self.event_time.is_none() {
+                    problems.push(format!(
+                        "{key}.within: needs event_time (or use ttl for wall-clock time)"
+                    ));
+                }
+                if self.ttl.is_some() && self.event_time.is_some() {
+                    problems.push(format!(
+                        "{key}.ttl: with event_time, use within (event time), not ttl (wall clock)"
+                    ));
+                }
+            }
+            OperatorKind::Aggregate => {
+                if self.measures.is_empty() {
+                    problems.push(format!(
+                        "{key}.measures: an aggregate needs at least one measure, e.g. measures = [\"count(*) as rows\"]"
+                    ));
+                }
+                let mut names: Vec<String> = self.group_by.clone();
+                if self.window.is_some() {
+                    names.extend(["window_start".to_string(), "window_end".to_string()]);
+                }
+                for (i, text) in self.measures.iter().enumerate() {
+                    match Measure::parse(text) {
+                        Ok(measure) => {
+                            if names.contains(&measure.name) {
+                                problems.push(format!(
+                                    "{key}.measures[{i}]: output column `{}` appears twice; name it with `as`",
+                                    measure.name
+                                ));
+                            }
+                            names.push(measure.name);
+                        }
+                        Err(e) => problems.push(format!("{key}.measures[{i}]: {e}")),
+                    }
+                }
+                if self.window.is_some() != self.event_time.is_some() {
+                    problems.push(format!(
+                        "{key}: window and event_time go together (a window is a span of event time)"
+                    ));
+                }
+                if self.hop.is_some() && self.window.is_none() {
+                    problems.push(format!("{key}.hop: needs window"));
+                }
+                if self.allowed_lateness.is_some() && self.window.is_none() {
+                    problems.push(format!("{key}.allowed_lateness: needs window"));
+                }
+                if let (Some(window), Some(hop)) = (&self.window, &self.hop)
+                    && let (Ok(size), Ok(hop_ms)) = (millis(window), millis(hop))
+                    && (hop_ms > size || size % hop_ms != 0)
+                {
+                    problems.push(format!(
+                        "{key}.hop: `{hop}` must divide the window `{window}` (hopping windows overlap by whole hops)"
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
+    /// The parsed measures (after [`OperatorConfig::problems`] found none).
+    pub fn parsed_measures(&self) -> Vec<Measure> {
+        self.measures
+            .iter()
+            .filter_map(|m| Measure::parse(m).ok())
+            .collect()
+    }
+
+    /// [`OperatorConfig::max_state_bytes`] or its default.
+    pub fn state_quota(&self) -> u64 {
+        self.max_state_bytes.unwrap_or(DEFAULT_MAX_STATE_BYTES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measures_parse_with_and_without_names() {
+        let m = Measure::parse("mean(arr_delay) as mean_delay").unwrap();
+        assert_eq!(m.function, Function::Mean);
+        assert_eq!(m.column.as_deref(), Some("arr_delay"));
+        assert_eq!(m.name, "mean_delay");
+        assert_eq!(Measure::parse("count(*)").unwrap().name, "count");
+        assert_eq!(
+            Measure::parse("count_distinct(tailnum)").unwrap().name,
+            "count_distinct_tailnum"
+        );
+        assert!(
+            Measure::parse("median(x)")
+                .unwrap_err()
+                .contains("unknown function")
+        );
+        assert!(Measure::parse("sum(*)").is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! An operator's working state: a hash map from key bytes to values that
+//! remembers which keys changed since the last epoch (to build its
+//! [`crate::state::Changes`]) and how to undo the current batch (a batch
+//! that fails after the operator ran, in `weir serve`, must leave the state
+//! as it was).
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::Result;
+
+use crate::state::Changes;
+
+/// A value an operator keeps per key, with its byte encoding in the store.
+pub trait Codec: Clone {
+    /// The value's bytes.
+    fn encode(&self) -> Vec<u8>;
+    /// A value from its bytes.
+    ///
+    /// # Errors
+    /// Bytes this codec did not write.
+    fn decode(bytes: &[u8]) -> Result<Self>;
+    /// Approximate bytes it occupies, for quotas and the status.
+    fn size(&self) -> usize;
+}
+
+/// Keyed values with change tracking.
+#[derive(Debug)]
+pub struct Keyed<V> {
+    map: HashMap<Vec<u8>, V>,
+    /// Keys changed since [`Keyed::take_changes`].
+    dirty: HashSet<Vec<u8>>,
+    /// First value (before the batch) of each key the batch touched.
+    undo: HashMap<Vec<u8>, Option<V>>,
+    /// Approximate bytes of keys and values.
+    bytes: usize,
+}
+
+impl<V> Default for Keyed<V> {
+    fn default() -> Self {
+        Keyed {
+            map: HashMap::new(),
+            dirty: HashSet::new(),
+            undo: HashMap::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<V: Codec> Keyed<V> {
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Approximate bytes of keys and values.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Every key and value, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &V)> {
+        self.map.iter()
+    }
+
+    fn touch(&mut self, key: &[u8]) {
+        if !self.undo.contains_key(key) {
+            self.undo.insert(key.to_vec(), self.map.get(key).cloned());
+        }
+        if !self.dirty.contains(key) {
+            self.dirty.insert(key.to_vec());
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: &[u8], value: V) {
+        self.touch(key);
+        self.bytes += value.size();
+        match self.map.insert(key.to_vec(), value) {
+            Some(old) => self.bytes -= old.size(),
+            None => self.bytes += key.len(),
+        }
+    }
+
+    /// Changes the value of `key` in place, creating it with `init` first
+    /// if absent.
+    pub fn update(&mut self, key: &[u8], init: impl FnOnce() -> V, change: impl FnOnce(&mut V)) {
+        self.touch(key);
+        let value = match self.map.get_mut(key) {
+            Some(value) => value,
+            None => {
+                let value = init();
+                self.bytes += key.len() + value.size();
+                self.map.entry(key.to_vec()).or_insert(value)
+            }
+        };
+        let before = value.size();
+        change(value);
+        self.bytes = self.bytes + value.size() - before;
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: &[u8]) -> Option<V> {
+        if !self.map.contains_key(key) {
+            return None;
+        }
+        self.touch(key);
+        let old = self.map.remove(key)?;
+        self.bytes -= key.len() + old.size();
+        Some(old)
+    }
+
+    /// Keeps the batch's changes: they can no longer be undone.
+    pub fn accept(&mut self) {
+        self.undo.clear();
+    }
+
+    /// Undoes every change since [`Keyed::accept`].
+    pub fn rollback(&mut self) {
+        for (key, old) in std::mem::take(&mut self.undo) {
+            if let Some(current) = self.map.remove(&key) {
+                self.bytes -= key.len() + current.size();
+            }
+            if let Some(old) = old {
+                self.bytes += key.len() + old.size();
+                self.map.insert(key, old);
+            }
+        }
+    }
+
+    /// The changes since the last call, encoded: each changed key's value
+    /// now, or `None` where it was removed.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|key| {
+                let value = self.map.get(&key).map(Codec::encode);
+                (key, value)
+            })
+            .collect()
+    }
+
+    /// Applies stored changes (the store's entries at start, then
+    /// committed deltas); not tracked as changes.
+    ///
+    /// # Errors
+    /// A value that does not decode.
+    pub fn restore(
+        &mut self,
+        changes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<()> {
+        for (key, value) in changes {
+            if let Some(old) = self.map.remove(&key) {
+                self.bytes -= key.len() + old.size();
+            }
+            if let Some(bytes) = value {
+                let value = V::decode(&bytes)?;
+                self.bytes += key.len() + value.size();
+                self.map.insert(key, value);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Codec for i64 {
+    fn encode(&self) -> Vec<u8> {
+        self.to_le_bytes().to_vec()
+    }
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        Ok(i64::from_le_bytes(bytes.try_into().map_err(|_| {
+            anyhow::anyhow!("a stored i64 has {} bytes", bytes.len())
+        })?))
+    }
+    fn size(&self) -> usize {
+        8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollback_restores_the_batch_start_and_changes_name_only_touched_keys() {
+        let mut keyed = Keyed::<i64>::default();
+        keyed.put(b"a", 1);
+        keyed.accept();
+        assert_eq!(keyed.take_changes().len(), 1);
+        keyed.put(b"a", 2);
+        keyed.put(b"b", 3);
+        keyed.update(b"a", || 0, |v| *v += 10);
+        keyed.rollback();
+        assert_eq!(keyed.get(b"a"), Some(&1));
+        assert_eq!(keyed.get(b"b"), None);
+        assert_eq!(keyed.bytes(), 9);
+        keyed.remove(b"a");
+        keyed.accept();
+        let changes = keyed.take_changes();
+        assert_eq!(changes.get(b"a".as_slice()), Some(&None));
+    }
+}

@@ -1,0 +1,460 @@
+//! Built-in stateful operators: `dedupe` and `aggregate`.
+//!
+//! A pipeline's `[[operators]]` run after its plugin stages, on the rows
+//! that passed them, **in input order and one batch at a time** (the
+//! plugin stages run in parallel; state must see rows in order to be
+//! deterministic, so a resumed run rebuilds exactly the state an
+//! uninterrupted one had). They are host-native (Arrow kernels, no
+//! boundary to cross): state is the host's, and these operators are where
+//! a pipeline's rows are most numerous.
+//!
+//! An [`OperatorChain`] holds the operators and their working state. Its
+//! changes become durable through the checkpoint protocol: at each epoch
+//! the chain is one more connector (`state`, [`crate::sink::EpochSink`])
+//! whose prepared file is the epoch's [`crate::state::Delta`]; at publish
+//! (or, in `weir serve`, at each part's commit) the deltas are applied to
+//! the pipeline's [`crate::state::StateStore`] under a marker, once.
+
+pub mod aggregate;
+pub mod config;
+pub mod dedupe;
+pub mod keyed;
+pub mod time;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arrow::array::BooleanArray;
+use arrow::record_batch::RecordBatch;
+use serde::Serialize;
+
+use crate::reason::Reason;
+use crate::sink::{EpochContext, EpochSink, OutputFile, Prepared};
+use crate::stages::Quarantined;
+use crate::state::{Changes, Delta, StateStore};
+
+pub use config::{OperatorConfig, OperatorKind};
+
+/// The quarantine's `plugin` for rows an operator rejected.
+const PLUGIN_LABEL: &str = "operator";
+
+/// What one operator made of one batch.
+#[derive(Debug, Default)]
+pub struct Step {
+    /// Rows passed on (`None`: none).
+    pub output: Option<RecordBatch>,
+    /// For an operator that only filters (dedupe), which input rows are in
+    /// `output`, in order; `None` when the output's rows are new ones.
+    pub kept: Option<BooleanArray>,
+    /// Rows rejected, with their reasons.
+    pub rejected: Vec<Quarantined>,
+    /// Rows left out on purpose (duplicates dropped).
+    pub dropped: u64,
+    /// Rows that arrived after their windows closed (also in `rejected`).
+    pub late: u64,
+}
+
+/// A stateful operator over record batches.
+pub trait Operator: Send {
+    /// Its name (the namespace of its state).
+    fn name(&self) -> &str;
+
+    /// Applies stored changes (the store's entries, then committed deltas).
+    ///
+    /// # Errors
+    /// A value that does not decode (a store written by another weir).
+    fn restore(&mut self, changes: Changes) -> Result<()>;
+
+    /// Takes the next batch, in input order.
+    ///
+    /// # Errors
+    /// A missing or mistyped column: the run stops (it would fail on every
+    /// batch).
+    fn process(&mut self, batch: &RecordBatch) -> Result<Step>;
+
+    /// The input ended (`weir run`): closes every open window and returns
+    /// its rows.
+    ///
+    /// # Errors
+    /// The output cannot be built.
+    fn finish(&mut self) -> Result<Option<RecordBatch>>;
+
+    /// The keys changed since the last call.
+    fn take_changes(&mut self) -> Changes;
+
+    /// Makes the last batches' changes permanent (they can no longer be
+    /// rolled back).
+    fn accept(&mut self);
+
+    /// Undoes every change since the last [`Operator::accept`].
+    fn rollback(&mut self);
+
+    /// Keys and approximate bytes of its state.
+    fn state_size(&self) -> (u64, u64);
+}
+
+/// One operator's counts, for the run report and the service's status.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct OperatorReport {
+    /// The operator's name.
+    pub name: String,
+    /// `dedupe` or `aggregate`.
+    pub kind: Option<OperatorKind>,
+    /// Rows it received.
+    pub records_in: u64,
+    /// Rows it passed on (aggregate: result rows).
+    pub records_out: u64,
+    /// Rows it quarantined (late rows, missing event times, duplicates
+    /// with `duplicates = "quarantine"`, batches over the state quota).
+    pub quarantined: u64,
+    /// Duplicates dropped.
+    pub dropped: u64,
+    /// Rows that arrived after their window closed.
+    pub late: u64,
+    /// Keys in its state now.
+    pub state_keys: u64,
+    /// Approximate bytes of its state now.
+    pub state_bytes: u64,
+}
+
+/// What the operators made of one batch.
+#[derive(Debug, Default)]
+pub struct ChainOutput {
+    /// Rows for the sink.
+    pub output: Option<RecordBatch>,
+    /// Rows rejected, group by group.
+    pub quarantined: Vec<Quarantined>,
+    /// When every operator only filtered: which input rows are in `output`.
+    pub kept: Option<BooleanArray>,
+}
+
+struct Slot {
+    operator: Box<dyn Operator>,
+    kind: OperatorKind,
+    quota: u64,
+    report: OperatorReport,
+}
+
+/// A pipeline's operators, in order, with their state store.
+pub struct OperatorChain {
+    slots: Vec<Slot>,
+    store: StateStore,
+    /// The epoch directory the next delta goes to (`weir run`).
+    epoch_dir: Option<PathBuf>,
+    /// The run whose deltas [`EpochSink::publish`] applies.
+    run_id: String,
+}
+
+impl std::fmt::Debug for OperatorChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorChain")
+            .field("operators", &self.slots.len())
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+/// File name of an epoch's (or a part's) state delta.
+pub const DELTA_FILE: &str = "delta.bin";
+
+fn reason(operator: &str, kind: &str, message: String) -> Reason {
+    Reason {
+        stage: Arc::from(operator),
+        plugin: Arc::from(PLUGIN_LABEL),
+        plugin_sha256: Arc::from(concat!("weir-", env!("CARGO_PKG_VERSION"))),
+        error_kind: kind.to_string(),
+        rule: None,
+        message,
+    }
+}
+
+impl OperatorChain {
+    /// The operators of `configs` (already checked), their state loaded
+    /// from the store at `store_path`.
+    ///
+    /// # Errors
+    /// The store cannot be opened or holds state this weir cannot read.
+    pub fn open(
+        configs: &[OperatorConfig],
+        store_path: &Path,
+        run_id: &str,
+    ) -> Result<OperatorChain> {
+        let store = StateStore::open(store_path)?;
+        let mut slots = Vec::new();
+        for config in configs {
+            let mut operator: Box<dyn Operator> = match config.kind {
+                OperatorKind::Dedupe => Box::new(dedupe::Dedupe::new(config)?),
+                OperatorKind::Aggregate => Box::new(aggregate::Aggregate::new(config)?),
+            };
+            let stored = store.load(&config.name)?;
+            operator
+                .restore(stored.into_iter().map(|(k, v)| (k, Some(v))).collect())
+                .with_context(|| {
+                    format!(
+                        "operator `{}`: its state in {} cannot be read; `weir state reset` drops it",
+                        config.name,
+                        store_path.display()
+                    )
+                })?;
+            operator.accept();
+            let (keys, bytes) = operator.state_size();
+            slots.push(Slot {
+                operator,
+                kind: config.kind,
+                quota: config.state_quota(),
+                report: OperatorReport {
+                    name: config.name.clone(),
+                    kind: Some(config.kind),
+                    state_keys: keys,
+                    state_bytes: bytes,
+                    ..OperatorReport::default()
+                },
+            });
+        }
+        Ok(OperatorChain {
+            slots,
+            store,
+            epoch_dir: None,
+            run_id: run_id.to_string(),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    /// Replays committed deltas (`weir run` resuming: each committed
+    /// epoch's `state` directory, in order) into the working state.
+    ///
+    /// # Errors
+    /// A delta that cannot be read.
+    pub fn replay(&mut self, epochs: &[(PathBuf, Vec<OutputFile>)]) -> Result<()> {
+        for (dir, parts) in epochs {
+            for part in parts {
+                self.restore(Delta::read(&dir.join(&part.path))?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `delta` to the working state (not as a change).
+    ///
+    /// # Errors
+    /// A value that does not decode.
+    pub fn restore(&mut self, mut delta: Delta) -> Result<()> {
+        for slot in &mut self.slots {
+            if let Some(changes) = delta.namespaces.remove(slot.report.name.as_str()) {
+                slot.operator.restore(changes)?;
+                slot.operator.accept();
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `batch` (rows × the stages' output schema) through every
+    /// operator in order.
+    ///
+    /// # Errors
+    /// A column an operator needs is missing or of the wrong type.
+    pub fn process(&mut self, batch: RecordBatch) -> Result<ChainOutput> {
+        let mut out = ChainOutput {
+            kept: Some(BooleanArray::from(vec![true; batch.num_rows()])),
+            ..ChainOutput::default()
+        };
+        out.output = self.run_from(0, batch, &mut out)?;
+        Ok(out)
+    }
+
+    /// Runs `batch` through the operators from `start` on, adding their
+    /// rejected rows to `out`; returns the last one's output.
+    fn run_from(
+        &mut self,
+        start: usize,
+        batch: RecordBatch,
+        out: &mut ChainOutput,
+    ) -> Result<Option<RecordBatch>> {
+        let mut current = Some(batch);
+        for slot in &mut self.slots[start..] {
+            let Some(batch) = current.take().filter(|b| b.num_rows() > 0) else {
+                break;
+            };
+            let rows = batch.num_rows() as u64;
+            slot.report.records_in += rows;
+            let mut step = slot.operator.process(&batch)?;
+            let (keys, bytes) = slot.operator.state_size();
+            if bytes > slot.quota {
+                slot.operator.rollback();
+                let message = format!(
+                    "the operator's state would grow to {bytes} bytes, over its max_state_bytes = {} (raise it, shorten within/ttl/window, or reset the state)",
+                    slot.quota
+                );
+                slot.report.quarantined += rows;
+                out.quarantined.push(Quarantined {
+                    reasons: vec![reason(&slot.report.name, "state_quota", message); rows as usize],
+                    rows: batch,
+                    origins: None,
+                });
+                out.kept = None;
+                return Ok(None);
+            }
+            slot.report.state_keys = keys;
+            slot.report.state_bytes = bytes;
+            slot.report.dropped += step.dropped;
+            slot.report.late += step.late;
+            for group in &step.rejected {
+                slot.report.quarantined += group.rows.num_rows() as u64;
+            }
+            slot.report.records_out += step.output.as_ref().map_or(0, |b| b.num_rows() as u64);
+            out.quarantined.append(&mut step.rejected);
+            out.kept = match (out.kept.take(), step.kept) {
+                (Some(before), Some(now)) => Some(compose(&before, &now)),
+                _ => None,
+            };
+            current = step.output;
+        }
+        Ok(current)
+    }
+
+    /// The input ended: closes every window, passing each operator's final
+    /// rows through the operators after it.
+    ///
+    /// # Errors
+    /// As [`OperatorChain::process`].
+    pub fn finish(&mut self) -> Result<ChainOutput> {
+        let mut out = ChainOutput::default();
+        let mut outputs = Vec::new();
+        for i in 0..self.slots.len() {
+            let closed = self.slots[i].operator.finish()?;
+            let Some(batch) = closed.filter(|b| b.num_rows() > 0) else {
+                continue;
+            };
+            self.slots[i].report.records_out += batch.num_rows() as u64;
+            if let Some(rows) = self.run_from(i + 1, batch, &mut out)? {
+                outputs.push(rows);
+            }
+        }
+        out.output = concat(outputs)?;
+        Ok(out)
+    }
+
+    /// Makes every change so far permanent in the working state.
+    pub fn accept(&mut self) {
+        for slot in &mut self.slots {
+            slot.operator.accept();
+        }
+    }
+
+    /// Undoes the changes since [`OperatorChain::accept`] (a batch that
+    /// failed after the operators ran).
+    pub fn rollback(&mut self) {
+        for slot in &mut self.slots {
+            slot.operator.rollback();
+        }
+    }
+
+    /// The changes since the last call, of every operator.
+    pub fn take_delta(&mut self) -> Delta {
+        let mut delta = Delta::default();
+        for slot in &mut self.slots {
+            let changes = slot.operator.take_changes();
+            if !changes.is_empty() {
+                delta.namespaces.insert(slot.report.name.clone(), changes);
+            }
+        }
+        delta
+    }
+
+    /// Applies every change not yet applied directly to the store, under
+    /// `marker` (`checkpoint = false`: no epochs).
+    ///
+    /// # Errors
+    /// The store cannot be written.
+    pub fn commit_unrecorded(&mut self, marker: &str) -> Result<()> {
+        let delta = self.take_delta();
+        self.store.apply(marker, &delta)?;
+        Ok(())
+    }
+
+    /// Each operator's counts so far.
+    pub fn reports(&self) -> Vec<OperatorReport> {
+        self.slots.iter().map(|s| s.report.clone()).collect()
+    }
+
+    /// Whether any operator is of `kind`.
+    pub fn has(&self, kind: OperatorKind) -> bool {
+        self.slots.iter().any(|s| s.kind == kind)
+    }
+}
+
+/// Which rows of the original input survive `now` after `before`:
+/// `before` selects rows of the input, `now` selects rows of that selection.
+fn compose(before: &BooleanArray, now: &BooleanArray) -> BooleanArray {
+    let mut selected = now.values().iter();
+    BooleanArray::from(
+        before
+            .values()
+            .iter()
+            .map(|kept| kept && selected.next().unwrap_or(false))
+            .collect::<Vec<bool>>(),
+    )
+}
+
+fn concat(batches: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
+    match batches.len() {
+        0 => Ok(None),
+        1 => Ok(batches.into_iter().next()),
+        _ => Ok(Some(arrow::compute::concat_batches(
+            &batches[0].schema(),
+            &batches,
+        )?)),
+    }
+}
+
+impl EpochSink for OperatorChain {
+    fn connector(&self) -> &'static str {
+        "state"
+    }
+
+    fn begin_epoch(&mut self, dir: &Path) -> Result<()> {
+        self.epoch_dir = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn prepare_epoch(&mut self, _epoch: &EpochContext) -> Result<Prepared> {
+        let dir = self
+            .epoch_dir
+            .clone()
+            .context("the state connector was not given an epoch directory")?;
+        self.accept();
+        let delta = self.take_delta();
+        delta.write(&dir.join(DELTA_FILE))?;
+        Ok(Prepared {
+            parts: vec![OutputFile {
+                path: PathBuf::from(DELTA_FILE),
+                rows: delta.len() as u64,
+            }],
+            rejected: Vec::new(),
+        })
+    }
+
+    fn publish(
+        self: Box<Self>,
+        epochs: &[(PathBuf, Vec<OutputFile>)],
+        _replace_own_output: bool,
+    ) -> Result<Vec<OutputFile>> {
+        let marker = format!("run:{}", self.run_id);
+        if self.store.applied(&marker)? {
+            return Ok(Vec::new());
+        }
+        let mut delta = Delta::default();
+        for (dir, parts) in epochs {
+            for part in parts {
+                delta.merge(Delta::read(&dir.join(&part.path))?);
+            }
+        }
+        self.store.apply(&marker, &delta)?;
+        Ok(Vec::new())
+    }
+}
