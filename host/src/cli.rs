@@ -122,6 +122,12 @@ enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
     },
+    /// Inspect or reset the state of a pipeline's stateful operators
+    /// (`[[operators]]`) kept between runs of `weir run`.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// Print the first rows of a Parquet, JSON Lines or CSV output.
     Show {
         /// A file, or a directory of Parquet files (partitioned output).
@@ -193,6 +199,25 @@ enum QuarantineCommand {
     Replay {
         #[command(flatten)]
         selection: QuarantineSelection,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Keys and bytes of each operator's state (JSON).
+    Inspect {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// Drop the state, so that the next run starts without it (every
+    /// operator's, or one's with --operator). Do not run while a run of
+    /// the pipeline is in progress: the store is locked then.
+    Reset {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Only this operator's state.
+        #[arg(long)]
+        operator: Option<String>,
     },
 }
 
@@ -392,6 +417,7 @@ fn dispatch(command: Command) -> Result<()> {
         ),
         Command::Quarantine { command } => quarantine_command(command),
         Command::Show { path, limit } => show(&path, limit),
+        Command::State { command } => state_command(command),
     }
 }
 
@@ -666,6 +692,57 @@ fn plugin_command(command: PluginCommand) -> Result<()> {
             &format!("/v1/pipelines/{pipeline}/stages/{stage}/rollback"),
             None,
         )?),
+    }
+}
+
+fn state_command(command: StateCommand) -> Result<()> {
+    let (StateCommand::Inspect { pipeline } | StateCommand::Reset { pipeline, .. }) = &command;
+    let pipeline = pipeline.clone();
+    let config = crate::config::PipelineConfig::from_file(&pipeline)?;
+    let base_dir = pipeline.parent().map(Path::to_path_buf).unwrap_or_default();
+    let store = config.state_store(&base_dir);
+    match command {
+        StateCommand::Inspect { .. } => {
+            let sizes = crate::state::sizes_at(&store)?;
+            print_json(&serde_json::json!({
+                "store": store,
+                "operators": config.operators.iter().map(|o| {
+                    let size = sizes.get(&o.name).copied().unwrap_or_default();
+                    serde_json::json!({"name": o.name, "kind": o.kind, "keys": size.keys, "bytes": size.bytes})
+                }).collect::<Vec<_>>(),
+            }))
+        }
+        StateCommand::Reset { operator, .. } => {
+            if let Some(name) = &operator
+                && !config.operators.iter().any(|o| &o.name == name)
+            {
+                anyhow::bail!(
+                    "{} has no operator `{name}` (operators: {})",
+                    pipeline.display(),
+                    config
+                        .operators
+                        .iter()
+                        .map(|o| o.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            if !store.exists() {
+                say!("{}: no state yet", store.display())?;
+                return Ok(());
+            }
+            let dropped = crate::state::StateStore::open(&store)?.reset(operator.as_deref())?;
+            say!(
+                "{}: dropped the state of {}",
+                store.display(),
+                if dropped.is_empty() {
+                    "nothing (it was empty)".to_string()
+                } else {
+                    dropped.join(", ")
+                }
+            )?;
+            Ok(())
+        }
     }
 }
 

@@ -16,6 +16,7 @@ mod new_user;
 mod postgres;
 mod security;
 mod serve;
+mod stateful;
 mod streaming;
 mod support;
 mod tenants;

@@ -337,7 +337,9 @@ impl Aggregate {
         })
     }
 
-    fn group_rows(&mut self, batch: &RecordBatch) -> Result<Rows> {
+    /// The group columns of `batch` in row format (`None` without
+    /// group_by: one group, whose key is empty).
+    fn group_rows(&mut self, batch: &RecordBatch) -> Result<Option<Rows>> {
         let mut columns = Vec::with_capacity(self.group_by.len());
         let mut fields = Vec::with_capacity(self.group_by.len());
         for name in &self.group_by {
@@ -350,14 +352,18 @@ impl Aggregate {
             self.groups.put(SCHEMA, Entry::Raw(schema_bytes(&schema)?));
             self.group_schema = Some(schema);
         }
+        if self.group_by.is_empty() {
+            return Ok(None);
+        }
         if self.converter.is_none() {
             self.converter = Some(self.make_converter()?);
         }
-        Ok(self
-            .converter
-            .as_ref()
-            .expect("set above")
-            .convert_columns(&columns)?)
+        Ok(Some(
+            self.converter
+                .as_ref()
+                .expect("set above")
+                .convert_columns(&columns)?,
+        ))
     }
 
     fn make_converter(&self) -> Result<RowConverter> {
@@ -492,19 +498,22 @@ impl Aggregate {
             .group_schema
             .clone()
             .context("the group columns' schema is unknown")?;
-        if self.converter.is_none() {
-            self.converter = Some(self.make_converter()?);
-        }
-        let converter = self.converter.as_ref().expect("set above");
-        let parser = converter.parser();
-        let rows = keys.iter().map(|k| parser.parse(&k[8..]));
-        let mut columns: Vec<ArrayRef> = converter.convert_rows(rows)?;
+        let mut columns: Vec<ArrayRef> = if self.group_by.is_empty() {
+            Vec::new()
+        } else {
+            if self.converter.is_none() {
+                self.converter = Some(self.make_converter()?);
+            }
+            let converter = self.converter.as_ref().expect("set above");
+            let parser = converter.parser();
+            converter.convert_rows(keys.iter().map(|k| parser.parse(&k[8..])))?
+        };
         let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         if let Some(Windows { size, .. }) = self.windows {
             let starts: Vec<i64> = keys.iter().map(|k| key_start(k)).collect();
             let ends: Vec<i64> = starts.iter().map(|s| s.saturating_add(size)).collect();
             for (name, values) in [("window_start", starts), ("window_end", ends)] {
-                let array = TimestampMillisecondArray::from(values).with_timezone("UTC");
+                let array = TimestampMillisecondArray::from(values).with_timezone("+00:00");
                 fields.push(Field::new(name, array.data_type().clone(), false));
                 columns.push(Arc::new(array));
             }
@@ -638,7 +647,8 @@ impl Operator for Aggregate {
         let mut latest = None;
         let mut key = Vec::with_capacity(64);
         let fresh = self.fresh(&inputs);
-        for (row, group) in groups.iter().enumerate() {
+        for row in 0..batch.num_rows() {
+            let group: &[u8] = groups.as_ref().map_or(&[], |g| g.row(row).data());
             let starts: Vec<i64> = match (&times, self.windows) {
                 (Some(times), Some(windows)) => {
                     let Some(t) = times[row] else {
@@ -664,7 +674,7 @@ impl Operator for Aggregate {
             for start in starts {
                 key.clear();
                 key.extend_from_slice(&start_key(start));
-                key.extend_from_slice(group.as_ref());
+                key.extend_from_slice(group);
                 if self.groups.get(&key).is_none() {
                     self.open.entry(start).or_default().insert(key.clone());
                 }
@@ -709,7 +719,7 @@ impl Operator for Aggregate {
                         &self.name,
                         "late",
                         format!(
-                            "event time {} ({column}) is behind the watermark {} by more than the allowed lateness ({} ms): its windows already closed",
+                            "event time {} ({column}) is late: every window holding it ended by the watermark {} (the latest event time minus allowed_lateness, {} ms), and was emitted",
                             format_ms(t),
                             format_ms(watermark),
                             self.lateness

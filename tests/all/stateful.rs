@@ -1,0 +1,410 @@
+//! Stateful operators (`[[operators]]`, issue 18) in `weir run`: results
+//! equal a group-by computed here, also when the run is killed with
+//! SIGKILL at the checkpoint protocol's points and resumed; dedupe keeps
+//! its state across runs; late rows and state quotas are quarantined with
+//! their kinds.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+
+use crate::crash::spawn_weir;
+use crate::support::read_jsonl;
+
+/// Runs `weir run pipeline.toml` in `dir`, killed at `crash` (`POINT:K`)
+/// when given. Returns whether it was killed.
+fn run_weir(dir: &Path, crash: Option<&str>) -> bool {
+    let status = spawn_weir(dir, &["run", "pipeline.toml", "--no-progress"], crash)
+        .wait()
+        .unwrap();
+    match status.signal() {
+        Some(9) => true,
+        None if status.success() => false,
+        _ => panic!(
+            "{crash:?}: the run ended with {status}: {}",
+            std::fs::read_to_string(dir.join("child.log")).unwrap_or_default()
+        ),
+    }
+}
+
+fn write(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The flights sample grouped here by carrier and month: (flights, mean
+/// arr_delay over non-null values, distinct non-null tailnums).
+fn flights_by_carrier_month() -> BTreeMap<(String, i64), (i64, Option<f64>, usize)> {
+    let text = std::fs::read_to_string(weir_tests::data_dir().join("flights_sample.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let at = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (month, arr_delay, carrier, tailnum) =
+        (at("month"), at("arr_delay"), at("carrier"), at("tailnum"));
+    let mut groups: BTreeMap<(String, i64), (i64, f64, i64, HashSet<String>)> = BTreeMap::new();
+    for line in lines {
+        let fields: Vec<&str> = line.split(',').collect();
+        let group = groups
+            .entry((fields[carrier].to_string(), fields[month].parse().unwrap()))
+            .or_default();
+        group.0 += 1;
+        if fields[arr_delay] != "NA" {
+            group.1 += fields[arr_delay].parse::<f64>().unwrap();
+            group.2 += 1;
+        }
+        if fields[tailnum] != "NA" {
+            group.3.insert(fields[tailnum].to_string());
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(key, (n, sum, count, planes))| {
+            (
+                key,
+                (n, (count > 0).then(|| sum / count as f64), planes.len()),
+            )
+        })
+        .collect()
+}
+
+const AGGREGATE: &str = r#"
+[pipeline]
+name = "per_carrier_month"
+batch_size = 64
+workers = 2
+checkpoint_every_batches = 2
+
+[source]
+format = "csv"
+path = "flights.csv"
+null_values = ["NA"]
+
+[[operators]]
+name = "per_carrier_month"
+kind = "aggregate"
+group_by = ["carrier", "month"]
+measures = ["count(*) as flights", "mean(arr_delay) as mean_arr_delay", "count_distinct(tailnum) as planes"]
+
+[sink]
+format = "jsonl"
+path = "out.jsonl"
+
+[quarantine]
+format = "jsonl"
+path = "quarantine.jsonl"
+"#;
+
+fn aggregate_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        weir_tests::data_dir().join("flights_sample.csv"),
+        dir.path().join("flights.csv"),
+    )
+    .unwrap();
+    write(dir.path(), AGGREGATE);
+    dir
+}
+
+fn assert_aggregates(dir: &Path, what: &str) {
+    let expected = flights_by_carrier_month();
+    let rows = read_jsonl(&dir.join("out.jsonl"));
+    let mut got = BTreeMap::new();
+    for row in &rows {
+        let key = (
+            row["carrier"].as_str().unwrap().to_string(),
+            row["month"].as_i64().unwrap(),
+        );
+        let value = (
+            row["flights"].as_i64().unwrap(),
+            row["mean_arr_delay"].as_f64(),
+            row["planes"].as_u64().unwrap() as usize,
+        );
+        assert!(
+            got.insert(key.clone(), value).is_none(),
+            "{what}: group {key:?} twice"
+        );
+    }
+    assert_eq!(got.len(), expected.len(), "{what}: groups");
+    for (key, (flights, mean, planes)) in &expected {
+        let (got_flights, got_mean, got_planes) = got[key];
+        assert_eq!(
+            (got_flights, got_planes),
+            (*flights, *planes),
+            "{what}: {key:?}"
+        );
+        match (mean, got_mean) {
+            (Some(a), Some(b)) => assert!((a - b).abs() < 1e-9, "{what}: {key:?} mean {a} vs {b}"),
+            (None, None) => {}
+            other => panic!("{what}: {key:?} mean {other:?}"),
+        }
+    }
+    let leftovers: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("weir-checkpoint") || n.contains(".staged"))
+        .collect();
+    assert!(leftovers.is_empty(), "{what}: leftovers {leftovers:?}");
+}
+
+/// count, mean(arr_delay) and count_distinct(tailnum) per carrier and
+/// month over the flights sample equal the group-by computed here, for an
+/// uninterrupted run and for runs killed at every checkpoint point (23
+/// batches of 64 rows in epochs of 2 batches) and resumed.
+#[test]
+fn aggregate_equals_a_group_by_also_when_killed_and_resumed() {
+    let dir = aggregate_dir();
+    assert!(!run_weir(dir.path(), None));
+    assert_aggregates(dir.path(), "uninterrupted");
+    for crash in [
+        "after-commit:1",
+        "after-commit:5",
+        "after-part-fsync:7",
+        "mid-commit-rename:3",
+        "after-checkpoint-rename:4",
+        "mid-part-write:1",
+        "mid-publish:1",
+        "after-publish:1",
+    ] {
+        let dir = aggregate_dir();
+        assert!(run_weir(dir.path(), Some(crash)), "{crash}: never reached");
+        assert!(!run_weir(dir.path(), None));
+        assert_aggregates(dir.path(), crash);
+    }
+}
+
+/// `id,ts` rows: ids 0..n, one minute apart from 2026-01-01; `dups` maps
+/// a row position to an earlier id it repeats (with that id's time).
+fn events_csv(path: &Path, n: usize, dups: &HashMap<usize, usize>) {
+    let mut text = String::from("id,ts,value\n");
+    for i in 0..n {
+        let id = dups.get(&i).copied().unwrap_or(i);
+        let minute = id as i64;
+        text.push_str(&format!(
+            "{id},2026-01-01T{:02}:{:02}:00Z,{}\n",
+            minute / 60 % 24,
+            minute % 60,
+            id % 7
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+const DEDUPE: &str = r#"
+[pipeline]
+name = "unique"
+batch_size = 100
+workers = 2
+checkpoint_every_batches = 3
+
+[source]
+format = "csv"
+path = "events.csv"
+
+[[operators]]
+name = "unique"
+kind = "dedupe"
+key = ["id"]
+duplicates = "quarantine"
+
+[sink]
+format = "jsonl"
+path = "out.jsonl"
+mode = "overwrite"
+
+[quarantine]
+format = "jsonl"
+path = "quarantine.jsonl"
+"#;
+
+fn ids(
+    rows: &[serde_json::Value],
+    pick: impl Fn(&serde_json::Value) -> &serde_json::Value,
+) -> Vec<i64> {
+    let mut ids: Vec<i64> = rows.iter().map(|r| pick(r).as_i64().unwrap()).collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// dedupe on an input with known duplicates (every 7th row repeats an id
+/// seen 1 to 300 rows before): exactly the first row of each id passes
+/// and each duplicate is quarantined as `duplicate`, uninterrupted and
+/// after kills; a second run over new rows drops the ids the first one
+/// saw (state persists across runs) and a reset forgets them.
+#[test]
+fn dedupe_passes_each_key_once_across_kills_and_runs() {
+    let n: usize = 2000;
+    let dups: HashMap<usize, usize> = (1..n)
+        .filter(|i| i % 7 == 0)
+        .map(|i| {
+            // Repeat an id that did appear: not itself a duplicate's row.
+            let j = i.saturating_sub(1 + i * 13 % 300);
+            (i, if j % 7 == 0 && j > 0 { j - 1 } else { j })
+        })
+        .collect();
+    let unique: Vec<i64> = (0..n)
+        .filter(|i| !dups.contains_key(i))
+        .map(|i| i as i64)
+        .collect();
+    let mut duplicates: Vec<i64> = dups.values().map(|&id| id as i64).collect();
+    duplicates.sort_unstable();
+    for crash in [
+        None,
+        Some("after-commit:2"),
+        Some("mid-part-write:9"),
+        Some("mid-publish:1"),
+    ] {
+        let what = format!("{crash:?}");
+        let dir = tempfile::tempdir().unwrap();
+        events_csv(&dir.path().join("events.csv"), n, &dups);
+        write(dir.path(), DEDUPE);
+        if let Some(crash) = crash {
+            assert!(run_weir(dir.path(), Some(crash)), "{what}: never reached");
+        }
+        assert!(!run_weir(dir.path(), None));
+        let out = read_jsonl(&dir.path().join("out.jsonl"));
+        assert_eq!(ids(&out, |r| &r["id"]), unique, "{what}: output");
+        let quarantine = read_jsonl(&dir.path().join("quarantine.jsonl"));
+        assert_eq!(
+            ids(&quarantine, |r| &r["record"]["id"]),
+            duplicates,
+            "{what}: quarantine"
+        );
+        assert!(quarantine.iter().all(|r| r["error_kind"] == "duplicate"));
+        if crash.is_some() {
+            continue;
+        }
+        // A second run over ids 1900..2100: those the first run passed
+        // are dropped.
+        let mut text = String::from("id,ts,value\n");
+        for id in 1900..2100 {
+            text.push_str(&format!("{id},2026-01-02T00:00:00Z,0\n"));
+        }
+        std::fs::write(dir.path().join("events.csv"), text).unwrap();
+        assert!(!run_weir(dir.path(), None));
+        let out = read_jsonl(&dir.path().join("out.jsonl"));
+        let new: Vec<i64> = (1900..2100).filter(|id| !unique.contains(id)).collect();
+        assert_eq!(ids(&out, |r| &r["id"]), new, "second run");
+        // `weir state reset` forgets every key.
+        let status = spawn_weir(dir.path(), &["state", "reset", "pipeline.toml"], None)
+            .wait()
+            .unwrap();
+        assert!(
+            status.success(),
+            "{}",
+            std::fs::read_to_string(dir.path().join("child.log")).unwrap()
+        );
+        assert!(!run_weir(dir.path(), None));
+        let out = read_jsonl(&dir.path().join("out.jsonl"));
+        assert_eq!(out.len(), 200, "after reset");
+    }
+}
+
+/// Tumbling hourly windows on event time with 10 minutes of allowed
+/// lateness: every 50th row (after the first 200) is three hours behind
+/// the stream and goes to the quarantine as `late`; each window's count
+/// and sum equal those of the on-time rows in it.
+#[test]
+fn late_rows_are_quarantined_and_windows_hold_the_on_time_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1300i64;
+    let mut text = String::from("id,ts,value\n");
+    let mut late = Vec::new();
+    let mut windows: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for id in 0..n {
+        let minute = if id >= 200 && id % 50 == 0 {
+            late.push(id);
+            id - 180
+        } else {
+            let window = windows.entry(id / 60).or_default();
+            window.0 += 1;
+            window.1 += id % 7;
+            id
+        };
+        text.push_str(&format!(
+            "{id},2026-01-01T{:02}:{:02}:00Z,{}\n",
+            minute / 60,
+            minute % 60,
+            id % 7
+        ));
+    }
+    std::fs::write(dir.path().join("events.csv"), text).unwrap();
+    write(
+        dir.path(),
+        r#"
+[pipeline]
+batch_size = 25
+workers = 1
+
+[source]
+format = "csv"
+path = "events.csv"
+
+[[operators]]
+name = "hourly"
+kind = "aggregate"
+event_time = "ts"
+window = "1h"
+allowed_lateness = "10m"
+measures = ["count(*) as rows", "sum(value) as total"]
+
+[sink]
+format = "jsonl"
+path = "out.jsonl"
+
+[quarantine]
+format = "jsonl"
+path = "quarantine.jsonl"
+"#,
+    );
+    assert!(!run_weir(dir.path(), None));
+    let quarantine = read_jsonl(&dir.path().join("quarantine.jsonl"));
+    assert_eq!(ids(&quarantine, |r| &r["record"]["id"]), late);
+    assert!(
+        quarantine.iter().all(|r| r["error_kind"] == "late"),
+        "{:?}",
+        quarantine[0]
+    );
+    let out = read_jsonl(&dir.path().join("out.jsonl"));
+    let got: BTreeMap<i64, (i64, i64)> = out
+        .iter()
+        .map(|r| {
+            let start = chrono::DateTime::parse_from_rfc3339(r["window_start"].as_str().unwrap())
+                .unwrap()
+                .timestamp();
+            let hour = (start - 1_767_225_600) / 3600;
+            (
+                hour,
+                (r["rows"].as_i64().unwrap(), r["total"].as_i64().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(got, windows);
+}
+
+/// A dedupe whose state would pass its max_state_bytes quarantines the
+/// batch that would, as `state_quota`, and the run goes on.
+#[test]
+fn a_batch_over_the_state_quota_is_quarantined_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    events_csv(&dir.path().join("events.csv"), 1000, &HashMap::new());
+    write(
+        dir.path(),
+        &DEDUPE.replace(
+            "duplicates = \"quarantine\"",
+            "duplicates = \"quarantine\"\nmax_state_bytes = 8000",
+        ),
+    );
+    assert!(!run_weir(dir.path(), None));
+    let out = read_jsonl(&dir.path().join("out.jsonl"));
+    let quarantine = read_jsonl(&dir.path().join("quarantine.jsonl"));
+    assert_eq!(out.len() + quarantine.len(), 1000);
+    assert!(!out.is_empty() && !quarantine.is_empty());
+    assert!(quarantine.iter().all(|r| r["error_kind"] == "state_quota"));
+    assert!(
+        quarantine[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_state_bytes")
+    );
+}
