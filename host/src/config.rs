@@ -1007,12 +1007,6 @@ impl PipelineConfig {
                 let (at, message) = problem.split_once(": ").unwrap_or((&key, &problem));
                 problems.add(at.to_string(), message.to_string());
             }
-            if purpose == Purpose::Serve {
-                problems.add(
-                    format!("{key}"),
-                    "stateful operators run in weir run only, for now",
-                );
-            }
             if purpose == Purpose::Serve
                 && operator.kind == OperatorKind::Aggregate
                 && operator.window.is_none()

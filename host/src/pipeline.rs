@@ -846,7 +846,7 @@ fn write_results(
             if let (Some(chain), Some(output)) =
                 (out.operators.as_deref_mut(), result.output.take())
             {
-                let stepped = chain.process(output)?;
+                let stepped = chain.process(output, None)?;
                 chain.accept();
                 result.output = stepped.output;
                 result.quarantined.extend(stepped.quarantined);

@@ -132,7 +132,7 @@ impl Origins {
         self.starts.partition_point(|&start| start <= row) - 1
     }
 
-    fn take(&self, keep: &BooleanArray) -> Origins {
+    pub(crate) fn take(&self, keep: &BooleanArray) -> Origins {
         Origins {
             rows: self
                 .rows

@@ -408,3 +408,129 @@ fn a_batch_over_the_state_quota_is_quarantined_alone() {
             .contains("max_state_bytes")
     );
 }
+
+/// `dedupe` over HTTP in `weir serve`, killed with SIGKILL at the delivery
+/// protocol's points while a client retries each request (same
+/// `Idempotency-Key`) until acknowledged: every id reaches the sink once
+/// and every later occurrence the quarantine as `duplicate`, also for ids
+/// repeated across kills (state committed with the output, and applied at
+/// restart when a kill came between the two); the status shows the state.
+#[test]
+fn dedupe_over_http_is_exact_across_kills() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        r#"
+[pipeline]
+name = "events"
+
+[source]
+format = "jsonl"
+schema = [
+  { name = "id", type = "int64" },
+  { name = "value", type = "int64" },
+]
+
+[[operators]]
+name = "unique"
+kind = "dedupe"
+key = ["id"]
+duplicates = "quarantine"
+
+[sink]
+format = "jsonl"
+path = "out"
+
+[quarantine]
+format = "jsonl"
+path = "quarantine"
+"#,
+    )
+    .unwrap();
+    let port = weir_tests::free_port();
+    std::fs::write(
+        dir.path().join("service.toml"),
+        format!(
+            "[service]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{port}\"\n\n[[pipelines]]\nfile = \"pipeline.toml\"\nlinger_ms = 5\n"
+        ),
+    )
+    .unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/pipelines/events");
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    // Request r carries ids 10r..10r+20: each id arrives in two requests.
+    let body = |r: i64| -> String {
+        (10 * r..10 * r + 20)
+            .map(|id| format!("{{\"id\":{id},\"value\":{r}}}\n"))
+            .collect()
+    };
+    let requests = 40i64;
+    let points = [
+        "after-commit",
+        "after-part-fsync",
+        "after-checkpoint-append",
+        "mid-commit-rename",
+    ];
+    let mut child = spawn_weir(
+        dir.path(),
+        &["serve", "service.toml"],
+        Some("after-commit:3"),
+    );
+    let mut kills = 0;
+    for r in 0..requests {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "request {r} was never acknowledged"
+            );
+            if let Some(status) = child.try_wait().unwrap() {
+                assert_eq!(status.signal(), Some(9), "the service stopped: {status}");
+                kills += 1;
+                // Kill again at the next point a few batches on, or run
+                // clean once every point was hit.
+                let crash = (kills < 2 * points.len())
+                    .then(|| format!("{}:{}", points[kills % points.len()], 2 + kills % 3));
+                child = spawn_weir(dir.path(), &["serve", "service.toml"], crash.as_deref());
+            }
+            let answer = http
+                .post(format!("{url}/records"))
+                .header("content-type", "application/x-ndjson")
+                .header("idempotency-key", format!("request-{r}"))
+                .body(body(r))
+                .send();
+            if let Ok(response) = answer
+                && response.status().is_success()
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert!(kills >= 4, "only {kills} kills happened");
+    let status: serde_json::Value = loop {
+        if let Ok(response) = http.get(&url).send()
+            && response.status().is_success()
+        {
+            break response.json().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let distinct = 10 * (requests - 1) + 20;
+    assert_eq!(status["operators"][0]["state_keys"], distinct, "{status}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = crate::serve::read_parts(&dir.path().join("out"));
+    assert_eq!(ids(&out, |r| &r["id"]), (0..distinct).collect::<Vec<_>>());
+    let quarantine = crate::serve::read_parts(&dir.path().join("quarantine"));
+    // Ids 10..10·requests arrived twice: the second occurrence is the
+    // duplicate.
+    assert_eq!(
+        ids(&quarantine, |r| &r["record"]["id"]),
+        (10..10 * requests).collect::<Vec<_>>()
+    );
+    assert!(quarantine.iter().all(|r| r["error_kind"] == "duplicate"));
+}

@@ -36,8 +36,7 @@ use arrow::row::{RowConverter, Rows, SortField};
 use super::config::{Function, Measure, OperatorConfig};
 use super::keyed::{Codec, Keyed};
 use super::time::{Windows, column_names, event_times, millis};
-use super::{Operator, Step, reason};
-use crate::stages::Quarantined;
+use super::{Operator, Rejected, Step, reason};
 use crate::state::Changes;
 
 const WATERMARK: &[u8] = b"";
@@ -702,11 +701,7 @@ impl Operator for Aggregate {
         }
         let output = self.close(false)?;
         let mut rejected = Vec::new();
-        let take = |rows: &[usize]| -> Result<RecordBatch> {
-            let indices =
-                arrow::array::UInt32Array::from(rows.iter().map(|&r| r as u32).collect::<Vec<_>>());
-            Ok(arrow::compute::take_record_batch(batch, &indices)?)
-        };
+        let positions = |rows: &[usize]| rows.iter().map(|&r| r as u32).collect::<Vec<u32>>();
         let column = self.event_time.clone().unwrap_or_default();
         if !late.is_empty() {
             let watermark = self.watermark.unwrap_or_default();
@@ -727,19 +722,15 @@ impl Operator for Aggregate {
                     )
                 })
                 .collect();
-            rejected.push(Quarantined {
-                rows: take(&late)?,
-                reasons,
-                origins: None,
-            });
+            rejected.push(Rejected::take(batch, positions(&late), reasons)?);
         }
         if !no_time.is_empty() {
             let message = format!("the event-time column `{column}` is null");
-            rejected.push(Quarantined {
-                rows: take(&no_time)?,
-                reasons: vec![reason(&self.name, "missing_event_time", message); no_time.len()],
-                origins: None,
-            });
+            rejected.push(Rejected::take(
+                batch,
+                positions(&no_time),
+                vec![reason(&self.name, "missing_event_time", message); no_time.len()],
+            )?);
         }
         Ok(Step {
             output,

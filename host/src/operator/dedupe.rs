@@ -18,8 +18,7 @@ use arrow::util::display::array_value_to_string;
 use super::config::{Duplicates, OperatorConfig};
 use super::keyed::Keyed;
 use super::time::{column_names, event_times, millis};
-use super::{Operator, Step, reason};
-use crate::stages::Quarantined;
+use super::{Operator, Rejected, Step, reason};
 use crate::state::Changes;
 
 /// The reserved key holding the latest time seen (row-format keys are
@@ -177,22 +176,18 @@ impl Operator for Dedupe {
         let kept = BooleanArray::from(keep);
         let output = arrow::compute::filter_record_batch(batch, &kept)?;
         let mut rejected = Vec::new();
-        let take = |rows: &[usize]| -> Result<RecordBatch> {
-            let indices =
-                arrow::array::UInt32Array::from(rows.iter().map(|&r| r as u32).collect::<Vec<_>>());
-            Ok(arrow::compute::take_record_batch(batch, &indices)?)
-        };
+        let positions = |rows: &[usize]| rows.iter().map(|&r| r as u32).collect::<Vec<u32>>();
         if !no_time.is_empty() {
             let column = match &self.clock {
                 Clock::Event { column, .. } => column.as_str(),
                 _ => "",
             };
             let message = format!("the event-time column `{column}` is null");
-            rejected.push(Quarantined {
-                rows: take(&no_time)?,
-                reasons: vec![reason(&self.name, "missing_event_time", message); no_time.len()],
-                origins: None,
-            });
+            rejected.push(Rejected::take(
+                batch,
+                positions(&no_time),
+                vec![reason(&self.name, "missing_event_time", message); no_time.len()],
+            )?);
         }
         let dropped = match self.duplicates {
             Duplicates::Drop => duplicates.len() as u64,
@@ -208,11 +203,7 @@ impl Operator for Dedupe {
                         reason(&self.name, "duplicate", message)
                     })
                     .collect();
-                rejected.push(Quarantined {
-                    rows: take(&duplicates)?,
-                    reasons,
-                    origins: None,
-                });
+                rejected.push(Rejected::take(batch, positions(&duplicates), reasons)?);
                 0
             }
         };

@@ -31,13 +31,43 @@ use serde::Serialize;
 
 use crate::reason::Reason;
 use crate::sink::{EpochContext, EpochSink, OutputFile, Prepared};
-use crate::stages::Quarantined;
+use crate::stages::{Origins, Quarantined};
 use crate::state::{Changes, Delta, StateStore};
 
 pub use config::{OperatorConfig, OperatorKind};
 
 /// The quarantine's `plugin` for rows an operator rejected.
 const PLUGIN_LABEL: &str = "operator";
+
+/// Rows an operator rejected.
+#[derive(Debug)]
+pub struct Rejected {
+    /// The rows as the operator received them.
+    pub rows: RecordBatch,
+    /// One reason per row.
+    pub reasons: Vec<Reason>,
+    /// Each row's position in the operator's input batch.
+    pub positions: Vec<u32>,
+}
+
+impl Rejected {
+    /// The rows at `positions` of `batch`, each with its reason.
+    ///
+    /// # Errors
+    /// A position out of range.
+    pub fn take(
+        batch: &RecordBatch,
+        positions: Vec<u32>,
+        reasons: Vec<Reason>,
+    ) -> Result<Rejected> {
+        let indices = arrow::array::UInt32Array::from(positions.clone());
+        Ok(Rejected {
+            rows: arrow::compute::take_record_batch(batch, &indices)?,
+            reasons,
+            positions,
+        })
+    }
+}
 
 /// What one operator made of one batch.
 #[derive(Debug, Default)]
@@ -48,7 +78,7 @@ pub struct Step {
     /// `output`, in order; `None` when the output's rows are new ones.
     pub kept: Option<BooleanArray>,
     /// Rows rejected, with their reasons.
-    pub rejected: Vec<Quarantined>,
+    pub rejected: Vec<Rejected>,
     /// Rows left out on purpose (duplicates dropped).
     pub dropped: u64,
     /// Rows that arrived after their windows closed (also in `rejected`).
@@ -123,10 +153,12 @@ pub struct OperatorReport {
 pub struct ChainOutput {
     /// Rows for the sink.
     pub output: Option<RecordBatch>,
-    /// Rows rejected, group by group.
+    /// Rows rejected, group by group (with their origins when the input's
+    /// were given and the rows still map to input rows).
     pub quarantined: Vec<Quarantined>,
-    /// When every operator only filtered: which input rows are in `output`.
-    pub kept: Option<BooleanArray>,
+    /// Where `output`'s rows come from, when the input's origins were
+    /// given and every operator only filtered.
+    pub output_origins: Option<Origins>,
 }
 
 struct Slot {
@@ -254,13 +286,14 @@ impl OperatorChain {
     }
 
     /// Runs `batch` (rows × the stages' output schema) through every
-    /// operator in order.
+    /// operator in order; `origins` (`weir serve`) says which request each
+    /// row belongs to.
     ///
     /// # Errors
     /// A column an operator needs is missing or of the wrong type.
-    pub fn process(&mut self, batch: RecordBatch) -> Result<ChainOutput> {
+    pub fn process(&mut self, batch: RecordBatch, origins: Option<Origins>) -> Result<ChainOutput> {
         let mut out = ChainOutput {
-            kept: Some(BooleanArray::from(vec![true; batch.num_rows()])),
+            output_origins: origins,
             ..ChainOutput::default()
         };
         out.output = self.run_from(0, batch, &mut out)?;
@@ -282,7 +315,7 @@ impl OperatorChain {
             };
             let rows = batch.num_rows() as u64;
             slot.report.records_in += rows;
-            let mut step = slot.operator.process(&batch)?;
+            let step = slot.operator.process(&batch)?;
             let (keys, bytes) = slot.operator.state_size();
             if bytes > slot.quota {
                 slot.operator.rollback();
@@ -294,9 +327,8 @@ impl OperatorChain {
                 out.quarantined.push(Quarantined {
                     reasons: vec![reason(&slot.report.name, "state_quota", message); rows as usize],
                     rows: batch,
-                    origins: None,
+                    origins: out.output_origins.take(),
                 });
-                out.kept = None;
                 return Ok(None);
             }
             slot.report.state_keys = keys;
@@ -307,9 +339,23 @@ impl OperatorChain {
                 slot.report.quarantined += group.rows.num_rows() as u64;
             }
             slot.report.records_out += step.output.as_ref().map_or(0, |b| b.num_rows() as u64);
-            out.quarantined.append(&mut step.rejected);
-            out.kept = match (out.kept.take(), step.kept) {
-                (Some(before), Some(now)) => Some(compose(&before, &now)),
+            for rejected in step.rejected {
+                let origins = out.output_origins.as_ref().map(|o| Origins {
+                    rows: rejected
+                        .positions
+                        .iter()
+                        .map(|&p| o.rows[p as usize])
+                        .collect(),
+                    starts: o.starts.clone(),
+                });
+                out.quarantined.push(Quarantined {
+                    rows: rejected.rows,
+                    reasons: rejected.reasons,
+                    origins,
+                });
+            }
+            out.output_origins = match (out.output_origins.take(), &step.kept) {
+                (Some(origins), Some(kept)) => Some(origins.take(kept)),
                 _ => None,
             };
             current = step.output;
@@ -325,6 +371,7 @@ impl OperatorChain {
     pub fn finish(&mut self) -> Result<ChainOutput> {
         let mut out = ChainOutput::default();
         let mut outputs = Vec::new();
+        // Closed windows' rows are new: they come from no request.
         for i in 0..self.slots.len() {
             let closed = self.slots[i].operator.finish()?;
             let Some(batch) = closed.filter(|b| b.num_rows() > 0) else {
@@ -386,19 +433,6 @@ impl OperatorChain {
     pub fn has(&self, kind: OperatorKind) -> bool {
         self.slots.iter().any(|s| s.kind == kind)
     }
-}
-
-/// Which rows of the original input survive `now` after `before`:
-/// `before` selects rows of the input, `now` selects rows of that selection.
-fn compose(before: &BooleanArray, now: &BooleanArray) -> BooleanArray {
-    let mut selected = now.values().iter();
-    BooleanArray::from(
-        before
-            .values()
-            .iter()
-            .map(|kept| kept && selected.next().unwrap_or(false))
-            .collect::<Vec<bool>>(),
-    )
 }
 
 fn concat(batches: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {

@@ -37,6 +37,7 @@ use crate::stages::{Origins, Quarantined, Scope, Worker};
 
 use super::config::HostedPipeline;
 use super::quota::Quota;
+use super::stateful::ServedOperators;
 
 /// Whether a pipeline takes new records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -195,6 +196,9 @@ pub struct PipelineStatus {
     /// the ledger.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamStatus>,
+    /// The stateful operators: counts and state size (keys, bytes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub operators: Vec<crate::operator::OperatorReport>,
 }
 
 /// A stream pipeline's consumer, for `/v1/pipelines/NAME`.
@@ -283,6 +287,8 @@ struct Prepared {
     at: Instant,
     /// What a NATS sink published.
     published: Option<crate::sink::nats::Published>,
+    /// The operators' state changes, staged (also in `staged`).
+    delta: Option<super::stateful::StagedDelta>,
 }
 
 /// Reports kept per pipeline.
@@ -320,6 +326,11 @@ pub struct LivePipeline {
     /// `[source.nats]` of a stream pipeline.
     stream: Option<crate::nats::settings::SourceSettings>,
     stream_status: Mutex<Option<StreamStatus>>,
+    /// The stateful operators; holding the lock serialises micro-batches.
+    operators: Option<Mutex<ServedOperators>>,
+    /// The operators' counts after the last micro-batch (read without
+    /// waiting for a running one).
+    operator_reports: Mutex<Vec<crate::operator::OperatorReport>>,
 }
 
 impl std::fmt::Debug for LivePipeline {
@@ -411,6 +422,14 @@ impl LivePipeline {
             hosted.idempotency_window(),
             stream.is_some(),
         )?;
+        // After the delivery log finished the commits a crash interrupted.
+        let operators = match config.operators.is_empty() {
+            true => None,
+            false => Some(Mutex::new(ServedOperators::open(
+                &config.operators,
+                &state_dir,
+            )?)),
+        };
         let concurrency = match config.pipeline.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -453,6 +472,13 @@ impl LivePipeline {
             delivery,
             stream,
             stream_status: Mutex::new(None),
+            operator_reports: Mutex::new(
+                operators
+                    .as_ref()
+                    .map(|o| o.lock().expect("fresh lock").reports())
+                    .unwrap_or_default(),
+            ),
+            operators,
         })
     }
 
@@ -862,7 +888,55 @@ impl LivePipeline {
         part: &str,
         pieces: &[Piece],
     ) -> Result<(Vec<Ack>, BatchReport)> {
-        let prepared = self.prepare(worker, part, pieces, None)?;
+        // Stateful operators see one micro-batch at a time, from their run
+        // to the commit of its output and state.
+        let mut operators = self
+            .operators
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let outcome = self.prepare(worker, part, pieces, None, operators.as_deref_mut());
+        let prepared = match outcome {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                if let Some(operators) = operators.as_deref_mut() {
+                    operators.failed(None);
+                }
+                return Err(error);
+            }
+        };
+        let mut prepared = prepared;
+        let delta = prepared.delta.take();
+        let committed = self.commit_prepared(part, pieces, &prepared);
+        if let Some(operators) = operators.as_deref_mut() {
+            match &committed {
+                Ok(()) => operators.committed(delta),
+                Err(_) => operators.failed(delta),
+            }
+            self.publish_operator_reports(operators.reports());
+        }
+        committed?;
+        crate::crash::point("after-commit");
+        Ok((prepared.acks, prepared.report))
+    }
+
+    /// Keeps the operators' counts for the status and sets their state
+    /// gauges.
+    fn publish_operator_reports(&self, reports: Vec<crate::operator::OperatorReport>) {
+        for report in &reports {
+            let labels = [
+                ("tenant", self.tenant.to_string()),
+                ("pipeline", self.name.clone()),
+                ("operator", report.name.clone()),
+            ];
+            metrics::gauge!("weir_operator_state_keys", &labels).set(report.state_keys as f64);
+            metrics::gauge!("weir_operator_state_bytes", &labels).set(report.state_bytes as f64);
+        }
+        *self.operator_reports.lock().expect("operator reports lock") = reports;
+    }
+
+    /// Records and commits a prepared micro-batch's files with its keyed
+    /// pieces.
+    fn commit_prepared(&self, part: &str, pieces: &[Piece], prepared: &Prepared) -> Result<()> {
         let keyed: Vec<PieceRecord> = pieces
             .iter()
             .zip(&prepared.acks)
@@ -879,13 +953,11 @@ impl LivePipeline {
             .collect();
         if self.pipeline.config().pipeline.checkpoint {
             self.delivery
-                .record_and_commit(part, prepared.staged, keyed, prepared.at)?;
+                .record_and_commit(part, prepared.staged.clone(), keyed, prepared.at)
         } else {
             // `checkpoint = false`: at-least-once, committed unrecorded.
-            self.delivery.commit_unrecorded(prepared.staged)?;
+            self.delivery.commit_unrecorded(prepared.staged.clone())
         }
-        crate::crash::point("after-commit");
-        Ok((prepared.acks, prepared.report))
     }
 
     /// Runs the stages over the merged pieces and writes the sink and
@@ -900,6 +972,7 @@ impl LivePipeline {
         part: &str,
         pieces: &[Piece],
         publish: Option<(&crate::sink::nats::NatsSink, &[u64])>,
+        mut operators: Option<&mut ServedOperators>,
     ) -> Result<Prepared> {
         let mut acks: Vec<Ack> = pieces
             .iter()
@@ -950,7 +1023,7 @@ impl LivePipeline {
             let schema = self.source.schema().expect("serve sources have a schema");
             let merged = arrow::compute::concat_batches(&schema, &batches)?;
             let origins = Origins::new(merged.num_rows(), Arc::from(starts));
-            let result = worker.process_tracked(
+            let mut result = worker.process_tracked(
                 0,
                 SourceItem::Batch(SourceBatch {
                     batch: merged,
@@ -958,6 +1031,16 @@ impl LivePipeline {
                 }),
                 Some(origins),
             )?;
+            if let (Some(operators), Some(output)) =
+                (operators.as_deref_mut(), result.output.take())
+            {
+                let stepped = operators
+                    .chain()
+                    .process(output, result.output_origins.take())?;
+                result.output = stepped.output;
+                result.output_origins = stepped.output_origins;
+                result.quarantined.extend(stepped.quarantined);
+            }
             plugin_versions = result.plugin_versions;
             for group in result.quarantined {
                 for (request, rows) in by_request(group.origins.as_ref(), group.rows.num_rows()) {
@@ -1044,6 +1127,13 @@ impl LivePipeline {
             outputs.push(path.clone());
             staged.push(StagedFile { staged: file, path });
         }
+        let delta = match operators {
+            Some(operators) => operators.stage(part)?,
+            None => None,
+        };
+        if let Some(delta) = &delta {
+            staged.push(delta.file.clone());
+        }
         crate::durable::fsync_dir(&self.sink_dir)?;
         crate::durable::fsync_dir(&self.quarantine_dir)?;
         crate::crash::point("after-part-fsync");
@@ -1077,6 +1167,7 @@ impl LivePipeline {
             staged,
             at: prepared,
             published,
+            delta,
         })
     }
 
@@ -1116,6 +1207,11 @@ impl LivePipeline {
                 .stream_status
                 .lock()
                 .expect("stream status lock")
+                .clone(),
+            operators: self
+                .operator_reports
+                .lock()
+                .expect("operator reports lock")
                 .clone(),
         }
     }
@@ -1191,7 +1287,7 @@ impl LivePipeline {
         metrics::counter!("weir_records_in_total", &self.labels()).increment(rows);
         let mut worker = self.take_worker();
         let publish = sink.map(|sink| (sink, decoded.sequences.as_slice()));
-        let outcome = self.prepare(&mut worker, part, &pieces, publish);
+        let outcome = self.prepare(&mut worker, part, &pieces, publish, None);
         let deltas = worker.take_reports();
         self.workers.lock().expect("workers lock").push(worker);
         self.quota

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod quarantine_log;
 pub mod quota;
 pub mod scheduler;
+pub mod stateful;
 pub mod stream;
 pub mod tenant;
 
