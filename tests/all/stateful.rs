@@ -33,6 +33,9 @@ fn write(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
+/// Rows, sum and count of non-null arr_delay, distinct tailnums.
+type Group = (i64, f64, i64, HashSet<String>);
+
 /// The flights sample grouped here by carrier and month: (flights, mean
 /// arr_delay over non-null values, distinct non-null tailnums).
 fn flights_by_carrier_month() -> BTreeMap<(String, i64), (i64, Option<f64>, usize)> {
@@ -42,7 +45,7 @@ fn flights_by_carrier_month() -> BTreeMap<(String, i64), (i64, Option<f64>, usiz
     let at = |name: &str| header.iter().position(|h| *h == name).unwrap();
     let (month, arr_delay, carrier, tailnum) =
         (at("month"), at("arr_delay"), at("carrier"), at("tailnum"));
-    let mut groups: BTreeMap<(String, i64), (i64, f64, i64, HashSet<String>)> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, i64), Group> = BTreeMap::new();
     for line in lines {
         let fields: Vec<&str> = line.split(',').collect();
         let group = groups
