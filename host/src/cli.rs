@@ -504,6 +504,24 @@ fn print_summary(report: &RunReport) -> std::io::Result<()> {
             account.commit_ms
         )?;
     }
+    for operator in &report.operators {
+        let mut extra = String::new();
+        if operator.dropped > 0 {
+            extra.push_str(&format!(", {} duplicates dropped", operator.dropped));
+        }
+        if operator.late > 0 {
+            extra.push_str(&format!(", {} late", operator.late));
+        }
+        say!(
+            "  operator {}: {} in → {} out, {} quarantined{extra}; state {} keys, {} bytes",
+            operator.name,
+            operator.records_in,
+            operator.records_out,
+            operator.quarantined,
+            operator.state_keys,
+            operator.state_bytes
+        )?;
+    }
     if let Some(http) = &report.source_http {
         say!(
             "  source http: {} requests, {} attempts ({} retries), {} denied by allow_hosts, {} refused by an open circuit",

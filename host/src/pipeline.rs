@@ -843,8 +843,9 @@ fn write_results(
         pending.insert(result.seq, result);
         while let Some(mut result) = pending.remove(&next) {
             counts.read += result.rows_read;
-            if let (Some(chain), Some(output)) =
-                (out.operators.as_deref_mut(), result.output.take())
+            // `take` the output only when there are operators to give it to.
+            if let Some(chain) = out.operators.as_deref_mut()
+                && let Some(output) = result.output.take()
             {
                 let stepped = chain.process(output, None)?;
                 chain.accept();

@@ -1031,8 +1031,9 @@ impl LivePipeline {
                 }),
                 Some(origins),
             )?;
-            if let (Some(operators), Some(output)) =
-                (operators.as_deref_mut(), result.output.take())
+            // `take` the output only when there are operators to give it to.
+            if let Some(operators) = operators.as_deref_mut()
+                && let Some(output) = result.output.take()
             {
                 let stepped = operators
                     .chain()
