@@ -884,6 +884,9 @@ fn write_results(
             ..BatchResult::empty(next, Arc::from("(end of input)"), 0)
         };
         write_result(&mut out, &result, counts)?;
+        if let Some(coordinator) = out.coordinator.as_deref_mut() {
+            coordinator.note_output();
+        }
     }
     Ok(())
 }

@@ -771,6 +771,13 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Notes that rows were written outside any source item (stateful
+    /// operators closing their windows when the input ends), so that the
+    /// epoch holding them is committed even if no item was read in it.
+    pub fn note_output(&mut self) {
+        self.batches_in_epoch += 1;
+    }
+
     /// Ends the current epoch: prepare (each connector finishes and
     /// fsyncs its files), checkpoint (the epoch, the source position and
     /// every part recorded durably), commit (prepared directories renamed

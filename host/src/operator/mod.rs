@@ -163,7 +163,6 @@ pub struct ChainOutput {
 
 struct Slot {
     operator: Box<dyn Operator>,
-    kind: OperatorKind,
     quota: u64,
     report: OperatorReport,
 }
@@ -233,7 +232,6 @@ impl OperatorChain {
             let (keys, bytes) = operator.state_size();
             slots.push(Slot {
                 operator,
-                kind: config.kind,
                 quota: config.state_quota(),
                 report: OperatorReport {
                     name: config.name.clone(),
@@ -427,11 +425,6 @@ impl OperatorChain {
     /// Each operator's counts so far.
     pub fn reports(&self) -> Vec<OperatorReport> {
         self.slots.iter().map(|s| s.report.clone()).collect()
-    }
-
-    /// Whether any operator is of `kind`.
-    pub fn has(&self, kind: OperatorKind) -> bool {
-        self.slots.iter().any(|s| s.kind == kind)
     }
 }
 
