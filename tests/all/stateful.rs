@@ -550,3 +550,102 @@ path = "quarantine"
     );
     assert!(quarantine.iter().all(|r| r["error_kind"] == "duplicate"));
 }
+
+/// A windowed aggregate in `weir serve`: hourly windows close as the
+/// watermark passes them and their rows reach the sink; late rows are
+/// quarantined as `late`; an hour that straddles a restart of the service
+/// counts every row (open windows live in the committed state).
+#[test]
+fn windows_in_serve_close_on_the_watermark_and_survive_a_restart() {
+    use crate::serve::{Running, get, post};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        r#"
+[pipeline]
+name = "hourly"
+
+[source]
+format = "jsonl"
+schema = [
+  { name = "id", type = "int64" },
+  { name = "ts", type = "timestamp" },
+  { name = "value", type = "int64" },
+]
+
+[[operators]]
+name = "hourly"
+kind = "aggregate"
+event_time = "ts"
+window = "1h"
+allowed_lateness = "5m"
+measures = ["count(*) as rows", "sum(value) as total"]
+
+[sink]
+format = "jsonl"
+path = "out"
+
+[quarantine]
+format = "jsonl"
+path = "quarantine"
+"#,
+    )
+    .unwrap();
+    let service = crate::serve::write_service(dir.path(), "", "linger_ms = 1");
+    // Minute m of 2026-01-01, id m, value m % 5.
+    let row = |m: i64| {
+        format!(
+            "{{\"id\":{m},\"ts\":\"2026-01-01T{:02}:{:02}:00\",\"value\":{}}}\n",
+            m / 60,
+            m % 60,
+            m % 5
+        )
+    };
+    let send = |running: &Running, minutes: std::ops::Range<i64>| {
+        for chunk in minutes.collect::<Vec<_>>().chunks(20) {
+            let body: String = chunk.iter().map(|&m| row(m)).collect();
+            let (status, ack) = running.oneshot(post(
+                "/v1/pipelines/hourly/records",
+                "application/x-ndjson",
+                body,
+            ));
+            assert!(status.is_success(), "{ack}");
+        }
+    };
+    let running = Running::start(&service);
+    send(&running, 0..150);
+    // Minute 10 again, long after its hour closed: late.
+    send(&running, 10..11);
+    let (_, status) = running.oneshot(get("/v1/pipelines/hourly"));
+    assert_eq!(status["operators"][0]["late"], 1, "{status}");
+    running.shutdown().unwrap();
+    // Hour 2 (minutes 120..180) is open across the restart.
+    let running = Running::start(&service);
+    send(&running, 150..200);
+    running.shutdown().unwrap();
+    let out = crate::serve::read_parts(&dir.path().join("out"));
+    let windows: BTreeMap<String, (i64, i64)> = out
+        .iter()
+        .map(|r| {
+            (
+                r["window_start"].as_str().unwrap().to_string(),
+                (r["rows"].as_i64().unwrap(), r["total"].as_i64().unwrap()),
+            )
+        })
+        .collect();
+    // The watermark reached 199 - 5 minutes: hours 0, 1 and 2 closed.
+    let expected: BTreeMap<String, (i64, i64)> = (0..3)
+        .map(|h| {
+            let minutes = h * 60..h * 60 + 60;
+            (
+                format!("2026-01-01T{h:02}:00:00Z"),
+                (60, minutes.map(|m| m % 5).sum()),
+            )
+        })
+        .collect();
+    assert_eq!(windows, expected);
+    let quarantine = crate::serve::read_parts(&dir.path().join("quarantine"));
+    assert_eq!(quarantine.len(), 1);
+    assert_eq!(quarantine[0]["error_kind"], "late");
+    assert_eq!(quarantine[0]["record"]["id"], 10);
+}
