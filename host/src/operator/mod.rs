@@ -475,13 +475,13 @@ impl EpochSink for OperatorChain {
         if self.store.applied(&marker)? {
             return Ok(Vec::new());
         }
-        let mut delta = Delta::default();
-        for (dir, parts) in epochs {
-            for part in parts {
-                delta.merge(Delta::read(&dir.join(&part.path))?);
-            }
-        }
-        self.store.apply(&marker, &delta)?;
+        // Epoch by epoch, in one transaction: a later change to a key wins.
+        let deltas = epochs.iter().flat_map(|(dir, parts)| {
+            parts
+                .iter()
+                .map(move |part| Delta::read(&dir.join(&part.path)))
+        });
+        self.store.apply_all(&marker, deltas)?;
         Ok(Vec::new())
     }
 }

@@ -132,7 +132,9 @@ impl Delta {
             *at += 4 + len;
             Some(data)
         };
-        let mut delta = Delta::default();
+        // Written in key order per namespace: collected into vectors first,
+        // so each map is built in one bulk step rather than by inserts.
+        let mut entries: BTreeMap<String, Vec<(Vec<u8>, Option<Vec<u8>>)>> = BTreeMap::new();
         while at < body.len() {
             let tag = body[at];
             at += 1;
@@ -143,13 +145,17 @@ impl Delta {
                 2 => None,
                 _ => return Err(damaged()),
             };
-            delta
-                .namespaces
+            entries
                 .entry(String::from_utf8_lossy(namespace).into_owned())
                 .or_default()
-                .insert(key, value);
+                .push((key, value));
         }
-        Ok(delta)
+        Ok(Delta {
+            namespaces: entries
+                .into_iter()
+                .map(|(namespace, changes)| (namespace, changes.into_iter().collect()))
+                .collect(),
+        })
     }
 }
 
@@ -249,6 +255,21 @@ impl StateStore {
     /// # Errors
     /// A write error of the store; nothing is applied then.
     pub fn apply(&self, marker: &str, delta: &Delta) -> Result<bool> {
+        self.apply_all(marker, std::iter::once(Ok(delta)))
+    }
+
+    /// Applies `deltas` in order (a later change to a key wins) and records
+    /// `marker`, in one durable transaction, unless `marker` was applied
+    /// already. Returns whether it applied.
+    ///
+    /// # Errors
+    /// A delta that cannot be read, or a write error of the store; nothing
+    /// is applied then.
+    pub fn apply_all<D: std::borrow::Borrow<Delta>>(
+        &self,
+        marker: &str,
+        deltas: impl IntoIterator<Item = Result<D>>,
+    ) -> Result<bool> {
         let write = self.db.begin_write()?;
         {
             let mut markers = write.open_table(MARKERS)?;
@@ -265,17 +286,20 @@ impl StateStore {
                 let cut = next - MARKERS_KEPT as u64;
                 markers.retain(|_, n| n > cut)?;
             }
-            for (namespace, changes) in &delta.namespaces {
-                let name = table(namespace);
-                let definition: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
-                let mut table = write.open_table(definition)?;
-                for (key, value) in changes {
-                    match value {
-                        Some(value) => {
-                            table.insert(key.as_slice(), value.as_slice())?;
-                        }
-                        None => {
-                            table.remove(key.as_slice())?;
+            for delta in deltas {
+                let delta = delta?;
+                for (namespace, changes) in &delta.borrow().namespaces {
+                    let name = table(namespace);
+                    let definition: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
+                    let mut table = write.open_table(definition)?;
+                    for (key, value) in changes {
+                        match value {
+                            Some(value) => {
+                                table.insert(key.as_slice(), value.as_slice())?;
+                            }
+                            None => {
+                                table.remove(key.as_slice())?;
+                            }
                         }
                     }
                 }
