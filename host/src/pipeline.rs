@@ -508,8 +508,10 @@ impl Pipeline {
             ),
         };
         // A table sink checks (or creates) its table before any row.
+        // (What the sink receives is what the operators emit.)
         if let Some(schema) = &self.output_schema {
-            sink.expect_schema(schema.clone())?;
+            let schema = crate::operator::output_schema(&self.config.operators, schema.clone())?;
+            sink.expect_schema(schema)?;
         }
         let mut counts = RecordCounts::default();
         let mut resumed_filtered = 0;

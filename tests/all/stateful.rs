@@ -649,3 +649,73 @@ path = "quarantine"
     assert_eq!(quarantine[0]["error_kind"], "late");
     assert_eq!(quarantine[0]["record"]["id"], 10);
 }
+
+/// A batch over a later operator's quota is undone in every operator: the
+/// earlier dedupe has not remembered its keys, so the quarantined rows
+/// pass when sent again with a larger quota.
+#[test]
+fn a_batch_over_the_quota_changes_no_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    events_csv(&dir.path().join("events.csv"), 1000, &HashMap::new());
+    let two = |quota: u64| {
+        DEDUPE.replace(
+            "[sink]",
+            &format!(
+                "[[operators]]\nname = \"again\"\nkind = \"dedupe\"\nkey = [\"id\", \"value\"]\nmax_state_bytes = {quota}\n\n[sink]"
+            ),
+        )
+    };
+    write(dir.path(), &two(12_000));
+    assert!(!run_weir(dir.path(), None));
+    let passed = read_jsonl(&dir.path().join("out.jsonl"));
+    let quarantined = read_jsonl(&dir.path().join("quarantine.jsonl"));
+    assert!(!passed.is_empty() && !quarantined.is_empty());
+    assert!(
+        quarantined
+            .iter()
+            .all(|r| r["error_kind"] == "state_quota" && r["stage"] == "again")
+    );
+    // The same input again with room: what passed is now a duplicate for
+    // `unique`; what was quarantined passes.
+    write(dir.path(), &two(1 << 30));
+    assert!(!run_weir(dir.path(), None));
+    let out = read_jsonl(&dir.path().join("out.jsonl"));
+    assert_eq!(
+        ids(&out, |r| &r["id"]),
+        ids(&quarantined, |r| &r["record"]["id"])
+    );
+}
+
+/// State written under other settings is refused with the way out, and
+/// `weir state reset` is that way.
+#[test]
+fn changed_settings_over_kept_state_are_refused_until_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    events_csv(&dir.path().join("events.csv"), 200, &HashMap::new());
+    write(dir.path(), DEDUPE);
+    assert!(!run_weir(dir.path(), None));
+    write(
+        dir.path(),
+        &DEDUPE.replace("key = [\"id\"]", "key = [\"value\"]"),
+    );
+    let status = spawn_weir(dir.path(), &["run", "pipeline.toml", "--no-progress"], None)
+        .wait()
+        .unwrap();
+    assert!(!status.success());
+    let log = std::fs::read_to_string(dir.path().join("child.log")).unwrap();
+    assert!(
+        log.contains("settings changed") && log.contains("weir state reset"),
+        "{log}"
+    );
+    let reset = spawn_weir(
+        dir.path(),
+        &["state", "reset", "pipeline.toml", "--operator", "unique"],
+        None,
+    )
+    .wait()
+    .unwrap();
+    assert!(reset.success());
+    assert!(!run_weir(dir.path(), None));
+    // Seven distinct values (id % 7): seven rows pass.
+    assert_eq!(read_jsonl(&dir.path().join("out.jsonl")).len(), 7);
+}

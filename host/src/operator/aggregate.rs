@@ -266,6 +266,76 @@ fn schema_from(bytes: &[u8]) -> Result<SchemaRef> {
     Ok(builder.schema().clone())
 }
 
+/// The schema of the rows an aggregate of `config` emits for input rows of
+/// `input`: the group columns (nullable), `window_start` and `window_end`
+/// (UTC millisecond timestamps) with a window, then one nullable column
+/// per measure (`int64`, or `float64` for `mean` and for `sum`/`min`/`max`
+/// of floats and decimals).
+///
+/// # Errors
+/// A column the config names is missing, or a measure's column is not
+/// numeric where it must be.
+pub fn output_schema(config: &OperatorConfig, input: &Schema) -> Result<SchemaRef> {
+    let column = |name: &str, what: &str| {
+        input.field_with_name(name).map_err(|_| {
+            anyhow::anyhow!(
+                "operator `{}`: {what} column `{name}` is not in its input (columns: {})",
+                config.name,
+                input
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    };
+    let mut fields = Vec::new();
+    for name in &config.group_by {
+        fields.push(Field::new(
+            name,
+            column(name, "group_by")?.data_type().clone(),
+            true,
+        ));
+    }
+    if config.window.is_some() {
+        let data_type = DataType::Timestamp(
+            arrow::datatypes::TimeUnit::Millisecond,
+            Some("+00:00".into()),
+        );
+        fields.push(Field::new("window_start", data_type.clone(), false));
+        fields.push(Field::new("window_end", data_type, false));
+    }
+    for measure in config.parsed_measures() {
+        let data_type = match (measure.function, &measure.column) {
+            (Function::Count | Function::CountDistinct, Some(name)) => {
+                column(name, "measure")?;
+                DataType::Int64
+            }
+            (_, None) => DataType::Int64,
+            (Function::Mean, Some(name)) => {
+                column(name, "measure")?;
+                DataType::Float64
+            }
+            (Function::Sum | Function::Min | Function::Max, Some(name)) => {
+                match column(name, "measure")?.data_type() {
+                    t if t.is_integer() => DataType::Int64,
+                    t if t.is_floating() || matches!(t, DataType::Decimal128(..)) => {
+                        DataType::Float64
+                    }
+                    other => bail!(
+                        "operator `{}`: measure `{}` needs a numeric column; `{name}` is {other}",
+                        config.name,
+                        measure.name
+                    ),
+                }
+            }
+        };
+        fields.push(Field::new(&measure.name, data_type, true));
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
 /// The `aggregate` operator.
 pub struct Aggregate {
     name: String,
@@ -609,6 +679,12 @@ impl Operator for Aggregate {
                         self.groups.put(SCHEMA, Entry::Raw(bytes.clone()));
                     }
                 }
+                _ if key.len() < 8 => {
+                    bail!(
+                        "operator `{}`: the state holds a key that is not an aggregate's (was it written by another kind of operator of the same name?)",
+                        self.name
+                    )
+                }
                 _ => {
                     let start = key_start(&key);
                     match &value {
@@ -725,7 +801,9 @@ impl Operator for Aggregate {
             rejected.push(Rejected::take(batch, positions(&late), reasons)?);
         }
         if !no_time.is_empty() {
-            let message = format!("the event-time column `{column}` is null");
+            let message = format!(
+                "the event-time column `{column}` is null or out of range (beyond ±31,000 years)"
+            );
             rejected.push(Rejected::take(
                 batch,
                 positions(&no_time),
@@ -742,7 +820,30 @@ impl Operator for Aggregate {
     }
 
     fn finish(&mut self) -> Result<Option<RecordBatch>> {
-        self.close(true)
+        // Windows closed early are closed for good: the watermark moves to
+        // the last one's end, so that a later run's rows for them are late
+        // rather than a second, partial row for the same window.
+        let last_end = match self.windows {
+            Some(w) => self
+                .open
+                .keys()
+                .next_back()
+                .map(|s| s.saturating_add(w.size)),
+            None => None,
+        };
+        let closed = self.close(true)?;
+        if let Some(end) = last_end
+            && self.watermark.is_none_or(|w| end > w)
+        {
+            self.watermark = Some(end);
+            self.groups.put(WATERMARK, Entry::Raw(end.encode()));
+        }
+        // With every group closed, nothing needs their schema any more
+        // (the next batch brings it again).
+        self.groups.remove(SCHEMA);
+        self.group_schema = None;
+        self.converter = None;
+        Ok(closed)
     }
 
     fn take_changes(&mut self) -> Changes {

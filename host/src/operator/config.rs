@@ -11,6 +11,9 @@ use super::time::millis;
 /// pipeline's state may take.
 pub const DEFAULT_MAX_STATE_BYTES: u64 = 256 * 1024 * 1024;
 
+/// Most windows one row may count in (`window / hop`).
+pub const MAX_WINDOWS_PER_ROW: i64 = 1000;
+
 /// Which built-in operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -284,10 +287,10 @@ impl OperatorConfig {
                 }
                 if let (Some(window), Some(hop)) = (&self.window, &self.hop)
                     && let (Ok(size), Ok(hop_ms)) = (millis(window), millis(hop))
-                    && (hop_ms > size || size % hop_ms != 0)
+                    && (hop_ms > size || size % hop_ms != 0 || size / hop_ms > MAX_WINDOWS_PER_ROW)
                 {
                     problems.push(format!(
-                        "{key}.hop: `{hop}` must divide the window `{window}` (hopping windows overlap by whole hops)"
+                        "{key}.hop: `{hop}` must divide the window `{window}` (hopping windows overlap by whole hops), at most {MAX_WINDOWS_PER_ROW} times (each row counts in window / hop windows)"
                     ));
                 }
             }
@@ -301,6 +304,22 @@ impl OperatorConfig {
             .iter()
             .filter_map(|m| Measure::parse(m).ok())
             .collect()
+    }
+
+    /// The settings that give the operator's state its meaning (kind, key
+    /// and event-time columns, groups, measures, windows); state written
+    /// under other settings cannot be reused.
+    pub fn state_settings(&self) -> String {
+        format!(
+            "{:?} key={:?} event_time={:?} group_by={:?} measures={:?} window={:?} hop={:?}",
+            self.kind,
+            self.key,
+            self.event_time,
+            self.group_by,
+            self.measures,
+            self.window,
+            self.hop
+        )
     }
 
     /// [`OperatorConfig::max_state_bytes`] or its default.

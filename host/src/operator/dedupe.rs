@@ -2,12 +2,13 @@
 //! the rows whose key was seen before.
 //!
 //! State: key (the key columns in Arrow's row format, which is
-//! byte-comparable and encodes every type and null) → the time it was
-//! first seen, in ms: its event time with `event_time`, the wall clock
-//! with `ttl`, 0 otherwise. With `within`, a row is a duplicate only when
-//! its event time is within `within` of the first row's; keys older than
-//! the latest event time minus `within` (or than now minus `ttl`) are
-//! forgotten at each epoch's end, which bounds the state.
+//! byte-comparable and encodes every type and null) → the time of the
+//! latest row with that key that passed, in ms: its event time with
+//! `event_time`, the wall clock with `ttl`, 0 otherwise. With `within`, a
+//! row is a duplicate only when its event time is within `within` of that
+//! time. Keys older than the latest event time minus `within` (or than now
+//! minus `ttl`) count as forgotten at once and are removed from the state
+//! at each epoch's end, which bounds it.
 
 use anyhow::{Result, bail};
 use arrow::array::{Array, BooleanArray};
@@ -138,6 +139,19 @@ impl Operator for Dedupe {
             Clock::Event { within, .. } => within,
             _ => None,
         };
+        // Keys last seen before the horizon count as forgotten, whether or
+        // not the epoch's expiry has removed them yet: results do not
+        // depend on when epochs end.
+        let horizon = match (&self.clock, self.high_water()) {
+            (
+                Clock::Event {
+                    within: Some(w), ..
+                },
+                Some(high),
+            ) => Some(high.saturating_sub(*w)),
+            (Clock::Wall { ttl }, _) => Some(now.saturating_sub(*ttl)),
+            _ => None,
+        };
         let mut keep = Vec::with_capacity(batch.num_rows());
         let mut duplicates = Vec::new();
         let mut no_time = Vec::new();
@@ -155,14 +169,21 @@ impl Operator for Dedupe {
                 None => now,
             };
             let key = key.as_ref();
-            let duplicate = match (self.seen.get(key), within) {
+            let seen = self
+                .seen
+                .get(key)
+                .copied()
+                .filter(|&last| horizon.is_none_or(|h| last >= h));
+            let duplicate = match (seen, within) {
                 (Some(_), None) => true,
-                (Some(&first), Some(within)) => (t - first).abs() < within,
+                (Some(last), Some(within)) => (t - last).abs() < within,
                 (None, _) => false,
             };
             if duplicate {
                 duplicates.push(i);
-            } else {
+            } else if seen.is_none_or(|last| t > last) {
+                // The latest passed row's time: later rows are compared
+                // with it.
                 self.seen.put(key, t);
             }
             keep.push(!duplicate);
@@ -182,7 +203,9 @@ impl Operator for Dedupe {
                 Clock::Event { column, .. } => column.as_str(),
                 _ => "",
             };
-            let message = format!("the event-time column `{column}` is null");
+            let message = format!(
+                "the event-time column `{column}` is null or out of range (beyond ±31,000 years)"
+            );
             rejected.push(Rejected::take(
                 batch,
                 positions(&no_time),

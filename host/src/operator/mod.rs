@@ -36,6 +36,42 @@ use crate::state::{Changes, Delta, StateStore};
 
 pub use config::{OperatorConfig, OperatorKind};
 
+/// The schema the last of `configs` emits for input rows of `input` (the
+/// stages' output schema): dedupe passes its input's, aggregate makes its
+/// own ([`aggregate::output_schema`]).
+///
+/// # Errors
+/// A column an operator names is missing or of the wrong type.
+pub fn output_schema(
+    configs: &[OperatorConfig],
+    input: arrow::datatypes::SchemaRef,
+) -> Result<arrow::datatypes::SchemaRef> {
+    let mut schema = input;
+    for config in configs {
+        schema = match config.kind {
+            OperatorKind::Dedupe => {
+                for name in config.key.iter().chain(&config.event_time) {
+                    if schema.field_with_name(name).is_err() {
+                        anyhow::bail!(
+                            "operator `{}`: column `{name}` is not in its input (columns: {})",
+                            config.name,
+                            schema
+                                .fields()
+                                .iter()
+                                .map(|f| f.name().as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                    }
+                }
+                schema
+            }
+            OperatorKind::Aggregate => aggregate::output_schema(config, &schema)?,
+        };
+    }
+    Ok(schema)
+}
+
 /// The quarantine's `plugin` for rows an operator rejected.
 const PLUGIN_LABEL: &str = "operator";
 
@@ -159,6 +195,9 @@ pub struct ChainOutput {
     /// Where `output`'s rows come from, when the input's origins were
     /// given and every operator only filtered.
     pub output_origins: Option<Origins>,
+    /// An operator whose state would have passed its quota: (its name,
+    /// why). The whole batch is then undone and quarantined.
+    over_quota: Option<(String, String)>,
 }
 
 struct Slot {
@@ -219,6 +258,17 @@ impl OperatorChain {
                 OperatorKind::Aggregate => Box::new(aggregate::Aggregate::new(config)?),
             };
             let stored = store.load(&config.name)?;
+            let settings = config.state_settings();
+            match store.settings(&config.name)? {
+                Some(recorded) if recorded == settings => {}
+                Some(recorded) if !stored.is_empty() => anyhow::bail!(
+                    "operator `{}`: its settings changed since its state in {} was written (then: {recorded}; now: {settings}), and that state cannot be read under the new ones. Drop it with `weir state reset PIPELINE --operator {}` (weir run) or by removing that file while weir serve is stopped, or restore the old settings",
+                    config.name,
+                    store_path.display(),
+                    config.name
+                ),
+                _ => store.set_settings(&config.name, &settings)?,
+            }
             operator
                 .restore(stored.into_iter().map(|(k, v)| (k, Some(v))).collect())
                 .with_context(|| {
@@ -291,10 +341,24 @@ impl OperatorChain {
     /// A column an operator needs is missing or of the wrong type.
     pub fn process(&mut self, batch: RecordBatch, origins: Option<Origins>) -> Result<ChainOutput> {
         let mut out = ChainOutput {
-            output_origins: origins,
+            output_origins: origins.clone(),
             ..ChainOutput::default()
         };
-        out.output = self.run_from(0, batch, &mut out)?;
+        out.output = self.run_from(0, batch.clone(), &mut out)?;
+        if let Some((operator, message)) = out.over_quota.take() {
+            // Every operator's changes of this batch are undone, so that
+            // the quarantined rows can be sent again unchanged.
+            self.rollback();
+            let rows = batch.num_rows();
+            return Ok(ChainOutput {
+                quarantined: vec![Quarantined {
+                    rows: batch,
+                    reasons: vec![reason(&operator, "state_quota", message); rows],
+                    origins,
+                }],
+                ..ChainOutput::default()
+            });
+        }
         Ok(out)
     }
 
@@ -316,17 +380,12 @@ impl OperatorChain {
             let step = slot.operator.process(&batch)?;
             let (keys, bytes) = slot.operator.state_size();
             if bytes > slot.quota {
-                slot.operator.rollback();
                 let message = format!(
                     "the operator's state would grow to {bytes} bytes, over its max_state_bytes = {} (raise it, shorten within/ttl/window, or reset the state)",
                     slot.quota
                 );
                 slot.report.quarantined += rows;
-                out.quarantined.push(Quarantined {
-                    reasons: vec![reason(&slot.report.name, "state_quota", message); rows as usize],
-                    rows: batch,
-                    origins: out.output_origins.take(),
-                });
+                out.over_quota = Some((slot.report.name.clone(), message));
                 return Ok(None);
             }
             slot.report.state_keys = keys;
@@ -378,6 +437,12 @@ impl OperatorChain {
             self.slots[i].report.records_out += batch.num_rows() as u64;
             if let Some(rows) = self.run_from(i + 1, batch, &mut out)? {
                 outputs.push(rows);
+            }
+            if let Some((operator, message)) = out.over_quota.take() {
+                self.rollback();
+                anyhow::bail!(
+                    "operator `{operator}`, taking the windows closed at the end of the input: {message}"
+                );
             }
         }
         out.output = concat(outputs)?;
@@ -454,8 +519,10 @@ impl EpochSink for OperatorChain {
             .epoch_dir
             .clone()
             .context("the state connector was not given an epoch directory")?;
-        self.accept();
+        // Taken before accepting: changes made while taking them (expired
+        // keys) are then accepted with the rest.
         let delta = self.take_delta();
+        self.accept();
         delta.write(&dir.join(DELTA_FILE))?;
         Ok(Prepared {
             parts: vec![OutputFile {

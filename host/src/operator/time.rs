@@ -6,7 +6,7 @@ use arrow::datatypes::{DataType, Int64Type, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
 /// Event times of `column` in milliseconds since the Unix epoch (`None`
-/// for nulls). Timestamps of any unit, dates (`date32`/`date64`) and
+/// for nulls and values beyond [`MAX_EVENT_TIME_MS`]). Timestamps of any unit, dates (`date32`/`date64`) and
 /// integers (taken as milliseconds) are accepted.
 ///
 /// # Errors
@@ -43,9 +43,19 @@ pub fn event_times(batch: &RecordBatch, column: &str, operator: &str) -> Result<
     };
     let values = values.as_primitive::<Int64Type>();
     Ok((0..values.len())
-        .map(|i| values.is_valid(i).then(|| scale(values.value(i))))
+        .map(|i| {
+            values
+                .is_valid(i)
+                .then(|| scale(values.value(i)))
+                .filter(|t| t.abs() <= MAX_EVENT_TIME_MS)
+        })
         .collect())
 }
+
+/// Largest event time taken, in ms from the Unix epoch either way (about
+/// 31,700 years): beyond it a value is treated as missing, so that window
+/// arithmetic can never overflow.
+pub const MAX_EVENT_TIME_MS: i64 = 1_000_000_000_000_000;
 
 /// The batch's column names, for error messages.
 pub fn column_names(batch: &RecordBatch) -> String {
@@ -73,8 +83,8 @@ impl Windows {
     pub fn starts(&self, t: i64) -> impl Iterator<Item = i64> + '_ {
         let last = t.div_euclid(self.hop) * self.hop;
         (0..)
-            .map(move |k| last - k * self.hop)
-            .take_while(move |start| start + self.size > t)
+            .map(move |k: i64| last.saturating_sub(k.saturating_mul(self.hop)))
+            .take_while(move |start| start.saturating_add(self.size) > t)
     }
 }
 

@@ -890,27 +890,32 @@ impl LivePipeline {
     ) -> Result<(Vec<Ack>, BatchReport)> {
         // Stateful operators see one micro-batch at a time, from their run
         // to the commit of its output and state.
-        let mut operators = self
-            .operators
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let mut operators = self.operators.as_ref().map(|m| {
+            m.lock().unwrap_or_else(|poisoned| {
+                let mut operators = poisoned.into_inner();
+                operators.poisoned();
+                operators
+            })
+        });
+        if let Some(operators) = operators.as_deref() {
+            operators.check()?;
+        }
         let outcome = self.prepare(worker, part, pieces, None, operators.as_deref_mut());
-        let prepared = match outcome {
+        let mut prepared = match outcome {
             Ok(prepared) => prepared,
             Err(error) => {
                 if let Some(operators) = operators.as_deref_mut() {
-                    operators.failed(None);
+                    operators.failed();
                 }
                 return Err(error);
             }
         };
-        let mut prepared = prepared;
         let delta = prepared.delta.take();
         let committed = self.commit_prepared(part, pieces, &prepared);
         if let Some(operators) = operators.as_deref_mut() {
             match &committed {
                 Ok(()) => operators.committed(delta),
-                Err(_) => operators.failed(delta),
+                Err(error) => operators.commit_failed(error),
             }
             self.publish_operator_reports(operators.reports());
         }
@@ -1141,7 +1146,7 @@ impl LivePipeline {
         for ack in &mut acks {
             // A transform may also add rows, so `written` can exceed what
             // was received.
-            ack.accepted = ack.received - ack.quarantined;
+            ack.accepted = ack.received.saturating_sub(ack.quarantined);
             ack.filtered = ack.accepted.saturating_sub(ack.written);
         }
         let total = |f: fn(&Ack) -> u64| acks.iter().map(f).sum::<u64>();

@@ -31,9 +31,11 @@ pub const OPERATORS_DIR: &str = "operators";
 pub struct ServedOperators {
     chain: OperatorChain,
     dir: PathBuf,
-    /// Committed deltas not yet applied (a failed apply), oldest first:
-    /// marker, file, changes.
-    unapplied: Vec<(String, PathBuf, Delta)>,
+    /// Why no more micro-batches may run until a restart: the state in
+    /// memory or in the store may no longer match the committed output
+    /// (a commit whose outcome is unknown, a failed apply, a panic), and
+    /// only recovery at start ([`ServedOperators::open`]) can tell.
+    broken: Option<String>,
 }
 
 /// A micro-batch's staged state changes.
@@ -80,8 +82,9 @@ impl ServedOperators {
                 committed.push((marker(part), path));
             }
         }
-        // Micro-batches commit one at a time, so at most one delta can be
-        // committed and unapplied after a crash; order is moot.
+        // Micro-batches commit one at a time and none runs after a failed
+        // apply (`broken`), so at most one delta can be committed and
+        // unapplied after a crash: order is moot.
         for (marker, path) in committed {
             let delta = Delta::read(&path)?;
             if chain.store().apply(&marker, &delta)? {
@@ -94,7 +97,7 @@ impl ServedOperators {
         Ok(ServedOperators {
             chain,
             dir,
-            unapplied: Vec::new(),
+            broken: None,
         })
     }
 
@@ -126,37 +129,61 @@ impl ServedOperators {
         }))
     }
 
-    /// After the micro-batch committed: applies its delta to the store and
-    /// removes the file; the changes can no longer be rolled back. A
-    /// failed apply is retried before the next one (the file stays, and a
-    /// restart would apply it too).
-    pub fn committed(&mut self, staged: Option<StagedDelta>) {
-        self.chain.accept();
-        if let Some(staged) = staged {
-            self.unapplied
-                .push((staged.marker, staged.file.path, staged.delta));
-        }
-        while let Some((marker, path, delta)) = self.unapplied.first() {
-            match self.chain.store().apply(marker, delta) {
-                Ok(_) => {
-                    let _ = std::fs::remove_file(path);
-                    self.unapplied.remove(0);
-                }
-                Err(error) => {
-                    tracing::error!(delta = %path.display(), error = format!("{error:#}"), "cannot apply committed state changes to the store; retried with the next micro-batch and at restart");
-                    break;
-                }
-            }
+    /// Refuses to run a micro-batch once the state may be out of step
+    /// with the output.
+    ///
+    /// # Errors
+    /// The reason, and that a restart recovers.
+    pub fn check(&self) -> Result<()> {
+        match &self.broken {
+            None => Ok(()),
+            Some(why) => anyhow::bail!(
+                "the stateful operators stopped taking records: {why}. Restart weir serve: recovery then applies exactly the committed state"
+            ),
         }
     }
 
-    /// The micro-batch failed before its commit: its changes are undone
-    /// and its staged delta removed.
-    pub fn failed(&mut self, staged: Option<StagedDelta>) {
-        self.chain.rollback();
-        if let Some(staged) = staged {
-            let _ = std::fs::remove_file(&staged.file.staged);
+    /// After the micro-batch committed: applies its delta to the store and
+    /// removes the file; the changes can no longer be rolled back. A
+    /// failed apply stops the operators until a restart, which applies it.
+    pub fn committed(&mut self, staged: Option<StagedDelta>) {
+        self.chain.accept();
+        let Some(staged) = staged else { return };
+        let applied = self
+            .chain
+            .store()
+            .apply(&staged.marker, &staged.delta)
+            .and_then(|_| {
+                std::fs::remove_file(&staged.file.path)
+                    .with_context(|| format!("removing {}", staged.file.path.display()))
+            });
+        if let Err(error) = applied {
+            tracing::error!(delta = %staged.file.path.display(), error = format!("{error:#}"), "cannot apply committed state changes to the store");
+            self.broken = Some(format!(
+                "applying {} failed: {error:#}",
+                staged.file.path.display()
+            ));
         }
+    }
+
+    /// The micro-batch failed before it was recorded: its changes are
+    /// undone (a staged delta is removed at the next start).
+    pub fn failed(&mut self) {
+        self.chain.rollback();
+    }
+
+    /// Recording or committing the micro-batch failed: it may or may not
+    /// be recorded, so its staged delta stays for recovery to commit or
+    /// remove, and the operators stop until a restart.
+    pub fn commit_failed(&mut self, error: &anyhow::Error) {
+        self.chain.rollback();
+        self.broken = Some(format!("a micro-batch's commit failed ({error:#})"));
+    }
+
+    /// A micro-batch panicked while holding the operators.
+    pub fn poisoned(&mut self) {
+        self.chain.rollback();
+        self.broken = Some("a micro-batch panicked mid-way".to_string());
     }
 
     /// Each operator's counts and state size.

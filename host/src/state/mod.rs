@@ -39,7 +39,12 @@ pub const STORE_FILE: &str = "state.redb";
 const MARKERS_KEPT: usize = 1024;
 
 const MARKERS: TableDefinition<&str, u64> = TableDefinition::new("weir.markers");
+/// Namespace → the settings its state was written under.
+const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("weir.settings");
 const PREFIX: &str = "state.";
+
+/// One change: a key and its new value (`None`: removed).
+pub type Change = (Vec<u8>, Option<Vec<u8>>);
 
 /// Changes to one namespace: key → `Some(value)` (put) or `None` (removed).
 pub type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -134,7 +139,7 @@ impl Delta {
         };
         // Written in key order per namespace: collected into vectors first,
         // so each map is built in one bulk step rather than by inserts.
-        let mut entries: BTreeMap<String, Vec<(Vec<u8>, Option<Vec<u8>>)>> = BTreeMap::new();
+        let mut entries: BTreeMap<String, Vec<Change>> = BTreeMap::new();
         while at < body.len() {
             let tag = body[at];
             at += 1;
@@ -234,6 +239,31 @@ impl StateStore {
             entries.push((key.value().to_vec(), value.value().to_vec()));
         }
         Ok(entries)
+    }
+
+    /// The settings `namespace`'s state was written under, as
+    /// [`StateStore::set_settings`] recorded them.
+    ///
+    /// # Errors
+    /// A read error of the store.
+    pub fn settings(&self, namespace: &str) -> Result<Option<String>> {
+        let read = self.db.begin_read()?;
+        match read.open_table(SETTINGS) {
+            Ok(table) => Ok(table.get(namespace)?.map(|v| v.value().to_string())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records the settings `namespace`'s state is written under.
+    ///
+    /// # Errors
+    /// A write error of the store.
+    pub fn set_settings(&self, namespace: &str, settings: &str) -> Result<()> {
+        let write = self.db.begin_write()?;
+        write.open_table(SETTINGS)?.insert(namespace, settings)?;
+        write.commit()?;
+        Ok(())
     }
 
     /// Whether a delta marked `marker` was applied.
@@ -378,9 +408,9 @@ pub fn sizes_at(path: &Path) -> Result<BTreeMap<String, NamespaceSize>> {
 mod tests {
     use super::*;
 
-    type Change<'a> = (&'a str, &'a [u8], Option<&'a [u8]>);
+    type TestChange<'a> = (&'a str, &'a [u8], Option<&'a [u8]>);
 
-    fn delta(pairs: &[Change<'_>]) -> Delta {
+    fn delta(pairs: &[TestChange<'_>]) -> Delta {
         let mut d = Delta::default();
         for (ns, k, v) in pairs {
             d.namespaces
