@@ -673,10 +673,16 @@ impl Operator for Aggregate {
                     }
                 }
                 SCHEMA => {
-                    if let Some(bytes) = &value {
-                        self.group_schema = Some(schema_from(bytes)?);
-                        self.converter = None;
-                        self.groups.put(SCHEMA, Entry::Raw(bytes.clone()));
+                    self.converter = None;
+                    match &value {
+                        Some(bytes) => {
+                            self.group_schema = Some(schema_from(bytes)?);
+                            self.groups.put(SCHEMA, Entry::Raw(bytes.clone()));
+                        }
+                        None => {
+                            self.group_schema = None;
+                            self.groups.remove(SCHEMA);
+                        }
                     }
                 }
                 _ if key.len() < 8 => {

@@ -46,6 +46,11 @@ pub struct Dedupe {
     duplicates: Duplicates,
     converter: Option<RowConverter>,
     seen: Keyed<i64>,
+    /// The horizon of the last expiry scan: a scan reads every key, so it
+    /// runs only once the horizon has moved on by an eighth of the span
+    /// (keys past the horizon count as forgotten anyway, so this bounds
+    /// memory, not results).
+    expired_to: Option<i64>,
 }
 
 impl Dedupe {
@@ -69,6 +74,7 @@ impl Dedupe {
             duplicates: config.duplicates,
             converter: None,
             seen: Keyed::default(),
+            expired_to: None,
         })
     }
 
@@ -255,7 +261,19 @@ impl Operator for Dedupe {
             (Clock::Wall { ttl }, Some(h)) => Some(h.saturating_sub(*ttl)),
             _ => None,
         };
-        if let Some(horizon) = horizon {
+        let span = match &self.clock {
+            Clock::Event {
+                within: Some(w), ..
+            } => *w,
+            Clock::Wall { ttl } => *ttl,
+            _ => 0,
+        };
+        let due = |horizon: i64| {
+            self.expired_to
+                .is_none_or(|last| horizon.saturating_sub(last) >= span / 8)
+        };
+        if let Some(horizon) = horizon.filter(|&h| due(h)) {
+            self.expired_to = Some(horizon);
             let expired: Vec<Vec<u8>> = self
                 .seen
                 .iter()
@@ -279,5 +297,45 @@ impl Operator for Dedupe {
 
     fn state_size(&self) -> (u64, u64) {
         (self.seen.len() as u64, self.seen.bytes() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use std::sync::Arc;
+
+    fn batch(ids: &[i64], times: &[i64]) -> RecordBatch {
+        RecordBatch::try_from_iter([
+            ("id", Arc::new(Int64Array::from(ids.to_vec())) as _),
+            ("t", Arc::new(Int64Array::from(times.to_vec())) as _),
+        ])
+        .unwrap()
+    }
+
+    fn passed(dedupe: &mut Dedupe, ids: &[i64], times: &[i64]) -> usize {
+        let step = dedupe.process(&batch(ids, times)).unwrap();
+        dedupe.accept();
+        step.output.unwrap().num_rows()
+    }
+
+    /// `within` compares with the latest passed row of a key, so an older
+    /// out-of-order row does not reopen the key; and a key past the
+    /// horizon counts as forgotten before any expiry scan removed it.
+    #[test]
+    fn within_compares_with_the_latest_passed_row_and_honours_the_horizon() {
+        let config: OperatorConfig = toml::from_str(
+            "name = \"d\"\nkind = \"dedupe\"\nkey = [\"id\"]\nevent_time = \"t\"\nwithin = \"10ms\"",
+        )
+        .unwrap();
+        let mut dedupe = Dedupe::new(&config).unwrap();
+        assert_eq!(passed(&mut dedupe, &[1], &[100]), 1);
+        assert_eq!(passed(&mut dedupe, &[1], &[50]), 1);
+        assert_eq!(passed(&mut dedupe, &[1], &[105]), 0, "a duplicate of t=100");
+        // Another key moves the high water to 1000: key 1 (last 100) is
+        // past the horizon 990, so a row at 1000 is new, not a duplicate.
+        assert_eq!(passed(&mut dedupe, &[2], &[1000]), 1);
+        assert_eq!(passed(&mut dedupe, &[1], &[995]), 1);
     }
 }
