@@ -34,7 +34,7 @@ pub struct PipelineConfig {
     /// Built-in stateful operators (dedupe, aggregate) applied, in order,
     /// to the rows that passed every stage.
     #[serde(default)]
-    pub operators: Vec<crate::operator::OperatorConfig>,
+    pub operators: Vec<crate::operator::config::OperatorConfig>,
     /// Where records that pass every stage go.
     pub sink: SinkConfig,
     /// Where rejected records go, with their reasons.
@@ -989,7 +989,7 @@ impl PipelineConfig {
         purpose: Purpose,
         mut names: std::collections::HashSet<&'a str>,
     ) {
-        use crate::operator::OperatorKind;
+        use crate::operator::config::OperatorKind;
         for (i, operator) in self.operators.iter().enumerate() {
             let key = format!("operators[{i}]");
             if operator.name.trim().is_empty() {

@@ -44,7 +44,7 @@ pub struct RunReport {
     /// One entry per `[[operators]]` entry, in order, with its state's
     /// size at the end of the run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub operators: Vec<crate::operator::OperatorReport>,
+    pub operators: Vec<crate::operator::report::OperatorReport>,
 }
 
 impl RunReport {

@@ -19,6 +19,7 @@ pub mod aggregate;
 pub mod config;
 pub mod dedupe;
 pub mod keyed;
+pub mod report;
 pub mod time;
 
 use std::path::{Path, PathBuf};
@@ -27,7 +28,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use arrow::array::BooleanArray;
 use arrow::record_batch::RecordBatch;
-use serde::Serialize;
 
 use crate::reason::Reason;
 use crate::sink::{EpochContext, EpochSink, OutputFile, Prepared};
@@ -35,6 +35,7 @@ use crate::stages::{Origins, Quarantined};
 use crate::state::{Changes, Delta, StateStore};
 
 pub use config::{OperatorConfig, OperatorKind};
+pub use report::OperatorReport;
 
 /// The schema the last of `configs` emits for input rows of `input` (the
 /// stages' output schema): dedupe passes its input's, aggregate makes its
@@ -158,30 +159,6 @@ pub trait Operator: Send {
 
     /// Keys and approximate bytes of its state.
     fn state_size(&self) -> (u64, u64);
-}
-
-/// One operator's counts, for the run report and the service's status.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct OperatorReport {
-    /// The operator's name.
-    pub name: String,
-    /// `dedupe` or `aggregate`.
-    pub kind: Option<OperatorKind>,
-    /// Rows it received.
-    pub records_in: u64,
-    /// Rows it passed on (aggregate: result rows).
-    pub records_out: u64,
-    /// Rows it quarantined (late rows, missing event times, duplicates
-    /// with `duplicates = "quarantine"`, batches over the state quota).
-    pub quarantined: u64,
-    /// Duplicates dropped.
-    pub dropped: u64,
-    /// Rows that arrived after their window closed.
-    pub late: u64,
-    /// Keys in its state now.
-    pub state_keys: u64,
-    /// Approximate bytes of its state now.
-    pub state_bytes: u64,
 }
 
 /// What the operators made of one batch.
