@@ -30,6 +30,16 @@ use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 
 use crate::bindings::types;
 
+/// The schema's column names, comma-separated, for error messages.
+pub fn column_names(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The WIT type a column of Arrow type `data_type` crosses as, or `None`
 /// when weir cannot carry it.
 pub fn wit_type(data_type: &DataType) -> Option<DataType> {

@@ -35,8 +35,9 @@ use arrow::row::{RowConverter, Rows, SortField};
 
 use super::config::{Function, Measure, OperatorConfig};
 use super::keyed::{Codec, Keyed};
-use super::time::{Windows, column_names, event_times, millis};
+use super::time::{Windows, event_times, millis};
 use super::{Operator, Rejected, Step, reason};
+use crate::columnar::column_names;
 use crate::state::Changes;
 
 const WATERMARK: &[u8] = b"";
@@ -281,12 +282,7 @@ pub fn output_schema(config: &OperatorConfig, input: &Schema) -> Result<SchemaRe
             anyhow::anyhow!(
                 "operator `{}`: {what} column `{name}` is not in its input (columns: {})",
                 config.name,
-                input
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                column_names(input)
             )
         })
     };
@@ -401,7 +397,7 @@ impl Aggregate {
             format!(
                 "operator `{}`: {what} column `{name}` is not in the batch (columns: {})",
                 self.name,
-                column_names(batch)
+                column_names(&batch.schema())
             )
         })
     }
@@ -656,10 +652,6 @@ fn update(acc: &mut Acc, input: &Input, row: usize) {
 }
 
 impl Operator for Aggregate {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
     fn restore(&mut self, changes: Changes) -> Result<()> {
         for (key, value) in changes {
             match key.as_slice() {
@@ -728,31 +720,30 @@ impl Operator for Aggregate {
         let mut latest = None;
         let mut key = Vec::with_capacity(64);
         let fresh = self.fresh(&inputs);
+        // The open windows of the current row (reused: no allocation per row).
+        let mut starts: Vec<i64> = Vec::new();
         for row in 0..batch.num_rows() {
             let group: &[u8] = groups.as_ref().map_or(&[], |g| g.row(row).data());
-            let starts: Vec<i64> = match (&times, self.windows) {
+            starts.clear();
+            match (&times, self.windows) {
                 (Some(times), Some(windows)) => {
                     let Some(t) = times[row] else {
                         no_time.push(row);
                         continue;
                     };
                     latest = Some(latest.map_or(t, |l: i64| l.max(t)));
-                    let open: Vec<i64> = windows
-                        .starts(t)
-                        .filter(|&s| {
-                            self.watermark
-                                .is_none_or(|w| s.saturating_add(windows.size) > w)
-                        })
-                        .collect();
-                    if open.is_empty() {
+                    starts.extend(windows.starts(t).filter(|&s| {
+                        self.watermark
+                            .is_none_or(|w| s.saturating_add(windows.size) > w)
+                    }));
+                    if starts.is_empty() {
                         late.push(row);
                         continue;
                     }
-                    open
                 }
-                _ => vec![WHOLE_INPUT],
-            };
-            for start in starts {
+                _ => starts.push(WHOLE_INPUT),
+            }
+            for &start in &starts {
                 key.clear();
                 key.extend_from_slice(&start_key(start));
                 key.extend_from_slice(group);
@@ -783,7 +774,6 @@ impl Operator for Aggregate {
         }
         let output = self.close(false)?;
         let mut rejected = Vec::new();
-        let positions = |rows: &[usize]| rows.iter().map(|&r| r as u32).collect::<Vec<u32>>();
         let column = self.event_time.clone().unwrap_or_default();
         if !late.is_empty() {
             let watermark = self.watermark.unwrap_or_default();
@@ -804,16 +794,11 @@ impl Operator for Aggregate {
                     )
                 })
                 .collect();
-            rejected.push(Rejected::take(batch, positions(&late), reasons)?);
+            rejected.push(Rejected::take(batch, &late, reasons)?);
         }
         if !no_time.is_empty() {
-            let message = format!(
-                "the event-time column `{column}` is null or out of range (beyond ±31,000 years)"
-            );
-            rejected.push(Rejected::take(
-                batch,
-                positions(&no_time),
-                vec![reason(&self.name, "missing_event_time", message); no_time.len()],
+            rejected.push(Rejected::missing_event_time(
+                &self.name, &column, batch, &no_time,
             )?);
         }
         Ok(Step {

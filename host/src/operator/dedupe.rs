@@ -18,8 +18,9 @@ use arrow::util::display::array_value_to_string;
 
 use super::config::{Duplicates, OperatorConfig};
 use super::keyed::Keyed;
-use super::time::{column_names, event_times, millis};
+use super::time::{event_times, millis};
 use super::{Operator, Rejected, Step, reason};
+use crate::columnar::column_names;
 use crate::state::Changes;
 
 /// The reserved key holding the latest time seen (row-format keys are
@@ -85,7 +86,7 @@ impl Dedupe {
                 bail!(
                     "operator `{}`: key column `{name}` is not in the batch (columns: {})",
                     self.name,
-                    column_names(batch)
+                    column_names(&batch.schema())
                 );
             };
             columns.push(column.clone());
@@ -121,10 +122,6 @@ impl Dedupe {
 }
 
 impl Operator for Dedupe {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
     fn restore(&mut self, changes: Changes) -> Result<()> {
         self.seen.restore(changes)
     }
@@ -203,19 +200,11 @@ impl Operator for Dedupe {
         let kept = BooleanArray::from(keep);
         let output = arrow::compute::filter_record_batch(batch, &kept)?;
         let mut rejected = Vec::new();
-        let positions = |rows: &[usize]| rows.iter().map(|&r| r as u32).collect::<Vec<u32>>();
-        if !no_time.is_empty() {
-            let column = match &self.clock {
-                Clock::Event { column, .. } => column.as_str(),
-                _ => "",
-            };
-            let message = format!(
-                "the event-time column `{column}` is null or out of range (beyond ±31,000 years)"
-            );
-            rejected.push(Rejected::take(
-                batch,
-                positions(&no_time),
-                vec![reason(&self.name, "missing_event_time", message); no_time.len()],
+        if let Clock::Event { column, .. } = &self.clock
+            && !no_time.is_empty()
+        {
+            rejected.push(Rejected::missing_event_time(
+                &self.name, column, batch, &no_time,
             )?);
         }
         let dropped = match self.duplicates {
@@ -232,7 +221,7 @@ impl Operator for Dedupe {
                         reason(&self.name, "duplicate", message)
                     })
                     .collect();
-                rejected.push(Rejected::take(batch, positions(&duplicates), reasons)?);
+                rejected.push(Rejected::take(batch, &duplicates, reasons)?);
                 0
             }
         };

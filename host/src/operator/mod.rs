@@ -56,12 +56,7 @@ pub fn output_schema(
                         anyhow::bail!(
                             "operator `{}`: column `{name}` is not in its input (columns: {})",
                             config.name,
-                            schema
-                                .fields()
-                                .iter()
-                                .map(|f| f.name().as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            crate::columnar::column_names(&schema)
                         );
                     }
                 }
@@ -88,21 +83,36 @@ pub struct Rejected {
 }
 
 impl Rejected {
-    /// The rows at `positions` of `batch`, each with its reason.
+    /// The rows at `rows` of `batch`, each with its reason.
     ///
     /// # Errors
-    /// A position out of range.
-    pub fn take(
-        batch: &RecordBatch,
-        positions: Vec<u32>,
-        reasons: Vec<Reason>,
-    ) -> Result<Rejected> {
+    /// A row out of range.
+    pub fn take(batch: &RecordBatch, rows: &[usize], reasons: Vec<Reason>) -> Result<Rejected> {
+        let positions: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         let indices = arrow::array::UInt32Array::from(positions.clone());
         Ok(Rejected {
             rows: arrow::compute::take_record_batch(batch, &indices)?,
             reasons,
             positions,
         })
+    }
+
+    /// The rows at `rows` of `batch`, whose event-time `column` is null or
+    /// out of range, rejected by `operator` as `missing_event_time`.
+    ///
+    /// # Errors
+    /// A row out of range.
+    pub fn missing_event_time(
+        operator: &str,
+        column: &str,
+        batch: &RecordBatch,
+        rows: &[usize],
+    ) -> Result<Rejected> {
+        let message = format!(
+            "the event-time column `{column}` is null or out of range (beyond ±31,000 years)"
+        );
+        let reasons = vec![reason(operator, "missing_event_time", message); rows.len()];
+        Rejected::take(batch, rows, reasons)
     }
 }
 
@@ -124,9 +134,6 @@ pub struct Step {
 
 /// A stateful operator over record batches.
 pub trait Operator: Send {
-    /// Its name (the namespace of its state).
-    fn name(&self) -> &str;
-
     /// Applies stored changes (the store's entries, then committed deltas).
     ///
     /// # Errors

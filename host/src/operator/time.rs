@@ -15,7 +15,7 @@ pub fn event_times(batch: &RecordBatch, column: &str, operator: &str) -> Result<
     let Ok(index) = batch.schema().index_of(column) else {
         bail!(
             "operator `{operator}`: event-time column `{column}` is not in the batch (columns: {})",
-            column_names(batch)
+            crate::columnar::column_names(&batch.schema())
         );
     };
     let array: &ArrayRef = batch.column(index);
@@ -56,17 +56,6 @@ pub fn event_times(batch: &RecordBatch, column: &str, operator: &str) -> Result<
 /// 31,700 years): beyond it a value is treated as missing, so that window
 /// arithmetic can never overflow.
 pub const MAX_EVENT_TIME_MS: i64 = 1_000_000_000_000_000;
-
-/// The batch's column names, for error messages.
-pub fn column_names(batch: &RecordBatch) -> String {
-    batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// Tumbling (`hop == size`) or hopping windows over event time, in ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -420,7 +420,7 @@ impl Sink {
             if batch.schema().index_of(column).is_err() {
                 bail!(
                     "partition column `{column}` is not in the output (columns: {})",
-                    column_names(batch)
+                    crate::columnar::column_names(&batch.schema())
                 );
             }
         }
@@ -749,16 +749,6 @@ pub fn replace(staging: &Path, final_path: &Path, mode: WriteMode, run_id: &str)
         let _ = remove_path(&old);
     }
     Ok(())
-}
-
-fn column_names(batch: &RecordBatch) -> String {
-    batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// `batch` without the `partition_by` columns, on `schema`.

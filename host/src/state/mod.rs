@@ -69,16 +69,6 @@ impl Delta {
         self.namespaces.values().map(BTreeMap::len).sum()
     }
 
-    /// Folds `later` into `self` (a later change to a key wins).
-    pub fn merge(&mut self, later: Delta) {
-        for (namespace, changes) in later.namespaces {
-            self.namespaces
-                .entry(namespace)
-                .or_default()
-                .extend(changes);
-        }
-    }
-
     /// Writes the delta to `path` and fsyncs it. Layout: `WEIRDLT1`, then
     /// per change a tag byte (1 put, 2 remove), the namespace, the key and
     /// (puts) the value, each as a u32 little-endian length and bytes; then
