@@ -823,8 +823,10 @@ fn inspect(reference: &str, json: bool) -> Result<()> {
     say!("plugin:  {name}")?;
     say!(
         "world:   {}",
-        match (inspection.world, inspection.kind) {
-            (Some(world), Some(kind)) => format!("weir:plugin/{world} ({kind} plugin)"),
+        match (inspection.world, inspection.kind, inspection.contract) {
+            (Some(world), Some(kind), Some(contract)) => {
+                format!("weir:plugin/{world}@{contract} ({kind} plugin)")
+            }
             _ => "not a weir plugin".to_string(),
         }
     )?;

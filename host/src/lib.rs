@@ -52,5 +52,6 @@ pub mod report;
 pub mod serve;
 pub mod sink;
 pub mod source;
+pub mod splice;
 pub mod stages;
 pub mod state;

@@ -125,11 +125,16 @@ fn probe_stages(
                 None,
                 None,
             )
-            .and_then(|mut instance| match stage.kind {
-                PluginKind::Transform => instance
-                    .transform(&wit)
-                    .and_then(|(out, _)| Ok(Some(columnar::from_wit(out)?.schema()))),
-                _ => instance.validate(&wit).map(|_| None),
+            .and_then(|mut instance| {
+                // Sent as a real batch would be: only the columns it reads.
+                let sent = crate::splice::project(&empty, instance.reads());
+                let wit = columnar::to_wit(&sent).expect("a subset of a batch that converted");
+                match stage.kind {
+                    PluginKind::Transform => instance.transform(&wit).and_then(|(out, _)| {
+                        Ok(Some(crate::splice::apply(&empty, out)?.batch.schema()))
+                    }),
+                    _ => instance.validate(&wit).map(|_| None),
+                }
             });
         match outcome {
             Ok(Some(output)) => schema = output,

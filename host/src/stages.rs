@@ -32,7 +32,6 @@ use anyhow::{Result, anyhow, bail};
 use arrow::array::BooleanArray;
 use arrow::record_batch::RecordBatch;
 
-use crate::bindings::types;
 use crate::columnar;
 use crate::config::OnError;
 use crate::plugin::{
@@ -42,6 +41,7 @@ use crate::plugin::{
 use crate::quarantine::Reason;
 use crate::report::StageReport;
 use crate::source::SourceItem;
+use crate::splice::{self, Transformed};
 
 /// The tenant label of work outside `weir serve`'s tenants (`weir run`),
 /// and the implicit tenant of a service file's top-level `[[pipelines]]`.
@@ -144,6 +144,15 @@ impl Origins {
         }
     }
 
+    /// The origins of the rows at `indices` (a splice's selection), in
+    /// that order.
+    fn pick(&self, indices: &[u32]) -> Origins {
+        Origins {
+            rows: indices.iter().map(|&i| self.rows[i as usize]).collect(),
+            starts: self.starts.clone(),
+        }
+    }
+
     fn slice(&self, range: std::ops::Range<usize>) -> Origins {
         Origins {
             rows: self.rows[range].to_vec(),
@@ -214,7 +223,7 @@ impl BatchResult {
 }
 
 enum StageOutput {
-    Transformed(RecordBatch),
+    Transformed(Transformed),
     Verdicts(Vec<Verdict>),
 }
 
@@ -235,15 +244,14 @@ impl StageRunner {
         version: &Arc<PluginVersion>,
         batch: &RecordBatch,
     ) -> Result<StageOutput, CallFailure> {
-        let wit = columnar::to_wit(batch).map_err(|e| {
-            CallFailure::Fatal(anyhow!(
-                "stage `{}`: cannot pass the batch to the plugin: {e}",
-                self.stage.name
-            ))
-        })?;
         let span = tracing::debug_span!("plugin_call", stage = %self.stage.name, plugin = version.plugin.name(), sha256 = &version.plugin.sha256()[..12], rows = batch.num_rows());
         let _entered = span.enter();
-        let result = self.try_call(scope, version, &wit);
+        let result = self.try_call(scope, version, batch);
+        let result = match result {
+            Err(CallFailure::Plugin(error)) => Err(error),
+            Err(fatal) => return Err(fatal),
+            Ok(output) => Ok(output),
+        };
         if let Err(error) = &result {
             self.instance = None;
             *self
@@ -261,12 +269,14 @@ impl StageRunner {
         result.map_err(CallFailure::Plugin)
     }
 
+    /// Sends the columns the stage reads, calls it, and splices its output
+    /// back onto `batch`.
     fn try_call(
         &mut self,
         scope: &Scope,
         version: &Arc<PluginVersion>,
-        batch: &types::RecordBatch,
-    ) -> Result<StageOutput, PluginError> {
+        batch: &RecordBatch,
+    ) -> Result<StageOutput, CallFailure> {
         // An instance of another version (before or after a reload) is stale.
         if self
             .instance
@@ -282,24 +292,35 @@ impl StageRunner {
                 self.report.plugin_versions.push(sha256.to_string());
             }
             let stage = &self.stage;
-            let instance = version.plugin.instantiate_with(
-                &stage.name,
-                stage.config_json.clone(),
-                stage.limits,
-                &stage.grants,
-                scope.memory.clone(),
-                None,
-            )?;
+            let instance = version
+                .plugin
+                .instantiate_with(
+                    &stage.name,
+                    stage.config_json.clone(),
+                    stage.limits,
+                    &stage.grants,
+                    scope.memory.clone(),
+                    None,
+                )
+                .map_err(CallFailure::Plugin)?;
             self.instance = Some((instance, version.clone()));
         }
         let (instance, _) = self.instance.as_mut().expect("instantiated above");
+        // Only the columns the stage reads cross the boundary.
+        let sent = splice::project(batch, instance.reads());
+        let wit = columnar::to_wit(&sent).map_err(|e| {
+            CallFailure::Fatal(anyhow!(
+                "stage `{}`: cannot pass the batch to the plugin: {e}",
+                self.stage.name
+            ))
+        })?;
         self.report.calls += 1;
         let output = match self.stage.kind {
             PluginKind::Transform => instance
-                .transform(batch)
-                .and_then(|(out, _)| Ok(StageOutput::Transformed(columnar::from_wit(out)?))),
+                .transform(&wit)
+                .and_then(|(out, _)| Ok(StageOutput::Transformed(splice::apply(batch, out)?))),
             PluginKind::Validate => instance
-                .validate(batch)
+                .validate(&wit)
                 .map(|(verdicts, _)| StageOutput::Verdicts(verdicts)),
             PluginKind::Extract => unreachable!("extract stages are rejected by config validation"),
         };
@@ -319,7 +340,7 @@ impl StageRunner {
         metrics::counter!("weir_plugin_fuel_consumed_total", &labels).increment(stats.fuel);
         metrics::gauge!("weir_plugin_peak_memory_bytes", &labels)
             .set(self.report.peak_memory_bytes as f64);
-        output
+        output.map_err(CallFailure::Plugin)
     }
 }
 
@@ -561,8 +582,11 @@ impl Worker {
                 }
             };
             match output {
-                StageOutput::Transformed(out) => {
-                    if let Some(tracked) = &mut origins
+                StageOutput::Transformed(Transformed { batch: out, rows }) => {
+                    if let (Some(tracked), Some(rows)) = (&mut origins, &rows) {
+                        // A splice says which input row each output row is.
+                        *tracked = tracked.pick(rows);
+                    } else if let Some(tracked) = &mut origins
                         && out.num_rows() != rows_in
                     {
                         let runs = tracked.request_runs();
@@ -657,7 +681,7 @@ impl StageRunner {
                 starts: origins.starts.clone(),
             };
             match self.call(scope, version, &slice) {
-                Ok(StageOutput::Transformed(out)) => {
+                Ok(StageOutput::Transformed(Transformed { batch: out, .. })) => {
                     let same = out.num_rows() == run.len();
                     let first = origins.starts[origins.request_of(origins.rows[run.start])];
                     rows.extend(if same {
@@ -728,15 +752,32 @@ impl Isolated {
         };
         Ok(Some(match first {
             StageOutput::Transformed(first) => {
-                let outputs = self.passed.iter().map(|(_, output)| match output {
-                    StageOutput::Transformed(out) => out,
-                    StageOutput::Verdicts(_) => unreachable!("one stage has one kind"),
-                });
-                StageOutput::Transformed(
-                    arrow::compute::concat_batches(&first.schema(), outputs).map_err(|e| {
-                        anyhow!("stage `{}`: its outputs for the parts of a split batch differ in schema: {e}", stage.name)
-                    })?,
+                let parts: Vec<&Transformed> = self
+                    .passed
+                    .iter()
+                    .map(|(_, output)| match output {
+                        StageOutput::Transformed(out) => out,
+                        StageOutput::Verdicts(_) => unreachable!("one stage has one kind"),
+                    })
+                    .collect();
+                let batch = arrow::compute::concat_batches(
+                    &first.batch.schema(),
+                    parts.iter().map(|p| &p.batch),
                 )
+                .map_err(|e| {
+                    anyhow!("stage `{}`: its outputs for the parts of a split batch differ in schema: {e}", stage.name)
+                })?;
+                // Renumber each part's rows into the batch of passed rows.
+                let mut rows = Some(Vec::with_capacity(batch.num_rows()));
+                let mut offset = 0u32;
+                for ((range, _), part) in self.passed.iter().zip(&parts) {
+                    match (&mut rows, &part.rows) {
+                        (Some(all), Some(part)) => all.extend(part.iter().map(|r| r + offset)),
+                        _ => rows = None,
+                    }
+                    offset += range.len() as u32;
+                }
+                StageOutput::Transformed(Transformed { batch, rows })
             }
             StageOutput::Verdicts(_) => {
                 // Renumber each part's rows into the batch of passed rows.

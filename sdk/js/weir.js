@@ -7,6 +7,14 @@
 //   kind       export in app.js                         the function's signature
 //   transform  export const transform = transformer(fn)  fn(batch) -> Batch
 //   validate   export const validate = validator(fn)     fn(batch) -> iterable of {row, rule, message}
+//
+// `transformer(fn, { reads })` and `validator(fn, { reads })` send the
+// plugin only the columns named in `reads` (an array, or a function called
+// once that may use `config()`); the others stay on the host. A transform's
+// result derived from its input (withColumn, filter, drop...) goes back as a
+// splice of just the rows kept and the columns added or replaced, and the
+// columns that were not sent are kept; a batch built from scratch replaces
+// the whole batch, unsent columns included (contract weir:plugin@0.2.0).
 //   extract    export const extract = extractor(fn)      fn(bytes, {sourceName, contentType}) -> Batch | Batch[]
 //
 // A Batch is `numRows` rows x `schema.length` columns. `batch.column(name)`
@@ -25,7 +33,7 @@
 // `config()` is the stage's `[stages.config]` table as an object; `log()`,
 // `info()`, `warn()`... write to the host's log.
 
-import { config as hostConfig, log as hostLog } from 'weir:plugin/host@0.1.0';
+import { config as hostConfig, log as hostLog } from 'weir:plugin/host@0.2.0';
 
 // ---------------------------------------------------------------------------
 // Types
@@ -346,10 +354,14 @@ function toColumn(name, values, type) {
  */
 export class Batch {
   /** `schema`: [{name, type, nullable}]; `columns`: Column per field. */
-  constructor(schema, columns, numRows) {
+  constructor(schema, columns, numRows, input = undefined, rows = undefined) {
     this.schema = schema;
     this.columns = columns;
     this.numRows = numRows;
+    // The batch the plugin was given, and which of its rows these are
+    // (undefined: all, in order), to send back only the changes.
+    this._input = input;
+    this._rows = rows;
     this._index = new Map(schema.map((field, i) => [field.name, i]));
     if (this._index.size !== schema.length) {
       throw new Error(`duplicate column names in ${JSON.stringify(this.columnNames)}`);
@@ -411,7 +423,7 @@ export class Batch {
       schema.push(field);
       columns.push(column);
     }
-    return new Batch(schema, columns, this.numRows);
+    return new Batch(schema, columns, this.numRows, this._input, this._rows);
   }
 
   /** Only the columns `names`, in that order. */
@@ -421,6 +433,8 @@ export class Batch {
       positions.map((i) => this.schema[i]),
       positions.map((i) => this.columns[i]),
       this.numRows,
+      this._input,
+      this._rows,
     );
   }
 
@@ -432,6 +446,8 @@ export class Batch {
       keep.map((i) => this.schema[i]),
       keep.map((i) => this.columns[i]),
       this.numRows,
+      this._input,
+      this._rows,
     );
   }
 
@@ -439,16 +455,20 @@ export class Batch {
   rename(mapping) {
     for (const old of Object.keys(mapping)) this._position(old);
     const schema = this.schema.map((field) => ({ ...field, name: mapping[field.name] ?? field.name }));
-    return new Batch(schema, this.columns, this.numRows);
+    return new Batch(schema, this.columns, this.numRows, this._input, this._rows);
   }
 
   /** The rows at `indices`, in that order (repeats allowed). */
   take(indices) {
     const columns = this.columns.map((column) => {
       const values = column.toArray();
-      return Column.from(column.type, Array.from(indices, (i) => values[i]), 'column');
+      const taken = Column.from(column.type, Array.from(indices, (i) => values[i]), 'column');
+      // Still the input's column, on fewer rows: the host selects it itself.
+      taken._source = column._source;
+      return taken;
     });
-    return new Batch(this.schema, columns, indices.length);
+    const rows = this._input === undefined ? undefined : Array.from(indices, (i) => (this._rows ? this._rows[i] : i));
+    return new Batch(this.schema, columns, indices.length, this._input, rows);
   }
 
   /** The rows where `keep` is true: an array of numRows booleans, or a
@@ -494,8 +514,70 @@ export class Batch {
 
   static _fromWit(batch) {
     const schema = batch.schema.fields.map((f) => ({ name: f.name, type: f.dataType, nullable: f.nullable }));
-    const columns = batch.columns.map((column, i) => new Column(schema[i].type, batch.numRows, column));
-    return new Batch(schema, columns, batch.numRows);
+    const columns = batch.columns.map((column, i) => {
+      const wrapped = new Column(schema[i].type, batch.numRows, column);
+      wrapped._source = wrapped;
+      return wrapped;
+    });
+    const input = { schema, columns, numRows: batch.numRows };
+    return new Batch(schema, columns, batch.numRows, input, undefined);
+  }
+
+  /**
+   * This batch as changes to the input it derives from (the WIT `splice`),
+   * or undefined when a splice cannot say it: a batch not derived from the
+   * input, input columns reordered or placed after new ones, or rows
+   * repeated while columns were computed.
+   */
+  _toSplice() {
+    const input = this._input;
+    if (input === undefined) return undefined;
+    const positions = new Map(input.schema.map((field, i) => [field.name, i]));
+    const repeated = this._rows !== undefined && new Set(this._rows).size !== this._rows.length;
+    let last = -1;
+    let appended = false;
+    const changed = [];
+    for (let i = 0; i < this.schema.length; i++) {
+      const field = this.schema[i];
+      const column = this.columns[i];
+      const position = positions.get(field.name);
+      if (position === undefined) {
+        appended = true;
+      } else if (appended || position <= last) {
+        return undefined;
+      } else {
+        last = position;
+        const original = input.schema[position];
+        const same = column._source !== undefined && column._source === input.columns[position];
+        if (same && sameType(field.type, original.type) && field.nullable === original.nullable) continue;
+      }
+      if (repeated) return undefined;
+      changed.push([field, column]);
+    }
+    const columns = changed.map(([field, column]) => {
+      let wit = column._wit;
+      if (column._source !== undefined) {
+        // An input column under a new name: already in the input's rows.
+        wit = column._source._wit;
+      } else if (this._rows !== undefined) {
+        // Computed on the selected rows: spread onto the input's rows (the
+        // others are not selected, any value does).
+        const values = column.toArray();
+        const spread = new Array(input.numRows).fill(field.nullable ? null : fillerOf(field.type));
+        this._rows.forEach((row, j) => {
+          spread[row] = values[j];
+        });
+        wit = Column.from(field.type, spread, field.name)._wit;
+      }
+      return {
+        field: { name: field.name, dataType: field.type, nullable: field.nullable || wit.validity != null },
+        column: wit,
+      };
+    });
+    const names = new Set(this.columnNames);
+    const drop = input.schema.map((field) => field.name).filter((name) => !names.has(name));
+    const selection = this._rows === undefined ? undefined : { tag: 'indices', val: Uint32Array.from(this._rows) };
+    return { selection, columns, drop };
   }
 
   _toWit() {
@@ -519,24 +601,63 @@ export class Batch {
 // ---------------------------------------------------------------------------
 // Plugin kinds
 
-/** The `transform` export for `fn(batch) -> Batch`. */
-export function transformer(fn) {
+function sameType(a, b) {
+  return a.tag === b.tag && (a.val ?? null) === (b.val ?? null);
+}
+
+const FILLERS = { boolean: false, int64: 0n, float64: 0, utf8: '', binary: new Uint8Array(), timestamp: 0n, date32: 0 };
+
+function fillerOf(type) {
+  return FILLERS[type.tag];
+}
+
+// `describe` cannot fail: an error from `reads` is kept and thrown on every
+// batch instead.
+let describeError;
+
+function stageInfo(options) {
+  try {
+    const reads = typeof options?.reads === 'function' ? options.reads() : options?.reads;
+    return { reads: reads == null ? undefined : Array.from(reads, String) };
+  } catch (e) {
+    describeError = e;
+    return { reads: undefined };
+  }
+}
+
+function checkDescribe() {
+  if (describeError !== undefined) throw describeError;
+}
+
+/** The `transform` export for `fn(batch) -> Batch`; `options.reads` names
+ * the columns it reads (see the module comment). */
+export function transformer(fn, options = {}) {
   return {
+    describe() {
+      return stageInfo(options);
+    },
     transform(batch) {
       return guarded(() => {
+        checkDescribe();
         const result = fn(Batch._fromWit(batch));
         if (!(result instanceof Batch)) throw new TypeError('a transform must return a Batch');
-        return result._toWit();
+        const splice = result._toSplice();
+        return splice === undefined ? { tag: 'batch', val: result._toWit() } : { tag: 'splice', val: splice };
       });
     },
   };
 }
 
-/** The `validate` export for `fn(batch) -> iterable of {row, rule, message}`. */
-export function validator(fn) {
+/** The `validate` export for `fn(batch) -> iterable of {row, rule, message}`;
+ * `options.reads` names the columns it reads. */
+export function validator(fn, options = {}) {
   return {
+    describe() {
+      return stageInfo(options);
+    },
     validate(batch) {
       return guarded(() => {
+        checkDescribe();
         const converted = Batch._fromWit(batch);
         const verdicts = [];
         for (const { row, rule, message } of fn(converted)) {

@@ -1,6 +1,6 @@
-//! Generated bindings for the three `weir:plugin` worlds.
+//! Generated bindings for the three `weir:plugin@0.2.0` worlds.
 //!
-//! The `types` and `host` interfaces are generated once (under
+//! The `types`, `host` and `stage` interfaces are generated once (under
 //! `transformer`) and shared by the other two worlds through `with`, so a
 //! [`RecordBatch`](crate::RecordBatch) is the same Rust type whichever kind of
 //! plugin you write. Each world's custom section is emitted by its export
@@ -28,8 +28,9 @@ pub mod validator {
         default_bindings_module: "weir_sdk::bindings::validator",
         additional_derives: [PartialEq, Clone],
         with: {
-            "weir:plugin/types@0.1.0": crate::bindings::transformer::weir::plugin::types,
-            "weir:plugin/host@0.1.0": crate::bindings::transformer::weir::plugin::host,
+            "weir:plugin/types@0.2.0": crate::bindings::transformer::weir::plugin::types,
+            "weir:plugin/host@0.2.0": crate::bindings::transformer::weir::plugin::host,
+            "weir:plugin/stage@0.2.0": crate::bindings::transformer::weir::plugin::stage,
         },
     });
 }
@@ -43,8 +44,8 @@ pub mod extractor {
         default_bindings_module: "weir_sdk::bindings::extractor",
         additional_derives: [PartialEq, Clone],
         with: {
-            "weir:plugin/types@0.1.0": crate::bindings::transformer::weir::plugin::types,
-            "weir:plugin/host@0.1.0": crate::bindings::transformer::weir::plugin::host,
+            "weir:plugin/types@0.2.0": crate::bindings::transformer::weir::plugin::types,
+            "weir:plugin/host@0.2.0": crate::bindings::transformer::weir::plugin::host,
         },
     });
 }

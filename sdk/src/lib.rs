@@ -5,9 +5,17 @@
 //!
 //! | kind | trait | export macro | input → output |
 //! |---|---|---|---|
-//! | transform | [`Transform`] | [`export_transform!`] | [`RecordBatch`] → [`RecordBatch`] |
+//! | transform | [`Transform`] | [`export_transform!`] | [`RecordBatch`] → [`Output`] (a whole batch or a [`Splice`]) |
 //! | validate | [`Validate`] | [`export_validate!`] | [`RecordBatch`] → `Vec<`[`Verdict`]`>` |
 //! | extract | [`Extract`] | [`export_extract!`] | bytes + [`SourceMetadata`] → `Vec<`[`RecordBatch`]`>` |
+//!
+//! This SDK targets the contract `weir:plugin@0.2.0`. A validate or transform
+//! stage may declare the columns it reads ([`Transform::reads`],
+//! [`Validate::reads`]): only those cross into the plugin, the others stay on
+//! the host. A transform that only filters rows or adds, replaces or drops
+//! a few columns returns a [`Splice`] of just those changes, and the host
+//! applies them to the columns that never crossed; see
+//! `docs/plugins-rust.md`.
 //!
 //! Batches are columnar and mirror Arrow's layout (see `wit/weir-plugin.wit`):
 //! read a column with [`RecordBatch::column`] and a typed view such as
@@ -18,19 +26,27 @@
 //! ## Example: a transform that upper-cases a column
 //!
 //! ```no_run
-//! use weir_sdk::{Column, Error, RecordBatch, Transform};
+//! use weir_sdk::{Column, Error, Output, RecordBatch, Splice, Transform};
 //!
 //! struct Upper;
 //!
+//! fn column_name() -> Result<String, Error> {
+//!     let config: weir_sdk::serde_json::Value = weir_sdk::config()?;
+//!     Ok(config["column"].as_str().unwrap_or("name").to_string())
+//! }
+//!
 //! impl Transform for Upper {
-//!     fn transform(batch: RecordBatch) -> Result<RecordBatch, Error> {
-//!         let config: weir_sdk::serde_json::Value = weir_sdk::config()?;
-//!         let name = config["column"].as_str().unwrap_or("name").to_string();
-//!         let upper = {
-//!             let values = batch.utf8(&name)?;
-//!             Column::from_utf8((0..values.len()).map(|i| values.get(i).map(str::to_uppercase)))
-//!         };
-//!         batch.replace_column(&name, upper)
+//!     // Only this column crosses into the plugin; the others stay on the host.
+//!     fn reads() -> Result<Option<Vec<String>>, Error> {
+//!         Ok(Some(vec![column_name()?]))
+//!     }
+//!
+//!     fn transform(batch: RecordBatch) -> Result<Output, Error> {
+//!         let name = column_name()?;
+//!         let values = batch.utf8(&name)?;
+//!         let upper = Column::from_utf8((0..values.len()).map(|i| values.get(i).map(str::to_uppercase)));
+//!         // Only the new column crosses back.
+//!         Ok(Splice::new().replace(&batch, &name, upper)?.into())
 //!     }
 //! }
 //!
@@ -96,6 +112,7 @@ pub mod bindings;
 mod bitmap;
 mod column;
 pub mod host;
+mod splice;
 
 #[cfg(feature = "arrow")]
 pub mod arrow;
@@ -104,10 +121,14 @@ pub use batch::DataTypeExt;
 pub use bitmap::{Bitmap, BitmapBuilder};
 pub use column::{BoolView, PrimitiveView, Utf8Builder, VarLenView};
 pub use host::{Level, config, config_json, log};
+#[doc(hidden)]
+pub use splice::{check_reads, describe};
 /// Re-exported so plugins can read their config without extra dependencies.
 pub use {serde, serde_json};
 
 pub use bindings::extractor::exports::weir::plugin::extract::SourceMetadata;
+pub use bindings::transformer::exports::weir::plugin::transform::Output;
+pub use bindings::transformer::weir::plugin::stage::{NewColumn, Selection, Splice, StageInfo};
 pub use bindings::transformer::weir::plugin::types::{
     Column, ColumnValues, DataType, Error, Field, RecordBatch, Schema, VarLen,
 };
@@ -115,17 +136,41 @@ pub use bindings::validator::exports::weir::plugin::validate::Verdict;
 
 /// A plugin that rewrites record batches (the `transformer` world).
 pub trait Transform {
-    /// Returns the transformed batch. It may have any number of rows (rows
-    /// left out are counted as filtered, not quarantined) and any schema.
+    /// Names of the columns the plugin reads; only those are sent to it
+    /// (in the batch's order) and the others pass through on the host.
+    /// Called once per instance, before any batch, so it may read
+    /// [`config`]. The default, `None`, sends every column.
+    ///
+    /// # Errors
+    /// An unusable config ([`Error::InvalidConfig`]): the host then
+    /// quarantines every batch with that error.
+    fn reads() -> Result<Option<Vec<String>>, Error> {
+        Ok(None)
+    }
+
+    /// Returns the transformed batch: either a whole [`RecordBatch`]
+    /// (`batch.into()`; any rows, any schema, and it replaces the columns
+    /// that were not sent too) or a [`Splice`] of the changes (a row
+    /// selection plus the columns added, replaced or dropped). Rows left out
+    /// are counted as filtered, not quarantined.
     ///
     /// # Errors
     /// Return an [`Error`] to have the host quarantine this batch's rows with
     /// the error's kind and message; the next batch is still processed.
-    fn transform(batch: RecordBatch) -> Result<RecordBatch, Error>;
+    fn transform(batch: RecordBatch) -> Result<Output, Error>;
 }
 
 /// A plugin that checks rows (the `validator` world).
 pub trait Validate {
+    /// Names of the columns the plugin reads; see [`Transform::reads`].
+    /// Verdict rows index the whole batch either way.
+    ///
+    /// # Errors
+    /// As [`Transform::reads`].
+    fn reads() -> Result<Option<Vec<String>>, Error> {
+        Ok(None)
+    }
+
     /// Returns one [`Verdict`] per failed (row, rule); an empty list means all
     /// rows pass.
     ///
@@ -153,7 +198,11 @@ macro_rules! export_transform {
         const _: () = {
             struct WeirExport;
             impl $crate::bindings::transformer::exports::weir::plugin::transform::Guest for WeirExport {
-                fn transform(batch: $crate::RecordBatch) -> ::core::result::Result<$crate::RecordBatch, $crate::Error> {
+                fn describe() -> $crate::StageInfo {
+                    $crate::describe(<$plugin as $crate::Transform>::reads())
+                }
+                fn transform(batch: $crate::RecordBatch) -> ::core::result::Result<$crate::Output, $crate::Error> {
+                    $crate::check_reads()?;
                     <$plugin as $crate::Transform>::transform(batch)
                 }
             }
@@ -162,7 +211,7 @@ macro_rules! export_transform {
         /// The plugin's entry point as a plain function, for native tests.
         #[cfg(not(target_arch = "wasm32"))]
         #[doc(hidden)]
-        pub fn weir_native_transform(batch: $crate::RecordBatch) -> ::core::result::Result<$crate::RecordBatch, $crate::Error> {
+        pub fn weir_native_transform(batch: $crate::RecordBatch) -> ::core::result::Result<$crate::Output, $crate::Error> {
             <$plugin as $crate::Transform>::transform(batch)
         }
     };
@@ -178,7 +227,11 @@ macro_rules! export_validate {
         const _: () = {
             struct WeirExport;
             impl $crate::bindings::validator::exports::weir::plugin::validate::Guest for WeirExport {
+                fn describe() -> $crate::StageInfo {
+                    $crate::describe(<$plugin as $crate::Validate>::reads())
+                }
                 fn validate(batch: $crate::RecordBatch) -> ::core::result::Result<::std::vec::Vec<$crate::Verdict>, $crate::Error> {
+                    $crate::check_reads()?;
                     <$plugin as $crate::Validate>::validate(batch)
                 }
             }

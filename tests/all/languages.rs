@@ -44,10 +44,11 @@ fn transform(plugin: &Plugin, config: serde_json::Value, batch: &RecordBatch) ->
     let mut instance = plugin
         .instantiate("probe", config.to_string().into(), Limits::default())
         .unwrap();
+    let sent = weir::splice::project(batch, instance.reads());
     let (out, _) = instance
-        .transform(&to_wit(batch).unwrap())
+        .transform(&to_wit(&sent).unwrap())
         .unwrap_or_else(|e| panic!("{e}"));
-    from_wit(out).unwrap()
+    weir::splice::apply(batch, out).unwrap().batch
 }
 
 fn round_trips_every_type_with_nulls(language: &str) {
@@ -251,13 +252,18 @@ fn scaffolded_projects_build_and_work(language: weir::authoring::Language) {
         .unwrap();
         match kind {
             PluginKind::Transform => {
-                let (out, _) = instance.transform(&to_wit(&batch).unwrap()).unwrap();
+                let sent = weir::splice::project(&batch, instance.reads());
+                let (out, _) = instance.transform(&to_wit(&sent).unwrap()).unwrap();
                 let expected = RecordBatch::try_from_iter([
                     ("name", text(&[Some("A"), None, Some("ZÜRICH")])),
                     ("code", text(&[Some("x"), Some("y"), None])),
                 ])
                 .unwrap();
-                assert_eq!(from_wit(out).unwrap(), expected, "{name}");
+                assert_eq!(
+                    weir::splice::apply(&batch, out).unwrap().batch,
+                    expected,
+                    "{name}"
+                );
             }
             PluginKind::Validate => {
                 let (verdicts, _) = instance.validate(&to_wit(&batch).unwrap()).unwrap();

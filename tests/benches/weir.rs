@@ -75,7 +75,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use weir::columnar::{from_wit, to_wit};
+use weir::columnar::to_wit;
 use weir::config::{
     PipelineConfig, QuarantineConfig, QuarantineFormat, SinkConfig, SinkFormat, SourceConfig,
     SourceFormat, WriteMode,
@@ -169,7 +169,7 @@ fn boundary() -> serde_json::Value {
     });
     let with_arrow = median(7, || {
         let (out, _) = instance.transform(&to_wit(&primitive).unwrap()).unwrap();
-        from_wit(out).unwrap();
+        weir::splice::apply(&primitive, out).unwrap();
     });
     let memcpy = median(7, || {
         let copy: Vec<i64> = primitive_wit_values(&primitive_wit).to_vec();
@@ -202,17 +202,32 @@ fn boundary() -> serde_json::Value {
     let mut filter_instance = filter
         .instantiate("bench", r#"{"column":"value","gt":0}"#.into(), limits)
         .unwrap();
+    // The stage's own path: project the columns it reads, call, splice.
     let wasm_filter = median(7, || {
         for batch in &batches {
-            let (out, _) = filter_instance.transform(&to_wit(batch).unwrap()).unwrap();
-            std::hint::black_box(from_wit(out).unwrap());
+            let sent = weir::splice::project(batch, filter_instance.reads());
+            let (out, _) = filter_instance.transform(&to_wit(&sent).unwrap()).unwrap();
+            std::hint::black_box(weir::splice::apply(batch, out).unwrap());
         }
     });
+    // The same Rust natively: the column it reads into the SDK's batch, the
+    // same mask function, the mask applied with arrow's filter.
     let native_filter = median(7, || {
         for batch in &batches {
-            let wit = weir_sdk::arrow::to_wit(batch).unwrap();
-            let out = kernels::filter_greater_than(&wit, "value", 0).unwrap();
-            std::hint::black_box(weir_sdk::arrow::from_wit(out).unwrap());
+            let sent = weir::splice::project(batch, Some(&["value".to_string()]));
+            let wit = weir_sdk::arrow::to_wit(&sent).unwrap();
+            let keep = kernels::greater_than(&wit, "value", 0).unwrap();
+            let mask = arrow::array::BooleanArray::from(keep);
+            std::hint::black_box(arrow::compute::filter_record_batch(batch, &mask).unwrap());
+        }
+    });
+    // The 0.1.0 filter component: every column crosses both ways.
+    let legacy = load(weir_tests::LEGACY_FILTER);
+    let mut legacy_instance = legacy.instantiate("bench", "{}".into(), limits).unwrap();
+    let legacy_filter = median(7, || {
+        for batch in &batches {
+            let (out, _) = legacy_instance.transform(&to_wit(batch).unwrap()).unwrap();
+            std::hint::black_box(weir::splice::apply(batch, out).unwrap());
         }
     });
     let arrow_kernel = median(7, || {
@@ -253,10 +268,12 @@ fn boundary() -> serde_json::Value {
         gbps(text_bytes, text_call)
     );
     println!(
-        "  numeric filter: component {:.2} ms, same Rust native {:.2} ms → {:.2}× native (arrow kernel {:.2} ms)",
+        "  numeric filter: component (0.2.0 splice) {:.2} ms, same Rust native {:.2} ms → {:.2}× native; 0.1.0 whole-batch component {:.2} ms → {:.2}× native (arrow kernel {:.2} ms)",
         wasm_filter.as_secs_f64() * 1e3,
         native_filter.as_secs_f64() * 1e3,
         wasm_filter.as_secs_f64() / native_filter.as_secs_f64(),
+        legacy_filter.as_secs_f64() * 1e3,
+        legacy_filter.as_secs_f64() / native_filter.as_secs_f64(),
         arrow_kernel.as_secs_f64() * 1e3
     );
     json!({
@@ -272,6 +289,8 @@ fn boundary() -> serde_json::Value {
         "filter_native_ms": native_filter.as_secs_f64() * 1e3,
         "filter_ratio": wasm_filter.as_secs_f64() / native_filter.as_secs_f64(),
         "filter_arrow_kernel_ms": arrow_kernel.as_secs_f64() * 1e3,
+        "filter_legacy_0_1_ms": legacy_filter.as_secs_f64() * 1e3,
+        "filter_legacy_0_1_ratio": legacy_filter.as_secs_f64() / native_filter.as_secs_f64(),
     })
 }
 

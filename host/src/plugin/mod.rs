@@ -47,7 +47,8 @@ pub use limits::{Limits, MemoryCap, MemoryLimitExceeded, MemoryPool, PoolExhaust
 pub use slot::{HISTORY_LEN, PluginSlot, PluginVersion, Rejection, SlotStatus, Swap};
 pub use watch::{DEFAULT_DEBOUNCE, PluginWatcher};
 
-use crate::bindings::{extractor, host, transformer, types, validator};
+use crate::bindings::v0_1::{extractor, transformer, validator};
+use crate::bindings::{host, types, v0_2};
 use crate::engine::{EPOCH_TICK_MS, Runtime};
 
 /// The process-wide linker of the shared engine ([`Runtime::shared`]):
@@ -76,7 +77,10 @@ fn new_linker() -> Result<wasmtime::component::Linker<PluginState>> {
         .context("adding the deadline-aware monotonic clock to the linker")?;
     host::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state)
         .map_err(anyhow::Error::from)
-        .context("adding weir:plugin/host to the linker")?;
+        .context("adding weir:plugin/host@0.1.0 to the linker")?;
+    v0_2::host::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)
+        .context("adding weir:plugin/host@0.2.0 to the linker")?;
     Ok(linker)
 }
 
@@ -104,13 +108,9 @@ impl PluginKind {
         }
     }
 
-    /// The interface a plugin of this kind exports, versioned.
-    pub fn export(self) -> &'static str {
-        match self {
-            PluginKind::Extract => "weir:plugin/extract@0.1.0",
-            PluginKind::Validate => "weir:plugin/validate@0.1.0",
-            PluginKind::Transform => "weir:plugin/transform@0.1.0",
-        }
+    /// The interface a plugin of this kind exports in `contract`.
+    pub fn export(self, contract: Contract) -> String {
+        format!("weir:plugin/{}@{}", self.as_str(), contract.version())
     }
 
     /// The kind's name as written in a pipeline file.
@@ -123,17 +123,53 @@ impl PluginKind {
     }
 }
 
+/// The version of the `weir:plugin` package a component targets. weir
+/// loads both; the SDKs build 0.2.0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Contract {
+    /// `weir:plugin@0.1.0` (`wit/0.1.0/`): every column crosses both ways
+    /// and a transform returns a whole batch.
+    #[serde(rename = "0.1.0")]
+    V0_1,
+    /// `weir:plugin@0.2.0` (`wit/`): a stage declares the columns it reads
+    /// and a transform may return a splice.
+    #[serde(rename = "0.2.0")]
+    V0_2,
+}
+
+impl Contract {
+    /// Every version weir loads, newest first.
+    pub const ALL: [Contract; 2] = [Contract::V0_2, Contract::V0_1];
+
+    /// The package version, `0.2.0`.
+    pub fn version(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "0.1.0",
+            Contract::V0_2 => "0.2.0",
+        }
+    }
+}
+
+impl std::fmt::Display for Contract {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.version())
+    }
+}
+
 impl std::fmt::Display for PluginKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-/// The type-checked entry points of a component, by kind.
+/// The type-checked entry points of a component, by kind and contract.
 enum Pre {
     Extract(extractor::ExtractorPre<PluginState>),
     Validate(validator::ValidatorPre<PluginState>),
     Transform(transformer::TransformerPre<PluginState>),
+    Extract2(v0_2::extractor::ExtractorPre<PluginState>),
+    Validate2(v0_2::validator::ValidatorPre<PluginState>),
+    Transform2(v0_2::transformer::TransformerPre<PluginState>),
 }
 
 /// A compiled plugin, ready to instantiate. Cheap to share across threads
@@ -141,6 +177,7 @@ enum Pre {
 pub struct Plugin {
     name: String,
     kind: PluginKind,
+    contract: Contract,
     sha256: String,
     size_bytes: u64,
     origin: Origin,
@@ -166,6 +203,8 @@ pub struct Inspection {
     pub kind: Option<PluginKind>,
     /// Its world, when it is a weir plugin.
     pub world: Option<&'static str>,
+    /// The `weir:plugin` version it targets, when it is a weir plugin.
+    pub contract: Option<Contract>,
     /// Names of the interfaces and functions it exports.
     pub exports: Vec<String>,
     /// Names of the interfaces and functions it imports.
@@ -213,14 +252,17 @@ pub fn is_sha256_hex(text: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn detect_kind(exports: &[String]) -> Option<PluginKind> {
-    [
-        PluginKind::Extract,
-        PluginKind::Validate,
-        PluginKind::Transform,
-    ]
-    .into_iter()
-    .find(|kind| exports.iter().any(|e| e == kind.export()))
+fn detect_kind(exports: &[String]) -> Option<(PluginKind, Contract)> {
+    Contract::ALL.into_iter().find_map(|contract| {
+        [
+            PluginKind::Extract,
+            PluginKind::Validate,
+            PluginKind::Transform,
+        ]
+        .into_iter()
+        .find(|kind| exports.iter().any(|e| *e == kind.export(contract)))
+        .map(|kind| (kind, contract))
+    })
 }
 
 fn names<'a, T>(items: impl Iterator<Item = (&'a str, T)>) -> Vec<String> {
@@ -270,12 +312,10 @@ impl Plugin {
         let ty = component.component_type();
         let exports = names(ty.exports(engine));
         let imports = names(ty.imports(engine));
-        let kind = detect_kind(&exports).ok_or_else(|| {
+        let (kind, contract) = detect_kind(&exports).ok_or_else(|| {
             anyhow!(
-                "plugin `{name}` is not a weir plugin: it exports none of {}, {}, {} (it exports: {})",
-                PluginKind::Extract.export(),
-                PluginKind::Validate.export(),
-                PluginKind::Transform.export(),
+                "plugin `{name}` is not a weir plugin: it exports none of weir:plugin/{{extract,validate,transform}} at versions {} (it exports: {})",
+                Contract::ALL.map(Contract::version).join(", "),
                 if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
             )
         })?;
@@ -285,7 +325,7 @@ impl Plugin {
             bail!(
                 "plugin `{name}` is a {kind} plugin (world `{}`, exports {}) but the stage declares kind = \"{expected}\" (world `{}`)",
                 kind.world(),
-                kind.export(),
+                kind.export(contract),
                 expected.world()
             );
         }
@@ -296,16 +336,30 @@ impl Plugin {
                 e.root_cause()
             )
         })?;
-        let pre = match kind {
-            PluginKind::Extract => Pre::Extract(extractor::ExtractorPre::new(instance_pre)?),
-            PluginKind::Validate => Pre::Validate(validator::ValidatorPre::new(instance_pre)?),
-            PluginKind::Transform => {
+        let pre = match (kind, contract) {
+            (PluginKind::Extract, Contract::V0_1) => {
+                Pre::Extract(extractor::ExtractorPre::new(instance_pre)?)
+            }
+            (PluginKind::Validate, Contract::V0_1) => {
+                Pre::Validate(validator::ValidatorPre::new(instance_pre)?)
+            }
+            (PluginKind::Transform, Contract::V0_1) => {
                 Pre::Transform(transformer::TransformerPre::new(instance_pre)?)
+            }
+            (PluginKind::Extract, Contract::V0_2) => {
+                Pre::Extract2(v0_2::extractor::ExtractorPre::new(instance_pre)?)
+            }
+            (PluginKind::Validate, Contract::V0_2) => {
+                Pre::Validate2(v0_2::validator::ValidatorPre::new(instance_pre)?)
+            }
+            (PluginKind::Transform, Contract::V0_2) => {
+                Pre::Transform2(v0_2::transformer::TransformerPre::new(instance_pre)?)
             }
         };
         Ok(Plugin {
             name: name.to_string(),
             kind,
+            contract,
             sha256,
             size_bytes: bytes.len() as u64,
             origin,
@@ -325,10 +379,12 @@ impl Plugin {
         let (component, _) = cache::load_or_compile(engine, bytes, &sha256, None)?;
         let ty = component.component_type();
         let exports = names(ty.exports(engine));
-        let kind = detect_kind(&exports);
+        let detected = detect_kind(&exports);
+        let kind = detected.map(|(kind, _)| kind);
         Ok(Inspection {
             kind,
             world: kind.map(PluginKind::world),
+            contract: detected.map(|(_, contract)| contract),
             exports,
             imports: names(ty.imports(engine)),
             size_bytes: bytes.len() as u64,
@@ -344,6 +400,11 @@ impl Plugin {
     /// Its kind.
     pub fn kind(&self) -> PluginKind {
         self.kind
+    }
+
+    /// The `weir:plugin` version it targets.
+    pub fn contract(&self) -> Contract {
+        self.contract
     }
 
     /// SHA-256 of the component bytes, lowercase hex.
@@ -439,12 +500,18 @@ impl Plugin {
             exports: Exports::Pending,
             limits,
             last_call: CallStats::default(),
+            reads: None,
         };
         instance.arm();
         let exports = match &self.pre {
             Pre::Extract(pre) => pre.instantiate(&mut instance.store).map(Exports::Extract),
             Pre::Validate(pre) => pre.instantiate(&mut instance.store).map(Exports::Validate),
             Pre::Transform(pre) => pre.instantiate(&mut instance.store).map(Exports::Transform),
+            Pre::Extract2(pre) => pre.instantiate(&mut instance.store).map(Exports::Extract2),
+            Pre::Validate2(pre) => pre.instantiate(&mut instance.store).map(Exports::Validate2),
+            Pre::Transform2(pre) => pre
+                .instantiate(&mut instance.store)
+                .map(Exports::Transform2),
         };
         instance.exports = exports.map_err(|e| match instance.classify(&e) {
             PluginError::Trap(message) => PluginError::Instantiate(message),
@@ -456,6 +523,7 @@ impl Plugin {
             .store
             .fuel_async_yield_interval(Some(FUEL_SLICE))
             .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
+        instance.describe()?;
         Ok(instance)
     }
 }
@@ -563,14 +631,54 @@ impl host::Host for PluginState {
     }
 }
 
+impl v0_2::host::Host for PluginState {
+    fn log(&mut self, level: v0_2::host::Level, message: String) {
+        use v0_2::host::Level;
+        let level = match level {
+            Level::Trace => host::Level::Trace,
+            Level::Debug => host::Level::Debug,
+            Level::Info => host::Level::Info,
+            Level::Warn => host::Level::Warn,
+            Level::Error => host::Level::Error,
+        };
+        host::Host::log(self, level, message);
+    }
+
+    fn config(&mut self) -> String {
+        host::Host::config(self)
+    }
+}
+
 impl types::Host for PluginState {}
+impl v0_2::stage::Host for PluginState {}
 
 enum Exports {
     Pending,
     Extract(extractor::Extractor),
     Validate(validator::Validator),
     Transform(transformer::Transformer),
+    Extract2(v0_2::extractor::Extractor),
+    Validate2(v0_2::validator::Validator),
+    Transform2(v0_2::transformer::Transformer),
 }
+
+/// What a transform returned: a whole batch, or (0.2.0) its changes to the
+/// input it was sent.
+#[derive(Debug, Clone)]
+pub enum TransformOutput {
+    /// The whole output batch (any rows, any schema).
+    Batch(types::RecordBatch),
+    /// A row selection and the columns added, replaced or dropped; see
+    /// [`crate::splice`].
+    Splice(Splice),
+}
+
+/// A transform's output as changes to its input (`weir:plugin/stage.splice`).
+pub type Splice = v0_2::stage::Splice;
+/// Which input rows a [`Splice`] keeps.
+pub type Selection = v0_2::stage::Selection;
+/// A column a [`Splice`] adds or replaces.
+pub type NewColumn = v0_2::stage::NewColumn;
 
 /// Resource use of one call, however it ended.
 #[derive(Debug, Clone, Copy, Default)]
@@ -592,9 +700,41 @@ pub struct PluginInstance {
     exports: Exports,
     limits: Limits,
     last_call: CallStats,
+    /// The columns the stage reads (0.2.0 `describe`); none means all.
+    reads: Option<Vec<String>>,
 }
 
 impl PluginInstance {
+    /// Asks a 0.2.0 validate or transform plugin which columns it reads
+    /// (once, at instantiation, under the call limits).
+    fn describe(&mut self) -> Result<(), PluginError> {
+        let info = match &self.exports {
+            Exports::Validate2(exports) => {
+                let exports = exports.weir_plugin_validate().clone();
+                self.arm();
+                block_on(exports.call_describe(&mut self.store))
+            }
+            Exports::Transform2(exports) => {
+                let exports = exports.weir_plugin_transform().clone();
+                self.arm();
+                block_on(exports.call_describe(&mut self.store))
+            }
+            _ => return Ok(()),
+        };
+        let info = info.map_err(|e| match self.classify(&e) {
+            PluginError::Trap(message) => PluginError::Instantiate(format!("describe: {message}")),
+            other => other,
+        })?;
+        self.reads = info.reads;
+        Ok(())
+    }
+
+    /// The names of the columns the plugin reads (0.2.0 `describe`); `None`
+    /// when it reads every column (and for every 0.1.0 plugin).
+    pub fn reads(&self) -> Option<&[String]> {
+        self.reads.as_deref()
+    }
+
     /// Refills fuel and restarts the deadline before a call.
     fn arm(&mut self) {
         // wasmtime's own default copy budget (128 MiB) would otherwise be
@@ -658,19 +798,37 @@ impl PluginInstance {
     pub fn transform(
         &mut self,
         batch: &types::RecordBatch,
-    ) -> Result<(types::RecordBatch, CallStats), PluginError> {
-        let Exports::Transform(exports) = &self.exports else {
-            unreachable!("PluginInstance::transform on a non-transform plugin")
+    ) -> Result<(TransformOutput, CallStats), PluginError> {
+        use v0_2::transformer::exports::weir::plugin::transform::Output;
+        let result = match &self.exports {
+            Exports::Transform(exports) => {
+                let exports = exports.weir_plugin_transform().clone();
+                self.arm();
+                let started = Instant::now();
+                let result = block_on(exports.call_transform(&mut self.store, batch));
+                (result.map(|r| r.map(TransformOutput::Batch)), started)
+            }
+            Exports::Transform2(exports) => {
+                let exports = exports.weir_plugin_transform().clone();
+                self.arm();
+                let started = Instant::now();
+                let result = block_on(exports.call_transform(&mut self.store, batch));
+                let output = result.map(|r| {
+                    r.map(|output| match output {
+                        Output::Batch(batch) => TransformOutput::Batch(batch),
+                        Output::Splice(splice) => TransformOutput::Splice(splice),
+                    })
+                });
+                (output, started)
+            }
+            _ => unreachable!("PluginInstance::transform on a non-transform plugin"),
         };
-        let exports = exports.weir_plugin_transform().clone();
-        self.arm();
-        let started = Instant::now();
-        let result = block_on(exports.call_transform(&mut self.store, batch));
+        let (result, started) = result;
         let stats = self.stats(started);
         let output = result
             .map_err(|e| self.classify(&e))?
             .map_err(PluginError::returned)?;
-        self.check_output(crate::columnar::payload_bytes(&output))?;
+        self.check_output(crate::splice::payload_bytes(&output))?;
         Ok((output, stats))
     }
 
@@ -683,13 +841,38 @@ impl PluginInstance {
         &mut self,
         batch: &types::RecordBatch,
     ) -> Result<(Vec<Verdict>, CallStats), PluginError> {
-        let Exports::Validate(exports) = &self.exports else {
-            unreachable!("PluginInstance::validate on a non-validate plugin")
+        let (result, started) = match &self.exports {
+            Exports::Validate(exports) => {
+                let exports = exports.weir_plugin_validate().clone();
+                self.arm();
+                let started = Instant::now();
+                (
+                    block_on(exports.call_validate(&mut self.store, batch)),
+                    started,
+                )
+            }
+            Exports::Validate2(exports) => {
+                let exports = exports.weir_plugin_validate().clone();
+                self.arm();
+                let started = Instant::now();
+                let result = block_on(exports.call_validate(&mut self.store, batch));
+                // The two versions' verdicts are the same record.
+                let result = result.map(|r| {
+                    r.map(|verdicts| {
+                        verdicts
+                            .into_iter()
+                            .map(|v| Verdict {
+                                row: v.row,
+                                rule: v.rule,
+                                message: v.message,
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                });
+                (result, started)
+            }
+            _ => unreachable!("PluginInstance::validate on a non-validate plugin"),
         };
-        let exports = exports.weir_plugin_validate().clone();
-        self.arm();
-        let started = Instant::now();
-        let result = block_on(exports.call_validate(&mut self.store, batch));
         let stats = self.stats(started);
         let verdicts = result
             .map_err(|e| self.classify(&e))?
@@ -717,13 +900,31 @@ impl PluginInstance {
         data: &[u8],
         metadata: &SourceMetadata,
     ) -> Result<(Vec<types::RecordBatch>, CallStats), PluginError> {
-        let Exports::Extract(exports) = &self.exports else {
-            unreachable!("PluginInstance::extract on a non-extract plugin")
+        let (result, started) = match &self.exports {
+            Exports::Extract(exports) => {
+                let exports = exports.weir_plugin_extract().clone();
+                self.arm();
+                let started = Instant::now();
+                (
+                    block_on(exports.call_extract(&mut self.store, data, metadata)),
+                    started,
+                )
+            }
+            Exports::Extract2(exports) => {
+                let exports = exports.weir_plugin_extract().clone();
+                self.arm();
+                let started = Instant::now();
+                let metadata = v0_2::extractor::exports::weir::plugin::extract::SourceMetadata {
+                    source_name: metadata.source_name.clone(),
+                    content_type: metadata.content_type.clone(),
+                };
+                (
+                    block_on(exports.call_extract(&mut self.store, data, &metadata)),
+                    started,
+                )
+            }
+            _ => unreachable!("PluginInstance::extract on a non-extract plugin"),
         };
-        let exports = exports.weir_plugin_extract().clone();
-        self.arm();
-        let started = Instant::now();
-        let result = block_on(exports.call_extract(&mut self.store, data, metadata));
         let stats = self.stats(started);
         let batches = result
             .map_err(|e| self.classify(&e))?

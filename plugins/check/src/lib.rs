@@ -344,6 +344,23 @@ fn rules() -> Result<&'static [Rule], Error> {
 pub struct Check_;
 
 impl Validate for Check_ {
+    /// Only the columns the rules name cross into the plugin.
+    fn reads() -> Result<Option<Vec<String>>, Error> {
+        let mut names: Vec<String> = Vec::new();
+        for rule in rules()? {
+            let other = match &rule.check {
+                Check::NotNullWhen(other) => Some(other),
+                _ => None,
+            };
+            for name in std::iter::once(&rule.column).chain(other) {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+        Ok(Some(names))
+    }
+
     fn validate(batch: RecordBatch) -> Result<Vec<Verdict>, Error> {
         let mut verdicts = Vec::new();
         for rule in rules()? {

@@ -45,7 +45,7 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 use serde_json::Value;
-use weir_sdk::{Column, ColumnValues, Error, Field, RecordBatch, Transform};
+use weir_sdk::{Column, ColumnValues, Error, Field, Output, RecordBatch, Splice, Transform};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -212,6 +212,14 @@ fn key_text(column: &Column, row: usize) -> Option<String> {
 }
 
 impl Derive {
+    /// The column it writes.
+    fn name(&self) -> &String {
+        match self {
+            Derive::Bucket(b) => &b.name,
+            Derive::Lookup { name, .. } => name,
+        }
+    }
+
     fn apply(&self, batch: RecordBatch) -> Result<RecordBatch, Error> {
         let rows = 0..batch.len();
         let (name, column) = match self {
@@ -290,11 +298,48 @@ fn derivations() -> Result<&'static [Derive], Error> {
 pub struct DerivePlugin;
 
 impl Transform for DerivePlugin {
-    fn transform(mut batch: RecordBatch) -> Result<RecordBatch, Error> {
+    /// The source and `when_null` columns cross into the plugin (not the
+    /// ones an earlier entry derives); only the derived columns cross back.
+    fn reads() -> Result<Option<Vec<String>>, Error> {
+        let mut reads: Vec<String> = Vec::new();
+        let mut derived: Vec<&str> = Vec::new();
         for derive in derivations()? {
+            let (name, inputs): (&String, Vec<&String>) = match derive {
+                Derive::Bucket(b) => (
+                    &b.name,
+                    std::iter::once(&b.source)
+                        .chain(b.when_null.iter().map(|n| &n.column))
+                        .collect(),
+                ),
+                Derive::Lookup { name, source, .. } => (name, vec![source]),
+            };
+            for input in inputs {
+                if !derived.contains(&input.as_str()) && !reads.contains(input) {
+                    reads.push(input.clone());
+                }
+            }
+            derived.push(name);
+        }
+        Ok(Some(reads))
+    }
+
+    fn transform(mut batch: RecordBatch) -> Result<Output, Error> {
+        let derivations = derivations()?;
+        for derive in derivations {
             batch = derive.apply(batch)?;
         }
-        Ok(batch)
+        // Each derived column once, in the order it was first derived.
+        let mut splice = Splice::new();
+        for derive in derivations {
+            let name = derive.name();
+            if splice.columns.iter().any(|c| c.field.name == *name) {
+                continue;
+            }
+            let i = batch.index_of(name).expect("derived above");
+            let column = std::mem::replace(&mut batch.columns[i], Column::from_int64([]));
+            splice = splice.set(batch.schema.fields[i].clone(), column);
+        }
+        Ok(splice.into())
     }
 }
 

@@ -24,7 +24,7 @@
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use weir_sdk::{Column, ColumnValues, Error, RecordBatch, Transform, Utf8Builder};
+use weir_sdk::{Column, ColumnValues, Error, Output, RecordBatch, Splice, Transform, Utf8Builder};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,22 +108,31 @@ fn map_text(
 pub struct Mask;
 
 impl Transform for Mask {
-    fn transform(mut batch: RecordBatch) -> Result<RecordBatch, Error> {
+    /// Only the masked columns cross into the plugin, and back.
+    fn reads() -> Result<Option<Vec<String>>, Error> {
         let config: Config = weir_sdk::config()?;
+        Ok(Some(
+            config.sha256.into_iter().chain(config.redact).collect(),
+        ))
+    }
+
+    fn transform(batch: RecordBatch) -> Result<Output, Error> {
+        let config: Config = weir_sdk::config()?;
+        let mut splice = Splice::new();
         for name in &config.sha256 {
             let salted = Sha256::new_with_prefix(config.salt.as_bytes());
             let column = map_text(&batch, name, |v, out| {
                 write_salted_sha256_hex(&salted, v, out)
             })?;
-            batch = batch.replace_column(name, column)?;
+            splice = splice.replace(&batch, name, column)?;
         }
         for name in &config.redact {
             let column = map_text(&batch, name, |_, out| {
                 out.extend_from_slice(config.replacement.as_bytes())
             })?;
-            batch = batch.replace_column(name, column)?;
+            splice = splice.replace(&batch, name, column)?;
         }
-        Ok(batch)
+        Ok(splice.into())
     }
 }
 

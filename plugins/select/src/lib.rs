@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use weir_sdk::{Error, RecordBatch, Transform};
+use weir_sdk::{Error, Output, RecordBatch, Splice, Transform};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,8 +34,21 @@ struct Config {
 pub struct Select;
 
 impl Transform for Select {
-    fn transform(batch: RecordBatch) -> Result<RecordBatch, Error> {
+    fn transform(batch: RecordBatch) -> Result<Output, Error> {
         let config: Config = weir_sdk::config()?;
+        // Only dropping columns: nothing needs to cross back.
+        if config.keep.is_none() && config.rename.is_empty() {
+            if let Some(missing) = config.drop.iter().find(|c| batch.index_of(c).is_none()) {
+                return Err(Error::InvalidInput(format!(
+                    "select: cannot drop `{missing}`: no such column"
+                )));
+            }
+            let splice = config
+                .drop
+                .iter()
+                .fold(Splice::new(), |s, name| s.drop(name.clone()));
+            return Ok(splice.into());
+        }
         let mut batch = match &config.keep {
             Some(keep) => batch.select(keep)?,
             None => batch,
@@ -49,7 +62,7 @@ impl Transform for Select {
         for (from, to) in &config.rename {
             batch = batch.rename_column(from, to)?;
         }
-        Ok(batch)
+        Ok(batch.into())
     }
 }
 

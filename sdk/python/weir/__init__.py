@@ -42,6 +42,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 
 from componentize_py_types import Err as _Err
 from wit_world.imports import host as _host
+try:
+    # The transform and validate worlds use `stage`; the extract world does not.
+    from wit_world.imports import stage as _stage
+except ImportError:
+    _stage = None
 from wit_world.imports import types as _wit
 
 __all__ = [
@@ -297,22 +302,51 @@ def _encode(name: str, data_type: DataType, values: Sequence[Any]) -> Any:
 # Record batches
 
 
+class _Input:
+    """The batch a plugin was given: what its output is compared with to
+    send back only the changes (a splice)."""
+
+    __slots__ = ("num_rows", "fields", "columns", "position")
+
+    def __init__(self, fields: list, columns: list, num_rows: int):
+        self.num_rows = num_rows
+        self.fields = fields
+        # Keeps the WIT columns alive, so their ids stay theirs.
+        self.columns = columns
+        self.position = {field.name: i for i, field in enumerate(fields)}
+
+
 class Batch:
     """A record batch: ``num_rows`` rows x ``len(schema)`` columns.
 
     Batches are immutable: :meth:`with_column`, :meth:`select`,
     :meth:`filter` and friends return a new batch. A column is converted to
-    a Python list the first time it is read, and a column never read goes
-    back to the host as it came.
+    a Python list the first time it is read, and a column never changed
+    stays on the host: a batch derived from the input goes back as a splice
+    (the row selection plus only the columns added or replaced).
     """
 
-    __slots__ = ("_fields", "_columns", "_num_rows", "_index")
+    __slots__ = ("_fields", "_columns", "_num_rows", "_index", "_input", "_rows", "_cache")
 
-    def __init__(self, fields: Sequence[Field], columns: Sequence[Any], num_rows: int):
-        # Each column is either a Python list or an untouched WIT column.
+    def __init__(
+        self,
+        fields: Sequence[Field],
+        columns: Sequence[Any],
+        num_rows: int,
+        _input: Optional[_Input] = None,
+        _rows: Optional[list] = None,
+        _cache: Optional[dict] = None,
+    ):
+        # Each column is either a Python list (in this batch's rows) or an
+        # untouched WIT column of the input (in the input's rows; `_rows`
+        # maps this batch's rows to them).
         self._fields = list(fields)
         self._columns = list(columns)
         self._num_rows = num_rows
+        self._input = _input
+        self._rows = _rows
+        # Decoded WIT columns, by id, shared by batches with the same rows.
+        self._cache = {} if _cache is None else _cache
         self._index = {field.name: i for i, field in enumerate(self._fields)}
         if len(self._index) != len(self._fields):
             raise ValueError(f"duplicate column names in {[f.name for f in self._fields]}")
@@ -376,11 +410,18 @@ class Batch:
     @classmethod
     def _from_wit(cls, batch: Any) -> "Batch":
         fields = [Field(f.name, _type_from_wit(f.data_type), f.nullable) for f in batch.schema.fields]
-        return cls(fields, batch.columns, batch.num_rows)
+        columns = list(batch.columns)
+        return cls(fields, columns, batch.num_rows, _Input(fields, columns, batch.num_rows))
+
+    def _derive(self, fields: list, columns: list) -> "Batch":
+        """A batch with the same rows (and origin) as this one."""
+        return Batch(fields, columns, self._num_rows, self._input, self._rows, self._cache)
 
     def _to_wit(self) -> Any:
         fields, columns = [], []
         for field, column in zip(self._fields, self._columns):
+            if not isinstance(column, list) and self._rows is not None:
+                column = self.column(field.name)
             if isinstance(column, list):
                 column = _encode(field.name, field.type, column)
                 nullable = field.nullable or column.validity is not None
@@ -389,6 +430,47 @@ class Batch:
             fields.append(_wit.Field(field.name, _type_to_wit(field.type), nullable))
             columns.append(column)
         return _wit.RecordBatch(_wit.Schema(fields), self._num_rows, columns)
+
+    def _to_splice(self) -> Any:
+        """This batch as changes to the input it derives from (see the WIT
+        ``splice``), or ``None`` when a splice cannot say it: a batch not
+        derived from the input, columns of the input reordered or placed
+        after new ones, or rows repeated while columns were computed."""
+        source = self._input
+        if source is None:
+            return None
+        repeated = self._rows is not None and len(set(self._rows)) != len(self._rows)
+        last, appended, changed = -1, False, []
+        for field, column in zip(self._fields, self._columns):
+            position = source.position.get(field.name)
+            if position is None:
+                appended = True
+            elif appended or position <= last:
+                return None
+            else:
+                last = position
+                if column is source.columns[position] and field == source.fields[position]:
+                    continue
+            if isinstance(column, list) and repeated:
+                return None
+            changed.append((field, column))
+        new_columns = []
+        for field, column in changed:
+            if isinstance(column, list):
+                if self._rows is not None:
+                    # Computed on the selected rows: spread onto the input's
+                    # rows (the others are not selected, any value does).
+                    spread = [None if field.nullable else _ACCEPTS[field.type.kind][1]] * source.num_rows
+                    for value, row in zip(column, self._rows):
+                        spread[row] = value
+                    column = spread
+                column = _encode(field.name, field.type, column)
+            nullable = field.nullable or column.validity is not None
+            wit_field = _wit.Field(field.name, _type_to_wit(field.type), nullable)
+            new_columns.append(_stage.NewColumn(wit_field, column))
+        drop = [field.name for field in source.fields if field.name not in self._index]
+        selection = None if self._rows is None else _stage.Selection_Indices(list(self._rows))
+        return _stage.Splice(selection, new_columns, drop)
 
     # -- reading -----------------------------------------------------------
 
@@ -424,10 +506,17 @@ class Batch:
         """
         i = self._position(name)
         column = self._columns[i]
-        if not isinstance(column, list):
-            column = _decode(column, self._num_rows)
-            self._columns[i] = column
-        return column
+        if isinstance(column, list):
+            return column
+        values = self._cache.get(id(column))
+        if values is None:
+            if self._rows is None:
+                values = _decode(column, self._num_rows)
+            else:
+                full = _decode(column, self._input.num_rows)
+                values = [full[row] for row in self._rows]
+            self._cache[id(column)] = values
+        return values
 
     __getitem__ = column
 
@@ -470,36 +559,38 @@ class Batch:
         else:
             fields.append(field)
             columns.append(values)
-        return Batch(fields, columns, self._num_rows)
+        return self._derive(fields, columns)
 
     def select(self, names: Iterable[str]) -> "Batch":
         """Only the columns ``names``, in that order."""
         positions = [self._position(name) for name in names]
-        return Batch(
-            [self._fields[i] for i in positions], [self._columns[i] for i in positions], self._num_rows
-        )
+        return self._derive([self._fields[i] for i in positions], [self._columns[i] for i in positions])
 
     def drop(self, names: Iterable[str]) -> "Batch":
         """Every column but ``names`` (absent names are ignored)."""
         dropped = set(names)
         keep = [i for i, field in enumerate(self._fields) if field.name not in dropped]
-        return Batch([self._fields[i] for i in keep], [self._columns[i] for i in keep], self._num_rows)
+        return self._derive([self._fields[i] for i in keep], [self._columns[i] for i in keep])
 
     def rename(self, mapping: Mapping[str, str]) -> "Batch":
         """Columns renamed by ``{old: new}``."""
         for old in mapping:
             self._position(old)
         fields = [Field(mapping.get(f.name, f.name), f.type, f.nullable) for f in self._fields]
-        return Batch(fields, self._columns, self._num_rows)
+        return self._derive(fields, list(self._columns))
 
     def take(self, indices: Sequence[int]) -> "Batch":
         """The rows at ``indices``, in that order (repeats allowed)."""
         indices = list(indices)
-        columns = []
-        for name in self.column_names:
-            values = self.column(name)
-            columns.append([values[i] for i in indices])
-        return Batch(self._fields, columns, len(indices))
+        for i in indices:
+            if not 0 <= i < self._num_rows:
+                raise IndexError(f"row {i} is outside the batch's {self._num_rows} rows")
+        # Untouched input columns are not copied: the host selects them.
+        columns = [column if not isinstance(column, list) else [column[i] for i in indices] for column in self._columns]
+        if self._input is None:
+            return Batch(self._fields, columns, len(indices))
+        rows = indices if self._rows is None else [self._rows[i] for i in indices]
+        return Batch(self._fields, columns, len(indices), self._input, rows)
 
     def filter(self, keep: Union[Sequence[bool], Callable[[dict], bool]]) -> "Batch":
         """The rows where ``keep`` is true: a list of ``num_rows`` booleans,
@@ -584,21 +675,60 @@ def _guarded(call: Callable[[], Any]) -> Any:
 # Plugin kinds
 
 
+_describe_error: Optional[BaseException] = None
+
+
+def _stage_info(reads: Callable[[], Optional[Iterable[str]]]) -> Any:
+    """``describe``'s answer; an exception from ``reads`` is kept and
+    raised on every batch (``describe`` itself cannot fail)."""
+    global _describe_error
+    try:
+        names = reads()
+        return _stage.StageInfo(None if names is None else [str(n) for n in names])
+    except Exception as exception:  # noqa: BLE001 - reported on each batch instead
+        _describe_error = exception
+        return _stage.StageInfo(None)
+
+
+def _check_describe() -> None:
+    if _describe_error is not None:
+        raise _describe_error
+
+
 class Transformer:
     """Base of a transform plugin: subclass it as ``Transform`` in
-    ``app.py`` and override :meth:`process`."""
+    ``app.py`` and override :meth:`process` (and :meth:`reads`, to receive
+    only the columns it needs)."""
+
+    def reads(self) -> Optional[Iterable[str]]:
+        """Names of the columns :meth:`process` reads; only those are sent
+        (the others stay on the host and pass through). Called once, before
+        any batch; may use :func:`config`. ``None`` (the default) sends
+        every column."""
+        return None
 
     def process(self, batch: Batch) -> Batch:
         """Returns the transformed batch (any rows, any schema). Rows left
-        out are counted as filtered, not quarantined."""
+        out are counted as filtered, not quarantined. A batch derived from
+        ``batch`` (with :meth:`Batch.with_column`, :meth:`Batch.filter`,
+        :meth:`Batch.drop`...) goes back as a splice of just its changes,
+        and the columns that were not sent are kept; a batch built from
+        scratch replaces the whole batch, unsent columns included."""
         raise NotImplementedError("override Transformer.process")
 
+    def describe(self) -> Any:
+        return _stage_info(self.reads)
+
     def transform(self, batch: Any) -> Any:
+        from wit_world.exports.transform import Output_Batch, Output_Splice
+
         def call() -> Any:
+            _check_describe()
             result = self.process(Batch._from_wit(batch))
             if not isinstance(result, Batch):
                 raise TypeError(f"process must return a weir.Batch, not {type(result).__name__}")
-            return result._to_wit()
+            splice = result._to_splice()
+            return Output_Batch(result._to_wit()) if splice is None else Output_Splice(splice)
 
         return _guarded(call)
 
@@ -616,15 +746,24 @@ class Validator:
     """Base of a validate plugin: subclass it as ``Validate`` in ``app.py``
     and override :meth:`process`."""
 
+    def reads(self) -> Optional[Iterable[str]]:
+        """Names of the columns :meth:`process` reads; see
+        :meth:`Transformer.reads`. Verdict rows index the whole batch."""
+        return None
+
     def process(self, batch: Batch) -> Iterable[Verdict]:
         """Yields one :class:`Verdict` (or ``(row, rule, message)`` tuple)
         per failed (row, rule); none means every row passes."""
         raise NotImplementedError("override Validator.process")
 
+    def describe(self) -> Any:
+        return _stage_info(self.reads)
+
     def validate(self, batch: Any) -> Any:
         from wit_world.exports.validate import Verdict as WitVerdict
 
         def call() -> Any:
+            _check_describe()
             converted = Batch._from_wit(batch)
             out = []
             for verdict in self.process(converted):

@@ -2,7 +2,7 @@
 //! default 20,000,000 loop turns), then ends the way the batch's `action`
 //! column asks: `error` returns an error, `trap` panics, `grow` allocates
 //! past any memory cap, `spin` loops until stopped; anything else succeeds.
-use weir_sdk::{Error, RecordBatch, Transform};
+use weir_sdk::{Error, Output, RecordBatch, Transform};
 
 #[derive(serde::Deserialize)]
 struct Config {
@@ -20,7 +20,7 @@ fn burn(iterations: u64) -> u64 {
 }
 
 impl Transform for Burn {
-    fn transform(batch: RecordBatch) -> Result<RecordBatch, Error> {
+    fn transform(batch: RecordBatch) -> Result<Output, Error> {
         let config: Config = weir_sdk::host::config().unwrap_or(Config { iterations: None });
         std::hint::black_box(burn(config.iterations.unwrap_or(20_000_000)));
         let trigger = |word| weir_test_components::triggered(&batch, word).is_some();
@@ -39,7 +39,7 @@ impl Transform for Burn {
                 std::hint::black_box(burn(1_000));
             }
         }
-        Ok(batch)
+        Ok(batch.into())
     }
 }
 

@@ -1,11 +1,11 @@
 //! On `action = "chatter"`: writes 8 MiB to stderr, then panics.
 use std::io::Write;
-use weir_sdk::{Error, RecordBatch, Transform};
+use weir_sdk::{Error, Output, RecordBatch, Transform};
 
 struct Chatty;
 
 impl Transform for Chatty {
-    fn transform(batch: RecordBatch) -> Result<RecordBatch, Error> {
+    fn transform(batch: RecordBatch) -> Result<Output, Error> {
         if let Some(row) = weir_test_components::triggered(&batch, "chatter") {
             let line = [b'z'; 1024];
             let mut stderr = std::io::stderr();
@@ -14,7 +14,7 @@ impl Transform for Chatty {
             }
             panic!("poison row {row} after the chatter");
         }
-        Ok(batch)
+        Ok(batch.into())
     }
 }
 

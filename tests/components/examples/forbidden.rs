@@ -11,7 +11,7 @@ wit_bindgen::generate!({
             export weir:plugin/transform@0.1.0;
         }
     "#,
-    path: "../../wit",
+    path: "../../wit/0.1.0",
     world: "acme:evil/evil",
     generate_all,
 });

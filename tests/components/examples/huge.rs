@@ -1,6 +1,6 @@
 //! On `action = "huge"`: returns a text column of `{"mib": N}` MiB (stage
 //! config; default 64).
-use weir_sdk::{Column, DataType, Error, Field, RecordBatch, Transform};
+use weir_sdk::{Column, DataType, Error, Field, Output, RecordBatch, Transform};
 
 #[derive(serde::Deserialize)]
 struct Config {
@@ -10,7 +10,7 @@ struct Config {
 struct Huge;
 
 impl Transform for Huge {
-    fn transform(batch: RecordBatch) -> Result<RecordBatch, Error> {
+    fn transform(batch: RecordBatch) -> Result<Output, Error> {
         if weir_test_components::triggered(&batch, "huge").is_some() {
             let config: Config = weir_sdk::host::config().unwrap_or(Config { mib: None });
             let bytes = config.mib.unwrap_or(64) << 20;
@@ -21,9 +21,9 @@ impl Transform for Huge {
                 data_type: DataType::Utf8,
                 nullable: false,
             };
-            return batch.with_column(field, column);
+            return Ok(batch.with_column(field, column)?.into());
         }
-        Ok(batch)
+        Ok(batch.into())
     }
 }
 

@@ -1,11 +1,11 @@
 //! Returns every batch unchanged: the round-trip probe for every data type.
-use weir_sdk::{Error, RecordBatch, Transform};
+use weir_sdk::{Error, Output, RecordBatch, Transform};
 
 struct Identity;
 
 impl Transform for Identity {
-    fn transform(batch: RecordBatch) -> Result<RecordBatch, Error> {
-        Ok(batch)
+    fn transform(batch: RecordBatch) -> Result<Output, Error> {
+        Ok(batch.into())
     }
 }
 

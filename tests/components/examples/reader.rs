@@ -2,7 +2,7 @@
 //! config's `file` (e.g. `/ref/table.txt`, in a granted read-only
 //! directory). On `action = "write"`: tries to create a file beside it and
 //! returns an `internal` error saying how that went.
-use weir_sdk::{Column, DataType, Error, Field, RecordBatch, Transform};
+use weir_sdk::{Column, DataType, Error, Field, Output, RecordBatch, Transform};
 
 #[derive(serde::Deserialize)]
 struct Config {
@@ -12,7 +12,7 @@ struct Config {
 struct Reader;
 
 impl Transform for Reader {
-    fn transform(batch: RecordBatch) -> Result<RecordBatch, Error> {
+    fn transform(batch: RecordBatch) -> Result<Output, Error> {
         let config: Config = weir_sdk::config()?;
         if weir_test_components::triggered(&batch, "write").is_some() {
             let target = format!("{}.written", config.file);
@@ -24,14 +24,12 @@ impl Transform for Reader {
         let text = std::fs::read_to_string(&config.file)
             .map_err(|e| Error::Internal(format!("cannot read {}: {e}", config.file)))?;
         let column = Column::from_utf8((0..batch.len()).map(|_| Some(text.as_str())));
-        batch.with_column(
-            Field {
-                name: "content".into(),
-                data_type: DataType::Utf8,
-                nullable: true,
-            },
-            column,
-        )
+        let field = Field {
+            name: "content".into(),
+            data_type: DataType::Utf8,
+            nullable: true,
+        };
+        Ok(batch.with_column(field, column)?.into())
     }
 }
 

@@ -1,5 +1,5 @@
 //! On `action = "recurse"`: recurses without end (a stack overflow trap).
-use weir_sdk::{Error, RecordBatch, Transform};
+use weir_sdk::{Error, Output, RecordBatch, Transform};
 
 #[inline(never)]
 #[allow(unconditional_recursion)]
@@ -12,12 +12,12 @@ fn depth(n: u64, pad: &mut [u8; 256]) -> u64 {
 struct Recurse;
 
 impl Transform for Recurse {
-    fn transform(batch: RecordBatch) -> Result<RecordBatch, Error> {
+    fn transform(batch: RecordBatch) -> Result<Output, Error> {
         if weir_test_components::triggered(&batch, "recurse").is_some() {
             let mut pad = [0u8; 256];
             return Err(Error::Internal(format!("{}", depth(0, &mut pad))));
         }
-        Ok(batch)
+        Ok(batch.into())
     }
 }
 

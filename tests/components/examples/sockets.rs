@@ -1,12 +1,12 @@
 //! On `action = "connect"`: opens a TCP connection to 127.0.0.1:9 and
 //! reports how that went as an `internal` error (weir grants no network,
 //! so it must be refused).
-use weir_sdk::{Error, RecordBatch, Transform};
+use weir_sdk::{Error, Output, RecordBatch, Transform};
 
 struct Sockets;
 
 impl Transform for Sockets {
-    fn transform(batch: RecordBatch) -> Result<RecordBatch, Error> {
+    fn transform(batch: RecordBatch) -> Result<Output, Error> {
         if weir_test_components::triggered(&batch, "connect").is_some() {
             return Err(Error::Internal(
                 match std::net::TcpStream::connect("127.0.0.1:9") {
@@ -15,7 +15,7 @@ impl Transform for Sockets {
                 },
             ));
         }
-        Ok(batch)
+        Ok(batch.into())
     }
 }
 

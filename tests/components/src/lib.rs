@@ -9,20 +9,19 @@ pub fn triggered(batch: &RecordBatch, word: &str) -> Option<usize> {
     (0..actions.len()).find(|&row| actions.get(row) == Some(word))
 }
 
-/// The rows whose `int64` column `column` is non-null and greater than
-/// `threshold`. Shared by the `filter` component and the native baseline of
-/// the benchmark, so both run the same Rust.
+/// For each row, whether its `int64` column `column` is non-null and
+/// greater than `threshold`. Shared by the `filter` component and the native
+/// baseline of the benchmark, so both run the same Rust.
 ///
 /// # Errors
 /// When `column` is missing or not `int64`.
-pub fn filter_greater_than(
+pub fn greater_than(
     batch: &RecordBatch,
     column: &str,
     threshold: i64,
-) -> Result<RecordBatch, weir_sdk::Error> {
+) -> Result<Vec<bool>, weir_sdk::Error> {
     let values = batch.int64(column)?;
-    let keep: Vec<bool> = (0..values.len())
+    Ok((0..values.len())
         .map(|row| values.get(row).is_some_and(|v| v > threshold))
-        .collect();
-    Ok(batch.filter(&keep))
+        .collect())
 }

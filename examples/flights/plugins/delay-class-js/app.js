@@ -8,6 +8,10 @@
 
 import { config, InvalidConfig, transformer, UTF8 } from './weir.js';
 
+// Only `source` and the `when_null` columns are sent; only the new column
+// comes back.
+const reads = () => [config().source, ...(config().when_null ?? []).map((g) => g.column)];
+
 export const transform = transformer((batch) => {
   const { column, source, breaks, labels, when_null: whenNull = [] } = config();
   if (labels.length !== breaks.length + 1) throw new InvalidConfig('labels: needs one more entry than breaks');
@@ -27,4 +31,4 @@ export const transform = transformer((batch) => {
     }
   }
   return batch.withColumn(column, out, UTF8);
-});
+}, { reads });

@@ -13,6 +13,11 @@ import weir
 
 
 class Transform(weir.Transformer):
+    def reads(self):
+        # Only these columns are sent; only the new column comes back.
+        config = weir.config()
+        return [config["source"]] + [g["column"] for g in config.get("when_null", [])]
+
     def process(self, batch: weir.Batch) -> weir.Batch:
         config = weir.config()
         breaks, labels = config["breaks"], config["labels"]

@@ -49,7 +49,7 @@ crate_dir="$(cargo metadata --quiet --format-version 1 --manifest-path "$work/ad
   python3 -c 'import json,sys,os; m=json.load(sys.stdin); print(next(os.path.dirname(p["manifest_path"]) for p in m["packages"] if p["name"]=="wasi-preview1-component-adapter-provider"))')"
 adapter="$crate_dir/artefacts/wasi_snapshot_preview1.reactor.wasm"
 
-wit-bindgen c "$repo/wit" --world transformer --out-dir "$work/gen" >/dev/null 2>&1
+wit-bindgen c "$repo/wit/0.1.0" --world transformer --out-dir "$work/gen" >/dev/null 2>&1
 "$clang" --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Werror \
   -I "$work/gen" -o "$work/core.wasm" \
   "$here/distance_km.c" "$work/gen/transformer.c" "$work/gen/transformer_component_type.o"

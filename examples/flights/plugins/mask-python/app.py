@@ -9,6 +9,10 @@ import weir
 
 
 class Transform(weir.Transformer):
+    def reads(self):
+        # Only the masked columns are sent, and only they come back.
+        return weir.config().get("sha256", [])
+
     def process(self, batch: weir.Batch) -> weir.Batch:
         config = weir.config()
         salted = hashlib.sha256(config.get("salt", "").encode())

@@ -7,7 +7,7 @@
 //! last label; else null.
 
 use serde::Deserialize;
-use weir_sdk::{Column, Error, Field, RecordBatch, Transform};
+use weir_sdk::{Column, Error, Field, Output, RecordBatch, Splice, Transform};
 
 #[derive(Deserialize)]
 struct Config {
@@ -28,7 +28,15 @@ struct WhenNull {
 struct DelayClass;
 
 impl Transform for DelayClass {
-    fn transform(batch: RecordBatch) -> Result<RecordBatch, Error> {
+    /// Only `source` and the `when_null` columns cross into the plugin.
+    fn reads() -> Result<Option<Vec<String>>, Error> {
+        let config: Config = weir_sdk::config()?;
+        let guards = config.when_null.into_iter().map(|g| g.column);
+        Ok(Some(std::iter::once(config.source).chain(guards).collect()))
+    }
+
+    /// Only the new column crosses back.
+    fn transform(batch: RecordBatch) -> Result<Output, Error> {
         let config: Config = weir_sdk::config()?;
         if config.labels.len() != config.breaks.len() + 1 {
             return Err(Error::InvalidConfig(
@@ -50,14 +58,12 @@ impl Transform for DelayClass {
             Some(config.labels[bucket.unwrap_or(config.breaks.len())].as_str())
         });
         let column = Column::from_utf8(labels.collect::<Vec<_>>());
-        batch.with_column(
-            Field {
-                name: config.column.clone(),
-                data_type: weir_sdk::DataType::Utf8,
-                nullable: true,
-            },
-            column,
-        )
+        let field = Field {
+            name: config.column.clone(),
+            data_type: weir_sdk::DataType::Utf8,
+            nullable: true,
+        };
+        Ok(Splice::new().set(field, column).into())
     }
 }
 
