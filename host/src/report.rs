@@ -147,6 +147,14 @@ pub struct StageReport {
     pub call_time_ms: f64,
     /// Largest linear memory any instance of this stage reached, in bytes.
     pub peak_memory_bytes: u64,
+    /// Bytes of column buffers lowered into the plugin (values, offsets and
+    /// validity of the columns it reads; contract 0.2.0 sends only those),
+    /// summed over calls.
+    pub bytes_sent: u64,
+    /// Bytes of buffers lifted out of the plugin's successful calls (a whole
+    /// batch, or a splice's selection and new columns; columns that pass
+    /// through on the host count nothing), summed over calls.
+    pub bytes_returned: u64,
     /// Instances created (one per worker, plus one after each failure).
     pub instances: u64,
     /// Extra calls spent splitting failed batches to isolate their poison
@@ -171,6 +179,8 @@ impl StageReport {
         self.fuel_consumed += other.fuel_consumed;
         self.call_time_ms += other.call_time_ms;
         self.peak_memory_bytes = self.peak_memory_bytes.max(other.peak_memory_bytes);
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_returned += other.bytes_returned;
         self.instances += other.instances;
         self.bisect_calls += other.bisect_calls;
         self.rested_batches += other.rested_batches;

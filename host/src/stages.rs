@@ -315,10 +315,14 @@ impl StageRunner {
             ))
         })?;
         self.report.calls += 1;
+        let sent_bytes = columnar::payload_bytes(&wit);
+        self.report.bytes_sent += sent_bytes;
+        let mut returned_bytes = 0;
         let output = match self.stage.kind {
-            PluginKind::Transform => instance
-                .transform(&wit)
-                .and_then(|(out, _)| Ok(StageOutput::Transformed(splice::apply(batch, out)?))),
+            PluginKind::Transform => instance.transform(&wit).and_then(|(out, _)| {
+                returned_bytes = splice::payload_bytes(&out);
+                Ok(StageOutput::Transformed(splice::apply(batch, out)?))
+            }),
             PluginKind::Validate => instance
                 .validate(&wit)
                 .map(|(verdicts, _)| StageOutput::Verdicts(verdicts)),
@@ -338,6 +342,9 @@ impl StageRunner {
         metrics::histogram!("weir_plugin_call_duration_seconds", &labels)
             .record(stats.duration.as_secs_f64());
         metrics::counter!("weir_plugin_fuel_consumed_total", &labels).increment(stats.fuel);
+        self.report.bytes_returned += returned_bytes;
+        metrics::counter!("weir_plugin_bytes_sent_total", &labels).increment(sent_bytes);
+        metrics::counter!("weir_plugin_bytes_returned_total", &labels).increment(returned_bytes);
         metrics::gauge!("weir_plugin_peak_memory_bytes", &labels)
             .set(self.report.peak_memory_bytes as f64);
         output.map_err(CallFailure::Plugin)

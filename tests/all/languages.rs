@@ -74,11 +74,43 @@ fn round_trips_every_type_with_nulls(language: &str) {
 /// column, and only the rows whose int64 is null or even.
 fn derives_columns_from_native_values(language: &str) {
     let batch = weir_tests::every_type(200);
-    let out = transform(
+    let all_columns = transform(
         probe(language),
         serde_json::json!({ "mode": "derive" }),
         &batch,
     );
+    // Declaring the two columns it reads: only those cross, and the SDK
+    // answers with a splice (a row selection and the three new columns)
+    // that the host applies to every column.
+    let config = serde_json::json!({ "mode": "derive", "reads": ["int64", "utf8"] });
+    let mut instance = probe(language)
+        .instantiate("probe", config.to_string().into(), Limits::default())
+        .unwrap();
+    assert_eq!(
+        instance.reads(),
+        Some(&["int64".to_string(), "utf8".to_string()][..])
+    );
+    let sent = weir::splice::project(&batch, instance.reads());
+    assert_eq!(sent.num_columns(), 2);
+    let (output, _) = instance
+        .transform(&to_wit(&sent).unwrap())
+        .unwrap_or_else(|e| panic!("{e}"));
+    match &output {
+        weir::plugin::TransformOutput::Splice(splice) => {
+            let names: Vec<&str> = splice
+                .columns
+                .iter()
+                .map(|c| c.field.name.as_str())
+                .collect();
+            assert_eq!(names, ["int64_doubled", "utf8_upper", "is_null"]);
+            assert!(splice.selection.is_some() && splice.drop.is_empty());
+        }
+        weir::plugin::TransformOutput::Batch(_) => {
+            panic!("{language}: a whole batch, not a splice")
+        }
+    }
+    let out = weir::splice::apply(&batch, output).unwrap().batch;
+    assert_eq!(out, all_columns, "{language}: the same batch either way");
     let ints = batch
         .column_by_name("int64")
         .unwrap()

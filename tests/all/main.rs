@@ -4,6 +4,7 @@ mod boundary;
 mod cli;
 mod config_errors;
 mod containment;
+mod contract;
 mod crash;
 mod extract_source;
 mod flights;

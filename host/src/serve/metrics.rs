@@ -13,6 +13,8 @@
 //! | `weir_plugin_call_duration_seconds` | histogram | pipeline, stage, plugin |
 //! | `weir_plugin_fuel_consumed_total` | counter (fuel units) | pipeline, stage, plugin |
 //! | `weir_plugin_peak_memory_bytes` | gauge (bytes) | pipeline, stage, plugin |
+//! | `weir_plugin_bytes_sent_total` | counter (bytes of column buffers lowered into the plugin: only the columns it reads) | pipeline, stage, plugin |
+//! | `weir_plugin_bytes_returned_total` | counter (bytes lifted out: a whole batch, or a splice's selection and new columns) | pipeline, stage, plugin |
 //! | `weir_plugin_errors_total` | counter | pipeline, stage, kind |
 //! | `weir_plugin_reloads_total` | counter | pipeline, stage, outcome = `ok` / `rejected` |
 //! | `weir_batches_total` / `weir_batches_failed_total` | counter | pipeline |

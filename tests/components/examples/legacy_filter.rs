@@ -8,7 +8,7 @@ wit_bindgen::generate!({
 });
 
 use exports::weir::plugin::transform::{Guest, RecordBatch};
-use weir::plugin::types::{Column, ColumnValues, Error};
+use weir::plugin::types::{Column, ColumnValues, Error, VarLen};
 
 struct LegacyFilter;
 
@@ -31,12 +31,24 @@ fn take(column: &Column, keep: &[usize]) -> Column {
         ColumnValues::Timestamp(v) => ColumnValues::Timestamp(keep.iter().map(|&i| v[i]).collect()),
         ColumnValues::Float64(v) => ColumnValues::Float64(keep.iter().map(|&i| v[i]).collect()),
         ColumnValues::Date32(v) => ColumnValues::Date32(keep.iter().map(|&i| v[i]).collect()),
-        ColumnValues::Utf8(_) | ColumnValues::Binary(_) => {
-            unreachable!("the benchmark's batches have no text columns")
-        }
+        ColumnValues::Utf8(v) => ColumnValues::Utf8(take_var_len(v, keep)),
+        ColumnValues::Binary(v) => ColumnValues::Binary(take_var_len(v, keep)),
     };
     let validity = column.validity.as_ref().map(|v| bitmap(&|i| bit(v, i)));
     Column { validity, values }
+}
+
+/// Keeps the values at `keep` of a text or binary column.
+fn take_var_len(column: &VarLen, keep: &[usize]) -> VarLen {
+    let mut offsets = Vec::with_capacity(keep.len() + 1);
+    let mut data = Vec::new();
+    offsets.push(0);
+    for &i in keep {
+        let (start, end) = (column.offsets[i] as usize, column.offsets[i + 1] as usize);
+        data.extend_from_slice(&column.data[start..end]);
+        offsets.push(data.len() as i32);
+    }
+    VarLen { offsets, data }
 }
 
 impl Guest for LegacyFilter {

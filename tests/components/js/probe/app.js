@@ -2,7 +2,8 @@
 //
 // Config `mode`: "columns" (default) converts every column to a JS array
 // and back; "rows" rebuilds the batch from row objects; "derive" appends
-// columns computed from JS values. A column `action` triggers misbehaviour
+// columns computed from JS values. Config `reads` (optional) is the list
+// of columns the stage declares it reads. A column `action` triggers misbehaviour
 // on the batch holding: "loop" (spins forever), "bloat" (allocates without
 // end), "raise" (throws a TypeError), "invalid" (an InvalidInput on
 // purpose), "log" (a host log line).
@@ -47,4 +48,4 @@ export const transform = transformer((batch) => {
       .filter(ints.map((v) => v === null || v % 2n === 0n));
   }
   throw new InvalidConfig(`mode: unknown ${JSON.stringify(mode)}`);
-});
+}, { reads: () => config().reads });

@@ -31,6 +31,10 @@ def misbehave(batch: weir.Batch) -> None:
 
 
 class Transform(weir.Transformer):
+    def reads(self):
+        # Config `reads` (optional): the columns the stage declares it reads.
+        return weir.config().get("reads")
+
     def process(self, batch: weir.Batch) -> weir.Batch:
         misbehave(batch)
         mode = weir.config().get("mode", "columns")
