@@ -178,10 +178,10 @@ fn a_stage_reading_a_column_the_source_lacks_is_refused_before_the_run() {
     let dir = tempfile::tempdir().unwrap();
     action_csv(dir.path(), &["ok", "ok"]);
     let pipeline = one_stage_pipeline(dir.path(), "transform", weir_tests::FILTER, 10, "");
-    let error = weir::pipeline::Pipeline::load(&pipeline)
-        .err()
-        .expect("refused")
-        .to_string();
+    let Err(error) = weir::pipeline::Pipeline::load(&pipeline) else {
+        panic!("the pipeline file is refused");
+    };
+    let error = error.to_string();
     assert!(
         error.contains("stages[0]") && error.contains("no column `value`"),
         "{error}"
