@@ -221,6 +221,19 @@ fn boundary() -> serde_json::Value {
             std::hint::black_box(arrow::compute::filter_record_batch(batch, &mask).unwrap());
         }
     });
+    // The same, on the whole 1M-row batch in one call.
+    let wasm_filter_1m = median(7, || {
+        let sent = weir::splice::project(&primitive, filter_instance.reads());
+        let (out, _) = filter_instance.transform(&to_wit(&sent).unwrap()).unwrap();
+        std::hint::black_box(weir::splice::apply(&primitive, out).unwrap());
+    });
+    let native_filter_1m = median(7, || {
+        let sent = weir::splice::project(&primitive, Some(&["value".to_string()]));
+        let wit = weir_sdk::arrow::to_wit(&sent).unwrap();
+        let keep = kernels::greater_than(&wit, "value", 0).unwrap();
+        let mask = arrow::array::BooleanArray::from(keep);
+        std::hint::black_box(arrow::compute::filter_record_batch(&primitive, &mask).unwrap());
+    });
     // The 0.1.0 filter component: every column crosses both ways.
     let legacy = load(weir_tests::LEGACY_FILTER);
     let mut legacy_instance = legacy.instantiate("bench", "{}".into(), limits).unwrap();
@@ -276,6 +289,12 @@ fn boundary() -> serde_json::Value {
         legacy_filter.as_secs_f64() / native_filter.as_secs_f64(),
         arrow_kernel.as_secs_f64() * 1e3
     );
+    println!(
+        "  numeric filter, one 1M-row call: component {:.2} ms, native {:.2} ms → {:.2}× native",
+        wasm_filter_1m.as_secs_f64() * 1e3,
+        native_filter_1m.as_secs_f64() * 1e3,
+        wasm_filter_1m.as_secs_f64() / native_filter_1m.as_secs_f64()
+    );
     json!({
         "rows": rows,
         "instantiate_us": instantiate.as_secs_f64() * 1e6,
@@ -289,6 +308,7 @@ fn boundary() -> serde_json::Value {
         "filter_native_ms": native_filter.as_secs_f64() * 1e3,
         "filter_ratio": wasm_filter.as_secs_f64() / native_filter.as_secs_f64(),
         "filter_arrow_kernel_ms": arrow_kernel.as_secs_f64() * 1e3,
+        "filter_1m_ratio": wasm_filter_1m.as_secs_f64() / native_filter_1m.as_secs_f64(),
         "filter_legacy_0_1_ms": legacy_filter.as_secs_f64() * 1e3,
         "filter_legacy_0_1_ratio": legacy_filter.as_secs_f64() / native_filter.as_secs_f64(),
     })

@@ -21,6 +21,7 @@ use anyhow::{Context, Result, bail};
 use arrow::array::{Array, ArrayRef, UInt32Array};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use crate::config::{SinkConfig, SinkFormat, WriteMode};
@@ -261,6 +262,21 @@ pub trait FormatWriter: Send {
     /// An I/O or encoding error.
     fn write(&mut self, batch: &RecordBatch) -> Result<()>;
 
+    /// Bytes of rows buffered in memory, not yet encoded into the file (a
+    /// Parquet row group in progress); 0 for formats that stream.
+    fn buffered_bytes(&self) -> usize {
+        0
+    }
+
+    /// Encodes what is buffered into the file now (a Parquet writer closes
+    /// its row group early).
+    ///
+    /// # Errors
+    /// An I/O or encoding error.
+    fn flush_buffered(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Writes what is buffered and the format's trailer (a Parquet footer)
     /// and flushes; the caller fsyncs.
     ///
@@ -294,6 +310,25 @@ pub fn create_writer(
     })
 }
 
+/// Memory the sink's open writers may buffer in total, in bytes (64 MiB):
+/// Parquet writers keep their row group in memory until it is closed, so
+/// a partitioned sink with many open partitions would otherwise hold up to
+/// 1M rows (Parquet's default row group) per partition, and its memory
+/// would grow with the input.
+pub const BUFFER_BUDGET_BYTES: usize = 64 << 20;
+
+/// Smallest row group budget of one writer, in bytes (1 MiB): below that,
+/// row groups get too small for readers to skip or compress well.
+pub const MIN_ROW_GROUP_BYTES: usize = 1 << 20;
+
+/// The buffered bytes after which a writer closes its row group, when
+/// `open` writers share `total` bytes: an even share, at least
+/// [`MIN_ROW_GROUP_BYTES`] (or `total` when that is smaller). Parquet's own
+/// 1M-row limit still applies.
+fn row_group_budget(total: usize, open: usize) -> usize {
+    (total / open.max(1)).max(MIN_ROW_GROUP_BYTES.min(total))
+}
+
 struct OpenFile {
     writer: Box<dyn FormatWriter>,
     relative: PathBuf,
@@ -322,6 +357,8 @@ pub struct Sink {
     /// Under the checkpoint protocol (`weir run`): the prepared directory
     /// of the current epoch, where files go until [`Sink::prepare_epoch`].
     epoch_dir: Option<PathBuf>,
+    /// Bytes the open writers may buffer in total; [`BUFFER_BUDGET_BYTES`].
+    buffer_budget: usize,
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -379,6 +416,7 @@ impl Sink {
             committed: false,
             parts,
             epoch_dir: None,
+            buffer_budget: BUFFER_BUDGET_BYTES,
         }
     }
 
@@ -462,8 +500,8 @@ impl Sink {
             let data = conform(batch, &schema, &[])?;
             return self.write_to(String::new(), &data);
         }
-        for (key, indices) in partition_rows(batch, &self.partition_by)? {
-            let rows = arrow::compute::take_record_batch(batch, &indices)?;
+        for (key, rows) in partition_rows(batch, &self.partition_by)? {
+            let rows = arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?;
             let data = conform(&rows, &schema, &self.partition_by)?;
             self.write_to(key, &data)?;
         }
@@ -499,9 +537,13 @@ impl Sink {
                 },
             );
         }
+        let budget = row_group_budget(self.buffer_budget, self.files.len());
         let file = self.files.get_mut(&key).expect("inserted above");
         file.writer.write(data)?;
         file.rows += data.num_rows() as u64;
+        if file.writer.buffered_bytes() > budget {
+            file.writer.flush_buffered()?;
+        }
         Ok(())
     }
 
@@ -784,50 +826,68 @@ fn conform(
         .context("the output's column types changed between batches")
 }
 
-/// Hive-style directory for one row: `a=1/b=x`, values percent-encoded
-/// where they would break a path, nulls as [`NULL_PARTITION`].
-fn partition_rows(
-    batch: &RecordBatch,
-    partition_by: &[String],
-) -> Result<Vec<(String, UInt32Array)>> {
-    let options = FormatOptions::default();
-    let columns = partition_by
+/// The rows of `batch` grouped by partition, in order of first appearance:
+/// each group's Hive-style directory (`a=1/b=x`, values percent-encoded
+/// where they would break a path, nulls as [`NULL_PARTITION`]) and its row
+/// indices in batch order.
+///
+/// The key columns are encoded once, column-wise, into arrow's row format
+/// (`arrow::row`), and rows are grouped by those bytes; a directory name is
+/// formatted once per group, not per row.
+fn partition_rows(batch: &RecordBatch, partition_by: &[String]) -> Result<Vec<(String, Vec<u32>)>> {
+    let columns: Vec<(&String, ArrayRef)> = partition_by
         .iter()
         .map(|name| {
             let column = batch
                 .column_by_name(name)
                 .expect("checked by writer_schema");
-            Ok((
-                name,
-                column,
-                ArrayFormatter::try_new(column.as_ref(), &options)?,
-            ))
+            (name, column.clone())
         })
-        .collect::<Result<Vec<_>>>()?;
-    let mut groups: Vec<(String, Vec<u32>)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for row in 0..batch.num_rows() {
-        let key = columns
+        .collect();
+    let converter = RowConverter::new(
+        columns
             .iter()
-            .map(|(name, column, formatter)| {
-                let value = if column.is_null(row) {
-                    NULL_PARTITION.to_string()
-                } else {
-                    escape(&formatter.value(row).to_string())
-                };
-                format!("{name}={value}")
-            })
-            .collect::<Vec<_>>()
-            .join("/");
-        let slot = *index.entry(key.clone()).or_insert_with(|| {
-            groups.push((key, Vec::new()));
+            .map(|(_, c)| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    let keys = converter.convert_columns(
+        &columns
+            .iter()
+            .map(|(_, c)| c.clone())
+            .collect::<Vec<ArrayRef>>(),
+    )?;
+    let mut groups: Vec<(usize, Vec<u32>)> = Vec::new();
+    let mut index: HashMap<&[u8], usize> = HashMap::new();
+    for row in 0..batch.num_rows() {
+        let slot = *index.entry(keys.row(row).data()).or_insert_with(|| {
+            groups.push((row, Vec::new()));
             groups.len() - 1
         });
         groups[slot].1.push(row as u32);
     }
+    let options = FormatOptions::default();
+    let formatters = columns
+        .iter()
+        .map(|(_, column)| ArrayFormatter::try_new(column.as_ref(), &options))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(groups
         .into_iter()
-        .map(|(k, rows)| (k, UInt32Array::from(rows)))
+        .map(|(first, rows)| {
+            let key = columns
+                .iter()
+                .zip(&formatters)
+                .map(|((name, column), formatter)| {
+                    let value = if column.is_null(first) {
+                        NULL_PARTITION.to_string()
+                    } else {
+                        escape(&formatter.value(first).to_string())
+                    };
+                    format!("{name}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            (key, rows)
+        })
         .collect())
 }
 
@@ -948,6 +1008,76 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers, vec![std::ffi::OsString::from("out")]);
+    }
+
+    /// Each open partition writer closes its row group once it buffers its
+    /// share of the sink's budget, so memory does not grow with the input;
+    /// the rows still all arrive, in order.
+    #[test]
+    fn partition_writers_flush_row_groups_by_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SinkConfig {
+            format: SinkFormat::Parquet,
+            path: "out".into(),
+            partition_by: vec!["k".into()],
+            compression: "none".into(),
+            ..SinkConfig::default()
+        };
+        let mut sink = Sink::create(&config, dir.path(), "r3").unwrap();
+        sink.buffer_budget = 32 << 10;
+        let rows_per_batch = 8192_i64;
+        for b in 0..10 {
+            let ids: Vec<i64> = (0..rows_per_batch)
+                .map(|i| b * rows_per_batch + i)
+                .collect();
+            let keys: Vec<i64> = ids.iter().map(|id| id % 3).collect();
+            let batch = RecordBatch::try_from_iter([
+                ("id", Arc::new(Int64Array::from(ids)) as ArrayRef),
+                ("k", Arc::new(Int64Array::from(keys)) as ArrayRef),
+            ])
+            .unwrap();
+            sink.write(&batch).unwrap();
+        }
+        let files = sink.commit().unwrap();
+        assert_eq!(files.len(), 3);
+        let mut total = 0;
+        for file in &files {
+            let reader = ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(&file.path).unwrap(),
+            )
+            .unwrap();
+            let groups = reader.metadata().num_row_groups();
+            assert!(
+                groups >= 5,
+                "{}: {groups} row group(s); a writer over its byte budget must close its row group",
+                file.path.display()
+            );
+            let key: i64 = file
+                .path
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()["k=".len()..]
+                .parse()
+                .unwrap();
+            let ids: Vec<i64> = reader
+                .build()
+                .unwrap()
+                .flat_map(|b| {
+                    let b = b.unwrap();
+                    let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                    ids.values().to_vec()
+                })
+                .collect();
+            let expected: Vec<i64> = (0..10 * rows_per_batch)
+                .filter(|id| id % 3 == key)
+                .collect();
+            assert_eq!(ids, expected, "partition k={key}");
+            total += ids.len();
+        }
+        assert_eq!(total, 10 * rows_per_batch as usize);
     }
 
     #[test]

@@ -49,6 +49,14 @@ impl FormatWriter for ParquetWriter {
         Ok(self.0.write(batch)?)
     }
 
+    fn buffered_bytes(&self) -> usize {
+        self.0.memory_size()
+    }
+
+    fn flush_buffered(&mut self) -> Result<()> {
+        Ok(self.0.flush()?)
+    }
+
     fn finish(self: Box<Self>) -> Result<()> {
         self.0.close()?;
         Ok(())
