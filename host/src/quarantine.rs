@@ -17,16 +17,20 @@
 //! | `message` | utf8 | validation: the messages, `; `-separated; else the error |
 //! | `record` | utf8 (JSON) | the row as the stage received it, nulls explicit |
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use arrow::array::{ArrayRef, StringArray};
+use arrow::array::{ArrayRef, StringArray, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::config::{QuarantineConfig, QuarantineFormat, WriteMode};
 use crate::sink::OutputFile;
@@ -40,8 +44,8 @@ pub use crate::reason::Reason;
 pub const MAX_REPEATED_MESSAGE_BYTES: usize = 256;
 
 /// The message stored for each of `reasons`' rows (see
-/// [`MAX_REPEATED_MESSAGE_BYTES`]).
-fn stored_messages(reasons: &[Reason]) -> Vec<String> {
+/// [`MAX_REPEATED_MESSAGE_BYTES`]); borrowed unless it had to be cut.
+fn stored_messages(reasons: &[Reason]) -> Vec<Cow<'_, str>> {
     let mut whole: Option<(&str, usize)> = None;
     reasons
         .iter()
@@ -49,19 +53,19 @@ fn stored_messages(reasons: &[Reason]) -> Vec<String> {
         .map(|(row, reason)| {
             let message = reason.message.as_str();
             if message.len() <= MAX_REPEATED_MESSAGE_BYTES {
-                return message.to_string();
+                return Cow::Borrowed(message);
             }
             match whole {
                 Some((text, first)) if text == message => {
                     let cut = crate::plugin::head(message, MAX_REPEATED_MESSAGE_BYTES);
-                    format!(
+                    Cow::Owned(format!(
                         "{cut} [the whole message is on the quarantined row {} rows above, from the same failed call]",
                         row - first
-                    )
+                    ))
                 }
                 _ => {
                     whole = Some((message, row));
-                    message.to_string()
+                    Cow::Borrowed(message)
                 }
             }
         })
@@ -85,15 +89,67 @@ pub fn schema() -> SchemaRef {
 }
 
 /// Each row of `rows` as a JSON object with explicit nulls.
+///
+/// # Errors
+/// A column arrow's JSON writer cannot encode.
 pub fn rows_as_json(rows: &RecordBatch) -> Result<Vec<String>> {
-    let mut writer = arrow::json::WriterBuilder::new()
-        .with_explicit_nulls(true)
-        .build::<_, arrow::json::writer::LineDelimited>(Vec::new());
-    writer.write(rows)?;
-    writer.finish()?;
-    let text = String::from_utf8(writer.into_inner())?;
-    Ok(text.lines().map(str::to_string).collect())
+    let records = JsonRecords::encode(rows)?;
+    Ok((0..records.len())
+        .map(|i| String::from_utf8_lossy(records.get(i)).into_owned())
+        .collect())
 }
+
+/// The rows of a batch as JSON objects (explicit nulls), encoded in bulk
+/// by arrow's JSON writer into one buffer of lines.
+struct JsonRecords {
+    /// The objects, each followed by `\n`.
+    text: Vec<u8>,
+    /// Where each object starts in `text`, plus `text.len()`.
+    starts: Vec<usize>,
+}
+
+impl JsonRecords {
+    fn encode(rows: &RecordBatch) -> Result<JsonRecords> {
+        let mut writer = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::LineDelimited>(Vec::new());
+        writer.write(rows)?;
+        writer.finish()?;
+        let text = writer.into_inner();
+        // JSON escapes a newline inside a string, so every raw `\n` ends
+        // an object.
+        let mut starts = Vec::with_capacity(rows.num_rows() + 1);
+        starts.push(0);
+        starts.extend(
+            text.iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .map(|(i, _)| i + 1),
+        );
+        anyhow::ensure!(
+            starts.len() == rows.num_rows() + 1,
+            "the JSON writer wrote {} lines for {} rows",
+            starts.len() - 1,
+            rows.num_rows()
+        );
+        Ok(JsonRecords { text, starts })
+    }
+
+    fn len(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    /// Row `i`'s object, without its newline.
+    fn get(&self, i: usize) -> &[u8] {
+        &self.text[self.starts[i]..self.starts[i + 1] - 1]
+    }
+}
+
+/// Bytes of rows a Parquet quarantine buffers before it closes a row
+/// group (16 MiB): quarantined rows carry their whole record as JSON, so
+/// Parquet's default of 1M rows per row group would hold hundreds of MB
+/// on a bad day.
+pub const ROW_GROUP_BYTES: usize = 16 << 20;
 
 enum Writer {
     Jsonl(BufWriter<File>),
@@ -105,7 +161,21 @@ fn open_writer(format: QuarantineFormat, path: &Path) -> Result<Writer> {
     Ok(match format {
         QuarantineFormat::Jsonl => Writer::Jsonl(BufWriter::new(file)),
         QuarantineFormat::Parquet => {
-            Writer::Parquet(Box::new(ArrowWriter::try_new(file, schema(), None)?))
+            // The reason columns repeat within a failed call and are
+            // dictionary-encoded; the record (and a message that names the
+            // value) is unique per row, where building a dictionary costs a
+            // hash and a compare per row for nothing. Snappy, as the sink's
+            // default: JSON compresses well.
+            let properties = WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .set_column_dictionary_enabled(ColumnPath::from("record"), false)
+                .set_column_dictionary_enabled(ColumnPath::from("message"), false)
+                .build();
+            Writer::Parquet(Box::new(ArrowWriter::try_new(
+                file,
+                schema(),
+                Some(properties),
+            )?))
         }
     })
 }
@@ -225,45 +295,50 @@ impl Quarantine {
             return Ok(());
         }
         let messages = stored_messages(reasons);
-        let records = rows_as_json(rows)?;
+        let records = JsonRecords::encode(rows)?;
         match self.writer.as_mut().expect("open until commit") {
             Writer::Jsonl(out) => {
-                for ((reason, record), message) in reasons.iter().zip(&records).zip(&messages) {
-                    let line = serde_json::json!({
-                        "run_id": &*self.run_id,
-                        "source_file": source_file,
-                        "stage": &*reason.stage,
-                        "plugin": &*reason.plugin,
-                        "plugin_sha256": &*reason.plugin_sha256,
-                        "error_kind": reason.error_kind,
-                        "rule": reason.rule,
-                        "message": message,
-                        "record": serde_json::from_str::<serde_json::Value>(record)?,
-                    });
-                    serde_json::to_writer(&mut *out, &line)?;
-                    out.write_all(b"\n")?;
-                }
+                write_jsonl(out, &self.run_id, source_file, reasons, &messages, &records)?;
             }
             Writer::Parquet(out) => {
                 let n = reasons.len();
-                let column = |f: &dyn Fn(&Reason) -> Option<String>| -> ArrayRef {
-                    Arc::new(StringArray::from(reasons.iter().map(f).collect::<Vec<_>>()))
+                let text = |f: &dyn Fn(&Reason) -> &str| -> ArrayRef {
+                    Arc::new(StringArray::from_iter_values(reasons.iter().map(f)))
                 };
+                let mut record = StringBuilder::with_capacity(n, records.text.len());
+                for i in 0..n {
+                    // Arrow's JSON writer writes UTF-8.
+                    record.append_value(std::str::from_utf8(records.get(i))?);
+                }
                 let batch = RecordBatch::try_new(
                     schema(),
                     vec![
-                        Arc::new(StringArray::from(vec![&*self.run_id; n])),
-                        Arc::new(StringArray::from(vec![source_file; n])),
-                        column(&|r| Some(r.stage.to_string())),
-                        column(&|r| Some(r.plugin.to_string())),
-                        column(&|r| Some(r.plugin_sha256.to_string())),
-                        column(&|r| Some(r.error_kind.clone())),
-                        column(&|r| r.rule.clone()),
-                        Arc::new(StringArray::from(messages)),
-                        Arc::new(StringArray::from(records)),
+                        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                            &*self.run_id,
+                            n,
+                        ))),
+                        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                            source_file,
+                            n,
+                        ))),
+                        text(&|r| &r.stage),
+                        text(&|r| &r.plugin),
+                        text(&|r| &r.plugin_sha256),
+                        text(&|r| &r.error_kind),
+                        Arc::new(
+                            reasons
+                                .iter()
+                                .map(|r| r.rule.as_deref())
+                                .collect::<StringArray>(),
+                        ),
+                        Arc::new(StringArray::from_iter_values(messages.iter().map(|m| &**m))),
+                        Arc::new(record.finish()),
                     ],
                 )?;
                 out.write(&batch)?;
+                if out.memory_size() > ROW_GROUP_BYTES {
+                    out.flush()?;
+                }
             }
         }
         self.rows += reasons.len() as u64;
@@ -309,6 +384,55 @@ impl Quarantine {
     pub fn format(&self) -> QuarantineFormat {
         self.format
     }
+}
+
+/// Writes one JSON Lines quarantine row per reason, field by field in the
+/// schema's order, with the record embedded as the object arrow's JSON
+/// writer produced (no parse and re-encode). The fields that rows of one
+/// failed call share are encoded once per run of equal reasons.
+fn write_jsonl(
+    out: &mut impl Write,
+    run_id: &str,
+    source_file: &str,
+    reasons: &[Reason],
+    messages: &[Cow<'_, str>],
+    records: &JsonRecords,
+) -> Result<()> {
+    let mut head = Vec::new();
+    let mut head_of: Option<&Reason> = None;
+    for (i, (reason, message)) in reasons.iter().zip(messages).enumerate() {
+        let same = head_of.is_some_and(|h| {
+            Arc::ptr_eq(&h.stage, &reason.stage)
+                && Arc::ptr_eq(&h.plugin, &reason.plugin)
+                && Arc::ptr_eq(&h.plugin_sha256, &reason.plugin_sha256)
+                && h.error_kind == reason.error_kind
+        });
+        if !same {
+            head.clear();
+            head.extend_from_slice(b"{\"run_id\":");
+            serde_json::to_writer(&mut head, run_id)?;
+            head.extend_from_slice(b",\"source_file\":");
+            serde_json::to_writer(&mut head, source_file)?;
+            head.extend_from_slice(b",\"stage\":");
+            serde_json::to_writer(&mut head, &*reason.stage)?;
+            head.extend_from_slice(b",\"plugin\":");
+            serde_json::to_writer(&mut head, &*reason.plugin)?;
+            head.extend_from_slice(b",\"plugin_sha256\":");
+            serde_json::to_writer(&mut head, &*reason.plugin_sha256)?;
+            head.extend_from_slice(b",\"error_kind\":");
+            serde_json::to_writer(&mut head, &reason.error_kind)?;
+            head_of = Some(reason);
+        }
+        out.write_all(&head)?;
+        out.write_all(b",\"rule\":")?;
+        serde_json::to_writer(&mut *out, &reason.rule)?;
+        out.write_all(b",\"message\":")?;
+        serde_json::to_writer(&mut *out, &**message)?;
+        out.write_all(b",\"record\":")?;
+        out.write_all(records.get(i))?;
+        out.write_all(b"}\n")?;
+    }
+    Ok(())
 }
 
 /// File name of the quarantine's part in an epoch's directory.
@@ -388,6 +512,116 @@ impl Drop for Quarantine {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_file(&self.staging);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int64Array};
+
+    fn reason(stage: &Arc<str>, rule: Option<&str>, message: &str) -> Reason {
+        Reason {
+            stage: stage.clone(),
+            plugin: Arc::from("builtin:check"),
+            plugin_sha256: Arc::from("ab".repeat(32)),
+            error_kind: "validation".into(),
+            rule: rule.map(str::to_string),
+            message: message.to_string(),
+        }
+    }
+
+    /// Both formats hold, per row, the reason fields and the record as
+    /// given: text that needs escaping, nulls, a message cut after its
+    /// first whole copy.
+    #[test]
+    fn both_formats_round_trip_reasons_and_records() {
+        let rows = RecordBatch::try_from_iter([
+            (
+                "text",
+                Arc::new(StringArray::from(vec![
+                    Some("line\nbreak \"quoted\" \\ é"),
+                    None,
+                    Some("{\"not\": \"nested\"}"),
+                ])) as ArrayRef,
+            ),
+            (
+                "n",
+                Arc::new(Int64Array::from(vec![Some(1), Some(-2), None])) as ArrayRef,
+            ),
+            (
+                "x",
+                Arc::new(Float64Array::from(vec![0.5, -1e300, 3.0])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let stage: Arc<str> = Arc::from("check");
+        let long = "stderr ".repeat(100);
+        let reasons = vec![
+            reason(&stage, Some("a,b"), "first; second"),
+            reason(&stage, None, &long),
+            reason(&Arc::from("other"), Some("c"), &long),
+        ];
+        let expected_records: Vec<serde_json::Value> = rows_as_json(&rows)
+            .unwrap()
+            .iter()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(expected_records[1]["text"], serde_json::Value::Null);
+        for format in [QuarantineFormat::Jsonl, QuarantineFormat::Parquet] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = QuarantineConfig {
+                format,
+                path: "q".into(),
+            };
+            let mut quarantine = Quarantine::create(&config, dir.path(), "run-1").unwrap();
+            quarantine
+                .write(&rows, &reasons, "in \"dir\"/a.csv")
+                .unwrap();
+            let path = quarantine.commit().unwrap();
+            let lines: Vec<serde_json::Value> = match format {
+                QuarantineFormat::Jsonl => std::fs::read_to_string(&path)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect(),
+                QuarantineFormat::Parquet => {
+                    let reader = ::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+                        File::open(&path).unwrap(),
+                        1024,
+                    )
+                    .unwrap();
+                    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+                    let mut lines: Vec<serde_json::Value> = rows_as_json(&batches[0])
+                        .unwrap()
+                        .iter()
+                        .map(|l| serde_json::from_str(l).unwrap())
+                        .collect();
+                    for line in &mut lines {
+                        let record = line["record"].as_str().unwrap().to_string();
+                        line["record"] = serde_json::from_str(&record).unwrap();
+                    }
+                    lines
+                }
+            };
+            assert_eq!(lines.len(), 3, "{format:?}");
+            for (i, line) in lines.iter().enumerate() {
+                assert_eq!(line["run_id"], "run-1");
+                assert_eq!(line["source_file"], "in \"dir\"/a.csv");
+                assert_eq!(line["stage"], &*reasons[i].stage);
+                assert_eq!(line["plugin_sha256"], "ab".repeat(32));
+                assert_eq!(line["error_kind"], "validation");
+                assert_eq!(line["rule"], serde_json::json!(reasons[i].rule));
+                assert_eq!(line["record"], expected_records[i], "{format:?} row {i}");
+            }
+            assert_eq!(lines[0]["message"], "first; second");
+            assert_eq!(lines[1]["message"], long.as_str());
+            let cut = lines[2]["message"].as_str().unwrap();
+            assert!(
+                cut.len() < long.len() && cut.contains("1 rows above"),
+                "{cut}"
+            );
         }
     }
 }

@@ -25,7 +25,6 @@
 //! then no longer known, so such rows are attributed to their request's
 //! first input row.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Result, anyhow, bail};
@@ -622,7 +621,7 @@ impl Worker {
                     batch = out;
                 }
                 StageOutput::Verdicts(verdicts) => {
-                    let split = split_by_verdicts(&batch, &verdicts, &stage, version)?;
+                    let split = split_by_verdicts(&batch, verdicts, &stage, version)?;
                     if let Some((rows, reasons, failed_mask)) = split.failed {
                         runner.report.quarantined += rows.num_rows() as u64;
                         result.quarantined.push(Quarantined {
@@ -918,7 +917,7 @@ struct Split {
 
 fn split_by_verdicts(
     batch: &RecordBatch,
-    verdicts: &[Verdict],
+    verdicts: Vec<Verdict>,
     stage: &Stage,
     version: &PluginVersion,
 ) -> Result<Split> {
@@ -929,31 +928,40 @@ fn split_by_verdicts(
             failed: None,
         });
     }
-    let mut by_row: HashMap<u32, (Vec<&str>, Vec<&str>)> = HashMap::new();
+    // Each failing row's rule ids (`,`-joined, each once) and messages
+    // (`; `-joined), in row order. Rows were checked to be in the batch when
+    // the verdicts were lifted. A row with a single verdict (the common
+    // case) keeps the verdict's own strings: no copy, no join.
+    const PASSED: u32 = u32::MAX;
+    let mut failure_of = vec![PASSED; batch.num_rows()];
+    let mut failures: Vec<(u32, String, String)> = Vec::new();
     for verdict in verdicts {
-        let entry = by_row.entry(verdict.row).or_default();
-        if !entry.0.contains(&verdict.rule.as_str()) {
-            entry.0.push(&verdict.rule);
+        let slot = &mut failure_of[verdict.row as usize];
+        if *slot == PASSED {
+            *slot = failures.len() as u32;
+            failures.push((verdict.row, verdict.rule, verdict.message));
+        } else {
+            let (_, rules, messages) = &mut failures[*slot as usize];
+            if !rules.split(',').any(|rule| rule == verdict.rule) {
+                rules.push(',');
+                rules.push_str(&verdict.rule);
+            }
+            messages.push_str("; ");
+            messages.push_str(&verdict.message);
         }
-        entry.1.push(&verdict.message);
     }
-    let keep = BooleanArray::from(
-        (0..batch.num_rows() as u32)
-            .map(|r| !by_row.contains_key(&r))
-            .collect::<Vec<_>>(),
-    );
+    failures.sort_unstable_by_key(|(row, _, _)| *row);
+    let keep: BooleanArray = failure_of.iter().map(|&f| Some(f == PASSED)).collect();
     let failed_mask = arrow::compute::not(&keep)?;
     let passed = arrow::compute::filter_record_batch(batch, &keep)?;
     let failed = arrow::compute::filter_record_batch(batch, &failed_mask)?;
-    let reasons = (0..batch.num_rows() as u32)
-        .filter_map(|r| by_row.get(&r))
-        .map(|(rules, messages)| {
-            stage.reason(
-                version,
-                "validation",
-                Some(rules.join(",")),
-                messages.join("; "),
-            )
+    let template = stage.reason(version, "validation", None, String::new());
+    let reasons = failures
+        .into_iter()
+        .map(|(_, rules, message)| Reason {
+            rule: Some(rules),
+            message,
+            ..template.clone()
         })
         .collect();
     Ok(Split {

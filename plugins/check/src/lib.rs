@@ -266,48 +266,54 @@ impl Rule {
                 ) {
                     return Err(self.wrong_type("a number"));
                 }
+                // The message's fixed parts are formatted once per batch,
+                // not per failing row: formatting runs as wasm under fuel.
+                let message = Message::new(
+                    format!("{} = ", self.column),
+                    format!(" is not {}", bounds.describe()),
+                );
                 for r in 0..rows {
                     if let Some(v) = column.numeric(r).filter(|v| !bounds.contains(*v)) {
-                        fail(
-                            r,
-                            format!("{} = {v} is not {}", self.column, bounds.describe()),
-                        );
+                        fail(r, message.with(v));
                     }
                 }
             }
             Check::Allowed(values) => {
+                let message = Message::new(
+                    format!("{} = `", self.column),
+                    "` is not one of the allowed values".to_string(),
+                );
                 for r in 0..rows {
                     if let Some(v) = cell_text(column, r).filter(|v| !values.contains(v)) {
-                        fail(
-                            r,
-                            format!("{} = `{v}` is not one of the allowed values", self.column),
-                        );
+                        fail(r, message.with(v));
                     }
                 }
             }
             Check::Regex(regex) => {
                 let text = column.as_utf8().ok_or_else(|| self.wrong_type("utf8"))?;
+                let message = Message::new(
+                    format!("{} = `", self.column),
+                    format!("` does not match {}", regex.as_str()),
+                );
                 for r in 0..rows {
                     if let Some(v) = text.get(r).filter(|v| !regex.is_match(v)) {
-                        fail(
-                            r,
-                            format!("{} = `{v}` does not match {}", self.column, regex.as_str()),
-                        );
+                        fail(r, message.with(v));
                     }
                 }
             }
             Check::Length { min, max } => {
                 let text = column.as_utf8().ok_or_else(|| self.wrong_type("utf8"))?;
+                let message = Message::new(
+                    format!("{} has ", self.column),
+                    format!(" characters, outside {min}..={max}"),
+                );
                 for r in 0..rows {
                     if let Some(n) = text
                         .get(r)
                         .map(|v| v.chars().count())
                         .filter(|n| n < min || n > max)
                     {
-                        fail(
-                            r,
-                            format!("{} has {n} characters, outside {min}..={max}", self.column),
-                        );
+                        fail(r, message.with(n));
                     }
                 }
             }
@@ -320,6 +326,28 @@ impl Rule {
             "rule `{}`: column `{}` is not {wanted}",
             self.id, self.column
         ))
+    }
+}
+
+/// A failure message whose only per-row part is the value: `prefix`,
+/// the value, `suffix`.
+struct Message {
+    prefix: String,
+    suffix: String,
+}
+
+impl Message {
+    fn new(prefix: String, suffix: String) -> Message {
+        Message { prefix, suffix }
+    }
+
+    fn with(&self, value: impl std::fmt::Display) -> String {
+        use std::fmt::Write;
+        let mut text = String::with_capacity(self.prefix.len() + 24 + self.suffix.len());
+        text.push_str(&self.prefix);
+        let _ = write!(text, "{value}");
+        text.push_str(&self.suffix);
+        text
     }
 }
 
