@@ -329,6 +329,45 @@ fn row_group_budget(total: usize, open: usize) -> usize {
     (total / open.max(1)).max(MIN_ROW_GROUP_BYTES.min(total))
 }
 
+/// Threads [`in_parallel`] uses at most: file finishing and fsync are
+/// mostly waits on the disk, so more than the cores help, up to a point.
+pub const IO_THREADS: usize = 8;
+
+/// Applies `work` to every item on up to [`IO_THREADS`] threads and returns
+/// the results in the items' order.
+///
+/// # Errors
+/// The first error `work` returned (the other items still ran).
+fn in_parallel<T: Send, R: Send>(
+    items: Vec<T>,
+    work: impl Fn(T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    if items.len() <= 1 {
+        return items.into_iter().map(work).collect();
+    }
+    let count = items.len();
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate());
+    let results = std::sync::Mutex::new(Vec::with_capacity(count));
+    std::thread::scope(|scope| {
+        for _ in 0..IO_THREADS.min(count) {
+            scope.spawn(|| {
+                loop {
+                    let next = queue.lock().expect("no panic while held").next();
+                    let Some((i, item)) = next else { break };
+                    let result = work(item);
+                    results
+                        .lock()
+                        .expect("no panic while held")
+                        .push((i, result));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().expect("no panic while held");
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
 struct OpenFile {
     writer: Box<dyn FormatWriter>,
     relative: PathBuf,
@@ -560,23 +599,26 @@ impl Sink {
             .epoch_dir
             .clone()
             .context("prepare_epoch without begin_epoch")?;
-        let mut parts = Vec::new();
-        let mut dirs = std::collections::BTreeSet::new();
-        for (_, file) in self.files.drain() {
+        // Finishing a file (its last row group and footer) and fsyncing
+        // it are independent per file; a partitioned sink has one per
+        // partition, so they run side by side (fsyncs wait on the disk,
+        // not the CPU).
+        let files: Vec<OpenFile> = self.files.drain().map(|(_, file)| file).collect();
+        let mut parts = in_parallel(files, |file| {
             file.writer.finish()?;
-            let path = dir.join(&file.relative);
-            crate::durable::fsync_file(&path)?;
-            if let Some(parent) = path.parent() {
-                dirs.insert(parent.to_path_buf());
-            }
-            parts.push(OutputFile {
+            crate::durable::fsync_file(&dir.join(&file.relative))?;
+            Ok(OutputFile {
                 path: file.relative,
                 rows: file.rows,
-            });
-        }
-        for synced in &dirs {
-            crate::durable::fsync_dir(synced)?;
-        }
+            })
+        })?;
+        let dirs: std::collections::BTreeSet<PathBuf> = parts
+            .iter()
+            .filter_map(|part| dir.join(&part.path).parent().map(Path::to_path_buf))
+            .collect();
+        in_parallel(dirs.into_iter().collect(), |synced| {
+            crate::durable::fsync_dir(&synced)
+        })?;
         parts.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(parts)
     }
@@ -613,16 +655,21 @@ impl Sink {
             self.files.clear();
             return self.commit();
         }
-        let mut outputs = Vec::new();
-        for (relative, (parts, rows)) in by_file {
-            let (staged, path) = if self.partitioned() {
-                (self.staging.join(relative), self.final_path.join(relative))
-            } else {
-                (self.staging.clone(), self.final_path.clone())
-            };
-            concat::concat(self.format, &parts, &staged)?;
-            outputs.push(OutputFile { path, rows });
-        }
+        // One concatenation per output file (per partition), side by side.
+        let (partitioned, format) = (self.partitioned(), self.format);
+        let (staging, final_path) = (self.staging.as_path(), self.final_path.as_path());
+        let mut outputs = in_parallel(
+            by_file.into_iter().collect(),
+            |(relative, (parts, rows))| {
+                let (staged, path) = if partitioned {
+                    (staging.join(relative), final_path.join(relative))
+                } else {
+                    (staging.to_path_buf(), final_path.to_path_buf())
+                };
+                concat::concat(format, &parts, &staged)?;
+                Ok(OutputFile { path, rows })
+            },
+        )?;
         if let Some(parent) = self.staging.parent() {
             crate::durable::fsync_dir(parent)?;
         }

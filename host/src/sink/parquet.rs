@@ -1,64 +1,138 @@
 //! The Parquet file format of the sink: writing (arrow-rs `ArrowWriter`,
 //! snappy by default) and concatenating epoch parts by copying row groups.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use arrow::array::{Array, ArrayRef};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::column::writer::ColumnCloseResult;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::ColumnPath;
 
 use super::FormatWriter;
 
-/// A Parquet file being written.
-pub struct ParquetWriter(ArrowWriter<File>);
+/// A Parquet file being written. The `ArrowWriter` is created with the
+/// first batch, which decides the columns' dictionary encoding (see
+/// [`dictionary_pays_off`]).
+pub struct ParquetWriter {
+    file: Option<File>,
+    schema: SchemaRef,
+    compression: Compression,
+    writer: Option<ArrowWriter<File>>,
+}
+
+/// Share of distinct values in a column's first batch above which the
+/// column is written without a dictionary (1/2).
+///
+/// Parquet writers dictionary-encode every column by default and fall back
+/// to plain encoding only once a row group's dictionary page passes 1 MiB,
+/// so a unique column (an id, a measured float) is hashed and interned
+/// value by value for nothing at the start of every row group; with a
+/// partitioned sink's many small row groups that is most of the encoding
+/// time. DuckDB and Polars likewise decide from the data.
+pub const DICTIONARY_MAX_DISTINCT_SHARE: f64 = 0.5;
+
+/// Whether `column` (a sample: the first batch) repeats values enough for
+/// a dictionary: at most [`DICTIONARY_MAX_DISTINCT_SHARE`] of its non-null
+/// values distinct. Samples of fewer than 16 values keep the dictionary.
+fn dictionary_pays_off(column: &ArrayRef) -> bool {
+    let values = column.len() - column.null_count();
+    if values < 16 {
+        return true;
+    }
+    let Ok(converter) = RowConverter::new(vec![SortField::new(column.data_type().clone())]) else {
+        return true;
+    };
+    let Ok(rows) = converter.convert_columns(std::slice::from_ref(column)) else {
+        return true;
+    };
+    let limit = (values as f64 * DICTIONARY_MAX_DISTINCT_SHARE) as usize;
+    let mut distinct = HashSet::new();
+    for (row, key) in rows.iter().enumerate() {
+        if column.is_valid(row) && distinct.insert(key.data()) && distinct.len() > limit {
+            return false;
+        }
+    }
+    true
+}
 
 impl ParquetWriter {
     /// Starts a file of `schema` rows, compressed with `compression`
-    /// (`snappy`, `zstd` or `none`).
+    /// (`snappy`, `zstd` or `none`); nothing is written before the first
+    /// batch.
     ///
     /// # Errors
-    /// A schema Parquet cannot hold.
+    /// None today; kept for formats whose setup can fail.
     pub fn new(file: File, schema: SchemaRef, compression: &str) -> Result<ParquetWriter> {
         let compression = match compression {
             "zstd" => Compression::ZSTD(ZstdLevel::default()),
             "none" => Compression::UNCOMPRESSED,
             _ => Compression::SNAPPY,
         };
-        let properties = WriterProperties::builder()
-            .set_compression(compression)
-            .build();
-        Ok(ParquetWriter(ArrowWriter::try_new(
-            file,
+        Ok(ParquetWriter {
+            file: Some(file),
             schema,
-            Some(properties),
-        )?))
+            compression,
+            writer: None,
+        })
+    }
+
+    /// The writer, created on first use with dictionaries only on the
+    /// columns of `sample` that repeat values.
+    fn writer(&mut self, sample: Option<&RecordBatch>) -> Result<&mut ArrowWriter<File>> {
+        if self.writer.is_none() {
+            let mut properties = WriterProperties::builder().set_compression(self.compression);
+            if let Some(sample) = sample {
+                for (field, column) in sample.schema().fields().iter().zip(sample.columns()) {
+                    if !dictionary_pays_off(column) {
+                        properties = properties.set_column_dictionary_enabled(
+                            ColumnPath::from(field.name().as_str()),
+                            false,
+                        );
+                    }
+                }
+            }
+            let file = self.file.take().expect("the file is taken once");
+            self.writer = Some(ArrowWriter::try_new(
+                file,
+                self.schema.clone(),
+                Some(properties.build()),
+            )?);
+        }
+        Ok(self.writer.as_mut().expect("created above"))
     }
 }
 
 impl FormatWriter for ParquetWriter {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        Ok(self.0.write(batch)?)
+        Ok(self.writer(Some(batch))?.write(batch)?)
     }
 
     fn buffered_bytes(&self) -> usize {
-        self.0.memory_size()
+        self.writer.as_ref().map_or(0, ArrowWriter::memory_size)
     }
 
     fn flush_buffered(&mut self) -> Result<()> {
-        Ok(self.0.flush()?)
+        match &mut self.writer {
+            Some(writer) => Ok(writer.flush()?),
+            None => Ok(()),
+        }
     }
 
-    fn finish(self: Box<Self>) -> Result<()> {
-        self.0.close()?;
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.writer(None)?;
+        self.writer.take().expect("created above").close()?;
         Ok(())
     }
 }
@@ -131,4 +205,66 @@ pub fn concat(parts: &[PathBuf], output: &Path) -> Result<()> {
         .map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod dictionary_tests {
+    use super::*;
+    use arrow::array::{Float64Array, StringArray};
+    use parquet::basic::Encoding;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    /// A mostly distinct column is written plain, a repetitive one with a
+    /// dictionary, decided from the first batch.
+    #[test]
+    fn only_repetitive_columns_get_a_dictionary() {
+        let rows = 1000;
+        let batch = RecordBatch::try_from_iter([
+            (
+                "measured",
+                Arc::new(Float64Array::from_iter_values(
+                    (0..rows).map(|i| i as f64 * 0.37),
+                )) as ArrayRef,
+            ),
+            (
+                "carrier",
+                Arc::new(StringArray::from_iter_values(
+                    (0..rows).map(|i| ["AA", "DL", "UA"][i % 3]),
+                )) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        assert!(!dictionary_pays_off(batch.column(0)));
+        assert!(dictionary_pays_off(batch.column(1)));
+        assert!(
+            dictionary_pays_off(&batch.column(0).slice(0, 10)),
+            "too small to tell"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.parquet");
+        let mut writer: Box<dyn FormatWriter> = Box::new(
+            ParquetWriter::new(File::create(&path).unwrap(), batch.schema(), "snappy").unwrap(),
+        );
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+        let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        let group = reader.metadata().row_group(0);
+        let dictionary = |column: usize| {
+            group
+                .column(column)
+                .encodings()
+                .any(|e| e == Encoding::RLE_DICTIONARY || e == Encoding::PLAIN_DICTIONARY)
+        };
+        assert!(
+            !dictionary(0),
+            "measured: {:?}",
+            group.column(0).encodings().collect::<Vec<_>>()
+        );
+        assert!(
+            dictionary(1),
+            "carrier: {:?}",
+            group.column(1).encodings().collect::<Vec<_>>()
+        );
+    }
 }
