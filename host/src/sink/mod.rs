@@ -904,7 +904,8 @@ fn partition_rows(batch: &RecordBatch, partition_by: &[String]) -> Result<Vec<(S
             .collect::<Vec<ArrayRef>>(),
     )?;
     let mut groups: Vec<(usize, Vec<u32>)> = Vec::new();
-    let mut index: HashMap<&[u8], usize> = HashMap::new();
+    // foldhash, seeded per process: the keys are user data.
+    let mut index: HashMap<&[u8], usize, foldhash::quality::RandomState> = HashMap::default();
     for row in 0..batch.num_rows() {
         let slot = *index.entry(keys.row(row).data()).or_insert_with(|| {
             groups.push((row, Vec::new()));

@@ -43,10 +43,17 @@ pub struct ParquetWriter {
 /// time. DuckDB and Polars likewise decide from the data.
 pub const DICTIONARY_MAX_DISTINCT_SHARE: f64 = 0.5;
 
-/// Whether `column` (a sample: the first batch) repeats values enough for
-/// a dictionary: at most [`DICTIONARY_MAX_DISTINCT_SHARE`] of its non-null
-/// values distinct. Samples of fewer than 16 values keep the dictionary.
+/// Rows of the first batch that [`dictionary_pays_off`] looks at (1024):
+/// enough to tell ids from categories, few enough that a writer opened
+/// per micro-batch (`weir serve`) or per epoch and partition pays little.
+pub const DICTIONARY_SAMPLE_ROWS: usize = 1024;
+
+/// Whether `column` (the first batch) repeats values enough for a
+/// dictionary: at most [`DICTIONARY_MAX_DISTINCT_SHARE`] of the non-null
+/// values among its first [`DICTIONARY_SAMPLE_ROWS`] rows distinct.
+/// Samples of fewer than 16 values keep the dictionary.
 fn dictionary_pays_off(column: &ArrayRef) -> bool {
+    let column = &column.slice(0, column.len().min(DICTIONARY_SAMPLE_ROWS));
     let values = column.len() - column.null_count();
     if values < 16 {
         return true;
@@ -58,7 +65,8 @@ fn dictionary_pays_off(column: &ArrayRef) -> bool {
         return true;
     };
     let limit = (values as f64 * DICTIONARY_MAX_DISTINCT_SHARE) as usize;
-    let mut distinct = HashSet::new();
+    let mut distinct: HashSet<&[u8], foldhash::quality::RandomState> =
+        HashSet::with_capacity_and_hasher(limit + 1, Default::default());
     for (row, key) in rows.iter().enumerate() {
         if column.is_valid(row) && distinct.insert(key.data()) && distinct.len() > limit {
             return false;
