@@ -368,10 +368,54 @@ fn in_parallel<T: Send, R: Send>(
     results.into_iter().map(|(_, r)| r).collect()
 }
 
+/// Files a sink keeps open at once: half the process's soft limit on
+/// open file descriptors (`RLIMIT_NOFILE`), at least 64; 512 when the limit
+/// cannot be read.
+///
+/// A partitioned sink opens one file per partition it writes, each with a
+/// descriptor and its encoder's buffers (about 170 KB for a Parquet writer
+/// of a few columns), so a run over more partitions than the descriptor
+/// limit would otherwise fail. Past the cap, the file written least
+/// recently is finished and the partition's next rows go to a further file
+/// in the same directory (`part-RUN-1.parquet`, ...). That is slow when
+/// every batch touches every partition (each batch then reopens files), so
+/// the cap sits well above what typical partitionings need, and raising
+/// the descriptor limit (`ulimit -n`) raises it.
+pub fn max_open_files() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 512;
+    }
+    usize::try_from(limit.rlim_cur / 2)
+        .unwrap_or(usize::MAX)
+        .max(64)
+}
+
 struct OpenFile {
     writer: Box<dyn FormatWriter>,
     relative: PathBuf,
     rows: u64,
+    /// The sink's write counter at this file's last write (least recently
+    /// written files are closed first; see [`max_open_files`]).
+    last_write: u64,
+}
+
+/// The writer of a file closed before the sink's end (see
+/// [`max_open_files`]): already finished, so finishing again does nothing.
+struct Finished;
+
+impl FormatWriter for Finished {
+    fn write(&mut self, _batch: &RecordBatch) -> Result<()> {
+        bail!("the file was finished; its partition's rows go to a further file")
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// An open sink. Batches written to it may arrive with any nullability;
@@ -389,6 +433,16 @@ pub struct Sink {
     /// for a run that writes no row.
     expected: Option<SchemaRef>,
     files: HashMap<String, OpenFile>,
+    /// Files finished early to stay under [`max_open_files`]; they join
+    /// the open ones wherever those are finished.
+    closed: Vec<OpenFile>,
+    /// Per partition key: files opened for it so far in this epoch (or
+    /// run), which numbers its further files.
+    opened: HashMap<String, u32>,
+    /// Writes so far, for [`OpenFile::last_write`].
+    writes: u64,
+    /// Files kept open at most; [`max_open_files`].
+    max_open: usize,
     committed: bool,
     /// Appending parts to a directory (`weir serve`) instead of replacing
     /// the output.
@@ -452,6 +506,10 @@ impl Sink {
             schema: None,
             expected: None,
             files: HashMap::new(),
+            closed: Vec::new(),
+            opened: HashMap::new(),
+            writes: 0,
+            max_open: max_open_files(),
             committed: false,
             parts,
             epoch_dir: None,
@@ -549,8 +607,18 @@ impl Sink {
 
     fn write_to(&mut self, key: String, data: &RecordBatch) -> Result<()> {
         if !self.files.contains_key(&key) {
+            if self.files.len() >= self.max_open {
+                self.close_least_recent()?;
+            }
+            let opened = self.opened.entry(key.clone()).or_default();
+            let further = std::mem::replace(opened, *opened + 1);
             let relative = if self.partitioned() {
-                Path::new(&key).join(format!("part-{}.parquet", self.run_id))
+                let name = if further == 0 {
+                    format!("part-{}.parquet", self.run_id)
+                } else {
+                    format!("part-{}-{further}.parquet", self.run_id)
+                };
+                Path::new(&key).join(name)
             } else if self.parts {
                 PathBuf::from(format!("part-{}.{}", self.run_id, self.format.extension()))
             } else if self.epoch_dir.is_some() {
@@ -573,17 +641,46 @@ impl Sink {
                     writer,
                     relative,
                     rows: 0,
+                    last_write: 0,
                 },
             );
         }
         let budget = row_group_budget(self.buffer_budget, self.files.len());
+        self.writes += 1;
         let file = self.files.get_mut(&key).expect("inserted above");
+        file.last_write = self.writes;
         file.writer.write(data)?;
         file.rows += data.num_rows() as u64;
         if file.writer.buffered_bytes() > budget {
             file.writer.flush_buffered()?;
         }
         Ok(())
+    }
+
+    /// Finishes the open file written least recently (see
+    /// [`max_open_files`]).
+    fn close_least_recent(&mut self) -> Result<()> {
+        let Some(key) = self
+            .files
+            .iter()
+            .min_by_key(|(_, file)| file.last_write)
+            .map(|(key, _)| key.clone())
+        else {
+            return Ok(());
+        };
+        let mut file = self.files.remove(&key).expect("found above");
+        std::mem::replace(&mut file.writer, Box::new(Finished)).finish()?;
+        self.closed.push(file);
+        Ok(())
+    }
+
+    /// Every file of the sink, open or finished early, leaving none; the
+    /// caller finishes them.
+    fn take_files(&mut self) -> Vec<OpenFile> {
+        self.opened.clear();
+        let mut files: Vec<OpenFile> = self.files.drain().map(|(_, file)| file).collect();
+        files.append(&mut self.closed);
+        files
     }
 
     /// Prepares the current epoch (phase one of the commit): finishes every
@@ -603,7 +700,7 @@ impl Sink {
         // it are independent per file; a partitioned sink has one per
         // partition, so they run side by side (fsyncs wait on the disk,
         // not the CPU).
-        let files: Vec<OpenFile> = self.files.drain().map(|(_, file)| file).collect();
+        let files = self.take_files();
         let mut parts = in_parallel(files, |file| {
             file.writer.finish()?;
             crate::durable::fsync_file(&dir.join(&file.relative))?;
@@ -652,7 +749,7 @@ impl Sink {
             }
         }
         if by_file.is_empty() {
-            self.files.clear();
+            drop(self.take_files());
             return self.commit();
         }
         // One concatenation per output file (per partition), side by side.
@@ -692,8 +789,7 @@ impl Sink {
             return self.commit_parts();
         }
         let mut outputs = Vec::new();
-        let files: Vec<(String, OpenFile)> = self.files.drain().collect();
-        for (_, file) in files {
+        for file in self.take_files() {
             file.writer.finish()?;
             let path = if self.partitioned() {
                 self.final_path.join(&file.relative)
@@ -745,9 +841,8 @@ impl Sink {
     /// An I/O error; the staged files are then removed.
     pub fn prepare_parts(mut self) -> Result<Vec<(PathBuf, PathBuf)>> {
         let mut files = Vec::new();
-        let open: Vec<(String, OpenFile)> = self.files.drain().collect();
         let mut dirs = std::collections::BTreeSet::new();
-        for (_, file) in open {
+        for file in self.take_files() {
             file.writer.finish()?;
             let staged = self.staging.join(&file.relative);
             crate::durable::fsync_file(&staged)?;
@@ -769,8 +864,7 @@ impl Sink {
     /// without rows adds nothing.
     fn commit_parts(mut self) -> Result<Vec<OutputFile>> {
         let mut outputs = Vec::new();
-        let files: Vec<(String, OpenFile)> = self.files.drain().collect();
-        for (_, file) in files {
+        for file in self.take_files() {
             file.writer.finish()?;
             let staged = self.staging.join(&file.relative);
             let path = self.final_path.join(&file.relative);
@@ -1126,6 +1220,76 @@ mod tests {
             total += ids.len();
         }
         assert_eq!(total, 10 * rows_per_batch as usize);
+    }
+
+    /// Past its cap on open files a sink finishes the file written least
+    /// recently and continues the partition in a further file: every row
+    /// arrives once, and no more files are open than the cap.
+    #[test]
+    fn a_sink_over_its_open_file_cap_continues_partitions_in_further_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SinkConfig {
+            format: SinkFormat::Parquet,
+            path: "out".into(),
+            partition_by: vec!["k".into()],
+            ..SinkConfig::default()
+        };
+        let mut sink = Sink::create(&config, dir.path(), "r4").unwrap();
+        sink.max_open = 2;
+        // Keys cycle 0, 1, 2 batch by batch, so with two files open each
+        // new batch's key is the least recently written one's successor.
+        for b in 0..9_i64 {
+            let ids: Vec<i64> = (b * 10..b * 10 + 10).collect();
+            let batch = RecordBatch::try_from_iter([
+                ("id", Arc::new(Int64Array::from(ids)) as ArrayRef),
+                ("k", Arc::new(Int64Array::from(vec![b % 3; 10])) as ArrayRef),
+            ])
+            .unwrap();
+            sink.write(&batch).unwrap();
+            assert!(sink.files.len() <= 2);
+        }
+        let files = sink.commit().unwrap();
+        assert!(
+            files.len() > 3,
+            "{} files: partitions were continued",
+            files.len()
+        );
+        let mut by_key: HashMap<i64, Vec<i64>> = HashMap::new();
+        for file in &files {
+            let key: i64 = file
+                .path
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()["k=".len()..]
+                .parse()
+                .unwrap();
+            let reader = ::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+                std::fs::File::open(&file.path).unwrap(),
+                1024,
+            )
+            .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let ids = batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap();
+                by_key.entry(key).or_default().extend(ids.values());
+            }
+        }
+        for key in 0..3_i64 {
+            let mut ids = by_key.remove(&key).unwrap();
+            ids.sort_unstable();
+            let expected: Vec<i64> = (0..9_i64)
+                .filter(|b| b % 3 == key)
+                .flat_map(|b| b * 10..b * 10 + 10)
+                .collect();
+            assert_eq!(ids, expected, "partition k={key}");
+        }
     }
 
     #[test]
