@@ -840,20 +840,21 @@ impl Sink {
     /// # Errors
     /// An I/O error; the staged files are then removed.
     pub fn prepare_parts(mut self) -> Result<Vec<(PathBuf, PathBuf)>> {
-        let mut files = Vec::new();
-        let mut dirs = std::collections::BTreeSet::new();
-        for file in self.take_files() {
+        // As in an epoch: files finished and fsynced side by side.
+        let (staging, final_path) = (self.staging.clone(), self.final_path.clone());
+        let mut files = in_parallel(self.take_files(), |file| {
             file.writer.finish()?;
-            let staged = self.staging.join(&file.relative);
+            let staged = staging.join(&file.relative);
             crate::durable::fsync_file(&staged)?;
-            if let Some(parent) = staged.parent() {
-                dirs.insert(parent.to_path_buf());
-            }
-            files.push((staged, self.final_path.join(&file.relative)));
-        }
-        for dir in &dirs {
-            crate::durable::fsync_dir(dir)?;
-        }
+            Ok((staged, final_path.join(&file.relative)))
+        })?;
+        let dirs: std::collections::BTreeSet<PathBuf> = files
+            .iter()
+            .filter_map(|(staged, _)| staged.parent().map(Path::to_path_buf))
+            .collect();
+        in_parallel(dirs.into_iter().collect(), |dir| {
+            crate::durable::fsync_dir(&dir)
+        })?;
         // The staging directory now belongs to the caller's commit.
         self.committed = true;
         files.sort();
