@@ -278,10 +278,11 @@ impl RecordBatch {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> RecordBatch {
+    /// 3 rows × (`id` int64, `name` utf8 with a null).
+    pub(crate) fn sample() -> RecordBatch {
         RecordBatch::try_new(
             vec![
                 Field {

@@ -178,29 +178,7 @@ fn has_rows(column: &Column, rows: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample() -> RecordBatch {
-        RecordBatch::try_new(
-            vec![
-                Field {
-                    name: "id".into(),
-                    data_type: DataType::Int64,
-                    nullable: false,
-                },
-                Field {
-                    name: "name".into(),
-                    data_type: DataType::Utf8,
-                    nullable: true,
-                },
-            ],
-            vec![
-                Column::from_int64([Some(1), Some(2), Some(3)]),
-                Column::from_utf8([Some("a"), None, Some("c")]),
-            ],
-            3,
-        )
-        .unwrap()
-    }
+    use crate::batch::tests::sample;
 
     #[test]
     fn a_splice_applies_like_the_host_does() {

@@ -1153,6 +1153,38 @@ mod tests {
         assert_eq!(leftovers, vec![std::ffi::OsString::from("out")]);
     }
 
+    /// The `k` value of a file under `k=VALUE/`.
+    fn partition_key(path: &Path) -> i64 {
+        let dir = path
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        dir["k=".len()..].parse().unwrap()
+    }
+
+    /// The values of a Parquet file's first column, an int64 id.
+    fn first_column_ids(path: &Path) -> Vec<i64> {
+        let reader = ::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+            std::fs::File::open(path).unwrap(),
+            1024,
+        )
+        .unwrap();
+        reader
+            .flat_map(|batch| {
+                let batch = batch.unwrap();
+                let ids = batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap();
+                ids.values().to_vec()
+            })
+            .collect()
+    }
+
     /// Each open partition writer closes its row group once it buffers its
     /// share of the sink's budget, so memory does not grow with the input;
     /// the rows still all arrive, in order.
@@ -1195,25 +1227,8 @@ mod tests {
                 "{}: {groups} row group(s); a writer over its byte budget must close its row group",
                 file.path.display()
             );
-            let key: i64 = file
-                .path
-                .parent()
-                .unwrap()
-                .file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()["k=".len()..]
-                .parse()
-                .unwrap();
-            let ids: Vec<i64> = reader
-                .build()
-                .unwrap()
-                .flat_map(|b| {
-                    let b = b.unwrap();
-                    let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
-                    ids.values().to_vec()
-                })
-                .collect();
+            let key = partition_key(&file.path);
+            let ids = first_column_ids(&file.path);
             let expected: Vec<i64> = (0..10 * rows_per_batch)
                 .filter(|id| id % 3 == key)
                 .collect();
@@ -1257,30 +1272,11 @@ mod tests {
         );
         let mut by_key: HashMap<i64, Vec<i64>> = HashMap::new();
         for file in &files {
-            let key: i64 = file
-                .path
-                .parent()
-                .unwrap()
-                .file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()["k=".len()..]
-                .parse()
-                .unwrap();
-            let reader = ::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
-                std::fs::File::open(&file.path).unwrap(),
-                1024,
-            )
-            .unwrap();
-            for batch in reader {
-                let batch = batch.unwrap();
-                let ids = batch
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap();
-                by_key.entry(key).or_default().extend(ids.values());
-            }
+            let key = partition_key(&file.path);
+            by_key
+                .entry(key)
+                .or_default()
+                .extend(first_column_ids(&file.path));
         }
         for key in 0..3_i64 {
             let mut ids = by_key.remove(&key).unwrap();
