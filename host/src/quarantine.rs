@@ -305,10 +305,12 @@ impl Quarantine {
                 let text = |f: &dyn Fn(&Reason) -> &str| -> ArrayRef {
                     Arc::new(StringArray::from_iter_values(reasons.iter().map(f)))
                 };
-                let mut record = StringBuilder::with_capacity(n, records.text.len());
+                // Arrow's JSON writer writes UTF-8; checked once for the
+                // whole buffer, and each object ends at a `\n`.
+                let json = std::str::from_utf8(&records.text)?;
+                let mut record = StringBuilder::with_capacity(n, json.len());
                 for i in 0..n {
-                    // Arrow's JSON writer writes UTF-8.
-                    record.append_value(std::str::from_utf8(records.get(i))?);
+                    record.append_value(&json[records.starts[i]..records.starts[i + 1] - 1]);
                 }
                 let batch = RecordBatch::try_new(
                     schema(),

@@ -272,9 +272,19 @@ impl Rule {
                     format!("{} = ", self.column),
                     format!(" is not {}", bounds.describe()),
                 );
-                for r in 0..rows {
-                    if let Some(v) = column.numeric(r).filter(|v| !bounds.contains(*v)) {
-                        fail(r, message.with(v));
+                if let Some(ints) = column.as_int64() {
+                    // Integers are shown as integers: exact past 2^53, where
+                    // an f64 would round them, and cheaper to format.
+                    for r in 0..rows {
+                        if let Some(v) = ints.get(r).filter(|&v| !bounds.contains(v as f64)) {
+                            fail(r, message.with(v));
+                        }
+                    }
+                } else {
+                    for r in 0..rows {
+                        if let Some(v) = column.numeric(r).filter(|v| !bounds.contains(*v)) {
+                            fail(r, message.with(v));
+                        }
                     }
                 }
             }
@@ -471,5 +481,55 @@ mod tests {
         rule.run(&batch, &mut verdicts).unwrap();
         assert_eq!(verdicts.len(), 1);
         assert_eq!(verdicts[0].row, 2);
+    }
+
+    #[test]
+    fn range_messages_show_integers_exactly_and_floats_as_given() {
+        let batch = RecordBatch::try_new(
+            vec![
+                weir_sdk::Field {
+                    name: "id".into(),
+                    data_type: weir_sdk::DataType::Int64,
+                    nullable: true,
+                },
+                weir_sdk::Field {
+                    name: "x".into(),
+                    data_type: weir_sdk::DataType::Float64,
+                    nullable: true,
+                },
+            ],
+            vec![
+                Column::from_int64([Some(9_007_199_254_740_993), None, Some(5)]),
+                Column::from_float64([Some(-1.5), Some(2.0), None]),
+            ],
+            3,
+        )
+        .unwrap();
+        let bounds = Bounds {
+            gt: None,
+            ge: Some(0.0),
+            lt: None,
+            le: Some(100.0),
+        };
+        let mut verdicts = Vec::new();
+        for column in ["id", "x"] {
+            let rule = Rule {
+                id: column.into(),
+                column: column.into(),
+                check: Check::Range(bounds),
+            };
+            rule.run(&batch, &mut verdicts).unwrap();
+        }
+        let messages: Vec<(u32, &str)> = verdicts
+            .iter()
+            .map(|v| (v.row, v.message.as_str()))
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                (0, "id = 9007199254740993 is not >= 0 and <= 100"),
+                (0, "x = -1.5 is not >= 0 and <= 100"),
+            ]
+        );
     }
 }
