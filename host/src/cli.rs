@@ -204,19 +204,21 @@ enum QuarantineCommand {
 
 #[derive(Subcommand)]
 enum StateCommand {
-    /// Keys and bytes of each operator's state (JSON).
+    /// Keys and bytes of each operator's and each stateful stage's state
+    /// (JSON).
     Inspect {
         /// The pipeline file.
         pipeline: PathBuf,
     },
     /// Drop the state, so that the next run starts without it (every
-    /// operator's, or one's with --operator). Do not run while a run of
-    /// the pipeline is in progress: the store is locked then.
+    /// operator's and stage's, or one's with --operator/--stage). Do not
+    /// run while a run of the pipeline is in progress: the store is locked
+    /// then.
     Reset {
         /// The pipeline file.
         pipeline: PathBuf,
-        /// Only this operator's state.
-        #[arg(long)]
+        /// Only the state of this operator or stage.
+        #[arg(long, alias = "stage")]
         operator: Option<String>,
     },
 }
@@ -505,6 +507,15 @@ fn print_summary(report: &RunReport) -> std::io::Result<()> {
         )?;
     }
     for operator in &report.operators {
+        if operator.kind.is_none() {
+            say!(
+                "  stage {} keyed state: {} keys, {} bytes",
+                operator.name,
+                operator.state_keys,
+                operator.state_bytes
+            )?;
+            continue;
+        }
         let mut extra = String::new();
         if operator.dropped > 0 {
             extra.push_str(&format!(", {} duplicates dropped", operator.dropped));
@@ -728,21 +739,28 @@ fn state_command(command: StateCommand) -> Result<()> {
                     let size = sizes.get(&o.name).copied().unwrap_or_default();
                     serde_json::json!({"name": o.name, "kind": o.kind, "keys": size.keys, "bytes": size.bytes})
                 }).collect::<Vec<_>>(),
+                // A stage has a namespace once its plugin stored something.
+                "stages": config.stages.iter().filter_map(|s| {
+                    let size = sizes.get(&s.name)?;
+                    Some(serde_json::json!({"name": s.name, "keys": size.keys, "bytes": size.bytes}))
+                }).collect::<Vec<_>>(),
             }))
         }
         StateCommand::Reset { operator, .. } => {
+            let names = || {
+                config
+                    .operators
+                    .iter()
+                    .map(|o| o.name.as_str())
+                    .chain(config.stages.iter().map(|s| s.name.as_str()))
+            };
             if let Some(name) = &operator
-                && !config.operators.iter().any(|o| &o.name == name)
+                && !names().any(|n| n == name)
             {
                 anyhow::bail!(
-                    "{} has no operator `{name}` (operators: {})",
+                    "{} has no operator or stage `{name}` (there are: {})",
                     pipeline.display(),
-                    config
-                        .operators
-                        .iter()
-                        .map(|o| o.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    names().collect::<Vec<_>>().join(", ")
                 );
             }
             if !store.exists() {

@@ -407,6 +407,11 @@ pub struct StageConfig {
     /// nothing); see [`crate::plugin::Grants`].
     #[serde(default)]
     pub capabilities: crate::plugin::Grants,
+    /// Cap on the stage's keyed state (`weir:plugin/state`), in bytes of
+    /// keys plus values. Default
+    /// [`crate::state::stage::DEFAULT_MAX_STATE_BYTES`] (256 MiB). Only
+    /// used when the plugin imports the state interface.
+    pub max_state_bytes: Option<u64>,
 }
 
 /// Default [`StageConfig::bisect_max_calls`]: 64 calls. Isolating one

@@ -126,6 +126,9 @@ fn probe_stages(
                 None,
             )
             .and_then(|mut instance| {
+                if version.plugin.uses_state() {
+                    instance.attach_state(Arc::new(crate::state::stage::StageState::scratch()));
+                }
                 // Sent as a real batch would be: only the columns it reads.
                 let sent = crate::splice::project(&empty, instance.reads());
                 let wit = columnar::to_wit(&sent).expect("a subset of a batch that converted");
@@ -274,6 +277,7 @@ impl Pipeline {
                 .map_err(|e| problems.add(format!("stages[{i}].tables"), format!("{e:#}")));
             if let (Ok(plugin), Ok(json)) = (plugin, json) {
                 let config_json: Arc<str> = Arc::from(json);
+                let stateful = plugin.uses_state();
                 stages.push(Arc::new(Stage {
                     name: Arc::from(stage.name.as_str()),
                     kind: stage.kind,
@@ -290,6 +294,14 @@ impl Pipeline {
                         .bisect_max_calls
                         .unwrap_or(crate::config::DEFAULT_BISECT_MAX_CALLS),
                     grants: stage.capabilities.resolved(&base_dir),
+                    state: stateful.then(|| {
+                        Arc::new(crate::state::stage::StageState::new(
+                            &stage.name,
+                            stage
+                                .max_state_bytes
+                                .unwrap_or(crate::state::stage::DEFAULT_MAX_STATE_BYTES),
+                        ))
+                    }),
                 }));
             }
         }
@@ -360,7 +372,18 @@ impl Pipeline {
         &self.config
     }
 
+    /// The keyed state of the stages whose plugins keep some.
+    pub fn stage_states(&self) -> Vec<Arc<crate::state::stage::StageState>> {
+        self.stages.iter().filter_map(|s| s.state.clone()).collect()
+    }
+
+    /// Worker threads running the stages: `[pipeline] workers`, or one per
+    /// core; one when a stage keeps keyed state, which must see batches one
+    /// at a time in input order.
     fn workers(&self) -> usize {
+        if self.stages.iter().any(|s| s.state.is_some()) {
+            return 1;
+        }
         match self.config.pipeline.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -536,7 +559,12 @@ impl Pipeline {
             }
         }
         let workers = self.workers();
-        let window = workers * IN_FLIGHT_PER_WORKER;
+        // A stateful stage's changes are taken per epoch by the writer, so
+        // the stage must not run ahead of it: one batch in flight.
+        let window = match self.stages.iter().any(|s| s.state.is_some()) {
+            true => 1,
+            false => workers * IN_FLIGHT_PER_WORKER,
+        };
 
         let (batch_tx, batch_rx) = crossbeam_channel::bounded::<(u64, SourceItem)>(window);
         let (result_tx, result_rx) = crossbeam_channel::bounded::<Result<BatchResult>>(window);
@@ -731,11 +759,12 @@ impl Pipeline {
         run_id: &str,
         coordinator: Option<&Coordinator>,
     ) -> Result<Option<OperatorChain>> {
-        if self.config.operators.is_empty() {
+        let stage_states = self.stage_states();
+        if self.config.operators.is_empty() && stage_states.is_empty() {
             return Ok(None);
         }
         let store = self.config.state_store(&self.base_dir);
-        let mut chain = OperatorChain::open(&self.config.operators, &store, run_id)?;
+        let mut chain = OperatorChain::open(&self.config.operators, &stage_states, &store, run_id)?;
         if let Some(coordinator) = coordinator {
             let state = coordinator.state();
             let marker = format!("run:{run_id}");

@@ -68,6 +68,10 @@ pub struct Stage {
     pub bisect_max_calls: u32,
     /// What the plugin may reach (host paths resolved).
     pub grants: crate::plugin::Grants,
+    /// The stage's keyed state, when its plugin imports
+    /// `weir:plugin/state` (decided when the pipeline starts, kept across
+    /// reloads). A stateful stage sees batches one at a time, in order.
+    pub state: Option<Arc<crate::state::stage::StageState>>,
 }
 
 impl std::fmt::Debug for Stage {
@@ -302,6 +306,10 @@ impl StageRunner {
                     None,
                 )
                 .map_err(CallFailure::Plugin)?;
+            let mut instance = instance;
+            if let Some(state) = &stage.state {
+                instance.attach_state(state.clone());
+            }
             self.instance = Some((instance, version.clone()));
         }
         let (instance, _) = self.instance.as_mut().expect("instantiated above");
@@ -327,6 +335,10 @@ impl StageRunner {
                 .map(|(verdicts, _)| StageOutput::Verdicts(verdicts)),
             PluginKind::Extract => unreachable!("extract stages are rejected by config validation"),
         };
+        // The call's state writes count only with an output the stage keeps.
+        if output.is_ok() {
+            instance.commit_state();
+        }
         // Failed calls count too: a call stopped at its deadline burned fuel.
         let stats = instance.last_call();
         self.report.fuel_consumed += stats.fuel;

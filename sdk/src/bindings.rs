@@ -5,12 +5,18 @@
 //! [`RecordBatch`](crate::RecordBatch) is the same Rust type whichever kind of
 //! plugin you write. Each world's custom section is emitted by its export
 //! macro, so a plugin component only declares the world it exports.
+//!
+//! Transform and validate plugins are generated from the `stateful-*`
+//! worlds, so that [`crate::state`] is available to every plugin; a
+//! component imports `weir:plugin/state` only when it calls a state
+//! function (unused imports are left out of the component), and only then
+//! does the host treat its stage as stateful.
 
 #![allow(missing_docs, clippy::all)]
 
 pub mod transformer {
     wit_bindgen::generate!({
-        world: "transformer",
+        world: "stateful-transformer",
         path: "../wit",
         pub_export_macro: true,
         export_macro_name: "__export_transformer",
@@ -21,7 +27,7 @@ pub mod transformer {
 
 pub mod validator {
     wit_bindgen::generate!({
-        world: "validator",
+        world: "stateful-validator",
         path: "../wit",
         pub_export_macro: true,
         export_macro_name: "__export_validator",
@@ -31,6 +37,7 @@ pub mod validator {
             "weir:plugin/types@0.2.0": crate::bindings::transformer::weir::plugin::types,
             "weir:plugin/host@0.2.0": crate::bindings::transformer::weir::plugin::host,
             "weir:plugin/stage@0.2.0": crate::bindings::transformer::weir::plugin::stage,
+            "weir:plugin/state@0.2.0": crate::bindings::transformer::weir::plugin::state,
         },
     });
 }

@@ -113,6 +113,7 @@ mod bitmap;
 mod column;
 pub mod host;
 mod splice;
+pub mod state;
 
 #[cfg(feature = "arrow")]
 pub mod arrow;

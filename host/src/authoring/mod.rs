@@ -34,6 +34,9 @@ pub const WIT: &str = include_str!("../../../wit/weir-plugin.wit");
 pub const PYTHON_SDK: &str = include_str!("../../../sdk/python/weir/__init__.py");
 /// `sdk/js/weir.js`, the JavaScript SDK (imported as `./weir.js`).
 pub const JS_SDK: &str = include_str!("../../../sdk/js/weir.js");
+/// `sdk/js/weir-state.js`, the JavaScript SDK's keyed state (imported as
+/// `./weir-state.js` by plugins built with `state = true`).
+pub const JS_STATE_SDK: &str = include_str!("../../../sdk/js/weir-state.js");
 
 /// A language plugins can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -83,6 +86,13 @@ pub struct ManifestPlugin {
     pub language: Language,
     /// Which world the component targets.
     pub kind: PluginKind,
+    /// Whether the plugin keeps keyed state (`weir:plugin/state`; transform
+    /// and validate only). Python and JavaScript plugins are then built
+    /// for the `stateful-*` world, whose state functions the SDKs wrap
+    /// (`weir.state`, `./weir-state.js`). Rust plugins may call
+    /// `weir_sdk::state` whatever this says. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub state: bool,
 }
 
 impl Manifest {

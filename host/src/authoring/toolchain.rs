@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::{JS_SDK, Language, MANIFEST, Manifest, PYTHON_SDK, WIT};
+use super::{JS_SDK, JS_STATE_SDK, Language, MANIFEST, Manifest, PYTHON_SDK, WIT};
 use crate::plugin::{Origin, Plugin, PluginKind};
 
 /// The componentize-py version weir is tested with (PyPI).
@@ -106,7 +106,15 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<Built> {
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let wit_dir = scratch.path().join("wit");
     write(&wit_dir.join("weir-plugin.wit"), WIT)?;
-    let world = plugin.kind.world();
+    let world = match (plugin.state, plugin.kind) {
+        (false, kind) => kind.world().to_string(),
+        (true, PluginKind::Extract) => bail!(
+            "{}: key `plugin.state`: extract plugins cannot keep keyed state yet (transform and validate plugins can)",
+            dir.join(MANIFEST).display()
+        ),
+        (true, kind) => format!("stateful-{}", kind.world()),
+    };
+    let world = world.as_str();
     let tool = match plugin.language {
         Language::Rust => build_rust(dir, options.cargo_target_dir.as_deref(), &out)?,
         Language::Python => build_python(dir, scratch.path(), &wit_dir, world, &out)?,
@@ -463,6 +471,7 @@ fn build_js(dir: &Path, scratch: &Path, wit_dir: &Path, world: &str, out: &Path)
     let sources = scratch.join("js");
     copy_sources(dir, &sources)?;
     write(&sources.join("weir.js"), JS_SDK)?;
+    write(&sources.join("weir-state.js"), JS_STATE_SDK)?;
     let driver = scratch.join("componentize.mjs");
     write(&driver, COMPONENTIZE_JS_DRIVER)?;
     let mut command = Command::new(node);

@@ -34,11 +34,11 @@ use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
 
 use super::config::{Function, Measure, OperatorConfig};
-use super::keyed::{Codec, Keyed};
 use super::time::{Windows, event_times, millis};
 use super::{Operator, Rejected, Step, reason};
 use crate::columnar::column_names;
 use crate::state::Changes;
+use crate::state::keyed::{Codec, Keyed};
 
 const WATERMARK: &[u8] = b"";
 const SCHEMA: &[u8] = b"s";

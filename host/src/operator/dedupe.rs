@@ -17,11 +17,11 @@ use arrow::row::{RowConverter, Rows, SortField};
 use arrow::util::display::array_value_to_string;
 
 use super::config::{Duplicates, OperatorConfig};
-use super::keyed::Keyed;
 use super::time::{event_times, millis};
 use super::{Operator, Rejected, Step, reason};
 use crate::columnar::column_names;
 use crate::state::Changes;
+use crate::state::keyed::Keyed;
 
 /// The reserved key holding the latest time seen (row-format keys are
 /// never empty).

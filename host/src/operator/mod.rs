@@ -18,7 +18,6 @@
 pub mod aggregate;
 pub mod config;
 pub mod dedupe;
-pub mod keyed;
 pub mod report;
 pub mod time;
 
@@ -32,6 +31,7 @@ use arrow::record_batch::RecordBatch;
 use crate::reason::Reason;
 use crate::sink::{EpochContext, EpochSink, OutputFile, Prepared};
 use crate::stages::{Origins, Quarantined};
+use crate::state::stage::StageState;
 use crate::state::{Changes, Delta, StateStore};
 
 pub use config::{OperatorConfig, OperatorKind};
@@ -190,9 +190,14 @@ struct Slot {
     report: OperatorReport,
 }
 
-/// A pipeline's operators, in order, with their state store.
+/// A pipeline's operators, in order, and its plugin stages' keyed state
+/// ([`StageState`]), with their state store: everything of the pipeline's
+/// state that is committed with its output.
 pub struct OperatorChain {
     slots: Vec<Slot>,
+    /// The keyed state of the stateful plugin stages, changed by their
+    /// calls (which run before the operators) and committed here.
+    stages: Vec<Arc<StageState>>,
     store: StateStore,
     /// The epoch directory the next delta goes to (`weir run`).
     epoch_dir: Option<PathBuf>,
@@ -224,17 +229,23 @@ fn reason(operator: &str, kind: &str, message: String) -> Reason {
 }
 
 impl OperatorChain {
-    /// The operators of `configs` (already checked), their state loaded
-    /// from the store at `store_path`.
+    /// The operators of `configs` (already checked) and the keyed state of
+    /// `stages` (stateful plugin stages), loaded from the store at
+    /// `store_path`.
     ///
     /// # Errors
     /// The store cannot be opened or holds state this weir cannot read.
     pub fn open(
         configs: &[OperatorConfig],
+        stages: &[Arc<StageState>],
         store_path: &Path,
         run_id: &str,
     ) -> Result<OperatorChain> {
         let store = StateStore::open(store_path)?;
+        for stage in stages {
+            let stored = store.load(stage.namespace())?;
+            stage.restore(stored.into_iter().map(|(k, v)| (k, Some(v))).collect())?;
+        }
         let mut slots = Vec::new();
         for config in configs {
             let mut operator: Box<dyn Operator> = match config.kind {
@@ -278,6 +289,7 @@ impl OperatorChain {
         }
         Ok(OperatorChain {
             slots,
+            stages: stages.to_vec(),
             store,
             epoch_dir: None,
             run_id: run_id.to_string(),
@@ -312,6 +324,11 @@ impl OperatorChain {
             if let Some(changes) = delta.namespaces.remove(slot.report.name.as_str()) {
                 slot.operator.restore(changes)?;
                 slot.operator.accept();
+            }
+        }
+        for stage in &self.stages {
+            if let Some(changes) = delta.namespaces.remove(stage.namespace()) {
+                stage.restore(changes)?;
             }
         }
         Ok(())
@@ -438,6 +455,9 @@ impl OperatorChain {
         for slot in &mut self.slots {
             slot.operator.accept();
         }
+        for stage in &self.stages {
+            stage.lock().accept();
+        }
     }
 
     /// Undoes the changes since [`OperatorChain::accept`] (a batch that
@@ -445,6 +465,9 @@ impl OperatorChain {
     pub fn rollback(&mut self) {
         for slot in &mut self.slots {
             slot.operator.rollback();
+        }
+        for stage in &self.stages {
+            stage.lock().rollback();
         }
     }
 
@@ -455,6 +478,14 @@ impl OperatorChain {
             let changes = slot.operator.take_changes();
             if !changes.is_empty() {
                 delta.namespaces.insert(slot.report.name.clone(), changes);
+            }
+        }
+        for stage in &self.stages {
+            let changes = stage.lock().take_changes();
+            if !changes.is_empty() {
+                delta
+                    .namespaces
+                    .insert(stage.namespace().to_string(), changes);
             }
         }
         delta
@@ -471,9 +502,23 @@ impl OperatorChain {
         Ok(())
     }
 
-    /// Each operator's counts so far.
+    /// Each operator's counts so far, then each stateful stage's state
+    /// size (with no kind).
     pub fn reports(&self) -> Vec<OperatorReport> {
-        self.slots.iter().map(|s| s.report.clone()).collect()
+        let stages = self.stages.iter().map(|stage| {
+            let (keys, bytes) = stage.size();
+            OperatorReport {
+                name: stage.namespace().to_string(),
+                state_keys: keys,
+                state_bytes: bytes,
+                ..OperatorReport::default()
+            }
+        });
+        self.slots
+            .iter()
+            .map(|s| s.report.clone())
+            .chain(stages)
+            .collect()
     }
 }
 

@@ -5,12 +5,14 @@ use serde::Serialize;
 
 use super::config::OperatorKind;
 
-/// One operator's counts, for the run report and the service's status.
+/// One operator's counts, for the run report and the service's status;
+/// also the state size of a stateful plugin stage (with no `kind` and
+/// only the state counts).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct OperatorReport {
     /// The operator's name.
     pub name: String,
-    /// `dedupe` or `aggregate`.
+    /// `dedupe` or `aggregate`; none for a plugin stage's keyed state.
     pub kind: Option<OperatorKind>,
     /// Rows it received.
     pub records_in: u64,

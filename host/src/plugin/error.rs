@@ -66,6 +66,10 @@ pub enum PluginError {
         /// The plugin's message.
         message: String,
     },
+    /// The call's writes would take the stage's keyed state past its
+    /// `max_state_bytes` (`weir:plugin/state`).
+    #[error("state quota: {0}")]
+    StateQuota(String),
     /// The component could not be instantiated (a missing import, a trap in
     /// its start function...).
     #[error("instantiation failed: {0}")]
@@ -95,6 +99,7 @@ impl PluginError {
             PluginError::MalformedOutput(_) => "malformed_output",
             PluginError::Returned { .. } => "plugin_error",
             PluginError::Instantiate(_) => "instantiate",
+            PluginError::StateQuota(_) => "state_quota",
         }
     }
 
@@ -103,6 +108,9 @@ impl PluginError {
     pub fn classify(error: &wasmtime::Error, limits: &Limits, stderr: &str) -> PluginError {
         if let Some(exceeded) = error.downcast_ref::<MemoryLimitExceeded>() {
             return PluginError::MemoryLimit(exceeded.to_string());
+        }
+        if let Some(exceeded) = error.downcast_ref::<super::state::StateQuotaExceeded>() {
+            return PluginError::StateQuota(exceeded.to_string());
         }
         if let Some(exhausted) = error.downcast_ref::<PoolExhausted>() {
             return PluginError::MemoryLimit(exhausted.to_string());

@@ -24,6 +24,7 @@ mod error;
 pub mod http;
 mod limits;
 mod slot;
+pub mod state;
 mod stderr;
 mod watch;
 
@@ -81,6 +82,7 @@ fn new_linker() -> Result<wasmtime::component::Linker<PluginState>> {
     v0_2::host::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state)
         .map_err(anyhow::Error::from)
         .context("adding weir:plugin/host@0.2.0 to the linker")?;
+    state::add_to_linker(&mut linker).context("adding weir:plugin/state@0.2.0 to the linker")?;
     Ok(linker)
 }
 
@@ -432,6 +434,12 @@ impl Plugin {
         &self.imports
     }
 
+    /// Whether it keeps keyed state: it imports `weir:plugin/state` (a
+    /// component of a `stateful-*` world that calls a state function).
+    pub fn uses_state(&self) -> bool {
+        self.imports.iter().any(|i| i == state::STATE_INTERFACE)
+    }
+
     /// Creates an instance for stage `stage`, whose `config` import returns
     /// `config_json`, with `limits` applied to every call.
     ///
@@ -492,6 +500,7 @@ impl Plugin {
                 access: http.cloned(),
                 deadline: None,
             },
+            state: None,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.memory);
@@ -588,6 +597,9 @@ pub struct PluginState {
     http_ctx: WasiHttpCtx,
     /// Outbound HTTP: denied unless the source granted it.
     http_hooks: http::HttpHooks,
+    /// The stage's keyed state and this call's writes to it (stateful
+    /// stages only, see [`PluginInstance::attach_state`]).
+    state: Option<state::StateCall>,
 }
 
 impl WasiHttpView for PluginState {
@@ -735,6 +747,21 @@ impl PluginInstance {
         self.reads.as_deref()
     }
 
+    /// Gives the instance its stage's keyed state (`weir:plugin/state`);
+    /// without it a plugin that calls a state function stops with an
+    /// error.
+    pub fn attach_state(&mut self, stage_state: Arc<crate::state::stage::StageState>) {
+        self.store.data_mut().state = Some(state::StateCall::new(stage_state));
+    }
+
+    /// Applies the state writes of the last call, which the stage accepted
+    /// (a call whose output is refused must not change the state).
+    pub fn commit_state(&mut self) {
+        if let Some(state) = self.store.data_mut().state.as_mut() {
+            state.commit();
+        }
+    }
+
     /// Refills fuel and restarts the deadline before a call.
     fn arm(&mut self) {
         // wasmtime's own default copy budget (128 MiB) would otherwise be
@@ -742,6 +769,9 @@ impl PluginInstance {
         let budget = usize::try_from(self.limits.copy_budget_bytes()).unwrap_or(usize::MAX);
         self.store.set_hostcall_fuel(budget);
         self.store.data_mut().log_lines = 0;
+        if let Some(state) = self.store.data_mut().state.as_mut() {
+            state.clear();
+        }
         self.store.data_mut().call_deadline =
             Instant::now().checked_add(Duration::from_millis(self.limits.timeout_ms));
         self.store

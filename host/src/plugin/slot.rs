@@ -31,6 +31,7 @@ use serde::Serialize;
 
 use super::breaker::{BreakerConfig, BreakerStatus, CircuitBreaker};
 use super::{Limits, Plugin, PluginKind};
+use crate::state::stage::StageState;
 
 /// Previous versions a slot keeps for [`PluginSlot::rollback`].
 pub const HISTORY_LEN: usize = 5;
@@ -108,6 +109,9 @@ pub struct PluginSlot {
     /// An empty batch of the schema the stage receives, when the pipeline
     /// could probe it at load: candidates are called once on it.
     probe_batch: std::sync::OnceLock<crate::bindings::types::RecordBatch>,
+    /// Whether the stage has keyed state: its first version imports
+    /// `weir:plugin/state`. A later version may drop it, not gain it.
+    stateful: bool,
 }
 
 fn now_rfc3339(time: SystemTime) -> String {
@@ -119,6 +123,7 @@ impl PluginSlot {
     /// with `config_json` and `limits`.
     pub fn new(plugin: Plugin, stage: &str, config_json: Arc<str>, limits: Limits) -> PluginSlot {
         PluginSlot {
+            stateful: plugin.uses_state(),
             name: plugin.name().to_string(),
             kind: plugin.kind(),
             stage: stage.to_string(),
@@ -205,6 +210,12 @@ impl PluginSlot {
         )
         .map_err(|e| format!("{e:#}"))
         .and_then(|plugin| {
+            if plugin.uses_state() && !self.stateful {
+                return Err(
+                    "this version keeps keyed state (it imports weir:plugin/state) but the stage was started with a version that does not, so it has no state to give it; restart the pipeline to load it"
+                        .to_string(),
+                );
+            }
             let mut instance = plugin
                 .instantiate_with(
                     &self.stage,
@@ -215,6 +226,9 @@ impl PluginSlot {
                     None,
                 )
                 .map_err(|e| format!("smoke test failed: {e}"))?;
+            if plugin.uses_state() {
+                instance.attach_state(Arc::new(StageState::scratch()));
+            }
             if let Some(probe) = self.probe_batch.get() {
                 let outcome = match self.kind {
                     PluginKind::Transform => instance.transform(probe).map(|_| ()),

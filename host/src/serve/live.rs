@@ -423,10 +423,12 @@ impl LivePipeline {
             stream.is_some(),
         )?;
         // After the delivery log finished the commits a crash interrupted.
-        let operators = match config.operators.is_empty() {
+        let stage_states = pipeline.stage_states();
+        let operators = match config.operators.is_empty() && stage_states.is_empty() {
             true => None,
             false => Some(Mutex::new(ServedOperators::open(
                 &config.operators,
+                &stage_states,
                 &state_dir,
             )?)),
         };

@@ -1,8 +1,9 @@
-//! A served pipeline's stateful operators: their state committed with each
-//! micro-batch.
+//! A served pipeline's stateful operators (and stateful plugin stages):
+//! their state committed with each micro-batch.
 //!
-//! Micro-batches of a pipeline with `[[operators]]` are processed one at a
-//! time (the operators must see rows in one order). The state changes of a
+//! Micro-batches of a pipeline with `[[operators]]` or a stage that keeps
+//! keyed state are processed one at a time (state must see rows in one
+//! order). The state changes of a
 //! micro-batch are a [`Delta`] staged beside its sink and quarantine files
 //! (`STATE_DIR/PIPELINE/operators/.part-ID.weir-delta.tmp`, fsynced) and
 //! recorded and committed with them by the delivery log: committed means
@@ -15,11 +16,13 @@
 //! committed output.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
 use super::delivery::StagedFile;
 use crate::operator::{OperatorChain, OperatorConfig, OperatorReport};
+use crate::state::stage::StageState;
 use crate::state::{Delta, STORE_FILE};
 
 /// Directory of the operators' store and deltas inside a pipeline's state
@@ -52,16 +55,21 @@ fn marker(part: &str) -> String {
 }
 
 impl ServedOperators {
-    /// Opens the operators' store in `state_dir/operators/`, applies the
+    /// Opens the store of the operators and the stateful `stages` in
+    /// `state_dir/operators/`, applies the
     /// committed deltas a crash left (after [`super::delivery::Delivery::open`]
     /// finished their commits) and removes the staged ones.
     ///
     /// # Errors
     /// The store cannot be opened or a delta cannot be read or applied.
-    pub fn open(configs: &[OperatorConfig], state_dir: &Path) -> Result<ServedOperators> {
+    pub fn open(
+        configs: &[OperatorConfig],
+        stages: &[Arc<StageState>],
+        state_dir: &Path,
+    ) -> Result<ServedOperators> {
         let dir = state_dir.join(OPERATORS_DIR);
         super::files::create_private_dir_all(&dir)?;
-        let mut chain = OperatorChain::open(configs, &dir.join(STORE_FILE), "")?;
+        let mut chain = OperatorChain::open(configs, stages, &dir.join(STORE_FILE), "")?;
         let mut committed = Vec::new();
         for entry in
             std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?

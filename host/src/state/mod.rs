@@ -22,7 +22,13 @@
 //! with no background compaction threads, fits that and is simple to
 //! inspect and back up. Each operator's state is a table named after the
 //! operator (its **namespace**); keys and values are bytes that the
-//! operator encodes.
+//! operator encodes. A plugin stage that keeps keyed state
+//! (`weir:plugin/state`, see [`stage`]) has a namespace named after the
+//! stage, in the same store and on the same commit path (stage and
+//! operator names are unique together).
+
+pub mod keyed;
+pub mod stage;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

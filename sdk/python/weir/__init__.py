@@ -49,7 +49,14 @@ except ImportError:
     _stage = None
 from wit_world.imports import types as _wit
 
+try:
+    # Only the stateful worlds (`state = true` in weir-plugin.toml) import it.
+    from wit_world.imports import state as _wit_state
+except ImportError:
+    _wit_state = None
+
 __all__ = [
+    "state",
     "BINARY",
     "BOOLEAN",
     "DATE32",
@@ -847,3 +854,103 @@ def warn(message: str) -> None:
 def error(message: str) -> None:
     """``log("error", message)``."""
     log("error", message)
+
+
+# --------------------------------------------------------------------------
+# Keyed state
+
+
+def _key_bytes(key: Union[str, bytes]) -> bytes:
+    return key.encode("utf-8") if isinstance(key, str) else bytes(key)
+
+
+class _State:
+    """Keyed state the host keeps for this stage (``weir:plugin/state``).
+
+    The host stores it, commits it atomically with the output of the batch
+    that changed it, and gives it back after a reload, a failure or a crash
+    exactly as of the last committed output; a stateful plugin sees
+    batches one at a time, in input order. Writes made by a batch that
+    fails (an exception, a limit) are discarded with it. Keys are ``str``
+    (UTF-8) or ``bytes`` and sort bytewise; values are ``bytes``, or any
+    JSON value with the ``*_json`` methods.
+
+    Calls are batch-shaped and cost fuel: read all the keys a batch needs
+    with one ``get_many`` and write them back with one ``put_many``.
+    Writing past the stage's ``max_state_bytes`` fails the batch as
+    ``state_quota``. Needs ``state = true`` under ``[plugin]`` in
+    ``weir-plugin.toml``.
+    """
+
+    def _wit(self) -> Any:
+        if _wit_state is None:
+            raise Internal(
+                "this plugin uses weir.state but was built without keyed state: "
+                "set `state = true` under [plugin] in weir-plugin.toml and build it again"
+            )
+        return _wit_state
+
+    def get_many(self, keys: Iterable[Union[str, bytes]]) -> list:
+        """The values (``bytes``) of ``keys`` in order; ``None`` where a key
+        has none."""
+        return list(self._wit().get_many([_key_bytes(k) for k in keys]))
+
+    def get(self, key: Union[str, bytes]) -> Optional[bytes]:
+        """The value of ``key``, or ``None``."""
+        return self.get_many([key])[0]
+
+    def put_many(self, items: Iterable[tuple]) -> None:
+        """Sets each ``(key, value)`` (``value`` as bytes); a later pair for
+        the same key wins."""
+        wit = self._wit()
+        wit.put_many([wit.Entry(_key_bytes(k), bytes(v)) for k, v in items])
+
+    def put(self, key: Union[str, bytes], value: bytes) -> None:
+        """Sets ``key`` to ``value``."""
+        self.put_many([(key, value)])
+
+    def delete_many(self, keys: Iterable[Union[str, bytes]]) -> None:
+        """Removes ``keys`` (keys without a value are ignored)."""
+        self._wit().delete_many([_key_bytes(k) for k in keys])
+
+    def scan_prefix(
+        self, prefix: Union[str, bytes], start_after: Union[str, bytes, None] = None, limit: int = 1000
+    ) -> list:
+        """At most ``limit`` ``(key, value)`` pairs (bytes) whose key starts
+        with ``prefix``, in key order, after the key ``start_after`` when
+        given (pass the last key of a page to get the next)."""
+        after = None if start_after is None else _key_bytes(start_after)
+        entries = self._wit().scan_prefix(_key_bytes(prefix), after, limit)
+        return [(e.key, e.value) for e in entries]
+
+    def get_json_many(self, keys: Iterable[Union[str, bytes]]) -> list:
+        """The values of ``keys`` decoded from JSON; ``None`` where absent."""
+        keys = list(keys)
+        out = []
+        for key, value in zip(keys, self.get_many(keys)):
+            if value is None:
+                out.append(None)
+                continue
+            try:
+                out.append(_json.loads(value))
+            except ValueError as e:
+                raise Internal(f"the state of key {key!r} is not JSON: {e}") from None
+        return out
+
+    def get_json(self, key: Union[str, bytes]) -> Any:
+        """The value of ``key`` decoded from JSON, or ``None``."""
+        return self.get_json_many([key])[0]
+
+    def put_json_many(self, items: Iterable[tuple]) -> None:
+        """Sets each ``(key, value)``, ``value`` encoded as JSON."""
+        self.put_many(
+            (k, _json.dumps(v, separators=(",", ":")).encode("utf-8")) for k, v in items
+        )
+
+    def put_json(self, key: Union[str, bytes], value: Any) -> None:
+        """Sets ``key`` to ``value`` encoded as JSON."""
+        self.put_json_many([(key, value)])
+
+
+#: The stage's keyed state; see :class:`_State`.
+state = _State()

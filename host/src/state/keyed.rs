@@ -1,10 +1,14 @@
-//! An operator's working state: a hash map from key bytes to values that
-//! remembers which keys changed since the last epoch (to build its
+//! Working keyed state: a map from key bytes to values that remembers
+//! which keys changed since the last epoch (to build its
 //! [`crate::state::Changes`]) and how to undo the current batch (a batch
-//! that fails after the operator ran, in `weir serve`, must leave the state
+//! that fails after the state changed, in `weir serve`, must leave the state
 //! as it was).
+//!
+//! Operators keep theirs in a hash map (the default, fastest for point
+//! lookups); plugin stages in a B-tree map, which their prefix scans need
+//! ([`crate::state::stage`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// foldhash's seeded hasher: keys are user data, so seeded per process,
 /// and several times faster than the standard SipHash on short keys.
@@ -27,10 +31,65 @@ pub trait Codec: Clone {
     fn size(&self) -> usize;
 }
 
-/// Keyed values with change tracking.
+/// The map a [`Keyed`] keeps its values in.
+pub trait KeyMap<V>: Default {
+    /// The value of `key`.
+    fn get(&self, key: &[u8]) -> Option<&V>;
+    /// The value of `key`, to change in place.
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut V>;
+    /// Sets `key`, returning its old value.
+    fn insert(&mut self, key: Vec<u8>, value: V) -> Option<V>;
+    /// Removes `key`, returning its value.
+    fn remove(&mut self, key: &[u8]) -> Option<V>;
+    /// Number of keys.
+    fn len(&self) -> usize;
+    /// Whether there are no keys.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<V> KeyMap<V> for HashMap<Vec<u8>, V, Hasher> {
+    fn get(&self, key: &[u8]) -> Option<&V> {
+        HashMap::get(self, key)
+    }
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
+        HashMap::get_mut(self, key)
+    }
+    fn insert(&mut self, key: Vec<u8>, value: V) -> Option<V> {
+        HashMap::insert(self, key, value)
+    }
+    fn remove(&mut self, key: &[u8]) -> Option<V> {
+        HashMap::remove(self, key)
+    }
+    fn len(&self) -> usize {
+        HashMap::len(self)
+    }
+}
+
+impl<V> KeyMap<V> for BTreeMap<Vec<u8>, V> {
+    fn get(&self, key: &[u8]) -> Option<&V> {
+        BTreeMap::get(self, key)
+    }
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
+        BTreeMap::get_mut(self, key)
+    }
+    fn insert(&mut self, key: Vec<u8>, value: V) -> Option<V> {
+        BTreeMap::insert(self, key, value)
+    }
+    fn remove(&mut self, key: &[u8]) -> Option<V> {
+        BTreeMap::remove(self, key)
+    }
+    fn len(&self) -> usize {
+        BTreeMap::len(self)
+    }
+}
+
+/// Keyed values with change tracking, in a `M` map (a seeded hash map by
+/// default).
 #[derive(Debug)]
-pub struct Keyed<V> {
-    map: HashMap<Vec<u8>, V, Hasher>,
+pub struct Keyed<V, M = HashMap<Vec<u8>, V, Hasher>> {
+    map: M,
     /// Keys changed since [`Keyed::take_changes`].
     dirty: HashSet<Vec<u8>, Hasher>,
     /// First value (before the batch) of each key the batch touched.
@@ -39,10 +98,10 @@ pub struct Keyed<V> {
     bytes: usize,
 }
 
-impl<V> Default for Keyed<V> {
+impl<V, M: KeyMap<V>> Default for Keyed<V, M> {
     fn default() -> Self {
         Keyed {
-            map: HashMap::default(),
+            map: M::default(),
             dirty: HashSet::default(),
             undo: HashMap::default(),
             bytes: 0,
@@ -51,6 +110,24 @@ impl<V> Default for Keyed<V> {
 }
 
 impl<V: Codec> Keyed<V> {
+    /// Every key and value, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &V)> {
+        self.map.iter()
+    }
+}
+
+impl<V: Codec> Keyed<V, BTreeMap<Vec<u8>, V>> {
+    /// The entries from `start` on, in key order.
+    pub fn range_from(
+        &self,
+        start: std::ops::Bound<&[u8]>,
+    ) -> impl Iterator<Item = (&Vec<u8>, &V)> {
+        self.map
+            .range::<[u8], _>((start, std::ops::Bound::Unbounded))
+    }
+}
+
+impl<V: Codec, M: KeyMap<V>> Keyed<V, M> {
     /// The value of `key`.
     pub fn get(&self, key: &[u8]) -> Option<&V> {
         self.map.get(key)
@@ -69,11 +146,6 @@ impl<V: Codec> Keyed<V> {
     /// Approximate bytes of keys and values.
     pub fn bytes(&self) -> usize {
         self.bytes
-    }
-
-    /// Every key and value, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &V)> {
-        self.map.iter()
     }
 
     fn touch(&mut self, key: &[u8]) {
@@ -104,7 +176,8 @@ impl<V: Codec> Keyed<V> {
             None => {
                 let value = init();
                 self.bytes += key.len() + value.size();
-                self.map.entry(key.to_vec()).or_insert(value)
+                self.map.insert(key.to_vec(), value);
+                self.map.get_mut(key).expect("inserted above")
             }
         };
         let before = value.size();
@@ -114,9 +187,7 @@ impl<V: Codec> Keyed<V> {
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &[u8]) -> Option<V> {
-        if !self.map.contains_key(key) {
-            return None;
-        }
+        self.map.get(key)?;
         self.touch(key);
         let old = self.map.remove(key)?;
         self.bytes -= key.len() + old.size();
@@ -187,6 +258,18 @@ impl Codec for i64 {
     }
     fn size(&self) -> usize {
         8
+    }
+}
+
+impl Codec for Vec<u8> {
+    fn encode(&self) -> Vec<u8> {
+        self.clone()
+    }
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        Ok(bytes.to_vec())
+    }
+    fn size(&self) -> usize {
+        self.len()
     }
 }
 
