@@ -14,6 +14,7 @@ mod http;
 mod languages;
 mod malformed_input;
 mod new_user;
+mod plugin_state;
 mod postgres;
 mod security;
 mod serve;
