@@ -247,6 +247,13 @@ impl Pipeline {
             let plugin = Plugin::load(&extract.plugin, Some(PluginKind::Extract), &base_dir)
                 .map_err(|e| problems.add("source.extract.plugin", format!("{e:#}")))
                 .ok()?;
+            if plugin.uses_state() {
+                problems.add(
+                    "source.extract.plugin",
+                    "the plugin imports weir:plugin/state, but extract plugins cannot keep keyed state yet (transform and validate stages can)",
+                );
+                return None;
+            }
             let config_json = serde_json::to_string(&extract.config)
                 .map_err(|e| problems.add("source.extract.config", e.to_string()))
                 .ok()?;
@@ -278,6 +285,15 @@ impl Pipeline {
             if let (Ok(plugin), Ok(json)) = (plugin, json) {
                 let config_json: Arc<str> = Arc::from(json);
                 let stateful = plugin.uses_state();
+                let streams = config.source.format == crate::config::SourceFormat::Nats
+                    || config.sink.format == crate::config::SinkFormat::Nats;
+                if stateful && streams {
+                    problems.add(
+                        format!("stages[{i}].plugin"),
+                        "the plugin keeps keyed state (it imports weir:plugin/state), which does not run on NATS streams yet (state is committed with file and table outputs)",
+                    );
+                    continue;
+                }
                 stages.push(Arc::new(Stage {
                     name: Arc::from(stage.name.as_str()),
                     kind: stage.kind,

@@ -59,6 +59,17 @@
 //!    (p50/p99 over the epochs) at the default epoch (linger 200 ms) under
 //!    a steady 5,000 messages/s.
 //!
+//! 10. Keyed state for plugins (issue 18): the running-total example's
+//!     Rust build (`examples/running-total`) on 8192-row batches of 8192
+//!     distinct keys over a key space of 65,536 (one `get-many` and one
+//!     `put-many` of 8192 keys per call), in keys read plus written per
+//!     second, vs the same running-total logic compiled natively over a
+//!     `BTreeMap` with the same JSON values (no boundary, no host
+//!     bookkeeping); and the checkpoint cost of state: `weir run` of that
+//!     pipeline over 1,048,576 rows with every key distinct (state grows to
+//!     a million keys) vs the same rows all under one key, with the time
+//!     spent committing epochs.
+//!
 //! Each figure is the median of several repetitions. Results are printed and
 //! written as JSON to `$WEIR_BENCH_JSON` (default `target/bench-weir.json`).
 //! Needs `examples/flights/data/flights.csv` (`examples/flights/fetch-data.sh`).
@@ -1486,7 +1497,7 @@ fn postgres(root: &Path) -> Result<serde_json::Value> {
 }
 
 fn main() -> Result<()> {
-    // `cargo bench -p weir-tests --bench weir -- [boundary|reload|flights|serve|languages|neighbours|checkpoint|postgres|stream]` runs one
+    // `cargo bench -p weir-tests --bench weir -- [boundary|reload|flights|serve|languages|neighbours|checkpoint|postgres|stream|state]` runs one
     // part; `cargo bench` itself adds `--bench`.
     let only: Vec<String> = std::env::args()
         .skip(1)
@@ -1521,6 +1532,9 @@ fn main() -> Result<()> {
     }
     if wanted("stream") {
         report.insert("stream".into(), stream()?);
+    }
+    if wanted("state") {
+        report.insert("state".into(), state()?);
     }
     let path = std::env::var_os("WEIR_BENCH_JSON")
         .map(PathBuf::from)
@@ -1789,5 +1803,164 @@ fn stream() -> Result<serde_json::Value> {
         "three_workers_vs_one": scale,
         "latency_p50_ms": p50,
         "latency_p99_ms": p99,
+    }))
+}
+
+/// A batch of `rows` payments: `customer` = `k{(first + i) % keys}`,
+/// `amount` = `i % 100`.
+fn payments(first: usize, rows: usize, keys: usize) -> RecordBatch {
+    let customers: StringArray = (0..rows)
+        .map(|i| Some(format!("k{}", (first + i) % keys)))
+        .collect();
+    let amounts = Int64Array::from_iter_values((0..rows).map(|i| (i % 100) as i64));
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("customer", DataType::Utf8, true),
+            Field::new("amount", DataType::Int64, true),
+        ])),
+        vec![Arc::new(customers), Arc::new(amounts)],
+    )
+    .unwrap()
+}
+
+/// The running-total example's logic, natively: one lookup and one write
+/// per distinct key of the batch, values as JSON, over a B-tree map.
+fn native_running_total(
+    batch: &RecordBatch,
+    state: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Int64Array {
+    let keys = batch.column(0).as_string::<i32>();
+    let amounts = batch.column(1).as_primitive::<Int64Type>();
+    let mut distinct: Vec<&str> = keys.iter().flatten().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let mut totals: HashMap<&str, i64> = distinct
+        .iter()
+        .map(|k| {
+            let stored = state
+                .get(k.as_bytes())
+                .map(|v| serde_json::from_slice::<i64>(v).unwrap());
+            (*k, stored.unwrap_or(0))
+        })
+        .collect();
+    let out: Int64Array = (0..batch.num_rows())
+        .map(|row| {
+            let total = totals.get_mut(keys.value(row)).unwrap();
+            *total += amounts.value(row);
+            Some(*total)
+        })
+        .collect();
+    for (key, total) in totals {
+        state.insert(key.as_bytes().to_vec(), serde_json::to_vec(&total).unwrap());
+    }
+    out
+}
+
+/// Part 10: see the module docs.
+fn state() -> Result<serde_json::Value> {
+    use weir::state::stage::StageState;
+    const ROWS: usize = 8192;
+    const BATCHES: usize = 64;
+    const KEYS: usize = 65_536;
+    let wasm = weir_tests::built_plugin("examples/running-total/plugins/running-total-rust");
+    let plugin = Plugin::from_bytes(
+        "running-total",
+        &std::fs::read(&wasm)?,
+        Some(PluginKind::Transform),
+    )?;
+    let batches: Vec<RecordBatch> = (0..BATCHES)
+        .map(|b| payments(b * ROWS, ROWS, KEYS))
+        .collect();
+    let wits: Vec<_> = batches.iter().map(|b| to_wit(b).unwrap()).collect();
+    let stage_state = Arc::new(StageState::new("bench", u64::MAX));
+    let mut instance = plugin.instantiate("bench", Arc::from("{}"), Limits::default())?;
+    instance.attach_state(stage_state.clone());
+    let mut component = || {
+        for wit in &wits {
+            instance.transform(wit).unwrap();
+            instance.commit_state();
+            // What an epoch does with the changes: take them.
+            let mut map = stage_state.lock();
+            map.accept();
+            drop(map.take_changes());
+        }
+    };
+    component(); // every key now exists: the timed runs read and write
+    let component_time = median(5, component);
+    let mut native_state = std::collections::BTreeMap::new();
+    let mut native = || {
+        for batch in &batches {
+            std::hint::black_box(native_running_total(batch, &mut native_state));
+        }
+    };
+    native();
+    let native_time = median(5, native);
+    let keys_moved = (2 * ROWS * BATCHES) as f64;
+    let component_keys_per_s = keys_moved / component_time.as_secs_f64();
+    let native_keys_per_s = keys_moved / native_time.as_secs_f64();
+    println!(
+        "state: running total, {BATCHES} calls of {ROWS} distinct keys: component {:.2} M keys/s, native {:.2} M keys/s ({:.2}x native time)",
+        component_keys_per_s / 1e6,
+        native_keys_per_s / 1e6,
+        component_time.as_secs_f64() / native_time.as_secs_f64()
+    );
+
+    // The checkpoint cost of state: a million distinct keys vs one.
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(&wasm, dir.path().join("plugin.wasm"))?;
+    let rows = 1 << 20;
+    let mut results = serde_json::Map::new();
+    let mut times = HashMap::new();
+    for (name, keys) in [("distinct", rows), ("one-key", 1)] {
+        let mut csv = String::with_capacity(rows * 12);
+        csv.push_str("customer,amount\n");
+        for i in 0..rows {
+            csv.push_str(&format!("k{},{}\n", i % keys, i % 100));
+        }
+        std::fs::write(dir.path().join(format!("{name}.csv")), csv)?;
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "[pipeline]\nname = \"{name}\"\n\n[source]\nformat = \"csv\"\npath = \"{name}.csv\"\n\n[[stages]]\nname = \"running_total\"\nkind = \"transform\"\nplugin = \"plugin.wasm\"\nmax_state_bytes = 1_000_000_000\n\n[sink]\nformat = \"parquet\"\npath = \"{name}-out\"\nmode = \"overwrite\"\n\n[quarantine]\nformat = \"jsonl\"\npath = \"{name}-quarantine.jsonl\"\n"
+            ),
+        )?;
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            // Each run starts from an empty state.
+            let _ = std::fs::remove_dir_all(dir.path().join(format!(".{name}-out.weir-state")));
+            let pipeline = Pipeline::load(&file)?;
+            let started = Instant::now();
+            let report = pipeline.run(&RunOptions::default())?;
+            let seconds = started.elapsed().as_secs_f64();
+            let account = report.checkpoint.as_ref().context("a checkpointed run")?;
+            let state = report.operators.first().context("the stage's state")?;
+            runs.push((
+                seconds,
+                account.commit_ms,
+                account.epochs,
+                state.state_keys,
+                state.state_bytes,
+            ));
+        }
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (seconds, commit_ms, epochs, keys, bytes) = runs[1];
+        println!(
+            "state: weir run, {rows} rows, {name}: {seconds:.2} s, {epochs} epochs, {commit_ms} ms committing, state {keys} keys / {bytes} bytes"
+        );
+        times.insert(name, seconds);
+        results.insert(
+            name.into(),
+            json!({"seconds": seconds, "commit_ms": commit_ms, "epochs": epochs, "state_keys": keys, "state_bytes": bytes}),
+        );
+    }
+    let ratio = times["distinct"] / times["one-key"];
+    println!("state: a million distinct keys / one key: {ratio:.2}x wall");
+    Ok(json!({
+        "component_keys_per_s": component_keys_per_s,
+        "native_keys_per_s": native_keys_per_s,
+        "component_over_native_time": component_time.as_secs_f64() / native_time.as_secs_f64(),
+        "run": results,
+        "distinct_over_one_key_wall": ratio,
     }))
 }
