@@ -64,8 +64,8 @@
 //!     distinct keys over a key space of 65,536 (one `get-many` and one
 //!     `put-many` of 8192 keys per call), in keys read plus written per
 //!     second, vs the same running-total logic compiled natively over a
-//!     `BTreeMap` with the same JSON values (no boundary, no host
-//!     bookkeeping); and the checkpoint cost of state: `weir run` of that
+//!     `HashMap` with the same JSON values (no boundary, no change
+//!     tracking, no undo); and the checkpoint cost of state: `weir run` of that
 //!     pipeline over 1,048,576 rows with every key distinct (state grows to
 //!     a million keys) vs the same rows all under one key, with the time
 //!     spent committing epochs.
@@ -1824,11 +1824,8 @@ fn payments(first: usize, rows: usize, keys: usize) -> RecordBatch {
 }
 
 /// The running-total example's logic, natively: one lookup and one write
-/// per distinct key of the batch, values as JSON, over a B-tree map.
-fn native_running_total(
-    batch: &RecordBatch,
-    state: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
-) -> Int64Array {
+/// per distinct key of the batch, values as JSON, over a hash map.
+fn native_running_total(batch: &RecordBatch, state: &mut HashMap<Vec<u8>, Vec<u8>>) -> Int64Array {
     let keys = batch.column(0).as_string::<i32>();
     let amounts = batch.column(1).as_primitive::<Int64Type>();
     let mut distinct: Vec<&str> = keys.iter().flatten().collect();
@@ -1887,7 +1884,7 @@ fn state() -> Result<serde_json::Value> {
     };
     component(); // every key now exists: the timed runs read and write
     let component_time = median(5, component);
-    let mut native_state = std::collections::BTreeMap::new();
+    let mut native_state = HashMap::new();
     let mut native = || {
         for batch in &batches {
             std::hint::black_box(native_running_total(batch, &mut native_state));

@@ -17,7 +17,7 @@
 //! instructions' time, hence the per-key rate. A call that cannot pay stops
 //! as out of fuel.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -46,12 +46,16 @@ pub struct Entry {
     value: Vec<u8>,
 }
 
+/// Seeded foldhash: keys are user data, and point lookups dominate (a
+/// scan sorts the writes it needs).
+type Hasher = foldhash::quality::RandomState;
+
 /// The state a stage's call works on and the writes it made so far.
 #[derive(Debug)]
 pub struct StateCall {
     state: Arc<StageState>,
-    /// Key → new value (`None`: removed), in key order.
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Key → new value (`None`: removed).
+    writes: HashMap<Vec<u8>, Option<Vec<u8>>, Hasher>,
     /// Change in bytes of keys and values the writes would make.
     grown: i64,
 }
@@ -82,7 +86,7 @@ impl StateCall {
     pub fn new(state: Arc<StageState>) -> StateCall {
         StateCall {
             state,
-            writes: BTreeMap::new(),
+            writes: HashMap::default(),
             grown: 0,
         }
     }
@@ -96,7 +100,7 @@ impl StateCall {
     /// Applies the writes to the stage's state.
     pub fn commit(&mut self) {
         self.grown = 0;
-        self.state.apply(std::mem::take(&mut self.writes));
+        self.state.apply(self.writes.drain());
     }
 
     fn get_many(&self, keys: Vec<Vec<u8>>) -> Vec<Option<Vec<u8>>> {
@@ -150,22 +154,31 @@ impl StateCall {
     }
 
     /// Merges the state's and the writes' entries under `prefix`, after
-    /// `start_after`, in key order; a write wins over the state.
+    /// `start_after`, in key order; a write wins over the state. The
+    /// call's writes under the prefix are sorted for it (a scan costs
+    /// O(writes) more than a lookup).
     fn scan_prefix(&self, prefix: &[u8], start_after: Option<&[u8]>, limit: usize) -> Vec<Entry> {
         let start = match start_after {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),
         };
+        let after_start = |key: &[u8]| match start {
+            Bound::Excluded(s) => key > s,
+            Bound::Included(s) => key >= s,
+            Bound::Unbounded => true,
+        };
+        let mut writes: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
+            .writes
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix) && after_start(k))
+            .collect();
+        writes.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let map = self.state.lock();
         let mut stored = map
             .range_from(start)
             .take_while(|(k, _)| k.starts_with(prefix))
             .peekable();
-        let mut written = self
-            .writes
-            .range::<[u8], _>((start, Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .peekable();
+        let mut written = writes.into_iter().peekable();
         let mut out = Vec::new();
         while out.len() < limit {
             let next = match (stored.peek(), written.peek()) {

@@ -5,10 +5,10 @@
 //! as it was).
 //!
 //! Operators keep theirs in a hash map (the default, fastest for point
-//! lookups); plugin stages in a B-tree map, which their prefix scans need
-//! ([`crate::state::stage`]).
+//! lookups); plugin stages in an [`IndexedMap`], a hash map plus an ordered
+//! index of its keys for their prefix scans ([`crate::state::stage`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// foldhash's seeded hasher: keys are user data, so seeded per process,
 /// and several times faster than the standard SipHash on short keys.
@@ -67,24 +67,6 @@ impl<V> KeyMap<V> for HashMap<Vec<u8>, V, Hasher> {
     }
 }
 
-impl<V> KeyMap<V> for BTreeMap<Vec<u8>, V> {
-    fn get(&self, key: &[u8]) -> Option<&V> {
-        BTreeMap::get(self, key)
-    }
-    fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
-        BTreeMap::get_mut(self, key)
-    }
-    fn insert(&mut self, key: Vec<u8>, value: V) -> Option<V> {
-        BTreeMap::insert(self, key, value)
-    }
-    fn remove(&mut self, key: &[u8]) -> Option<V> {
-        BTreeMap::remove(self, key)
-    }
-    fn len(&self) -> usize {
-        BTreeMap::len(self)
-    }
-}
-
 /// Keyed values with change tracking, in a `M` map (a seeded hash map by
 /// default).
 #[derive(Debug)]
@@ -116,14 +98,59 @@ impl<V: Codec> Keyed<V> {
     }
 }
 
-impl<V: Codec> Keyed<V, BTreeMap<Vec<u8>, V>> {
+/// A hash map with an ordered index of its keys: point lookups and
+/// updates of existing keys cost one hash (no key comparisons along a
+/// B-tree path), and only inserting or removing a key touches the index,
+/// which serves scans in key order.
+#[derive(Debug)]
+pub struct IndexedMap<V> {
+    map: HashMap<Vec<u8>, V, Hasher>,
+    keys: BTreeSet<Vec<u8>>,
+}
+
+impl<V> Default for IndexedMap<V> {
+    fn default() -> Self {
+        IndexedMap {
+            map: HashMap::default(),
+            keys: BTreeSet::new(),
+        }
+    }
+}
+
+impl<V> KeyMap<V> for IndexedMap<V> {
+    fn get(&self, key: &[u8]) -> Option<&V> {
+        self.map.get(key)
+    }
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
+        self.map.get_mut(key)
+    }
+    fn insert(&mut self, key: Vec<u8>, value: V) -> Option<V> {
+        if let Some(slot) = self.map.get_mut(key.as_slice()) {
+            return Some(std::mem::replace(slot, value));
+        }
+        self.keys.insert(key.clone());
+        self.map.insert(key, value)
+    }
+    fn remove(&mut self, key: &[u8]) -> Option<V> {
+        let value = self.map.remove(key)?;
+        self.keys.remove(key);
+        Some(value)
+    }
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+impl<V: Codec> Keyed<V, IndexedMap<V>> {
     /// The entries from `start` on, in key order.
     pub fn range_from(
         &self,
         start: std::ops::Bound<&[u8]>,
     ) -> impl Iterator<Item = (&Vec<u8>, &V)> {
         self.map
+            .keys
             .range::<[u8], _>((start, std::ops::Bound::Unbounded))
+            .map(|key| (key, &self.map.map[key.as_slice()]))
     }
 }
 

@@ -11,20 +11,20 @@
 //! [`crate::state::Delta`], committed with the output, undone with a failed
 //! micro-batch.
 //!
-//! Values live in a B-tree map (prefix scans walk it in key order), in
-//! memory: the whole namespace is loaded at start, bounded by the stage's
+//! Values live in a hash map with an ordered key index (prefix scans walk
+//! it in key order), in memory: the whole namespace is loaded at start, bounded by the stage's
 //! `max_state_bytes`.
 
-use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use anyhow::Result;
 
 use super::Changes;
-use super::keyed::Keyed;
+use super::keyed::{IndexedMap, Keyed};
 
-/// A stage's working state: key bytes → value bytes, change-tracked.
-pub type StageMap = Keyed<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>;
+/// A stage's working state: key bytes → value bytes, change-tracked,
+/// with keys indexed in order for scans.
+pub type StageMap = Keyed<Vec<u8>, IndexedMap<Vec<u8>>>;
 
 /// Default `max_state_bytes` of a stage: 256 MiB of keys and values, the
 /// same as an operator's ([`crate::operator::config`]): state is held in
@@ -75,7 +75,7 @@ impl StageState {
 
     /// Applies a successful call's writes (key → value, or `None`:
     /// removed); they are then changes of the current batch.
-    pub fn apply(&self, writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
+    pub fn apply(&self, writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>) {
         let mut map = self.lock();
         for (key, value) in writes {
             match value {
