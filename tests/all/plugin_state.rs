@@ -227,13 +227,14 @@ fn a_failed_batch_changes_no_state_and_a_batch_over_the_quota_fails_alone() {
     assert!(bytes > 0 && bytes <= 40, "{report}");
 }
 
-/// Posts `rows` as one request and waits for its acknowledgement,
-/// restarting the service (`child`) when it was killed.
-fn post(
+/// Posts `rows` as one request (with `token` when given) and waits for its
+/// acknowledgement, retrying while the service starts.
+fn post_as(
     http: &reqwest::blocking::Client,
     url: &str,
     key: &str,
     rows: std::ops::Range<usize>,
+    token: Option<&str>,
 ) -> Value {
     let body: String = rows
         .map(|i| {
@@ -250,12 +251,15 @@ fn post(
             Instant::now() < deadline,
             "request {key} was never acknowledged"
         );
-        let answer = http
+        let mut request = http
             .post(format!("{url}/records"))
             .header("content-type", "application/x-ndjson")
             .header("idempotency-key", key)
-            .body(body.clone())
-            .send();
+            .body(body.clone());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let answer = request.send();
         if let Ok(response) = answer
             && response.status().is_success()
         {
@@ -265,12 +269,22 @@ fn post(
     }
 }
 
-#[test]
-fn plugin_state_survives_a_hot_reload_to_another_language_and_a_kill_9_in_serve() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(plugin("rust"), dir.path().join("plugin.wasm")).unwrap();
+fn post(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    key: &str,
+    rows: std::ops::Range<usize>,
+) -> Value {
+    post_as(http, url, key, rows, None)
+}
+
+/// The serve pipeline `totals` over JSON Lines through the running-total
+/// plugin at `plugin.wasm` in `dir`.
+fn write_serve_pipeline(dir: &Path, plugin: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(plugin, dir.join("plugin.wasm")).unwrap();
     std::fs::write(
-        dir.path().join("pipeline.toml"),
+        dir.join("pipeline.toml"),
         r#"
 [pipeline]
 name = "totals"
@@ -297,6 +311,92 @@ path = "quarantine"
 "#,
     )
     .unwrap();
+}
+
+#[test]
+fn a_tenant_over_its_state_quota_fails_its_own_batches_only() {
+    let root = tempfile::tempdir().unwrap();
+    let (a, a_hash) = weir::serve::auth::new_token().unwrap();
+    let (b, b_hash) = weir::serve::auth::new_token().unwrap();
+    for tenant in ["a", "b"] {
+        write_serve_pipeline(&root.path().join("tenants").join(tenant), &plugin("rust"));
+    }
+    let port = weir_tests::free_port();
+    std::fs::write(
+        root.path().join("service.toml"),
+        format!(
+            r#"
+[service]
+state_dir = "state"
+listen = "127.0.0.1:{port}"
+
+[[tenants]]
+name = "a"
+dir = "tenants/a"
+tokens = [{{ id = "a-ci", sha256 = "{a_hash}" }}]
+quotas = {{ max_state_bytes = 60 }}
+
+[[tenants.pipelines]]
+file = "pipeline.toml"
+linger_ms = 5
+
+[[tenants]]
+name = "b"
+dir = "tenants/b"
+tokens = [{{ id = "b-ci", sha256 = "{b_hash}" }}]
+
+[[tenants.pipelines]]
+file = "pipeline.toml"
+linger_ms = 5
+"#
+        ),
+    )
+    .unwrap();
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut child = spawn_weir(root.path(), &["serve", "service.toml"], None);
+    // Each request brings one customer per row: 13 customers' totals
+    // (about 9 bytes each) do not fit in tenant a's 60 bytes.
+    for (tenant, token) in [("a", &a), ("b", &b)] {
+        let url = format!("http://127.0.0.1:{port}/v1/tenants/{tenant}/pipelines/totals");
+        for r in 0..4 {
+            post_as(
+                &http,
+                &url,
+                &format!("r{r}"),
+                r * 13..r * 13 + 13,
+                Some(token),
+            );
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let dir = |tenant: &str, what: &str| root.path().join("tenants").join(tenant).join(what);
+    let quarantined = crate::serve::read_parts(&dir("a", "quarantine"));
+    assert!(!quarantined.is_empty());
+    for row in &quarantined {
+        assert_eq!(row["error_kind"], "state_quota", "{row}");
+        assert!(
+            row["message"]
+                .as_str()
+                .unwrap()
+                .contains("the tenant's keyed state"),
+            "{row}"
+        );
+    }
+    let written = crate::serve::read_parts(&dir("a", "out"));
+    assert_eq!(written.len() + quarantined.len(), 52);
+    // Tenant b, same rows, default quota: everything passes.
+    assert_eq!(crate::serve::read_parts(&dir("b", "out")).len(), 52);
+    assert!(crate::serve::read_parts(&dir("b", "quarantine")).is_empty());
+}
+
+#[test]
+fn plugin_state_survives_a_hot_reload_to_another_language_and_a_kill_9_in_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    write_serve_pipeline(dir.path(), &plugin("rust"));
     let port = weir_tests::free_port();
     std::fs::write(
         dir.path().join("service.toml"),

@@ -32,7 +32,7 @@ use crate::reason::Reason;
 use crate::sink::{EpochContext, EpochSink, OutputFile, Prepared};
 use crate::stages::{Origins, Quarantined};
 use crate::state::stage::StageState;
-use crate::state::{Changes, Delta, StateStore};
+use crate::state::{Changes, Delta, StateBudget, StateStore};
 
 pub use config::{OperatorConfig, OperatorKind};
 pub use report::OperatorReport;
@@ -198,6 +198,10 @@ pub struct OperatorChain {
     /// The keyed state of the stateful plugin stages, changed by their
     /// calls (which run before the operators) and committed here.
     stages: Vec<Arc<StageState>>,
+    /// The tenant's state budget (`weir serve`), and the bytes of this
+    /// chain's state it counts.
+    budget: Option<Arc<StateBudget>>,
+    counted: u64,
     store: StateStore,
     /// The epoch directory the next delta goes to (`weir run`).
     epoch_dir: Option<PathBuf>,
@@ -290,6 +294,8 @@ impl OperatorChain {
         Ok(OperatorChain {
             slots,
             stages: stages.to_vec(),
+            budget: None,
+            counted: 0,
             store,
             epoch_dir: None,
             run_id: run_id.to_string(),
@@ -331,6 +337,7 @@ impl OperatorChain {
                 stage.restore(changes)?;
             }
         }
+        self.sync_budget();
         Ok(())
     }
 
@@ -346,6 +353,7 @@ impl OperatorChain {
             ..ChainOutput::default()
         };
         out.output = self.run_from(0, batch.clone(), &mut out)?;
+        self.sync_budget();
         if let Some((operator, message)) = out.over_quota.take() {
             // Every operator's changes of this batch are undone, so that
             // the quarantined rows can be sent again unchanged.
@@ -372,14 +380,32 @@ impl OperatorChain {
         out: &mut ChainOutput,
     ) -> Result<Option<RecordBatch>> {
         let mut current = Some(batch);
+        let budget = self.budget.clone();
+        // What the budget does not count yet (the stages' writes in this
+        // batch), plus what each operator adds below.
+        let mut growth = self.total_bytes() as i64 - self.counted as i64;
         for slot in &mut self.slots[start..] {
             let Some(batch) = current.take().filter(|b| b.num_rows() > 0) else {
                 break;
             };
             let rows = batch.num_rows() as u64;
             slot.report.records_in += rows;
+            let before = slot.operator.state_size().1;
             let step = slot.operator.process(&batch)?;
             let (keys, bytes) = slot.operator.state_size();
+            growth += bytes as i64 - before as i64;
+            if let Some(budget) = &budget
+                && budget.would_pass(growth)
+            {
+                let message = format!(
+                    "the tenant's keyed state (all its stages and operators) would grow to {} bytes, over its max_state_bytes = {} (raise it, or reset state it no longer needs)",
+                    (budget.used() as i64 + growth).max(0),
+                    budget.limit()
+                );
+                slot.report.quarantined += rows;
+                out.over_quota = Some((slot.report.name.clone(), message));
+                return Ok(None);
+            }
             if bytes > slot.quota {
                 let message = format!(
                     "the operator's state would grow to {bytes} bytes, over its max_state_bytes = {} (raise it, shorten within/ttl/window, or reset the state)",
@@ -447,6 +473,7 @@ impl OperatorChain {
             }
         }
         out.output = concat(outputs)?;
+        self.sync_budget();
         Ok(out)
     }
 
@@ -468,6 +495,36 @@ impl OperatorChain {
         }
         for stage in &self.stages {
             stage.lock().rollback();
+        }
+        self.sync_budget();
+    }
+
+    /// Makes the state count against `budget` (a `weir serve` tenant's
+    /// `max_state_bytes`), from its size now on.
+    pub fn set_budget(&mut self, budget: Arc<StateBudget>) {
+        for stage in &self.stages {
+            stage.set_budget(budget.clone());
+        }
+        self.budget = Some(budget);
+        self.counted = 0;
+        self.sync_budget();
+    }
+
+    /// Bytes of every operator's and stage's state now.
+    fn total_bytes(&self) -> u64 {
+        let operators: u64 = self.slots.iter().map(|s| s.operator.state_size().1).sum();
+        let stages: u64 = self.stages.iter().map(|s| s.size().1).sum();
+        operators + stages
+    }
+
+    /// Brings the budget's count of this chain's state up to date.
+    fn sync_budget(&mut self) {
+        let Some(budget) = &self.budget else { return };
+        let total = self.total_bytes();
+        budget.add(total as i64 - self.counted as i64);
+        self.counted = total;
+        for stage in &self.stages {
+            stage.set_counted(stage.size().1);
         }
     }
 
@@ -519,6 +576,16 @@ impl OperatorChain {
             .map(|s| s.report.clone())
             .chain(stages)
             .collect()
+    }
+}
+
+impl Drop for OperatorChain {
+    fn drop(&mut self) {
+        // The state leaves memory with the chain (a pipeline removed or
+        // replaced): the budget no longer counts it.
+        if let Some(budget) = &self.budget {
+            budget.add(-(self.counted as i64));
+        }
     }
 }
 

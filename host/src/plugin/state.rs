@@ -60,16 +60,19 @@ pub struct StateCall {
     grown: i64,
 }
 
-/// A `put-many` that would take a stage's state past its `max_state_bytes`;
-/// the call stops, classified as `state_quota`.
+/// A `put-many` that would take a stage's state past its `max_state_bytes`,
+/// or its tenant's state past the tenant's; the call stops, classified as
+/// `state_quota`.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "the stage's keyed state would grow to {bytes} bytes, over its max_state_bytes = {quota} (raise it, make the plugin delete keys it no longer needs, or reset the state with `weir state reset`)"
+    "{whose} keyed state would grow to {bytes} bytes, over its max_state_bytes = {quota} (raise it, make the plugin delete keys it no longer needs, or reset the state with `weir state reset`)"
 )]
 pub struct StateQuotaExceeded {
+    /// `the stage's`, or `the tenant's` (all its stages and operators).
+    pub whose: &'static str,
     /// Bytes of keys and values the state would have held.
     pub bytes: u64,
-    /// The stage's `max_state_bytes`.
+    /// The `max_state_bytes` passed.
     pub quota: u64,
 }
 
@@ -127,6 +130,9 @@ impl StateCall {
     fn put_many(&mut self, entries: Vec<Entry>) -> Result<(), StateQuotaExceeded> {
         let map = self.state.lock();
         let base = map.bytes() as i64;
+        // What the tenant's budget does not count yet: this stage's growth
+        // since the chain last counted it (earlier calls of this batch).
+        let uncounted = base - self.state.counted() as i64;
         for Entry { key, value } in entries {
             // A later entry for the same key replaces this one.
             self.grown += (key.len() + value.len()) as i64 - self.entry_bytes(&map, &key);
@@ -134,8 +140,18 @@ impl StateCall {
             let bytes = (base + self.grown).max(0) as u64;
             if bytes > self.state.quota() {
                 return Err(StateQuotaExceeded {
+                    whose: "the stage's",
                     bytes,
                     quota: self.state.quota(),
+                });
+            }
+            if let Some(budget) = self.state.budget()
+                && budget.would_pass(uncounted + self.grown)
+            {
+                return Err(StateQuotaExceeded {
+                    whose: "the tenant's",
+                    bytes: (budget.used() as i64 + uncounted + self.grown).max(0) as u64,
+                    quota: budget.limit(),
                 });
             }
         }

@@ -124,6 +124,12 @@ pub struct Quotas {
     /// too). A `memory.grow` past it fails that call as `memory_limit`.
     /// Default 4,294,967,296 (4 GiB).
     pub max_memory_bytes: u64,
+    /// Keyed state all the tenant's pipelines may keep, in bytes of keys
+    /// plus values: their operators' and stateful plugin stages' together
+    /// (each also has its own `max_state_bytes`). A batch whose state would
+    /// pass it is quarantined as `state_quota`. Default 1,073,741,824
+    /// (1 GiB; state is held in memory).
+    pub max_state_bytes: u64,
     /// The tenant's share of the service's batch slots when tenants
     /// contend for them, relative to the other tenants' weights (see
     /// [`super::scheduler`]). Default 1.
@@ -142,6 +148,7 @@ impl Quotas {
             max_body_bytes,
             max_memory_bytes: u64::MAX,
             max_buffered_bytes: usize::MAX,
+            max_state_bytes: u64::MAX,
             ..Quotas::default()
         }
     }
@@ -160,6 +167,7 @@ impl Default for Quotas {
             plugin_uploads_per_minute: 10,
             max_stored_plugin_bytes: 1024 * 1024 * 1024,
             max_memory_bytes: 4 * 1024 * 1024 * 1024,
+            max_state_bytes: 1024 * 1024 * 1024,
             weight: 1.0,
         }
     }

@@ -426,11 +426,12 @@ impl LivePipeline {
         let stage_states = pipeline.stage_states();
         let operators = match config.operators.is_empty() && stage_states.is_empty() {
             true => None,
-            false => Some(Mutex::new(ServedOperators::open(
-                &config.operators,
-                &stage_states,
-                &state_dir,
-            )?)),
+            false => {
+                let mut operators =
+                    ServedOperators::open(&config.operators, &stage_states, &state_dir)?;
+                operators.chain().set_budget(quota.state_budget().clone());
+                Some(Mutex::new(operators))
+            }
         };
         let concurrency = match config.pipeline.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

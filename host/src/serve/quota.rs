@@ -50,6 +50,7 @@ pub struct Quota {
     scheduler: Arc<FairScheduler>,
     buffers: super::body::BufferBudget,
     uploads: Mutex<Bucket>,
+    state: Arc<crate::state::StateBudget>,
 }
 
 /// A token bucket: `level` units, refilled at `rate` per second up to
@@ -125,10 +126,16 @@ impl Quota {
                 f64::from(quotas.plugin_uploads_per_minute),
                 f64::from(quotas.plugin_uploads_per_minute) / 60.0,
             )),
+            state: Arc::new(crate::state::StateBudget::new(quotas.max_state_bytes)),
             quotas,
             scheduler,
             tenant,
         }
+    }
+
+    /// The tenant's budget of keyed state ([`Quotas::max_state_bytes`]).
+    pub fn state_budget(&self) -> &Arc<crate::state::StateBudget> {
+        &self.state
     }
 
     /// The tenant's budget of request-body bytes in memory

@@ -160,6 +160,48 @@ impl Delta {
     }
 }
 
+/// A cap on the keyed state of a group of pipelines (a `weir serve`
+/// tenant's, [`crate::serve`] `max_state_bytes`), shared by their
+/// operators and stateful stages: each adds to it what its state grows by
+/// and takes off what it shrinks by, in bytes of keys plus values.
+#[derive(Debug)]
+pub struct StateBudget {
+    limit: u64,
+    used: std::sync::atomic::AtomicI64,
+}
+
+impl StateBudget {
+    /// A budget of `limit` bytes, none used.
+    pub fn new(limit: u64) -> StateBudget {
+        StateBudget {
+            limit,
+            used: std::sync::atomic::AtomicI64::new(0),
+        }
+    }
+
+    /// The cap, in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes counted now.
+    pub fn used(&self) -> u64 {
+        // Never negative: every subtraction follows its addition.
+        self.used.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64
+    }
+
+    /// Counts `bytes` more (or fewer, when negative).
+    pub fn add(&self, bytes: i64) {
+        self.used
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether growing by `bytes` would pass the cap.
+    pub fn would_pass(&self, bytes: i64) -> bool {
+        i128::from(self.used()) + i128::from(bytes) > i128::from(self.limit)
+    }
+}
+
 /// Size of one namespace in the store.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NamespaceSize {
@@ -415,6 +457,19 @@ mod tests {
                 .insert(k.to_vec(), v.map(<[u8]>::to_vec));
         }
         d
+    }
+
+    #[test]
+    fn a_budget_counts_growth_and_an_unlimited_one_never_passes() {
+        let budget = StateBudget::new(100);
+        budget.add(60);
+        assert!(!budget.would_pass(40));
+        assert!(budget.would_pass(41));
+        budget.add(-60);
+        assert_eq!(budget.used(), 0);
+        let unlimited = StateBudget::new(u64::MAX);
+        unlimited.add(1 << 40);
+        assert!(!unlimited.would_pass(i64::MAX));
     }
 
     #[test]

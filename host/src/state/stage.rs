@@ -15,12 +15,13 @@
 //! it in key order), in memory: the whole namespace is loaded at start, bounded by the stage's
 //! `max_state_bytes`.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Result;
 
-use super::Changes;
 use super::keyed::{IndexedMap, Keyed};
+use super::{Changes, StateBudget};
 
 /// A stage's working state: key bytes → value bytes, change-tracked,
 /// with keys indexed in order for scans.
@@ -37,6 +38,11 @@ pub struct StageState {
     namespace: String,
     quota: u64,
     map: Mutex<StageMap>,
+    /// The tenant's budget ([`super::StateBudget`]), under `weir serve`.
+    budget: std::sync::OnceLock<Arc<StateBudget>>,
+    /// The bytes of this state the budget counts (as of the last
+    /// [`crate::operator::OperatorChain`] sync).
+    counted: std::sync::atomic::AtomicU64,
 }
 
 impl StageState {
@@ -47,6 +53,8 @@ impl StageState {
             namespace: namespace.to_string(),
             quota,
             map: Mutex::new(StageMap::default()),
+            budget: std::sync::OnceLock::new(),
+            counted: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -64,6 +72,27 @@ impl StageState {
     /// The cap on keys plus values, in bytes.
     pub fn quota(&self) -> u64 {
         self.quota
+    }
+
+    /// Makes the stage's state count against `budget` (a tenant's); the
+    /// first call wins.
+    pub fn set_budget(&self, budget: Arc<StateBudget>) {
+        let _ = self.budget.set(budget);
+    }
+
+    /// The budget it counts against, if any.
+    pub fn budget(&self) -> Option<&Arc<StateBudget>> {
+        self.budget.get()
+    }
+
+    /// Bytes the budget counts for this state.
+    pub fn counted(&self) -> u64 {
+        self.counted.load(Ordering::Relaxed)
+    }
+
+    /// Records that the budget now counts `bytes` for this state.
+    pub fn set_counted(&self, bytes: u64) {
+        self.counted.store(bytes, Ordering::Relaxed);
     }
 
     /// The map. A call that panicked while holding it left it as it was
