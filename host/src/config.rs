@@ -166,6 +166,10 @@ pub struct ExtractConfig {
     pub max_memory_bytes: Option<u64>,
     /// See [`Limits::max_output_bytes`] (here: all batches of one file).
     pub max_output_bytes: Option<u64>,
+    /// Cap on the plugin's keyed state (`weir:plugin/state`: a cursor of
+    /// what it pulled), in bytes of keys plus values. Default
+    /// [`crate::state::stage::DEFAULT_MAX_STATE_BYTES`].
+    pub max_state_bytes: Option<u64>,
     /// What the plugin may reach beyond each file's bytes and its config
     /// (default: nothing): read-only directories and outbound HTTP to an
     /// allowlist of hosts; see [`crate::plugin::Grants`].

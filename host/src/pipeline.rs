@@ -247,13 +247,6 @@ impl Pipeline {
             let plugin = Plugin::load(&extract.plugin, Some(PluginKind::Extract), &base_dir)
                 .map_err(|e| problems.add("source.extract.plugin", format!("{e:#}")))
                 .ok()?;
-            if plugin.uses_state() {
-                problems.add(
-                    "source.extract.plugin",
-                    "the plugin imports weir:plugin/state, but extract plugins cannot keep keyed state yet (transform and validate stages can)",
-                );
-                return None;
-            }
             let config_json = serde_json::to_string(&extract.config)
                 .map_err(|e| problems.add("source.extract.config", e.to_string()))
                 .ok()?;
@@ -266,12 +259,21 @@ impl Pipeline {
                 .http
                 .clone()
                 .map(|grant| crate::plugin::HttpAccess::new(grant, plugin.name()));
+            let stateful = plugin.uses_state();
             Some(Extractor {
                 plugin: Arc::new(plugin),
                 config_json: Arc::from(config_json),
                 limits: extract.limits(),
                 content_type: extract.content_type.clone(),
                 max_file_bytes: extract.max_file_bytes,
+                state: stateful.then(|| {
+                    Arc::new(crate::state::stage::StageState::new(
+                        crate::source::EXTRACT_STATE,
+                        extract
+                            .max_state_bytes
+                            .unwrap_or(crate::state::stage::DEFAULT_MAX_STATE_BYTES),
+                    ))
+                }),
                 grants,
                 http,
             })
@@ -388,9 +390,14 @@ impl Pipeline {
         &self.config
     }
 
-    /// The keyed state of the stages whose plugins keep some.
+    /// The keyed state of the stages whose plugins keep some, and of the
+    /// extract plugin when it keeps some.
     pub fn stage_states(&self) -> Vec<Arc<crate::state::stage::StageState>> {
-        self.stages.iter().filter_map(|s| s.state.clone()).collect()
+        self.stages
+            .iter()
+            .filter_map(|s| s.state.clone())
+            .chain(self.extractor.as_ref().and_then(|e| e.state.clone()))
+            .collect()
     }
 
     /// Worker threads running the stages: `[pipeline] workers`, or one per
@@ -895,6 +902,14 @@ fn write_results(
         pending.insert(result.seq, result);
         while let Some(mut result) = pending.remove(&next) {
             counts.read += result.rows_read;
+            // An extract plugin's state moves on with the batch ending its
+            // file, in this batch's epoch.
+            if let Some(changes) = result.source_state.take() {
+                out.operators
+                    .as_deref_mut()
+                    .context("an extract plugin's state without a state store")?
+                    .note_source_state(changes);
+            }
             // `take` the output only when there are operators to give it to.
             if let Some(chain) = out.operators.as_deref_mut()
                 && let Some(output) = result.output.take()

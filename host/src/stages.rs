@@ -209,6 +209,9 @@ pub struct BatchResult {
     /// taken when the batch started), in stage order; empty for rejected
     /// input.
     pub plugin_versions: Vec<String>,
+    /// The extract plugin's state writes carried by this batch
+    /// ([`crate::source::SourceBatch::state`]).
+    pub source_state: Option<crate::state::Changes>,
 }
 
 impl BatchResult {
@@ -221,6 +224,7 @@ impl BatchResult {
             output_origins: None,
             quarantined: Vec::new(),
             plugin_versions: Vec::new(),
+            source_state: None,
         }
     }
 }
@@ -499,6 +503,7 @@ impl Worker {
         let span = tracing::debug_span!("batch", tenant = %self.scope.tenant, pipeline = %self.scope.pipeline, seq, rows = source.batch.num_rows(), file = %source.file);
         let _entered = span.enter();
         let mut result = BatchResult::empty(seq, source.file, source.batch.num_rows() as u64);
+        result.source_state = source.state;
         let mut batch = source.batch;
         // Every stage's version is fixed when the batch starts, so a reload
         // during the batch never mixes versions within it.

@@ -6,8 +6,7 @@
 //! plugin you write. Each world's custom section is emitted by its export
 //! macro, so a plugin component only declares the world it exports.
 //!
-//! Transform and validate plugins are generated from the `stateful-*`
-//! worlds, so that [`crate::state`] is available to every plugin; a
+//! Every kind is generated from its `stateful-*` world, so that [`crate::state`] is available to every plugin; a
 //! component imports `weir:plugin/state` only when it calls a state
 //! function (unused imports are left out of the component), and only then
 //! does the host treat its stage as stateful.
@@ -44,7 +43,7 @@ pub mod validator {
 
 pub mod extractor {
     wit_bindgen::generate!({
-        world: "extractor",
+        world: "stateful-extractor",
         path: "../wit",
         pub_export_macro: true,
         export_macro_name: "__export_extractor",
@@ -53,6 +52,7 @@ pub mod extractor {
         with: {
             "weir:plugin/types@0.2.0": crate::bindings::transformer::weir::plugin::types,
             "weir:plugin/host@0.2.0": crate::bindings::transformer::weir::plugin::host,
+            "weir:plugin/state@0.2.0": crate::bindings::transformer::weir::plugin::state,
         },
     });
 }

@@ -461,3 +461,80 @@ fn plugin_state_survives_a_hot_reload_to_another_language_and_a_kill_9_in_serve(
     assert_eq!(got, expected);
     assert!(crate::serve::read_parts(&dir.path().join("quarantine")).is_empty());
 }
+
+/// A file of one id per line.
+fn ids_file(path: &Path, ids: impl IntoIterator<Item = i64>, extra: &str) {
+    let mut text: String = ids.into_iter().map(|id| format!("{id}\n")).collect();
+    text.push_str(extra);
+    std::fs::write(path, text).unwrap();
+}
+
+fn write_cursor_pipeline(dir: &Path) {
+    std::fs::copy(weir_tests::CURSOR_EXTRACT, dir.join("cursor.wasm")).unwrap();
+    std::fs::write(
+        dir.join("pipeline.toml"),
+        r#"
+[pipeline]
+name = "pull"
+batch_size = 100
+checkpoint_every_batches = 2
+
+[source]
+format = "extract"
+path = "*.txt"
+
+[source.extract]
+plugin = "cursor.wasm"
+
+[sink]
+format = "jsonl"
+path = "out.jsonl"
+mode = "overwrite"
+
+[quarantine]
+format = "jsonl"
+path = "quarantine.jsonl"
+"#,
+    )
+    .unwrap();
+}
+
+fn out_ids(dir: &Path) -> Vec<i64> {
+    read_jsonl(&dir.join("out.jsonl"))
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn an_extract_plugins_cursor_makes_runs_incremental_across_kills_and_failures() {
+    for crash in [None, Some("mid-part-write:4"), Some("after-commit:3")] {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        write_cursor_pipeline(dir);
+        ids_file(&dir.join("a.txt"), 1..=500, "");
+        ids_file(&dir.join("b.txt"), 300..=800, "");
+        if let Some(crash) = crash {
+            assert!(run_weir(dir, Some(crash)), "{crash}: never reached");
+        }
+        assert!(!run_weir(dir, None));
+        assert_eq!(out_ids(dir), (1..=800).collect::<Vec<_>>(), "{crash:?}");
+        // The files grew: the next run pulls only what is new.
+        ids_file(&dir.join("c.txt"), 700..=1000, "");
+        assert!(!run_weir(dir, None));
+        assert_eq!(out_ids(dir), (801..=1000).collect::<Vec<_>>(), "{crash:?}");
+    }
+    // A file the plugin fails after moving its cursor leaves it where it
+    // was: once the file is fixed, its ids come through.
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    write_cursor_pipeline(dir);
+    ids_file(&dir.join("a.txt"), 1..=10, "");
+    ids_file(&dir.join("b.txt"), 11..=20, "fail\n");
+    assert!(!run_weir(dir, None));
+    assert_eq!(out_ids(dir), (1..=10).collect::<Vec<_>>());
+    assert_eq!(read_jsonl(&dir.join("quarantine.jsonl")).len(), 1);
+    ids_file(&dir.join("b.txt"), 11..=20, "");
+    assert!(!run_weir(dir, None));
+    assert_eq!(out_ids(dir), (11..=20).collect::<Vec<_>>());
+}

@@ -86,8 +86,7 @@ pub struct ManifestPlugin {
     pub language: Language,
     /// Which world the component targets.
     pub kind: PluginKind,
-    /// Whether the plugin keeps keyed state (`weir:plugin/state`; transform
-    /// and validate only). Python and JavaScript plugins are then built
+    /// Whether the plugin keeps keyed state (`weir:plugin/state`). Python and JavaScript plugins are then built
     /// for the `stateful-*` world, whose state functions the SDKs wrap
     /// (`weir.state`, `./weir-state.js`). Rust plugins may call
     /// `weir_sdk::state` whatever this says. Default false.

@@ -106,13 +106,9 @@ pub fn build(dir: &Path, options: &BuildOptions) -> Result<Built> {
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let wit_dir = scratch.path().join("wit");
     write(&wit_dir.join("weir-plugin.wit"), WIT)?;
-    let world = match (plugin.state, plugin.kind) {
-        (false, kind) => kind.world().to_string(),
-        (true, PluginKind::Extract) => bail!(
-            "{}: key `plugin.state`: extract plugins cannot keep keyed state yet (transform and validate plugins can)",
-            dir.join(MANIFEST).display()
-        ),
-        (true, kind) => format!("stateful-{}", kind.world()),
+    let world = match plugin.state {
+        false => plugin.kind.world().to_string(),
+        true => format!("stateful-{}", plugin.kind.world()),
     };
     let world = world.as_str();
     let tool = match plugin.language {

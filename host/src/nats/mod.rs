@@ -174,6 +174,7 @@ pub fn decode(source: &Source, name: &Arc<str>, messages: &[Received]) -> Result
             SourceItem::Batch(SourceBatch {
                 batch,
                 file: name.clone(),
+                state: None,
             }),
         );
     }

@@ -202,6 +202,9 @@ pub struct OperatorChain {
     /// chain's state it counts.
     budget: Option<Arc<StateBudget>>,
     counted: u64,
+    /// The extract plugin's state writes carried by the batches written
+    /// since the last delta ([`OperatorChain::note_source_state`]).
+    source_pending: Changes,
     store: StateStore,
     /// The epoch directory the next delta goes to (`weir run`).
     epoch_dir: Option<PathBuf>,
@@ -296,6 +299,7 @@ impl OperatorChain {
             stages: stages.to_vec(),
             budget: None,
             counted: 0,
+            source_pending: Changes::new(),
             store,
             epoch_dir: None,
             run_id: run_id.to_string(),
@@ -545,7 +549,21 @@ impl OperatorChain {
                     .insert(stage.namespace().to_string(), changes);
             }
         }
+        if !self.source_pending.is_empty() {
+            let pending = std::mem::take(&mut self.source_pending);
+            delta
+                .namespaces
+                .entry(crate::source::EXTRACT_STATE.to_string())
+                .or_default()
+                .extend(pending);
+        }
         delta
+    }
+
+    /// Adds an extract plugin's state writes, carried by a batch being
+    /// written, to the next delta (a later write to a key wins).
+    pub fn note_source_state(&mut self, changes: Changes) {
+        self.source_pending.extend(changes);
     }
 
     /// Applies every change not yet applied directly to the store, under

@@ -762,6 +762,17 @@ impl PluginInstance {
         }
     }
 
+    /// Takes the state writes of the last call without applying them (an
+    /// extract plugin's: see [`crate::source::SourceBatch::state`]).
+    pub fn take_state_writes(&mut self) -> crate::state::Changes {
+        self.store
+            .data_mut()
+            .state
+            .as_mut()
+            .map(state::StateCall::take)
+            .unwrap_or_default()
+    }
+
     /// Refills fuel and restarts the deadline before a call.
     fn arm(&mut self) {
         // wasmtime's own default copy budget (128 MiB) would otherwise be

@@ -80,7 +80,7 @@ pub struct StateQuotaExceeded {
 /// give it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "the plugin uses keyed state (weir:plugin/state), which this stage does not have: the pipeline was started with a plugin version that does not use it, or the plugin is an extract plugin (no state yet). Restart the pipeline with this version to give the stage its state"
+    "the plugin uses keyed state (weir:plugin/state), which this stage does not have: the pipeline was started with a plugin version that does not use it. Restart the pipeline with this version to give the stage its state"
 )]
 pub struct NoState;
 
@@ -98,6 +98,13 @@ impl StateCall {
     pub fn clear(&mut self) {
         self.writes.clear();
         self.grown = 0;
+    }
+
+    /// Takes the writes instead of applying them (an extract plugin's,
+    /// which travel with the batches of the file it read).
+    pub fn take(&mut self) -> crate::state::Changes {
+        self.grown = 0;
+        self.writes.drain().collect()
     }
 
     /// Applies the writes to the stage's state.

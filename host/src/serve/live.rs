@@ -686,13 +686,14 @@ impl LivePipeline {
         let mut pieces = Vec::new();
         for item in items {
             match item {
-                SourceItem::Batch(SourceBatch { batch, file }) => {
+                SourceItem::Batch(SourceBatch { batch, file, .. }) => {
                     let mut offset = 0;
                     while offset < batch.num_rows() {
                         let len = self.max_batch_rows.min(batch.num_rows() - offset);
                         pieces.push(SourceItem::Batch(SourceBatch {
                             batch: batch.slice(offset, len),
                             file: file.clone(),
+                            state: None,
                         }));
                         offset += len;
                     }
@@ -1036,6 +1037,7 @@ impl LivePipeline {
                 SourceItem::Batch(SourceBatch {
                     batch: merged,
                     file: Arc::from(part),
+                    state: None,
                 }),
                 Some(origins),
             )?;

@@ -30,7 +30,16 @@ pub struct Extractor {
     pub grants: crate::plugin::Grants,
     /// Its outbound HTTP (breakers and counts), when granted.
     pub http: Option<Arc<crate::plugin::HttpAccess>>,
+    /// Its keyed state (a cursor, say), when it imports
+    /// `weir:plugin/state`: namespace [`EXTRACT_STATE`]. A call's writes
+    /// apply at once to what later calls read, and are committed with the
+    /// epoch holding the last batch of the file that call read.
+    pub state: Option<Arc<crate::state::stage::StageState>>,
 }
+
+/// The state namespace of a pipeline's extract plugin (stage and operator
+/// names cannot take it: see the config checks).
+pub const EXTRACT_STATE: &str = "source.extract";
 
 impl Source {
     /// Each file's bytes through the extract plugin, one instance reused
@@ -67,21 +76,33 @@ fn extract_items(
         Err(e) => return vec![Err(e)],
     };
     match extract_file(extractor, instance, &file, &bytes) {
-        Ok(batches) => batches
-            .iter()
-            .flat_map(|batch| {
-                (0..batch.num_rows().max(1))
-                    .step_by(batch_size)
-                    .map(|offset| batch.slice(offset, batch_size.min(batch.num_rows() - offset)))
-                    .collect::<Vec<_>>()
-            })
-            .map(|batch| {
-                Ok(SourceItem::Batch(SourceBatch {
+        Ok((batches, state)) => {
+            let mut items: Vec<SourceBatch> = batches
+                .iter()
+                .flat_map(|batch| {
+                    (0..batch.num_rows().max(1))
+                        .step_by(batch_size)
+                        .map(|offset| {
+                            batch.slice(offset, batch_size.min(batch.num_rows() - offset))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .map(|batch| SourceBatch {
                     batch,
                     file: file.clone(),
-                }))
-            })
-            .collect(),
+                    state: None,
+                })
+                .collect();
+            // The file's state writes go with its last batch. A file that
+            // yields no batch commits none (nothing new: the cursor stays).
+            if let Some(last) = items.last_mut() {
+                last.state = state.filter(|changes| !changes.is_empty());
+            }
+            items
+                .into_iter()
+                .map(|b| Ok(SourceItem::Batch(b)))
+                .collect()
+        }
         Err((kind, message)) => {
             tracing::warn!(file = %file, kind, %message, "extract plugin rejected a file");
             let rows = RecordBatch::try_from_iter([
@@ -113,14 +134,19 @@ fn extract_items(
     }
 }
 
-/// Runs the extract plugin on one file. The instance is created on first use
-/// and dropped after a failure. Errors are (kind, message) for the quarantine.
+/// One file's batches and the extract plugin's state writes for it.
+type Extracted = (Vec<RecordBatch>, Option<crate::state::Changes>);
+
+/// Runs the extract plugin on one file: its batches and, for a stateful
+/// plugin, its state writes (already applied to the working state). The
+/// instance is created on first use and dropped after a failure. Errors
+/// are (kind, message) for the quarantine.
 fn extract_file(
     extractor: &Extractor,
     instance: &mut Option<PluginInstance>,
     file: &str,
     bytes: &[u8],
-) -> Result<Vec<RecordBatch>, (&'static str, String)> {
+) -> Result<Extracted, (&'static str, String)> {
     if bytes.len() as u64 > extractor.max_file_bytes {
         return Err((
             "file_too_large",
@@ -133,14 +159,18 @@ fn extract_file(
     }
     let result = (|| -> Result<Vec<RecordBatch>, crate::plugin::PluginError> {
         if instance.is_none() {
-            *instance = Some(extractor.plugin.instantiate_with(
+            let mut created = extractor.plugin.instantiate_with(
                 "source",
                 extractor.config_json.clone(),
                 extractor.limits,
                 &extractor.grants,
                 None,
                 extractor.http.as_ref(),
-            )?);
+            )?;
+            if let Some(state) = &extractor.state {
+                created.attach_state(state.clone());
+            }
+            *instance = Some(created);
         }
         let metadata = SourceMetadata {
             source_name: file.to_string(),
@@ -155,8 +185,23 @@ fn extract_file(
             .map(|batch| Ok(crate::columnar::from_wit(batch)?))
             .collect()
     })();
-    result.map_err(|e: crate::plugin::PluginError| {
-        *instance = None;
-        (e.kind(), e.to_string())
-    })
+    match result {
+        Ok(batches) => {
+            let state = extractor.state.as_ref().map(|state| {
+                let writes = instance
+                    .as_mut()
+                    .expect("a successful call had an instance")
+                    .take_state_writes();
+                // Later files read what this one wrote; committed with its
+                // last batch.
+                state.restore_untracked(&writes);
+                writes
+            });
+            Ok((batches, state))
+        }
+        Err(e) => {
+            *instance = None;
+            Err((e.kind(), e.to_string()))
+        }
+    }
 }

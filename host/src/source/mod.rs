@@ -30,7 +30,7 @@ use crate::quarantine::Reason;
 
 pub use crate::config::parse_data_type;
 
-pub use self::extract::Extractor;
+pub use self::extract::{EXTRACT_STATE, Extractor};
 use self::recovery::{Decoded, Decoding};
 
 /// The `plugin` name quarantine rows carry when weir's own reader rejected
@@ -120,6 +120,10 @@ pub struct SourceBatch {
     pub batch: RecordBatch,
     /// The file it was read from.
     pub file: Arc<str>,
+    /// On the last batch of a file an extract plugin read: the plugin's
+    /// keyed-state writes for that file (its cursor), to be committed with
+    /// the epoch that holds this batch.
+    pub state: Option<crate::state::Changes>,
 }
 
 /// An opened source: its files and schema.
@@ -312,7 +316,11 @@ impl Source {
         self.decoded(0, 0).map(|item| {
             let (file, decoded) = item?;
             match decoded {
-                Decoded::Batch(batch) => Ok(SourceBatch { batch, file }),
+                Decoded::Batch(batch) => Ok(SourceBatch {
+                    batch,
+                    file,
+                    state: None,
+                }),
                 Decoded::Rejected { messages, .. } => {
                     bail!("reading {file}: {}", messages.join("; "))
                 }
@@ -485,7 +493,11 @@ fn without_panics<T>(decode: impl FnOnce() -> Result<T> + std::panic::UnwindSafe
 /// native reader's `parse` reason.
 fn source_item(file: Arc<str>, decoded: Decoded) -> SourceItem {
     match decoded {
-        Decoded::Batch(batch) => SourceItem::Batch(SourceBatch { batch, file }),
+        Decoded::Batch(batch) => SourceItem::Batch(SourceBatch {
+            batch,
+            file,
+            state: None,
+        }),
         Decoded::Rejected { rows, messages } => SourceItem::Rejected {
             file,
             reasons: messages

@@ -336,6 +336,7 @@ impl PostgresSource {
             let item = SourceItem::Batch(SourceBatch {
                 batch,
                 file: source.clone(),
+                state: None,
             });
             Ok(tx.send(Ok((item, *position))).is_ok())
         };
