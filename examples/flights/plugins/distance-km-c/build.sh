@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds distance_km.c into a weir transform component:
 #   1. `wit-bindgen c` generates the bindings of the `transformer` world
-#      from weir's WIT (transformer.h/.c and the component-type object);
+#      from weir's WIT (contract 0.2.0) (transformer.h/.c and the component-type object);
 #   2. clang compiles for wasm32-wasi (Debian's wasi-libc) as a reactor;
 #   3. `wasm-tools component new` wraps the core module into a component,
 #      adapting WASI preview 1 to preview 2 with the reactor adapter from
@@ -49,7 +49,7 @@ crate_dir="$(cargo metadata --quiet --format-version 1 --manifest-path "$work/ad
   python3 -c 'import json,sys,os; m=json.load(sys.stdin); print(next(os.path.dirname(p["manifest_path"]) for p in m["packages"] if p["name"]=="wasi-preview1-component-adapter-provider"))')"
 adapter="$crate_dir/artefacts/wasi_snapshot_preview1.reactor.wasm"
 
-wit-bindgen c "$repo/wit/0.1.0" --world transformer --out-dir "$work/gen" >/dev/null 2>&1
+wit-bindgen c "$repo/wit" --world transformer --out-dir "$work/gen" >/dev/null 2>&1
 "$clang" --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Werror \
   -I "$work/gen" -o "$work/core.wasm" \
   "$here/distance_km.c" "$work/gen/transformer.c" "$work/gen/transformer_component_type.o"

@@ -1,15 +1,20 @@
-// A weir transform in C: adds `distance_km` (float64, nullable), the
-// flight's `distance` (int64 or float64, statute miles) in kilometres
-// (1 mile = 1.609344 km exactly, by the 1959 international yard and pound
-// agreement). A null distance gives a null; a missing or non-numeric
-// `distance` column is an `invalid-input` error naming it.
+// A weir transform in C, on contract weir:plugin@0.2.0: adds
+// `distance_km` (float64, nullable), the flight's `distance` (int64 or
+// float64, statute miles) in kilometres (1 mile = 1.609344 km exactly, by
+// the 1959 international yard and pound agreement). A null distance gives
+// a null; a missing or non-numeric `distance` column is an `invalid-input`
+// error naming it.
 //
-// The types and the export signature come from `transformer.h`, which
+// `describe` declares that the stage reads only `distance`, so only that
+// column crosses into the plugin; the transform answers with a `splice`
+// holding only the new column, and the host keeps every other column as it
+// was (a column already named `distance_km` is replaced).
+//
+// The types and the export signatures come from `transformer.h`, which
 // `build.sh` generates from weir's WIT with `wit-bindgen c`. Ownership
 // follows wit-bindgen's C conventions: the input batch belongs to this
-// function, and whatever it returns is freed by the generated glue after
-// the host has copied it, so the input's columns are moved into the
-// result, never copied.
+// function (it frees it), and whatever it returns is freed by the
+// generated glue after the host has copied it.
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,8 +28,9 @@
 
 typedef weir_plugin_types_record_batch_t batch_t;
 typedef weir_plugin_types_column_t column_t;
-typedef weir_plugin_types_field_t field_t;
 typedef weir_plugin_types_error_t error_t_;
+typedef exports_weir_plugin_transform_output_t output_t;
+typedef weir_plugin_stage_new_column_t new_column_t;
 
 static bool fail(error_t_ *err, uint8_t tag, const char *message) {
   err->tag = tag;
@@ -49,15 +55,18 @@ static bool is_valid(const column_t *column, size_t row) {
          (column->validity.val.ptr[row / 8] >> (row % 8)) & 1;
 }
 
-bool exports_weir_plugin_transform_transform(batch_t *batch, batch_t *ret,
+void exports_weir_plugin_transform_describe(
+    exports_weir_plugin_transform_stage_info_t *ret) {
+  ret->reads.is_some = true;
+  ret->reads.val.len = 1;
+  ret->reads.val.ptr = malloc(sizeof(transformer_string_t));
+  transformer_string_dup(&ret->reads.val.ptr[0], SOURCE_COLUMN);
+}
+
+bool exports_weir_plugin_transform_transform(batch_t *batch, output_t *ret,
                                              error_t_ *err) {
   uint32_t rows = batch->num_rows;
   char message[160];
-  if (field_index(batch, OUTPUT_COLUMN) >= 0) {
-    weir_plugin_types_record_batch_free(batch);
-    return fail(err, WEIR_PLUGIN_TYPES_ERROR_INVALID_INPUT,
-                "the batch already has a column `" OUTPUT_COLUMN "`");
-  }
   long source = field_index(batch, SOURCE_COLUMN);
   if (source < 0) {
     weir_plugin_types_record_batch_free(batch);
@@ -95,32 +104,26 @@ bool exports_weir_plugin_transform_transform(batch_t *batch, batch_t *ret,
     validity = malloc(bitmap_len);
     memcpy(validity, input->validity.val.ptr, bitmap_len);
   }
+  weir_plugin_types_record_batch_free(batch);
 
-  // Move the input's fields and columns into arrays one longer.
-  size_t n = batch->columns.len;
-  field_t *fields = malloc(sizeof(field_t) * (n + 1));
-  column_t *columns = malloc(sizeof(column_t) * (n + 1));
-  memcpy(fields, batch->schema.fields.ptr, sizeof(field_t) * n);
-  memcpy(columns, batch->columns.ptr, sizeof(column_t) * n);
-  free(batch->schema.fields.ptr);
-  free(batch->columns.ptr);
-
-  transformer_string_dup(&fields[n].name, OUTPUT_COLUMN);
-  fields[n].data_type.tag = WEIR_PLUGIN_TYPES_DATA_TYPE_FLOAT64;
-  fields[n].nullable = true;
-  columns[n].values.tag = WEIR_PLUGIN_TYPES_COLUMN_VALUES_FLOAT64;
-  columns[n].values.val.float64.ptr = km;
-  columns[n].values.val.float64.len = rows;
-  columns[n].validity.is_some = any_null;
+  // The answer: every input row, plus this one column.
+  new_column_t *added = malloc(sizeof(new_column_t));
+  transformer_string_dup(&added->field.name, OUTPUT_COLUMN);
+  added->field.data_type.tag = WEIR_PLUGIN_TYPES_DATA_TYPE_FLOAT64;
+  added->field.nullable = true;
+  added->column.values.tag = WEIR_PLUGIN_TYPES_COLUMN_VALUES_FLOAT64;
+  added->column.values.val.float64.ptr = km;
+  added->column.values.val.float64.len = rows;
+  added->column.validity.is_some = any_null;
   if (any_null) {
-    columns[n].validity.val.ptr = validity;
-    columns[n].validity.val.len = bitmap_len;
+    added->column.validity.val.ptr = validity;
+    added->column.validity.val.len = bitmap_len;
   }
-
-  ret->schema.fields.ptr = fields;
-  ret->schema.fields.len = n + 1;
-  ret->num_rows = rows;
-  ret->columns.ptr = columns;
-  ret->columns.len = n + 1;
+  ret->tag = EXPORTS_WEIR_PLUGIN_TRANSFORM_OUTPUT_SPLICE;
+  ret->val.splice.selection.is_some = false;
+  ret->val.splice.columns.ptr = added;
+  ret->val.splice.columns.len = 1;
+  ret->val.splice.drop.ptr = NULL;
+  ret->val.splice.drop.len = 0;
   return true;
 }
