@@ -22,7 +22,9 @@
 //! Measures follow SQL: nulls are ignored; `count(*)` counts rows; `sum`,
 //! `min`, `max` of integers are integers (`int64`) and of floats `float64`;
 //! `sum`/`min`/`max`/`mean` of no values are null; `count_distinct` is
-//! exact (the distinct values are kept in state).
+//! exact (the distinct values are kept in state); `approx_count_distinct`
+//! keeps a HyperLogLog++ sketch instead (see
+//! [`super::config::Function::ApproxCountDistinct`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -63,7 +65,14 @@ enum Acc {
         values: HashSet<Vec<u8>>,
         bytes: usize,
     },
+    /// A sketch of the distinct values (their bytes in Arrow's row format).
+    Approx(Box<Sketch>),
 }
+
+/// `approx_count_distinct`'s sketch: HyperLogLog++ at precision 12 with
+/// 6-bit registers, hashing with WyHash's fixed default seed (so a stored
+/// sketch goes on counting the same values the same way after a restart).
+type Sketch = cardinality_estimator::CardinalityEstimator<[u8]>;
 
 /// A group's accumulators, one per measure.
 #[derive(Debug, Clone, PartialEq)]
@@ -169,6 +178,13 @@ impl Codec for Accs {
                         out.extend_from_slice(value);
                     }
                 }
+                Acc::Approx(sketch) => {
+                    out.push(10);
+                    // The crate's own serde form, as JSON.
+                    let json = serde_json::to_vec(sketch).expect("a sketch serializes");
+                    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+                    out.extend_from_slice(&json);
+                }
             }
         }
         out
@@ -201,6 +217,12 @@ impl Codec for Accs {
                     }
                     Acc::Distinct { values, bytes }
                 }
+                10 => {
+                    let len = u32::from_le_bytes(r.take(4)?.try_into()?) as usize;
+                    let sketch: Sketch = serde_json::from_slice(r.take(len)?)
+                        .context("a stored approx_count_distinct sketch does not decode")?;
+                    Acc::Approx(Box::new(sketch))
+                }
                 tag => bail!("a stored aggregate has an unknown tag {tag}"),
             });
         }
@@ -212,6 +234,7 @@ impl Codec for Accs {
             .iter()
             .map(|acc| match acc {
                 Acc::Distinct { bytes, .. } => 5 + bytes,
+                Acc::Approx(sketch) => 5 + sketch.size_of(),
                 _ => 17,
             })
             .sum()
@@ -304,7 +327,10 @@ pub fn output_schema(config: &OperatorConfig, input: &Schema) -> Result<SchemaRe
     }
     for measure in config.parsed_measures() {
         let data_type = match (measure.function, &measure.column) {
-            (Function::Count | Function::CountDistinct, Some(name)) => {
+            (
+                Function::Count | Function::CountDistinct | Function::ApproxCountDistinct,
+                Some(name),
+            ) => {
                 column(name, "measure")?;
                 DataType::Int64
             }
@@ -452,7 +478,7 @@ impl Aggregate {
             let column = self.column(batch, name, "measure")?;
             let input = match measure.function {
                 Function::Count => Input::Valid(column.clone()),
-                Function::CountDistinct => {
+                Function::CountDistinct | Function::ApproxCountDistinct => {
                     if self.distinct_converters[i].is_none() {
                         self.distinct_converters[i] =
                             Some(RowConverter::new(vec![SortField::new(
@@ -513,6 +539,7 @@ impl Aggregate {
                             values: HashSet::new(),
                             bytes: 0,
                         },
+                        (Function::ApproxCountDistinct, _) => Acc::Approx(Box::new(Sketch::new())),
                     }
                 })
                 .collect(),
@@ -599,6 +626,7 @@ impl Aggregate {
                         Acc::Count(n) => Some(*n),
                         Acc::SumI(v) | Acc::MinI(v) | Acc::MaxI(v) => *v,
                         Acc::Distinct { values, .. } => Some(values.len() as i64),
+                        Acc::Approx(sketch) => Some(sketch.estimate() as i64),
                         _ => None,
                     }))),
                     DataType::Int64,
@@ -639,6 +667,9 @@ fn update(acc: &mut Acc, input: &Input, row: usize) {
         (Acc::Mean { sum, n }, Input::Float(a)) if a.is_valid(row) => {
             *sum += a.value(row);
             *n += 1;
+        }
+        (Acc::Approx(sketch), Input::Distinct(rows, array)) if array.is_valid(row) => {
+            sketch.insert(rows.row(row).as_ref());
         }
         (Acc::Distinct { values, bytes }, Input::Distinct(rows, array)) => {
             let value = rows.row(row);

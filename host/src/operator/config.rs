@@ -82,7 +82,8 @@ pub struct OperatorConfig {
     pub group_by: Vec<String>,
     /// aggregate: `FUNCTION(COLUMN) [as NAME]`, with FUNCTION one of
     /// `count` (`count(*)` counts rows), `sum`, `min`, `max`, `mean`,
-    /// `count_distinct`. Nulls are ignored as in SQL.
+    /// `count_distinct` (exact), `approx_count_distinct` (a HyperLogLog++
+    /// sketch). Nulls are ignored as in SQL.
     #[serde(default)]
     pub measures: Vec<String>,
     /// aggregate: window length over `event_time` (e.g. `1h`). Without a
@@ -118,6 +119,12 @@ pub enum Function {
     Mean,
     /// Number of distinct non-null values (exact).
     CountDistinct,
+    /// Number of distinct non-null values, estimated with a HyperLogLog++
+    /// sketch (Heule, Nunkesser and Hall, EDBT 2013; the
+    /// `cardinality-estimator` crate, precision 12): exact up to a few
+    /// hundred values, then within about 1.6% (1.04/√4096, one standard
+    /// error), in at most about 3 KiB per group whatever the cardinality.
+    ApproxCountDistinct,
 }
 
 /// One parsed measure.
@@ -137,7 +144,7 @@ impl Measure {
     /// # Errors
     /// Anything else, with what is expected.
     pub fn parse(text: &str) -> Result<Measure, String> {
-        let expected = "expected FUNCTION(COLUMN) [as NAME] with FUNCTION one of count, sum, min, max, mean, count_distinct";
+        let expected = "expected FUNCTION(COLUMN) [as NAME] with FUNCTION one of count, sum, min, max, mean, count_distinct, approx_count_distinct";
         let (call, name) = match text.split_once(" as ") {
             Some((call, name)) => (call.trim(), Some(name.trim())),
             None => (text.trim(), None),
@@ -156,6 +163,7 @@ impl Measure {
             "max" => Function::Max,
             "mean" | "avg" => Function::Mean,
             "count_distinct" => Function::CountDistinct,
+            "approx_count_distinct" => Function::ApproxCountDistinct,
             other => return Err(format!("`{text}`: unknown function `{other}`; {expected}")),
         };
         let column = match column {
