@@ -236,22 +236,21 @@ fn column_to_wit(array: &dyn Array) -> types::Column {
 /// Size of a WIT batch's column buffers, in bytes: what
 /// `max_output_bytes` counts.
 pub fn payload_bytes(batch: &types::RecordBatch) -> u64 {
-    batch
-        .columns
-        .iter()
-        .map(|c| {
-            let values = match &c.values {
-                types::ColumnValues::Boolean(b) => b.len(),
-                types::ColumnValues::Int64(v) | types::ColumnValues::Timestamp(v) => v.len() * 8,
-                types::ColumnValues::Float64(v) => v.len() * 8,
-                types::ColumnValues::Date32(v) => v.len() * 4,
-                types::ColumnValues::Utf8(v) | types::ColumnValues::Binary(v) => {
-                    v.offsets.len() * 4 + v.data.len()
-                }
-            };
-            (values + c.validity.as_ref().map_or(0, Vec::len)) as u64
-        })
-        .sum()
+    batch.columns.iter().map(column_payload_bytes).sum()
+}
+
+/// Size of one column's buffers, in bytes (see [`payload_bytes`]).
+pub fn column_payload_bytes(column: &types::Column) -> u64 {
+    let values = match &column.values {
+        types::ColumnValues::Boolean(b) => b.len(),
+        types::ColumnValues::Int64(v) | types::ColumnValues::Timestamp(v) => v.len() * 8,
+        types::ColumnValues::Float64(v) => v.len() * 8,
+        types::ColumnValues::Date32(v) => v.len() * 4,
+        types::ColumnValues::Utf8(v) | types::ColumnValues::Binary(v) => {
+            v.offsets.len() * 4 + v.data.len()
+        }
+    };
+    (values + column.validity.as_ref().map_or(0, Vec::len)) as u64
 }
 
 /// A batch that breaks the WIT `record-batch` contract: which rule, and

@@ -59,28 +59,6 @@ pub fn project(batch: &RecordBatch, reads: Option<&[String]>) -> RecordBatch {
         .expect("indices come from the batch's own schema")
 }
 
-/// Size of a transform's output buffers, in bytes: what `max_output_bytes`
-/// counts (a splice's selection and new columns; nothing for the columns
-/// that pass through on the host).
-pub fn payload_bytes(output: &TransformOutput) -> u64 {
-    match output {
-        TransformOutput::Batch(batch) => columnar::payload_bytes(batch),
-        TransformOutput::Splice(splice) => {
-            let selection = match &splice.selection {
-                None => 0,
-                Some(Selection::Mask(mask)) => mask.len(),
-                Some(Selection::Indices(indices)) => indices.len() * 4,
-            } as u64;
-            let columns = types::RecordBatch {
-                schema: types::Schema { fields: Vec::new() },
-                num_rows: 0,
-                columns: splice.columns.iter().map(|c| c.column.clone()).collect(),
-            };
-            selection + columnar::payload_bytes(&columns)
-        }
-    }
-}
-
 /// The output `output` makes of `input` (the whole batch, before
 /// projection).
 ///

@@ -331,7 +331,7 @@ impl StageRunner {
         let mut returned_bytes = 0;
         let output = match self.stage.kind {
             PluginKind::Transform => instance.transform(&wit).and_then(|(out, _)| {
-                returned_bytes = splice::payload_bytes(&out);
+                returned_bytes = out.payload_bytes();
                 Ok(StageOutput::Transformed(splice::apply(batch, out)?))
             }),
             PluginKind::Validate => instance

@@ -685,6 +685,30 @@ pub enum TransformOutput {
     Splice(Splice),
 }
 
+impl TransformOutput {
+    /// Size of its buffers, in bytes: what `max_output_bytes` counts (a
+    /// splice's selection and new columns; nothing for the columns that
+    /// pass through on the host).
+    pub fn payload_bytes(&self) -> u64 {
+        match self {
+            TransformOutput::Batch(batch) => crate::columnar::payload_bytes(batch),
+            TransformOutput::Splice(splice) => {
+                let selection = match &splice.selection {
+                    None => 0,
+                    Some(Selection::Mask(mask)) => mask.len(),
+                    Some(Selection::Indices(indices)) => indices.len() * 4,
+                } as u64;
+                let columns: u64 = splice
+                    .columns
+                    .iter()
+                    .map(|c| crate::columnar::column_payload_bytes(&c.column))
+                    .sum();
+                selection + columns
+            }
+        }
+    }
+}
+
 /// A transform's output as changes to its input (`weir:plugin/stage.splice`).
 pub type Splice = v0_2::stage::Splice;
 /// Which input rows a [`Splice`] keeps.
@@ -869,7 +893,7 @@ impl PluginInstance {
         let output = result
             .map_err(|e| self.classify(&e))?
             .map_err(PluginError::returned)?;
-        self.check_output(crate::splice::payload_bytes(&output))?;
+        self.check_output(output.payload_bytes())?;
         Ok((output, stats))
     }
 
