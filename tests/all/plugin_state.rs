@@ -7,13 +7,13 @@
 //! `state_quota`.
 
 use std::collections::BTreeMap;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::crash::spawn_weir;
+use crate::stateful::run_weir;
 use crate::support::read_jsonl;
 
 /// The running-total example built in `language`.
@@ -87,22 +87,6 @@ path = "quarantine.jsonl"
         ),
     )
     .unwrap();
-}
-
-/// Runs `weir run pipeline.toml` in `dir`, killed at `crash` when given;
-/// returns whether it was killed.
-fn run_weir(dir: &Path, crash: Option<&str>) -> bool {
-    let status = spawn_weir(dir, &["run", "pipeline.toml", "--no-progress"], crash)
-        .wait()
-        .unwrap();
-    match status.signal() {
-        Some(9) => true,
-        None if status.success() => false,
-        _ => panic!(
-            "{crash:?}: the run ended with {status}: {}",
-            std::fs::read_to_string(dir.join("child.log")).unwrap_or_default()
-        ),
-    }
 }
 
 fn totals_of(rows: &[Value]) -> Vec<Option<i64>> {

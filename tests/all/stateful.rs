@@ -13,7 +13,7 @@ use crate::support::read_jsonl;
 
 /// Runs `weir run pipeline.toml` in `dir`, killed at `crash` (`POINT:K`)
 /// when given. Returns whether it was killed.
-fn run_weir(dir: &Path, crash: Option<&str>) -> bool {
+pub(crate) fn run_weir(dir: &Path, crash: Option<&str>) -> bool {
     let status = spawn_weir(dir, &["run", "pipeline.toml", "--no-progress"], crash)
         .wait()
         .unwrap();
