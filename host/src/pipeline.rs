@@ -400,11 +400,16 @@ impl Pipeline {
             .collect()
     }
 
+    /// Whether a stage keeps keyed state.
+    fn has_stateful_stage(&self) -> bool {
+        self.stages.iter().any(|s| s.state.is_some())
+    }
+
     /// Worker threads running the stages: `[pipeline] workers`, or one per
     /// core; one when a stage keeps keyed state, which must see batches one
     /// at a time in input order.
     fn workers(&self) -> usize {
-        if self.stages.iter().any(|s| s.state.is_some()) {
+        if self.has_stateful_stage() {
             return 1;
         }
         match self.config.pipeline.workers {
@@ -584,7 +589,7 @@ impl Pipeline {
         let workers = self.workers();
         // A stateful stage's changes are taken per epoch by the writer, so
         // the stage must not run ahead of it: one batch in flight.
-        let window = match self.stages.iter().any(|s| s.state.is_some()) {
+        let window = match self.has_stateful_stage() {
             true => 1,
             false => workers * IN_FLIGHT_PER_WORKER,
         };
@@ -910,14 +915,17 @@ fn write_results(
                     .context("an extract plugin's state without a state store")?
                     .note_source_state(changes);
             }
-            // `take` the output only when there are operators to give it to.
-            if let Some(chain) = out.operators.as_deref_mut()
-                && let Some(output) = result.output.take()
-            {
-                let stepped = chain.process(output, None)?;
+            if let Some(chain) = out.operators.as_deref_mut() {
+                // `take` the output only when there are operators to give it to.
+                if let Some(output) = result.output.take() {
+                    let stepped = chain.process(output, None)?;
+                    result.output = stepped.output;
+                    result.quarantined.extend(stepped.quarantined);
+                }
+                // Every written batch's changes are final, the stateful
+                // stages' too when the batch left no rows for the
+                // operators (a later rollback must not undo them).
                 chain.accept();
-                result.output = stepped.output;
-                result.quarantined.extend(stepped.quarantined);
             }
             write_result(&mut out, &result, counts)?;
             // Sent before the item was: there is one per result.

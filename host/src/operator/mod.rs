@@ -386,8 +386,11 @@ impl OperatorChain {
         let mut current = Some(batch);
         let budget = self.budget.clone();
         // What the budget does not count yet (the stages' writes in this
-        // batch), plus what each operator adds below.
-        let mut growth = self.total_bytes() as i64 - self.counted as i64;
+        // batch), plus what each operator adds below; only with a budget.
+        let mut growth = match &budget {
+            Some(_) => self.total_bytes() as i64 - self.counted as i64,
+            None => 0,
+        };
         for slot in &mut self.slots[start..] {
             let Some(batch) = current.take().filter(|b| b.num_rows() > 0) else {
                 break;

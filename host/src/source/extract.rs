@@ -192,9 +192,11 @@ fn extract_file(
                     .as_mut()
                     .expect("a successful call had an instance")
                     .take_state_writes();
-                // Later files read what this one wrote; committed with its
-                // last batch.
-                state.restore_untracked(&writes);
+                // Later files read what this one wrote, untracked: the
+                // writes reach the store with the file's last batch.
+                state
+                    .restore(writes.clone())
+                    .expect("byte values always decode");
                 writes
             });
             Ok((batches, state))

@@ -128,16 +128,6 @@ impl StageState {
         Ok(())
     }
 
-    /// Applies an extract plugin's writes (`changes`) so that its next
-    /// calls read them, without tracking them as changes: they reach the
-    /// store through the batch that carries them instead.
-    pub fn restore_untracked(&self, changes: &Changes) {
-        let mut map = self.lock();
-        // Byte values always decode.
-        let _ = map.restore(changes.iter().map(|(k, v)| (k.clone(), v.clone())));
-        map.accept();
-    }
-
     /// Keys and bytes of keys plus values.
     pub fn size(&self) -> (u64, u64) {
         let map = self.lock();
