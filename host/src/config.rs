@@ -940,6 +940,22 @@ pub fn expand_paths(base_dir: &Path, pattern: &str) -> Result<Vec<PathBuf>, Stri
     Ok(files)
 }
 
+/// Why a stateful pipeline cannot write to a NATS sink: the sink publishes
+/// an epoch's rows before its ledger claim, and a stateful epoch that
+/// another worker's commit made stale is computed again, possibly with
+/// other rows, which could not be taken back.
+pub const STATEFUL_NATS_SINK: &str = "stateful operators and stages do not write to a NATS sink yet: its rows are published before the epoch commits, and a stateful epoch may be computed again after another worker's commit (use a file or table sink, which commits with the state)";
+
+/// A `latest` operator's `table`, read as a `[source]`.
+///
+/// # Errors
+/// An unknown key or a value of the wrong type, as toml says it.
+pub fn table_source(table: &toml::Table) -> Result<SourceConfig, String> {
+    toml::Value::Table(table.clone())
+        .try_into::<SourceConfig>()
+        .map_err(|e| e.to_string().trim().to_string())
+}
+
 fn single_ascii(value: &str) -> bool {
     value.len() == 1 && value.is_ascii()
 }
@@ -995,6 +1011,7 @@ impl PipelineConfig {
     fn check_operators<'a>(
         &'a self,
         problems: &mut Problems,
+        base_dir: &Path,
         purpose: Purpose,
         mut names: std::collections::HashSet<&'a str>,
     ) {
@@ -1003,6 +1020,11 @@ impl PipelineConfig {
             let key = format!("operators[{i}]");
             if operator.name.trim().is_empty() {
                 problems.add(format!("{key}.name"), "must not be empty");
+            } else if operator.name.starts_with('@') {
+                problems.add(
+                    format!("{key}.name"),
+                    "must not start with `@` (weir's own state namespaces do)",
+                );
             } else if !names.insert(operator.name.as_str()) {
                 problems.add(
                     format!("{key}.name"),
@@ -1016,6 +1038,31 @@ impl PipelineConfig {
                 let (at, message) = problem.split_once(": ").unwrap_or((&key, &problem));
                 problems.add(at.to_string(), message.to_string());
             }
+            if operator.kind == OperatorKind::Latest
+                && let Some(table) = &operator.table
+            {
+                match table_source(table) {
+                    Err(e) => problems.add(format!("{key}.table"), e),
+                    Ok(table) => {
+                        if !matches!(
+                            table.format,
+                            SourceFormat::Csv | SourceFormat::Jsonl | SourceFormat::Parquet
+                        ) {
+                            problems.add(
+                                format!("{key}.table.format"),
+                                "a latest operator's table is read from csv, jsonl or parquet files",
+                            );
+                        } else if table.schema.is_none()
+                            && let Err(e) = expand_paths(base_dir, &table.path)
+                        {
+                            problems.add(
+                                format!("{key}.table.path"),
+                                format!("{e} (the table's schema is read from its first file; declare `schema` to start without one)"),
+                            );
+                        }
+                    }
+                }
+            }
             if purpose == Purpose::Serve
                 && operator.kind == OperatorKind::Aggregate
                 && operator.window.is_none()
@@ -1026,13 +1073,8 @@ impl PipelineConfig {
                 );
             }
         }
-        if !self.operators.is_empty()
-            && (self.source.format == SourceFormat::Nats || self.sink.format == SinkFormat::Nats)
-        {
-            problems.add(
-                "operators",
-                "stateful operators do not run on NATS streams yet (their state is committed with file and table outputs)",
-            );
+        if !self.operators.is_empty() && self.sink.format == SinkFormat::Nats {
+            problems.add("operators", STATEFUL_NATS_SINK);
         }
     }
 
@@ -1195,6 +1237,11 @@ impl PipelineConfig {
             let key = |k: &str| format!("stages[{i}].{k}");
             if stage.name.trim().is_empty() {
                 problems.add(key("name"), "must not be empty");
+            } else if stage.name.starts_with('@') {
+                problems.add(
+                    key("name"),
+                    "must not start with `@` (weir's own state namespaces do)",
+                );
             } else if !names.insert(stage.name.as_str()) {
                 problems.add(
                     key("name"),
@@ -1243,7 +1290,7 @@ impl PipelineConfig {
                 }
             }
         }
-        self.check_operators(problems, purpose, names);
+        self.check_operators(problems, base_dir, purpose, names);
         let sink = &self.sink;
         if sink.format == SinkFormat::Postgres {
             self.check_postgres_sink(problems, purpose);

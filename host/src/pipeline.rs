@@ -241,6 +241,10 @@ impl Pipeline {
         purpose: Purpose,
     ) -> Result<Pipeline, ConfigErrors> {
         let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut config = config;
+        for operator in &mut config.operators {
+            operator.base_dir = base_dir.clone();
+        }
         let mut problems = Problems::new(file);
         config.check_for(&mut problems, &base_dir, purpose);
         let extractor = config.source.extract.as_ref().and_then(|extract| {
@@ -287,12 +291,13 @@ impl Pipeline {
             if let (Ok(plugin), Ok(json)) = (plugin, json) {
                 let config_json: Arc<str> = Arc::from(json);
                 let stateful = plugin.uses_state();
-                let streams = config.source.format == crate::config::SourceFormat::Nats
-                    || config.sink.format == crate::config::SinkFormat::Nats;
-                if stateful && streams {
+                if stateful && config.sink.format == crate::config::SinkFormat::Nats {
                     problems.add(
                         format!("stages[{i}].plugin"),
-                        "the plugin keeps keyed state (it imports weir:plugin/state), which does not run on NATS streams yet (state is committed with file and table outputs)",
+                        format!(
+                            "the plugin keeps keyed state (it imports weir:plugin/state): {}",
+                            crate::config::STATEFUL_NATS_SINK
+                        ),
                     );
                     continue;
                 }

@@ -679,7 +679,7 @@ fn an_acknowledgement_after_ack_wait_does_not_make_a_redelivered_message_count_t
     let refused = rt.block_on(async {
         let client = async_nats::connect(nats.url()).await.unwrap();
         let context = jetstream::new(client);
-        let (mut ledger, _) = Ledger::open(&context, &settings, "late-worker")
+        let (mut ledger, _) = Ledger::open(&context, &settings, "late-worker", false)
             .await
             .unwrap();
         let seqs = SeqSet::from_sequences(held.iter().map(|m| m.info().unwrap().stream_sequence));

@@ -23,7 +23,39 @@ pub enum OperatorKind {
     /// Groups rows by key columns (and event-time windows) and emits one
     /// row of measures per group when its window closes.
     Aggregate,
+    /// Keeps the latest row per key of a table input and joins it onto
+    /// every row of the pipeline's input with that key (enrichment from a
+    /// changing table).
+    Latest,
 }
+
+impl OperatorKind {
+    /// Its name in the pipeline file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorKind::Dedupe => "dedupe",
+            OperatorKind::Aggregate => "aggregate",
+            OperatorKind::Latest => "latest",
+        }
+    }
+}
+
+/// What `latest` does with a row whose key has no table row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Missing {
+    /// Passed on with nulls in the joined columns (a left join; default).
+    #[default]
+    Null,
+    /// Left out of the output and counted (an inner join).
+    Drop,
+    /// Sent to the quarantine with the error kind `no_match`.
+    Quarantine,
+}
+
+/// Default [`OperatorConfig::refresh`]: how often `latest` looks for new
+/// or changed table files.
+pub const DEFAULT_REFRESH: &str = "1m";
 
 /// What `dedupe` does with a duplicate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
@@ -52,6 +84,13 @@ pub enum Duplicates {
 /// kind = "aggregate"
 /// group_by = ["carrier", "year", "month"]
 /// measures = ["count(*) as flights", "mean(arr_delay) as mean_arr_delay"]
+///
+/// [[operators]]
+/// name = "plane"
+/// kind = "latest"
+/// key = ["tailnum"]
+/// table = { format = "csv", path = "planes/*.csv" }
+/// columns = ["manufacturer", "model", "seats"]
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,9 +98,11 @@ pub struct OperatorConfig {
     /// Unique name (among stages and operators); also the namespace of
     /// its state.
     pub name: String,
-    /// `dedupe` or `aggregate`.
+    /// `dedupe`, `aggregate` or `latest`.
     pub kind: OperatorKind,
-    /// dedupe: the columns whose values identify a record.
+    /// dedupe: the columns whose values identify a record. latest: the
+    /// columns, of both the input and the table, that a table row is
+    /// joined on.
     #[serde(default)]
     pub key: Vec<String>,
     /// dedupe, aggregate: the event-time column (timestamp, date, or
@@ -98,6 +139,36 @@ pub struct OperatorConfig {
     /// seen minus this; a window closes when the watermark passes its end,
     /// and a row whose every window closed is quarantined as `late`.
     pub allowed_lateness: Option<String>,
+    /// latest: the table input, written like `[source]` (`format` `csv`,
+    /// `jsonl` or `parquet`, `path` a file or glob relative to the
+    /// pipeline file, and the same CSV and `schema` settings). Kept as TOML
+    /// here and read as a source config by [`crate::config`].
+    pub table: Option<toml::Table>,
+    /// latest: the table columns joined onto each row (default: every
+    /// table column but the key).
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// latest: prepended to the joined columns' names (default none), e.g.
+    /// `plane_` when the input has columns of the same names.
+    pub prefix: Option<String>,
+    /// latest: the table column that orders versions of a key's row (an
+    /// `updated_at` timestamp, a version number): a row replaces the kept
+    /// one only when its value is at least as large. Without it, the row
+    /// read last wins (files in sorted path order, rows in file order).
+    pub order_by: Option<String>,
+    /// latest: `null` (default: joined columns are null), `drop`, or
+    /// `quarantine` (error kind `no_match`) for rows whose key has no
+    /// table row.
+    #[serde(default)]
+    pub missing: Missing,
+    /// latest: how often to look for new or changed table files, a
+    /// duration (default [`DEFAULT_REFRESH`]). They are also looked for
+    /// before the first batch.
+    pub refresh: Option<String>,
+    /// The pipeline file's directory, which `table.path` is relative to
+    /// (set when the pipeline is built, not read from the file).
+    #[serde(skip)]
+    pub base_dir: std::path::PathBuf,
     /// Largest state, in bytes of keys and values (default
     /// [`DEFAULT_MAX_STATE_BYTES`]). A batch that would exceed it is
     /// quarantined as `state_quota` and changes nothing.
@@ -200,10 +271,7 @@ impl OperatorConfig {
             if set {
                 problems.push(format!(
                     "{key}.{setting}: not a setting of a {} operator",
-                    match self.kind {
-                        OperatorKind::Dedupe => "dedupe",
-                        OperatorKind::Aggregate => "aggregate",
-                    }
+                    self.kind.as_str()
                 ));
             }
         };
@@ -215,12 +283,29 @@ impl OperatorConfig {
                 not_for("hop", self.hop.is_some());
                 not_for("allowed_lateness", self.allowed_lateness.is_some());
             }
-            OperatorKind::Aggregate => {
-                not_for("key", !self.key.is_empty());
+            OperatorKind::Aggregate | OperatorKind::Latest => {
+                if self.kind == OperatorKind::Aggregate {
+                    not_for("key", !self.key.is_empty());
+                } else {
+                    not_for("event_time", self.event_time.is_some());
+                    not_for("group_by", !self.group_by.is_empty());
+                    not_for("measures", !self.measures.is_empty());
+                    not_for("window", self.window.is_some());
+                    not_for("hop", self.hop.is_some());
+                    not_for("allowed_lateness", self.allowed_lateness.is_some());
+                }
                 not_for("within", self.within.is_some());
                 not_for("ttl", self.ttl.is_some());
                 not_for("duplicates", self.duplicates != Duplicates::Drop);
             }
+        }
+        if self.kind != OperatorKind::Latest {
+            not_for("table", self.table.is_some());
+            not_for("columns", !self.columns.is_empty());
+            not_for("prefix", self.prefix.is_some());
+            not_for("order_by", self.order_by.is_some());
+            not_for("missing", self.missing != Missing::Null);
+            not_for("refresh", self.refresh.is_some());
         }
         let mut duration = |setting: &str, value: &Option<String>| {
             if let Some(value) = value
@@ -233,6 +318,7 @@ impl OperatorConfig {
         duration("ttl", &self.ttl);
         duration("window", &self.window);
         duration("hop", &self.hop);
+        duration("refresh", &self.refresh);
         if let Some(lateness) = &self.allowed_lateness
             && humantime::parse_duration(lateness).is_err()
         {
@@ -302,6 +388,25 @@ impl OperatorConfig {
                     ));
                 }
             }
+            OperatorKind::Latest => {
+                if self.key.is_empty() {
+                    problems.push(format!(
+                        "{key}.key: a latest operator needs the key columns it joins on, e.g. key = [\"customer_id\"]"
+                    ));
+                }
+                if self.table.is_none() {
+                    problems.push(format!(
+                        "{key}.table: a latest operator needs its table, e.g. table = {{ format = \"csv\", path = \"customers/*.csv\" }}"
+                    ));
+                }
+                for column in &self.columns {
+                    if self.key.contains(column) {
+                        problems.push(format!(
+                            "{key}.columns: `{column}` is a key column; the input has it already"
+                        ));
+                    }
+                }
+            }
         }
         problems
     }
@@ -318,7 +423,7 @@ impl OperatorConfig {
     /// and event-time columns, groups, measures, windows); state written
     /// under other settings cannot be reused.
     pub fn state_settings(&self) -> String {
-        format!(
+        let mut settings = format!(
             "{:?} key={:?} event_time={:?} group_by={:?} measures={:?} window={:?} hop={:?}",
             self.kind,
             self.key,
@@ -327,7 +432,20 @@ impl OperatorConfig {
             self.measures,
             self.window,
             self.hop
-        )
+        );
+        if self.kind == OperatorKind::Latest {
+            // The kept rows hold these columns, in this order.
+            settings.push_str(&format!(
+                " columns={:?} order_by={:?}",
+                self.columns, self.order_by
+            ));
+        }
+        settings
+    }
+
+    /// [`OperatorConfig::refresh`] or its default, in milliseconds.
+    pub fn refresh_ms(&self) -> i64 {
+        millis(self.refresh.as_deref().unwrap_or(DEFAULT_REFRESH)).unwrap_or(60_000)
     }
 
     /// [`OperatorConfig::max_state_bytes`] or its default.

@@ -14,11 +14,10 @@ use anyhow::{Result, bail};
 use arrow::array::{Array, BooleanArray};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
-use arrow::util::display::array_value_to_string;
 
 use super::config::{Duplicates, OperatorConfig};
 use super::time::{event_times, millis};
-use super::{Operator, Rejected, Step, reason};
+use super::{Operator, Rejected, Step, describe_key, reason};
 use crate::columnar::column_names;
 use crate::state::Changes;
 use crate::state::keyed::Keyed;
@@ -100,20 +99,6 @@ impl Dedupe {
         }
         let converter = self.converter.as_ref().expect("set above");
         Ok(converter.convert_columns(&columns)?)
-    }
-
-    fn describe_key(&self, batch: &RecordBatch, row: usize) -> String {
-        self.key
-            .iter()
-            .map(|name| {
-                let value = batch
-                    .column_by_name(name)
-                    .and_then(|c| array_value_to_string(c, row).ok())
-                    .unwrap_or_default();
-                format!("{name}={value}")
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 
     fn high_water(&self) -> Option<i64> {
@@ -216,7 +201,7 @@ impl Operator for Dedupe {
                     .map(|&row| {
                         let message = format!(
                             "a row with the same key ({}) was seen before",
-                            self.describe_key(batch, row)
+                            describe_key(&self.key, batch, row)
                         );
                         reason(&self.name, "duplicate", message)
                     })

@@ -1,4 +1,4 @@
-//! Built-in stateful operators: `dedupe` and `aggregate`.
+//! Built-in stateful operators: `dedupe`, `aggregate` and `latest`.
 //!
 //! A pipeline's `[[operators]]` run after its plugin stages, on the rows
 //! that passed them, **in input order and one batch at a time** (the
@@ -18,6 +18,7 @@
 pub mod aggregate;
 pub mod config;
 pub mod dedupe;
+pub mod latest;
 pub mod report;
 pub mod time;
 
@@ -39,7 +40,8 @@ pub use report::OperatorReport;
 
 /// The schema the last of `configs` emits for input rows of `input` (the
 /// stages' output schema): dedupe passes its input's, aggregate makes its
-/// own ([`aggregate::output_schema`]).
+/// own ([`aggregate::output_schema`]), latest appends the table's joined
+/// columns ([`latest::output_schema`]).
 ///
 /// # Errors
 /// A column an operator names is missing or of the wrong type.
@@ -63,6 +65,7 @@ pub fn output_schema(
                 schema
             }
             OperatorKind::Aggregate => aggregate::output_schema(config, &schema)?,
+            OperatorKind::Latest => latest::output_schema(config, &schema)?,
         };
     }
     Ok(schema)
@@ -114,6 +117,21 @@ impl Rejected {
         let reasons = vec![reason(operator, "missing_event_time", message); rows.len()];
         Rejected::take(batch, rows, reasons)
     }
+}
+
+/// `name=value, …` of the `key` columns of `batch`'s row `row`, for a
+/// quarantine message.
+fn describe_key(key: &[String], batch: &RecordBatch, row: usize) -> String {
+    key.iter()
+        .map(|name| {
+            let value = batch
+                .column_by_name(name)
+                .and_then(|c| arrow::util::display::array_value_to_string(c, row).ok())
+                .unwrap_or_default();
+            format!("{name}={value}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What one operator made of one batch.
@@ -258,6 +276,7 @@ impl OperatorChain {
             let mut operator: Box<dyn Operator> = match config.kind {
                 OperatorKind::Dedupe => Box::new(dedupe::Dedupe::new(config)?),
                 OperatorKind::Aggregate => Box::new(aggregate::Aggregate::new(config)?),
+                OperatorKind::Latest => Box::new(latest::Latest::new(config)?),
             };
             let stored = store.load(&config.name)?;
             let settings = config.state_settings();

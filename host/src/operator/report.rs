@@ -12,7 +12,7 @@ use super::config::OperatorKind;
 pub struct OperatorReport {
     /// The operator's name.
     pub name: String,
-    /// `dedupe` or `aggregate`; none for a plugin stage's keyed state.
+    /// `dedupe`, `aggregate` or `latest`; none for a plugin stage's keyed state.
     pub kind: Option<OperatorKind>,
     /// Rows it received.
     pub records_in: u64,
@@ -21,7 +21,8 @@ pub struct OperatorReport {
     /// Rows it quarantined (late rows, missing event times, duplicates
     /// with `duplicates = "quarantine"`, batches over the state quota).
     pub quarantined: u64,
-    /// Duplicates dropped.
+    /// Rows left out on purpose: duplicates (dedupe), rows with no table
+    /// row (latest with `missing = "drop"`).
     pub dropped: u64,
     /// Rows that arrived after their window closed.
     pub late: u64,

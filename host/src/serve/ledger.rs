@@ -22,6 +22,21 @@
 //! one committed epoch, and a redelivered committed message is recognized
 //! and only acknowledged.
 //!
+//! **Stateful pipelines** (operators or stateful plugin stages) need more:
+//! every worker's state must be that of every committed epoch, applied in
+//! one order, or two workers could both pass the same key as new. So the
+//! ledger is also the log of the state: an epoch's state delta is
+//! published to the ledger stream (`SUBJECT.state`, in chunks) before its
+//! claim, which names those chunks ([`Claim::state`]) and the stateful claim
+//! before it ([`Claim::after`]). A worker applies every claim's
+//! delta in ledger order before it prepares an epoch, and its claim's
+//! compare-and-set succeeds only if no claim was added since: so each
+//! epoch was computed on the state of every epoch before it. When another
+//! worker committed first, the claim is refused as [`Commit::Stale`]: the
+//! epoch is undone, the new deltas applied, and the epoch prepared again.
+//! Stateful pipelines thus scale out for availability (any worker takes
+//! over with the state), not for throughput (epochs commit one at a time).
+//!
 //! Sequences at or below the consumer's acknowledgement floor are never
 //! delivered again, so they are forgotten ([`Ledger::forget_below`]); the
 //! records themselves expire with the ledger stream's `max_age`.
@@ -133,17 +148,47 @@ pub struct Claim {
     pub files: Vec<StagedFile>,
     /// When it was committed, seconds since the Unix epoch.
     pub at: u64,
+    /// Stateful pipelines: the ledger stream sequences of the epoch's
+    /// state delta ([`crate::state::Delta::to_bytes`]), in chunks, in
+    /// order; empty when nothing changed or the pipeline is stateless.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state: Vec<u64>,
+    /// Stateful pipelines: the ledger sequence of the stateful claim
+    /// before it on the subject (0: it is the first), so that a worker can
+    /// tell it has applied the state of every epoch before it. `None`: a
+    /// stateless pipeline's claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+}
+
+/// Where a committed claim landed in the ledger.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimedState {
+    /// The claim's ledger sequence.
+    pub sequence: u64,
+    /// The ledger sequence of the stateful claim before it (0: none, or a
+    /// stateless pipeline).
+    pub after: u64,
 }
 
 /// The outcome of [`Ledger::commit`].
 #[derive(Debug)]
 pub enum Commit {
     /// The claim is in the ledger: the epoch is committed.
-    Committed,
+    Committed(ClaimedState),
     /// Other epochs had already committed these of the claim's sequences;
     /// nothing was written. Leave them out and prepare again.
     Overlap(SeqSet),
+    /// A stateful pipeline: another worker committed since this worker
+    /// last applied the ledger's state, so the epoch was computed on an
+    /// old state; nothing was written. Undo it, apply
+    /// [`Ledger::take_unapplied`], and prepare it again.
+    Stale,
 }
+
+/// Bytes of state delta per ledger message: well under NATS's default
+/// `max_payload` of 1 MiB.
+pub const STATE_CHUNK_BYTES: usize = 256 * 1024;
 
 /// A worker's view of the ledger, and its means to add to it.
 pub struct Ledger {
@@ -161,6 +206,13 @@ pub struct Ledger {
     /// passed it: the late-acknowledgement race).
     floor: u64,
     records_read: u64,
+    /// Whether claims carry state ([`Ledger::take_unapplied`]).
+    stateful: bool,
+    /// Stateful: claims read and not yet taken, with their ledger
+    /// sequences, in ledger order.
+    unapplied: Vec<(u64, Claim)>,
+    /// The ledger sequence of the last stateful claim read or committed.
+    last_stateful: u64,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -192,6 +244,7 @@ impl Ledger {
         context: &jetstream::Context,
         settings: &SourceSettings,
         worker: &str,
+        stateful: bool,
     ) -> Result<(Ledger, Vec<StagedFile>)> {
         let stream = context
             .get_or_create_stream(jetstream::stream::Config {
@@ -217,10 +270,13 @@ impl Ledger {
             committed: SeqSet::default(),
             floor: 0,
             records_read: 0,
+            stateful,
+            unapplied: Vec::new(),
+            last_stateful: 0,
         };
         let mut mine = Vec::new();
         ledger
-            .read_new(|claim| {
+            .read_new(|_, claim| {
                 if claim.worker == worker {
                     mine.extend(claim.files.iter().cloned());
                 }
@@ -256,9 +312,68 @@ impl Ledger {
         self.committed.remove_through(self.floor);
     }
 
+    /// Reads the claims committed since the last read (a stateful
+    /// pipeline's worker does before each epoch; they are then in
+    /// [`Ledger::take_unapplied`]).
+    ///
+    /// # Errors
+    /// The ledger cannot be read, or holds a record that is not a claim.
+    pub async fn refresh(&mut self) -> Result<()> {
+        self.read_new(|_, _| {}).await
+    }
+
+    /// Stateful: the claims read since the last call, with their ledger
+    /// sequences, in ledger order: their state is to be applied, in this
+    /// order, before the next epoch is prepared.
+    pub fn take_unapplied(&mut self) -> Vec<(u64, Claim)> {
+        std::mem::take(&mut self.unapplied)
+    }
+
+    /// Publishes a stateful epoch's state delta `bytes` to the ledger
+    /// stream, in chunks of [`STATE_CHUNK_BYTES`]; returns their ledger
+    /// sequences for [`Claim::state`]. Chunks of a claim that is never
+    /// committed are never read, and expire with the ledger's records.
+    ///
+    /// # Errors
+    /// The server did not acknowledge a chunk.
+    pub async fn publish_state(&self, bytes: &[u8]) -> Result<Vec<u64>> {
+        let subject = format!("{}.state", self.subject);
+        let mut sequences = Vec::new();
+        for chunk in bytes.chunks(STATE_CHUNK_BYTES) {
+            let ack = self
+                .context
+                .publish(subject.clone(), bytes::Bytes::copy_from_slice(chunk))
+                .await
+                .with_context(|| format!("publishing state to `{subject}`"))?
+                .await
+                .with_context(|| format!("publishing state to `{subject}`"))?;
+            sequences.push(ack.sequence);
+        }
+        Ok(sequences)
+    }
+
+    /// The state delta bytes of `claim`, read back from the ledger stream.
+    ///
+    /// # Errors
+    /// A chunk cannot be read (expired with the ledger's `max_age`, or the
+    /// server is unreachable).
+    pub async fn fetch_state(&self, claim: &Claim) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        for &sequence in &claim.state {
+            let message = self.stream.direct_get(sequence).await.with_context(|| {
+                format!(
+                    "reading the state of the epoch {} (worker {}) at ledger record {sequence}",
+                    claim.part, claim.worker
+                )
+            })?;
+            bytes.extend_from_slice(&message.payload);
+        }
+        Ok(bytes)
+    }
+
     /// Reads the records after the last one read, calling `each` on every
-    /// claim.
-    async fn read_new(&mut self, mut each: impl FnMut(&Claim)) -> Result<()> {
+    /// claim with its ledger sequence.
+    async fn read_new(&mut self, mut each: impl FnMut(u64, &Claim)) -> Result<()> {
         loop {
             let message = match self
                 .stream
@@ -283,16 +398,23 @@ impl Ledger {
             for &(s, e) in &claim.sequences {
                 self.committed.insert(s, e);
             }
-            each(&claim);
+            each(message.sequence, &claim);
+            if claim.after.is_some() {
+                self.last_stateful = message.sequence;
+            }
             self.last = message.sequence;
             self.records_read += 1;
+            if self.stateful {
+                self.unapplied.push((message.sequence, claim));
+            }
         }
     }
 
     /// Commits `claim` unless another epoch committed some of its
-    /// sequences first. A publish whose outcome is unknown (a timeout, a
-    /// lost connection) is resolved by reading the ledger back: the claim
-    /// is committed if it is there.
+    /// sequences first (or, stateful, any claim was committed since the
+    /// last [`Ledger::take_unapplied`]). A publish whose outcome is unknown
+    /// (a timeout, a lost connection) is resolved by reading the ledger
+    /// back: the claim is committed if it is there.
     ///
     /// # Errors
     /// The ledger could not be reached within the retries (about a
@@ -307,15 +429,28 @@ impl Ledger {
             }
             set
         };
-        let payload = bytes::Bytes::from(serde_json::to_vec(claim)?);
         let mut failures = 0u32;
+        // Whether an earlier publish of this claim may have got through
+        // (its outcome is unknown until the ledger is read back): the
+        // claim must not be given up then.
+        let mut uncertain = false;
         loop {
-            let overlap = self.overlap(&wanted);
-            if !overlap.is_empty() {
-                return Ok(Commit::Overlap(overlap));
+            if !uncertain {
+                if self.stateful && !self.unapplied.is_empty() {
+                    return Ok(Commit::Stale);
+                }
+                let overlap = self.overlap(&wanted);
+                if !overlap.is_empty() {
+                    return Ok(Commit::Overlap(overlap));
+                }
             }
+            let claim = Claim {
+                after: self.stateful.then_some(self.last_stateful),
+                ..claim.clone()
+            };
+            let payload = bytes::Bytes::from(serde_json::to_vec(&claim)?);
             let publish = jetstream::message::PublishMessage::build()
-                .payload(payload.clone())
+                .payload(payload)
                 .message_id(format!("{}:{}", claim.worker, claim.part))
                 .expected_last_subject_sequence(self.last);
             let sent = match self
@@ -331,7 +466,14 @@ impl Ledger {
                     self.last = ack.sequence;
                     self.records_read += 1;
                     self.committed.extend(&wanted);
-                    return Ok(Commit::Committed);
+                    let claimed = ClaimedState {
+                        sequence: ack.sequence,
+                        after: claim.after.unwrap_or_default(),
+                    };
+                    if self.stateful {
+                        self.last_stateful = ack.sequence;
+                    }
+                    return Ok(Commit::Committed(claimed));
                 }
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                     metrics::counter!("weir_stream_ledger_conflicts_total").increment(1);
@@ -339,6 +481,7 @@ impl Ledger {
                 // A duplicate (our own earlier publish got through) or an
                 // unknown outcome: read back what the ledger holds.
                 Ok(_) | Err(_) => {
+                    uncertain = true;
                     failures += 1;
                     if failures > 12 {
                         bail!(
@@ -350,9 +493,16 @@ impl Ledger {
                         .await;
                 }
             }
-            let mut ours = false;
+            let mut ours = None;
             let read = self
-                .read_new(|c| ours |= c.worker == claim.worker && c.part == claim.part)
+                .read_new(|sequence, c| {
+                    if c.worker == claim.worker && c.part == claim.part {
+                        ours = Some(ClaimedState {
+                            sequence,
+                            after: c.after.unwrap_or_default(),
+                        });
+                    }
+                })
                 .await;
             if let Err(e) = read {
                 tracing::warn!(
@@ -361,8 +511,15 @@ impl Ledger {
                 );
                 continue;
             }
-            if ours {
-                return Ok(Commit::Committed);
+            // Read back whole: the claim is not there.
+            uncertain = false;
+            if let Some(claimed) = ours {
+                // Our own claim is applied by the caller, not as another's.
+                self.unapplied
+                    .retain(|(_, c)| !(c.worker == claim.worker && c.part == claim.part));
+                // Claims read after ours were committed after it: they
+                // stay, to be applied after ours.
+                return Ok(Commit::Committed(claimed));
             }
         }
     }
@@ -393,6 +550,8 @@ impl Ledger {
             sequences: sequences.ranges(),
             files,
             at: unix_now(),
+            state: Vec::new(),
+            after: None,
         }
     }
 }

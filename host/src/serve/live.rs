@@ -36,6 +36,7 @@ use crate::source::{Source, SourceBatch, SourceItem};
 use crate::stages::{Origins, Quarantined, Scope, Worker};
 
 use super::config::HostedPipeline;
+use super::ledger::ClaimedState;
 use super::quota::Quota;
 use super::stateful::ServedOperators;
 
@@ -228,6 +229,12 @@ pub struct StreamStatus {
     /// Epochs whose claim found some of its messages committed by another
     /// worker first (those were left out and the epoch redone).
     pub overlaps: u64,
+    /// Stateful pipelines: epochs computed on a state that another
+    /// worker's commit made stale, undone and computed again.
+    pub stale_epochs: u64,
+    /// Stateful pipelines: other workers' claims whose state this worker
+    /// applied.
+    pub applied_claims: u64,
     /// Messages a NATS sink published that the server reported as
     /// duplicates (a replayed epoch's output, dropped by the server).
     pub published_duplicates: u64,
@@ -276,6 +283,9 @@ pub struct StreamEpoch {
     report: BatchReport,
     /// What a NATS sink published (stored, duplicates).
     pub published: Option<crate::sink::nats::Published>,
+    /// A stateful pipeline's state changes ([`crate::state::Delta::to_bytes`]),
+    /// for the claim; `None` when stateless or nothing changed.
+    pub state: Option<Vec<u8>>,
 }
 
 /// A micro-batch whose output is staged (or published) but not committed.
@@ -429,6 +439,9 @@ impl LivePipeline {
             false => {
                 let mut operators =
                     ServedOperators::open(&config.operators, &stage_states, &state_dir)?;
+                if stream.is_some() {
+                    operators = operators.for_stream();
+                }
                 operators.chain().set_budget(quota.state_budget().clone());
                 Some(Mutex::new(operators))
             }
@@ -894,13 +907,7 @@ impl LivePipeline {
     ) -> Result<(Vec<Ack>, BatchReport)> {
         // Stateful operators see one micro-batch at a time, from their run
         // to the commit of its output and state.
-        let mut operators = self.operators.as_ref().map(|m| {
-            m.lock().unwrap_or_else(|poisoned| {
-                let mut operators = poisoned.into_inner();
-                operators.poisoned();
-                operators
-            })
-        });
+        let mut operators = self.lock_operators();
         if let Some(operators) = operators.as_deref() {
             operators.check()?;
         }
@@ -1298,7 +1305,29 @@ impl LivePipeline {
         metrics::counter!("weir_records_in_total", &self.labels()).increment(rows);
         let mut worker = self.take_worker();
         let publish = sink.map(|sink| (sink, decoded.sequences.as_slice()));
-        let outcome = self.prepare(&mut worker, part, &pieces, publish, None);
+        // A stateful pipeline's epoch holds the operators from here to its
+        // commit or discard; this pipeline's one consumer task runs its
+        // epochs one at a time, and it takes no other input.
+        let mut operators = self.lock_operators();
+        let outcome = match operators.as_deref().map(ServedOperators::check) {
+            Some(Err(error)) => Err(error),
+            _ => self.prepare(
+                &mut worker,
+                part,
+                &pieces,
+                publish,
+                operators.as_deref_mut(),
+            ),
+        };
+        let state = match (&outcome, operators.as_deref_mut()) {
+            (Ok(_), Some(operators)) => operators.take_unclaimed().map(|d| d.to_bytes()),
+            (Err(_), Some(operators)) => {
+                operators.failed();
+                None
+            }
+            _ => None,
+        };
+        drop(operators);
         let deltas = worker.take_reports();
         self.workers.lock().expect("workers lock").push(worker);
         self.quota
@@ -1310,6 +1339,7 @@ impl LivePipeline {
                 staged: prepared.staged,
                 report: prepared.report,
                 published: prepared.published,
+                state,
             }),
             Err(error) => {
                 self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
@@ -1326,7 +1356,23 @@ impl LivePipeline {
     /// # Errors
     /// A rename that fails (the ledger holds the epoch: recovery at the
     /// next start finishes it).
-    pub fn commit_epoch(&self, epoch: StreamEpoch, latency: Duration) -> Result<()> {
+    pub fn commit_epoch(
+        &self,
+        epoch: StreamEpoch,
+        latency: Duration,
+        claim: ClaimedState,
+    ) -> Result<()> {
+        if let Some(operators) = self.lock_operators().as_deref_mut() {
+            // The state first: a crash before it is recovered from the
+            // ledger, which holds the claim and its delta.
+            let delta = epoch
+                .state
+                .as_deref()
+                .map(|bytes| crate::state::Delta::from_bytes(bytes, &epoch.part))
+                .transpose()?;
+            operators.apply_claim(claim.sequence, Some(claim.after), delta, true)?;
+            self.publish_operator_reports(operators.reports());
+        }
         self.delivery.commit_unrecorded(epoch.staged)?;
         let mut report = epoch.report;
         report.latency_ms = latency.as_secs_f64() * 1000.0;
@@ -1334,9 +1380,69 @@ impl LivePipeline {
         Ok(())
     }
 
-    /// Drops an epoch's staged files: the ledger refused it.
+    /// Drops an epoch's staged files and undoes its state changes: the
+    /// ledger refused it.
     pub fn discard_epoch(&self, epoch: StreamEpoch) {
+        if let Some(operators) = self.lock_operators().as_deref_mut() {
+            operators.failed();
+        }
         self.delivery.discard(&epoch.staged);
+    }
+
+    /// Whether the pipeline keeps state (operators or stateful stages),
+    /// which a stream pipeline commits through its ledger.
+    pub fn is_stateful(&self) -> bool {
+        self.operators.is_some()
+    }
+
+    /// Stream: the ledger sequence of the last claim whose state this
+    /// worker has applied (0: none, or stateless).
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub fn ledger_position(&self) -> Result<u64> {
+        match self.lock_operators().as_deref_mut() {
+            Some(operators) => operators.position(),
+            None => Ok(0),
+        }
+    }
+
+    /// Stream: applies other claims' state, in ledger order: `(ledger
+    /// sequence, the stateful claim before it, its delta bytes)`.
+    ///
+    /// # Errors
+    /// A delta that does not decode, a gap in the ledger, or a store that
+    /// cannot be written: the operators stop until a restart.
+    pub fn apply_claims(&self, claims: Vec<(u64, Option<u64>, Vec<u8>)>) -> Result<()> {
+        let mut guard = self.lock_operators();
+        let Some(operators) = guard.as_deref_mut() else {
+            return Ok(());
+        };
+        operators.check()?;
+        for (sequence, after, bytes) in claims {
+            let delta = match bytes.is_empty() {
+                true => None,
+                false => Some(crate::state::Delta::from_bytes(
+                    &bytes,
+                    &format!("ledger record {sequence}'s state"),
+                )?),
+            };
+            operators.apply_claim(sequence, after, delta, false)?;
+        }
+        self.publish_operator_reports(operators.reports());
+        Ok(())
+    }
+
+    /// The operators, locked (a panic while they were held stops them
+    /// until a restart).
+    fn lock_operators(&self) -> Option<std::sync::MutexGuard<'_, ServedOperators>> {
+        self.operators.as_ref().map(|m| {
+            m.lock().unwrap_or_else(|poisoned| {
+                let mut operators = poisoned.into_inner();
+                operators.poisoned();
+                operators
+            })
+        })
     }
 
     /// Per-stage counts since the service started.

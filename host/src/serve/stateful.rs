@@ -14,6 +14,14 @@
 //! batch; a delta never committed is removed with its micro-batch, whose
 //! submission was never acknowledged. So the state is always that of the
 //! committed output.
+//!
+//! A pipeline reading a NATS stream commits through the stream's ledger
+//! instead ([`super::ledger`]): its micro-batch's delta is published to the
+//! ledger with its claim, not staged as a file
+//! ([`ServedOperators::take_unclaimed`]), and every worker applies every
+//! claim's delta in ledger order ([`ServedOperators::apply_claim`]). The
+//! store records the ledger sequence of the last claim applied (its
+//! position), in the same transaction as the claim's delta.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,7 +47,19 @@ pub struct ServedOperators {
     /// (a commit whose outcome is unknown, a failed apply, a panic), and
     /// only recovery at start ([`ServedOperators::open`]) can tell.
     broken: Option<String>,
+    /// Reading a NATS stream: deltas go to the ledger, not to files.
+    stream: bool,
+    /// Stream: the last micro-batch's delta, for its claim.
+    unclaimed: Option<Delta>,
+    /// Stream: the ledger sequence of the last claim applied (read from
+    /// the store once).
+    position: Option<u64>,
 }
+
+/// Namespace of the ledger position in the store of a stream pipeline's
+/// state (no stage or operator has it: their names cannot start with `@`).
+const LEDGER_POSITION: &str = "@ledger";
+const POSITION_KEY: &[u8] = b"position";
 
 /// A micro-batch's staged state changes.
 #[derive(Debug)]
@@ -106,7 +126,103 @@ impl ServedOperators {
             chain,
             dir,
             broken: None,
+            stream: false,
+            unclaimed: None,
+            position: None,
         })
+    }
+
+    /// Makes the operators commit through a stream's ledger: deltas are
+    /// kept for the claim ([`ServedOperators::take_unclaimed`]), not staged.
+    pub fn for_stream(mut self) -> ServedOperators {
+        self.stream = true;
+        self
+    }
+
+    /// Stream: the last micro-batch's state changes, to publish with its
+    /// claim (`None`: nothing changed).
+    pub fn take_unclaimed(&mut self) -> Option<Delta> {
+        self.unclaimed.take()
+    }
+
+    /// Stream: the ledger sequence of the last claim whose state is in
+    /// the store (0: none).
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub fn position(&mut self) -> Result<u64> {
+        if let Some(position) = self.position {
+            return Ok(position);
+        }
+        let stored = self.chain.store().load(LEDGER_POSITION)?;
+        let position = stored
+            .iter()
+            .find(|(key, _)| key == POSITION_KEY)
+            .and_then(|(_, value)| value.as_slice().try_into().ok())
+            .map_or(0, u64::from_le_bytes);
+        self.position = Some(position);
+        Ok(position)
+    }
+
+    /// Stream: applies the state of the claim at ledger `sequence`, whose
+    /// stateful predecessor is at `after` (`None`: a stateless claim,
+    /// nothing to apply): `delta` is another worker's (or this worker's,
+    /// from before a crash) and is restored into the working state, or
+    /// with `own` this worker's just-committed micro-batch, whose changes
+    /// the working state holds already and are now accepted. A claim at
+    /// or before the position is skipped (applied already).
+    ///
+    /// # Errors
+    /// A claim after a gap (claims between the position and it are
+    /// missing: expired from the ledger), or a store that cannot be
+    /// written. The operators then stop until a restart.
+    pub fn apply_claim(
+        &mut self,
+        sequence: u64,
+        after: Option<u64>,
+        delta: Option<Delta>,
+        own: bool,
+    ) -> Result<()> {
+        let Some(after) = after else { return Ok(()) };
+        let position = self.position()?;
+        if sequence <= position {
+            return Ok(());
+        }
+        if after != position {
+            let why = format!(
+                "the ledger's stateful claims go on from record {after}, but this worker's state ends at record {position}: the claims between them expired from the ledger (ledger_max_age_s) or belong to another state. Copy the operators' store from a worker that is up to date while it is stopped, or remove it to start the state anew"
+            );
+            self.broken = Some(why.clone());
+            anyhow::bail!(why);
+        }
+        let mut delta = delta.unwrap_or_default();
+        delta.namespaces.insert(
+            LEDGER_POSITION.to_string(),
+            [(POSITION_KEY.to_vec(), Some(sequence.to_le_bytes().to_vec()))]
+                .into_iter()
+                .collect(),
+        );
+        let applied = self
+            .chain
+            .store()
+            .apply(&format!("ledger:{sequence}"), &delta);
+        if let Err(error) = applied {
+            self.broken = Some(format!(
+                "applying ledger record {sequence} failed: {error:#}"
+            ));
+            return Err(error);
+        }
+        self.position = Some(sequence);
+        match own {
+            true => self.chain.accept(),
+            false => {
+                if let Err(error) = self.chain.restore(delta) {
+                    self.broken = Some(format!("restoring ledger record {sequence}: {error:#}"));
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The chain, to run a micro-batch through.
@@ -122,6 +238,10 @@ impl ServedOperators {
     pub fn stage(&mut self, part: &str) -> Result<Option<StagedDelta>> {
         let delta = self.chain.take_delta();
         if delta.is_empty() {
+            return Ok(None);
+        }
+        if self.stream {
+            self.unclaimed = Some(delta);
             return Ok(None);
         }
         let staged = self.dir.join(format!(".part-{part}.weir-delta.tmp"));
@@ -178,6 +298,7 @@ impl ServedOperators {
     /// undone (a staged delta is removed at the next start).
     pub fn failed(&mut self) {
         self.chain.rollback();
+        self.unclaimed = None;
     }
 
     /// Recording or committing the micro-batch failed: it may or may not

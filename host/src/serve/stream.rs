@@ -12,6 +12,11 @@
 //!        → rename files into place → double-ack every message
 //! ```
 //!
+//! A stateful pipeline (operators, stateful stages) applies the state of
+//! every claim in the ledger before each epoch, publishes its epoch's
+//! state delta to the ledger before its claim, and redoes an epoch that
+//! another worker's commit made stale ([`super::ledger`]).
+//!
 //! A crash anywhere loses nothing and duplicates nothing: before the claim,
 //! the epoch's files are staging files (removed at the next start) and its
 //! messages are redelivered; after it, the claim names the files (renamed
@@ -127,13 +132,17 @@ async fn session(
         )
         .await
         .with_context(|| format!("the durable consumer `{}`", settings.consumer))?;
-    let (mut ledger, claimed) = Ledger::open(&context, settings, worker).await?;
+    let stateful = live.is_stateful();
+    let (mut ledger, claimed) = Ledger::open(&context, settings, worker, stateful).await?;
     // No epoch is in flight between sessions: what this worker committed
     // is renamed into place, every other staging file is rolled back.
     let recovering = live.clone();
     tokio::task::spawn_blocking(move || recovering.recover_claimed(&claimed))
         .await
         .context("recovery panicked")??;
+    // The state of every claim committed while this worker was away (or
+    // before it crashed), in ledger order.
+    apply_state(live, &mut ledger).await?;
     let sink = match live.pipeline().config().sink.nats.as_ref() {
         Some(sink) => Some(NatsSink::connect(sink, &name).await?),
         None => None,
@@ -254,11 +263,22 @@ async fn epoch(
     pulled: Vec<Pulled>,
     ack_wait: Duration,
 ) -> Result<()> {
-    let (done, mut fresh): (Vec<Pulled>, Vec<Pulled>) = pulled
-        .into_iter()
-        .partition(|p| ledger.is_committed(p.received.sequence));
-    skip_committed(live, &done).await;
-    while !fresh.is_empty() {
+    let stateful = live.is_stateful();
+    let mut fresh = pulled;
+    loop {
+        if stateful {
+            // Epochs are computed on the state of every committed one.
+            ledger.refresh().await?;
+            apply_state(live, ledger).await?;
+        }
+        let (done, rest): (Vec<Pulled>, Vec<Pulled>) = fresh
+            .into_iter()
+            .partition(|p| ledger.is_committed(p.received.sequence));
+        skip_committed(live, &done).await;
+        fresh = rest;
+        if fresh.is_empty() {
+            return Ok(());
+        }
         let part = live.next_part();
         let received: Vec<Received> = fresh.iter().map(|p| p.received.clone()).collect();
         let sequences = SeqSet::from_sequences(received.iter().map(|r| r.sequence));
@@ -285,13 +305,25 @@ async fn epoch(
                 return Ok(());
             }
         };
+        let mut claim = ledger.claim(&part, &sequences, epoch.staged.clone());
+        if let Some(state) = &epoch.state {
+            match ledger.publish_state(state).await {
+                Ok(chunks) => claim.state = chunks,
+                Err(error) => {
+                    let _ = keepalive_stop.send(());
+                    let _ = keepalive.await;
+                    live.discard_epoch(epoch);
+                    negative(fresh.iter().map(|p| &p.acker)).await;
+                    return Err(error);
+                }
+            }
+        }
         crate::crash::point("before-ledger-commit");
-        let claim = ledger.claim(&part, &sequences, epoch.staged.clone());
         let committed = ledger.commit(&claim).await;
         let _ = keepalive_stop.send(());
         let _ = keepalive.await;
         match committed? {
-            Commit::Committed => {
+            Commit::Committed(claimed) => {
                 crate::crash::point("after-ledger-commit");
                 let first_published = fresh.iter().map(|p| p.published_ns).min().unwrap_or(0);
                 let now_ns = std::time::SystemTime::now()
@@ -302,9 +334,11 @@ async fn epoch(
                 let duplicates = epoch.published.map_or(0, |p| p.duplicates);
                 let count = fresh.len() as u64;
                 let committer = live.clone();
-                tokio::task::spawn_blocking(move || committer.commit_epoch(epoch, latency))
-                    .await
-                    .context("a commit panicked")??;
+                tokio::task::spawn_blocking(move || {
+                    committer.commit_epoch(epoch, latency, claimed)
+                })
+                .await
+                .context("a commit panicked")??;
                 crate::crash::point("after-commit");
                 live.set_stream_status(|s| {
                     s.epochs += 1;
@@ -318,17 +352,55 @@ async fn epoch(
                 crate::crash::point("after-ack");
                 return Ok(());
             }
-            Commit::Overlap(overlap) => {
+            Commit::Overlap(_) => {
+                // The overlap is in the ledger's committed set: the loop
+                // leaves it out.
                 live.discard_epoch(epoch);
                 live.set_stream_status(|s| s.overlaps += 1);
-                let (done, rest): (Vec<Pulled>, Vec<Pulled>) = fresh
-                    .into_iter()
-                    .partition(|p| overlap.contains(p.received.sequence));
-                skip_committed(live, &done).await;
-                fresh = rest;
+            }
+            Commit::Stale => {
+                live.discard_epoch(epoch);
+                live.set_stream_status(|s| s.stale_epochs += 1);
+                metrics::counter!("weir_stream_stale_epochs_total").increment(1);
             }
         }
     }
+}
+
+/// Applies the state of the claims the ledger read since the last call
+/// (other workers' epochs, and this worker's own from before a crash), in
+/// ledger order; claims this worker applied already are skipped.
+///
+/// # Errors
+/// A claim's state cannot be read back from the ledger or applied.
+async fn apply_state(live: &Arc<LivePipeline>, ledger: &mut Ledger) -> Result<()> {
+    let claims = ledger.take_unapplied();
+    if claims.is_empty() {
+        return Ok(());
+    }
+    let position = {
+        let live = live.clone();
+        tokio::task::spawn_blocking(move || live.ledger_position())
+            .await
+            .context("reading the ledger position panicked")??
+    };
+    let mut states = Vec::new();
+    for (sequence, claim) in claims {
+        if claim.after.is_none() || sequence <= position {
+            continue;
+        }
+        let bytes = ledger.fetch_state(&claim).await?;
+        states.push((sequence, claim.after, bytes));
+    }
+    if states.is_empty() {
+        return Ok(());
+    }
+    let count = states.len() as u64;
+    let applying = live.clone();
+    tokio::task::spawn_blocking(move || applying.apply_claims(states))
+        .await
+        .context("applying the ledger's state panicked")??;
+    live.set_stream_status(|s| s.applied_claims += count);
     Ok(())
 }
 

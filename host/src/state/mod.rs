@@ -75,14 +75,11 @@ impl Delta {
         self.namespaces.values().map(BTreeMap::len).sum()
     }
 
-    /// Writes the delta to `path` and fsyncs it. Layout: `WEIRDLT1`, then
-    /// per change a tag byte (1 put, 2 remove), the namespace, the key and
-    /// (puts) the value, each as a u32 little-endian length and bytes; then
-    /// the CRC-32 of everything before it (u32 little-endian).
-    ///
-    /// # Errors
-    /// An I/O error.
-    pub fn write(&self, path: &Path) -> Result<()> {
+    /// The delta's bytes. Layout: `WEIRDLT1`, then per change a tag byte
+    /// (1 put, 2 remove), the namespace, the key and (puts) the value, each
+    /// as a u32 little-endian length and bytes; then the CRC-32 of
+    /// everything before it (u32 little-endian).
+    pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(64 + self.len() * 32);
         bytes.extend_from_slice(DELTA_MAGIC);
         let field = |bytes: &mut Vec<u8>, data: &[u8]| {
@@ -101,6 +98,15 @@ impl Delta {
         }
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    /// Writes the delta ([`Delta::to_bytes`]) to `path` and fsyncs it.
+    ///
+    /// # Errors
+    /// An I/O error.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_bytes();
         let mut file =
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         file.write_all(&bytes)
@@ -118,7 +124,17 @@ impl Delta {
         std::fs::File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .with_context(|| format!("reading {}", path.display()))?;
-        let damaged = || anyhow::anyhow!("{} is not a whole state delta", path.display());
+        Delta::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// The delta [`Delta::to_bytes`] made; `what` names where the bytes
+    /// come from, for the error.
+    ///
+    /// # Errors
+    /// Bytes that are not a whole delta (wrong magic, failed checksum,
+    /// truncated).
+    pub fn from_bytes(bytes: &[u8], what: &str) -> Result<Delta> {
+        let damaged = || anyhow::anyhow!("{what} is not a whole state delta");
         if bytes.len() < DELTA_MAGIC.len() + 4 || &bytes[..8] != DELTA_MAGIC {
             return Err(damaged());
         }
