@@ -144,7 +144,6 @@ mode = "overwrite"
 [quarantine]
 format = "jsonl"
 path = "quarantine.jsonl"
-mode = "overwrite"
 "#;
 
 /// customer → (tier, version) of each output row.

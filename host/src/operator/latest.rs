@@ -25,7 +25,8 @@
 //!   types) → the order value's length (u32, little-endian), the order
 //!   value and the joined columns, both in Arrow's row format (byte order
 //!   is value order for the order value);
-//! - `f` + a table file's path → `SIZE:MTIME_NS` of the version applied;
+//! - `f` + a table file's path (relative to the pipeline file) →
+//!   `SIZE:MTIME_NS` of the version applied;
 //! - `s` → the key types and joined columns the rows were encoded with: a
 //!   store written for another table schema is refused, not misread.
 
@@ -302,8 +303,11 @@ impl Latest {
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_nanos());
             let version = format!("{}:{modified}", metadata.len());
+            // Relative to the pipeline file: the same file whatever the
+            // working directory.
+            let name = file.strip_prefix(&self.base_dir).unwrap_or(&file);
             let mut key = vec![FILE];
-            key.extend_from_slice(file.to_string_lossy().as_bytes());
+            key.extend_from_slice(name.to_string_lossy().as_bytes());
             if self.rows.get(&key).map(Vec::as_slice) == Some(version.as_bytes()) {
                 continue;
             }
@@ -318,13 +322,10 @@ impl Latest {
 
     /// Reads one table file and keeps its rows; returns how many it had.
     fn apply_file(&mut self, file: &std::path::Path) -> Result<u64> {
+        // Without a declared schema, each file's types are inferred alone
+        // and its columns cast to the table's ([`Latest::apply_batch`]).
         let mut config = self.table.clone();
         config.path = glob::Pattern::escape(&file.to_string_lossy());
-        if config.schema.is_none() {
-            // Each file's types are inferred alone, then cast to the
-            // table's.
-            config.infer_rows = config.infer_rows.max(1);
-        }
         let source = Source::open(&config, &self.base_dir, TABLE_BATCH_ROWS, None)?;
         let mut rows = 0;
         for batch in source.batches() {
