@@ -16,10 +16,9 @@ import csv
 import json
 import math
 import os
-import statistics
-import subprocess
 import sys
-import time
+
+from processes import median_seconds
 
 DUCKDB = """
 import duckdb, sys
@@ -104,16 +103,10 @@ def main():
         "duckdb": [sys.executable, "-c", "import os\n" + DUCKDB, data, f"{out}/duckdb.csv"],
         "polars": [sys.executable, "-c", POLARS, data, f"{out}/polars.csv"],
     }
-    times = {name: [] for name in commands}
-    for _ in range(reps + 1):  # the first round warms the page cache
-        for name, command in commands.items():
-            started = time.perf_counter()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            times[name].append(time.perf_counter() - started)
+    medians = median_seconds(commands, reps)
     results = {name: rows(f"{out}/{name}.csv") for name in commands}
     for name in ("duckdb", "polars"):
         assert same(results["weir"], results[name]), f"weir's aggregates differ from {name}'s"
-    medians = {name: statistics.median(t[1:]) for name, t in times.items()}
     faster = min(medians["duckdb"], medians["polars"])
     print(json.dumps({
         "groups": len(results["weir"]),

@@ -18,10 +18,10 @@ import collections
 import csv
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
+
+from processes import median_seconds
 
 COLUMNS = "f.*, p.manufacturer AS plane_manufacturer, p.model AS plane_model, p.seats AS plane_seats"
 
@@ -99,21 +99,17 @@ def main():
         "duckdb": [sys.executable, "-c", DUCKDB, data, f"{out}/duckdb.csv"],
         "polars": [sys.executable, "-c", POLARS, data, f"{out}/polars.csv"],
     }
-    times = {name: [] for name in commands}
-    for _ in range(reps + 1):  # the first round warms the page cache
-        for name, command in commands.items():
-            # weir keeps the planes it applied between runs: start afresh
-            # so that each run reads the table, as the others do.
-            if name == "weir":
-                subprocess.run([weir, "state", "reset", pipeline], check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            started = time.perf_counter()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            times[name].append(time.perf_counter() - started)
+    def reset(name):
+        # weir keeps the planes it applied between runs: start afresh so
+        # that each run reads the table, as the others do.
+        if name == "weir":
+            subprocess.run([weir, "state", "reset", pipeline], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    medians = median_seconds(commands, reps, before=reset)
     results = {name: joined(f"{out}/{name}.csv") for name in commands}
     for name in ("duckdb", "polars"):
         assert results["weir"] == results[name], f"weir's joined rows differ from {name}'s"
-    medians = {name: statistics.median(t[1:]) for name, t in times.items()}
     faster = min(medians["duckdb"], medians["polars"])
     print(json.dumps({
         "rows": sum(results["weir"].values()),
