@@ -69,6 +69,7 @@ pub mod v0_2 {
                 "weir:plugin/types": crate::bindings::types,
                 "weir:plugin/host": crate::bindings::v0_2::transformer::weir::plugin::host,
                 "weir:plugin/stage": crate::bindings::v0_2::transformer::weir::plugin::stage,
+                "weir:plugin/compute": crate::bindings::v0_2::transformer::weir::plugin::compute,
             },
             exports: { default: async },
         });
@@ -86,6 +87,7 @@ pub mod v0_2 {
         });
     }
 
+    pub use transformer::weir::plugin::compute;
     pub use transformer::weir::plugin::host;
     pub use transformer::weir::plugin::stage;
 }

@@ -166,7 +166,7 @@ pub fn to_wit(batch: &RecordBatch) -> Result<types::RecordBatch, String> {
     })
 }
 
-fn wit_data_type(data_type: &DataType) -> Option<types::DataType> {
+pub(crate) fn wit_data_type(data_type: &DataType) -> Option<types::DataType> {
     Some(match data_type {
         DataType::Boolean => types::DataType::Boolean,
         DataType::Int64 => types::DataType::Int64,
@@ -181,7 +181,7 @@ fn wit_data_type(data_type: &DataType) -> Option<types::DataType> {
     })
 }
 
-fn arrow_data_type(data_type: &types::DataType) -> DataType {
+pub(crate) fn arrow_data_type(data_type: &types::DataType) -> DataType {
     match data_type {
         types::DataType::Boolean => DataType::Boolean,
         types::DataType::Int64 => DataType::Int64,
@@ -195,7 +195,7 @@ fn arrow_data_type(data_type: &types::DataType) -> DataType {
     }
 }
 
-fn column_to_wit(array: &dyn Array) -> types::Column {
+pub(crate) fn column_to_wit(array: &dyn Array) -> types::Column {
     use arrow::array::AsArray;
     use arrow::datatypes::{Date32Type, Float64Type, Int64Type, TimestampMicrosecondType};
     let values = match array.data_type() {
@@ -356,7 +356,7 @@ fn offsets(v: &types::VarLen, rows: usize) -> Result<OffsetBuffer<i32>, String> 
     Ok(OffsetBuffer::new(ScalarBuffer::from(v.offsets.clone())))
 }
 
-fn column_from_wit(
+pub(crate) fn column_from_wit(
     field: &types::Field,
     column: types::Column,
     rows: usize,

@@ -133,10 +133,12 @@ fn probe_stages(
                 let sent = crate::splice::project(&empty, instance.reads());
                 let wit = columnar::to_wit(&sent).expect("a subset of a batch that converted");
                 match stage.kind {
-                    PluginKind::Transform => instance.transform(&wit).and_then(|(out, _)| {
-                        Ok(Some(crate::splice::apply(&empty, out)?.batch.schema()))
-                    }),
-                    _ => instance.validate(&wit).map(|_| None),
+                    PluginKind::Transform => {
+                        instance.transform_with(&empty, &wit).and_then(|(out, _)| {
+                            Ok(Some(crate::splice::apply(&empty, out)?.batch.schema()))
+                        })
+                    }
+                    _ => instance.validate_with(&empty, &wit).map(|_| None),
                 }
             });
         match outcome {

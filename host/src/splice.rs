@@ -74,7 +74,7 @@ pub fn apply(input: &RecordBatch, output: TransformOutput) -> Result<Transformed
             batch: columnar::from_wit(batch)?,
             rows: None,
         }),
-        TransformOutput::Splice(splice) => splice_onto(input, splice),
+        TransformOutput::Splice { splice, computed } => splice_onto(input, splice, computed),
     }
 }
 
@@ -82,7 +82,11 @@ fn malformed(message: String) -> MalformedBatch {
     MalformedBatch(format!("splice: {message}"))
 }
 
-fn splice_onto(input: &RecordBatch, splice: Splice) -> Result<Transformed, MalformedBatch> {
+fn splice_onto(
+    input: &RecordBatch,
+    splice: Splice,
+    computed: Vec<(String, ArrayRef)>,
+) -> Result<Transformed, MalformedBatch> {
     let rows = input.num_rows();
     let schema = input.schema();
     if let Some(missing) = splice
@@ -111,14 +115,47 @@ fn splice_onto(input: &RecordBatch, splice: Splice) -> Result<Transformed, Malfo
         };
         Some(columnar::from_wit(batch).map_err(|e| malformed(format!("new columns: {e}")))?)
     };
+    // The splice's new columns, then those emitted with compute kernels
+    // (already one Arrow value per input row, checked by `emit`).
+    let mut added: Vec<(Arc<Field>, ArrayRef)> = new
+        .as_ref()
+        .map(|n| {
+            n.schema()
+                .fields()
+                .iter()
+                .cloned()
+                .zip(n.columns().iter().cloned())
+                .collect()
+        })
+        .unwrap_or_default();
+    for (name, array) in computed {
+        if added.iter().any(|(f, _)| *f.name() == name) {
+            return Err(malformed(format!(
+                "column `{name}` is both emitted with a kernel and returned"
+            )));
+        }
+        if splice.drop.contains(&name) {
+            return Err(malformed(format!(
+                "column `{name}` is both emitted and dropped"
+            )));
+        }
+        if array.len() != rows {
+            return Err(malformed(format!(
+                "emitted column `{name}` has {} values for {rows} rows",
+                array.len()
+            )));
+        }
+        // A replaced column stays as nullable as it was unless nulls appear.
+        let nullable = match schema.field_with_name(&name) {
+            Ok(existing) => existing.is_nullable() || array.null_count() > 0,
+            Err(_) => true,
+        };
+        let field = Field::new(name, array.data_type().clone(), nullable);
+        added.push((Arc::new(field), array));
+    }
     let mut fields: Vec<Arc<Field>> = Vec::with_capacity(schema.fields().len());
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    let replacement = |name: &str| {
-        new.as_ref().and_then(|n| {
-            let i = n.schema().index_of(name).ok()?;
-            Some((n.schema().fields()[i].clone(), n.column(i).clone()))
-        })
-    };
+    let replacement = |name: &str| added.iter().find(|(f, _)| f.name() == name).cloned();
     for (field, array) in schema.fields().iter().zip(input.columns()) {
         if splice.drop.iter().any(|d| d == field.name()) {
             continue;
@@ -134,12 +171,10 @@ fn splice_onto(input: &RecordBatch, splice: Splice) -> Result<Transformed, Malfo
             }
         }
     }
-    if let Some(new) = &new {
-        for (field, array) in new.schema().fields().iter().zip(new.columns()) {
-            if schema.index_of(field.name()).is_err() {
-                fields.push(field.clone());
-                arrays.push(array.clone());
-            }
+    for (field, array) in &added {
+        if schema.index_of(field.name()).is_err() {
+            fields.push(field.clone());
+            arrays.push(array.clone());
         }
     }
     let options = RecordBatchOptions::new().with_row_count(Some(rows));
@@ -247,7 +282,14 @@ mod tests {
             ],
             drop: vec!["b".into()],
         };
-        let out = apply(&input(), TransformOutput::Splice(splice)).unwrap();
+        let out = apply(
+            &input(),
+            TransformOutput::Splice {
+                splice,
+                computed: Vec::new(),
+            },
+        )
+        .unwrap();
         assert_eq!(columnar::column_names(&out.batch.schema()), "a, c, d");
         assert_eq!(out.rows, Some(vec![1, 3]));
         let a = out
@@ -274,7 +316,14 @@ mod tests {
             columns: Vec::new(),
             drop: Vec::new(),
         };
-        let out = apply(&input(), TransformOutput::Splice(splice)).unwrap();
+        let out = apply(
+            &input(),
+            TransformOutput::Splice {
+                splice,
+                computed: Vec::new(),
+            },
+        )
+        .unwrap();
         let b = out
             .batch
             .column(1)
@@ -322,7 +371,14 @@ mod tests {
             ),
         ];
         for (splice, expected) in cases {
-            let error = apply(&input(), TransformOutput::Splice(splice)).unwrap_err();
+            let error = apply(
+                &input(),
+                TransformOutput::Splice {
+                    splice,
+                    computed: Vec::new(),
+                },
+            )
+            .unwrap_err();
             assert!(error.0.contains(expected), "{error} lacks {expected}");
         }
     }

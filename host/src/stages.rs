@@ -330,12 +330,12 @@ impl StageRunner {
         self.report.bytes_sent += sent_bytes;
         let mut returned_bytes = 0;
         let output = match self.stage.kind {
-            PluginKind::Transform => instance.transform(&wit).and_then(|(out, _)| {
+            PluginKind::Transform => instance.transform_with(batch, &wit).and_then(|(out, _)| {
                 returned_bytes = out.payload_bytes();
                 Ok(StageOutput::Transformed(splice::apply(batch, out)?))
             }),
             PluginKind::Validate => instance
-                .validate(&wit)
+                .validate_with(batch, &wit)
                 .map(|(verdicts, _)| StageOutput::Verdicts(verdicts)),
             PluginKind::Extract => unreachable!("extract stages are rejected by config validation"),
         };

@@ -37,6 +37,7 @@ pub mod validator {
             "weir:plugin/host@0.2.0": crate::bindings::transformer::weir::plugin::host,
             "weir:plugin/stage@0.2.0": crate::bindings::transformer::weir::plugin::stage,
             "weir:plugin/state@0.2.0": crate::bindings::transformer::weir::plugin::state,
+            "weir:plugin/compute@0.2.0": crate::bindings::transformer::weir::plugin::compute,
         },
     });
 }

@@ -111,6 +111,7 @@ mod batch;
 pub mod bindings;
 mod bitmap;
 mod column;
+pub mod compute;
 pub mod host;
 mod splice;
 pub mod state;

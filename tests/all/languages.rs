@@ -96,7 +96,7 @@ fn derives_columns_from_native_values(language: &str) {
         .transform(&to_wit(&sent).unwrap())
         .unwrap_or_else(|e| panic!("{e}"));
     match &output {
-        weir::plugin::TransformOutput::Splice(splice) => {
+        weir::plugin::TransformOutput::Splice { splice, .. } => {
             let names: Vec<&str> = splice
                 .columns
                 .iter()

@@ -20,6 +20,7 @@ mod breaker;
 pub mod cache;
 mod capabilities;
 pub(crate) mod clock;
+pub mod compute;
 mod error;
 pub mod http;
 mod limits;
@@ -83,6 +84,8 @@ fn new_linker() -> Result<wasmtime::component::Linker<PluginState>> {
         .map_err(anyhow::Error::from)
         .context("adding weir:plugin/host@0.2.0 to the linker")?;
     state::add_to_linker(&mut linker).context("adding weir:plugin/state@0.2.0 to the linker")?;
+    compute::add_to_linker(&mut linker)
+        .context("adding weir:plugin/compute@0.2.0 to the linker")?;
     Ok(linker)
 }
 
@@ -501,6 +504,7 @@ impl Plugin {
                 deadline: None,
             },
             state: None,
+            compute: compute::ComputeCall::new(limits.max_memory_bytes),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.memory);
@@ -600,6 +604,9 @@ pub struct PluginState {
     /// The stage's keyed state and this call's writes to it (stateful
     /// stages only, see [`PluginInstance::attach_state`]).
     state: Option<state::StateCall>,
+    /// The running call's column handles and kernel outputs
+    /// (`weir:plugin/compute`).
+    compute: compute::ComputeCall,
 }
 
 impl WasiHttpView for PluginState {
@@ -682,7 +689,15 @@ pub enum TransformOutput {
     Batch(types::RecordBatch),
     /// A row selection and the columns added, replaced or dropped; see
     /// [`crate::splice`].
-    Splice(Splice),
+    Splice {
+        /// What the plugin returned.
+        splice: Splice,
+        /// The columns it emitted with compute kernels
+        /// (`weir:plugin/compute.emit`): (name, one value per input row),
+        /// added to the splice's new columns. They never crossed the
+        /// boundary.
+        computed: Vec<(String, arrow::array::ArrayRef)>,
+    },
 }
 
 impl TransformOutput {
@@ -692,7 +707,7 @@ impl TransformOutput {
     pub fn payload_bytes(&self) -> u64 {
         match self {
             TransformOutput::Batch(batch) => crate::columnar::payload_bytes(batch),
-            TransformOutput::Splice(splice) => {
+            TransformOutput::Splice { splice, .. } => {
                 let selection = match &splice.selection {
                     None => 0,
                     Some(Selection::Mask(mask)) => mask.len(),
@@ -807,6 +822,7 @@ impl PluginInstance {
         if let Some(state) = self.store.data_mut().state.as_mut() {
             state.clear();
         }
+        self.store.data_mut().compute.begin(None);
         self.store.data_mut().call_deadline =
             Instant::now().checked_add(Duration::from_millis(self.limits.timeout_ms));
         self.store
@@ -856,12 +872,37 @@ impl PluginInstance {
         Ok(())
     }
 
-    /// Calls `transform` on `batch`.
+    /// Calls `transform` on `batch` with no Arrow batch behind it: compute
+    /// kernels then find no input column. The stages call
+    /// [`Self::transform_with`].
     ///
     /// # Errors
-    /// Any [`PluginError`] kind; the instance must then be dropped.
+    /// As [`Self::transform_with`].
     pub fn transform(
         &mut self,
+        batch: &types::RecordBatch,
+    ) -> Result<(TransformOutput, CallStats), PluginError> {
+        self.call_transform(None, batch)
+    }
+
+    /// Calls `transform` on `batch`, the columns the stage reads of `input`
+    /// (the whole batch, whose columns compute kernels reach).
+    ///
+    /// # Errors
+    /// Any [`PluginError`] kind; the instance must then be dropped. Columns
+    /// emitted with compute kernels next to a whole-batch output are
+    /// [`PluginError::MalformedOutput`].
+    pub fn transform_with(
+        &mut self,
+        input: &arrow::record_batch::RecordBatch,
+        batch: &types::RecordBatch,
+    ) -> Result<(TransformOutput, CallStats), PluginError> {
+        self.call_transform(Some(input), batch)
+    }
+
+    fn call_transform(
+        &mut self,
+        input: Option<&arrow::record_batch::RecordBatch>,
         batch: &types::RecordBatch,
     ) -> Result<(TransformOutput, CallStats), PluginError> {
         use v0_2::transformer::exports::weir::plugin::transform::Output;
@@ -871,17 +912,27 @@ impl PluginInstance {
                 self.arm();
                 let started = Instant::now();
                 let result = block_on(exports.call_transform(&mut self.store, batch));
-                (result.map(|r| r.map(TransformOutput::Batch)), started)
+                (
+                    result.map(|r| r.map(|b| Ok(TransformOutput::Batch(b)))),
+                    started,
+                )
             }
             Exports::Transform2(exports) => {
                 let exports = exports.weir_plugin_transform().clone();
                 self.arm();
+                self.store.data_mut().compute.begin(input.cloned());
                 let started = Instant::now();
                 let result = block_on(exports.call_transform(&mut self.store, batch));
+                let computed = self.store.data_mut().compute.take_outputs().emitted;
                 let output = result.map(|r| {
                     r.map(|output| match output {
-                        Output::Batch(batch) => TransformOutput::Batch(batch),
-                        Output::Splice(splice) => TransformOutput::Splice(splice),
+                        Output::Batch(batch) if computed.is_empty() => {
+                            Ok(TransformOutput::Batch(batch))
+                        }
+                        Output::Batch(_) => Err(PluginError::MalformedOutput(
+                            "columns emitted with compute kernels need a splice output, not a whole batch".into(),
+                        )),
+                        Output::Splice(splice) => Ok(TransformOutput::Splice { splice, computed }),
                     })
                 });
                 (output, started)
@@ -892,18 +943,42 @@ impl PluginInstance {
         let stats = self.stats(started);
         let output = result
             .map_err(|e| self.classify(&e))?
-            .map_err(PluginError::returned)?;
+            .map_err(PluginError::returned)??;
         self.check_output(output.payload_bytes())?;
         Ok((output, stats))
     }
 
-    /// Calls `validate` on `batch`.
+    /// Calls `validate` on `batch` with no Arrow batch behind it: compute
+    /// kernels then find no input column. The stages call
+    /// [`Self::validate_with`].
+    ///
+    /// # Errors
+    /// As [`Self::validate_with`].
+    pub fn validate(
+        &mut self,
+        batch: &types::RecordBatch,
+    ) -> Result<(Vec<Verdict>, CallStats), PluginError> {
+        self.call_validate(None, batch)
+    }
+
+    /// Calls `validate` on `batch`, the columns the stage reads of `input`
+    /// (the whole batch, whose columns compute kernels reach); rows a
+    /// kernel `reject`ed are added to the verdicts, after those returned.
     ///
     /// # Errors
     /// Any [`PluginError`] kind; a verdict naming a row outside the batch is
     /// [`PluginError::MalformedOutput`].
-    pub fn validate(
+    pub fn validate_with(
         &mut self,
+        input: &arrow::record_batch::RecordBatch,
+        batch: &types::RecordBatch,
+    ) -> Result<(Vec<Verdict>, CallStats), PluginError> {
+        self.call_validate(Some(input), batch)
+    }
+
+    fn call_validate(
+        &mut self,
+        input: Option<&arrow::record_batch::RecordBatch>,
         batch: &types::RecordBatch,
     ) -> Result<(Vec<Verdict>, CallStats), PluginError> {
         let (result, started) = match &self.exports {
@@ -919,8 +994,10 @@ impl PluginInstance {
             Exports::Validate2(exports) => {
                 let exports = exports.weir_plugin_validate().clone();
                 self.arm();
+                self.store.data_mut().compute.begin(input.cloned());
                 let started = Instant::now();
                 let result = block_on(exports.call_validate(&mut self.store, batch));
+                let rejected = self.store.data_mut().compute.take_outputs().rejected;
                 // The two versions' verdicts are the same record.
                 let result = result.map(|r| {
                     r.map(|verdicts| {
@@ -931,6 +1008,13 @@ impl PluginInstance {
                                 rule: v.rule,
                                 message: v.message,
                             })
+                            .chain(rejected.into_iter().flat_map(|(rows, rule, message)| {
+                                rows.into_iter().map(move |row| Verdict {
+                                    row,
+                                    rule: rule.clone(),
+                                    message: message.clone(),
+                                })
+                            }))
                             .collect::<Vec<_>>()
                     })
                 });
