@@ -37,6 +37,9 @@ pub const JS_SDK: &str = include_str!("../../../sdk/js/weir.js");
 /// `sdk/js/weir-state.js`, the JavaScript SDK's keyed state (imported as
 /// `./weir-state.js` by plugins built with `state = true`).
 pub const JS_STATE_SDK: &str = include_str!("../../../sdk/js/weir-state.js");
+/// `sdk/js/weir-compute.js`, the JavaScript SDK's compute kernels (imported
+/// as `./weir-compute.js` by transform and validate plugins that use them).
+pub const JS_COMPUTE_SDK: &str = include_str!("../../../sdk/js/weir-compute.js");
 
 /// A language plugins can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

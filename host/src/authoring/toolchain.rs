@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::{JS_SDK, JS_STATE_SDK, Language, MANIFEST, Manifest, PYTHON_SDK, WIT};
+use super::{JS_COMPUTE_SDK, JS_SDK, JS_STATE_SDK, Language, MANIFEST, Manifest, PYTHON_SDK, WIT};
 use crate::plugin::{Origin, Plugin, PluginKind};
 
 /// The componentize-py version weir is tested with (PyPI).
@@ -468,6 +468,7 @@ fn build_js(dir: &Path, scratch: &Path, wit_dir: &Path, world: &str, out: &Path)
     copy_sources(dir, &sources)?;
     write(&sources.join("weir.js"), JS_SDK)?;
     write(&sources.join("weir-state.js"), JS_STATE_SDK)?;
+    write(&sources.join("weir-compute.js"), JS_COMPUTE_SDK)?;
     let driver = scratch.join("componentize.mjs");
     write(&driver, COMPONENTIZE_JS_DRIVER)?;
     let mut command = Command::new(node);

@@ -27,6 +27,13 @@ as an ``internal`` plugin error carrying the exception's type, message and
 the line it came from. Either way the host quarantines the batch's rows with
 that message and carries on.
 
+Columnar work is fastest on the host: ``batch.col("arr_delay") > 60`` is a
+:class:`Col`, a handle on a column the host keeps, and operators and
+methods on it run as Arrow kernels on the host instead of a Python loop
+(see :class:`Col`). ``batch.with_column(name, col)`` adds a kernel column
+without it crossing into Python, ``batch.filter(mask)`` takes a boolean
+``Col``, and a validator fails rows with :func:`reject`.
+
 The stage's ``[stages.config]`` table is :func:`config` (a dict); log lines
 go to the host's log with :func:`log` (or :func:`info`, :func:`warn`...).
 """
@@ -54,6 +61,11 @@ try:
     from wit_world.imports import state as _wit_state
 except ImportError:
     _wit_state = None
+try:
+    # The transform and validate worlds import the host's compute kernels.
+    from wit_world.imports import compute as _compute
+except ImportError:
+    _compute = None
 
 __all__ = [
     "state",
@@ -65,6 +77,7 @@ __all__ = [
     "TIMESTAMP",
     "UTF8",
     "Batch",
+    "Col",
     "DataType",
     "Extractor",
     "Field",
@@ -76,11 +89,15 @@ __all__ = [
     "Transformer",
     "Validator",
     "Verdict",
+    "col",
     "config",
     "debug",
     "error",
+    "if_else",
     "info",
+    "lit",
     "log",
+    "reject",
     "timestamp",
     "warn",
 ]
@@ -427,7 +444,7 @@ class Batch:
     def _to_wit(self) -> Any:
         fields, columns = [], []
         for field, column in zip(self._fields, self._columns):
-            if not isinstance(column, list) and self._rows is not None:
+            if isinstance(column, Col) or (not isinstance(column, list) and self._rows is not None):
                 column = self.column(field.name)
             if isinstance(column, list):
                 column = _encode(field.name, field.type, column)
@@ -461,8 +478,12 @@ class Batch:
             if isinstance(column, list) and repeated:
                 return None
             changed.append((field, column))
-        new_columns = []
+        new_columns, computed = [], []
         for field, column in changed:
+            if isinstance(column, Col):
+                # Kernel columns hold the input's rows and stay on the host.
+                computed.append((field.name, column))
+                continue
             if isinstance(column, list):
                 if self._rows is not None:
                     # Computed on the selected rows: spread onto the input's
@@ -477,6 +498,8 @@ class Batch:
             new_columns.append(_stage.NewColumn(wit_field, column))
         drop = [field.name for field in source.fields if field.name not in self._index]
         selection = None if self._rows is None else _stage.Selection_Indices(list(self._rows))
+        for name, column in computed:
+            _kernel(_compute.emit, name, column._handle)
         return _stage.Splice(selection, new_columns, drop)
 
     # -- reading -----------------------------------------------------------
@@ -515,6 +538,18 @@ class Batch:
         column = self._columns[i]
         if isinstance(column, list):
             return column
+        if isinstance(column, Col):
+            # Read once; a kernel column has the input's rows (or is a scalar).
+            values = self._cache.get(("col", column._handle))
+            if values is None:
+                info = _kernel(_compute.info, column._handle)
+                full = _decode(column._read(), info.len)
+                if info.is_scalar:
+                    values = full * self._num_rows
+                else:
+                    values = full if self._rows is None else [full[row] for row in self._rows]
+                self._cache[("col", column._handle)] = values
+            return values
         values = self._cache.get(id(column))
         if values is None:
             if self._rows is None:
@@ -526,6 +561,30 @@ class Batch:
         return values
 
     __getitem__ = column
+
+    def col(self, name: str) -> Col:
+        """Column ``name`` as a :class:`Col`, for kernels on the host. A
+        name this batch does not have (a column the stage does not read,
+        so it was not sent) is looked up in the input batch on the host.
+
+        Raises :class:`InvalidInput` when neither has it, and
+        ``ValueError`` for a Python-list column of a filtered batch
+        (kernel columns have the input's rows)."""
+        if name not in self._index:
+            return Col(_kernel(_compute.input, name))
+        field = self._fields[self._index[name]]
+        column = self._columns[self._index[name]]
+        if isinstance(column, Col):
+            return column
+        if isinstance(column, list):
+            if self._rows is not None:
+                raise ValueError(f"column {name!r} was computed on filtered rows; kernels need the input's rows")
+            return Col(_kernel(_compute.from_column, _encode(name, field.type, column)))
+        source = self._input
+        for original_field, original in zip(source.fields, source.columns):
+            if original is column:
+                return Col(_kernel(_compute.input, original_field.name))
+        raise ValueError(f"column {name!r} is not one of the input's")
 
     def rows(self) -> Iterator[dict]:
         """The rows, each a dict from column name to value."""
@@ -543,7 +602,7 @@ class Batch:
     def with_column(
         self,
         name: str,
-        values: Sequence[Any],
+        values: Union[Sequence[Any], Col],
         type: Optional[DataType] = None,
         nullable: Optional[bool] = None,
     ) -> "Batch":
@@ -551,9 +610,16 @@ class Batch:
         place when it exists, else appended. The type is ``type``, else the
         existing column's, else inferred as in :meth:`from_columns`;
         ``nullable`` defaults to the existing column's, else true (a
-        column holding a null is always sent as nullable)."""
-        values = list(values)
+        column holding a null is always sent as nullable).
+
+        ``values`` may be a :class:`Col` (kernel results, with the input's
+        rows): it then stays on the host, its type is its own, and the host
+        applies this batch's row selection to it."""
         existing = self._fields[self._index[name]] if name in self._index else None
+        if isinstance(values, Col):
+            type = values.type
+        else:
+            values = list(values)
         if type is None:
             type = existing.type if existing else _infer_type(name, values)
         if nullable is None:
@@ -599,9 +665,17 @@ class Batch:
         rows = indices if self._rows is None else [self._rows[i] for i in indices]
         return Batch(self._fields, columns, len(indices), self._input, rows)
 
-    def filter(self, keep: Union[Sequence[bool], Callable[[dict], bool]]) -> "Batch":
+    def filter(self, keep: Union[Sequence[bool], Callable[[dict], bool], Col]) -> "Batch":
         """The rows where ``keep`` is true: a list of ``num_rows`` booleans,
-        or a function of the row dict."""
+        a function of the row dict, or a boolean :class:`Col` over the
+        input's rows (null counts as false; no value crosses per row but
+        the kept rows' indices)."""
+        if isinstance(keep, Col):
+            chosen = _kernel(_compute.selected, keep._handle)
+            if self._rows is None:
+                return self.take(chosen)
+            wanted = set(chosen)
+            return self.take([i for i, row in enumerate(self._rows) if row in wanted])
         if callable(keep):
             mask = [bool(keep(row)) for row in self.rows()]
         else:
@@ -619,6 +693,258 @@ class Batch:
     def __repr__(self) -> str:
         columns = ", ".join(f"{f.name}: {f.type}" for f in self._fields)
         return f"Batch({self._num_rows} rows; {columns})"
+
+
+# --------------------------------------------------------------------------
+# Compute kernels on the host
+
+
+def _kernel(call: Callable[..., Any], *args: Any) -> Any:
+    """Calls a ``compute`` function; its error becomes :class:`InvalidInput`."""
+    if _compute is None:
+        raise RuntimeError("compute kernels are available to transform and validate plugins only")
+    try:
+        return call(*args)
+    except _Err as failure:
+        raise InvalidInput(getattr(failure.value, "value", str(failure.value))) from None
+
+
+def _scalar(value: Any) -> Any:
+    if value is None:
+        return _compute.Scalar_Null()
+    if isinstance(value, bool):
+        return _compute.Scalar_Boolean(value)
+    if isinstance(value, int):
+        return _compute.Scalar_Int64(value)
+    if isinstance(value, float):
+        return _compute.Scalar_Float64(value)
+    if isinstance(value, str):
+        return _compute.Scalar_Utf8(value)
+    if isinstance(value, (bytes, bytearray)):
+        return _compute.Scalar_Binary(bytes(value))
+    raise TypeError(f"no scalar for a {type(value).__name__}: use bool, int, float, str, bytes or None")
+
+
+class Col:
+    """A column (or scalar) the host keeps for the running call.
+
+    Get one with :meth:`Batch.col` (any column of the input batch, even
+    one :meth:`Transformer.reads` does not list) or :func:`lit`. Operators
+    and methods run as Arrow kernels on the host and return a new ``Col``;
+    nothing crosses into Python until :meth:`to_list`. Plain values
+    (``int``, ``float``, ``str``, ``bool``, ``bytes``, ``None``) mix in
+    as scalars::
+
+        late = batch.col("arr_delay") > 60             # boolean Col
+        gain = batch.col("dep_delay") - batch.col("arr_delay")
+        both = late & ~batch.col("tailnum").is_null()
+
+    Comparisons give booleans (null where an operand is null); ``&``,
+    ``|``, ``^`` and ``~`` are Kleene logic on booleans (Python's ``and``,
+    ``or`` and ``not`` cannot be overloaded and raise ``TypeError``).
+    int64 and float64 mix as float64; int64 overflow and division by zero
+    raise :class:`InvalidInput`, as does any type a kernel does not take.
+    A ``Col`` is valid until ``process`` returns.
+    """
+
+    __slots__ = ("_handle",)
+    __hash__ = None  # == builds a column, so a Col cannot be a dict key
+
+    def __init__(self, handle: int):
+        self._handle = handle
+
+    @staticmethod
+    def _of(value: Any) -> "Col":
+        return value if isinstance(value, Col) else lit(value)
+
+    def _compare(self, op: Any, other: Any) -> "Col":
+        return Col(_kernel(_compute.compare, self._handle, op, Col._of(other)._handle))
+
+    def _arith(self, op: Any, a: Any, b: Any) -> "Col":
+        return Col(_kernel(_compute.arith, Col._of(a)._handle, op, Col._of(b)._handle))
+
+    def _logic(self, op: Any, a: Any, b: Any) -> "Col":
+        return Col(_kernel(_compute.logic, Col._of(a)._handle, op, Col._of(b)._handle))
+
+    def __eq__(self, other: Any) -> "Col":  # type: ignore[override]
+        return self._compare(_compute.CmpOp.EQ, other)
+
+    def __ne__(self, other: Any) -> "Col":  # type: ignore[override]
+        return self._compare(_compute.CmpOp.NE, other)
+
+    def __lt__(self, other: Any) -> "Col":
+        return self._compare(_compute.CmpOp.LT, other)
+
+    def __le__(self, other: Any) -> "Col":
+        return self._compare(_compute.CmpOp.LE, other)
+
+    def __gt__(self, other: Any) -> "Col":
+        return self._compare(_compute.CmpOp.GT, other)
+
+    def __ge__(self, other: Any) -> "Col":
+        return self._compare(_compute.CmpOp.GE, other)
+
+    def __add__(self, other: Any) -> "Col":
+        return self._arith(_compute.ArithOp.ADD, self, other)
+
+    def __radd__(self, other: Any) -> "Col":
+        return self._arith(_compute.ArithOp.ADD, other, self)
+
+    def __sub__(self, other: Any) -> "Col":
+        return self._arith(_compute.ArithOp.SUB, self, other)
+
+    def __rsub__(self, other: Any) -> "Col":
+        return self._arith(_compute.ArithOp.SUB, other, self)
+
+    def __mul__(self, other: Any) -> "Col":
+        return self._arith(_compute.ArithOp.MUL, self, other)
+
+    def __rmul__(self, other: Any) -> "Col":
+        return self._arith(_compute.ArithOp.MUL, other, self)
+
+    def __truediv__(self, other: Any) -> "Col":
+        return self._arith(_compute.ArithOp.DIV, self, other)
+
+    def __rtruediv__(self, other: Any) -> "Col":
+        return self._arith(_compute.ArithOp.DIV, other, self)
+
+    def __mod__(self, other: Any) -> "Col":
+        return self._arith(_compute.ArithOp.REM, self, other)
+
+    def __rmod__(self, other: Any) -> "Col":
+        return self._arith(_compute.ArithOp.REM, other, self)
+
+    def __and__(self, other: Any) -> "Col":
+        return self._logic(_compute.BoolOp.AND, self, other)
+
+    def __rand__(self, other: Any) -> "Col":
+        return self._logic(_compute.BoolOp.AND, other, self)
+
+    def __or__(self, other: Any) -> "Col":
+        return self._logic(_compute.BoolOp.OR, self, other)
+
+    def __ror__(self, other: Any) -> "Col":
+        return self._logic(_compute.BoolOp.OR, other, self)
+
+    def __xor__(self, other: Any) -> "Col":
+        return self._logic(_compute.BoolOp.XOR, self, other)
+
+    def __invert__(self) -> "Col":
+        return Col(_kernel(_compute.invert, self._handle))
+
+    def __bool__(self) -> bool:
+        raise TypeError("a Col has no single truth value: combine masks with &, | and ~, not and/or/not")
+
+    def is_null(self) -> "Col":
+        """Boolean: whether each value is null (never null itself)."""
+        return Col(_kernel(_compute.is_null, self._handle))
+
+    def fill_null(self, value: Any) -> "Col":
+        """This column with nulls replaced by ``value`` (a scalar or a Col)."""
+        return Col(_kernel(_compute.fill_null, self._handle, Col._of(value)._handle))
+
+    def cast(self, type: DataType) -> "Col":
+        """Converted to ``type`` with Arrow's cast rules; a value that does
+        not convert raises :class:`InvalidInput`."""
+        return Col(_kernel(_compute.cast, self._handle, _type_to_wit(type)))
+
+    def lower(self) -> "Col":
+        """utf8, lowercased (Unicode)."""
+        return Col(_kernel(_compute.text, self._handle, _compute.TextOp.LOWERCASE))
+
+    def upper(self) -> "Col":
+        """utf8, uppercased (Unicode)."""
+        return Col(_kernel(_compute.text, self._handle, _compute.TextOp.UPPERCASE))
+
+    def strip(self) -> "Col":
+        """utf8 without white space at both ends."""
+        return Col(_kernel(_compute.text, self._handle, _compute.TextOp.TRIM))
+
+    def str_len(self) -> "Col":
+        """int64: each utf8 value's length in characters."""
+        return Col(_kernel(_compute.text, self._handle, _compute.TextOp.LENGTH))
+
+    def contains(self, text: str) -> "Col":
+        """Boolean: whether each utf8 value contains ``text``."""
+        return Col(_kernel(_compute.matches, self._handle, _compute.MatchOp.CONTAINS, text))
+
+    def startswith(self, text: str) -> "Col":
+        """Boolean: whether each utf8 value starts with ``text``."""
+        return Col(_kernel(_compute.matches, self._handle, _compute.MatchOp.STARTS_WITH, text))
+
+    def endswith(self, text: str) -> "Col":
+        """Boolean: whether each utf8 value ends with ``text``."""
+        return Col(_kernel(_compute.matches, self._handle, _compute.MatchOp.ENDS_WITH, text))
+
+    def matches(self, pattern: str) -> "Col":
+        """Boolean: whether each utf8 value matches the regex ``pattern``
+        (Rust ``regex`` syntax, unanchored)."""
+        return Col(_kernel(_compute.matches, self._handle, _compute.MatchOp.REGEX, pattern))
+
+    def sha256(self, salt: Union[str, bytes] = b"") -> "Col":
+        """binary: the SHA-256 of ``salt`` followed by each value (utf8,
+        binary, or int64 as decimal text)."""
+        return Col(_kernel(_compute.hash, self._handle, _compute.HashOp.SHA256, _key_bytes(salt)))
+
+    def sha256_hex(self, salt: Union[str, bytes] = b"") -> "Col":
+        """utf8: :meth:`sha256` as 64 lowercase hex characters."""
+        return Col(_kernel(_compute.hash, self._handle, _compute.HashOp.SHA256_HEX, _key_bytes(salt)))
+
+    def bucket(self, breaks: Sequence[float]) -> "Col":
+        """int64: for each number ``v`` the first ``i`` with
+        ``v <= breaks[i]`` (``breaks`` ascending), else ``len(breaks)``."""
+        return Col(_kernel(_compute.bucket, self._handle, [float(b) for b in breaks]))
+
+    def lookup(self, labels: Sequence[str]) -> "Col":
+        """utf8: ``labels[i]`` for each int64 ``i``; null when out of range."""
+        return Col(_kernel(_compute.lookup, self._handle, [str(label) for label in labels]))
+
+    @property
+    def type(self) -> DataType:
+        """The values' type."""
+        return _type_from_wit(_kernel(_compute.info, self._handle).data_type)
+
+    def __len__(self) -> int:
+        return _kernel(_compute.info, self._handle).len
+
+    @property
+    def null_count(self) -> int:
+        """How many values are null."""
+        return _kernel(_compute.info, self._handle).null_count
+
+    def _read(self) -> Any:
+        return _kernel(_compute.read, self._handle)
+
+    def to_list(self) -> list:
+        """The values as a Python list (``None`` for nulls): the one step
+        that copies them into Python."""
+        return _decode(self._read(), len(self))
+
+    def __repr__(self) -> str:
+        info = _kernel(_compute.info, self._handle)
+        shape = "scalar" if info.is_scalar else f"{info.len} values"
+        return f"Col({_type_from_wit(info.data_type)}, {shape})"
+
+
+def lit(value: Any) -> Col:
+    """A scalar ``Col`` (broadcast against columns); ``None`` is a null
+    that takes the other operand's type."""
+    return Col(_kernel(_compute.literal, _scalar(value)))
+
+
+def if_else(mask: Col, when_true: Any, when_false: Any) -> Col:
+    """``when_true`` where the boolean ``mask`` is true, else ``when_false``
+    (a null mask picks ``when_false``); each a Col or a scalar."""
+    return Col(
+        _kernel(_compute.if_else, mask._handle, Col._of(when_true)._handle, Col._of(when_false)._handle)
+    )
+
+
+def reject(mask: Col, rule: str, message: str) -> None:
+    """In a validator: fails ``rule`` with ``message`` on every row where
+    the boolean ``mask`` is true (a null passes). The rows join the
+    verdicts ``process`` returns, without a verdict crossing per row."""
+    _kernel(_compute.reject, mask._handle, rule, message)
 
 
 # --------------------------------------------------------------------------
