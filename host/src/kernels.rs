@@ -22,7 +22,7 @@ use arrow::array::{
 };
 use arrow::compute::kernels::{boolean, cmp, numeric, zip};
 use arrow::compute::{CastOptions, cast_with_options};
-use arrow::datatypes::{DataType, Float64Type, Int64Type};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType};
 use arrow::error::ArrowError;
 use sha2::{Digest, Sha256};
 
@@ -284,6 +284,21 @@ pub fn fill_null(a: &Value, b: &Value) -> Result<Value> {
 /// # Errors
 /// A value that does not convert, or a cast Arrow does not do.
 pub fn cast(a: &Value, to: &DataType) -> Result<Value> {
+    // The contract's timestamps are µs since the epoch whatever their zone
+    // (the zone is how to show them), so a new zone relabels the values;
+    // Arrow would reinterpret a zoneless one as local time in that zone.
+    if let (
+        DataType::Timestamp(TimeUnit::Microsecond, _),
+        DataType::Timestamp(TimeUnit::Microsecond, zone),
+    ) = (a.array.data_type(), to)
+    {
+        let relabelled = a
+            .array
+            .as_primitive::<TimestampMicrosecondType>()
+            .clone()
+            .with_timezone_opt(zone.clone());
+        return result(Arc::new(relabelled), &[a]);
+    }
     let out = cast_value(a, to)?;
     result(out.array, &[a])
 }

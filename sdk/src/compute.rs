@@ -70,6 +70,17 @@ macro_rules! scalar_operand {
 scalar_operand!(bool => Boolean, i64 => Int64, i32 => Int64, f64 => Float64, &str => Utf8, String => Utf8);
 
 impl Col {
+    /// The handle's number (valid for the call that made it).
+    pub fn handle(&self) -> u32 {
+        self.0
+    }
+
+    /// A handle from its number, as [`Col::handle`] gave it: a number from
+    /// an earlier call is refused by every kernel.
+    pub fn from_handle(handle: u32) -> Col {
+        Col(handle)
+    }
+
     /// The input batch's column `name`.
     ///
     /// # Errors

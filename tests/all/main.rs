@@ -11,6 +11,7 @@ mod flights;
 mod hostile;
 mod hot_reload;
 mod http;
+mod kernels;
 mod languages;
 mod latest;
 mod malformed_input;
