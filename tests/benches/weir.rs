@@ -917,6 +917,77 @@ path = {quarantine:?}
             }),
         );
     }
+    results.insert("mask".into(), mask_kernel(&data, out.path())?);
+    Ok(serde_json::Value::Object(results))
+}
+
+/// `mask` (salted hex SHA-256 of three text columns of the full flights
+/// data): the built-in Rust plugin hashing in WebAssembly (software
+/// SHA-256) against the Python plugin calling the host's SHA-256 kernel.
+fn mask_kernel(data: &Path, out: &Path) -> Result<serde_json::Value> {
+    let mut results = serde_json::Map::new();
+    println!("mask (hex SHA-256 of tailnum, origin, dest; full flights data, 1 worker):");
+    let python = weir_tests::built_plugin("examples/flights/plugins/mask-python");
+    for (name, plugin) in [
+        ("wasm_sha256", "builtin:mask".to_string()),
+        ("kernel_sha256", python.display().to_string()),
+    ] {
+        let text = format!(
+            r#"
+[pipeline]
+name = "mask-{name}"
+batch_size = 8192
+workers = 1
+
+[source]
+format = "csv"
+path = {data:?}
+null_values = ["NA"]
+
+[[stages]]
+name = "mask"
+kind = "transform"
+plugin = {plugin:?}
+config = {{ salt = "weir-flights-example", sha256 = ["tailnum", "origin", "dest"] }}
+
+[sink]
+format = "parquet"
+path = {sink:?}
+mode = "overwrite"
+
+[quarantine]
+format = "jsonl"
+path = {quarantine:?}
+"#,
+            sink = out.join(format!("mask-{name}")).display().to_string(),
+            quarantine = out
+                .join(format!("mask-{name}-quarantine.jsonl"))
+                .display()
+                .to_string(),
+        );
+        let file = out.join(format!("mask-{name}.toml"));
+        std::fs::write(&file, &text)?;
+        let pipeline = Pipeline::build(PipelineConfig::from_toml(&text, &file)?, &file)?;
+        let (mut written, mut call_ms) = (0, 0.0);
+        let run = median(3, || {
+            let report = pipeline.run(&RunOptions::default()).unwrap();
+            written = report.records.written;
+            call_ms = report.stages[0].call_time_ms;
+        });
+        println!(
+            "  {name:<14} {:>9.0} records/s, time in the stage's calls {:>7.1} ms",
+            written as f64 / run.as_secs_f64(),
+            call_ms
+        );
+        results.insert(
+            name.into(),
+            json!({
+                "records_per_s": written as f64 / run.as_secs_f64(),
+                "run_s": run.as_secs_f64(),
+                "call_ms": call_ms,
+            }),
+        );
+    }
     Ok(serde_json::Value::Object(results))
 }
 
