@@ -163,7 +163,18 @@ export function col(name) {
 
 /** A scalar, broadcast against columns; null takes the other side's type. */
 export function lit(value) {
-  return new Col(compute.literal(scalar(value)));
+  const wit = scalar(value);
+  // componentize-js 0.23 traps ("coreabi_from_bigint64") lowering this
+  // variant's s64 case with a negative value; its f64 case shares the
+  // same 64-bit slot, so floats take the same detour to be safe: they
+  // cross as text the host casts back, which is exact (JavaScript prints
+  // the shortest digits that parse to the same value).
+  if (wit.tag === 'float64' || (wit.tag === 'int64' && wit.val < 0n)) {
+    const text = Number.isNaN(value) ? 'NaN' : value === Infinity ? 'inf' : value === -Infinity ? '-inf' : String(value);
+    const handle = compute.literal({ tag: 'utf8', val: text });
+    return new Col(kernel(() => compute.cast(handle, { tag: wit.tag })));
+  }
+  return new Col(compute.literal(wit));
 }
 
 /** `whenTrue` where `mask` is true, else `whenFalse` (a null mask picks `whenFalse`). */

@@ -141,6 +141,96 @@ fn derives_columns_from_native_values(language: &str) {
     }
 }
 
+/// `kernels` mode: columns computed with the host's compute kernels through
+/// the SDK's wrappers (operators, scalars on either side, if-else, a kernel
+/// mask as the row filter), with one column sent; the same expressions through
+/// `weir::kernels` directly must give the same columns.
+fn computes_with_host_kernels(language: &str) {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, BooleanArray, Int64Array};
+    use weir::kernels::{self as k, Value};
+
+    let batch = weir_tests::every_type(300);
+    // Only int64 is sent (the plugin checks `to_list` against it); the
+    // kernels reach the other columns on the host.
+    let config = serde_json::json!({ "mode": "kernels", "reads": ["int64"] });
+    let mut instance = probe(language)
+        .instantiate("probe", config.to_string().into(), Limits::default())
+        .unwrap();
+    let sent = weir::splice::project(&batch, instance.reads());
+    assert_eq!(sent.num_columns(), 1, "{language}: only int64 is sent");
+    let (output, _) = instance
+        .transform_with(&batch, &to_wit(&sent).unwrap())
+        .unwrap_or_else(|e| panic!("{language}: {e}"));
+    let out = weir::splice::apply(&batch, output).unwrap().batch;
+
+    let col = |name: &str| Value::column(batch.column_by_name(name).unwrap().clone());
+    let int = |v: i64| Value::scalar(Arc::new(Int64Array::from(vec![v])) as ArrayRef);
+    let float =
+        |v: f64| Value::scalar(Arc::new(arrow::array::Float64Array::from(vec![v])) as ArrayRef);
+    let text = |v: &str| Value::scalar(Arc::new(StringArray::from(vec![v])) as ArrayRef);
+    let (i, f, s) = (col("int64"), col("float64"), col("utf8"));
+    let positive = k::compare(&i, k::Cmp::Gt, &int(0)).unwrap();
+    let half = k::arith(&i, k::Arith::Mul, &float(0.5)).unwrap();
+    let mix = k::arith(
+        &k::arith(&int(1), k::Arith::Sub, &half).unwrap(),
+        k::Arith::Add,
+        &f,
+    )
+    .unwrap();
+    let big = k::compare(&f, k::Cmp::Gt, &float(100.5)).unwrap();
+    let either = k::logic(&col("boolean"), k::Logic::Or, &big).unwrap();
+    let text_valid = k::invert(&k::is_null(&s)).unwrap();
+    let expected: Vec<(&str, Value)> = vec![
+        ("k_gt", positive.clone()),
+        ("k_mix", mix),
+        (
+            "k_logic",
+            k::logic(&either, k::Logic::And, &text_valid).unwrap(),
+        ),
+        ("k_upper", k::text(&s, k::Text::Uppercase).unwrap()),
+        ("k_len", k::text(&s, k::Text::Length).unwrap()),
+        ("k_fill", k::fill_null(&i, &int(-1)).unwrap()),
+        ("k_sha", k::hash(&s, k::Hash::Sha256Hex, b"salt").unwrap()),
+        ("k_if", k::if_else(&positive, &text("pos"), &s).unwrap()),
+        (
+            "k_class",
+            k::lookup(
+                &k::bucket(&f, &[10.0, 50.5]).unwrap(),
+                &["low".into(), "mid".into(), "high".into()],
+            )
+            .unwrap(),
+        ),
+    ];
+    let keep: BooleanArray = batch
+        .column_by_name("boolean")
+        .unwrap()
+        .as_boolean()
+        .iter()
+        .map(|v| Some(v == Some(true)))
+        .collect();
+    assert_eq!(out.num_rows(), keep.true_count(), "{language}: rows kept");
+    for (name, value) in expected {
+        let want = arrow::compute::filter(value.array.as_ref(), &keep).unwrap();
+        assert_eq!(
+            out.column_by_name(name).unwrap().as_ref(),
+            want.as_ref(),
+            "{language}: {name}"
+        );
+    }
+}
+
+#[test]
+fn python_sdk_computes_with_host_kernels() {
+    computes_with_host_kernels("python");
+}
+
+#[test]
+fn js_sdk_computes_with_host_kernels() {
+    computes_with_host_kernels("js");
+}
+
 fn exception_is_a_plugin_error_with_the_message(language: &str, expected: &[&str]) {
     let path = probe_path(language);
     let message = contained(path.to_str().unwrap(), "raise", "", "plugin_error");
