@@ -263,6 +263,53 @@ fn boundary() -> serde_json::Value {
         }
     });
 
+    // The same filter written with the host's compute kernels (a `gt`
+    // kernel, then `selected` as the splice's selection): nothing is sent.
+    let kernels_plugin = load(weir_tests::KERNELS);
+    let mut kernel_filter = kernels_plugin
+        .instantiate("bench", r#"{"mode":"filter"}"#.into(), limits)
+        .unwrap();
+    let kernel_filter_time = median(7, || {
+        for batch in &batches {
+            let sent = weir::splice::project(batch, kernel_filter.reads());
+            let (out, _) = kernel_filter
+                .transform_with(batch, &to_wit(&sent).unwrap())
+                .unwrap();
+            std::hint::black_box(weir::splice::apply(batch, out).unwrap());
+        }
+    });
+
+    // String-heavy: lowercase a utf8 column, 8192-row batches, arrow in and
+    // arrow out. Native: the same `str::to_lowercase` per value into an
+    // arrow StringArray; component: the kernel, or the loop in the guest.
+    let texts: Vec<RecordBatch> = (0..rows / 8192)
+        .map(|i| text.slice(i * 8192, 8192))
+        .collect();
+    let native_lower = median(7, || {
+        for batch in &texts {
+            let values = batch.column(0).as_string::<i32>();
+            let lower: StringArray = values.iter().map(|v| v.map(str::to_lowercase)).collect();
+            let out = RecordBatch::try_from_iter([("tailnum", Arc::new(lower) as ArrayRef)]);
+            std::hint::black_box(out.unwrap());
+        }
+    });
+    let lower_instance = |mode: &str| {
+        let mut instance = kernels_plugin
+            .instantiate("bench", format!(r#"{{"mode":"{mode}"}}"#).into(), limits)
+            .unwrap();
+        median(7, || {
+            for batch in &texts {
+                let sent = weir::splice::project(batch, instance.reads());
+                let (out, _) = instance
+                    .transform_with(batch, &to_wit(&sent).unwrap())
+                    .unwrap();
+                std::hint::black_box(weir::splice::apply(batch, out).unwrap());
+            }
+        })
+    };
+    let kernel_lower = lower_instance("lower");
+    let guest_lower = lower_instance("lower_guest");
+
     let gbps = |bytes: f64, d: Duration| bytes / d.as_secs_f64() / 1e9;
     println!("boundary (identity component unless noted; {rows} rows):");
     println!(
@@ -306,8 +353,25 @@ fn boundary() -> serde_json::Value {
         native_filter_1m.as_secs_f64() * 1e3,
         wasm_filter_1m.as_secs_f64() / native_filter_1m.as_secs_f64()
     );
+    println!(
+        "  numeric filter with compute kernels: component {:.2} ms → {:.2}× native",
+        kernel_filter_time.as_secs_f64() * 1e3,
+        kernel_filter_time.as_secs_f64() / native_filter.as_secs_f64()
+    );
+    println!(
+        "  lowercase utf8, 8192-row batches: native {:.2} ms; component with the kernel {:.2} ms → {:.2}× native; looping in the guest {:.2} ms → {:.2}× native",
+        native_lower.as_secs_f64() * 1e3,
+        kernel_lower.as_secs_f64() * 1e3,
+        kernel_lower.as_secs_f64() / native_lower.as_secs_f64(),
+        guest_lower.as_secs_f64() * 1e3,
+        guest_lower.as_secs_f64() / native_lower.as_secs_f64()
+    );
     json!({
         "rows": rows,
+        "filter_kernel_ratio": kernel_filter_time.as_secs_f64() / native_filter.as_secs_f64(),
+        "lower_native_ms": native_lower.as_secs_f64() * 1e3,
+        "lower_kernel_ratio": kernel_lower.as_secs_f64() / native_lower.as_secs_f64(),
+        "lower_guest_ratio": guest_lower.as_secs_f64() / native_lower.as_secs_f64(),
         "instantiate_us": instantiate.as_secs_f64() * 1e6,
         "empty_call_us": empty_call.as_secs_f64() * 1e6,
         "primitive_call_gbps": gbps(primitive_bytes, call_only),

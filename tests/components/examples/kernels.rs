@@ -5,6 +5,11 @@
 //!   `cast` to its own type) and emitted under its name, and a boolean
 //!   `{name}_null` (`is-null`) is added: the output must equal the input
 //!   plus those masks.
+//! - `filter`: keeps the rows whose int64 `value` is > 0 (a kernel mask,
+//!   `selected` → the splice's selection); the benchmark's numeric filter.
+//! - `lower`: replaces utf8 `tailnum` by its lowercase, with the kernel;
+//!   `lower_guest`: the same in the guest (reads the column, loops in
+//!   Rust, returns the new column). The string-heavy benchmark's pair.
 //! - otherwise (`derive`): adds `upper`, `len`, `big` (`id > 2`), `id_x10`
 //!   and `sha` (hex SHA-256 of "s" + action) with kernels, and keeps the
 //!   rows whose `action` is not `skip` (`selected` → a selection). On a batch with
@@ -46,13 +51,44 @@ fn derive() -> Result<Col, Error> {
     Ok(id)
 }
 
+/// `tailnum` lowercased by a loop in the guest.
+fn lower_in_guest(batch: &RecordBatch) -> Result<Output, Error> {
+    let texts = batch.utf8("tailnum")?;
+    let mut out = weir_sdk::Utf8Builder::with_capacity(texts.len(), texts.len() * 8);
+    for row in 0..texts.len() {
+        match texts.get(row) {
+            Some(text) => out.push_str(&text.to_lowercase()),
+            None => out.push_null(),
+        }
+    }
+    Ok(Splice::new()
+        .replace(batch, "tailnum", out.finish())?
+        .into())
+}
+
 impl Transform for Kernels {
     fn reads() -> Result<Option<Vec<String>>, Error> {
-        Ok(Some(Vec::new()))
+        let config: weir_sdk::serde_json::Value = weir_sdk::config()?;
+        Ok(Some(match config["mode"].as_str() {
+            Some("lower_guest") => vec!["tailnum".to_string()],
+            _ => Vec::new(),
+        }))
     }
 
     fn transform(batch: RecordBatch) -> Result<Output, Error> {
         let config: weir_sdk::serde_json::Value = weir_sdk::config()?;
+        match config["mode"].as_str() {
+            Some("filter") => {
+                let keep = Col::input("value")?.gt(0)?.selected()?;
+                return Ok(Splice::new().take(keep).into());
+            }
+            Some("lower") => {
+                compute::emit("tailnum", &Col::input("tailnum")?.text(TextOp::Lowercase)?)?;
+                return Ok(Splice::new().into());
+            }
+            Some("lower_guest") => return lower_in_guest(&batch),
+            _ => {}
+        }
         if config["mode"] == "echo" {
             let columns: Vec<String> = weir_sdk::serde_json::from_value(config["columns"].clone())
                 .map_err(|e| Error::InvalidConfig(format!("columns: {e}")))?;
