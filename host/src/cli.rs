@@ -128,6 +128,12 @@ enum Command {
         #[command(subcommand)]
         command: StateCommand,
     },
+    /// The run history of a pipeline's `weir run`s: what ran, when, with
+    /// which counts, inputs, outputs and plugin versions.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
     /// Print the first rows of a Parquet, JSON Lines or CSV output.
     Show {
         /// A file, or a directory of Parquet files (partitioned output).
@@ -220,6 +226,29 @@ enum StateCommand {
         /// Only the state of this operator or stage.
         #[arg(long, alias = "stage")]
         operator: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// The newest runs, newest first: id, status, start, duration, counts.
+    Ls {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// How many runs.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON (one array) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run with its whole report (stages, inputs, outputs, quarantine
+    /// reasons, plugin versions), as JSON.
+    Show {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The run id, or its first characters (at least 4).
+        run_id: String,
     },
 }
 
@@ -420,6 +449,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Quarantine { command } => quarantine_command(command),
         Command::Show { path, limit } => show(&path, limit),
         Command::State { command } => state_command(command),
+        Command::Runs { command } => runs_command(command),
     }
 }
 
@@ -779,6 +809,62 @@ fn state_command(command: StateCommand) -> Result<()> {
             )?;
             Ok(())
         }
+    }
+}
+
+fn runs_command(command: RunsCommand) -> Result<()> {
+    let (RunsCommand::Ls { pipeline, .. } | RunsCommand::Show { pipeline, .. }) = &command;
+    let config = crate::config::PipelineConfig::from_file(pipeline)?;
+    let base_dir = pipeline.parent().map(Path::to_path_buf).unwrap_or_default();
+    let path = config.history_file(&base_dir);
+    if !path.exists() {
+        anyhow::bail!(
+            "{}: no run history yet at {} (runs are recorded by `weir run` unless [history] enabled = false)",
+            pipeline.display(),
+            path.display()
+        );
+    }
+    let history = crate::history::History::open(&path)?;
+    match command {
+        RunsCommand::Ls { limit, json, .. } => {
+            let runs = history.list(limit)?;
+            if json {
+                return print_json(&serde_json::to_value(&runs)?);
+            }
+            say!(
+                "{:<36}  {:<9}  {:<20}  {:>9}  {:>10}  {:>10}  {:>11}",
+                "RUN",
+                "STATUS",
+                "STARTED",
+                "SECONDS",
+                "READ",
+                "WRITTEN",
+                "QUARANTINED"
+            )?;
+            for run in runs {
+                let seconds = run
+                    .duration_ms
+                    .map_or("-".to_string(), |ms| format!("{:.1}", ms as f64 / 1000.0));
+                say!(
+                    "{:<36}  {:<9}  {:<20}  {:>9}  {:>10}  {:>10}  {:>11}",
+                    run.run_id,
+                    run.status,
+                    run.started_at,
+                    seconds,
+                    run.read,
+                    run.written,
+                    run.quarantined
+                )?;
+                if let Some(error) = &run.error {
+                    say!("  error: {}", error.lines().next().unwrap_or_default())?;
+                }
+            }
+            Ok(())
+        }
+        RunsCommand::Show { run_id, .. } => match history.show(&run_id)? {
+            Some(run) => print_json(&serde_json::to_value(&run)?),
+            None => anyhow::bail!("no run `{run_id}` in {}", path.display()),
+        },
     }
 }
 

@@ -39,6 +39,9 @@ pub struct PipelineConfig {
     pub sink: SinkConfig,
     /// Where rejected records go, with their reasons.
     pub quarantine: QuarantineConfig,
+    /// The run history (`[history]`): recorded by default.
+    #[serde(default)]
+    pub history: crate::history::HistorySettings,
 }
 
 /// Default batches per epoch (`checkpoint_every_batches`): 64 batches of
@@ -483,6 +486,13 @@ impl PipelineConfig {
             }
         };
         dir.join(crate::state::STORE_FILE)
+    }
+
+    /// The run history of this pipeline's `weir run`s: `history.sqlite`
+    /// beside its state store ([`Self::state_store`]).
+    pub fn history_file(&self, base_dir: &Path) -> PathBuf {
+        self.state_store(base_dir)
+            .with_file_name(crate::history::HISTORY_FILE)
     }
 }
 

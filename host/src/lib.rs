@@ -40,6 +40,7 @@ pub mod config;
 pub mod crash;
 pub mod durable;
 pub mod engine;
+pub mod history;
 pub mod kernels;
 pub mod nats;
 pub mod operator;

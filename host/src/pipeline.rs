@@ -31,6 +31,7 @@ use crate::config::{
     ConfigErrors, MAX_REFERENCE_TABLE_BYTES, PipelineConfig, Problems, Purpose, StageConfig,
     expand_paths,
 };
+use crate::history::History;
 use crate::operator::OperatorChain;
 use crate::plugin::{Plugin, PluginKind, PluginSlot, PluginWatcher};
 use crate::quarantine::Quarantine;
@@ -437,7 +438,68 @@ impl Pipeline {
     /// stage with `on_error = "fail"` whose plugin failed, or a checkpoint
     /// that cannot be resumed. Nothing is committed then: earlier outputs
     /// stay as they were.
+    ///
+    /// Every run is recorded in the pipeline's run history
+    /// ([`crate::history`]) unless `[history] enabled = false`; a history
+    /// that cannot be opened or written is logged and the run goes on.
     pub fn run(&self, options: &RunOptions) -> Result<RunReport> {
+        let settings = &self.config.history;
+        let history = settings
+            .enabled
+            .then(|| {
+                let path = self.config.history_file(&self.base_dir);
+                History::open(&path)
+                    .inspect_err(|e| tracing::warn!("run history not recorded: {e:#}"))
+                    .ok()
+            })
+            .flatten();
+        let started = Instant::now();
+        let begun = std::cell::RefCell::new(None);
+        let result = self.run_attempt(options, &|run_id: &str, started_at: &str| {
+            *begun.borrow_mut() = Some((run_id.to_string(), started_at.to_string()));
+            if let Some(history) = &history
+                && let Err(e) = history.begin(run_id, &self.name, "run", started_at)
+            {
+                tracing::warn!("run history: {e:#}");
+            }
+        });
+        if let Some(history) = &history {
+            let recorded = match (&result, begun.into_inner()) {
+                (Ok(report), _) => history.succeeded("run", report),
+                (Err(error), Some((run_id, started_at))) => history.failed(
+                    &run_id,
+                    &self.name,
+                    "run",
+                    &started_at,
+                    started.elapsed().as_millis() as u64,
+                    &format!("{error:#}"),
+                ),
+                // Failed before it had a run id (the source could not be
+                // opened): recorded under a new one.
+                (Err(error), None) => history.failed(
+                    &uuid::Uuid::new_v4().to_string(),
+                    &self.name,
+                    "run",
+                    &humantime::format_rfc3339_seconds(SystemTime::now() - started.elapsed())
+                        .to_string(),
+                    started.elapsed().as_millis() as u64,
+                    &format!("{error:#}"),
+                ),
+            };
+            if let Err(e) = recorded.and_then(|()| {
+                history
+                    .prune(settings.keep_runs, settings.keep_days)
+                    .map(drop)
+            }) {
+                tracing::warn!("run history: {e:#}");
+            }
+        }
+        result
+    }
+
+    /// [`Self::run`] without the history; `begun` is told the run's id and
+    /// start time as soon as they are known.
+    fn run_attempt(&self, options: &RunOptions, begun: &dyn Fn(&str, &str)) -> Result<RunReport> {
         let started = Instant::now();
         let mut started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         let mut run_id = uuid::Uuid::new_v4().to_string();
@@ -496,6 +558,7 @@ impl Pipeline {
                 Some(coordinator)
             }
         };
+        begun(&run_id, &started_at);
         let mut operators = self.open_operators(&run_id, coordinator.as_ref())?;
         let outcome = self.run_with(
             options,

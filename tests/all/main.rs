@@ -8,6 +8,7 @@ mod contract;
 mod crash;
 mod extract_source;
 mod flights;
+mod history;
 mod hostile;
 mod hot_reload;
 mod http;
