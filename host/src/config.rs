@@ -42,6 +42,9 @@ pub struct PipelineConfig {
     /// The run history (`[history]`): recorded by default.
     #[serde(default)]
     pub history: crate::history::HistorySettings,
+    /// OpenLineage events (`[lineage]`): none unless a file or URL is set.
+    #[serde(default)]
+    pub lineage: crate::lineage::LineageSettings,
 }
 
 /// Default batches per epoch (`checkpoint_every_batches`): 64 batches of

@@ -42,6 +42,7 @@ pub mod durable;
 pub mod engine;
 pub mod history;
 pub mod kernels;
+pub mod lineage;
 pub mod nats;
 pub mod operator;
 pub mod pipeline;

@@ -62,6 +62,10 @@ pub struct Pipeline {
     output_schema: Option<arrow::datatypes::SchemaRef>,
 }
 
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
 /// How to run.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -453,35 +457,73 @@ impl Pipeline {
                     .ok()
             })
             .flatten();
+        let lineage = self
+            .config
+            .lineage
+            .enabled()
+            .then(|| {
+                crate::lineage::Emitter::start(&self.config.lineage, &self.base_dir)
+                    .inspect_err(|e| tracing::warn!("no lineage events: {e:#}"))
+                    .ok()
+            })
+            .flatten();
+        let datasets = lineage.as_ref().map(|_| self.lineage_datasets());
         let started = Instant::now();
         let begun = std::cell::RefCell::new(None);
-        let result = self.run_attempt(options, &|run_id: &str, started_at: &str| {
+        let mut result = self.run_attempt(options, &|run_id: &str, started_at: &str| {
             *begun.borrow_mut() = Some((run_id.to_string(), started_at.to_string()));
             if let Some(history) = &history
                 && let Err(e) = history.begin(run_id, &self.name, "run", started_at)
             {
                 tracing::warn!("run history: {e:#}");
             }
+            if let (Some(emitter), Some(datasets)) = (&lineage, &datasets) {
+                emitter.emit(crate::lineage::start(
+                    emitter.namespace(),
+                    &self.name,
+                    run_id,
+                    &now_rfc3339(),
+                    datasets,
+                ));
+            }
         });
+        // Failed before it had a run id (the source could not be opened):
+        // recorded under a new one.
+        let (run_id, started_at) = begun.into_inner().unwrap_or_else(|| {
+            (
+                uuid::Uuid::new_v4().to_string(),
+                humantime::format_rfc3339_seconds(SystemTime::now() - started.elapsed())
+                    .to_string(),
+            )
+        });
+        if let (Some(emitter), Some(datasets)) = (lineage, &datasets) {
+            let event = match &result {
+                Ok(report) => {
+                    crate::lineage::complete(emitter.namespace(), report, &now_rfc3339(), datasets)
+                }
+                Err(error) => crate::lineage::fail(
+                    emitter.namespace(),
+                    &self.name,
+                    &run_id,
+                    &now_rfc3339(),
+                    &format!("{error:#}"),
+                    datasets,
+                ),
+            };
+            emitter.emit(event);
+            let counts = emitter.finish();
+            if let Ok(report) = &mut result {
+                report.lineage = Some(counts);
+            }
+        }
         if let Some(history) = &history {
-            let recorded = match (&result, begun.into_inner()) {
-                (Ok(report), _) => history.succeeded("run", report),
-                (Err(error), Some((run_id, started_at))) => history.failed(
+            let recorded = match &result {
+                Ok(report) => history.succeeded("run", report),
+                Err(error) => history.failed(
                     &run_id,
                     &self.name,
                     "run",
                     &started_at,
-                    started.elapsed().as_millis() as u64,
-                    &format!("{error:#}"),
-                ),
-                // Failed before it had a run id (the source could not be
-                // opened): recorded under a new one.
-                (Err(error), None) => history.failed(
-                    &uuid::Uuid::new_v4().to_string(),
-                    &self.name,
-                    "run",
-                    &humantime::format_rfc3339_seconds(SystemTime::now() - started.elapsed())
-                        .to_string(),
                     started.elapsed().as_millis() as u64,
                     &format!("{error:#}"),
                 ),
@@ -495,6 +537,48 @@ impl Pipeline {
             }
         }
         result
+    }
+
+    /// The source, sink and quarantine as OpenLineage datasets.
+    fn lineage_datasets(&self) -> crate::lineage::Datasets {
+        use crate::config::{SinkFormat, SourceFormat};
+        let absolute = |path: &str| {
+            let joined = self.base_dir.join(path);
+            std::path::absolute(&joined)
+                .unwrap_or(joined)
+                .display()
+                .to_string()
+        };
+        let source = &self.config.source;
+        let source_dataset = match source.format {
+            SourceFormat::Postgres => (
+                "postgres".to_string(),
+                source.table.clone().unwrap_or_else(|| "query".into()),
+            ),
+            SourceFormat::Nats => ("nats".to_string(), source.path.clone()),
+            _ => ("file".to_string(), absolute(&source.path)),
+        };
+        let source_schema = match source.format {
+            SourceFormat::Postgres | SourceFormat::Nats => None,
+            _ => Source::open(source, &self.base_dir, 1, None)
+                .ok()
+                .and_then(|s| s.schema()),
+        };
+        let sink = &self.config.sink;
+        let sink_dataset = match sink.format {
+            SinkFormat::Postgres => (
+                "postgres".to_string(),
+                sink.table.clone().unwrap_or_default(),
+            ),
+            _ => ("file".to_string(), absolute(&sink.path)),
+        };
+        crate::lineage::Datasets {
+            source: source_dataset,
+            source_schema,
+            sink: sink_dataset,
+            sink_schema: self.output_schema.clone(),
+            quarantine: ("file".to_string(), absolute(&self.config.quarantine.path)),
+        }
     }
 
     /// [`Self::run`] without the history; `begun` is told the run's id and
@@ -794,6 +878,7 @@ impl Pipeline {
                 .as_ref()
                 .map(OperatorChain::reports)
                 .unwrap_or_default(),
+            lineage: None,
         };
         let over_limit = settings.max_quarantine_fraction.and_then(|max| {
             let fraction = counts.quarantined as f64 / counts.read.max(1) as f64;
@@ -912,6 +997,7 @@ impl Pipeline {
             source_http: None,
             checkpoint: Some(account),
             operators: Vec::new(),
+            lineage: None,
         }
     }
 }

@@ -45,6 +45,10 @@ pub struct RunReport {
     /// size at the end of the run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub operators: Vec<crate::operator::report::OperatorReport>,
+    /// What became of the run's OpenLineage events (`[lineage]`); `None`
+    /// without lineage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<crate::lineage::LineageCounts>,
 }
 
 impl RunReport {

@@ -15,6 +15,7 @@ mod http;
 mod kernels;
 mod languages;
 mod latest;
+mod lineage;
 mod malformed_input;
 mod new_user;
 mod plugin_state;
