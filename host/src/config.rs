@@ -41,10 +41,10 @@ pub struct PipelineConfig {
     pub quarantine: QuarantineConfig,
     /// The run history (`[history]`): recorded by default.
     #[serde(default)]
-    pub history: crate::history::HistorySettings,
+    pub history: HistorySettings,
     /// OpenLineage events (`[lineage]`): none unless a file or URL is set.
     #[serde(default)]
-    pub lineage: crate::lineage::LineageSettings,
+    pub lineage: LineageSettings,
 }
 
 /// Default batches per epoch (`checkpoint_every_batches`): 64 batches of
@@ -107,6 +107,73 @@ impl Default for PipelineSettings {
             checkpoint_interval_ms: DEFAULT_EPOCH_INTERVAL_MS,
             state_dir: None,
         }
+    }
+}
+
+/// File name of the run history database ([`crate::history`]) in the
+/// pipeline's state directory.
+pub const HISTORY_FILE: &str = "history.sqlite";
+
+/// `[history]` in the pipeline file.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySettings {
+    /// Record runs. Default true.
+    pub enabled: bool,
+    /// Runs kept, newest first. Default 1000.
+    pub keep_runs: u64,
+    /// Days a run is kept after it started. Default 90.
+    pub keep_days: u64,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        HistorySettings {
+            enabled: true,
+            keep_runs: 1000,
+            keep_days: 90,
+        }
+    }
+}
+
+/// `[lineage]` in the pipeline file. Without `file` or `url` no event is
+/// made.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LineageSettings {
+    /// JSON Lines file the events are appended to, relative to the
+    /// pipeline file.
+    pub file: Option<String>,
+    /// Endpoint base URL: events are POSTed to `{url}/api/v1/lineage`.
+    pub url: Option<String>,
+    /// The job's namespace. Default `weir`.
+    pub namespace: String,
+    /// Longest wait for one POST, in milliseconds. Default 2000.
+    pub timeout_ms: u64,
+    /// Events held for the sender; more are dropped and counted. Default 256.
+    pub queue: usize,
+    /// At the end of a run, longest wait for the queued events, in
+    /// milliseconds. Default 2000.
+    pub flush_ms: u64,
+}
+
+impl Default for LineageSettings {
+    fn default() -> Self {
+        LineageSettings {
+            file: None,
+            url: None,
+            namespace: "weir".into(),
+            timeout_ms: 2000,
+            queue: 256,
+            flush_ms: 2000,
+        }
+    }
+}
+
+impl LineageSettings {
+    /// Whether any event is to be made.
+    pub fn enabled(&self) -> bool {
+        self.file.is_some() || self.url.is_some()
     }
 }
 
@@ -494,8 +561,7 @@ impl PipelineConfig {
     /// The run history of this pipeline's `weir run`s: `history.sqlite`
     /// beside its state store ([`Self::state_store`]).
     pub fn history_file(&self, base_dir: &Path) -> PathBuf {
-        self.state_store(base_dir)
-            .with_file_name(crate::history::HISTORY_FILE)
+        self.state_store(base_dir).with_file_name(HISTORY_FILE)
     }
 }
 

@@ -27,10 +27,8 @@ use anyhow::{Context, Result};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+pub use crate::config::{HISTORY_FILE, HistorySettings};
 use crate::report::RunReport;
-
-/// File name of the history database in the pipeline's state directory.
-pub const HISTORY_FILE: &str = "history.sqlite";
 
 /// Status of a recorded run.
 pub const RUNNING: &str = "running";
@@ -38,28 +36,6 @@ pub const RUNNING: &str = "running";
 pub const SUCCEEDED: &str = "succeeded";
 /// Status of a run that stopped with an error (nothing committed).
 pub const FAILED: &str = "failed";
-
-/// `[history]` in the pipeline file.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HistorySettings {
-    /// Record runs. Default true.
-    pub enabled: bool,
-    /// Runs kept, newest first. Default 1000.
-    pub keep_runs: u64,
-    /// Days a run is kept after it started. Default 90.
-    pub keep_days: u64,
-}
-
-impl Default for HistorySettings {
-    fn default() -> Self {
-        HistorySettings {
-            enabled: true,
-            keep_runs: 1000,
-            keep_days: 90,
-        }
-    }
-}
 
 /// One recorded run, as `weir runs ls|show` print it.
 #[derive(Debug, Clone, Serialize, PartialEq)]

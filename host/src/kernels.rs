@@ -320,10 +320,9 @@ fn map_utf8(a: &Value, f: impl Fn(&str) -> std::borrow::Cow<'_, str>) -> Result<
 /// # Errors
 /// A non-utf8 operand.
 pub fn text(a: &Value, op: Text) -> Result<Value> {
-    let a = &cast_value(a, &DataType::Utf8).and_then(|v| {
-        expect_type(a, "text functions", &[DataType::Utf8, DataType::Null])?;
-        Ok(v)
-    })?;
+    expect_type(a, "text functions", &[DataType::Utf8, DataType::Null])?;
+    // A null literal becomes a utf8 null.
+    let a = &cast_value(a, &DataType::Utf8)?;
     let out: ArrayRef = match op {
         Text::Lowercase => map_utf8(a, |s| {
             // ASCII (the common case) maps byte for byte without a new

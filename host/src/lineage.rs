@@ -33,6 +33,8 @@ use anyhow::{Context, Result};
 use arrow::datatypes::Schema;
 use serde_json::{Value, json};
 
+pub use crate::config::LineageSettings;
+pub use crate::report::LineageCounts;
 use crate::report::RunReport;
 
 /// The spec the events follow.
@@ -44,59 +46,6 @@ pub const PRODUCER: &str = concat!(
     "/tree/v",
     env!("CARGO_PKG_VERSION")
 );
-
-/// `[lineage]` in the pipeline file. Without `file` or `url` no event is
-/// made.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LineageSettings {
-    /// JSON Lines file the events are appended to, relative to the
-    /// pipeline file.
-    pub file: Option<String>,
-    /// Endpoint base URL: events are POSTed to `{url}/api/v1/lineage`.
-    pub url: Option<String>,
-    /// The job's namespace. Default `weir`.
-    pub namespace: String,
-    /// Longest wait for one POST, in milliseconds. Default 2000.
-    pub timeout_ms: u64,
-    /// Events held for the sender; more are dropped and counted. Default 256.
-    pub queue: usize,
-    /// At the end of a run, longest wait for the queued events, in
-    /// milliseconds. Default 2000.
-    pub flush_ms: u64,
-}
-
-impl Default for LineageSettings {
-    fn default() -> Self {
-        LineageSettings {
-            file: None,
-            url: None,
-            namespace: "weir".into(),
-            timeout_ms: 2000,
-            queue: 256,
-            flush_ms: 2000,
-        }
-    }
-}
-
-impl LineageSettings {
-    /// Whether any event is to be made.
-    pub fn enabled(&self) -> bool {
-        self.file.is_some() || self.url.is_some()
-    }
-}
-
-/// What became of a run's events.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct LineageCounts {
-    /// Events written or accepted by the endpoint.
-    pub sent: u64,
-    /// Events dropped: the queue was full, or still held when the run's
-    /// `flush_ms` ran out.
-    pub dropped: u64,
-    /// Events the file or the endpoint refused (logged).
-    pub failed: u64,
-}
 
 #[derive(Default)]
 struct Counters {

@@ -48,7 +48,7 @@ pub struct RunReport {
     /// What became of the run's OpenLineage events (`[lineage]`); `None`
     /// without lineage.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lineage: Option<crate::lineage::LineageCounts>,
+    pub lineage: Option<LineageCounts>,
 }
 
 impl RunReport {
@@ -212,4 +212,16 @@ pub struct QuarantineReport {
     pub path: PathBuf,
     /// Rows in it.
     pub rows: u64,
+}
+
+/// What became of a run's OpenLineage events ([`crate::lineage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LineageCounts {
+    /// Events written or accepted by the endpoint.
+    pub sent: u64,
+    /// Events dropped: the queue was full, or still held when the run's
+    /// `flush_ms` ran out.
+    pub dropped: u64,
+    /// Events the file or the endpoint refused (logged).
+    pub failed: u64,
 }

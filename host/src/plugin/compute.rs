@@ -33,8 +33,8 @@ use std::sync::Arc;
 use anyhow::Result;
 use arrow::array::{Array, ArrayRef};
 use arrow::record_batch::RecordBatch;
+use wasmtime::StoreContextMut;
 use wasmtime::component::Linker;
-use wasmtime::{StoreContextMut, Trap};
 
 use super::PluginState;
 use super::limits::MemoryLimitExceeded;
@@ -167,13 +167,7 @@ fn charge(
     let cost = FUEL_PER_KERNEL
         .saturating_add(FUEL_PER_VALUE.saturating_mul(values as u64))
         .saturating_add(per_byte.saturating_mul(bytes as u64));
-    let left = store.get_fuel()?;
-    if left < cost {
-        store.set_fuel(0)?;
-        return Err(Trap::OutOfFuel.into());
-    }
-    store.set_fuel(left - cost)?;
-    Ok(())
+    super::take_fuel(store, cost)
 }
 
 fn invalid(error: KernelError) -> types::Error {

@@ -578,6 +578,22 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
     }
 }
 
+/// Takes `cost` fuel units from the running call for work the host does
+/// on its behalf (state and compute calls); a call that cannot pay stops as
+/// out of fuel, with its fuel at 0.
+fn take_fuel(
+    store: &mut wasmtime::StoreContextMut<'_, PluginState>,
+    cost: u64,
+) -> wasmtime::Result<()> {
+    let left = store.get_fuel()?;
+    if left < cost {
+        store.set_fuel(0)?;
+        return Err(wasmtime::Trap::OutOfFuel.into());
+    }
+    store.set_fuel(left - cost)?;
+    Ok(())
+}
+
 /// Log lines one instance may write per call before the rest are dropped.
 const LOG_LINES_PER_CALL: u32 = 1000;
 

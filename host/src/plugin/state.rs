@@ -22,8 +22,8 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use anyhow::Result;
+use wasmtime::StoreContextMut;
 use wasmtime::component::{ComponentType, Lift, Linker, Lower};
-use wasmtime::{StoreContextMut, Trap};
 
 use super::PluginState;
 use crate::state::stage::StageState;
@@ -234,13 +234,7 @@ fn charge(
     let cost = FUEL_PER_CALL
         .saturating_add(FUEL_PER_KEY.saturating_mul(keys as u64))
         .saturating_add(bytes as u64);
-    let left = store.get_fuel()?;
-    if left < cost {
-        store.set_fuel(0)?;
-        return Err(Trap::OutOfFuel.into());
-    }
-    store.set_fuel(left - cost)?;
-    Ok(())
+    super::take_fuel(store, cost)
 }
 
 fn call<'a>(
