@@ -52,11 +52,46 @@ enum Command {
         /// its last committed epoch (see docs/delivery.md).
         #[arg(long)]
         restart: bool,
+        /// The partition to run, for a pipeline that uses `${partition}`
+        /// (e.g. `2013-01-05`; see docs/backfill.md).
+        #[arg(long)]
+        partition: Option<String>,
+    },
+    /// Run a partitioned pipeline once per partition of a range, each
+    /// run overwriting exactly its partition's output (docs/backfill.md).
+    Backfill {
+        /// The pipeline file (TOML); it must use `${partition}`.
+        pipeline: PathBuf,
+        /// First partition: a date (2013-01-01), month (2013-01) or
+        /// date-time (2013-01-01T06:00).
+        #[arg(long)]
+        from: String,
+        /// Last partition, included.
+        #[arg(long)]
+        to: String,
+        /// Partitions run at once.
+        #[arg(long, default_value_t = 2)]
+        parallel: usize,
+        /// Only the partitions whose newest recorded run did not succeed
+        /// (failed, interrupted, or never run).
+        #[arg(long)]
+        only_failed: bool,
+        /// Write the backfill's summary (one entry per partition) as JSON
+        /// here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Never draw the progress bar.
+        #[arg(long)]
+        no_progress: bool,
     },
     /// Validate a pipeline file and its plugins without running.
     Check {
         /// The pipeline file (TOML).
         pipeline: PathBuf,
+        /// The partition to check it for, for a pipeline that uses
+        /// `${partition}`.
+        #[arg(long)]
+        partition: Option<String>,
     },
     /// Work with plugin components.
     Plugin {
@@ -394,9 +429,65 @@ fn dispatch(command: Command) -> Result<()> {
             no_progress,
             watch,
             restart,
-        } => run_pipeline(&pipeline, report.as_deref(), !no_progress, watch, restart),
-        Command::Check { pipeline } => {
-            let loaded = Pipeline::load(&pipeline)?;
+            partition,
+        } => run_pipeline(
+            &pipeline,
+            partition.as_deref(),
+            report.as_deref(),
+            !no_progress,
+            watch,
+            restart,
+        ),
+        Command::Backfill {
+            pipeline,
+            from,
+            to,
+            parallel,
+            only_failed,
+            report,
+            no_progress,
+        } => {
+            let options = crate::backfill::BackfillOptions {
+                from,
+                to,
+                parallel,
+                only_failed,
+                progress: !no_progress && std::io::stderr().is_terminal(),
+            };
+            let summary = crate::backfill::backfill(&pipeline, &options)?;
+            if let Some(path) = report {
+                std::fs::write(&path, serde_json::to_string_pretty(&summary)? + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            let failed = summary.failed();
+            say!(
+                "{}: {} partitions, {} succeeded, {} failed, {} skipped, {} rows written in {:.1} s",
+                pipeline.display(),
+                summary.partitions.len(),
+                summary.partitions.len() - failed - summary.skipped(),
+                failed,
+                summary.skipped(),
+                summary.written(),
+                summary.duration_ms as f64 / 1000.0
+            )?;
+            if failed > 0 {
+                anyhow::bail!(
+                    "{failed} partitions failed; run again with --only-failed to re-run only them"
+                );
+            }
+            Ok(())
+        }
+        Command::Check {
+            pipeline,
+            partition,
+        } => {
+            let loaded = Pipeline::build(
+                crate::config::PipelineConfig::from_file_partition(
+                    &pipeline,
+                    partition.as_deref(),
+                )?,
+                &pipeline,
+            )?;
             say!(
                 "{}: ok ({} stages)",
                 pipeline.display(),
@@ -455,15 +546,18 @@ fn dispatch(command: Command) -> Result<()> {
 
 fn run_pipeline(
     file: &Path,
+    partition: Option<&str>,
     report_path: Option<&Path>,
     progress: bool,
     watch: bool,
     restart: bool,
 ) -> Result<()> {
-    let pipeline = Pipeline::load(file)?;
+    let config = crate::config::PipelineConfig::from_file_partition(file, partition)?;
+    let pipeline = Pipeline::build(config, file)?;
     let options = RunOptions {
         progress: progress && std::io::stderr().is_terminal(),
         restart,
+        trigger: crate::history::Trigger::Run,
     };
     // Watching stops when the guard drops, after the run.
     let _watcher = if watch {
@@ -814,9 +908,7 @@ fn state_command(command: StateCommand) -> Result<()> {
 
 fn runs_command(command: RunsCommand) -> Result<()> {
     let (RunsCommand::Ls { pipeline, .. } | RunsCommand::Show { pipeline, .. }) = &command;
-    let config = crate::config::PipelineConfig::from_file(pipeline)?;
-    let base_dir = pipeline.parent().map(Path::to_path_buf).unwrap_or_default();
-    let path = config.history_file(&base_dir);
+    let path = crate::config::history_file_for(pipeline)?;
     if !path.exists() {
         anyhow::bail!(
             "{}: no run history yet at {} (runs are recorded by `weir run` unless [history] enabled = false)",
@@ -832,9 +924,11 @@ fn runs_command(command: RunsCommand) -> Result<()> {
                 return print_json(&serde_json::to_value(&runs)?);
             }
             say!(
-                "{:<36}  {:<9}  {:<20}  {:>9}  {:>10}  {:>10}  {:>11}",
+                "{:<36}  {:<9}  {:<9}  {:<13}  {:<20}  {:>9}  {:>10}  {:>10}  {:>11}",
                 "RUN",
+                "KIND",
                 "STATUS",
+                "PARTITION",
                 "STARTED",
                 "SECONDS",
                 "READ",
@@ -846,9 +940,11 @@ fn runs_command(command: RunsCommand) -> Result<()> {
                     .duration_ms
                     .map_or("-".to_string(), |ms| format!("{:.1}", ms as f64 / 1000.0));
                 say!(
-                    "{:<36}  {:<9}  {:<20}  {:>9}  {:>10}  {:>10}  {:>11}",
+                    "{:<36}  {:<9}  {:<9}  {:<13}  {:<20}  {:>9}  {:>10}  {:>10}  {:>11}",
                     run.run_id,
+                    run.kind,
                     run.status,
+                    run.partition.as_deref().unwrap_or("-"),
                     run.started_at,
                     seconds,
                     run.read,

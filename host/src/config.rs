@@ -45,6 +45,14 @@ pub struct PipelineConfig {
     /// OpenLineage events (`[lineage]`): none unless a file or URL is set.
     #[serde(default)]
     pub lineage: LineageSettings,
+    /// How `${partition}` is cut and written (`[partition]`), for a
+    /// partitioned pipeline ([`crate::partition`]).
+    #[serde(default)]
+    pub partition: crate::partition::PartitionSettings,
+    /// The partition this config was read for; none for a pipeline that
+    /// uses no partition variable.
+    #[serde(skip)]
+    pub partition_key: Option<crate::partition::PartitionKey>,
 }
 
 /// Default batches per epoch (`checkpoint_every_batches`): 64 batches of
@@ -175,6 +183,17 @@ impl LineageSettings {
     pub fn enabled(&self) -> bool {
         self.file.is_some() || self.url.is_some()
     }
+}
+
+/// The history of a partitioned pipeline `file`:
+/// `.STEM.weir-history/history.sqlite` beside it.
+pub fn partitioned_history_file(file: &Path) -> PathBuf {
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    file.with_file_name(format!(".{stem}.weir-history"))
+        .join(HISTORY_FILE)
 }
 
 /// File formats weir reads natively.
@@ -558,10 +577,16 @@ impl PipelineConfig {
         dir.join(crate::state::STORE_FILE)
     }
 
-    /// The run history of this pipeline's `weir run`s: `history.sqlite`
-    /// beside its state store ([`Self::state_store`]).
-    pub fn history_file(&self, base_dir: &Path) -> PathBuf {
-        self.state_store(base_dir).with_file_name(HISTORY_FILE)
+    /// The run history of this pipeline's runs: `history.sqlite` beside
+    /// its state store ([`Self::state_store`]); for a partitioned pipeline,
+    /// whose state differs per partition, one history for all partitions
+    /// in `.STEM.weir-history/` beside the pipeline `file`.
+    pub fn history_file(&self, file: &Path) -> PathBuf {
+        let base_dir = file.parent().unwrap_or(Path::new(""));
+        match self.partition_key {
+            Some(_) => partitioned_history_file(file),
+            None => self.state_store(base_dir).with_file_name(HISTORY_FILE),
+        }
     }
 }
 
@@ -718,6 +743,47 @@ pub struct ConfigError {
     pub key: String,
     /// What is wrong, and what would be right.
     pub message: String,
+}
+
+impl ConfigError {
+    /// One problem with `key` of `file`, as the whole error.
+    pub fn whole(file: &Path, key: &str, message: impl Into<String>) -> ConfigErrors {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            key: key.to_string(),
+            message: message.into(),
+        }])
+    }
+}
+
+/// The `[partition]` settings of pipeline TOML `text`, read without
+/// replacing its variables, and whether it uses them.
+///
+/// # Errors
+/// Malformed TOML or a malformed `[partition]`.
+pub fn partition_settings_of(
+    text: &str,
+    path: &Path,
+) -> Result<crate::partition::PartitionSettings, ConfigErrors> {
+    #[derive(Deserialize)]
+    struct OnlyPartition {
+        #[serde(default)]
+        partition: crate::partition::PartitionSettings,
+    }
+    Ok(parse_toml::<OnlyPartition>(text, path)?.partition)
+}
+
+/// Where the run history of pipeline `file` is, partitioned or not
+/// ([`PipelineConfig::history_file`]).
+///
+/// # Errors
+/// An unreadable or malformed pipeline file.
+pub fn history_file_for(file: &Path) -> Result<PathBuf, ConfigErrors> {
+    let text = read_text(file)?;
+    if crate::partition::uses_partition(&text) {
+        return Ok(partitioned_history_file(file));
+    }
+    Ok(PipelineConfig::from_toml(&text, file)?.history_file(file))
 }
 
 impl fmt::Display for ConfigError {
@@ -1067,12 +1133,65 @@ impl PipelineConfig {
         Self::from_toml(&read_text(path)?, path)
     }
 
+    /// Reads `path` for partition `key` (its variables replaced, see
+    /// [`crate::partition`]).
+    ///
+    /// # Errors
+    /// As [`PipelineConfig::from_file`].
+    pub fn from_file_for(
+        path: &Path,
+        key: &crate::partition::PartitionKey,
+    ) -> Result<PipelineConfig, ConfigErrors> {
+        Self::from_toml_for(&read_text(path)?, path, Some(key))
+    }
+
+    /// Reads `path` for the partition whose value is `value` (`weir run
+    /// --partition`), or for none.
+    ///
+    /// # Errors
+    /// As [`PipelineConfig::from_file`], and a value with forbidden
+    /// characters.
+    pub fn from_file_partition(
+        path: &Path,
+        value: Option<&str>,
+    ) -> Result<PipelineConfig, ConfigErrors> {
+        let Some(value) = value else {
+            return Self::from_file(path);
+        };
+        let text = read_text(path)?;
+        let settings = partition_settings_of(&text, path)?;
+        let key = crate::partition::PartitionKey::given(value, &settings)
+            .map_err(|message| ConfigError::whole(path, "partition", message))?;
+        Self::from_toml_for(&text, path, Some(&key))
+    }
+
     /// Parses pipeline TOML `text`, attributing errors to `path`.
     ///
     /// # Errors
     /// As [`PipelineConfig::from_file`].
     pub fn from_toml(text: &str, path: &Path) -> Result<PipelineConfig, ConfigErrors> {
-        parse_toml(text, path)
+        Self::from_toml_for(text, path, None)
+    }
+
+    /// [`Self::from_toml`] for partition `key`.
+    ///
+    /// # Errors
+    /// As [`PipelineConfig::from_file`].
+    pub fn from_toml_for(
+        text: &str,
+        path: &Path,
+        key: Option<&crate::partition::PartitionKey>,
+    ) -> Result<PipelineConfig, ConfigErrors> {
+        let text = crate::partition::substitute(text, key).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                key: String::new(),
+                message: format!("line {}: {}", e.line, e.message),
+            }])
+        })?;
+        let mut config: PipelineConfig = parse_toml(&text, path)?;
+        config.partition_key = key.cloned();
+        Ok(config)
     }
 
     /// Checks everything that needs no plugin to be loaded; see the module

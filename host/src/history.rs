@@ -44,8 +44,11 @@ pub struct RunRecord {
     pub run_id: String,
     /// The pipeline's name.
     pub pipeline: String,
-    /// What started it: `run` (`weir run`).
+    /// What started it: `run` (`weir run`), `backfill` (`weir backfill`)
+    /// or `scheduled` (a schedule in `weir serve`).
     pub kind: String,
+    /// The partition it processed, for a partitioned pipeline.
+    pub partition: Option<String>,
     /// `running`, `succeeded` or `failed`.
     pub status: String,
     /// RFC 3339 UTC.
@@ -89,12 +92,45 @@ CREATE TABLE IF NOT EXISTS runs (
     quarantined INTEGER NOT NULL DEFAULT 0,
     filtered    INTEGER NOT NULL DEFAULT 0,
     error       TEXT,
-    report      TEXT
+    report      TEXT,
+    partition   TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
 ";
 
-const COLUMNS: &str = "run_id, pipeline, kind, status, started_at, ended_at, duration_ms, read, written, quarantined, filtered, error, report";
+const COLUMNS: &str = "run_id, pipeline, kind, status, started_at, ended_at, duration_ms, read, written, quarantined, filtered, error, report, partition";
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Trigger {
+    /// `weir run`.
+    #[default]
+    Run,
+    /// `weir backfill`.
+    Backfill,
+    /// A schedule in `weir serve`.
+    Scheduled,
+}
+
+impl Trigger {
+    /// As recorded: `run`, `backfill` or `scheduled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Run => "run",
+            Trigger::Backfill => "backfill",
+            Trigger::Scheduled => "scheduled",
+        }
+    }
+}
+
+/// What a run is, as recorded: how it was started and which partition.
+#[derive(Debug, Clone, Copy)]
+pub struct RunKind<'a> {
+    /// `run`, `backfill` or `scheduled`.
+    pub kind: &'a str,
+    /// The partition, for a partitioned pipeline.
+    pub partition: Option<&'a str>,
+}
 
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
@@ -118,6 +154,7 @@ impl History {
             .pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(5)))
             .and_then(|()| connection.execute_batch(SCHEMA))
+            .and_then(|()| add_partition_column(&connection))
             .with_context(|| format!("preparing the run history {}", path.display()))?;
         Ok(History {
             connection,
@@ -135,12 +172,18 @@ impl History {
     ///
     /// # Errors
     /// When the database cannot be written.
-    pub fn begin(&self, run_id: &str, pipeline: &str, kind: &str, started_at: &str) -> Result<()> {
+    pub fn begin(
+        &self,
+        run_id: &str,
+        pipeline: &str,
+        kind: RunKind<'_>,
+        started_at: &str,
+    ) -> Result<()> {
         self.connection
             .execute(
-                "INSERT INTO runs (run_id, pipeline, kind, status, started_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO runs (run_id, pipeline, kind, status, started_at, partition) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, ended_at = NULL, error = NULL",
-                params![run_id, pipeline, kind, RUNNING, started_at],
+                params![run_id, pipeline, kind.kind, RUNNING, started_at, kind.partition],
             )
             .context("recording the run's start in the history")?;
         Ok(())
@@ -150,13 +193,13 @@ impl History {
     ///
     /// # Errors
     /// When the database cannot be written.
-    pub fn succeeded(&self, kind: &str, report: &RunReport) -> Result<()> {
+    pub fn succeeded(&self, kind: RunKind<'_>, report: &RunReport) -> Result<()> {
         let json = serde_json::to_string(report)?;
         let r = &report.records;
         self.connection
             .execute(
-                "INSERT INTO runs (run_id, pipeline, kind, status, started_at, ended_at, duration_ms, read, written, quarantined, filtered, report)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                "INSERT INTO runs (run_id, pipeline, kind, status, started_at, ended_at, duration_ms, read, written, quarantined, filtered, report, partition)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                  ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at,
                    duration_ms = excluded.duration_ms, read = excluded.read, written = excluded.written,
                    quarantined = excluded.quarantined, filtered = excluded.filtered, error = NULL,
@@ -164,7 +207,7 @@ impl History {
                 params![
                     report.run_id,
                     report.pipeline,
-                    kind,
+                    kind.kind,
                     SUCCEEDED,
                     report.started_at,
                     now_rfc3339(),
@@ -173,7 +216,8 @@ impl History {
                     r.written as i64,
                     r.quarantined as i64,
                     r.filtered as i64,
-                    json
+                    json,
+                    kind.partition
                 ],
             )
             .context("recording the run in the history")?;
@@ -188,26 +232,27 @@ impl History {
         &self,
         run_id: &str,
         pipeline: &str,
-        kind: &str,
+        kind: RunKind<'_>,
         started_at: &str,
         duration_ms: u64,
         error: &str,
     ) -> Result<()> {
         self.connection
             .execute(
-                "INSERT INTO runs (run_id, pipeline, kind, status, started_at, ended_at, duration_ms, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                "INSERT INTO runs (run_id, pipeline, kind, status, started_at, ended_at, duration_ms, error, partition)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at,
                    duration_ms = excluded.duration_ms, error = excluded.error",
                 params![
                     run_id,
                     pipeline,
-                    kind,
+                    kind.kind,
                     FAILED,
                     started_at,
                     now_rfc3339(),
                     duration_ms as i64,
-                    error
+                    error,
+                    kind.partition
                 ],
             )
             .context("recording the failed run in the history")?;
@@ -269,6 +314,23 @@ impl History {
         }
     }
 
+    /// The status of the newest run of each partition (partition →
+    /// status).
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn latest_by_partition(&self) -> Result<std::collections::HashMap<String, String>> {
+        let mut statement = self.connection.prepare(
+            "SELECT partition, status FROM runs WHERE partition IS NOT NULL ORDER BY started_at, rowid",
+        )?;
+        let mut latest = std::collections::HashMap::new();
+        for row in statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))? {
+            let (partition, status): (String, String) = row?;
+            latest.insert(partition, status);
+        }
+        Ok(latest)
+    }
+
     /// Whether a run with this exact id is recorded.
     ///
     /// # Errors
@@ -305,23 +367,40 @@ fn record(row: &rusqlite::Row<'_>, with_report: bool) -> rusqlite::Result<RunRec
         report: report
             .filter(|_| with_report)
             .and_then(|text| serde_json::from_str(&text).ok()),
+        partition: row.get(13)?,
     })
+}
+
+/// Adds `partition` to a history made before partitioned runs existed.
+fn add_partition_column(connection: &Connection) -> rusqlite::Result<()> {
+    let has: bool = connection
+        .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'partition'")?
+        .exists([])?;
+    if !has {
+        connection.execute_batch("ALTER TABLE runs ADD COLUMN partition TEXT")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const RUN: RunKind<'static> = RunKind {
+        kind: "run",
+        partition: None,
+    };
+
     #[test]
     fn a_run_goes_from_running_to_failed_and_retention_keeps_the_newest() {
         let dir = tempfile::tempdir().unwrap();
         let history = History::open(&dir.path().join("h/history.sqlite")).unwrap();
         history
-            .begin("aaaa-1", "p", "run", "2026-12-01T00:00:00Z")
+            .begin("aaaa-1", "p", RUN, "2026-12-01T00:00:00Z")
             .unwrap();
         assert_eq!(history.list(10).unwrap()[0].status, RUNNING);
         history
-            .failed("aaaa-1", "p", "run", "2026-12-01T00:00:00Z", 12, "boom")
+            .failed("aaaa-1", "p", RUN, "2026-12-01T00:00:00Z", 12, "boom")
             .unwrap();
         let shown = history.show("aaaa").unwrap().unwrap();
         assert_eq!(
@@ -330,9 +409,7 @@ mod tests {
         );
         let now = now_rfc3339();
         for i in 0..3 {
-            history
-                .begin(&format!("bbbb-{i}"), "p", "run", &now)
-                .unwrap();
+            history.begin(&format!("bbbb-{i}"), "p", RUN, &now).unwrap();
         }
         assert!(history.show("bbbb").is_err(), "an ambiguous prefix");
         // The 2026-12-01 run is older than a day; of the rest, two are kept.

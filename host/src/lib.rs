@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod authoring;
+pub mod backfill;
 pub mod bindings;
 pub mod builtin;
 pub mod checkpoint;
@@ -45,6 +46,7 @@ pub mod kernels;
 pub mod lineage;
 pub mod nats;
 pub mod operator;
+pub mod partition;
 pub mod pipeline;
 pub mod plugin;
 pub mod position;

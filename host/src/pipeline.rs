@@ -74,6 +74,8 @@ pub struct RunOptions {
     /// Discard the checkpoint of an interrupted run and start over
     /// (`weir run --restart`), instead of resuming it.
     pub restart: bool,
+    /// What started the run, as recorded in the history. Default `run`.
+    pub trigger: crate::history::Trigger,
 }
 
 /// Calls each stage once on an empty batch of the schema it will receive
@@ -451,7 +453,7 @@ impl Pipeline {
         let history = settings
             .enabled
             .then(|| {
-                let path = self.config.history_file(&self.base_dir);
+                let path = self.config.history_file(&self.file);
                 History::open(&path)
                     .inspect_err(|e| tracing::warn!("run history not recorded: {e:#}"))
                     .ok()
@@ -468,12 +470,16 @@ impl Pipeline {
             })
             .flatten();
         let datasets = lineage.as_ref().map(|_| self.lineage_datasets());
+        let kind = crate::history::RunKind {
+            kind: options.trigger.as_str(),
+            partition: self.config.partition_key.as_ref().map(|k| k.value.as_str()),
+        };
         let started = Instant::now();
         let begun = std::cell::RefCell::new(None);
         let mut result = self.run_attempt(options, &|run_id: &str, started_at: &str| {
             *begun.borrow_mut() = Some((run_id.to_string(), started_at.to_string()));
             if let Some(history) = &history
-                && let Err(e) = history.begin(run_id, &self.name, "run", started_at)
+                && let Err(e) = history.begin(run_id, &self.name, kind, started_at)
             {
                 tracing::warn!("run history: {e:#}");
             }
@@ -518,11 +524,11 @@ impl Pipeline {
         }
         if let Some(history) = &history {
             let recorded = match &result {
-                Ok(report) => history.succeeded("run", report),
+                Ok(report) => history.succeeded(kind, report),
                 Err(error) => history.failed(
                     &run_id,
                     &self.name,
-                    "run",
+                    kind,
                     &started_at,
                     started.elapsed().as_millis() as u64,
                     &format!("{error:#}"),
@@ -879,6 +885,7 @@ impl Pipeline {
                 .map(OperatorChain::reports)
                 .unwrap_or_default(),
             lineage: None,
+            partition: self.config.partition_key.as_ref().map(|k| k.value.clone()),
         };
         let over_limit = settings.max_quarantine_fraction.and_then(|max| {
             let fraction = counts.quarantined as f64 / counts.read.max(1) as f64;
@@ -998,6 +1005,7 @@ impl Pipeline {
             checkpoint: Some(account),
             operators: Vec::new(),
             lineage: None,
+            partition: self.config.partition_key.as_ref().map(|k| k.value.clone()),
         }
     }
 }

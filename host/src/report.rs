@@ -49,6 +49,10 @@ pub struct RunReport {
     /// without lineage.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lineage: Option<LineageCounts>,
+    /// The partition the run processed (`${partition}`), for a
+    /// partitioned pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
 }
 
 impl RunReport {

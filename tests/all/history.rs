@@ -18,7 +18,7 @@ fn weir(args: &[&str]) -> u8 {
 
 fn history_of(pipeline: &std::path::Path) -> History {
     let config = PipelineConfig::from_file(pipeline).unwrap();
-    History::open(&config.history_file(pipeline.parent().unwrap())).unwrap()
+    History::open(&config.history_file(pipeline)).unwrap()
 }
 
 #[test]

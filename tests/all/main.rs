@@ -1,5 +1,6 @@
 //! weir's integration tests: one binary, a module per area.
 
+mod backfill;
 mod boundary;
 mod cli;
 mod config_errors;
