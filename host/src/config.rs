@@ -49,6 +49,9 @@ pub struct PipelineConfig {
     /// partitioned pipeline ([`crate::partition`]).
     #[serde(default)]
     pub partition: crate::partition::PartitionSettings,
+    /// Data checks and their alerts (`[checks]`, [`crate::checks`]).
+    #[serde(default)]
+    pub checks: crate::checks::ChecksSettings,
     /// The partition this config was read for; none for a pipeline that
     /// uses no partition variable.
     #[serde(skip)]
@@ -1295,6 +1298,7 @@ impl PipelineConfig {
         if self.pipeline.checkpoint_every_batches == 0 {
             problems.add("pipeline.checkpoint_every_batches", "must be at least 1");
         }
+        self.checks.check(problems);
         if self.pipeline.batch_size == 0 {
             problems.add("pipeline.batch_size", "must be at least 1");
         }

@@ -49,6 +49,9 @@ pub struct RunRecord {
     pub kind: String,
     /// The partition it processed, for a partitioned pipeline.
     pub partition: Option<String>,
+    /// Its data-check results ([`crate::checks::CheckResult`] as JSON).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks: Option<serde_json::Value>,
     /// `running`, `succeeded` or `failed`.
     pub status: String,
     /// RFC 3339 UTC.
@@ -93,12 +96,14 @@ CREATE TABLE IF NOT EXISTS runs (
     filtered    INTEGER NOT NULL DEFAULT 0,
     error       TEXT,
     report      TEXT,
-    partition   TEXT
+    partition   TEXT,
+    observation TEXT,
+    checks      TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
 ";
 
-const COLUMNS: &str = "run_id, pipeline, kind, status, started_at, ended_at, duration_ms, read, written, quarantined, filtered, error, report, partition";
+const COLUMNS: &str = "run_id, pipeline, kind, status, started_at, ended_at, duration_ms, read, written, quarantined, filtered, error, report, partition, checks";
 
 /// What started a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -154,7 +159,7 @@ impl History {
             .pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(5)))
             .and_then(|()| connection.execute_batch(SCHEMA))
-            .and_then(|()| add_partition_column(&connection))
+            .and_then(|()| add_missing_columns(&connection))
             .with_context(|| format!("preparing the run history {}", path.display()))?;
         Ok(History {
             connection,
@@ -331,6 +336,49 @@ impl History {
         Ok(latest)
     }
 
+    /// Records what run `run_id` looked like and its check results (after
+    /// [`Self::succeeded`] or [`Self::failed`]).
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub fn record_checks(
+        &self,
+        run_id: &str,
+        observation: &crate::checks::Observation,
+        results: &[crate::checks::CheckResult],
+    ) -> Result<()> {
+        self.connection
+            .execute(
+                "UPDATE runs SET observation = ?2, checks = ?3 WHERE run_id = ?1",
+                params![
+                    run_id,
+                    serde_json::to_string(observation)?,
+                    serde_json::to_string(results)?
+                ],
+            )
+            .context("recording the run's checks in the history")?;
+        Ok(())
+    }
+
+    /// What the newest `limit` successful runs looked like, newest first
+    /// (what the data checks learn from).
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn observations(&self, limit: usize) -> Result<Vec<crate::checks::Observation>> {
+        let mut statement = self.connection.prepare(
+            "SELECT observation FROM runs WHERE status = ?1 AND observation IS NOT NULL
+             ORDER BY started_at DESC, rowid DESC LIMIT ?2",
+        )?;
+        let rows = statement
+            .query_map(params![SUCCEEDED, limit as i64], |row| {
+                row.get::<_, String>(0)
+            })?
+            .filter_map(|text| text.ok().and_then(|t| serde_json::from_str(&t).ok()))
+            .collect();
+        Ok(rows)
+    }
+
     /// Whether a run with this exact id is recorded.
     ///
     /// # Errors
@@ -368,16 +416,21 @@ fn record(row: &rusqlite::Row<'_>, with_report: bool) -> rusqlite::Result<RunRec
             .filter(|_| with_report)
             .and_then(|text| serde_json::from_str(&text).ok()),
         partition: row.get(13)?,
+        checks: row
+            .get::<_, Option<String>>(14)?
+            .and_then(|text| serde_json::from_str(&text).ok()),
     })
 }
 
-/// Adds `partition` to a history made before partitioned runs existed.
-fn add_partition_column(connection: &Connection) -> rusqlite::Result<()> {
-    let has: bool = connection
-        .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'partition'")?
-        .exists([])?;
-    if !has {
-        connection.execute_batch("ALTER TABLE runs ADD COLUMN partition TEXT")?;
+/// Adds the columns a history made by an older weir lacks.
+fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
+    for column in ["partition", "observation", "checks"] {
+        let has: bool = connection
+            .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = ?1")?
+            .exists([column])?;
+        if !has {
+            connection.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {column} TEXT"))?;
+        }
     }
     Ok(())
 }

@@ -29,11 +29,13 @@
 
 #![warn(missing_docs)]
 
+pub mod alert;
 pub mod authoring;
 pub mod backfill;
 pub mod bindings;
 pub mod builtin;
 pub mod checkpoint;
+pub mod checks;
 pub mod cli;
 pub mod client;
 pub mod columnar;

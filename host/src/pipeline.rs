@@ -470,13 +470,23 @@ impl Pipeline {
             })
             .flatten();
         let datasets = lineage.as_ref().map(|_| self.lineage_datasets());
+        let checks = &self.config.checks;
+        let previous = history
+            .as_ref()
+            .and_then(|h| {
+                h.observations(checks.history_needed())
+                    .inspect_err(|e| tracing::warn!("data checks: no history to learn from: {e:#}"))
+                    .ok()
+            })
+            .unwrap_or_default();
+        let gate = crate::checks::Gate::new(checks, previous);
         let kind = crate::history::RunKind {
             kind: options.trigger.as_str(),
             partition: self.config.partition_key.as_ref().map(|k| k.value.as_str()),
         };
         let started = Instant::now();
         let begun = std::cell::RefCell::new(None);
-        let mut result = self.run_attempt(options, &|run_id: &str, started_at: &str| {
+        let mut result = self.run_attempt(options, &gate, &|run_id: &str, started_at: &str| {
             *begun.borrow_mut() = Some((run_id.to_string(), started_at.to_string()));
             if let Some(history) = &history
                 && let Err(e) = history.begin(run_id, &self.name, kind, started_at)
@@ -542,6 +552,19 @@ impl Pipeline {
                 tracing::warn!("run history: {e:#}");
             }
         }
+        if let Some((observation, results)) = gate.into_judged() {
+            if let Some(history) = &history
+                && let Err(e) = history.record_checks(&run_id, &observation, &results)
+            {
+                tracing::warn!("run history: {e:#}");
+            }
+            if let Some(alert) =
+                crate::alert::Alert::from_results(&self.name, &run_id, kind.partition, &results)
+                && let Err(e) = crate::alert::raise(checks, &alert)
+            {
+                tracing::warn!("data checks: {e:#}");
+            }
+        }
         result
     }
 
@@ -589,7 +612,12 @@ impl Pipeline {
 
     /// [`Self::run`] without the history; `begun` is told the run's id and
     /// start time as soon as they are known.
-    fn run_attempt(&self, options: &RunOptions, begun: &dyn Fn(&str, &str)) -> Result<RunReport> {
+    fn run_attempt(
+        &self,
+        options: &RunOptions,
+        gate: &crate::checks::Gate<'_>,
+        begun: &dyn Fn(&str, &str),
+    ) -> Result<RunReport> {
         let started = Instant::now();
         let mut started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         let mut run_id = uuid::Uuid::new_v4().to_string();
@@ -660,6 +688,7 @@ impl Pipeline {
             },
             &mut coordinator,
             &mut operators,
+            gate,
         );
         if let Err(error) = &outcome
             && let Some(coordinator) = coordinator
@@ -698,6 +727,7 @@ impl Pipeline {
         begun: Begun<'_>,
         coordinator: &mut Option<Coordinator>,
         operators: &mut Option<OperatorChain>,
+        gate: &crate::checks::Gate<'_>,
     ) -> Result<RunReport> {
         let Begun {
             run_id,
@@ -730,6 +760,7 @@ impl Pipeline {
             sink.expect_schema(schema)?;
         }
         let mut counts = RecordCounts::default();
+        let mut nulls = crate::checks::NullCounts::default();
         let mut resumed_filtered = 0;
         let mut start = Position::default();
         if let Some(coordinator) = coordinator.as_mut() {
@@ -828,6 +859,7 @@ impl Pipeline {
                     operators: operators.as_mut(),
                     coordinator: coordinator.as_mut(),
                     positions: &positions_rx,
+                    nulls: &mut nulls,
                 },
                 &mut counts,
                 &progress,
@@ -886,22 +918,27 @@ impl Pipeline {
                 .unwrap_or_default(),
             lineage: None,
             partition: self.config.partition_key.as_ref().map(|k| k.value.clone()),
+            checks: Vec::new(),
         };
         let over_limit = settings.max_quarantine_fraction.and_then(|max| {
             let fraction = counts.quarantined as f64 / counts.read.max(1) as f64;
             (fraction > max).then_some((max, fraction))
         });
+        report.checks = gate.judge(self.observe(source, &counts, nulls, &report.inputs));
+        let failing: Vec<&crate::checks::CheckResult> =
+            report.checks.iter().filter(|r| r.fails_run).collect();
+        let publish = over_limit.is_none() && failing.is_empty();
         let totals = totals(&counts);
-        let quarantine_path = match (coordinator.take(), over_limit) {
-            (Some(coordinator), over_limit) => {
+        let quarantine_path = match (coordinator.take(), publish) {
+            (Some(coordinator), publish) => {
                 let quarantine_path = quarantine.path().to_path_buf();
                 let mut connectors: Vec<(Box<dyn EpochSink>, bool)> = vec![
-                    (sink as Box<dyn EpochSink>, over_limit.is_none()),
+                    (sink as Box<dyn EpochSink>, publish),
                     (Box::new(quarantine), true),
                 ];
                 // The state moves on only with the output it produced.
                 if let Some(chain) = operators.take() {
-                    connectors.push((Box::new(chain), over_limit.is_none()));
+                    connectors.push((Box::new(chain), publish));
                 }
                 let (mut published, account) = coordinator.publish(totals, connectors)?;
                 report.outputs = published.swap_remove(0);
@@ -912,8 +949,8 @@ impl Pipeline {
                 report.checkpoint = Some(account);
                 quarantine_path
             }
-            (None, Some(_)) => quarantine.commit()?,
-            (None, None) => {
+            (None, false) => quarantine.commit()?,
+            (None, true) => {
                 report.outputs = sink.commit()?;
                 if let Some(chain) = operators.as_mut() {
                     chain.commit_unrecorded(&format!("run:{run_id}"))?;
@@ -932,8 +969,61 @@ impl Pipeline {
                 report.quarantine.path.display()
             );
         }
+        if !failing.is_empty() {
+            let why: Vec<String> = failing
+                .iter()
+                .map(|r| format!("{}: {}", r.check, r.message))
+                .collect();
+            anyhow::bail!(
+                "data checks failed ({}). The output was not committed; the quarantine is at {}",
+                why.join("; "),
+                report.quarantine.path.display()
+            );
+        }
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
+    }
+
+    /// What this run looked like, for the data checks.
+    fn observe(
+        &self,
+        source: &Source,
+        counts: &RecordCounts,
+        nulls: crate::checks::NullCounts,
+        inputs: &[crate::report::InputFile],
+    ) -> crate::checks::Observation {
+        use chrono::Datelike;
+        let weekday = match &self.config.partition_key {
+            Some(key) => key.start.weekday(),
+            None => chrono::DateTime::<chrono::Utc>::from(SystemTime::now()).weekday(),
+        };
+        let newest = inputs
+            .iter()
+            .filter_map(|f| f.path.metadata().and_then(|m| m.modified()).ok())
+            .max();
+        crate::checks::Observation {
+            weekday: weekday.num_days_from_monday() as u8,
+            read: counts.read,
+            written: counts.written,
+            quarantined: counts.quarantined,
+            schema: source
+                .schema()
+                .map(|schema| {
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| (f.name().clone(), f.data_type().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            nulls: nulls.into_map(),
+            newest_input_age_s: newest.map(|t| {
+                SystemTime::now()
+                    .duration_since(t)
+                    .unwrap_or_default()
+                    .as_secs()
+            }),
+        }
     }
 }
 
@@ -1006,6 +1096,7 @@ impl Pipeline {
             operators: Vec::new(),
             lineage: None,
             partition: self.config.partition_key.as_ref().map(|k| k.value.clone()),
+            checks: Vec::new(),
         }
     }
 }
@@ -1054,6 +1145,8 @@ struct Output<'a> {
     coordinator: Option<&'a mut Coordinator>,
     /// The source's position after each item, in reading order.
     positions: &'a crossbeam_channel::Receiver<Position>,
+    /// Nulls per column of what was written, for the data checks.
+    nulls: &'a mut crate::checks::NullCounts,
 }
 
 /// Receives worker results, puts them back in input order and writes them.
@@ -1141,6 +1234,7 @@ fn write_result(
             .write(output)
             .with_context(|| format!("writing to {}", out.sink.describe()))?;
         counts.written += output.num_rows() as u64;
+        out.nulls.add(output);
         crate::crash::point("mid-part-write");
     }
     for group in &result.quarantined {

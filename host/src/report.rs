@@ -53,6 +53,9 @@ pub struct RunReport {
     /// partitioned pipeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
+    /// The data checks' results ([`crate::checks`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::checks::CheckResult>,
 }
 
 impl RunReport {

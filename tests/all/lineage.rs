@@ -4,16 +4,13 @@
 //! name the right inputs, outputs and counts, reach an HTTP endpoint, and a
 //! dead endpoint delays a run by at most `flush_ms`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use weir::pipeline::{Pipeline, RunOptions};
 
-use crate::support::{action_csv, one_stage_pipeline};
+use crate::support::{action_csv, http_endpoint, one_stage_pipeline};
 
 /// Validators for a run event and for each facet weir emits, from the
 /// schemas in tests/data/openlineage registered under their `$id`s.
@@ -244,59 +241,6 @@ fn a_failed_run_emits_fail_with_its_error() {
     assert!(message.contains("probe"), "{message}");
 }
 
-/// The (path, JSON body) of each request an [`endpoint`] answered.
-type Received = Arc<Mutex<Vec<(String, Value)>>>;
-
-/// A loopback HTTP server: `answer` says whether it answers (200) or holds
-/// every request open without a word. Returns its URL and the bodies of the
-/// requests it answered, with their paths.
-fn endpoint(answer: bool) -> (String, Received) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let sink = received.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let sink = sink.clone();
-            std::thread::spawn(move || {
-                if !answer {
-                    std::thread::sleep(Duration::from_secs(60));
-                    return;
-                }
-                let mut reader = BufReader::new(stream);
-                let mut request_line = String::new();
-                reader.read_line(&mut request_line).unwrap();
-                let mut length = 0;
-                loop {
-                    let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
-                    if line == "\r\n" || line.is_empty() {
-                        break;
-                    }
-                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = value.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).unwrap();
-                let path = request_line
-                    .split_whitespace()
-                    .nth(1)
-                    .unwrap_or("")
-                    .to_string();
-                sink.lock()
-                    .unwrap()
-                    .push((path, serde_json::from_slice(&body).unwrap()));
-                let mut stream = reader.into_inner();
-                stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .unwrap();
-            });
-        }
-    });
-    (url, received)
-}
-
 #[test]
 fn events_reach_an_http_endpoint_and_a_dead_one_delays_a_run_by_at_most_flush_ms() {
     let dir = tempfile::tempdir().unwrap();
@@ -307,7 +251,7 @@ fn events_reach_an_http_endpoint_and_a_dead_one_delays_a_run_by_at_most_flush_ms
         .replace("[sink]\n", "[sink]\nmode = \"overwrite\"\n");
     std::fs::write(&pipeline, &text).unwrap();
 
-    let (url, received) = endpoint(true);
+    let (url, received) = http_endpoint(true, 0);
     with_lineage(&pipeline, &format!("url = \"{url}\""));
     let report = Pipeline::load(&pipeline)
         .unwrap()
@@ -331,7 +275,7 @@ fn events_reach_an_http_endpoint_and_a_dead_one_delays_a_run_by_at_most_flush_ms
             .unwrap();
         started.elapsed()
     };
-    let (dead, _) = endpoint(false);
+    let (dead, _) = http_endpoint(false, 0);
     with_lineage(
         &pipeline,
         &format!("url = \"{dead}\"\ntimeout_ms = 10000\nflush_ms = 500"),

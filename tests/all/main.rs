@@ -2,6 +2,7 @@
 
 mod backfill;
 mod boundary;
+mod checks;
 mod cli;
 mod config_errors;
 mod containment;

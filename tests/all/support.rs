@@ -1,6 +1,10 @@
 //! Helpers shared by the integration tests.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use weir::pipeline::{Pipeline, RunOptions};
 use weir::report::RunReport;
@@ -117,4 +121,66 @@ pub fn output_rows(dir: &Path) -> Vec<String> {
     }
     rows.sort();
     rows
+}
+
+/// The (path, JSON body) of each request an [`http_endpoint`] answered.
+pub type Received = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+
+/// A loopback HTTP server: `answer` says whether it answers or holds
+/// every request open without a word; it answers the first `refuse`
+/// requests 503, the others 200. Returns its URL and the bodies of the
+/// requests it answered 200, with their paths.
+pub fn http_endpoint(answer: bool, refuse: usize) -> (String, Received) {
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let sink = sink.clone();
+            let refused = refused.clone();
+            std::thread::spawn(move || {
+                if !answer {
+                    std::thread::sleep(Duration::from_secs(60));
+                    return;
+                }
+                let mut reader = BufReader::new(stream);
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_string();
+                let mut stream = reader.into_inner();
+                if refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < refuse {
+                    stream
+                        .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .unwrap();
+                    return;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push((path, serde_json::from_slice(&body).unwrap()));
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .unwrap();
+            });
+        }
+    });
+    (url, received)
 }
