@@ -165,7 +165,7 @@ pub fn backfill(file: &Path, options: &BackfillOptions) -> Result<BackfillSummar
                     let Some(i) = queue.lock().expect("queue").pop_front() else {
                         break;
                     };
-                    let outcome = run_partition(file, &text, &keys[i]);
+                    let outcome = backfill_partition(file, &text, &keys[i]);
                     let line = outcome.line();
                     if outcome.status == PartitionStatus::Failed {
                         failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -263,24 +263,36 @@ fn check_separate_outputs(
     Ok(())
 }
 
-/// Loads and runs one partition; every failure ends in the outcome.
-fn run_partition(file: &Path, text: &str, key: &PartitionKey) -> PartitionOutcome {
+/// Loads pipeline `file` (whose text is `text`) for partition `key` and
+/// runs it, a file sink in `overwrite` mode so that the run replaces the
+/// partition's output; recorded in the history as started by `trigger`.
+///
+/// # Errors
+/// The pipeline cannot be loaded for the partition, or its run failed.
+pub fn run_partition(
+    file: &Path,
+    text: &str,
+    key: &PartitionKey,
+    trigger: Trigger,
+) -> Result<crate::report::RunReport> {
+    let mut config = PipelineConfig::from_toml_for(text, file, Some(key))?;
+    if config.sink.format != SinkFormat::Postgres {
+        config.sink.mode = Some(WriteMode::Overwrite);
+    }
+    let pipeline = Pipeline::build(config, file)?;
+    pipeline
+        .run(&RunOptions {
+            progress: false,
+            restart: false,
+            trigger,
+        })
+        .with_context(|| format!("partition {}", key.value))
+}
+
+/// Runs one partition of a backfill; every failure ends in the outcome.
+fn backfill_partition(file: &Path, text: &str, key: &PartitionKey) -> PartitionOutcome {
     let started = Instant::now();
-    let result = (|| -> Result<crate::report::RunReport> {
-        let mut config = PipelineConfig::from_toml_for(text, file, Some(key))?;
-        if config.sink.format != SinkFormat::Postgres {
-            config.sink.mode = Some(WriteMode::Overwrite);
-        }
-        let pipeline = Pipeline::build(config, file)?;
-        pipeline
-            .run(&RunOptions {
-                progress: false,
-                restart: false,
-                trigger: Trigger::Backfill,
-            })
-            .with_context(|| format!("partition {}", key.value))
-    })();
-    match result {
+    match run_partition(file, text, key, Trigger::Backfill) {
         Ok(report) => PartitionOutcome {
             partition: key.value.clone(),
             status: PartitionStatus::Succeeded,

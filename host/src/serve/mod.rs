@@ -20,6 +20,7 @@ pub mod background;
 pub mod body;
 pub mod config;
 pub mod confine;
+pub mod cron;
 pub mod delivery;
 pub mod drop_dir;
 pub mod files;
