@@ -67,63 +67,6 @@ impl Default for ChecksSettings {
 }
 
 impl ChecksSettings {
-    /// Adds a problem for every value out of range.
-    pub fn check(&self, problems: &mut crate::config::Problems) {
-        if let Some(url) = &self.webhook
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            problems.add(
-                "checks.webhook",
-                format!("`{url}` is not an http:// or https:// URL"),
-            );
-        }
-        let mut fractions = Vec::new();
-        if let Some(q) = &self.quarantine {
-            fractions.extend(
-                q.max_fraction
-                    .map(|f| ("checks.quarantine.max_fraction".to_string(), f)),
-            );
-        }
-        if let Some(n) = &self.nulls {
-            fractions.push(("checks.nulls.max_fraction".to_string(), n.max_fraction));
-            for (column, f) in &n.columns {
-                fractions.push((format!("checks.nulls.columns.{column}"), *f));
-            }
-        }
-        for (key, fraction) in fractions {
-            if !(0.0..=1.0).contains(&fraction) {
-                problems.add(
-                    key,
-                    format!("{fraction} is not a fraction between 0.0 and 1.0"),
-                );
-            }
-        }
-        for (key, window, min_runs, z) in [
-            self.volume
-                .as_ref()
-                .map(|v| ("checks.volume", v.window, v.min_runs, v.z)),
-            self.quarantine
-                .as_ref()
-                .map(|q| ("checks.quarantine", q.window, q.min_runs, q.z)),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if window < 2 || min_runs > window {
-                problems.add(
-                    format!("{key}.window"),
-                    format!("window = {window} with min_runs = {min_runs}: a window needs at least 2 runs and at least min_runs"),
-                );
-            }
-            if z.is_nan() || z <= 0.0 {
-                problems.add(
-                    format!("{key}.z"),
-                    format!("{z} is not a positive number of standard deviations"),
-                );
-            }
-        }
-    }
-
     /// How many earlier observations the checks may need.
     pub fn history_needed(&self) -> usize {
         let window = |w: usize, seasonal: bool| if seasonal { w * 7 } else { w };

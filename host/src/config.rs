@@ -188,6 +188,65 @@ impl LineageSettings {
     }
 }
 
+/// Adds a problem for every value of `[checks]` out of range.
+fn check_checks(checks: &crate::checks::ChecksSettings, problems: &mut Problems) {
+    if let Some(url) = &checks.webhook
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        problems.add(
+            "checks.webhook",
+            format!("`{url}` is not an http:// or https:// URL"),
+        );
+    }
+    let mut fractions = Vec::new();
+    if let Some(q) = &checks.quarantine {
+        fractions.extend(
+            q.max_fraction
+                .map(|f| ("checks.quarantine.max_fraction".to_string(), f)),
+        );
+    }
+    if let Some(n) = &checks.nulls {
+        fractions.push(("checks.nulls.max_fraction".to_string(), n.max_fraction));
+        for (column, f) in &n.columns {
+            fractions.push((format!("checks.nulls.columns.{column}"), *f));
+        }
+    }
+    for (key, fraction) in fractions {
+        if !(0.0..=1.0).contains(&fraction) {
+            problems.add(
+                key,
+                format!("{fraction} is not a fraction between 0.0 and 1.0"),
+            );
+        }
+    }
+    for (key, window, min_runs, z) in [
+        checks
+            .volume
+            .as_ref()
+            .map(|v| ("checks.volume", v.window, v.min_runs, v.z)),
+        checks
+            .quarantine
+            .as_ref()
+            .map(|q| ("checks.quarantine", q.window, q.min_runs, q.z)),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if window < 2 || min_runs > window {
+            problems.add(
+                format!("{key}.window"),
+                format!("window = {window} with min_runs = {min_runs}: a window needs at least 2 runs and at least min_runs"),
+            );
+        }
+        if z.is_nan() || z <= 0.0 {
+            problems.add(
+                format!("{key}.z"),
+                format!("{z} is not a positive number of standard deviations"),
+            );
+        }
+    }
+}
+
 /// The history of a partitioned pipeline `file`:
 /// `.STEM.weir-history/history.sqlite` beside it.
 pub fn partitioned_history_file(file: &Path) -> PathBuf {
@@ -1298,7 +1357,7 @@ impl PipelineConfig {
         if self.pipeline.checkpoint_every_batches == 0 {
             problems.add("pipeline.checkpoint_every_batches", "must be at least 1");
         }
-        self.checks.check(problems);
+        check_checks(&self.checks, problems);
         if self.pipeline.batch_size == 0 {
             problems.add("pipeline.batch_size", "must be at least 1");
         }
