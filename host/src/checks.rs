@@ -269,8 +269,9 @@ fn default_min_rise() -> f64 {
     0.01
 }
 
-/// `humantime` durations (`"26h"`, `"90m"`) in serde.
-mod humantime_serde_compat {
+/// `humantime` durations (`"26h"`, `"90m"`) in serde, for every
+/// duration key of the pipeline and service files.
+pub(crate) mod humantime_serde_compat {
     use serde::Deserialize;
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(
@@ -278,7 +279,9 @@ mod humantime_serde_compat {
     ) -> Result<std::time::Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("`{text}` is not a duration like \"26h\": {e}"))
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration like \"26h\" or \"90s\": {e}"
+            ))
         })
     }
 }

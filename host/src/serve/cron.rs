@@ -88,7 +88,10 @@ pub struct ScheduleConfig {
     pub retries: u32,
     /// Wait before the first retry, doubled before each next one
     /// (humantime, e.g. `"30s"`). Default `"1m"`.
-    #[serde(default = "default_backoff", with = "humantime_duration")]
+    #[serde(
+        default = "default_backoff",
+        with = "crate::checks::humantime_serde_compat"
+    )]
     pub retry_backoff: Duration,
 }
 
@@ -103,19 +106,6 @@ fn default_retries() -> u32 {
 }
 fn default_backoff() -> Duration {
     Duration::from_secs(60)
-}
-
-mod humantime_duration {
-    use serde::Deserialize;
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> Result<std::time::Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("`{text}` is not a duration like \"1m\": {e}"))
-        })
-    }
 }
 
 /// Instants missed while the service was down.
