@@ -22,6 +22,7 @@ mod malformed_input;
 mod new_user;
 mod plugin_state;
 mod postgres;
+mod schedules;
 mod security;
 mod serve;
 mod stateful;

@@ -14,6 +14,9 @@
 //! | `POST /v1/pipelines/{name}/stages/{stage}/reload`, `…/rollback` | swap a plugin now |
 //! | `GET /v1/pipelines/{name}/quarantine` | quarantined rows, filtered |
 //! | `POST /v1/pipelines/{name}/quarantine/replay` | re-submit quarantined rows |
+//! | `GET /v1/schedules`, `GET /v1/schedules/{schedule}` | scheduled pipelines: next and last instants, outcomes, latest backfill |
+//! | `GET /v1/schedules/{schedule}/runs` | the run history of a schedule's pipeline, newest first |
+//! | `POST /v1/schedules/{schedule}/backfill` | start a backfill of a schedule's partitioned pipeline |
 
 use std::sync::Arc;
 
@@ -161,6 +164,10 @@ fn tenant_routes() -> Router<Arc<Service>> {
             "/pipelines/{name}/quarantine/replay",
             post(replay_quarantine),
         )
+        .route("/schedules", get(list_schedules))
+        .route("/schedules/{schedule}", get(get_schedule))
+        .route("/schedules/{schedule}/runs", get(schedule_runs))
+        .route("/schedules/{schedule}/backfill", post(start_backfill))
 }
 
 /// Authenticates the request's bearer token.
@@ -208,6 +215,28 @@ impl Scoped {
                     self.tenant.name,
                     self.tenant
                         .pipelines()
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+    }
+}
+
+impl Scoped {
+    /// The schedule named by the `schedule` path parameter, in this tenant.
+    fn schedule(&self) -> ApiResult<Arc<super::schedules::Scheduled>> {
+        let name = self.param("schedule");
+        self.tenant.schedules().get(name).cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no schedule `{name}`; tenant `{}` has: {}",
+                    self.tenant.name,
+                    self.tenant
+                        .schedules()
                         .keys()
                         .cloned()
                         .collect::<Vec<_>>()
@@ -1071,4 +1100,82 @@ async fn replay_quarantine(
         "not_replayable": skipped.iter().map(|e| &e.id).collect::<Vec<_>>(),
         "result": ack,
     })))
+}
+
+async fn list_schedules(scoped: Scoped) -> Json<serde_json::Value> {
+    let schedules: Vec<_> = scoped
+        .tenant
+        .schedules()
+        .values()
+        .map(|s| s.status())
+        .collect();
+    Json(json!({ "schedules": schedules }))
+}
+
+async fn get_schedule(scoped: Scoped) -> ApiResult<Json<super::schedules::ScheduledStatus>> {
+    Ok(Json(scoped.schedule()?.status()))
+}
+
+/// Query of `GET …/schedules/{schedule}/runs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    /// Newest runs returned. Default 50, at most 1000.
+    limit: Option<usize>,
+}
+
+async fn schedule_runs(
+    scoped: Scoped,
+    Query(query): Query<RunsQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let scheduled = scoped.schedule()?;
+    let limit = query.limit.unwrap_or(50).min(1000);
+    let runs = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let file = crate::config::history_file_for(&scheduled.file)?;
+        if !file.exists() {
+            return Ok(Vec::new());
+        }
+        crate::history::History::open(&file)?.list(limit)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    Ok(Json(json!({ "runs": runs })))
+}
+
+/// Body of `POST …/schedules/{schedule}/backfill`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBackfill {
+    /// The first partition.
+    from: String,
+    /// The last partition, included.
+    to: String,
+    /// Partitions run at once. Default 2, at most 16.
+    parallel: Option<usize>,
+    /// Only the partitions whose newest run did not succeed.
+    #[serde(default)]
+    only_failed: bool,
+}
+
+async fn start_backfill(scoped: Scoped, Json(request): Json<NewBackfill>) -> ApiResult<Response> {
+    let scheduled = scoped.schedule()?;
+    let options = crate::backfill::BackfillOptions {
+        from: request.from,
+        to: request.to,
+        parallel: request.parallel.unwrap_or(2).clamp(1, 16),
+        only_failed: request.only_failed,
+        progress: false,
+    };
+    let job = tokio::task::spawn_blocking(move || scheduled.start_backfill(options))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| {
+            let status = match e {
+                super::schedules::StartError::Running => StatusCode::CONFLICT,
+                super::schedules::StartError::Invalid(_) => StatusCode::BAD_REQUEST,
+            };
+            ApiError::new(status, e.to_string())
+        })?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "backfill": job }))).into_response())
 }

@@ -42,10 +42,18 @@ pub struct ServiceConfig {
     /// service file).
     #[serde(default)]
     pub pipelines: Vec<HostedPipeline>,
-    /// Tenants, each owning its pipelines. At least one pipeline in all.
+    /// Tenants, each owning its pipelines. At least one pipeline or
+    /// schedule in all.
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+    /// Batch pipelines of the implicit tenant `default` run at the instants
+    /// of a cron pattern (paths relative to the service file; see
+    /// [`super::cron`]).
+    #[serde(default)]
+    pub schedules: Vec<ScheduleConfig>,
 }
+
+pub use super::cron::ScheduleConfig;
 
 pub use crate::stages::DEFAULT_TENANT;
 
@@ -67,7 +75,19 @@ pub struct TenantConfig {
     #[serde(default)]
     pub quotas: Quotas,
     /// The tenant's pipelines, paths relative to `dir`.
+    #[serde(default)]
     pub pipelines: Vec<HostedPipeline>,
+    /// The tenant's scheduled batch pipelines, paths relative to `dir`
+    /// (see [`super::cron`]).
+    #[serde(default)]
+    pub schedules: Vec<ScheduleConfig>,
+    /// The hosts the tenant's scheduled extract plugins may be granted
+    /// outbound HTTP to: every `capabilities.http.allow_hosts` entry of its
+    /// pipeline files must be one of these, written the same way (a
+    /// `*.example.com` entry allows exactly that entry). Default: none, so
+    /// a tenant's plugins reach no host unless the operator allows it.
+    #[serde(default)]
+    pub http_allow_hosts: Vec<String>,
 }
 
 /// One API token, by the SHA-256 of its text.
@@ -372,23 +392,25 @@ impl ServiceConfig {
             );
         }
         let all: usize = self.pipelines.len()
+            + self.schedules.len()
             + self
                 .tenants
                 .iter()
-                .map(|t| t.pipelines.len())
+                .map(|t| t.pipelines.len() + t.schedules.len())
                 .sum::<usize>();
         if all == 0 {
             problems.add(
                 "pipelines",
-                "no pipeline to serve; add a [[pipelines]] or [[tenants]] table",
+                "no pipeline to serve; add a [[pipelines]], [[schedules]] or [[tenants]] table",
             );
         }
         check_pipelines(problems, "pipelines", &self.pipelines, base_dir);
+        check_schedules(problems, "schedules", &self.schedules, base_dir, None);
         if let Some(hash) = &self.service.operator_token_sha256 {
             check_hash(problems, "service.operator_token_sha256", hash);
         }
         let mut names = std::collections::HashSet::new();
-        if !self.pipelines.is_empty() {
+        if !self.pipelines.is_empty() || !self.schedules.is_empty() {
             names.insert(DEFAULT_TENANT.to_string());
         }
         let mut ids = std::collections::HashSet::new();
@@ -453,6 +475,13 @@ impl ServiceConfig {
                     problems.add(key(&format!("quotas.{name}")), "must be at least 1");
                 }
             }
+            check_schedules(
+                problems,
+                &key("schedules"),
+                &tenant.schedules,
+                &dir,
+                Some(&dir),
+            );
             let prefix = key("pipelines");
             check_pipelines(problems, &prefix, &tenant.pipelines, &dir);
             for (i, hosted) in tenant.pipelines.iter().enumerate() {
@@ -508,6 +537,60 @@ fn check_pipelines(
                 format!("{prefix}[{i}].drop_dir"),
                 format!("{} is not a directory", base_dir.join(dir).display()),
             );
+        }
+    }
+}
+
+/// Checks the `[[schedules]]` entries at `prefix`, paths relative to
+/// `base_dir`; with `confine_to`, their files must be inside it (a
+/// tenant's directory). What the pipeline files themselves name is
+/// checked when they are loaded ([`super::Service::load`]).
+fn check_schedules(
+    problems: &mut Problems,
+    prefix: &str,
+    schedules: &[ScheduleConfig],
+    base_dir: &Path,
+    confine_to: Option<&Path>,
+) {
+    let mut names = std::collections::HashSet::new();
+    for (i, schedule) in schedules.iter().enumerate() {
+        let key = |k: &str| format!("{prefix}[{i}].{k}");
+        let file = base_dir.join(&schedule.file);
+        if let Some(dir) = confine_to
+            && !super::confine::is_inside(dir, &file)
+        {
+            problems.add(
+                key("file"),
+                format!(
+                    "{} is outside the tenant's dir {}",
+                    file.display(),
+                    dir.display()
+                ),
+            );
+        } else if !file.is_file() {
+            problems.add(key("file"), format!("{} does not exist", file.display()));
+        }
+        let name = schedule.name_or_stem();
+        if !valid_name(&name) {
+            problems.add(
+                key("name"),
+                format!("`{name}` must be 1-64 characters of a-z, 0-9, _ and - (set `name`)"),
+            );
+        } else if !names.insert(name.clone()) {
+            problems.add(
+                key("name"),
+                format!("a second schedule named `{name}`; names must be unique (set `name`)"),
+            );
+        }
+        // Each on its own, so that both problems are named at once.
+        if let Err(message) = super::cron::Timetable::new(&schedule.cron, "UTC") {
+            problems.add(key("cron"), message);
+        }
+        if let Err(message) = super::cron::Timetable::new("0 0 * * *", &schedule.timezone) {
+            problems.add(key("timezone"), message);
+        }
+        if schedule.max_catch_up == 0 {
+            problems.add(key("max_catch_up"), "must be at least 1");
         }
     }
 }

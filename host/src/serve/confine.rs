@@ -1,7 +1,73 @@
 //! Tenant confinement: whether a path is inside a tenant's directory, with
-//! `.`/`..` resolved and symbolic links followed.
+//! `.`/`..` resolved and symbolic links followed, and which paths of a
+//! pipeline file are not.
 
 use std::path::{Component, Path, PathBuf};
+
+use crate::config::PipelineConfig;
+
+/// Which of a pipeline's output paths [`outside_paths`] checks: the
+/// service file may replace the sink's and the quarantine's paths (and
+/// checks its own).
+#[derive(Debug, Clone, Copy)]
+pub struct Outputs {
+    /// Check `[sink] path`.
+    pub sink: bool,
+    /// Check `[quarantine] path`.
+    pub quarantine: bool,
+}
+
+/// Every file or directory that `config` (read from pipeline file `file`)
+/// names outside `dir`, with its key: the source path, the sink and
+/// quarantine paths (as `outputs` says), the state directory, the lineage
+/// file, each plugin (the extract plugin's too), reference table and
+/// granted directory.
+pub fn outside_paths(
+    config: &PipelineConfig,
+    file: &Path,
+    outputs: Outputs,
+    dir: &Path,
+) -> Vec<(String, PathBuf)> {
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut paths = vec![("source.path".to_string(), base.join(&config.source.path))];
+    if outputs.sink {
+        paths.push(("sink.path".into(), base.join(&config.sink.path)));
+    }
+    if outputs.quarantine {
+        paths.push(("quarantine.path".into(), base.join(&config.quarantine.path)));
+    }
+    if let Some(state) = &config.pipeline.state_dir {
+        paths.push(("pipeline.state_dir".into(), base.join(state)));
+    }
+    if let Some(lineage) = &config.lineage.file {
+        paths.push(("lineage.file".into(), base.join(lineage)));
+    }
+    let granted = |key: &str, grants: &crate::plugin::Grants, paths: &mut Vec<_>| {
+        for (guest, host) in &grants.read_dirs {
+            paths.push((
+                format!("{key}.capabilities.read_dirs.\"{guest}\""),
+                base.join(host),
+            ));
+        }
+    };
+    if let Some(extract) = &config.source.extract {
+        paths.push(("source.extract.plugin".into(), base.join(&extract.plugin)));
+        granted("source.extract", &extract.capabilities, &mut paths);
+    }
+    for (i, stage) in config.stages.iter().enumerate() {
+        if !stage.plugin.starts_with("builtin:") {
+            paths.push((format!("stages[{i}].plugin"), base.join(&stage.plugin)));
+        }
+        for (table, path) in &stage.tables {
+            paths.push((format!("stages[{i}].tables.{table}"), base.join(path)));
+        }
+        granted(&format!("stages[{i}]"), &stage.capabilities, &mut paths);
+    }
+    paths
+        .into_iter()
+        .filter(|(_, path)| !is_inside(dir, path))
+        .collect()
+}
 
 /// Whether `path` is `dir` or inside it, judged on the paths with `.` and
 /// `..` resolved and, where they exist, symbolic links followed (so a link

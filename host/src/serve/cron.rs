@@ -1,7 +1,6 @@
-//! Cron schedules (status: the timetable, catch-up, concurrency, retries
-//! and [`run_pipeline`] are built and tested; reading `[[schedules]]` from
-//! the service file and starting a [`Schedule::drive`] thread per entry in
-//! [`crate::serve::Service`] is the next step).
+//! Cron schedules: the timetable, catch-up, concurrency and retries of
+//! one schedule. [`super::schedules`] loads the service file's
+//! `[[schedules]]` and drives each on its own thread.
 //!
 //! `weir serve` runs batch pipelines (`weir run`'s kind:
 //! files, PostgreSQL, extract plugins with outbound HTTP) at the instants
@@ -93,6 +92,18 @@ pub struct ScheduleConfig {
         with = "crate::checks::humantime_serde_compat"
     )]
     pub retry_backoff: Duration,
+}
+
+impl ScheduleConfig {
+    /// `name`, or else the pipeline file's stem.
+    pub fn name_or_stem(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.file
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+    }
 }
 
 fn default_timezone() -> String {

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod quarantine_log;
 pub mod quota;
 pub mod scheduler;
+pub mod schedules;
 pub mod stateful;
 pub mod stream;
 pub mod tenant;
@@ -52,7 +53,7 @@ use crate::plugin::PluginWatcher;
 use self::auth::TokenStore;
 use self::config::{DEFAULT_TENANT, HostedPipeline, Quotas, ServiceConfig};
 use self::live::LivePipeline;
-use self::tenant::{Tenant, is_inside};
+use self::tenant::Tenant;
 
 /// A loaded service: its pipelines, ready to run.
 pub struct Service {
@@ -98,9 +99,18 @@ impl Service {
         let mut errors = Vec::new();
         let mut tenants = BTreeMap::new();
         let scheduler = scheduler::FairScheduler::new(config.service.running_batches());
-        if !config.pipelines.is_empty() {
+        if !config.pipelines.is_empty() || !config.schedules.is_empty() {
             // The implicit tenant keeps the state layout of a single-tenant
             // service: STATE_DIR/PIPELINE.
+            let scheduled = schedules::load(
+                file,
+                "schedules",
+                &base_dir,
+                &config.schedules,
+                None,
+                &state_dir,
+                &mut errors,
+            );
             let tenant = load_tenant(
                 file,
                 DEFAULT_TENANT,
@@ -115,11 +125,25 @@ impl Service {
                 ),
                 &state_dir,
                 &mut errors,
-            )?;
+            )?
+            .with_schedules(scheduled);
             tenants.insert(DEFAULT_TENANT.to_string(), Arc::new(tenant));
         }
         for (t, tenant) in config.tenants.iter().enumerate() {
             let dir = base_dir.join(&tenant.dir);
+            let tenant_state = state_dir.join("tenants").join(&tenant.name);
+            let scheduled = schedules::load(
+                file,
+                &format!("tenants[{t}].schedules"),
+                &dir,
+                &tenant.schedules,
+                Some(schedules::Confinement {
+                    dir: &dir,
+                    http_allow_hosts: &tenant.http_allow_hosts,
+                }),
+                &tenant_state,
+                &mut errors,
+            );
             let loaded = load_tenant(
                 file,
                 &tenant.name,
@@ -128,9 +152,10 @@ impl Service {
                 true,
                 &tenant.pipelines,
                 tenant::Quota::new(&tenant.name, tenant.quotas, scheduler.clone()),
-                &state_dir.join("tenants").join(&tenant.name),
+                &tenant_state,
                 &mut errors,
-            )?;
+            )?
+            .with_schedules(scheduled);
             tenants.insert(tenant.name.clone(), Arc::new(loaded));
         }
         if !errors.is_empty() {
@@ -256,6 +281,11 @@ impl Service {
                 });
             }
         }
+        let stop_schedules = Arc::new(cron::Stop::default());
+        let schedule_threads = schedules::start(
+            self.tenants.values().flat_map(|t| t.schedules().values()),
+            &stop_schedules,
+        )?;
         self.ready.store(true, Ordering::Release);
         let address = listener.local_addr()?;
         tracing::info!(%address, tenants = self.tenants.len(), pipelines = self.all_pipelines().count(), auth = self.tokens.enabled(), "weir serve is listening");
@@ -270,6 +300,7 @@ impl Service {
             for live in this.all_pipelines() {
                 live.close();
             }
+            stop_schedules.set();
             let _ = stop_tx.send(true);
         };
         let timeout = Duration::from_millis(self.config.service.shutdown_timeout_ms);
@@ -279,6 +310,14 @@ impl Service {
             for batcher in batchers {
                 batcher.await.context("a batcher panicked")?;
             }
+            // A scheduled run in progress ends before its thread does.
+            tokio::task::spawn_blocking(move || {
+                for thread in schedule_threads {
+                    let _ = thread.join();
+                }
+            })
+            .await
+            .context("a schedule panicked")?;
             anyhow::Ok(())
         };
         tokio::pin!(drain);
@@ -401,7 +440,11 @@ fn load_tenant(
         hosted.sink_path = hosted.sink_path.map(|d| dir.join(d));
         hosted.quarantine_path = hosted.quarantine_path.map(|d| dir.join(d));
         if confined {
-            let outside = outside_paths(&pipeline, &hosted, dir);
+            let outputs = confine::Outputs {
+                sink: hosted.sink_path.is_none(),
+                quarantine: hosted.quarantine_path.is_none(),
+            };
+            let outside = confine::outside_paths(pipeline.config(), &pipeline.file, outputs, dir);
             if !outside.is_empty() {
                 errors.extend(outside.into_iter().map(|(what, path)| ConfigError {
                     file: pipeline.file.clone(),
@@ -420,46 +463,4 @@ fn load_tenant(
         pipelines.insert(live.name.clone(), Arc::new(live));
     }
     Ok(Tenant::new(dir.to_path_buf(), quota, pipelines))
-}
-
-/// Every file or directory the pipeline file of `pipeline` names outside
-/// `dir`, with its key. The service file's own paths (`drop_dir`, and
-/// `sink_path` / `quarantine_path`, which replace the pipeline's) are
-/// checked with the service file ([`ServiceConfig::from_file`]).
-fn outside_paths(
-    pipeline: &Pipeline,
-    hosted: &HostedPipeline,
-    dir: &Path,
-) -> Vec<(String, PathBuf)> {
-    let base = pipeline
-        .file
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let config = pipeline.config();
-    let mut paths = vec![("source.path".to_string(), base.join(&config.source.path))];
-    if hosted.sink_path.is_none() {
-        paths.push(("sink.path".into(), base.join(&config.sink.path)));
-    }
-    if hosted.quarantine_path.is_none() {
-        paths.push(("quarantine.path".into(), base.join(&config.quarantine.path)));
-    }
-    for (i, stage) in config.stages.iter().enumerate() {
-        if !stage.plugin.starts_with("builtin:") {
-            paths.push((format!("stages[{i}].plugin"), base.join(&stage.plugin)));
-        }
-        for (table, path) in &stage.tables {
-            paths.push((format!("stages[{i}].tables.{table}"), base.join(path)));
-        }
-        for (guest, host) in &stage.capabilities.read_dirs {
-            paths.push((
-                format!("stages[{i}].capabilities.read_dirs.\"{guest}\""),
-                base.join(host),
-            ));
-        }
-    }
-    paths
-        .into_iter()
-        .filter(|(_, path)| !is_inside(dir, path))
-        .collect()
 }

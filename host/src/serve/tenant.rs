@@ -11,6 +11,7 @@ pub use super::confine::is_inside;
 use super::live::LivePipeline;
 pub use super::quota::Quota;
 use super::scheduler::SchedulerShare;
+use super::schedules::Scheduled;
 
 /// One tenant being served.
 pub struct Tenant {
@@ -20,6 +21,7 @@ pub struct Tenant {
     pub dir: PathBuf,
     quota: Arc<Quota>,
     pipelines: BTreeMap<String, Arc<LivePipeline>>,
+    schedules: BTreeMap<String, Arc<Scheduled>>,
 }
 
 impl std::fmt::Debug for Tenant {
@@ -40,6 +42,8 @@ pub struct TenantStatus {
     pub dir: PathBuf,
     /// Its pipelines' names.
     pub pipelines: Vec<String>,
+    /// Its schedules' names.
+    pub schedules: Vec<String>,
     /// Its quotas.
     pub quotas: Quotas,
     /// Micro-batches running now.
@@ -70,7 +74,19 @@ impl Tenant {
             dir,
             quota,
             pipelines,
+            schedules: BTreeMap::new(),
         }
+    }
+
+    /// The tenant with its scheduled pipelines.
+    pub fn with_schedules(mut self, schedules: BTreeMap<String, Arc<Scheduled>>) -> Tenant {
+        self.schedules = schedules;
+        self
+    }
+
+    /// Its scheduled pipelines by name.
+    pub fn schedules(&self) -> &BTreeMap<String, Arc<Scheduled>> {
+        &self.schedules
     }
 
     /// Its quotas and usage.
@@ -95,6 +111,7 @@ impl Tenant {
             name: self.name.to_string(),
             dir: self.dir.clone(),
             pipelines: self.pipelines.keys().cloned().collect(),
+            schedules: self.schedules.keys().cloned().collect(),
             quotas: quota.quotas,
             running_batches: quota.running_batches(),
             fuel_available: quota.fuel_level(),

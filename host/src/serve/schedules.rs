@@ -1,0 +1,371 @@
+//! The scheduled pipelines of a service: loading each `[[schedules]]`
+//! entry (a tenant's confined to what the tenant may use), one thread per
+//! schedule driving it on the system clock ([`super::cron`]), and
+//! backfills started through the API, which never overlap the schedule's
+//! own runs.
+//!
+//! **What a tenant's scheduled pipeline may use.** Everything it names
+//! must be inside the tenant's directory (as for its served pipelines);
+//! its extract plugin may be granted outbound HTTP only to hosts the
+//! operator lists in the tenant's `http_allow_hosts`; and it may not reach
+//! PostgreSQL, NATS, a lineage endpoint or a webhook, which would connect
+//! with the service's network and credentials. The implicit tenant
+//! (top-level `[[schedules]]`, the operator's own) may use everything
+//! `weir run` may.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::backfill::{BackfillOptions, BackfillSummary};
+use crate::config::{
+    ConfigError, ConfigErrors, PipelineConfig, SinkFormat, SourceFormat, WriteMode,
+};
+
+use super::confine::{Outputs, outside_paths};
+use super::cron::{Schedule, ScheduleConfig, Stop, SystemClock};
+
+/// What the schedules of one tenant may use.
+#[derive(Debug, Clone, Copy)]
+pub struct Confinement<'a> {
+    /// The tenant's directory, which every path must be inside.
+    pub dir: &'a Path,
+    /// The hosts its extract plugins may be granted.
+    pub http_allow_hosts: &'a [String],
+}
+
+/// A backfill started through the API, and how it went.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillJob {
+    /// The first partition.
+    pub from: String,
+    /// The last partition, included.
+    pub to: String,
+    /// `running`, `done` (every partition ran; some may have failed, see
+    /// `failed`) or `error` (it could not start, see `error`).
+    pub state: &'static str,
+    /// Partitions whose run failed, when done.
+    pub failed: usize,
+    /// What it did, when done.
+    pub summary: Option<BackfillSummary>,
+    /// Why it could not run.
+    pub error: Option<String>,
+}
+
+/// Why a backfill did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Another backfill of the schedule is running.
+    #[error("a backfill of this schedule is running; wait for it to end")]
+    Running,
+    /// The pipeline is not partitioned or the range is malformed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A schedule of a service: its [`Schedule`], its pipeline file, and its
+/// latest API-started backfill.
+pub struct Scheduled {
+    /// The schedule.
+    pub schedule: Schedule,
+    /// Its pipeline file (resolved against the service file or the
+    /// tenant's directory).
+    pub file: PathBuf,
+    /// Held by each run of the schedule and by each backfill, so that they
+    /// never write the same outputs at once.
+    run_lock: Mutex<()>,
+    backfill: Mutex<Option<BackfillJob>>,
+}
+
+impl std::fmt::Debug for Scheduled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduled")
+            .field("name", &self.schedule.name)
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A schedule's state for the API (`GET …/schedules`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduledStatus {
+    /// The schedule's own state.
+    #[serde(flatten)]
+    pub schedule: super::cron::ScheduleStatus,
+    /// The latest backfill started through the API.
+    pub backfill: Option<BackfillJob>,
+}
+
+impl Scheduled {
+    /// Its state.
+    pub fn status(&self) -> ScheduledStatus {
+        ScheduledStatus {
+            schedule: self.schedule.status(),
+            backfill: self.backfill.lock().expect("backfill").clone(),
+        }
+    }
+
+    /// Drives the schedule on the system clock until `stop` is set,
+    /// running its pipeline at each instant (never while a backfill of it
+    /// runs).
+    pub fn drive(&self, stop: &Stop) {
+        let run = |firing: &super::cron::Firing| {
+            let _exclusive = self.run_lock.lock().unwrap_or_else(|p| p.into_inner());
+            super::cron::run_pipeline(&self.file, &self.schedule.timetable, firing)
+        };
+        if let Err(error) = self.schedule.drive(&SystemClock, stop, &run) {
+            tracing::error!(schedule = %self.schedule.name, "the schedule stopped: {error:#}");
+        }
+    }
+
+    /// Starts a backfill of the schedule's pipeline on its own thread; it
+    /// waits for a run of the schedule in progress and holds the next ones
+    /// back until it ends. Its progress is in [`Scheduled::status`] and
+    /// each partition's run in the pipeline's history.
+    ///
+    /// # Errors
+    /// A backfill of this schedule is already running, the pipeline is not
+    /// partitioned, or the range is malformed (checked before starting).
+    pub fn start_backfill(
+        self: &Arc<Self>,
+        options: BackfillOptions,
+    ) -> Result<BackfillJob, StartError> {
+        let invalid = |e: ConfigErrors| StartError::Invalid(e.to_string());
+        let text = crate::config::read_text(&self.file).map_err(invalid)?;
+        if !crate::partition::uses_partition(&text) {
+            return Err(StartError::Invalid(format!(
+                "{} is not partitioned: a backfill runs one run per partition (see docs/backfill.md)",
+                self.schedule.config.file.display()
+            )));
+        }
+        let settings = crate::config::partition_settings_of(&text, &self.file).map_err(invalid)?;
+        settings
+            .range(&options.from, &options.to)
+            .map_err(StartError::Invalid)?;
+        let job = BackfillJob {
+            from: options.from.clone(),
+            to: options.to.clone(),
+            state: "running",
+            failed: 0,
+            summary: None,
+            error: None,
+        };
+        {
+            let mut current = self.backfill.lock().expect("backfill");
+            if current.as_ref().is_some_and(|job| job.state == "running") {
+                return Err(StartError::Running);
+            }
+            *current = Some(job.clone());
+        }
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name(format!("weir-backfill-{}", self.schedule.name))
+            .spawn(move || {
+                let outcome = {
+                    let _exclusive = this.run_lock.lock().unwrap_or_else(|p| p.into_inner());
+                    crate::backfill::backfill(&this.file, &options)
+                };
+                let mut current = this.backfill.lock().expect("backfill");
+                let job = current.as_mut().expect("set before the thread started");
+                match outcome {
+                    Ok(summary) => {
+                        job.state = "done";
+                        job.failed = summary.failed();
+                        job.summary = Some(summary);
+                    }
+                    Err(error) => {
+                        job.state = "error";
+                        job.error = Some(format!("{error:#}"));
+                    }
+                }
+                tracing::info!(
+                    schedule = %this.schedule.name,
+                    from = %job.from,
+                    to = %job.to,
+                    state = job.state,
+                    failed = job.failed,
+                    "backfill ended"
+                );
+            })
+            .map_err(|e| StartError::Invalid(format!("starting the backfill: {e}")))?;
+        Ok(job)
+    }
+}
+
+/// Loads the schedules `configs` of one tenant (`dir`: the directory their
+/// files are relative to; `confinement`: for a tenant other than the
+/// implicit one), keeping their state in `state_dir/schedules`. Problems go
+/// to `errors` with keys under `key` of the service file `service_file`.
+pub fn load(
+    service_file: &Path,
+    key: &str,
+    dir: &Path,
+    configs: &[ScheduleConfig],
+    confinement: Option<Confinement<'_>>,
+    state_dir: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, Arc<Scheduled>> {
+    let mut schedules = BTreeMap::new();
+    for (i, config) in configs.iter().enumerate() {
+        let name = config.name_or_stem();
+        let file = dir.join(&config.file);
+        let schedule = match Schedule::new(&name, config.clone(), &state_dir.join("schedules")) {
+            Ok(schedule) => schedule,
+            Err(message) => {
+                errors.push(ConfigError {
+                    file: service_file.to_path_buf(),
+                    key: format!("{key}[{i}].cron"),
+                    message,
+                });
+                continue;
+            }
+        };
+        match check_pipeline(&schedule, &file, confinement) {
+            Ok(()) => {}
+            Err(ConfigErrors(found)) => {
+                errors.extend(found);
+                continue;
+            }
+        }
+        schedules.insert(
+            name,
+            Arc::new(Scheduled {
+                schedule,
+                file,
+                run_lock: Mutex::new(()),
+                backfill: Mutex::new(None),
+            }),
+        );
+    }
+    schedules
+}
+
+/// Reads the pipeline file of `schedule` (for the partition of now, when
+/// partitioned) and checks what a scheduled run needs: a file sink that a
+/// second run would not fail on, and, for a tenant, `confinement`.
+fn check_pipeline(
+    schedule: &Schedule,
+    file: &Path,
+    confinement: Option<Confinement<'_>>,
+) -> Result<(), ConfigErrors> {
+    let text = crate::config::read_text(file)?;
+    let partitioned = crate::partition::uses_partition(&text);
+    let config = if partitioned {
+        let settings = crate::config::partition_settings_of(&text, file)?;
+        let start = schedule
+            .timetable
+            .partition_start(chrono::Utc::now(), settings.every);
+        let key = settings
+            .key(start)
+            .map_err(|message| ConfigError::whole(file, "partition", message))?;
+        PipelineConfig::from_toml_for(&text, file, Some(&key))?
+    } else {
+        PipelineConfig::from_toml(&text, file)?
+    };
+    let mut problems = Vec::new();
+    let mut problem = |key: &str, message: String| {
+        problems.push(ConfigError {
+            file: file.to_path_buf(),
+            key: key.to_string(),
+            message,
+        });
+    };
+    if !partitioned
+        && !matches!(config.sink.format, SinkFormat::Postgres | SinkFormat::Nats)
+        && config.sink.write_mode() == WriteMode::ErrorIfExists
+    {
+        problem(
+            "sink.mode",
+            format!(
+                "schedule `{}` runs this pipeline again and again, but its sink refuses to replace {} (the default mode); set mode = \"overwrite\" (or \"append\"), or partition the pipeline (docs/backfill.md)",
+                schedule.name, config.sink.path
+            ),
+        );
+    }
+    if let Some(confinement) = confinement {
+        let everything = Outputs {
+            sink: true,
+            quarantine: true,
+        };
+        for (key, path) in outside_paths(&config, file, everything, confinement.dir) {
+            problem(
+                &key,
+                format!(
+                    "{} is outside the tenant's dir {}; a tenant's pipelines may only use files inside it",
+                    path.display(),
+                    confinement.dir.display()
+                ),
+            );
+        }
+        let network = "would connect with the service's network and credentials, which a tenant's scheduled pipeline may not use";
+        if config.source.format == SourceFormat::Postgres {
+            problem("source.format", format!("reading PostgreSQL {network}"));
+        }
+        if matches!(config.sink.format, SinkFormat::Postgres | SinkFormat::Nats) {
+            problem(
+                "sink.format",
+                format!("writing to PostgreSQL or NATS {network}"),
+            );
+        }
+        if config.lineage.url.is_some() {
+            problem(
+                "lineage.url",
+                format!("posting lineage events {network}; use `lineage.file`"),
+            );
+        }
+        if config.checks.webhook.is_some() {
+            problem(
+                "checks.webhook",
+                format!(
+                    "posting alerts {network}; the check results are in the run history and the API"
+                ),
+            );
+        }
+        if let Some(http) = config
+            .source
+            .extract
+            .as_ref()
+            .and_then(|e| e.capabilities.http.as_ref())
+        {
+            for host in &http.allow_hosts {
+                if !confinement.http_allow_hosts.contains(host) {
+                    problem(
+                        "source.extract.capabilities.http.allow_hosts",
+                        format!(
+                            "`{host}` is not among the hosts the operator allows this tenant (`http_allow_hosts` in the service file: {:?})",
+                            confinement.http_allow_hosts
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(problems))
+    }
+}
+
+/// Starts one thread per schedule of `schedules`, each driving it until
+/// `stop` is set.
+///
+/// # Errors
+/// A thread that cannot be started.
+pub fn start<'a>(
+    schedules: impl Iterator<Item = &'a Arc<Scheduled>>,
+    stop: &Arc<Stop>,
+) -> Result<Vec<std::thread::JoinHandle<()>>> {
+    schedules
+        .map(|scheduled| {
+            let scheduled = scheduled.clone();
+            let stop = stop.clone();
+            Ok(std::thread::Builder::new()
+                .name(format!("weir-schedule-{}", scheduled.schedule.name))
+                .spawn(move || scheduled.drive(&stop))?)
+        })
+        .collect()
+}
