@@ -553,6 +553,17 @@ impl Pipeline {
             }
         }
         if let Some((observation, results)) = gate.into_judged() {
+            // Recorded by `weir serve`'s Prometheus recorder for scheduled
+            // runs; nothing listens under `weir run`.
+            for result in &results {
+                metrics::counter!(
+                    "weir_check_results_total",
+                    "pipeline" => self.name.clone(),
+                    "check" => result.check.clone(),
+                    "status" => result.status.as_str()
+                )
+                .increment(1);
+            }
             if let Some(history) = &history
                 && let Err(e) = history.record_checks(&run_id, &observation, &results)
             {

@@ -284,6 +284,20 @@ schedules = []
         .collect();
     assert_eq!(names, ["daily", "refresh"]);
 
+    let (code, metrics) = running.oneshot(authorized(get("/metrics"), &operator));
+    assert_eq!(code, StatusCode::OK);
+    let metrics = metrics.as_str().unwrap();
+    for expected in [
+        r#"weir_scheduled_runs_total{tenant="acme",schedule="refresh",status="succeeded"}"#,
+        r#"weir_scheduled_run_seconds_count{tenant="acme",schedule="refresh"}"#,
+        r#"check="schema",status="ok"}"#,
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
+
     running.shutdown().unwrap();
     // The schedule's state survives the service: the last instant handled.
     let state: Value = serde_json::from_slice(

@@ -104,6 +104,7 @@ impl Service {
             // service: STATE_DIR/PIPELINE.
             let scheduled = schedules::load(
                 file,
+                DEFAULT_TENANT,
                 "schedules",
                 &base_dir,
                 &config.schedules,
@@ -134,6 +135,7 @@ impl Service {
             let tenant_state = state_dir.join("tenants").join(&tenant.name);
             let scheduled = schedules::load(
                 file,
+                &tenant.name,
                 &format!("tenants[{t}].schedules"),
                 &dir,
                 &tenant.schedules,

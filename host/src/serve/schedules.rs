@@ -69,6 +69,8 @@ pub enum StartError {
 /// A schedule of a service: its [`Schedule`], its pipeline file, and its
 /// latest API-started backfill.
 pub struct Scheduled {
+    /// The tenant it belongs to.
+    pub tenant: String,
     /// The schedule.
     pub schedule: Schedule,
     /// Its pipeline file (resolved against the service file or the
@@ -114,7 +116,27 @@ impl Scheduled {
     pub fn drive(&self, stop: &Stop) {
         let run = |firing: &super::cron::Firing| {
             let _exclusive = self.run_lock.lock().unwrap_or_else(|p| p.into_inner());
-            super::cron::run_pipeline(&self.file, &self.schedule.timetable, firing)
+            let started = std::time::Instant::now();
+            let outcome = super::cron::run_pipeline(&self.file, &self.schedule.timetable, firing);
+            let labels = [
+                ("tenant", self.tenant.clone()),
+                ("schedule", self.schedule.name.clone()),
+            ];
+            let status = if outcome.is_ok() {
+                "succeeded"
+            } else {
+                "failed"
+            };
+            metrics::counter!(
+                "weir_scheduled_runs_total",
+                "tenant" => self.tenant.clone(),
+                "schedule" => self.schedule.name.clone(),
+                "status" => status
+            )
+            .increment(1);
+            metrics::histogram!("weir_scheduled_run_seconds", &labels)
+                .record(started.elapsed().as_secs_f64());
+            outcome
         };
         if let Err(error) = self.schedule.drive(&SystemClock, stop, &run) {
             tracing::error!(schedule = %self.schedule.name, "the schedule stopped: {error:#}");
@@ -195,12 +217,14 @@ impl Scheduled {
     }
 }
 
-/// Loads the schedules `configs` of one tenant (`dir`: the directory their
+/// Loads the schedules `configs` of `tenant` (`dir`: the directory their
 /// files are relative to; `confinement`: for a tenant other than the
 /// implicit one), keeping their state in `state_dir/schedules`. Problems go
 /// to `errors` with keys under `key` of the service file `service_file`.
+#[allow(clippy::too_many_arguments)]
 pub fn load(
     service_file: &Path,
+    tenant: &str,
     key: &str,
     dir: &Path,
     configs: &[ScheduleConfig],
@@ -233,6 +257,7 @@ pub fn load(
         schedules.insert(
             name,
             Arc::new(Scheduled {
+                tenant: tenant.to_string(),
                 schedule,
                 file,
                 run_lock: Mutex::new(()),
