@@ -25,7 +25,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::config::{ConfigError, PipelineConfig, SinkFormat, WriteMode};
+use crate::config::{ConfigError, ConfigErrors, PipelineConfig, SinkFormat, WriteMode};
 use crate::history::Trigger;
 use crate::partition::PartitionKey;
 use crate::pipeline::{Pipeline, RunOptions};
@@ -68,6 +68,11 @@ impl BackfillSummary {
         self.count(PartitionStatus::Skipped)
     }
 
+    /// Partitions not run because the backfill was stopped.
+    pub fn stopped(&self) -> usize {
+        self.count(PartitionStatus::Stopped)
+    }
+
     /// Rows written over all partitions.
     pub fn written(&self) -> u64 {
         self.partitions.iter().map(|p| p.written).sum()
@@ -91,6 +96,9 @@ pub enum PartitionStatus {
     Failed,
     /// Not run: its newest run had succeeded (`--only-failed`).
     Skipped,
+    /// Not run: the backfill was stopped first (`weir serve` shutting
+    /// down); run it again with `only_failed`.
+    Stopped,
 }
 
 /// One partition's run.
@@ -115,6 +123,31 @@ pub struct PartitionOutcome {
     pub error: Option<String>,
 }
 
+/// A check of one partition's pipeline config before it runs: an error
+/// fails that partition's run (`weir serve` confines a tenant's pipelines
+/// with it, on the text each run reads).
+pub type Vet<'a> = &'a (dyn Fn(&PipelineConfig) -> Result<(), ConfigErrors> + Sync);
+
+/// What the caller of [`backfill_with`] adds to a backfill.
+#[derive(Clone, Copy)]
+pub struct Hooks<'a> {
+    /// Checks each partition's config before its run.
+    pub vet: Vet<'a>,
+    /// Asked before each partition: when true, the partitions not started
+    /// yet are [`PartitionStatus::Stopped`].
+    pub stop: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl Hooks<'static> {
+    /// No check, never stopped (`weir backfill`).
+    pub fn none() -> Hooks<'static> {
+        Hooks {
+            vet: &|_| Ok(()),
+            stop: &|| false,
+        }
+    }
+}
+
 /// Runs `file` once per partition from `options.from` to `options.to`.
 ///
 /// # Errors
@@ -122,6 +155,19 @@ pub struct PartitionOutcome {
 /// partitions would share an output; a bad range. A partition whose run
 /// fails is not an error here: it is in the summary.
 pub fn backfill(file: &Path, options: &BackfillOptions) -> Result<BackfillSummary> {
+    backfill_with(file, options, Hooks::none())
+}
+
+/// [`backfill`] with `hooks`: each partition's config vetted before its
+/// run, and a way to stop between partitions.
+///
+/// # Errors
+/// As [`backfill`].
+pub fn backfill_with(
+    file: &Path,
+    options: &BackfillOptions,
+    hooks: Hooks<'_>,
+) -> Result<BackfillSummary> {
     let started = Instant::now();
     let text = crate::config::read_text(file)?;
     if !crate::partition::uses_partition(&text) {
@@ -148,7 +194,10 @@ pub fn backfill(file: &Path, options: &BackfillOptions) -> Result<BackfillSummar
         let succeeded =
             latest.get(&key.value).map(String::as_str) == Some(crate::history::SUCCEEDED);
         if options.only_failed && succeeded {
-            outcomes[i] = Some(PartitionOutcome::skipped(&key.value));
+            outcomes[i] = Some(PartitionOutcome::not_run(
+                &key.value,
+                PartitionStatus::Skipped,
+            ));
         } else {
             queue.push_back(i);
         }
@@ -165,7 +214,11 @@ pub fn backfill(file: &Path, options: &BackfillOptions) -> Result<BackfillSummar
                     let Some(i) = queue.lock().expect("queue").pop_front() else {
                         break;
                     };
-                    let outcome = backfill_partition(file, &text, &keys[i]);
+                    let outcome = if (hooks.stop)() {
+                        PartitionOutcome::not_run(&keys[i].value, PartitionStatus::Stopped)
+                    } else {
+                        backfill_partition(file, &text, &keys[i], hooks.vet)
+                    };
                     let line = outcome.line();
                     if outcome.status == PartitionStatus::Failed {
                         failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -263,19 +316,23 @@ fn check_separate_outputs(
     Ok(())
 }
 
-/// Loads pipeline `file` (whose text is `text`) for partition `key` and
-/// runs it, a file sink in `overwrite` mode so that the run replaces the
-/// partition's output; recorded in the history as started by `trigger`.
+/// Loads pipeline `file` (whose text is `text`) for partition `key`,
+/// checks it with `vet` and runs it, a file sink in `overwrite` mode so
+/// that the run replaces the partition's output; recorded in the history
+/// as started by `trigger`.
 ///
 /// # Errors
-/// The pipeline cannot be loaded for the partition, or its run failed.
+/// The pipeline cannot be loaded for the partition, `vet` refused it, or
+/// its run failed.
 pub fn run_partition(
     file: &Path,
     text: &str,
     key: &PartitionKey,
     trigger: Trigger,
+    vet: Vet<'_>,
 ) -> Result<crate::report::RunReport> {
     let mut config = PipelineConfig::from_toml_for(text, file, Some(key))?;
+    vet(&config)?;
     if config.sink.format != SinkFormat::Postgres {
         config.sink.mode = Some(WriteMode::Overwrite);
     }
@@ -290,9 +347,14 @@ pub fn run_partition(
 }
 
 /// Runs one partition of a backfill; every failure ends in the outcome.
-fn backfill_partition(file: &Path, text: &str, key: &PartitionKey) -> PartitionOutcome {
+fn backfill_partition(
+    file: &Path,
+    text: &str,
+    key: &PartitionKey,
+    vet: Vet<'_>,
+) -> PartitionOutcome {
     let started = Instant::now();
-    match run_partition(file, text, key, Trigger::Backfill) {
+    match run_partition(file, text, key, Trigger::Backfill, vet) {
         Ok(report) => PartitionOutcome {
             partition: key.value.clone(),
             status: PartitionStatus::Succeeded,
@@ -317,10 +379,10 @@ fn backfill_partition(file: &Path, text: &str, key: &PartitionKey) -> PartitionO
 }
 
 impl PartitionOutcome {
-    fn skipped(partition: &str) -> PartitionOutcome {
+    fn not_run(partition: &str, status: PartitionStatus) -> PartitionOutcome {
         PartitionOutcome {
             partition: partition.to_string(),
-            status: PartitionStatus::Skipped,
+            status,
             run_id: None,
             read: 0,
             written: 0,
@@ -338,6 +400,7 @@ impl PartitionOutcome {
                 self.partition,
                 self.error.as_deref().unwrap_or_default()
             ),
+            PartitionStatus::Stopped => format!("{}  stopped    not run", self.partition),
             _ => format!(
                 "{}  succeeded  {} read, {} written, {} quarantined in {:.1} s",
                 self.partition,

@@ -416,3 +416,153 @@ timezone = "Mars/Olympus"
     }
     assert!(!error.contains("api.partner.example` is not"), "{error}");
 }
+
+#[test]
+fn a_tenants_pipeline_changed_after_loading_is_refused_at_each_run() {
+    let root = tempfile::tempdir().unwrap();
+    let (acme, acme_hash) = weir::serve::auth::new_token().unwrap();
+    let tenant = root.path().join("tenants/acme");
+    landing(&tenant);
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let refresh = tenant.join("refresh.toml");
+    std::fs::write(
+        &refresh,
+        pipeline(
+            "",
+            "landing/all.csv",
+            "out/all.jsonl",
+            "quarantine/all.jsonl",
+        ),
+    )
+    .unwrap();
+    let daily = tenant.join("daily.toml");
+    std::fs::write(
+        &daily,
+        pipeline(
+            "[partition]\nevery = \"day\"\n",
+            "landing/${partition}/*.csv",
+            "out/${partition}.jsonl",
+            "quarantine/${partition}.jsonl",
+        ),
+    )
+    .unwrap();
+    let service = root.path().join("service.toml");
+    std::fs::write(
+        &service,
+        format!(
+            r#"
+[service]
+state_dir = "state"
+
+[[tenants]]
+name = "acme"
+dir = "tenants/acme"
+tokens = [{{ id = "acme-ci", sha256 = "{acme_hash}" }}]
+
+[[tenants.schedules]]
+file = "refresh.toml"
+cron = "* * * * * *"
+retries = 0
+
+[[tenants.schedules]]
+file = "daily.toml"
+cron = "0 2 * * *"
+"#
+        ),
+    )
+    .unwrap();
+    let running = Running::start(&service);
+    wait_for(&running, "/v1/schedules/refresh", &acme, |s| {
+        s["succeeded"].as_u64().unwrap_or(0) >= 1
+    });
+
+    // Loaded clean, then rewritten to write outside the tenant's dir:
+    // every run from then on is refused before it reads a row.
+    std::fs::write(
+        &refresh,
+        pipeline(
+            "",
+            "landing/all.csv",
+            "../../elsewhere/all.jsonl",
+            "quarantine/all.jsonl",
+        ),
+    )
+    .unwrap();
+    let status = wait_for(&running, "/v1/schedules/refresh", &acme, |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("outside the tenant's dir"))
+    });
+    assert!(
+        status["last_error"].as_str().unwrap().contains("sink.path"),
+        "{status}"
+    );
+    // Its history is refused too once the file puts it outside.
+    std::fs::write(
+        &refresh,
+        pipeline(
+            "",
+            "landing/all.csv",
+            "out/all.jsonl",
+            "quarantine/all.jsonl",
+        )
+        .replace(
+            "[pipeline]\n",
+            "[pipeline]\nstate_dir = \"../../elsewhere\"\n",
+        ),
+    )
+    .unwrap();
+    let (code, body) = running.oneshot(authorized(get("/v1/schedules/refresh/runs"), &acme));
+    assert_ne!(code, StatusCode::OK, "{body}");
+    assert!(
+        body.to_string().contains("outside the tenant's dir"),
+        "{body}"
+    );
+
+    // Each partition of a backfill is checked as it runs: the file now
+    // reads another tenant's landing through a `latest` table.
+    let mut text = pipeline(
+        "[partition]\nevery = \"day\"\n",
+        "landing/${partition}/*.csv",
+        "out/${partition}.jsonl",
+        "quarantine/${partition}.jsonl",
+    );
+    text.push_str(
+        "\n[[operators]]\nname = \"peek\"\nkind = \"latest\"\nkey = [\"id\"]\ntable = { format = \"csv\", path = \"../../elsewhere/*.csv\" }\n",
+    );
+    std::fs::write(elsewhere.join("secret.csv"), "id,secret\n1,x\n").unwrap();
+    std::fs::write(&daily, text).unwrap();
+    let (code, body) = running.oneshot(authorized(
+        post(
+            "/v1/schedules/daily/backfill",
+            "application/json",
+            json!({ "from": "2013-01-01", "to": "2013-01-02" }).to_string(),
+        ),
+        &acme,
+    ));
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let status = wait_for(&running, "/v1/schedules/daily", &acme, |s| {
+        s["backfill"]["state"] != "running"
+    });
+    assert_eq!(status["backfill"]["state"], "done", "{status}");
+    assert_eq!(status["backfill"]["failed"], 2, "{status}");
+    let error = status["backfill"]["summary"]["partitions"][0]["error"]
+        .as_str()
+        .unwrap();
+    assert!(
+        error.contains("operators[0].table.path") && error.contains("outside the tenant's dir"),
+        "{error}"
+    );
+    assert!(!tenant.join("out/2013-01-01.jsonl").exists());
+
+    let stopping = Instant::now();
+    running.shutdown().unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(20));
+    let mut written: Vec<_> = std::fs::read_dir(&elsewhere)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    written.sort();
+    assert_eq!(written, ["secret.csv"], "nothing written outside");
+}

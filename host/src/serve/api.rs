@@ -1131,7 +1131,7 @@ async fn schedule_runs(
     let scheduled = scoped.schedule()?;
     let limit = query.limit.unwrap_or(50).min(1000);
     let runs = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let file = crate::config::history_file_for(&scheduled.file)?;
+        let file = scheduled.history_file()?;
         if !file.exists() {
             return Ok(Vec::new());
         }

@@ -309,6 +309,10 @@ pub struct ScheduleStatus {
     /// Instants skipped (overlap with `concurrency = "skip"`, or missed
     /// with `catch_up`) since the service started.
     pub skipped: u64,
+    /// Why the schedule stopped for good (its state file could not be
+    /// written, or its thread panicked); it fires no more until the
+    /// service restarts.
+    pub stopped: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -407,7 +411,14 @@ impl Schedule {
         run: &dyn Fn(&Firing) -> Result<()>,
     ) -> Result<()> {
         let started = clock.now();
-        let mut last = self.load_last()?.unwrap_or(started);
+        let mut last = match self.load_last()? {
+            Some(last) => last,
+            None => {
+                // From now on, an instant not handled counts as missed.
+                self.save_last(started)?;
+                started
+            }
+        };
         // Instants missed while the service was down.
         let missed = self
             .timetable
@@ -434,7 +445,11 @@ impl Schedule {
                 if stop.is_set() {
                     return Ok(());
                 }
-                self.fire(instant, clock, stop, run);
+                if !self.fire(instant, clock, stop, run) {
+                    // Stopped mid-way: not handled, so it runs again
+                    // when the service restarts.
+                    return Ok(());
+                }
                 last = last.max(instant);
                 self.save_last(last)?;
             }
@@ -473,18 +488,33 @@ impl Schedule {
         }
     }
 
-    /// Runs `instant`, retrying with backoff; records the outcome.
+    /// Records that the schedule stopped for good, and why.
+    pub fn record_stopped(&self, why: String) {
+        self.update(|s| {
+            s.running = None;
+            s.next = None;
+            s.stopped = Some(why);
+        });
+    }
+
+    /// Runs `instant`, retrying with backoff; records the outcome. A run
+    /// that panics is a failed attempt. False when `stop` was set before
+    /// the instant was handled (an attempt failed as the service stopped,
+    /// or a retry was due after): it is left for the next start.
     fn fire(
         &self,
         instant: DateTime<Utc>,
         clock: &dyn Clock,
         stop: &Stop,
         run: &dyn Fn(&Firing) -> Result<()>,
-    ) {
+    ) -> bool {
         self.update(|s| s.running = Some(rfc3339(instant)));
         let mut attempt = 0;
         let outcome = loop {
-            let result = run(&Firing { instant, attempt });
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(&Firing { instant, attempt })
+            }))
+            .unwrap_or_else(|panic| Err(anyhow!("the run panicked: {}", panic_message(&*panic))));
             match result {
                 Ok(()) => {
                     self.update(|s| s.succeeded += 1);
@@ -493,6 +523,15 @@ impl Schedule {
                 Err(error) => {
                     self.update(|s| s.failed += 1);
                     let error = format!("{error:#}");
+                    if stop.is_set() {
+                        tracing::warn!(
+                            schedule = %self.name,
+                            "the run for {} failed as the service stops; it runs again at the next start: {error}",
+                            rfc3339(instant)
+                        );
+                        self.update(|s| s.running = None);
+                        return false;
+                    }
                     if attempt >= self.config.retries {
                         break Err(error);
                     }
@@ -508,9 +547,8 @@ impl Schedule {
                     let at = clock.now()
                         + chrono::TimeDelta::from_std(backoff).unwrap_or(chrono::TimeDelta::MAX);
                     if !clock.wait_until(at, stop) {
-                        break Err(format!(
-                            "{error} (retries stopped: the service is stopping)"
-                        ));
+                        self.update(|s| s.running = None);
+                        return false;
                     }
                     attempt += 1;
                 }
@@ -536,29 +574,46 @@ impl Schedule {
             );
             s.last_error = outcome.err();
         });
+        true
     }
+}
+
+/// The message of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Runs pipeline `file` for the firing `firing` of `timetable`: the
+/// Runs pipeline `file` for the firing `firing` of `timetable`, its config
+/// checked by `vet` first: the
 /// partition of the instant when the file is partitioned, recorded as a
 /// `scheduled` run.
 ///
 /// # Errors
 /// The pipeline cannot be loaded or its run failed.
-pub fn run_pipeline(file: &Path, timetable: &Timetable, firing: &Firing) -> Result<()> {
+pub fn run_pipeline(
+    file: &Path,
+    timetable: &Timetable,
+    firing: &Firing,
+    vet: crate::backfill::Vet<'_>,
+) -> Result<()> {
     let text = crate::config::read_text(file)?;
     let report = if crate::partition::uses_partition(&text) {
         let settings = crate::config::partition_settings_of(&text, file)?;
         let key = settings
             .key(timetable.partition_start(firing.instant, settings.every))
             .map_err(|e| anyhow!(e))?;
-        crate::backfill::run_partition(file, &text, &key, crate::history::Trigger::Scheduled)?
+        crate::backfill::run_partition(file, &text, &key, crate::history::Trigger::Scheduled, vet)?
     } else {
         let config = crate::config::PipelineConfig::from_toml(&text, file)?;
+        vet(&config)?;
         crate::pipeline::Pipeline::build(config, file)?.run(&crate::pipeline::RunOptions {
             progress: false,
             restart: false,
@@ -784,6 +839,43 @@ mod tests {
         let again = schedule(dir.path(), "retries = 2");
         let clock = ManualClock::new("2026-01-05T03:00:00Z", "2026-01-05T23:00:00Z");
         assert!(drive(&again, &clock, chrono::TimeDelta::minutes(1), |_| false).is_empty());
+    }
+
+    #[test]
+    fn a_stop_during_retries_leaves_the_instant_to_the_next_start_and_a_panic_is_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let nightly = schedule(dir.path(), "retries = 2");
+        // The service stops during the backoff after the first failure.
+        let clock = ManualClock::new("2026-01-05T00:00:00Z", "2026-01-05T01:35:00Z");
+        let calls = drive(&nightly, &clock, chrono::TimeDelta::minutes(1), |_| {
+            panic!("a bug in the run")
+        });
+        assert_eq!(calls.len(), 1);
+        let status = nightly.status();
+        assert_eq!((status.failed, status.succeeded), (1, 0));
+        assert_eq!(status.last_status, None, "not handled");
+        assert_eq!(status.running, None);
+        // The next start runs it (as the newest missed instant).
+        let again = schedule(dir.path(), "retries = 2");
+        let clock = ManualClock::new("2026-01-05T03:00:00Z", "2026-01-05T23:00:00Z");
+        let calls = drive(&again, &clock, chrono::TimeDelta::minutes(1), |_| false);
+        assert_eq!(instants(&calls), ["2026-01-05T01:30:00Z"]);
+        assert_eq!(again.status().last_status.as_deref(), Some("succeeded"));
+    }
+
+    #[test]
+    fn a_panicking_run_is_a_failed_attempt_with_its_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let nightly = schedule(dir.path(), "retries = 0");
+        let clock = ManualClock::new("2026-01-05T00:00:00Z", "2026-01-05T12:00:00Z");
+        let calls = drive(&nightly, &clock, chrono::TimeDelta::minutes(1), |_| {
+            panic!("a bug in the run")
+        });
+        assert_eq!(calls.len(), 1);
+        let status = nightly.status();
+        assert_eq!(status.last_status.as_deref(), Some("failed"));
+        let error = status.last_error.unwrap();
+        assert!(error.contains("panicked: a bug in the run"), "{error}");
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub struct Service {
     ready: AtomicBool,
     draining: AtomicBool,
     buffers: body::BufferBudget,
+    /// Set at shutdown: the schedules and their backfills start nothing
+    /// new.
+    stop_schedules: Arc<cron::Stop>,
 }
 
 impl std::fmt::Debug for Service {
@@ -99,6 +102,7 @@ impl Service {
         let mut errors = Vec::new();
         let mut tenants = BTreeMap::new();
         let scheduler = scheduler::FairScheduler::new(config.service.running_batches());
+        let stop_schedules = Arc::new(cron::Stop::default());
         if !config.pipelines.is_empty() || !config.schedules.is_empty() {
             // The implicit tenant keeps the state layout of a single-tenant
             // service: STATE_DIR/PIPELINE.
@@ -110,6 +114,7 @@ impl Service {
                 &config.schedules,
                 None,
                 &state_dir,
+                &stop_schedules,
                 &mut errors,
             );
             let tenant = load_tenant(
@@ -140,10 +145,11 @@ impl Service {
                 &dir,
                 &tenant.schedules,
                 Some(schedules::Confinement {
-                    dir: &dir,
-                    http_allow_hosts: &tenant.http_allow_hosts,
+                    dir: dir.clone(),
+                    http_allow_hosts: tenant.http_allow_hosts.clone(),
                 }),
                 &tenant_state,
+                &stop_schedules,
                 &mut errors,
             );
             let loaded = load_tenant(
@@ -176,6 +182,7 @@ impl Service {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             buffers,
+            stop_schedules,
         })
     }
 
@@ -283,11 +290,8 @@ impl Service {
                 });
             }
         }
-        let stop_schedules = Arc::new(cron::Stop::default());
-        let schedule_threads = schedules::start(
-            self.tenants.values().flat_map(|t| t.schedules().values()),
-            &stop_schedules,
-        )?;
+        let schedule_threads =
+            schedules::start(self.tenants.values().flat_map(|t| t.schedules().values()))?;
         self.ready.store(true, Ordering::Release);
         let address = listener.local_addr()?;
         tracing::info!(%address, tenants = self.tenants.len(), pipelines = self.all_pipelines().count(), auth = self.tokens.enabled(), "weir serve is listening");
@@ -302,7 +306,7 @@ impl Service {
             for live in this.all_pipelines() {
                 live.close();
             }
-            stop_schedules.set();
+            this.stop_schedules.set();
             let _ = stop_tx.send(true);
         };
         let timeout = Duration::from_millis(self.config.service.shutdown_timeout_ms);
@@ -312,14 +316,21 @@ impl Service {
             for batcher in batchers {
                 batcher.await.context("a batcher panicked")?;
             }
-            // A scheduled run in progress ends before its thread does.
+            // A scheduled run (or backfill partition) in progress ends
+            // before its thread does.
+            let this = self.clone();
             tokio::task::spawn_blocking(move || {
                 for thread in schedule_threads {
-                    let _ = thread.join();
+                    if thread.join().is_err() {
+                        tracing::error!("a schedule's thread panicked");
+                    }
+                }
+                for scheduled in this.tenants.values().flat_map(|t| t.schedules().values()) {
+                    scheduled.join_backfill();
                 }
             })
             .await
-            .context("a schedule panicked")?;
+            .context("joining the schedules")?;
             anyhow::Ok(())
         };
         tokio::pin!(drain);
@@ -445,6 +456,7 @@ fn load_tenant(
             let outputs = confine::Outputs {
                 sink: hosted.sink_path.is_none(),
                 quarantine: hosted.quarantine_path.is_none(),
+                run_state: false,
             };
             let outside = confine::outside_paths(pipeline.config(), &pipeline.file, outputs, dir);
             if !outside.is_empty() {

@@ -28,13 +28,15 @@ use crate::config::{
 use super::confine::{Outputs, outside_paths};
 use super::cron::{Schedule, ScheduleConfig, Stop, SystemClock};
 
-/// What the schedules of one tenant may use.
-#[derive(Debug, Clone, Copy)]
-pub struct Confinement<'a> {
+/// What the schedules of one tenant may use. It is checked when the
+/// service loads and again on the text each run reads (each partition of
+/// a backfill too): the pipeline file may change between runs.
+#[derive(Debug, Clone)]
+pub struct Confinement {
     /// The tenant's directory, which every path must be inside.
-    pub dir: &'a Path,
+    pub dir: PathBuf,
     /// The hosts its extract plugins may be granted.
-    pub http_allow_hosts: &'a [String],
+    pub http_allow_hosts: Vec<String>,
 }
 
 /// A backfill started through the API, and how it went.
@@ -80,6 +82,11 @@ pub struct Scheduled {
     /// never write the same outputs at once.
     run_lock: Mutex<()>,
     backfill: Mutex<Option<BackfillJob>>,
+    /// The thread of the latest API-started backfill, joined at shutdown.
+    backfill_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    confinement: Option<Confinement>,
+    /// Set when the service stops: no new run or partition starts.
+    stop: Arc<Stop>,
 }
 
 impl std::fmt::Debug for Scheduled {
@@ -110,14 +117,22 @@ impl Scheduled {
         }
     }
 
-    /// Drives the schedule on the system clock until `stop` is set,
+    /// Drives the schedule on the system clock until the service stops,
     /// running its pipeline at each instant (never while a backfill of it
-    /// runs).
-    pub fn drive(&self, stop: &Stop) {
+    /// runs). When the schedule cannot go on (its state file cannot be
+    /// written, or it panicked), the reason is in its status.
+    pub fn drive(&self) {
         let run = |firing: &super::cron::Firing| {
-            let _exclusive = self.run_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(_exclusive) = self.exclusive() else {
+                anyhow::bail!("the service is stopping");
+            };
             let started = std::time::Instant::now();
-            let outcome = super::cron::run_pipeline(&self.file, &self.schedule.timetable, firing);
+            let outcome = super::cron::run_pipeline(
+                &self.file,
+                &self.schedule.timetable,
+                firing,
+                &|config| self.vet(config),
+            );
             let labels = [
                 ("tenant", self.tenant.clone()),
                 ("schedule", self.schedule.name.clone()),
@@ -138,8 +153,76 @@ impl Scheduled {
                 .record(started.elapsed().as_secs_f64());
             outcome
         };
-        if let Err(error) = self.schedule.drive(&SystemClock, stop, &run) {
-            tracing::error!(schedule = %self.schedule.name, "the schedule stopped: {error:#}");
+        let driven = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.schedule.drive(&SystemClock, &self.stop, &run)
+        }));
+        let why = match driven {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => format!("{error:#}"),
+            Err(panic) => format!("panicked: {}", super::cron::panic_message(&*panic)),
+        };
+        tracing::error!(schedule = %self.schedule.name, "the schedule stopped: {why}");
+        self.schedule.record_stopped(why);
+    }
+
+    /// Waits for the right to write the schedule's outputs (no run of it
+    /// or backfill going); `None` when the service stops first.
+    fn exclusive(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        loop {
+            match self.run_lock.try_lock() {
+                Ok(guard) => return Some(guard),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    if self.stop.wait(std::time::Duration::from_millis(100)) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks a run's pipeline config (what the file says now, for the
+    /// partition being run): a file sink a second run would not fail on,
+    /// and for a tenant its [`Confinement`].
+    ///
+    /// # Errors
+    /// Every problem found.
+    pub fn vet(&self, config: &PipelineConfig) -> Result<(), ConfigErrors> {
+        check_config(
+            &self.schedule.name,
+            config,
+            &self.file,
+            self.confinement.as_ref(),
+        )
+    }
+
+    /// The run history of the schedule's pipeline; for a tenant, only
+    /// inside its directory.
+    ///
+    /// # Errors
+    /// The pipeline file is unreadable or malformed, or names a history
+    /// outside the tenant's directory.
+    pub fn history_file(&self) -> Result<PathBuf> {
+        let file = crate::config::history_file_for(&self.file)?;
+        if let Some(confinement) = &self.confinement
+            && !super::confine::is_inside(&confinement.dir, &file)
+        {
+            anyhow::bail!(
+                "the run history {} is outside the tenant's dir",
+                file.display()
+            );
+        }
+        Ok(file)
+    }
+
+    /// Waits for the thread of the latest API-started backfill, which
+    /// stops between partitions once the service stops.
+    pub fn join_backfill(&self) {
+        let thread = self.backfill_thread.lock().expect("backfill thread").take();
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!(schedule = %self.schedule.name, "the backfill thread panicked");
         }
     }
 
@@ -183,44 +266,82 @@ impl Scheduled {
             *current = Some(job.clone());
         }
         let this = self.clone();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(format!("weir-backfill-{}", self.schedule.name))
             .spawn(move || {
-                let outcome = {
-                    let _exclusive = this.run_lock.lock().unwrap_or_else(|p| p.into_inner());
-                    crate::backfill::backfill(&this.file, &options)
-                };
-                let mut current = this.backfill.lock().expect("backfill");
-                let job = current.as_mut().expect("set before the thread started");
-                match outcome {
-                    Ok(summary) => {
-                        job.state = "done";
-                        job.failed = summary.failed();
-                        job.summary = Some(summary);
-                    }
-                    Err(error) => {
-                        job.state = "error";
-                        job.error = Some(format!("{error:#}"));
-                    }
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let Some(_exclusive) = this.exclusive() else {
+                        anyhow::bail!("the service stopped before the backfill could start");
+                    };
+                    let stop = || this.stop.is_set();
+                    let hooks = crate::backfill::Hooks {
+                        vet: &|config| this.vet(config),
+                        stop: &stop,
+                    };
+                    crate::backfill::backfill_with(&this.file, &options, hooks)
+                }))
+                .unwrap_or_else(|panic| {
+                    Err(anyhow::anyhow!(
+                        "the backfill panicked: {}",
+                        super::cron::panic_message(&*panic)
+                    ))
+                });
+                this.end_backfill(outcome);
+            });
+        match spawned {
+            Ok(thread) => {
+                let previous = self
+                    .backfill_thread
+                    .lock()
+                    .expect("backfill thread")
+                    .replace(thread);
+                // The previous one has ended (its job is not running).
+                if let Some(previous) = previous {
+                    let _ = previous.join();
                 }
-                tracing::info!(
-                    schedule = %this.schedule.name,
-                    from = %job.from,
-                    to = %job.to,
-                    state = job.state,
-                    failed = job.failed,
-                    "backfill ended"
-                );
-            })
-            .map_err(|e| StartError::Invalid(format!("starting the backfill: {e}")))?;
+            }
+            Err(error) => {
+                let message = format!("starting the backfill: {error}");
+                self.end_backfill(Err(anyhow::anyhow!(message.clone())));
+                return Err(StartError::Invalid(message));
+            }
+        }
         Ok(job)
+    }
+
+    /// Records how the running backfill ended.
+    fn end_backfill(&self, outcome: Result<BackfillSummary>) {
+        let mut current = self.backfill.lock().expect("backfill");
+        let Some(job) = current.as_mut() else {
+            return;
+        };
+        match outcome {
+            Ok(summary) => {
+                job.state = "done";
+                job.failed = summary.failed();
+                job.summary = Some(summary);
+            }
+            Err(error) => {
+                job.state = "error";
+                job.error = Some(format!("{error:#}"));
+            }
+        }
+        tracing::info!(
+            schedule = %self.schedule.name,
+            from = %job.from,
+            to = %job.to,
+            state = job.state,
+            failed = job.failed,
+            "backfill ended"
+        );
     }
 }
 
 /// Loads the schedules `configs` of `tenant` (`dir`: the directory their
 /// files are relative to; `confinement`: for a tenant other than the
-/// implicit one), keeping their state in `state_dir/schedules`. Problems go
-/// to `errors` with keys under `key` of the service file `service_file`.
+/// implicit one), keeping their state in `state_dir/schedules`; they stop
+/// when `stop` is set. Problems go to `errors` with keys under `key` of
+/// the service file `service_file`.
 #[allow(clippy::too_many_arguments)]
 pub fn load(
     service_file: &Path,
@@ -228,8 +349,9 @@ pub fn load(
     key: &str,
     dir: &Path,
     configs: &[ScheduleConfig],
-    confinement: Option<Confinement<'_>>,
+    confinement: Option<Confinement>,
     state_dir: &Path,
+    stop: &Arc<Stop>,
     errors: &mut Vec<ConfigError>,
 ) -> BTreeMap<String, Arc<Scheduled>> {
     let mut schedules = BTreeMap::new();
@@ -247,7 +369,7 @@ pub fn load(
                 continue;
             }
         };
-        match check_pipeline(&schedule, &file, confinement) {
+        match check_pipeline(&schedule, &file, confinement.as_ref()) {
             Ok(()) => {}
             Err(ConfigErrors(found)) => {
                 errors.extend(found);
@@ -262,6 +384,9 @@ pub fn load(
                 file,
                 run_lock: Mutex::new(()),
                 backfill: Mutex::new(None),
+                backfill_thread: Mutex::new(None),
+                confinement: confinement.clone(),
+                stop: stop.clone(),
             }),
         );
     }
@@ -269,12 +394,11 @@ pub fn load(
 }
 
 /// Reads the pipeline file of `schedule` (for the partition of now, when
-/// partitioned) and checks what a scheduled run needs: a file sink that a
-/// second run would not fail on, and, for a tenant, `confinement`.
+/// partitioned) and checks it ([`check_config`]); each run checks again.
 fn check_pipeline(
     schedule: &Schedule,
     file: &Path,
-    confinement: Option<Confinement<'_>>,
+    confinement: Option<&Confinement>,
 ) -> Result<(), ConfigErrors> {
     let text = crate::config::read_text(file)?;
     let partitioned = crate::partition::uses_partition(&text);
@@ -290,6 +414,21 @@ fn check_pipeline(
     } else {
         PipelineConfig::from_toml(&text, file)?
     };
+    check_config(&schedule.name, &config, file, confinement)
+}
+
+/// What a run of schedule `schedule` needs of its pipeline's `config`
+/// (read from `file`): a file sink that a second run would not fail on,
+/// and, for a tenant, `confinement` (every path inside its directory, the
+/// paths a `weir run` derives from them too; no PostgreSQL, NATS, lineage
+/// URL or webhook; outbound HTTP only to the allowed hosts).
+fn check_config(
+    schedule: &str,
+    config: &PipelineConfig,
+    file: &Path,
+    confinement: Option<&Confinement>,
+) -> Result<(), ConfigErrors> {
+    let partitioned = config.partition_key.is_some();
     let mut problems = Vec::new();
     let mut problem = |key: &str, message: String| {
         problems.push(ConfigError {
@@ -305,8 +444,8 @@ fn check_pipeline(
         problem(
             "sink.mode",
             format!(
-                "schedule `{}` runs this pipeline again and again, but its sink refuses to replace {} (the default mode); set mode = \"overwrite\" (or \"append\"), or partition the pipeline (docs/backfill.md)",
-                schedule.name, config.sink.path
+                "schedule `{schedule}` runs this pipeline again and again, but its sink refuses to replace {} (the default mode); set mode = \"overwrite\", or partition the pipeline (docs/backfill.md)",
+                config.sink.path
             ),
         );
     }
@@ -314,8 +453,9 @@ fn check_pipeline(
         let everything = Outputs {
             sink: true,
             quarantine: true,
+            run_state: true,
         };
-        for (key, path) in outside_paths(&config, file, everything, confinement.dir) {
+        for (key, path) in outside_paths(config, file, everything, &confinement.dir) {
             problem(
                 &key,
                 format!(
@@ -376,21 +516,19 @@ fn check_pipeline(
 }
 
 /// Starts one thread per schedule of `schedules`, each driving it until
-/// `stop` is set.
+/// the service stops.
 ///
 /// # Errors
 /// A thread that cannot be started.
 pub fn start<'a>(
     schedules: impl Iterator<Item = &'a Arc<Scheduled>>,
-    stop: &Arc<Stop>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>> {
     schedules
         .map(|scheduled| {
             let scheduled = scheduled.clone();
-            let stop = stop.clone();
             Ok(std::thread::Builder::new()
                 .name(format!("weir-schedule-{}", scheduled.schedule.name))
-                .spawn(move || scheduled.drive(&stop))?)
+                .spawn(move || scheduled.drive())?)
         })
         .collect()
 }
