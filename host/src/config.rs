@@ -938,30 +938,63 @@ pub enum Purpose {
     Serve,
 }
 
-/// Deepest nesting of arrays and inline tables a config file may have. The
-/// TOML parser and deserializer recurse per level: 8,000 levels of `[{`
-/// (from `weir-fuzz`) overflowed a 2 MiB thread stack.
+/// Deepest nesting of tables and arrays a config file may have. The TOML
+/// deserializer recurses once per level: 8,000 levels of `[{` (from
+/// `weir-fuzz`) overflowed a 2 MiB thread stack, and so did 80 inline
+/// tables each opened by a 79-part dotted key (toml refuses more than 80
+/// brackets or 80 parts in one key, not both multiplied).
 const MAX_TOML_NESTING: usize = 128;
 
-/// The line where `text` first has more than `max` unclosed `[` and `{`;
-/// `None` when it never does. Every bracket counts, inside strings and
-/// comments too: the parser's view of malformed TOML (an unterminated
-/// string, a triple quote after a key) cannot be told from outside, and a
-/// real config never has 128 unclosed brackets, in a string or not. A
-/// table header `[a]` opens and closes on its line.
+/// The line where the nesting of `text` first exceeds `max`; `None` when
+/// it never does. The text is cut into tokens by the lexer toml's own
+/// parser uses (so a bracket in a string or a comment is no bracket, for
+/// it as for us), and the depth at a point is every level that makes a
+/// table or an array: the parts of the current table header, each open
+/// array or inline table together with the parts of the key that opened
+/// it, and the parts of the key being read. It may count more than the
+/// parser nests (a float's `.` when the float is a value), never less.
 fn nested_too_deep(text: &str, max: usize) -> Option<usize> {
-    let (mut depth, mut line) = (0usize, 1usize);
-    for byte in text.bytes() {
-        match byte {
-            b'\n' => line += 1,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return Some(line);
+    use toml_parser::lexer::TokenKind;
+    let source = toml_parser::Source::new(text);
+    // What each open bracket added to `depth`; the parts of the header in
+    // force and of the key being read.
+    let (mut open, mut depth) = (Vec::<usize>::new(), 0usize);
+    let (mut header, mut key) = (0usize, 1usize);
+    let (mut line_start, mut in_header) = (true, false);
+    for token in source.lex() {
+        match token.kind() {
+            TokenKind::Newline => {
+                if in_header {
+                    header = key;
+                    in_header = false;
                 }
+                if open.is_empty() {
+                    line_start = true;
+                }
+                key = 1;
+                continue;
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
+            TokenKind::Whitespace | TokenKind::Comment => continue,
+            TokenKind::LeftSquareBracket if open.is_empty() && (line_start || in_header) => {
+                in_header = true;
+            }
+            TokenKind::Dot => key += 1,
+            _ if in_header => {}
+            TokenKind::LeftSquareBracket | TokenKind::LeftCurlyBracket => {
+                open.push(key);
+                depth += key;
+                key = 1;
+            }
+            TokenKind::RightSquareBracket | TokenKind::RightCurlyBracket => {
+                depth -= open.pop().unwrap_or(0);
+                key = 1;
+            }
+            TokenKind::Equals | TokenKind::Comma => key = 1,
             _ => {}
+        }
+        line_start = false;
+        if header + depth + key > max {
+            return Some(text[..token.span().start()].matches('\n').count() + 1);
         }
     }
     None
@@ -989,7 +1022,7 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
             file: path.to_path_buf(),
             key: String::new(),
             message: format!(
-                "more than {MAX_TOML_NESTING} brackets are open at once (line {line}): arrays and inline tables nested that deep are refused before parsing"
+                "tables and arrays are nested more than {MAX_TOML_NESTING} deep (line {line}, counting each part of a dotted key): a file nested that deep is refused before parsing"
             ),
         }]));
     }
@@ -1859,14 +1892,48 @@ fn deep_nesting_is_refused_before_parsing_and_strings_do_not_count() {
     let crash = format!("x = [\n{}", "[{`ne]\n".repeat(8000));
     assert!(nested_too_deep(&crash, 128).is_some());
     let fine = "[a]\n[[b]]\nc = [[1, 2], { d = \"[x]\" }] # [y]\n";
-    assert_eq!(nested_too_deep(fine, 3), None);
+    assert_eq!(nested_too_deep(fine, 4), None);
+    assert_eq!(nested_too_deep(fine, 3), Some(3));
+    // A string or a comment holds no bracket, closed or not.
     let quoted = format!("x = '''{}\n", "[{`ne]\n".repeat(8000));
-    assert!(nested_too_deep(&quoted, 128).is_some(), "strings count too");
+    assert_eq!(nested_too_deep(&quoted, 128), None);
+    assert!(parse_toml::<toml::Table>(&quoted, Path::new("p.toml")).is_err());
+    let closers_in_strings = format!("x = {}1\n", "[ \"]\", ".repeat(300));
+    assert!(nested_too_deep(&closers_in_strings, 128).is_some());
+    // Headers and dotted keys count each part; floats and dates are fine.
+    let dotted = "[a.b.c]\nd.e = { f = [1.5, 2.5] }\n";
+    assert_eq!(nested_too_deep(dotted, 6), Some(2));
+    assert_eq!(nested_too_deep(dotted, 7), None);
+    let floats = format!(
+        "x = [{}]\nt = 1979-05-27T07:32:00.999Z\n",
+        "1.5, ".repeat(1000)
+    );
+    assert_eq!(nested_too_deep(&floats, 128), None);
     let error = parse_toml::<toml::Table>(&crash, Path::new("p.toml")).unwrap_err();
     assert!(
-        error.to_string().contains("more than 128 brackets"),
+        error.to_string().contains("nested more than 128"),
         "{error}"
     );
+}
+
+#[cfg(test)]
+#[test]
+fn deep_dotted_keys_in_nested_inline_tables_do_not_overflow() {
+    // toml refuses more than 80 brackets, or 80 parts in one key, but not
+    // 80 x 79 levels of tables made of both.
+    let key = vec!["k"; 79].join(".");
+    let deep = format!(
+        "x = {}1{}\n",
+        format!("{{ {key} = ").repeat(80),
+        "}".repeat(80)
+    );
+    let error = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || parse_toml::<toml::Table>(&deep, Path::new("p.toml")).unwrap_err())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(error.to_string().contains("nested"), "{error}");
 }
 
 fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
