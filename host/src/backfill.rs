@@ -123,10 +123,11 @@ pub struct PartitionOutcome {
     pub error: Option<String>,
 }
 
-/// A check of one partition's pipeline config before it runs: an error
-/// fails that partition's run (`weir serve` confines a tenant's pipelines
-/// with it, on the text each run reads).
-pub type Vet<'a> = &'a (dyn Fn(&PipelineConfig) -> Result<(), ConfigErrors> + Sync);
+/// A check of one partition's pipeline config before it runs, which may
+/// complete it: an error fails that partition's run (`weir serve` confines
+/// a tenant's pipelines with it, on the text each run reads, and gives
+/// them the tenant's secrets).
+pub type Vet<'a> = &'a (dyn Fn(&mut PipelineConfig) -> Result<(), ConfigErrors> + Sync);
 
 /// What the caller of [`backfill_with`] adds to a backfill.
 #[derive(Clone, Copy)]
@@ -332,7 +333,7 @@ pub fn run_partition(
     vet: Vet<'_>,
 ) -> Result<crate::report::RunReport> {
     let mut config = PipelineConfig::from_toml_for(text, file, Some(key))?;
-    vet(&config)?;
+    vet(&mut config)?;
     if config.sink.format != SinkFormat::Postgres {
         config.sink.mode = Some(WriteMode::Overwrite);
     }

@@ -389,10 +389,10 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> u8 {
         Err(error) if is_broken_pipe(&error) => EXIT_OK,
         Err(error) => {
             if let Some(invalid) = error.downcast_ref::<ConfigErrors>() {
-                eprint!("error: {invalid}");
+                eprint!("error: {}", crate::secrets::redact(&invalid.to_string()));
                 return EXIT_INVALID;
             }
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", crate::secrets::redact(&format!("{error:#}")));
             EXIT_RUN_FAILED
         }
     }
@@ -412,7 +412,7 @@ fn init_logging(filter: &str, json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(crate::secrets::RedactingStderr);
     // A second call (tests running the CLI in-process) keeps the first.
     let _ = if json {
         builder.json().try_init()

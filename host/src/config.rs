@@ -52,6 +52,11 @@ pub struct PipelineConfig {
     /// Data checks and their alerts (`[checks]`, [`crate::checks`]).
     #[serde(default)]
     pub checks: crate::checks::ChecksSettings,
+    /// `[secrets]`: name → `env:VARIABLE` or `file:PATH`, referred to as
+    /// `${secret:NAME}` in plugin configs and outbound request headers
+    /// ([`crate::secrets`]). Default: none.
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, String>,
     /// The partition this config was read for; none for a pipeline that
     /// uses no partition variable.
     #[serde(skip)]
@@ -1000,6 +1005,16 @@ fn nested_too_deep(text: &str, max: usize) -> Option<usize> {
     None
 }
 
+/// Every string in `value`, nested ones too.
+fn toml_strings(value: &toml::Value) -> Vec<&str> {
+    match value {
+        toml::Value::String(text) => vec![text.as_str()],
+        toml::Value::Array(items) => items.iter().flat_map(toml_strings).collect(),
+        toml::Value::Table(table) => table.values().flat_map(toml_strings).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Most unknown keys reported for one file before giving up.
 const MAX_UNKNOWN_KEYS: usize = 64;
 
@@ -1300,6 +1315,56 @@ impl PipelineConfig {
         problems.finish()
     }
 
+    /// The `[secrets]` problems: a malformed source, or a `${secret:NAME}`
+    /// that names no declared secret.
+    fn check_secrets(&self, problems: &mut Problems) {
+        for (name, source) in &self.secrets {
+            if let Err(message) = crate::secrets::check_source(source) {
+                problems.add(format!("secrets.{name}"), message);
+            }
+        }
+        let mut uses: Vec<(String, String)> = Vec::new();
+        let mut strings = |key: String, value: &toml::Value| {
+            for text in toml_strings(value) {
+                for name in crate::secrets::references(text) {
+                    uses.push((key.clone(), name));
+                }
+            }
+        };
+        if let Some(extract) = &self.source.extract {
+            strings(
+                "source.extract.config".into(),
+                &toml::Value::Table(extract.config.clone()),
+            );
+            if let Some(http) = &extract.capabilities.http {
+                for (host, headers) in &http.headers {
+                    for (header, value) in headers {
+                        strings(
+                            format!("source.extract.capabilities.http.headers.\"{host}\".{header}"),
+                            &toml::Value::String(value.clone()),
+                        );
+                    }
+                }
+            }
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
+            strings(
+                format!("stages[{i}].config"),
+                &toml::Value::Table(stage.config.clone()),
+            );
+        }
+        for (key, name) in uses {
+            if !self.secrets.contains_key(&name) {
+                problems.add(
+                    key,
+                    format!(
+                        "`${{secret:{name}}}` names no secret: declare it in [secrets] (e.g. {name} = \"env:VARIABLE\"); in weir serve, a tenant's secrets are in its `secrets` of the service file"
+                    ),
+                );
+            }
+        }
+    }
+
     /// The `[[operators]]` problems; `names` are the stages' names.
     fn check_operators<'a>(
         &'a self,
@@ -1391,6 +1456,7 @@ impl PipelineConfig {
             problems.add("pipeline.checkpoint_every_batches", "must be at least 1");
         }
         check_checks(&self.checks, problems);
+        self.check_secrets(problems);
         if self.pipeline.batch_size == 0 {
             problems.add("pipeline.batch_size", "must be at least 1");
         }

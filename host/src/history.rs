@@ -199,7 +199,7 @@ impl History {
     /// # Errors
     /// When the database cannot be written.
     pub fn succeeded(&self, kind: RunKind<'_>, report: &RunReport) -> Result<()> {
-        let json = serde_json::to_string(report)?;
+        let json = crate::secrets::redact(&serde_json::to_string(report)?).into_owned();
         let r = &report.records;
         self.connection
             .execute(
@@ -256,7 +256,7 @@ impl History {
                     started_at,
                     now_rfc3339(),
                     duration_ms as i64,
-                    error,
+                    crate::secrets::redact(error),
                     kind.partition
                 ],
             )

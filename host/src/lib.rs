@@ -56,6 +56,7 @@ pub mod postgres;
 pub mod quarantine;
 pub mod reason;
 pub mod report;
+pub mod secrets;
 pub mod serve;
 pub mod sink;
 pub mod source;

@@ -154,6 +154,8 @@ fn send_all(
             .ok()
     });
     for event in events {
+        // An error message facet may quote a secret.
+        let event = redacted(event);
         let mut ok = true;
         if let Some(path) = &file
             && let Err(e) = append(path, &event)
@@ -180,6 +182,18 @@ fn send_all(
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| p.checked_sub(1));
         let counter = if ok { &counters.sent } else { &counters.failed };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `event` with every secret value redacted ([`crate::secrets::redact`]).
+fn redacted(event: Value) -> Value {
+    if !crate::secrets::any_known() {
+        return event;
+    }
+    let text = event.to_string();
+    match crate::secrets::redact(&text) {
+        std::borrow::Cow::Borrowed(_) => event,
+        std::borrow::Cow::Owned(clean) => serde_json::from_str(&clean).unwrap_or(event),
     }
 }
 

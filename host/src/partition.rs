@@ -280,6 +280,14 @@ pub fn substitute(text: &str, key: Option<&PartitionKey>) -> Result<String, Subs
             });
         };
         let name = &body[..close];
+        if name.starts_with("secret:") {
+            // A secret's reference, filled when the pipeline is built.
+            out.push_str("${");
+            out.push_str(name);
+            out.push('}');
+            rest = &body[close + 1..];
+            continue;
+        }
         if !VARIABLES.contains(&name) {
             return Err(SubstituteError {
                 line,

@@ -194,9 +194,14 @@ fn probe_stages(
     Ok(probed.then_some(schema))
 }
 
-fn config_json(stage: &StageConfig, base_dir: &Path) -> Result<String> {
+fn config_json(
+    stage: &StageConfig,
+    base_dir: &Path,
+    secrets: &crate::secrets::Secrets,
+) -> Result<String> {
     let mut json =
         serde_json::to_value(&stage.config).context("converting the config table to JSON")?;
+    secrets.fill_json(&mut json).map_err(anyhow::Error::msg)?;
     if !stage.tables.is_empty() {
         let mut tables = serde_json::Map::new();
         for (name, path) in &stage.tables {
@@ -256,22 +261,38 @@ impl Pipeline {
         }
         let mut problems = Problems::new(file);
         config.check_for(&mut problems, &base_dir, purpose);
+        let secrets =
+            crate::secrets::Secrets::resolve(&config.secrets, &base_dir).unwrap_or_else(|errors| {
+                for error in errors {
+                    problems.add(format!("secrets.{}", error.name), error.message);
+                }
+                crate::secrets::Secrets::default()
+            });
         let extractor = config.source.extract.as_ref().and_then(|extract| {
             let plugin = Plugin::load(&extract.plugin, Some(PluginKind::Extract), &base_dir)
                 .map_err(|e| problems.add("source.extract.plugin", format!("{e:#}")))
                 .ok()?;
-            let config_json = serde_json::to_string(&extract.config)
-                .map_err(|e| problems.add("source.extract.config", e.to_string()))
+            let config_json = serde_json::to_value(&extract.config)
+                .map_err(|e| e.to_string())
+                .and_then(|mut json| secrets.fill_json(&mut json).map(|()| json.to_string()))
+                .map_err(|e| problems.add("source.extract.config", e))
                 .ok()?;
             let grants = extract.capabilities.resolved(&base_dir);
             grants
                 .check_granted(plugin.name(), plugin.imports())
                 .map_err(|e| problems.add("source.extract.capabilities", format!("{e:#}")))
                 .ok()?;
-            let http = grants
-                .http
-                .clone()
-                .map(|grant| crate::plugin::HttpAccess::new(grant, plugin.name()));
+            let http = match grants.http.clone() {
+                Some(grant) => Some(
+                    crate::plugin::HttpAccess::with_secrets(grant, plugin.name(), &secrets)
+                        .map_err(|e| {
+                            problems
+                                .add("source.extract.capabilities.http.headers", format!("{e:#}"))
+                        })
+                        .ok()?,
+                ),
+                None => None,
+            };
             let stateful = plugin.uses_state();
             Some(Extractor {
                 plugin: Arc::new(plugin),
@@ -295,7 +316,7 @@ impl Pipeline {
         for (i, stage) in config.stages.iter().enumerate() {
             let plugin = Plugin::load(&stage.plugin, Some(stage.kind), &base_dir)
                 .map_err(|e| problems.add(format!("stages[{i}].plugin"), format!("{e:#}")));
-            let json = config_json(stage, &base_dir)
+            let json = config_json(stage, &base_dir, &secrets)
                 .map_err(|e| problems.add(format!("stages[{i}].tables"), format!("{e:#}")));
             if let (Ok(plugin), Ok(json)) = (plugin, json) {
                 let config_json: Arc<str> = Arc::from(json);

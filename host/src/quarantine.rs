@@ -135,6 +135,21 @@ impl JsonRecords {
         Ok(JsonRecords { text, starts })
     }
 
+    /// The records with every secret value redacted
+    /// ([`crate::secrets::redact`]).
+    fn redacted(self) -> JsonRecords {
+        let mut text = Vec::with_capacity(self.text.len());
+        let mut starts = Vec::with_capacity(self.starts.len());
+        starts.push(0);
+        for i in 0..self.len() {
+            let row = String::from_utf8_lossy(self.get(i));
+            text.extend_from_slice(crate::secrets::redact(&row).as_bytes());
+            text.push(b'\n');
+            starts.push(text.len());
+        }
+        JsonRecords { text, starts }
+    }
+
     fn len(&self) -> usize {
         self.starts.len() - 1
     }
@@ -294,8 +309,17 @@ impl Quarantine {
         if reasons.is_empty() {
             return Ok(());
         }
-        let messages = stored_messages(reasons);
-        let records = JsonRecords::encode(rows)?;
+        let mut messages = stored_messages(reasons);
+        let mut records = JsonRecords::encode(rows)?;
+        if crate::secrets::any_known() {
+            // A plugin may echo a secret into its message or a record.
+            for message in &mut messages {
+                if let Cow::Owned(redacted) = crate::secrets::redact(message) {
+                    *message = Cow::Owned(redacted);
+                }
+            }
+            records = records.redacted();
+        }
         match self.writer.as_mut().expect("open until commit") {
             Writer::Jsonl(out) => {
                 write_jsonl(out, &self.run_id, source_file, reasons, &messages, &records)?;

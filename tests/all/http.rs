@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 
 use crate::support::{extract_pipeline, read_jsonl, run, write_pipeline};
+use weir::pipeline::Pipeline;
 
 /// Rows of the committed flights sample served in this many parts.
 const PARTS: usize = 3;
@@ -23,11 +24,15 @@ struct Api {
     hits: Mutex<Vec<(String, Instant)>>,
     /// `/flaky` answers 503 this many more times, then serves part 0.
     flaky_failures_left: AtomicUsize,
+    /// The `Authorization` header of every request, when it had one.
+    authorizations: Mutex<Vec<String>>,
 }
 
 /// A mock API on 127.0.0.1 (a random port) serving the flights sample as
-/// CSV at `/flights?part=N`, plus `/flaky`, `/down` (always 503) and
-/// `/slow` (answers after 5 s).
+/// CSV at `/flights?part=N`, plus `/flaky`, `/down` (always 503), `/slow`
+/// (answers after 5 s), `/private` (part 0 for `Authorization: Bearer
+/// {PARTNER_TOKEN}`, else 401) and `/whoami` (418 quoting the request's
+/// `Authorization`, as a careless API might).
 struct MockApi {
     port: u16,
     api: Arc<Api>,
@@ -77,13 +82,34 @@ impl MockApi {
     }
 }
 
-async fn answer(State(api): State<Arc<Api>>, uri: Uri) -> (StatusCode, String) {
+/// The partner API's token in the secret tests.
+const PARTNER_TOKEN: &str = "pt-5ecret-0f-the-partner-42";
+
+async fn answer(
+    State(api): State<Arc<Api>>,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+) -> (StatusCode, String) {
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     api.hits
         .lock()
         .unwrap()
         .push((path.clone(), Instant::now()));
+    let authorization = headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_string());
+    if let Some(auth) = &authorization {
+        api.authorizations.lock().unwrap().push(auth.clone());
+    }
     match uri.path() {
+        "/private" if authorization == Some(format!("Bearer {PARTNER_TOKEN}")) => {
+            (StatusCode::OK, sample_part(0))
+        }
+        "/private" => (StatusCode::UNAUTHORIZED, "who are you?".into()),
+        "/whoami" => (
+            StatusCode::IM_A_TEAPOT,
+            format!("you sent {}", authorization.unwrap_or_default()),
+        ),
         "/flights" => {
             let part = uri
                 .query()
@@ -395,4 +421,213 @@ fn a_slow_api_times_out_at_the_grant_timeout() {
     assert_eq!(report.records.quarantined, 1);
     let (_, message) = &quarantine_messages(dir.path())[0];
     assert!(message.contains("Timeout"), "{message}");
+}
+
+#[test]
+fn a_secret_header_reaches_only_its_host_and_is_redacted_everywhere_weir_writes() {
+    let api = MockApi::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    // SAFETY: only this test reads this variable.
+    unsafe { std::env::set_var("WEIR_TEST_PARTNER_TOKEN", PARTNER_TOKEN) };
+    std::fs::write(dir.path().join("a.urls"), api.url("/private")).unwrap();
+    std::fs::write(dir.path().join("b.urls"), api.url("/whoami")).unwrap();
+    let host = format!("127.0.0.1:{}", api.port);
+    let file = extract_pipeline(
+        dir.path(),
+        "*.urls",
+        weir_tests::FETCH,
+        &format!(
+            r#"timeout_ms = 10000
+capabilities = {{ http = {{ allow_hosts = ["{host}"], headers = {{ "{host}" = {{ Authorization = "Bearer ${{secret:partner}}" }} }} }} }}
+
+[secrets]
+partner = "env:WEIR_TEST_PARTNER_TOKEN"
+"#
+        ),
+    );
+    let report = run(&file);
+    assert_eq!(
+        report.records.written as usize,
+        sample_part(0).lines().count() - 1
+    );
+    assert_eq!(report.records.quarantined, 1);
+    assert_eq!(
+        *api.api.authorizations.lock().unwrap(),
+        [
+            format!("Bearer {PARTNER_TOKEN}"),
+            format!("Bearer {PARTNER_TOKEN}")
+        ],
+        "the host added the header to both requests"
+    );
+    // The API quoted the token back; the quarantine has the name instead.
+    let quarantine = std::fs::read_to_string(dir.path().join("quarantine.jsonl")).unwrap();
+    assert!(!quarantine.contains(PARTNER_TOKEN), "{quarantine}");
+    assert!(
+        quarantine.contains("you sent Bearer [secret:partner]"),
+        "{quarantine}"
+    );
+    let history = walkdir(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "sqlite"))
+        .collect::<Vec<_>>();
+    assert!(!history.is_empty(), "the run is in a history");
+    for path in history {
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(PARTNER_TOKEN),
+            "{} holds the token",
+            path.display()
+        );
+    }
+    assert!(
+        !serde_json::to_string(&report)
+            .unwrap()
+            .contains(PARTNER_TOKEN)
+    );
+
+    // A reference to an undeclared secret, or an unset variable, is a
+    // config problem naming the key, before anything runs.
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("secret:partner}", "secret:partnr}")).unwrap();
+    let error = Pipeline::load(&file).unwrap_err().to_string();
+    assert!(
+        error.contains("source.extract.capabilities.http.headers") && error.contains("partnr"),
+        "{error}"
+    );
+    std::fs::write(
+        &file,
+        text.replace("WEIR_TEST_PARTNER_TOKEN", "WEIR_TEST_NO_SUCH_VARIABLE"),
+    )
+    .unwrap();
+    let error = Pipeline::load(&file).unwrap_err().to_string();
+    assert!(
+        error.contains("secrets.partner")
+            && error.contains("WEIR_TEST_NO_SUCH_VARIABLE is not set"),
+        "{error}"
+    );
+}
+
+/// Every file under `dir`.
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walkdir(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn a_tenants_scheduled_pull_gets_the_secret_the_operator_gave_it() {
+    let api = MockApi::start(0);
+    let root = tempfile::tempdir().unwrap();
+    let tenant = root.path().join("acme");
+    std::fs::create_dir_all(tenant.join("plugins")).unwrap();
+    std::fs::copy(weir_tests::FETCH, tenant.join("plugins/fetch.wasm")).unwrap();
+    std::fs::write(tenant.join("a.urls"), api.url("/private")).unwrap();
+    // The operator keeps the token in a file only weir's user can read.
+    let secret = root.path().join("acme-partner.token");
+    std::fs::write(&secret, format!("{PARTNER_TOKEN}\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let host = format!("127.0.0.1:{}", api.port);
+    let pull = format!(
+        r#"
+[pipeline]
+workers = 1
+
+[source]
+format = "extract"
+path = "*.urls"
+
+[source.extract]
+plugin = "plugins/fetch.wasm"
+capabilities = {{ http = {{ allow_hosts = ["{host}"], headers = {{ "{host}" = {{ Authorization = "Bearer ${{secret:partner}}" }} }} }} }}
+
+[sink]
+format = "jsonl"
+path = "out/pull.jsonl"
+mode = "overwrite"
+
+[quarantine]
+format = "jsonl"
+path = "quarantine/pull.jsonl"
+"#
+    );
+    std::fs::write(tenant.join("pull.toml"), &pull).unwrap();
+    let service = root.path().join("service.toml");
+    let service_text = format!(
+        r#"
+[service]
+state_dir = "state"
+
+[[tenants]]
+name = "acme"
+dir = "acme"
+http_allow_hosts = ["{host}"]
+secrets = {{ partner = "file:acme-partner.token" }}
+
+[[tenants.schedules]]
+file = "pull.toml"
+cron = "* * * * * *"
+retries = 0
+"#
+    );
+    std::fs::write(&service, &service_text).unwrap();
+
+    // A tenant's own file may not declare secrets: that would make the
+    // service read its environment or files for the tenant.
+    std::fs::write(
+        tenant.join("pull.toml"),
+        format!("{pull}\n[secrets]\npartner = \"env:HOME\"\n"),
+    )
+    .unwrap();
+    let error = format!("{:#}", weir::serve::Service::load(&service).unwrap_err());
+    assert!(
+        error.contains("pull.toml: secrets: a tenant's pipeline may not declare secrets"),
+        "{error}"
+    );
+    std::fs::write(tenant.join("pull.toml"), &pull).unwrap();
+
+    let running = crate::serve::Running::start(&service);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let (code, status) = running.oneshot(crate::serve::get("/v1/tenants/acme/schedules/pull"));
+        assert_eq!(code, StatusCode::OK, "{status}");
+        if status["succeeded"].as_u64().unwrap_or(0) >= 1 {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no run succeeded: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status["failed"], 0, "{status}");
+    running.shutdown().unwrap();
+    let rows = read_jsonl(&tenant.join("out/pull.jsonl"));
+    assert_eq!(rows.len(), sample_part(0).lines().count() - 1);
+    assert!(
+        api.api
+            .authorizations
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|a| *a == format!("Bearer {PARTNER_TOKEN}"))
+    );
+    for path in walkdir(root.path()) {
+        if path == secret {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(PARTNER_TOKEN),
+            "{} holds the token",
+            path.display()
+        );
+    }
 }

@@ -32,7 +32,7 @@
 //! retries = 3
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,15 @@ pub struct HttpGrant {
     /// retries all failed open it for `backoff_ms` (doubling up to
     /// `max_backoff_ms`). Default 5 failures, 1,000 ms, 60,000 ms.
     pub breaker: BreakerConfig,
+    /// Headers the host adds to every request to a host, by `allow_hosts`
+    /// entry: `headers."api.example.com" = { Authorization = "Bearer
+    /// ${secret:token}" }`. Values may refer to the pipeline's secrets
+    /// ([`crate::secrets`]), filled in by the host: the plugin never holds
+    /// them. A header the plugin set under the same name is replaced. They
+    /// are sent only over HTTPS (or plain HTTP to a loopback address);
+    /// a plain-HTTP request to another host that would carry them is
+    /// refused. Default: none.
+    pub headers: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Default for HttpGrant {
@@ -84,6 +93,7 @@ impl Default for HttpGrant {
             backoff_ms: 100,
             max_backoff_ms: 5_000,
             breaker: BreakerConfig::default(),
+            headers: BTreeMap::new(),
         }
     }
 }
@@ -108,21 +118,39 @@ impl HttpGrant {
         if self.timeout_ms == 0 {
             anyhow::bail!("`timeout_ms` must be at least 1");
         }
+        for (host, headers) in &self.headers {
+            if !self.allow_hosts.contains(host) {
+                anyhow::bail!(
+                    "`headers` names {host:?}, which is not an `allow_hosts` entry (written the same way)"
+                );
+            }
+            for name in headers.keys() {
+                http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    anyhow::anyhow!("`headers.{host:?}`: {name:?} is not a header name")
+                })?;
+            }
+        }
         Ok(())
+    }
+
+    /// Whether `host` at `port` matches the `allow_hosts` entry `entry`.
+    fn entry_allows(entry: &str, host: &str, port: u16) -> bool {
+        let (pattern, entry_port) = split_port(entry);
+        let host_matches = match pattern.strip_prefix("*.") {
+            Some(domain) => host.ends_with(&format!(".{domain}")),
+            None => host == pattern,
+        };
+        host_matches && entry_port.is_none_or(|p| p == port)
     }
 
     /// Whether `host` (lowercase, an IPv6 literal in brackets) at `port`
     /// is allowed.
     pub fn allows(&self, host: &str, port: u16) -> bool {
         !host.is_empty()
-            && self.allow_hosts.iter().any(|entry| {
-                let (pattern, entry_port) = split_port(entry);
-                let host_matches = match pattern.strip_prefix("*.") {
-                    Some(domain) => host.ends_with(&format!(".{domain}")),
-                    None => host == pattern,
-                };
-                host_matches && entry_port.is_none_or(|p| p == port)
-            })
+            && self
+                .allow_hosts
+                .iter()
+                .any(|entry| Self::entry_allows(entry, host, port))
     }
 
     fn backoff(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
@@ -135,6 +163,17 @@ impl HttpGrant {
         let delay = half + Duration::from_micros(jitter);
         retry_after.map_or(delay, |after| after.min(max).max(delay))
     }
+}
+
+/// Whether `host` (lowercase, an IPv6 literal in brackets) is a loopback
+/// name or address.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `host` (lowercased) and the port of an `allow_hosts` entry
@@ -173,6 +212,9 @@ pub struct HttpCounts {
 pub struct HttpAccess {
     grant: HttpGrant,
     plugin: Arc<str>,
+    /// `grant.headers` with their secrets filled in, by `allow_hosts`
+    /// entry.
+    headers: Vec<(String, http::HeaderName, http::HeaderValue)>,
     breakers: Mutex<HashMap<String, Arc<CircuitBreaker>>>,
     counts: Mutex<HttpCounts>,
 }
@@ -181,12 +223,41 @@ impl HttpAccess {
     /// Access under `grant` for the plugin named `plugin` (named in the
     /// logs).
     pub fn new(grant: HttpGrant, plugin: &str) -> Arc<Self> {
-        Arc::new(Self {
+        Self::with_secrets(grant, plugin, &crate::secrets::Secrets::default())
+            .expect("no secret to fill")
+    }
+
+    /// [`HttpAccess::new`], the grant's `headers` filled with `secrets`.
+    ///
+    /// # Errors
+    /// A header value naming an undeclared secret, or not a valid header
+    /// value once filled (the message never holds the value).
+    pub fn with_secrets(
+        grant: HttpGrant,
+        plugin: &str,
+        secrets: &crate::secrets::Secrets,
+    ) -> anyhow::Result<Arc<Self>> {
+        let mut headers = Vec::new();
+        for (entry, values) in &grant.headers {
+            for (name, template) in values {
+                let header = http::HeaderName::from_bytes(name.as_bytes())?;
+                let filled = secrets.fill(template).map_err(anyhow::Error::msg)?;
+                let mut value = http::HeaderValue::from_str(&filled).map_err(|_| {
+                    anyhow::anyhow!(
+                        "the header {name} for {entry:?} is not a valid header value once its secrets are filled in"
+                    )
+                })?;
+                value.set_sensitive(true);
+                headers.push((entry.clone(), header, value));
+            }
+        }
+        Ok(Arc::new(Self {
             grant,
             plugin: Arc::from(plugin),
+            headers,
             breakers: Mutex::new(HashMap::new()),
             counts: Mutex::new(HttpCounts::default()),
-        })
+        }))
     }
 
     /// What has been sent so far.
@@ -334,7 +405,30 @@ async fn send(
         return Err(HttpError::HttpRequestDenied);
     }
     // The body first: a body too large is the plugin's fault, not the host's.
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let (bare_host, _) = split_port(&host);
+    let injected: Vec<_> = access
+        .headers
+        .iter()
+        .filter(|(entry, _, _)| HttpGrant::entry_allows(entry, &bare_host, port))
+        .collect();
+    if !injected.is_empty() {
+        let encrypted = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        if !encrypted && !is_loopback(&bare_host) {
+            access.count(|c| c.denied += 1);
+            tracing::warn!(
+                plugin,
+                host,
+                "outbound request refused: it would carry secret headers over plain HTTP"
+            );
+            return Err(HttpError::InternalError(Some(format!(
+                "weir: requests to {host} carry secret headers, so they must use https://"
+            ))));
+        }
+        for (_, name, value) in injected {
+            parts.headers.insert(name.clone(), value.clone());
+        }
+    }
     let body = collect_body(body).await?;
     let breaker = access.breaker(&host);
     if let Admission::Rest(rest) = breaker.admit() {

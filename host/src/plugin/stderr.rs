@@ -42,7 +42,10 @@ impl TailPipe {
     pub fn contents(&self) -> (String, u64) {
         let tail = self.tail.lock().expect("stderr lock");
         let bytes: Vec<u8> = tail.kept.iter().copied().collect();
-        (String::from_utf8_lossy(&bytes).into_owned(), tail.dropped)
+        let text = String::from_utf8_lossy(&bytes);
+        // A plugin may print a secret it was given.
+        let text = crate::secrets::redact(&text).into_owned();
+        (text, tail.dropped)
     }
 
     fn push(&self, bytes: &[u8]) {

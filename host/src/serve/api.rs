@@ -133,6 +133,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::map_response(redact_secrets))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(service)
 }
@@ -648,6 +649,46 @@ async fn no_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError
 /// Gives every error answer the API's JSON shape, `{"error": "…"}`: the
 /// framework's own rejections (a malformed JSON body, a bad query string)
 /// come as plain text.
+/// Largest answer [`redact_secrets`] reads whole to redact, in bytes
+/// (8 MiB); larger ones (none of weir's JSON answers in practice) pass as
+/// they are: what they hold from files was redacted when written.
+const MAX_REDACTED_BYTES: usize = 8 * 1024 * 1024;
+
+/// Replaces every secret value in a JSON or text answer
+/// ([`crate::secrets::redact`]): an error message, a status or a report
+/// may quote one.
+async fn redact_secrets(response: Response) -> Response {
+    if !crate::secrets::any_known() {
+        return response;
+    }
+    let textual = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/"));
+    let small = axum::body::HttpBody::size_hint(response.body())
+        .upper()
+        .is_some_and(|n| n <= MAX_REDACTED_BYTES as u64);
+    if !textual || !small {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_REDACTED_BYTES).await else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the answer could not be read",
+        )
+            .into_response();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let body = match crate::secrets::redact(&text) {
+        std::borrow::Cow::Borrowed(_) => axum::body::Body::from(bytes),
+        std::borrow::Cow::Owned(clean) => axum::body::Body::from(clean),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, body)
+}
+
 async fn json_errors(response: Response) -> Response {
     let is_json = response
         .headers()

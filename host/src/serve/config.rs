@@ -88,6 +88,12 @@ pub struct TenantConfig {
     /// a tenant's plugins reach no host unless the operator allows it.
     #[serde(default)]
     pub http_allow_hosts: Vec<String>,
+    /// The secrets the tenant's scheduled pipelines may refer to as
+    /// `${secret:NAME}`: name → `env:VARIABLE` or `file:PATH` (relative to
+    /// the service file), see [`crate::secrets`]. A tenant's pipeline
+    /// files may not declare secrets of their own. Default: none.
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 /// One API token, by the SHA-256 of its text.
@@ -482,6 +488,11 @@ impl ServiceConfig {
                 &dir,
                 Some(&dir),
             );
+            for (name, source) in &tenant.secrets {
+                if let Err(message) = crate::secrets::check_source(source) {
+                    problems.add(key(&format!("secrets.{name}")), message);
+                }
+            }
             let prefix = key("pipelines");
             check_pipelines(problems, &prefix, &tenant.pipelines, &dir);
             for (i, hosted) in tenant.pipelines.iter().enumerate() {

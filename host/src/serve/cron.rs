@@ -612,8 +612,8 @@ pub fn run_pipeline(
             .map_err(|e| anyhow!(e))?;
         crate::backfill::run_partition(file, &text, &key, crate::history::Trigger::Scheduled, vet)?
     } else {
-        let config = crate::config::PipelineConfig::from_toml(&text, file)?;
-        vet(&config)?;
+        let mut config = crate::config::PipelineConfig::from_toml(&text, file)?;
+        vet(&mut config)?;
         crate::pipeline::Pipeline::build(config, file)?.run(&crate::pipeline::RunOptions {
             progress: false,
             restart: false,

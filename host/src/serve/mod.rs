@@ -147,6 +147,21 @@ impl Service {
                 Some(schedules::Confinement {
                     dir: dir.clone(),
                     http_allow_hosts: tenant.http_allow_hosts.clone(),
+                    // `file:` paths are relative to the service file; the
+                    // pipelines that use them are elsewhere.
+                    secrets: tenant
+                        .secrets
+                        .iter()
+                        .map(|(name, source)| {
+                            let source = match source.strip_prefix("file:") {
+                                Some(path) => {
+                                    format!("file:{}", base_dir.join(path).display())
+                                }
+                                None => source.clone(),
+                            };
+                            (name.clone(), source)
+                        })
+                        .collect(),
                 }),
                 &tenant_state,
                 &stop_schedules,
@@ -430,7 +445,19 @@ fn load_tenant(
     let mut pipelines = BTreeMap::new();
     for (i, hosted) in hosted_pipelines.iter().enumerate() {
         let path = dir.join(&hosted.file);
-        let pipeline = match Pipeline::load_for(&path, crate::config::Purpose::Serve) {
+        let loaded = crate::config::PipelineConfig::from_file(&path).and_then(|config| {
+            // Refused before anything is resolved: a tenant's file must
+            // not make weir read an environment variable or a file.
+            if confined && !config.secrets.is_empty() {
+                return Err(ConfigError::whole(
+                    &path,
+                    "secrets",
+                    "a tenant's pipeline may not declare secrets; the operator gives a tenant's scheduled pipelines theirs in the service file (`secrets` of its [[tenants]] table)",
+                ));
+            }
+            Pipeline::build_for(config, &path, crate::config::Purpose::Serve)
+        });
+        let pipeline = match loaded {
             Ok(pipeline) => pipeline,
             Err(ConfigErrors(found)) => {
                 errors.extend(found);

@@ -37,6 +37,9 @@ pub struct Confinement {
     pub dir: PathBuf,
     /// The hosts its extract plugins may be granted.
     pub http_allow_hosts: Vec<String>,
+    /// Its secrets (name → source, `file:` paths absolute), given to each
+    /// run's config; its pipeline files may not declare their own.
+    pub secrets: BTreeMap<String, String>,
 }
 
 /// A backfill started through the API, and how it went.
@@ -183,17 +186,21 @@ impl Scheduled {
 
     /// Checks a run's pipeline config (what the file says now, for the
     /// partition being run): a file sink a second run would not fail on,
-    /// and for a tenant its [`Confinement`].
+    /// and for a tenant its [`Confinement`], whose secrets it then gets.
     ///
     /// # Errors
     /// Every problem found.
-    pub fn vet(&self, config: &PipelineConfig) -> Result<(), ConfigErrors> {
+    pub fn vet(&self, config: &mut PipelineConfig) -> Result<(), ConfigErrors> {
         check_config(
             &self.schedule.name,
             config,
             &self.file,
             self.confinement.as_ref(),
-        )
+        )?;
+        if let Some(confinement) = &self.confinement {
+            config.secrets = confinement.secrets.clone();
+        }
+        Ok(())
     }
 
     /// The run history of the schedule's pipeline; for a tenant, only
@@ -463,6 +470,12 @@ fn check_config(
                     path.display(),
                     confinement.dir.display()
                 ),
+            );
+        }
+        if !config.secrets.is_empty() {
+            problem(
+                "secrets",
+                "a tenant's pipeline may not declare secrets: it would make the service read its environment or files; the operator gives the tenant's secrets in the service file (`secrets` of its [[tenants]] table)".to_string(),
             );
         }
         let network = "would connect with the service's network and credentials, which a tenant's scheduled pipeline may not use";
