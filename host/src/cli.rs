@@ -352,10 +352,15 @@ enum PluginCommand {
     },
 }
 
-/// `println!` that returns the I/O error (a closed pipe) instead of panicking.
+/// `println!` that returns the I/O error (a closed pipe) instead of
+/// panicking, and redacts secrets ([`crate::secrets::redact`]).
 macro_rules! say {
     ($($arg:tt)*) => {
-        writeln!(std::io::stdout().lock(), $($arg)*)
+        writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            crate::secrets::redact(&format!($($arg)*))
+        )
     };
 }
 
@@ -571,7 +576,7 @@ fn run_pipeline(
     print_summary(&report)?;
     if let Some(path) = report_path {
         let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json + "\n")
+        std::fs::write(path, crate::secrets::redact(&json).into_owned() + "\n")
             .with_context(|| format!("writing the report to {}", path.display()))?;
         say!("report: {}", path.display())?;
     }
