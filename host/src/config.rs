@@ -140,6 +140,11 @@ pub struct HistorySettings {
     pub keep_runs: u64,
     /// Days a run is kept after it started. Default 90.
     pub keep_days: u64,
+    /// `weir serve`: the length of the intervals a served pipeline's
+    /// micro-batches are recorded in, one history row each (e.g. `"5m"`).
+    /// Default one minute; at least one second.
+    #[serde(with = "crate::checks::humantime_serde_compat")]
+    pub interval: std::time::Duration,
 }
 
 impl Default for HistorySettings {
@@ -148,6 +153,7 @@ impl Default for HistorySettings {
             enabled: true,
             keep_runs: 1000,
             keep_days: 90,
+            interval: std::time::Duration::from_secs(60),
         }
     }
 }

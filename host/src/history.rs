@@ -44,8 +44,9 @@ pub struct RunRecord {
     pub run_id: String,
     /// The pipeline's name.
     pub pipeline: String,
-    /// What started it: `run` (`weir run`), `backfill` (`weir backfill`)
-    /// or `scheduled` (a schedule in `weir serve`).
+    /// What started it: `run` (`weir run`), `backfill` (`weir backfill`),
+    /// `scheduled` (a schedule in `weir serve`), or `serve` (one interval
+    /// of a served pipeline's micro-batches).
     pub kind: String,
     /// The partition it processed, for a partitioned pipeline.
     pub partition: Option<String>,
@@ -126,6 +127,39 @@ impl Trigger {
             Trigger::Scheduled => "scheduled",
         }
     }
+}
+
+/// One interval of a served pipeline, as [`History::interval`] records
+/// it.
+#[derive(Debug, Clone, Copy)]
+pub struct Interval<'a> {
+    /// `serve-{START}` (the start as `YYYYmmddTHHMMSSZ`).
+    pub run_id: &'a str,
+    /// The pipeline's name.
+    pub pipeline: &'a str,
+    /// The interval's start and end, RFC 3339 UTC.
+    pub started_at: &'a str,
+    /// See `started_at`.
+    pub ended_at: &'a str,
+    /// Its length, in milliseconds.
+    pub duration_ms: u64,
+    /// Records received, written, quarantined and filtered by the
+    /// micro-batches committed in it.
+    pub read: u64,
+    /// See `read`.
+    pub written: u64,
+    /// See `read`.
+    pub quarantined: u64,
+    /// See `read`.
+    pub filtered: u64,
+    /// Micro-batches committed in it.
+    pub batches: u64,
+    /// Micro-batches that failed in it.
+    pub failed_batches: u64,
+    /// The last failure's error.
+    pub error: Option<&'a str>,
+    /// The interval's summary, as JSON.
+    pub summary: &'a str,
 }
 
 /// What a run is, as recorded: how it was started and which partition.
@@ -226,6 +260,46 @@ impl History {
                 ],
             )
             .context("recording the run in the history")?;
+        Ok(())
+    }
+
+    /// Records (or updates) one interval of a served pipeline
+    /// ([`crate::serve::served_history`]): kind `serve`, status
+    /// `succeeded` when a micro-batch committed in it, else `failed`;
+    /// `summary` is its JSON report, `error` the last failure.
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub fn interval(&self, interval: &Interval<'_>) -> Result<()> {
+        let status = if interval.batches > 0 || interval.failed_batches == 0 {
+            SUCCEEDED
+        } else {
+            FAILED
+        };
+        self.connection
+            .execute(
+                "INSERT INTO runs (run_id, pipeline, kind, status, started_at, ended_at, duration_ms, read, written, quarantined, filtered, error, report)
+                 VALUES (?1, ?2, 'serve', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at,
+                   duration_ms = excluded.duration_ms, read = excluded.read, written = excluded.written,
+                   quarantined = excluded.quarantined, filtered = excluded.filtered, error = excluded.error,
+                   report = excluded.report",
+                params![
+                    interval.run_id,
+                    interval.pipeline,
+                    status,
+                    interval.started_at,
+                    interval.ended_at,
+                    interval.duration_ms as i64,
+                    interval.read as i64,
+                    interval.written as i64,
+                    interval.quarantined as i64,
+                    interval.filtered as i64,
+                    interval.error.map(crate::secrets::redact),
+                    crate::secrets::redact(interval.summary),
+                ],
+            )
+            .context("recording the interval in the history")?;
         Ok(())
     }
 

@@ -982,3 +982,70 @@ fn operator_commands_steer_a_running_service() {
         "{errors}"
     );
 }
+
+#[test]
+fn a_served_pipeline_records_its_history_per_interval_and_alerts_when_data_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (webhook, received) = crate::support::http_endpoint(true, 0);
+    let pipeline = write_pipeline(dir.path(), "");
+    let mut text = std::fs::read_to_string(&pipeline).unwrap();
+    text.push_str(&format!(
+        "\n[history]\ninterval = \"1s\"\n\n[checks]\nwebhook = \"{webhook}/alerts\"\n\n[checks.freshness]\nmax_age = \"2s\"\n"
+    ));
+    std::fs::write(&pipeline, text).unwrap();
+    let service = write_service(dir.path(), "", "");
+    let running = Running::start(&service);
+    for (ids, bad) in [(0..10, vec![3]), (10..25, vec![])] {
+        let (code, body) = running.oneshot(post(
+            "/v1/pipelines/events/records",
+            "application/x-ndjson",
+            records(ids, &bad),
+        ));
+        assert_eq!(code, StatusCode::OK, "{body}");
+    }
+    // Data stops: after 2 s of silence, one freshness alert, not one per
+    // second.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no freshness alert");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    {
+        let alerts = received.lock().unwrap();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let (path, alert) = &alerts[0];
+        assert_eq!(path, "/alerts");
+        assert_eq!(alert["checks"][0]["check"], "freshness", "{alert}");
+        assert!(
+            alert["checks"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no record received"),
+            "{alert}"
+        );
+    }
+    // The ended intervals are in the history: kind `serve`, every record
+    // counted once.
+    let (code, body) = running.oneshot(get("/v1/pipelines/events/runs"));
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let runs = body["runs"].as_array().unwrap();
+    assert!(!runs.is_empty(), "{body}");
+    let total = |key: &str| runs.iter().map(|r| r[key].as_u64().unwrap()).sum::<u64>();
+    assert_eq!((total("read"), total("written"), total("quarantined")), (25, 24, 1));
+    for run in runs {
+        assert_eq!(run["kind"], "serve", "{run}");
+        assert_eq!(run["status"], "succeeded", "{run}");
+        assert!(run["run_id"].as_str().unwrap().starts_with("serve-"), "{run}");
+    }
+    let (code, metrics) = running.oneshot(get("/metrics"));
+    assert_eq!(code, StatusCode::OK);
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains(r#"weir_check_results_total{tenant="default",pipeline="events",check="freshness",status="warn"}"#),
+        "{metrics}"
+    );
+    running.shutdown().unwrap();
+}

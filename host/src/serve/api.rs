@@ -147,6 +147,7 @@ fn tenant_routes() -> Router<Arc<Service>> {
         .route("/pipelines/{name}/pause", post(pause))
         .route("/pipelines/{name}/resume", post(resume))
         .route("/pipelines/{name}/report", get(report))
+        .route("/pipelines/{name}/runs", get(pipeline_runs))
         .route("/plugins", get(list_plugins).post(upload_plugin))
         .route(
             "/pipelines/{name}/stages/{stage}/reload",
@@ -927,6 +928,20 @@ fn set_paused(scoped: &Scoped, paused: bool) -> ApiResult<Json<super::live::Pipe
         ));
     }
     Ok(Json(live.status()))
+}
+
+/// The served pipeline's history, one row per interval, newest first.
+async fn pipeline_runs(
+    scoped: Scoped,
+    Query(query): Query<RunsQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let live = scoped.pipeline()?.clone();
+    let limit = query.limit.unwrap_or(50).min(1000);
+    let runs = tokio::task::spawn_blocking(move || live.history().list(limit))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    Ok(Json(json!({ "runs": runs })))
 }
 
 async fn report(scoped: Scoped) -> ApiResult<Json<serde_json::Value>> {

@@ -341,6 +341,8 @@ pub struct LivePipeline {
     /// The operators' counts after the last micro-batch (read without
     /// waiting for a running one).
     operator_reports: Mutex<Vec<crate::operator::OperatorReport>>,
+    /// Its run history, per interval, and freshness watch.
+    history: super::served_history::ServedHistory,
 }
 
 impl std::fmt::Debug for LivePipeline {
@@ -424,6 +426,13 @@ impl LivePipeline {
         }
         let state_dir = state_dir.join(&pipeline.name);
         super::files::create_private_dir_all(&state_dir)?;
+        let history = super::served_history::ServedHistory::new(
+            &pipeline.name,
+            &quota.tenant,
+            state_dir.join(crate::history::HISTORY_FILE),
+            pipeline.config().history.clone(),
+            pipeline.config().checks.clone(),
+        );
         let replayed = read_replayed(&state_dir.join(REPLAYED_FILE))?;
         let delivery = Delivery::open(
             &state_dir,
@@ -495,6 +504,7 @@ impl LivePipeline {
                     .unwrap_or_default(),
             ),
             operators,
+            history,
         })
     }
 
@@ -524,6 +534,11 @@ impl LivePipeline {
     /// The pipeline file's directory.
     pub fn base_dir(&self) -> &Path {
         &self.base_dir
+    }
+
+    /// Its run history, per interval, and freshness watch.
+    pub fn history(&self) -> &super::served_history::ServedHistory {
+        &self.history
     }
 
     /// Where drop-directory checkpoints and replay records live.
@@ -843,6 +858,7 @@ impl LivePipeline {
             Err(error) => {
                 self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("weir_batches_failed_total", &self.labels()).increment(1);
+                self.history.failed(&format!("{error:#}"));
                 tracing::error!(tenant = %self.tenant, pipeline = %self.name, part, error = format!("{error:#}"), "a micro-batch failed; none of its records were written");
                 let message = format!("{error:#}");
                 for piece in &pieces {
@@ -887,6 +903,7 @@ impl LivePipeline {
         let mut reports = self.reports.lock().expect("reports lock");
         reports.push_front(report.clone());
         reports.truncate(REPORT_HISTORY);
+        self.history.committed(report);
         let mut rate = self.rate.lock().expect("rate lock");
         rate.push_back((Instant::now(), c.received.load(Ordering::Relaxed)));
         while rate
@@ -1344,6 +1361,7 @@ impl LivePipeline {
             Err(error) => {
                 self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("weir_batches_failed_total", &self.labels()).increment(1);
+                self.history.failed(&format!("{error:#}"));
                 Err(error)
             }
         }

@@ -33,6 +33,7 @@ pub mod quarantine_log;
 pub mod quota;
 pub mod scheduler;
 pub mod schedules;
+pub mod served_history;
 pub mod stateful;
 pub mod stream;
 pub mod tenant;
@@ -307,6 +308,20 @@ impl Service {
         }
         let schedule_threads =
             schedules::start(self.tenants.values().flat_map(|t| t.schedules().values()))?;
+        // Writes each served pipeline's ended history interval and checks
+        // its freshness, every second until the service stops.
+        let history_thread = {
+            let this = self.clone();
+            std::thread::Builder::new()
+                .name("weir-history".into())
+                .spawn(move || {
+                    while !this.stop_schedules.wait(Duration::from_secs(1)) {
+                        for live in this.all_pipelines() {
+                            live.history().tick();
+                        }
+                    }
+                })?
+        };
         self.ready.store(true, Ordering::Release);
         let address = listener.local_addr()?;
         tracing::info!(%address, tenants = self.tenants.len(), pipelines = self.all_pipelines().count(), auth = self.tokens.enabled(), "weir serve is listening");
@@ -335,6 +350,13 @@ impl Service {
             // before its thread does.
             let this = self.clone();
             tokio::task::spawn_blocking(move || {
+                if history_thread.join().is_err() {
+                    tracing::error!("the history thread panicked");
+                }
+                // The micro-batches have all committed: the last interval.
+                for live in this.all_pipelines() {
+                    live.history().flush();
+                }
                 for thread in schedule_threads {
                     if thread.join().is_err() {
                         tracing::error!("a schedule's thread panicked");

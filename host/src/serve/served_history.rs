@@ -1,0 +1,328 @@
+//! The run history of a served pipeline, and its freshness.
+//!
+//! A served pipeline never ends, so its history is cut in intervals
+//! (`[history] interval`, default one minute, aligned on the clock): each
+//! interval in which micro-batches (or stream epochs) committed or failed
+//! becomes one row of kind `serve` in `history.sqlite` in the pipeline's
+//! state directory, with the records received, written, quarantined and
+//! filtered, the micro-batches committed and failed, the plugin versions
+//! that ran and the last error. The current interval is written when it
+//! ends (by the service's history thread, at most a second late) and at
+//! shutdown; it is never written per micro-batch, which would put a
+//! database write on the ingest path. `GET …/pipelines/{name}/runs` reads
+//! it.
+//!
+//! **Freshness.** With `[checks.freshness] max_age`, a served pipeline
+//! that receives no record for longer than `max_age` (counted from its
+//! last record, or from the service's start) raises a `freshness` alert
+//! once (log, webhook, `weir_check_results_total`), and again only after
+//! records have arrived and stopped again.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::checks::{CheckResult, ChecksSettings, Status};
+use crate::config::HistorySettings;
+use crate::history::History;
+
+use super::live::BatchReport;
+
+/// One interval's counts, as recorded (the row's `report`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IntervalSummary {
+    /// The tenant.
+    pub tenant: String,
+    /// Micro-batches committed.
+    pub batches: u64,
+    /// Micro-batches that failed (none of their records written).
+    pub failed_batches: u64,
+    /// Requests (or stream messages' epochs) merged into them.
+    pub submissions: u64,
+    /// Records received by the committed micro-batches.
+    pub received: u64,
+    /// Records written.
+    pub written: u64,
+    /// Records filtered.
+    pub filtered: u64,
+    /// Records quarantined.
+    pub quarantined: u64,
+    /// Files added to the sink and quarantine.
+    pub outputs: u64,
+    /// Longest latency of a micro-batch, from its first record's arrival
+    /// to its commit, in milliseconds.
+    pub max_latency_ms: f64,
+    /// `stage=sha256` of every plugin version that ran.
+    pub plugin_versions: BTreeSet<String>,
+    /// The last failure.
+    pub last_error: Option<String>,
+}
+
+/// The interval being counted.
+#[derive(Debug)]
+struct Window {
+    start: SystemTime,
+    summary: IntervalSummary,
+}
+
+struct State {
+    history: Option<History>,
+    window: Option<Window>,
+    /// When the last record arrived (or the service started).
+    last_data: SystemTime,
+    /// Whether the current silence has been alerted.
+    stale_alerted: bool,
+}
+
+/// A served pipeline's history and freshness watch.
+pub struct ServedHistory {
+    pipeline: String,
+    tenant: String,
+    file: PathBuf,
+    interval: Duration,
+    settings: HistorySettings,
+    checks: ChecksSettings,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for ServedHistory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServedHistory")
+            .field("pipeline", &self.pipeline)
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServedHistory {
+    /// The history of pipeline `pipeline` of `tenant` in `file`, cut in
+    /// `settings.interval`; `checks` gives the freshness limit and the
+    /// alert targets.
+    pub fn new(
+        pipeline: &str,
+        tenant: &str,
+        file: PathBuf,
+        settings: HistorySettings,
+        checks: ChecksSettings,
+    ) -> ServedHistory {
+        ServedHistory {
+            pipeline: pipeline.to_string(),
+            tenant: tenant.to_string(),
+            file,
+            interval: settings.interval.max(Duration::from_secs(1)),
+            settings,
+            checks,
+            state: Mutex::new(State {
+                history: None,
+                window: None,
+                last_data: SystemTime::now(),
+                stale_alerted: false,
+            }),
+        }
+    }
+
+    /// Where the history is.
+    pub fn file(&self) -> &std::path::Path {
+        &self.file
+    }
+
+    /// Counts a committed micro-batch.
+    pub fn committed(&self, report: &BatchReport) {
+        let now = SystemTime::now();
+        let mut state = self.lock();
+        self.roll(&mut state, now);
+        state.last_data = now;
+        state.stale_alerted = false;
+        let summary = &mut self.window(&mut state, now).summary;
+        summary.batches += 1;
+        summary.submissions += report.submissions as u64;
+        summary.received += report.received;
+        summary.written += report.written;
+        summary.filtered += report.filtered;
+        summary.quarantined += report.quarantined;
+        summary.outputs += report.outputs.len() as u64;
+        summary.max_latency_ms = summary.max_latency_ms.max(report.latency_ms);
+        summary
+            .plugin_versions
+            .extend(report.plugin_versions.iter().cloned());
+    }
+
+    /// Counts a micro-batch that failed with `error`.
+    pub fn failed(&self, error: &str) {
+        let now = SystemTime::now();
+        let mut state = self.lock();
+        self.roll(&mut state, now);
+        state.last_data = now;
+        let summary = &mut self.window(&mut state, now).summary;
+        summary.failed_batches += 1;
+        summary.last_error = Some(crate::secrets::redact(error).into_owned());
+    }
+
+    /// Writes the interval that has ended, if any, and checks freshness;
+    /// the service's history thread calls it every second.
+    pub fn tick(&self) {
+        let now = SystemTime::now();
+        let stale = {
+            let mut state = self.lock();
+            self.roll(&mut state, now);
+            self.stale(&mut state, now)
+        };
+        if let Some(result) = stale {
+            self.alert(result);
+        }
+    }
+
+    /// Writes the current interval as it stands (at shutdown).
+    pub fn flush(&self) {
+        let mut state = self.lock();
+        if let Some(window) = state.window.take() {
+            self.write(&mut state, &window, SystemTime::now());
+        }
+    }
+
+    /// The newest `limit` rows.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    pub fn list(&self, limit: usize) -> Result<Vec<crate::history::RunRecord>> {
+        if !self.file.exists() {
+            return Ok(Vec::new());
+        }
+        History::open(&self.file)?.list(limit)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The window of `now`, started when missing.
+    fn window<'a>(&self, state: &'a mut State, now: SystemTime) -> &'a mut Window {
+        let start = align(now, self.interval);
+        state.window.get_or_insert_with(|| Window {
+            start,
+            summary: IntervalSummary {
+                tenant: self.tenant.clone(),
+                ..IntervalSummary::default()
+            },
+        })
+    }
+
+    /// Writes and closes the window if `now` is past its end.
+    fn roll(&self, state: &mut State, now: SystemTime) {
+        let due = state
+            .window
+            .as_ref()
+            .is_some_and(|w| now >= w.start + self.interval);
+        if due {
+            let window = state.window.take().expect("due");
+            let end = window.start + self.interval;
+            self.write(state, &window, end);
+        }
+    }
+
+    fn write(&self, state: &mut State, window: &Window, end: SystemTime) {
+        if !self.settings.enabled {
+            return;
+        }
+        let outcome = (|| -> Result<()> {
+            if state.history.is_none() {
+                state.history = Some(History::open(&self.file)?);
+            }
+            let history = state.history.as_ref().expect("opened");
+            let started_at = rfc3339(window.start);
+            let run_id = format!(
+                "serve-{}",
+                humantime::format_rfc3339_seconds(window.start)
+                    .to_string()
+                    .replace(['-', ':'], "")
+            );
+            let summary = serde_json::to_string(&window.summary)?;
+            let s = &window.summary;
+            history.interval(&crate::history::Interval {
+                run_id: &run_id,
+                pipeline: &self.pipeline,
+                started_at: &started_at,
+                ended_at: &rfc3339(end),
+                duration_ms: end
+                    .duration_since(window.start)
+                    .unwrap_or_default()
+                    .as_millis() as u64,
+                read: s.received,
+                written: s.written,
+                quarantined: s.quarantined,
+                filtered: s.filtered,
+                batches: s.batches,
+                failed_batches: s.failed_batches,
+                error: s.last_error.as_deref(),
+                summary: &summary,
+            })?;
+            history.prune(self.settings.keep_runs, self.settings.keep_days)?;
+            Ok(())
+        })();
+        if let Err(error) = outcome {
+            tracing::warn!(pipeline = %self.pipeline, "run history: {error:#}");
+            state.history = None;
+        }
+    }
+
+    /// The freshness result, once per silence longer than the limit.
+    fn stale(&self, state: &mut State, now: SystemTime) -> Option<CheckResult> {
+        let check = self.checks.freshness.as_ref()?;
+        let silent = now.duration_since(state.last_data).unwrap_or_default();
+        if state.stale_alerted || silent <= check.max_age {
+            return None;
+        }
+        state.stale_alerted = true;
+        let status = match check.on_fail {
+            crate::checks::OnFail::Warn => Status::Warn,
+            crate::checks::OnFail::Fail => Status::Fail,
+        };
+        Some(CheckResult {
+            check: "freshness".into(),
+            status,
+            // A served pipeline has no run to fail.
+            fails_run: false,
+            message: format!(
+                "no record received for {} (limit {})",
+                humantime::format_duration(Duration::from_secs(silent.as_secs())),
+                humantime::format_duration(check.max_age)
+            ),
+            observed: Some(silent.as_secs_f64()),
+            expected: Some((0.0, check.max_age.as_secs_f64())),
+        })
+    }
+
+    fn alert(&self, result: CheckResult) {
+        metrics::counter!(
+            "weir_check_results_total",
+            "tenant" => self.tenant.clone(),
+            "pipeline" => self.pipeline.clone(),
+            "check" => result.check.clone(),
+            "status" => result.status.as_str()
+        )
+        .increment(1);
+        let run_id = format!("serve-{}", self.pipeline);
+        if let Some(alert) =
+            crate::alert::Alert::from_results(&self.pipeline, &run_id, None, &[result])
+            && let Err(error) = crate::alert::raise(&self.checks, &alert)
+        {
+            tracing::warn!(pipeline = %self.pipeline, "freshness alert: {error:#}");
+        }
+    }
+}
+
+/// `t` rounded down to a multiple of `interval` since the Unix epoch.
+fn align(t: SystemTime, interval: Duration) -> SystemTime {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let step = interval.as_millis().max(1);
+    let floor = since.as_millis() / step * step;
+    SystemTime::UNIX_EPOCH + Duration::from_millis(floor as u64)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
