@@ -34,6 +34,9 @@ use crate::report::RunReport;
 pub const RUNNING: &str = "running";
 /// Status of a run that committed its output.
 pub const SUCCEEDED: &str = "succeeded";
+/// Status of an interrupted run that was abandoned (`weir run
+/// --restart` discarded its checkpoint): it will never complete.
+pub const ABORTED: &str = "aborted";
 /// Status of a run that stopped with an error (nothing committed).
 pub const FAILED: &str = "failed";
 
@@ -53,7 +56,7 @@ pub struct RunRecord {
     /// Its data-check results ([`crate::checks::CheckResult`] as JSON).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checks: Option<serde_json::Value>,
-    /// `running`, `succeeded` or `failed`.
+    /// `running`, `succeeded`, `failed` or `aborted`.
     pub status: String,
     /// RFC 3339 UTC.
     pub started_at: String,
@@ -260,6 +263,21 @@ impl History {
                 ],
             )
             .context("recording the run in the history")?;
+        Ok(())
+    }
+
+    /// Records that run `run_id`, interrupted, was abandoned for `why`;
+    /// nothing when it is not in the history.
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub fn aborted(&self, run_id: &str, why: &str) -> Result<()> {
+        self.connection
+            .execute(
+                "UPDATE runs SET status = ?2, ended_at = ?3, error = ?4 WHERE run_id = ?1 AND status = ?5",
+                params![run_id, ABORTED, now_rfc3339(), why, RUNNING],
+            )
+            .context("recording the aborted run in the history")?;
         Ok(())
     }
 

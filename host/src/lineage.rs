@@ -377,6 +377,21 @@ pub fn fail(
     event
 }
 
+/// The ABORT event of run `run_id`, abandoned at `time` for `why` (its
+/// checkpoint discarded by `weir run --restart`: it will never complete).
+pub fn abort(
+    namespace: &str,
+    job: &str,
+    run_id: &str,
+    time: &str,
+    why: &str,
+    datasets: &Datasets,
+) -> Value {
+    let mut event = fail(namespace, job, run_id, time, why, datasets);
+    event["eventType"] = json!("ABORT");
+    event
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -507,8 +507,26 @@ impl Pipeline {
         };
         let started = Instant::now();
         let begun = std::cell::RefCell::new(None);
-        let mut result = self.run_attempt(options, &gate, &|run_id: &str, started_at: &str| {
+        let on_begun = |run_id: &str, started_at: &str, discarded: Option<&str>| {
             *begun.borrow_mut() = Some((run_id.to_string(), started_at.to_string()));
+            if let Some(discarded) = discarded {
+                let why = format!("its checkpoint was discarded by run {run_id} (--restart)");
+                if let Some(history) = &history
+                    && let Err(e) = history.aborted(discarded, &why)
+                {
+                    tracing::warn!("run history: {e:#}");
+                }
+                if let (Some(emitter), Some(datasets)) = (&lineage, &datasets) {
+                    emitter.emit(crate::lineage::abort(
+                        emitter.namespace(),
+                        &self.name,
+                        discarded,
+                        &now_rfc3339(),
+                        &why,
+                        datasets,
+                    ));
+                }
+            }
             if let Some(history) = &history
                 && let Err(e) = history.begin(run_id, &self.name, kind, started_at)
             {
@@ -523,7 +541,8 @@ impl Pipeline {
                     datasets,
                 ));
             }
-        });
+        };
+        let mut result = self.run_attempt(options, &gate, &on_begun);
         // Failed before it had a run id (the source could not be opened):
         // recorded under a new one.
         let (run_id, started_at) = begun.into_inner().unwrap_or_else(|| {
@@ -643,12 +662,13 @@ impl Pipeline {
     }
 
     /// [`Self::run`] without the history; `begun` is told the run's id and
-    /// start time as soon as they are known.
+    /// start time as soon as they are known, and the interrupted run that
+    /// `--restart` discarded, if any.
     fn run_attempt(
         &self,
         options: &RunOptions,
         gate: &crate::checks::Gate<'_>,
-        begun: &dyn Fn(&str, &str),
+        begun: &dyn Fn(&str, &str, Option<&str>),
     ) -> Result<RunReport> {
         let started = Instant::now();
         let mut started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
@@ -671,6 +691,7 @@ impl Pipeline {
             columnar::wit_schema(&schema)
                 .map_err(|e| anyhow!("the source cannot be passed to plugins: {e}"))?;
         }
+        let mut discarded_run = None;
         let mut coordinator = match settings.checkpoint {
             false => None,
             true => {
@@ -691,6 +712,7 @@ impl Pipeline {
                 )?;
                 run_id = state.run_id().to_string();
                 started_at = state.started_at().to_string();
+                discarded_run = state.recovery.discarded_run.clone();
                 let mut coordinator = Coordinator::new(
                     state,
                     EpochSettings {
@@ -708,7 +730,7 @@ impl Pipeline {
                 Some(coordinator)
             }
         };
-        begun(&run_id, &started_at);
+        begun(&run_id, &started_at, discarded_run.as_deref());
         let mut operators = self.open_operators(&run_id, coordinator.as_ref())?;
         let outcome = self.run_with(
             options,

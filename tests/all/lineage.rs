@@ -1,4 +1,5 @@
-//! OpenLineage events: a run emits START and COMPLETE (or FAIL) events
+//! OpenLineage events: a run emits START and COMPLETE (or FAIL, or ABORT
+//! when `--restart` abandons it) events
 //! that validate against the spec 2-0-2 JSON Schema and its facets' schemas
 //! (copies in tests/data/openlineage, from the OpenLineage repository),
 //! name the right inputs, outputs and counts, reach an HTTP endpoint, and a
@@ -292,4 +293,103 @@ fn events_reach_an_http_endpoint_and_a_dead_one_delays_a_run_by_at_most_flush_ms
     );
     let counts = report.lineage.unwrap();
     assert_eq!((counts.sent, counts.dropped), (0, 2), "{counts:?}");
+}
+
+#[test]
+fn a_run_abandoned_by_restart_gets_abort_and_is_aborted_in_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("id,value\n");
+    for i in 0..100 {
+        csv.push_str(&format!("{i},{}\n", i * 2));
+    }
+    std::fs::write(dir.path().join("in.csv"), csv).unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        r#"
+[source]
+format = "csv"
+path = "in.csv"
+
+[sink]
+format = "jsonl"
+path = "out.jsonl"
+
+[quarantine]
+format = "jsonl"
+path = "q.jsonl"
+
+[lineage]
+file = "events.jsonl"
+"#,
+    )
+    .unwrap();
+    // Killed mid-read: its checkpoint stays for a resume.
+    let killed = crate::crash::spawn_weir(
+        dir.path(),
+        &["run", "pipeline.toml", "--no-progress"],
+        Some("mid-read:1"),
+    )
+    .wait()
+    .unwrap();
+    assert!(!killed.success());
+    let history_file = dir
+        .path()
+        .join(".out.jsonl.weir-state")
+        .join(weir::history::HISTORY_FILE);
+    let runs = weir::history::History::open(&history_file)
+        .unwrap()
+        .list(10)
+        .unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, "running");
+    let killed_id = runs[0].run_id.clone();
+    let status = crate::crash::spawn_weir(
+        dir.path(),
+        &["run", "pipeline.toml", "--no-progress", "--restart"],
+        None,
+    )
+    .wait()
+    .unwrap();
+    let log = std::fs::read_to_string(dir.path().join("child.log")).unwrap_or_default();
+    assert!(status.success(), "{log}");
+
+    let events = events(&dir.path().join("events.jsonl"));
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["eventType"].as_str().unwrap())
+        .collect();
+    // ABORT (the killed run, as the restart begins), then the restart's
+    // START and COMPLETE; the killed run's own START may come first, or
+    // may have died in the lineage queue with its process.
+    assert!(
+        kinds.ends_with(&["ABORT", "START", "COMPLETE"]),
+        "{events:#?}"
+    );
+    let spec = spec();
+    events.iter().for_each(|e| spec.check(e));
+    let n = events.len();
+    assert_eq!(events[n - 3]["run"]["runId"], killed_id.as_str());
+    assert_ne!(events[n - 2]["run"]["runId"], killed_id.as_str());
+    assert!(
+        events[n - 3]["run"]["facets"]["errorMessage"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--restart")
+    );
+    let runs = weir::history::History::open(&history_file)
+        .unwrap()
+        .list(10)
+        .unwrap();
+    let statuses: Vec<(&str, &str)> = runs
+        .iter()
+        .map(|r| (r.run_id.as_str(), r.status.as_str()))
+        .collect();
+    assert!(
+        statuses.contains(&(killed_id.as_str(), "aborted")),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().any(|(_, s)| *s == "succeeded"),
+        "{statuses:?}"
+    );
 }

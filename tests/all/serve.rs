@@ -1032,11 +1032,17 @@ fn a_served_pipeline_records_its_history_per_interval_and_alerts_when_data_stops
     let runs = body["runs"].as_array().unwrap();
     assert!(!runs.is_empty(), "{body}");
     let total = |key: &str| runs.iter().map(|r| r[key].as_u64().unwrap()).sum::<u64>();
-    assert_eq!((total("read"), total("written"), total("quarantined")), (25, 24, 1));
+    assert_eq!(
+        (total("read"), total("written"), total("quarantined")),
+        (25, 24, 1)
+    );
     for run in runs {
         assert_eq!(run["kind"], "serve", "{run}");
         assert_eq!(run["status"], "succeeded", "{run}");
-        assert!(run["run_id"].as_str().unwrap().starts_with("serve-"), "{run}");
+        assert!(
+            run["run_id"].as_str().unwrap().starts_with("serve-"),
+            "{run}"
+        );
     }
     let (code, metrics) = running.oneshot(get("/metrics"));
     assert_eq!(code, StatusCode::OK);

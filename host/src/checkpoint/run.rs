@@ -260,6 +260,10 @@ pub struct Recovery {
     /// own side (a database sink, [`Coordinator::align`]): replayed to the
     /// same position, not loaded again.
     pub sink_committed_epoch: Option<u64>,
+    /// The interrupted run whose checkpoint `restart` discarded: it never
+    /// completes (recorded as `aborted`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discarded_run: Option<String>,
 }
 
 /// The state of a checkpointed run: its directory and last checkpoint.
@@ -325,7 +329,13 @@ impl RunState {
     ) -> Result<RunState> {
         let started = Instant::now();
         let file = dir.join(CHECKPOINT_FILE);
+        let mut discarded_run = None;
         if restart && dir.exists() {
+            discarded_run = super::read_verified(&file)
+                .ok()
+                .flatten()
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                .and_then(|checkpoint| checkpoint["run_id"].as_str().map(str::to_string));
             std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
         }
         let recorded = super::read_verified(&file).map_err(|e| {
@@ -356,7 +366,10 @@ impl RunState {
                     epochs: Vec::new(),
                     written_at: now(),
                 },
-                recovery: Recovery::default(),
+                recovery: Recovery {
+                    discarded_run,
+                    ..Recovery::default()
+                },
             };
             state.write()?;
             if let Some(parent) = dir.parent() {
