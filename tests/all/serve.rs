@@ -990,7 +990,7 @@ fn a_served_pipeline_records_its_history_per_interval_and_alerts_when_data_stops
     let pipeline = write_pipeline(dir.path(), "");
     let mut text = std::fs::read_to_string(&pipeline).unwrap();
     text.push_str(&format!(
-        "\n[history]\ninterval = \"1s\"\n\n[checks]\nwebhook = \"{webhook}/alerts\"\n\n[checks.freshness]\nmax_age = \"2s\"\n"
+        "\n[history]\ninterval = \"1s\"\n\n[checks]\nwebhook = \"{webhook}/alerts\"\n\n[checks.freshness]\nmax_age = \"2s\"\n\n[checks.volume]\nmax_rows = 5\n"
     ));
     std::fs::write(&pipeline, text).unwrap();
     let service = write_service(dir.path(), "", "");
@@ -1003,28 +1003,42 @@ fn a_served_pipeline_records_its_history_per_interval_and_alerts_when_data_stops
         ));
         assert_eq!(code, StatusCode::OK, "{body}");
     }
-    // Data stops: after 2 s of silence, one freshness alert, not one per
-    // second.
+    // Each interval is judged (more rows than `max_rows`: a volume
+    // alert); data stops: after 2 s of silence, one freshness alert, not
+    // one per second.
+    let checks_alerted = || -> Vec<String> {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, alert)| {
+                assert_eq!(path, "/alerts");
+                alert["checks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["check"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while received.lock().unwrap().is_empty() {
+    while !checks_alerted().contains(&"freshness".to_string()) {
         assert!(Instant::now() < deadline, "no freshness alert");
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(2500));
-    {
-        let alerts = received.lock().unwrap();
-        assert_eq!(alerts.len(), 1, "{alerts:?}");
-        let (path, alert) = &alerts[0];
-        assert_eq!(path, "/alerts");
-        assert_eq!(alert["checks"][0]["check"], "freshness", "{alert}");
-        assert!(
-            alert["checks"][0]["message"]
-                .as_str()
-                .unwrap()
-                .contains("no record received"),
-            "{alert}"
-        );
-    }
+    let alerted = checks_alerted();
+    assert_eq!(
+        alerted.iter().filter(|c| *c == "freshness").count(),
+        1,
+        "{alerted:?}"
+    );
+    assert!(alerted.contains(&"volume".to_string()), "{alerted:?}");
+    assert!(
+        alerted.iter().all(|c| c == "freshness" || c == "volume"),
+        "{alerted:?}"
+    );
     // The ended intervals are in the history: kind `serve`, every record
     // counted once.
     let (code, body) = running.oneshot(get("/v1/pipelines/events/runs"));
@@ -1039,6 +1053,7 @@ fn a_served_pipeline_records_its_history_per_interval_and_alerts_when_data_stops
     for run in runs {
         assert_eq!(run["kind"], "serve", "{run}");
         assert_eq!(run["status"], "succeeded", "{run}");
+        assert_eq!(run["checks"][0]["check"], "volume", "{run}");
         assert!(
             run["run_id"].as_str().unwrap().starts_with("serve-"),
             "{run}"

@@ -10,7 +10,11 @@
 //! ends (by the service's history thread, at most a second late) and at
 //! shutdown; it is never written per micro-batch, which would put a
 //! database write on the ingest path. `GET …/pipelines/{name}/runs` reads
-//! it.
+//! it. Each written interval is judged by the pipeline's `[checks]`
+//! (volume, quarantine rate) against the earlier intervals, as `weir run`
+//! judges a run against earlier runs; results are in the row, in
+//! `weir_check_results_total` and, when not `ok`, sent to the log and the
+//! webhook.
 //!
 //! **Freshness.** With `[checks.freshness] max_age`, a served pipeline
 //! that receives no record for longer than `max_age` (counted from its
@@ -24,6 +28,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
+use chrono::Datelike;
 use serde::Serialize;
 
 use crate::checks::{CheckResult, ChecksSettings, Status};
@@ -70,8 +75,9 @@ struct Window {
 }
 
 struct State {
-    history: Option<History>,
     window: Option<Window>,
+    /// Windows that ended, waiting for the history thread to write them.
+    ended: Vec<Window>,
     /// When the last record arrived (or the service started).
     last_data: SystemTime,
     /// Whether the current silence has been alerted.
@@ -87,6 +93,9 @@ pub struct ServedHistory {
     settings: HistorySettings,
     checks: ChecksSettings,
     state: Mutex<State>,
+    /// The database, opened at the first write; its own lock, so that
+    /// counting never waits for a write.
+    writer: Mutex<Option<History>>,
 }
 
 impl std::fmt::Debug for ServedHistory {
@@ -117,11 +126,12 @@ impl ServedHistory {
             settings,
             checks,
             state: Mutex::new(State {
-                history: None,
                 window: None,
+                ended: Vec::new(),
                 last_data: SystemTime::now(),
                 stale_alerted: false,
             }),
+            writer: Mutex::new(None),
         }
     }
 
@@ -162,26 +172,43 @@ impl ServedHistory {
         summary.last_error = Some(crate::secrets::redact(error).into_owned());
     }
 
-    /// Writes the interval that has ended, if any, and checks freshness;
+    /// Writes the intervals that have ended, judges them (volume,
+    /// quarantine rate against earlier intervals) and checks freshness;
     /// the service's history thread calls it every second.
     pub fn tick(&self) {
         let now = SystemTime::now();
-        let stale = {
+        let (ended, stale) = {
             let mut state = self.lock();
             self.roll(&mut state, now);
-            self.stale(&mut state, now)
+            (
+                std::mem::take(&mut state.ended),
+                self.stale(&mut state, now),
+            )
         };
-        if let Some(result) = stale {
-            self.alert(result);
+        let mut results: Vec<CheckResult> = stale.into_iter().collect();
+        results.iter().for_each(|r| self.count(r));
+        for window in ended {
+            let end = window.start + self.interval;
+            results.extend(self.write(&window, end));
         }
+        self.alert(results);
     }
 
-    /// Writes the current interval as it stands (at shutdown).
+    /// Writes the intervals as they stand (at shutdown).
     pub fn flush(&self) {
-        let mut state = self.lock();
-        if let Some(window) = state.window.take() {
-            self.write(&mut state, &window, SystemTime::now());
+        let windows: Vec<Window> = {
+            let mut state = self.lock();
+            let mut windows = std::mem::take(&mut state.ended);
+            windows.extend(state.window.take());
+            windows
+        };
+        let now = SystemTime::now();
+        let mut results = Vec::new();
+        for window in windows {
+            let end = (window.start + self.interval).min(now);
+            results.extend(self.write(&window, end));
         }
+        self.alert(results);
     }
 
     /// The newest `limit` rows.
@@ -211,7 +238,8 @@ impl ServedHistory {
         })
     }
 
-    /// Writes and closes the window if `now` is past its end.
+    /// Closes the window if `now` is past its end; the history thread
+    /// writes it.
     fn roll(&self, state: &mut State, now: SystemTime) {
         let due = state
             .window
@@ -219,20 +247,22 @@ impl ServedHistory {
             .is_some_and(|w| now >= w.start + self.interval);
         if due {
             let window = state.window.take().expect("due");
-            let end = window.start + self.interval;
-            self.write(state, &window, end);
+            state.ended.push(window);
         }
     }
 
-    fn write(&self, state: &mut State, window: &Window, end: SystemTime) {
+    /// Writes `window` (ended at `end`) and judges it; returns the results
+    /// that are not `ok`.
+    fn write(&self, window: &Window, end: SystemTime) -> Vec<CheckResult> {
         if !self.settings.enabled {
-            return;
+            return Vec::new();
         }
-        let outcome = (|| -> Result<()> {
-            if state.history.is_none() {
-                state.history = Some(History::open(&self.file)?);
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = (|| -> Result<Vec<CheckResult>> {
+            if writer.is_none() {
+                *writer = Some(History::open(&self.file)?);
             }
-            let history = state.history.as_ref().expect("opened");
+            let history = writer.as_ref().expect("opened");
             let started_at = rfc3339(window.start);
             let run_id = format!(
                 "serve-{}",
@@ -260,12 +290,37 @@ impl ServedHistory {
                 error: s.last_error.as_deref(),
                 summary: &summary,
             })?;
+            // Volume and quarantine rate, against the earlier intervals.
+            let observation = crate::checks::Observation {
+                weekday: chrono::DateTime::<chrono::Utc>::from(window.start)
+                    .weekday()
+                    .num_days_from_monday() as u8,
+                read: s.received,
+                written: s.written,
+                quarantined: s.quarantined,
+                ..crate::checks::Observation::default()
+            };
+            let previous = history.observations(self.checks.history_needed())?;
+            let results = crate::checks::evaluate(&self.checks, &observation, &previous);
+            history.record_checks(&run_id, &observation, &results)?;
             history.prune(self.settings.keep_runs, self.settings.keep_days)?;
-            Ok(())
+            Ok(results)
         })();
-        if let Err(error) = outcome {
-            tracing::warn!(pipeline = %self.pipeline, "run history: {error:#}");
-            state.history = None;
+        match outcome {
+            Ok(results) => {
+                for result in &results {
+                    self.count(result);
+                }
+                results
+                    .into_iter()
+                    .filter(|r| r.status != Status::Ok)
+                    .collect()
+            }
+            Err(error) => {
+                tracing::warn!(pipeline = %self.pipeline, "run history: {error:#}");
+                *writer = None;
+                Vec::new()
+            }
         }
     }
 
@@ -296,7 +351,7 @@ impl ServedHistory {
         })
     }
 
-    fn alert(&self, result: CheckResult) {
+    fn count(&self, result: &CheckResult) {
         metrics::counter!(
             "weir_check_results_total",
             "tenant" => self.tenant.clone(),
@@ -305,12 +360,20 @@ impl ServedHistory {
             "status" => result.status.as_str()
         )
         .increment(1);
+    }
+
+    /// Sends `results` (not `ok`) to the log and the webhook, with no
+    /// lock held: the webhook may take its retries.
+    fn alert(&self, results: Vec<CheckResult>) {
+        if results.is_empty() {
+            return;
+        }
         let run_id = format!("serve-{}", self.pipeline);
         if let Some(alert) =
-            crate::alert::Alert::from_results(&self.pipeline, &run_id, None, &[result])
+            crate::alert::Alert::from_results(&self.pipeline, &run_id, None, &results)
             && let Err(error) = crate::alert::raise(&self.checks, &alert)
         {
-            tracing::warn!(pipeline = %self.pipeline, "freshness alert: {error:#}");
+            tracing::warn!(pipeline = %self.pipeline, "data check alert: {error:#}");
         }
     }
 }
