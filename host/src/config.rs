@@ -968,16 +968,21 @@ fn nested_too_deep(text: &str, max: usize) -> Option<usize> {
     use toml_parser::lexer::TokenKind;
     let source = toml_parser::Source::new(text);
     // What each open bracket added to `depth`; the parts of the header in
-    // force and of the key being read.
+    // force and of the key being read (kept past its `=`, so that a
+    // bracket opening its value counts the key's parts too).
     let (mut open, mut depth) = (Vec::<usize>::new(), 0usize);
     let (mut header, mut key) = (0usize, 1usize);
-    let (mut line_start, mut in_header) = (true, false);
+    let (mut line_start, mut in_header, mut header_brackets) = (true, false, 0usize);
     for token in source.lex() {
         match token.kind() {
             TokenKind::Newline => {
                 if in_header {
-                    header = key;
+                    // `[[a.b]]`: each part is an array and a table.
+                    header = key * header_brackets.min(2);
                     in_header = false;
+                    if header > max {
+                        return Some(text[..token.span().start()].matches('\n').count() + 1);
+                    }
                 }
                 if open.is_empty() {
                     line_start = true;
@@ -987,7 +992,11 @@ fn nested_too_deep(text: &str, max: usize) -> Option<usize> {
             }
             TokenKind::Whitespace | TokenKind::Comment => continue,
             TokenKind::LeftSquareBracket if open.is_empty() && (line_start || in_header) => {
+                if !in_header {
+                    header_brackets = 0;
+                }
                 in_header = true;
+                header_brackets += 1;
             }
             TokenKind::Dot => key += 1,
             _ if in_header => {}
@@ -1000,7 +1009,7 @@ fn nested_too_deep(text: &str, max: usize) -> Option<usize> {
                 depth -= open.pop().unwrap_or(0);
                 key = 1;
             }
-            TokenKind::Equals | TokenKind::Comma => key = 1,
+            TokenKind::Comma => key = 1,
             _ => {}
         }
         line_start = false;
@@ -1964,8 +1973,8 @@ fn deep_nesting_is_refused_before_parsing_and_strings_do_not_count() {
     let crash = format!("x = [\n{}", "[{`ne]\n".repeat(8000));
     assert!(nested_too_deep(&crash, 128).is_some());
     let fine = "[a]\n[[b]]\nc = [[1, 2], { d = \"[x]\" }] # [y]\n";
-    assert_eq!(nested_too_deep(fine, 4), None);
-    assert_eq!(nested_too_deep(fine, 3), Some(3));
+    assert_eq!(nested_too_deep(fine, 5), None);
+    assert_eq!(nested_too_deep(fine, 4), Some(3));
     // A string or a comment holds no bracket, closed or not.
     let quoted = format!("x = '''{}\n", "[{`ne]\n".repeat(8000));
     assert_eq!(nested_too_deep(&quoted, 128), None);
@@ -1974,8 +1983,8 @@ fn deep_nesting_is_refused_before_parsing_and_strings_do_not_count() {
     assert!(nested_too_deep(&closers_in_strings, 128).is_some());
     // Headers and dotted keys count each part; floats and dates are fine.
     let dotted = "[a.b.c]\nd.e = { f = [1.5, 2.5] }\n";
-    assert_eq!(nested_too_deep(dotted, 6), Some(2));
-    assert_eq!(nested_too_deep(dotted, 7), None);
+    assert_eq!(nested_too_deep(dotted, 7), Some(2));
+    assert_eq!(nested_too_deep(dotted, 8), None);
     let floats = format!(
         "x = [{}]\nt = 1979-05-27T07:32:00.999Z\n",
         "1.5, ".repeat(1000)
@@ -2006,6 +2015,17 @@ fn deep_dotted_keys_in_nested_inline_tables_do_not_overflow() {
         .join()
         .unwrap();
     assert!(error.to_string().contains("nested"), "{error}");
+    // Fewer brackets (64) than toml's own limit, each opened by a 63-part
+    // key: about 4,000 levels.
+    let key = vec!["k"; 63].join(".");
+    let deep = format!(
+        "x = {}1{}\n",
+        format!("{{ {key} = ").repeat(64),
+        "}".repeat(64)
+    );
+    assert_eq!(nested_too_deep(&deep, MAX_TOML_NESTING), Some(1));
+    let headers = format!("[[{}]]\n", vec!["a"; 70].join("."));
+    assert_eq!(nested_too_deep(&headers, MAX_TOML_NESTING), Some(1));
 }
 
 fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {

@@ -154,16 +154,20 @@ fn send_all(
             .ok()
     });
     for event in events {
-        // An error message facet may quote a secret.
+        // An error message facet may quote a secret; an event that cannot
+        // be redacted is not sent (counted as failed).
         let event = redacted(event);
-        let mut ok = true;
-        if let Some(path) = &file
+        let sendable = event.is_some();
+        let mut ok = sendable;
+        let event = event.unwrap_or(Value::Null);
+        if sendable
+            && let Some(path) = &file
             && let Err(e) = append(path, &event)
         {
             tracing::warn!("lineage: writing {}: {e:#}", path.display());
             ok = false;
         }
-        if let (Some(url), Some(client)) = (&url, &client) {
+        if let (true, Some(url), Some(client)) = (sendable, &url, &client) {
             match client.post(url).json(&event).send() {
                 Ok(response) if response.status().is_success() => {}
                 Ok(response) => {
@@ -185,15 +189,21 @@ fn send_all(
     }
 }
 
-/// `event` with every secret value redacted ([`crate::secrets::redact`]).
-fn redacted(event: Value) -> Value {
+/// `event` with every secret value redacted ([`crate::secrets::redact`]);
+/// `None` (the event is not sent) when the redacted text is no longer
+/// JSON.
+fn redacted(event: Value) -> Option<Value> {
     if !crate::secrets::any_known() {
-        return event;
+        return Some(event);
     }
     let text = event.to_string();
     match crate::secrets::redact(&text) {
-        std::borrow::Cow::Borrowed(_) => event,
-        std::borrow::Cow::Owned(clean) => serde_json::from_str(&clean).unwrap_or(event),
+        std::borrow::Cow::Borrowed(_) => Some(event),
+        std::borrow::Cow::Owned(clean) => serde_json::from_str(&clean)
+            .inspect_err(|_| {
+                tracing::warn!("lineage: an event held a secret and could not be redacted; dropped")
+            })
+            .ok(),
     }
 }
 

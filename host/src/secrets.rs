@@ -230,10 +230,19 @@ static KNOWN: RwLock<Vec<(String, String)>> = RwLock::new(Vec::new());
 
 fn remember(name: &str, value: &str) {
     let mut known = KNOWN.write().unwrap_or_else(|p| p.into_inner());
-    if known.iter().any(|(v, _)| v == value) {
-        return;
+    // The value as written, and as JSON writes it inside a string (a `"`,
+    // `\` or control character escaped), so that JSON text is redacted too.
+    let quoted = serde_json::to_string(value).unwrap_or_default();
+    let escaped = quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or(value)
+        .to_string();
+    for form in [value.to_string(), escaped] {
+        if !known.iter().any(|(v, _)| *v == form) {
+            known.push((form, format!("[secret:{name}]")));
+        }
     }
-    known.push((value.to_string(), format!("[secret:{name}]")));
     // Longest first, so a value containing another is replaced whole.
     known.sort_by_key(|(value, _)| std::cmp::Reverse(value.len()));
 }

@@ -349,6 +349,27 @@ path = "quarantine/pull.jsonl"
 "#,
     )
     .unwrap();
+    // A served pipeline that would post its alerts to a URL.
+    std::fs::write(
+        tenant.join("served.toml"),
+        r#"
+[source]
+format = "jsonl"
+schema = [{ name = "id", type = "int64" }]
+
+[sink]
+format = "jsonl"
+path = "out/served"
+
+[quarantine]
+format = "jsonl"
+path = "quarantine/served"
+
+[checks]
+webhook = "http://169.254.169.254/alerts"
+"#,
+    )
+    .unwrap();
     let service = root.path().join("service.toml");
     std::fs::write(
         &service,
@@ -357,6 +378,9 @@ path = "quarantine/pull.jsonl"
 name = "acme"
 dir = "tenants/acme"
 http_allow_hosts = ["api.partner.example"]
+
+[[tenants.pipelines]]
+file = "served.toml"
 
 [[tenants.schedules]]
 file = "leaky.toml"
@@ -408,6 +432,7 @@ timezone = "Mars/Olympus"
         "leaky.toml: sink.mode",
         "leaky.toml: lineage.url",
         "pull.toml: source.extract.capabilities.http.allow_hosts: `internal.corp` is not among the hosts",
+        "served.toml: checks.webhook: a tenant's pipeline may not post alerts to a URL",
     ] {
         assert!(
             error.contains(expected),

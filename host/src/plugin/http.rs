@@ -413,6 +413,13 @@ async fn send(
         .filter(|(entry, _, _)| HttpGrant::entry_allows(entry, &bare_host, port))
         .collect();
     if !injected.is_empty() {
+        if parts.method == http::Method::TRACE {
+            access.count(|c| c.denied += 1);
+            return Err(HttpError::InternalError(Some(
+                "weir: TRACE echoes the request, and requests to this host carry secret headers"
+                    .into(),
+            )));
+        }
         let encrypted = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         if !encrypted && !is_loopback(&bare_host) {
             access.count(|c| c.denied += 1);

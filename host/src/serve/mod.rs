@@ -477,6 +477,13 @@ fn load_tenant(
                     "a tenant's pipeline may not declare secrets; the operator gives a tenant's scheduled pipelines theirs in the service file (`secrets` of its [[tenants]] table)",
                 ));
             }
+            if confined && config.checks.webhook.is_some() {
+                return Err(ConfigError::whole(
+                    &path,
+                    "checks.webhook",
+                    "a tenant's pipeline may not post alerts to a URL: that would connect with the service's network; its check results are in its history, the log and the metrics",
+                ));
+            }
             Pipeline::build_for(config, &path, crate::config::Purpose::Serve)
         });
         let pipeline = match loaded {

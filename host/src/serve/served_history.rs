@@ -96,6 +96,12 @@ pub struct ServedHistory {
     /// The database, opened at the first write; its own lock, so that
     /// counting never waits for a write.
     writer: Mutex<Option<History>>,
+    /// Whether an alert is being sent (its webhook may take its retries):
+    /// one at a time per pipeline, off the history thread.
+    sending: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Makes the interval ids of this process unique: a restart inside an
+    /// interval records its own row, not over the earlier one.
+    instance: String,
 }
 
 impl std::fmt::Debug for ServedHistory {
@@ -132,6 +138,8 @@ impl ServedHistory {
                 stale_alerted: false,
             }),
             writer: Mutex::new(None),
+            sending: Default::default(),
+            instance: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
         }
     }
 
@@ -265,10 +273,11 @@ impl ServedHistory {
             let history = writer.as_ref().expect("opened");
             let started_at = rfc3339(window.start);
             let run_id = format!(
-                "serve-{}",
+                "serve-{}-{}",
                 humantime::format_rfc3339_seconds(window.start)
                     .to_string()
-                    .replace(['-', ':'], "")
+                    .replace(['-', ':'], ""),
+                self.instance
             );
             let summary = serde_json::to_string(&window.summary)?;
             let s = &window.summary;
@@ -362,18 +371,46 @@ impl ServedHistory {
         .increment(1);
     }
 
-    /// Sends `results` (not `ok`) to the log and the webhook, with no
-    /// lock held: the webhook may take its retries.
+    /// Sends `results` (not `ok`) to the log and the webhook on a thread of
+    /// its own (the webhook may take its retries), at most one at a time
+    /// per pipeline: results that come while one is being sent are logged
+    /// only.
     fn alert(&self, results: Vec<CheckResult>) {
         if results.is_empty() {
             return;
         }
-        let run_id = format!("serve-{}", self.pipeline);
-        if let Some(alert) =
+        let run_id = format!("serve-{}-{}", self.pipeline, self.instance);
+        let Some(alert) =
             crate::alert::Alert::from_results(&self.pipeline, &run_id, None, &results)
-            && let Err(error) = crate::alert::raise(&self.checks, &alert)
-        {
-            tracing::warn!(pipeline = %self.pipeline, "data check alert: {error:#}");
+        else {
+            return;
+        };
+        use std::sync::atomic::Ordering;
+        if self.sending.swap(true, Ordering::AcqRel) {
+            let log_only = ChecksSettings {
+                webhook: None,
+                ..self.checks.clone()
+            };
+            let _ = crate::alert::raise(&log_only, &alert);
+            tracing::warn!(pipeline = %self.pipeline, "an alert is still being sent; this one went to the log only");
+            return;
+        }
+        let (checks, sending, pipeline) = (
+            self.checks.clone(),
+            self.sending.clone(),
+            self.pipeline.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("weir-alert".into())
+            .spawn(move || {
+                if let Err(error) = crate::alert::raise(&checks, &alert) {
+                    tracing::warn!(%pipeline, "data check alert: {error:#}");
+                }
+                sending.store(false, Ordering::Release);
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(pipeline = %self.pipeline, "data check alert not sent: {error}");
+            self.sending.store(false, Ordering::Release);
         }
     }
 }
