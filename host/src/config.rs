@@ -57,6 +57,10 @@ pub struct PipelineConfig {
     /// ([`crate::secrets`]). Default: none.
     #[serde(default)]
     pub secrets: std::collections::BTreeMap<String, String>,
+    /// The `weir serve` tenant a scheduled run belongs to (a label of its
+    /// metrics); none outside `weir serve` (labelled `default`).
+    #[serde(skip)]
+    pub tenant: Option<String>,
     /// The partition this config was read for; none for a pipeline that
     /// uses no partition variable.
     #[serde(skip)]

@@ -598,6 +598,7 @@ impl Pipeline {
             for result in &results {
                 metrics::counter!(
                     "weir_check_results_total",
+                    "tenant" => self.config.tenant.clone().unwrap_or_else(|| "default".into()),
                     "pipeline" => self.name.clone(),
                     "check" => result.check.clone(),
                     "status" => result.status.as_str()

@@ -290,7 +290,7 @@ schedules = []
     for expected in [
         r#"weir_scheduled_runs_total{tenant="acme",schedule="refresh",status="succeeded"}"#,
         r#"weir_scheduled_run_seconds_count{tenant="acme",schedule="refresh"}"#,
-        r#"check="schema",status="ok"}"#,
+        r#"weir_check_results_total{tenant="acme",pipeline="refresh",check="schema",status="ok"}"#,
     ] {
         assert!(
             metrics.contains(expected),

@@ -200,6 +200,7 @@ impl Scheduled {
         if let Some(confinement) = &self.confinement {
             config.secrets = confinement.secrets.clone();
         }
+        config.tenant = Some(self.tenant.clone());
         Ok(())
     }
 
