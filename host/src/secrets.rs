@@ -264,6 +264,25 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`redact`] for the tail of a longer text (a plugin's stderr, kept from
+/// its last bytes): a start that is the end of a secret (at least 4 bytes
+/// of it), cut by the tail, is redacted too.
+pub fn redact_tail(text: &str) -> Cow<'_, str> {
+    let redacted = redact(text);
+    let known = KNOWN.read().unwrap_or_else(|p| p.into_inner());
+    let cut = known.iter().find_map(|(value, mask)| {
+        (4..value.len())
+            .rev()
+            .filter(|&n| value.is_char_boundary(value.len() - n))
+            .find(|&n| redacted.starts_with(&value[value.len() - n..]))
+            .map(|n| (n, mask))
+    });
+    match cut {
+        Some((n, mask)) => Cow::Owned(format!("{mask}{}", &redacted[n..])),
+        None => redacted,
+    }
+}
+
 /// Whether any secret has been resolved in this process (when none has,
 /// [`redact`] is the identity and callers may skip copying).
 pub fn any_known() -> bool {
@@ -348,6 +367,9 @@ mod tests {
             "sent [secret:token] and [secret:salt]"
         );
         assert!(matches!(redact("nothing here"), Cow::Borrowed(_)));
+        // A tail that starts inside a secret.
+        assert_eq!(redact_tail("3456789 was sent"), "[secret:token] was sent");
+        assert_eq!(redact_tail("789 was sent"), "789 was sent");
 
         let short = BTreeMap::from([("pin".to_string(), "env:WEIR_TEST_SHORT".to_string())]);
         unsafe { std::env::set_var("WEIR_TEST_SHORT", "1234") };

@@ -43,8 +43,12 @@ impl TailPipe {
         let tail = self.tail.lock().expect("stderr lock");
         let bytes: Vec<u8> = tail.kept.iter().copied().collect();
         let text = String::from_utf8_lossy(&bytes);
-        // A plugin may print a secret it was given.
-        let text = crate::secrets::redact(&text).into_owned();
+        // A plugin may print a secret it was given; the tail may start
+        // inside one.
+        let text = match tail.dropped {
+            0 => crate::secrets::redact(&text).into_owned(),
+            _ => crate::secrets::redact_tail(&text).into_owned(),
+        };
         (text, tail.dropped)
     }
 
