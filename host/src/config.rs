@@ -974,7 +974,7 @@ fn nested_too_deep(text: &str, max: usize) -> Option<usize> {
     // What each open bracket added to `depth`; the parts of the header in
     // force and of the key being read (kept past its `=`, so that a
     // bracket opening its value counts the key's parts too).
-    let (mut open, mut depth) = (Vec::<usize>::new(), 0usize);
+    let (mut open, mut depth) = (Vec::<(TokenKind, usize)>::new(), 0usize);
     let (mut header, mut key) = (0usize, 1usize);
     let (mut line_start, mut in_header, mut header_brackets) = (true, false, 0usize);
     for token in source.lex() {
@@ -1004,13 +1004,22 @@ fn nested_too_deep(text: &str, max: usize) -> Option<usize> {
             }
             TokenKind::Dot => key += 1,
             _ if in_header => {}
-            TokenKind::LeftSquareBracket | TokenKind::LeftCurlyBracket => {
-                open.push(key);
+            kind @ (TokenKind::LeftSquareBracket | TokenKind::LeftCurlyBracket) => {
+                open.push((kind, key));
                 depth += key;
                 key = 1;
             }
-            TokenKind::RightSquareBracket | TokenKind::RightCurlyBracket => {
-                depth -= open.pop().unwrap_or(0);
+            closer @ (TokenKind::RightSquareBracket | TokenKind::RightCurlyBracket) => {
+                // Only the closer of the innermost bracket closes it: the
+                // parser reports a mismatched one and reads on, still that
+                // deep (`[{` then `]`, 8,000 times, overflowed the stack).
+                let opener = match closer {
+                    TokenKind::RightSquareBracket => TokenKind::LeftSquareBracket,
+                    _ => TokenKind::LeftCurlyBracket,
+                };
+                if open.last().is_some_and(|(kind, _)| *kind == opener) {
+                    depth -= open.pop().map_or(0, |(_, added)| added);
+                }
                 key = 1;
             }
             TokenKind::Comma => key = 1,
@@ -2030,6 +2039,22 @@ fn deep_dotted_keys_in_nested_inline_tables_do_not_overflow() {
     assert_eq!(nested_too_deep(&deep, MAX_TOML_NESTING), Some(1));
     let headers = format!("[[{}]]\n", vec!["a"; 70].join("."));
     assert_eq!(nested_too_deep(&headers, MAX_TOML_NESTING), Some(1));
+    // From weir-fuzz in CI: mismatched closers (`]` inside `{`) close
+    // nothing for the parser, and a run of them must not empty the count.
+    let crash = format!(
+        "config = {{ rules = [quarantine]\n{}{}\n{}",
+        "[{`ne]\n".repeat(30),
+        "]".repeat(60),
+        "[{`ne]\n".repeat(8000)
+    );
+    assert!(nested_too_deep(&crash, MAX_TOML_NESTING).is_some());
+    let error = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || parse_toml::<toml::Table>(&crash, Path::new("p.toml")).unwrap_err())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(error.to_string().contains("nested"), "{error}");
 }
 
 fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
