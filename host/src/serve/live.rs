@@ -903,7 +903,16 @@ impl LivePipeline {
         let mut reports = self.reports.lock().expect("reports lock");
         reports.push_front(report.clone());
         reports.truncate(REPORT_HISTORY);
-        self.history.committed(report);
+        self.history.committed(super::served_history::Committed {
+            submissions: report.submissions,
+            received: report.received,
+            written: report.written,
+            filtered: report.filtered,
+            quarantined: report.quarantined,
+            outputs: report.outputs.len(),
+            latency_ms: report.latency_ms,
+            plugin_versions: &report.plugin_versions,
+        });
         let mut rate = self.rate.lock().expect("rate lock");
         rate.push_back((Instant::now(), c.received.load(Ordering::Relaxed)));
         while rate

@@ -35,7 +35,26 @@ use crate::checks::{CheckResult, ChecksSettings, Status};
 use crate::config::HistorySettings;
 use crate::history::History;
 
-use super::live::BatchReport;
+/// What one committed micro-batch adds to its interval.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed<'a> {
+    /// Requests (or stream messages' epochs) it merged.
+    pub submissions: usize,
+    /// Records received, written, filtered, quarantined.
+    pub received: u64,
+    /// See `received`.
+    pub written: u64,
+    /// See `received`.
+    pub filtered: u64,
+    /// See `received`.
+    pub quarantined: u64,
+    /// Files it added.
+    pub outputs: usize,
+    /// From its first record's arrival to its commit, in milliseconds.
+    pub latency_ms: f64,
+    /// `stage=sha256` of the version each stage ran.
+    pub plugin_versions: &'a [String],
+}
 
 /// One interval's counts, as recorded (the row's `report`).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -149,7 +168,7 @@ impl ServedHistory {
     }
 
     /// Counts a committed micro-batch.
-    pub fn committed(&self, report: &BatchReport) {
+    pub fn committed(&self, report: Committed<'_>) {
         let now = SystemTime::now();
         let mut state = self.lock();
         self.roll(&mut state, now);
@@ -162,7 +181,7 @@ impl ServedHistory {
         summary.written += report.written;
         summary.filtered += report.filtered;
         summary.quarantined += report.quarantined;
-        summary.outputs += report.outputs.len() as u64;
+        summary.outputs += report.outputs as u64;
         summary.max_latency_ms = summary.max_latency_ms.max(report.latency_ms);
         summary
             .plugin_versions
