@@ -207,6 +207,13 @@ struct QuarantineSelection {
     /// Only these row ids (PART:ROW), comma-separated.
     #[arg(long, value_delimiter = ',')]
     ids: Vec<String>,
+    /// Only rows quarantined at or after this RFC 3339 date-time
+    /// (2026-12-06T05:00:00Z).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only rows quarantined before this RFC 3339 date-time.
+    #[arg(long)]
+    until: Option<String>,
     /// Rows at most.
     #[arg(long)]
     limit: Option<usize>,
@@ -222,6 +229,8 @@ impl QuarantineSelection {
             rule: self.rule.clone(),
             plugin_sha256: self.plugin_sha256.clone(),
             ids: (!self.ids.is_empty()).then(|| self.ids.clone()),
+            since: self.since.clone(),
+            until: self.until.clone(),
             limit: self.limit,
             ..Default::default()
         }

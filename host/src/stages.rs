@@ -347,6 +347,7 @@ impl StageRunner {
         let stats = instance.last_call();
         self.report.fuel_consumed += stats.fuel;
         self.report.call_time_ms += stats.duration.as_secs_f64() * 1000.0;
+        self.report.call_times.record(stats.duration);
         self.report.peak_memory_bytes = self.report.peak_memory_bytes.max(stats.peak_memory_bytes);
         let labels = [
             ("tenant", scope.tenant.to_string()),

@@ -17,6 +17,13 @@
 //! | `GET /v1/schedules`, `GET /v1/schedules/{schedule}` | scheduled pipelines: next and last instants, outcomes, latest backfill |
 //! | `GET /v1/schedules/{schedule}/runs` | the run history of a schedule's pipeline, newest first |
 //! | `POST /v1/schedules/{schedule}/backfill` | start a backfill of a schedule's partitioned pipeline |
+//! | `GET /v1/pipelines/{name}/runs/{run}`, `GET /v1/schedules/{schedule}/runs/{run}` | one run with its report |
+//! | `POST /v1/session`, `GET /v1/session`, `DELETE /v1/session` | the dashboard's browser login ([`super::session`]) |
+//! | `GET /ui/` | the dashboard ([`super::dashboard`]) |
+//!
+//! A browser session authenticates by cookie; its changing requests also
+//! need the `X-CSRF-Token` header. Any changing request whose `Origin`
+//! header names another site than the one it was sent to is refused.
 
 use std::sync::Arc;
 
@@ -115,6 +122,11 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route("/", get(super::dashboard::to_dashboard))
+        .route("/ui", get(super::dashboard::to_dashboard))
+        .route("/ui/", get(super::dashboard::index))
+        .route("/ui/{*file}", get(super::dashboard::asset))
+        .route("/v1/session", get(get_session).post(login).delete(logout))
         .route("/v1/tenants", get(list_tenants))
         .route(
             "/v1/tenants/{tenant}/tokens",
@@ -148,6 +160,7 @@ fn tenant_routes() -> Router<Arc<Service>> {
         .route("/pipelines/{name}/resume", post(resume))
         .route("/pipelines/{name}/report", get(report))
         .route("/pipelines/{name}/runs", get(pipeline_runs))
+        .route("/pipelines/{name}/runs/{run}", get(pipeline_run))
         .route("/plugins", get(list_plugins).post(upload_plugin))
         .route(
             "/pipelines/{name}/stages/{stage}/reload",
@@ -169,19 +182,185 @@ fn tenant_routes() -> Router<Arc<Service>> {
         .route("/schedules", get(list_schedules))
         .route("/schedules/{schedule}", get(get_schedule))
         .route("/schedules/{schedule}/runs", get(schedule_runs))
+        .route("/schedules/{schedule}/runs/{run}", get(schedule_run))
         .route("/schedules/{schedule}/backfill", post(start_backfill))
 }
 
-/// Authenticates the request's bearer token.
+/// Authenticates the request: its bearer token or, without one, its
+/// dashboard session cookie (with the CSRF token for a change). A
+/// changing request from a page of another site is refused first.
 fn authenticate(service: &Service, parts: &Parts) -> ApiResult<Caller> {
+    let changes = !matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if changes && cross_origin(parts) {
+        ::metrics::counter!("weir_api_auth_failures_total").increment(1);
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross-origin request refused: the Origin header names another site than this service",
+        ));
+    }
     let header = parts
         .headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("\u{0}"));
+    if header.is_none()
+        && service.tokens().enabled()
+        && let Some(cookie) = session_cookie(parts)
+    {
+        let csrf = parts
+            .headers
+            .get(super::session::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok());
+        return service
+            .sessions()
+            .caller(service.tokens(), cookie, csrf, changes)
+            .map(|(caller, _)| caller)
+            .map_err(|error| {
+                ::metrics::counter!("weir_api_auth_failures_total").increment(1);
+                let status = match error {
+                    super::session::SessionError::Csrf => StatusCode::FORBIDDEN,
+                    _ => StatusCode::UNAUTHORIZED,
+                };
+                ApiError::new(status, error.to_string())
+            });
+    }
     service.tokens().authenticate(header).map_err(|error| {
         ::metrics::counter!("weir_api_auth_failures_total").increment(1);
         ApiError::new(StatusCode::UNAUTHORIZED, error.to_string())
     })
+}
+
+/// The request's dashboard session cookie, if any.
+fn session_cookie(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| super::session::cookie_value(h, super::session::SESSION_COOKIE))
+}
+
+/// Whether the request's `Origin` header (sent by browsers with every
+/// cross-origin and every changing request) names another host than its
+/// `Host` header: a page of another site. A request without `Origin`
+/// (curl, the SDKs, servers) is not cross-origin.
+fn cross_origin(parts: &Parts) -> bool {
+    let Some(origin) = parts.headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or("\u{0}");
+    !origin_host.eq_ignore_ascii_case(host)
+}
+
+/// Whether the request came through HTTPS (a TLS-terminating proxy in
+/// front of `weir serve` says so in `X-Forwarded-Proto`): the session
+/// cookie is then `Secure`.
+fn via_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+}
+
+/// Who a session or token is, as the dashboard shows it.
+fn caller_json(caller: &Caller) -> serde_json::Value {
+    match caller {
+        Caller::Operator => json!({ "role": "operator" }),
+        Caller::Tenant { tenant, token_id } => {
+            json!({ "role": "tenant", "tenant": tenant, "token_id": token_id })
+        }
+    }
+}
+
+/// Body of `POST /v1/session`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    token: String,
+}
+
+async fn login(
+    State(service): State<Arc<Service>>,
+    parts_headers: HeaderMap,
+    Json(body): Json<LoginRequest>,
+) -> ApiResult<Response> {
+    if !service.tokens().enabled() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "this service has no tokens: every request is the operator's, no login needed",
+        ));
+    }
+    let login = service
+        .sessions()
+        .login(service.tokens(), body.token.trim())
+        .map_err(|error| {
+            ::metrics::counter!("weir_api_auth_failures_total").increment(1);
+            ApiError::new(StatusCode::UNAUTHORIZED, error.to_string())
+        })?;
+    tracing::info!(caller = ?login.caller, "dashboard login");
+    let cookie = super::session::set_cookie(&login.cookie, via_https(&parts_headers));
+    let mut response = Json(json!({
+        "caller": caller_json(&login.caller),
+        "csrf_token": login.csrf_token,
+        "auth": true,
+    }))
+    .into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        header::HeaderValue::from_str(&cookie).expect("hex cookie"),
+    );
+    Ok(response)
+}
+
+async fn get_session(State(service): State<Arc<Service>>, parts: Parts) -> ApiResult<Response> {
+    if !service.tokens().enabled() {
+        return Ok(Json(json!({
+            "caller": caller_json(&Caller::Operator),
+            "csrf_token": null,
+            "auth": false,
+        }))
+        .into_response());
+    }
+    let cookie = session_cookie(&parts).ok_or_else(|| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "no session: log in with a token")
+    })?;
+    let (caller, csrf_token) = service
+        .sessions()
+        .caller(service.tokens(), cookie, None, false)
+        .map_err(|error| ApiError::new(StatusCode::UNAUTHORIZED, error.to_string()))?;
+    Ok(Json(json!({
+        "caller": caller_json(&caller),
+        "csrf_token": csrf_token,
+        "auth": true,
+    }))
+    .into_response())
+}
+
+async fn logout(State(service): State<Arc<Service>>, parts: Parts) -> ApiResult<Response> {
+    // The same checks as any change: a page of another site cannot log
+    // its visitor out.
+    authenticate(&service, &parts)?;
+    if let Some(cookie) = session_cookie(&parts) {
+        service.sessions().logout(cookie);
+    }
+    let mut response = Json(json!({ "logged_out": true })).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        header::HeaderValue::from_str(&super::session::clear_cookie(via_https(&parts.headers)))
+            .expect("ascii cookie"),
+    );
+    Ok(response)
 }
 
 fn no_tenant(name: &str) -> ApiError {
@@ -944,6 +1123,32 @@ async fn pipeline_runs(
     Ok(Json(json!({ "runs": runs })))
 }
 
+/// One run (a serve interval) of the served pipeline, with its report.
+async fn pipeline_run(scoped: Scoped) -> ApiResult<Json<crate::history::RunRecord>> {
+    let live = scoped.pipeline()?.clone();
+    let run = scoped.param("run").to_string();
+    let found = tokio::task::spawn_blocking(move || live.history().show(&run))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    one_run(found, scoped.param("run"))
+}
+
+/// A run looked up by id (or a prefix of at least 4 characters): 404 when
+/// none, 400 when the prefix names several.
+fn one_run(
+    found: anyhow::Result<Option<crate::history::RunRecord>>,
+    run: &str,
+) -> ApiResult<Json<crate::history::RunRecord>> {
+    match found {
+        Ok(Some(record)) => Ok(Json(record)),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no run `{run}`"),
+        )),
+        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}"))),
+    }
+}
+
 async fn report(scoped: Scoped) -> ApiResult<Json<serde_json::Value>> {
     let live = scoped.pipeline()?;
     Ok(Json(json!({
@@ -1059,6 +1264,9 @@ async fn list_quarantine(
 ) -> ApiResult<Json<serde_json::Value>> {
     let live = scoped.pipeline()?;
     let filter = filter.into_filter();
+    filter
+        .window()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     let (entries, matched) = read_quarantine(&live, filter, DEFAULT_LIST_LIMIT).await?;
     Ok(Json(json!({ "matched": matched, "rows": entries })))
 }
@@ -1074,6 +1282,8 @@ struct ListQuery {
     source_file: Option<String>,
     /// Comma-separated ids.
     ids: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
     #[serde(default)]
     include_replayed: bool,
     #[serde(default)]
@@ -1092,6 +1302,8 @@ impl ListQuery {
             ids: self
                 .ids
                 .map(|ids| ids.split(',').map(str::to_string).collect()),
+            since: self.since,
+            until: self.until,
             include_replayed: self.include_replayed,
             offset: self.offset,
             limit: self.limit,
@@ -1125,6 +1337,9 @@ async fn replay_quarantine(
 ) -> ApiResult<Json<serde_json::Value>> {
     let live = scoped.pipeline()?;
     let filter = body.map(|Json(f)| f).unwrap_or_default();
+    filter
+        .window()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     let _guard = REPLAY_LOCK.lock().await;
     let (entries, _) = read_quarantine(&live, filter, usize::MAX).await?;
     let (replayable, skipped): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.replayable());
@@ -1197,6 +1412,22 @@ async fn schedule_runs(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
     Ok(Json(json!({ "runs": runs })))
+}
+
+/// One run of a schedule's pipeline, with its report.
+async fn schedule_run(scoped: Scoped) -> ApiResult<Json<crate::history::RunRecord>> {
+    let scheduled = scoped.schedule()?;
+    let run = scoped.param("run").to_string();
+    let found = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let file = scheduled.history_file()?;
+        if !file.exists() {
+            return Ok(None);
+        }
+        crate::history::History::open(&file)?.show(&run)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    one_run(found, scoped.param("run"))
 }
 
 /// Body of `POST …/schedules/{schedule}/backfill`.

@@ -170,15 +170,47 @@ impl TokenStore {
             return Ok(Caller::Operator);
         }
         let header = authorization.ok_or(AuthError::Missing)?;
-        // The scheme is case-insensitive (RFC 9110, section 11.1).
-        let token = match header.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => return Err(AuthError::Malformed),
-        };
+        let token = bearer_token(header)?;
+        self.caller_of(&sha256_hex(token.as_bytes()))
+    }
+
+    /// Who holds `token` (a token's text, as a browser logs in with it).
+    ///
+    /// # Errors
+    /// [`AuthError`]: malformed, unknown or revoked.
+    pub fn authenticate_token(&self, token: &str) -> Result<Caller, AuthError> {
         if !well_formed(token) {
             return Err(AuthError::Malformed);
         }
-        let presented = sha256_hex(token.as_bytes());
+        self.caller_of(&sha256_hex(token.as_bytes()))
+    }
+}
+
+/// The token of an `Authorization: Bearer …` header value.
+fn bearer_token(header: &str) -> Result<&str, AuthError> {
+    // The scheme is case-insensitive (RFC 9110, section 11.1).
+    let token = match header.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => return Err(AuthError::Malformed),
+    };
+    if !well_formed(token) {
+        return Err(AuthError::Malformed);
+    }
+    Ok(token)
+}
+
+impl TokenStore {
+    /// Who holds the token whose SHA-256 is `presented` (lowercase hex),
+    /// checked again on every request of a browser session, so that
+    /// revoking the token ends the sessions it opened. Without tokens
+    /// configured, everyone is the operator.
+    ///
+    /// # Errors
+    /// [`AuthError::Invalid`]: unknown or revoked.
+    pub fn caller_of(&self, presented: &str) -> Result<Caller, AuthError> {
+        if !self.enabled {
+            return Ok(Caller::Operator);
+        }
         let state = self.state.lock().expect("token lock");
         // Compare with every hash, without stopping at a match.
         let mut found: Option<&StoredToken> = None;

@@ -21,6 +21,7 @@ pub mod body;
 pub mod config;
 pub mod confine;
 pub mod cron;
+pub mod dashboard;
 pub mod delivery;
 pub mod drop_dir;
 pub mod files;
@@ -34,6 +35,7 @@ pub mod quota;
 pub mod scheduler;
 pub mod schedules;
 pub mod served_history;
+pub mod session;
 pub mod stateful;
 pub mod stream;
 pub mod tenant;
@@ -66,6 +68,7 @@ pub struct Service {
     state_dir: PathBuf,
     tenants: BTreeMap<String, Arc<Tenant>>,
     tokens: TokenStore,
+    sessions: session::Sessions,
     started: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -194,6 +197,7 @@ impl Service {
             state_dir,
             tenants,
             tokens,
+            sessions: session::Sessions::default(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -231,6 +235,11 @@ impl Service {
     /// The API tokens.
     pub fn tokens(&self) -> &TokenStore {
         &self.tokens
+    }
+
+    /// The dashboard's browser sessions.
+    pub fn sessions(&self) -> &session::Sessions {
+        &self.sessions
     }
 
     /// Where the service keeps its state (checkpoints, replays, tokens).

@@ -7,6 +7,7 @@
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -38,6 +39,10 @@ pub struct QuarantineEntry {
     /// Whether it was already replayed.
     #[serde(default)]
     pub replayed: bool,
+    /// When its micro-batch was quarantined (its part file was written),
+    /// RFC 3339 UTC to the second.
+    #[serde(default)]
+    pub quarantined_at: String,
 }
 
 impl QuarantineEntry {
@@ -64,6 +69,10 @@ pub struct QuarantineFilter {
     pub source_file: Option<String>,
     /// Only these ids.
     pub ids: Option<Vec<String>>,
+    /// Only rows quarantined at or after this instant (RFC 3339).
+    pub since: Option<String>,
+    /// Only rows quarantined before this instant (RFC 3339).
+    pub until: Option<String>,
     /// Also rows already replayed. Default false.
     #[serde(default)]
     pub include_replayed: bool,
@@ -75,6 +84,24 @@ pub struct QuarantineFilter {
 }
 
 impl QuarantineFilter {
+    /// `since` and `until` as instants.
+    ///
+    /// # Errors
+    /// Either is not an RFC 3339 date-time (the message names it).
+    pub fn window(&self) -> Result<(Option<SystemTime>, Option<SystemTime>), String> {
+        let parse = |key: &str, value: &Option<String>| {
+            value
+                .as_deref()
+                .map(|text| {
+                    humantime::parse_rfc3339_weak(text).map_err(|e| {
+                        format!("{key}: `{text}` is not an RFC 3339 date-time ({e}); for example 2026-12-06T05:00:00Z")
+                    })
+                })
+                .transpose()
+        };
+        Ok((parse("since", &self.since)?, parse("until", &self.until)?))
+    }
+
     fn matches(&self, entry: &QuarantineEntry) -> bool {
         let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
         eq(&self.stage, &entry.stage)
@@ -128,9 +155,20 @@ pub fn list(
     replayed: impl Fn(&str) -> bool,
 ) -> Result<(Vec<QuarantineEntry>, usize)> {
     let limit = filter.limit.unwrap_or(default_limit);
+    let (since, until) = filter.window().map_err(anyhow::Error::msg)?;
     let mut matched = 0;
     let mut entries = Vec::new();
     for file in part_files(dir)? {
+        // A part is written once, when its micro-batch commits: its time
+        // is every row's.
+        let written = file
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        if since.is_some_and(|t| written < t) || until.is_some_and(|t| written >= t) {
+            continue;
+        }
+        let quarantined_at = humantime::format_rfc3339_seconds(written).to_string();
         let part = file
             .file_stem()
             .and_then(|s| s.to_str())
@@ -141,6 +179,7 @@ pub fn list(
             let id = format!("{part}:{row}");
             fields.insert("id".into(), id.clone().into());
             fields.insert("replayed".into(), replayed(&id).into());
+            fields.insert("quarantined_at".into(), quarantined_at.clone().into());
             let entry: QuarantineEntry = serde_json::from_value(serde_json::Value::Object(fields))
                 .with_context(|| {
                     format!("{}: row {row} is not a quarantine row", file.display())

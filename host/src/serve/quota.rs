@@ -51,6 +51,29 @@ pub struct Quota {
     buffers: super::body::BufferBudget,
     uploads: Mutex<Bucket>,
     state: Arc<crate::state::StateBudget>,
+    usage: Usage,
+}
+
+/// What a tenant has used and been refused since the service started.
+#[derive(Debug, Default)]
+struct Usage {
+    fuel_consumed: std::sync::atomic::AtomicU64,
+    requests_throttled: std::sync::atomic::AtomicU64,
+    uploads_throttled: std::sync::atomic::AtomicU64,
+    fuel_wait_us: std::sync::atomic::AtomicU64,
+}
+
+/// A tenant's usage since the service started, for `GET /v1/tenants`.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct UsageStatus {
+    /// Fuel units its plugins burned.
+    pub fuel_consumed: u64,
+    /// Ingest requests refused with 429 (over `ingest_requests_per_second`).
+    pub requests_throttled: u64,
+    /// Plugin uploads refused with 429 (over `plugin_uploads_per_minute`).
+    pub uploads_throttled: u64,
+    /// Time its batches waited for fuel (over `fuel_per_second`), in ms.
+    pub fuel_wait_ms: u64,
 }
 
 /// A token bucket: `level` units, refilled at `rate` per second up to
@@ -130,6 +153,18 @@ impl Quota {
             quotas,
             scheduler,
             tenant,
+            usage: Usage::default(),
+        }
+    }
+
+    /// What the tenant has used and been refused since the service started.
+    pub fn usage(&self) -> UsageStatus {
+        use std::sync::atomic::Ordering::Relaxed;
+        UsageStatus {
+            fuel_consumed: self.usage.fuel_consumed.load(Relaxed),
+            requests_throttled: self.usage.requests_throttled.load(Relaxed),
+            uploads_throttled: self.usage.uploads_throttled.load(Relaxed),
+            fuel_wait_ms: self.usage.fuel_wait_us.load(Relaxed) / 1000,
         }
     }
 
@@ -195,7 +230,13 @@ impl Quota {
     /// # Errors
     /// When the bucket is empty: how long until an upload is allowed.
     pub fn admit_upload(&self) -> Result<(), Duration> {
-        self.uploads.lock().expect("bucket lock").take_one()
+        let admitted = self.uploads.lock().expect("bucket lock").take_one();
+        if admitted.is_err() {
+            self.usage
+                .uploads_throttled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        admitted
     }
 
     /// Takes one ingest request from the tenant's bucket.
@@ -203,7 +244,13 @@ impl Quota {
     /// # Errors
     /// When the bucket is empty: how long until a request is allowed.
     pub fn admit_request(&self) -> Result<(), Duration> {
-        self.requests.lock().expect("bucket lock").take_one()
+        let admitted = self.requests.lock().expect("bucket lock").take_one();
+        if admitted.is_err() {
+            self.usage
+                .requests_throttled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        admitted
     }
 
     /// Waits while the tenant's fuel budget is in debt; returns how long it
@@ -225,6 +272,10 @@ impl Quota {
                     return Duration::ZERO;
                 }
                 let waited = started.elapsed();
+                self.usage.fuel_wait_us.fetch_add(
+                    waited.as_micros() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 metrics::histogram!("weir_tenant_fuel_throttle_seconds", "tenant" => self.tenant.to_string()).record(waited.as_secs_f64());
                 return waited;
             }
@@ -238,6 +289,9 @@ impl Quota {
     pub fn charge_fuel(&self, fuel: u64) {
         metrics::counter!("weir_tenant_fuel_consumed_total", "tenant" => self.tenant.to_string())
             .increment(fuel);
+        self.usage
+            .fuel_consumed
+            .fetch_add(fuel, std::sync::atomic::Ordering::Relaxed);
         if self.quotas.fuel_per_second == 0 {
             return;
         }

@@ -249,6 +249,18 @@ impl ServedHistory {
         History::open(&self.file)?.list(limit)
     }
 
+    /// The row whose run id is `run_id` or starts with it (at least 4
+    /// characters), with its report.
+    ///
+    /// # Errors
+    /// The database cannot be read, or the prefix names several rows.
+    pub fn show(&self, run_id: &str) -> Result<Option<crate::history::RunRecord>> {
+        if !self.file.exists() {
+            return Ok(None);
+        }
+        History::open(&self.file)?.show(run_id)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -54,6 +54,8 @@ pub struct TenantStatus {
     pub memory_used_bytes: u64,
     /// Its use of the service's batch slots.
     pub scheduler: Option<SchedulerShare>,
+    /// What it used and was refused since the service started.
+    pub usage: super::quota::UsageStatus,
 }
 
 impl Tenant {
@@ -117,6 +119,7 @@ impl Tenant {
             fuel_available: quota.fuel_level(),
             memory_used_bytes: quota.memory().used_bytes(),
             scheduler: quota.scheduler_share(),
+            usage: quota.usage(),
         }
     }
 }
