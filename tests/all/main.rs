@@ -8,6 +8,7 @@ mod config_errors;
 mod containment;
 mod contract;
 mod crash;
+mod dashboard;
 mod extract_source;
 mod flights;
 mod history;
