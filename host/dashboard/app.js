@@ -65,6 +65,10 @@ const tenantBase = (tenant) => `/v1/tenants/${enc(tenant)}`;
 const pipelinePath = (tenant, name) => `${tenantBase(tenant)}/pipelines/${enc(name)}`;
 
 const fmt = new Intl.NumberFormat();
+const compactFmt = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
+/** Large counts (fuel) in short form: 20B, 1.9M. */
+function compact(n) { return n === null || n === undefined ? "–" : compactFmt.format(n); }
+const plural = (n, one, many) => `${num(n)} ${n === 1 ? one : many}`;
 function num(n) { return n === null || n === undefined ? "–" : fmt.format(Math.round(n)); }
 function rate(n) {
   if (n === null || n === undefined) return "–";
@@ -290,7 +294,7 @@ views.pipeline = ({ tenant, name }) => {
           h("dt", {}, "in / out"), h("dd", {}, `${num(stage.records_in)} / ${num(stage.records_out)}`),
           h("dt", {}, "quarantined"), h("dd", {}, num(stage.quarantined)),
           h("dt", {}, "calls"), h("dd", {}, num(stage.calls)),
-          h("dt", {}, "fuel"), h("dd", {}, num(stage.fuel_consumed)),
+          h("dt", {}, "fuel"), h("dd", { title: num(stage.fuel_consumed) }, compact(stage.fuel_consumed)),
           h("dt", {}, "p99 call"), h("dd", {}, ms(stage.call_times?.p99_ms)),
           plugin ? [h("dt", {}, "loaded"), h("dd", {}, when(plugin.loaded_at))] : null)));
     }
@@ -404,7 +408,7 @@ views.quarantine = ({ tenant, name }) => {
         return tr;
       });
       results.replaceChildren(
-        h("p", { class: "muted", id: "matched" }, `${num(answer.matched)} rows match${answer.matched > rows.length ? `; showing the first ${rows.length}` : ""}.`),
+        h("p", { class: "muted", id: "matched" }, `${plural(answer.matched, "row matches", "rows match")}${answer.matched > rows.length ? `; showing the first ${rows.length}` : ""}.`),
         table(["", "Id", { text: "Quarantined", class: "hide-narrow" }, "Stage", "Error kind", "Rule", "Reason", { text: "Plugin", class: "hide-narrow" }, ""],
           body, { label: "Quarantined rows", empty: "No quarantined row matches this filter." }));
       updateButton();
@@ -558,7 +562,7 @@ views.run = ({ tenant, source, owner, run }) => {
     const stageRows = Array.isArray(report.stages)
       ? report.stages.map((st) => h("tr", {}, h("td", {}, st.name), h("td", { class: "mono" }, (st.plugin_versions || [st.plugin_sha256]).map(short).join(", ")),
         h("td", { class: "num" }, num(st.records_in)), h("td", { class: "num" }, num(st.records_out)), h("td", { class: "num" }, num(st.quarantined)),
-        h("td", { class: "num" }, num(st.fuel_consumed)), h("td", { class: "num" }, ms(st.call_times?.p99_ms))))
+        h("td", { class: "num", title: num(st.fuel_consumed) }, compact(st.fuel_consumed)), h("td", { class: "num" }, ms(st.call_times?.p99_ms))))
       : (report.plugin_versions || []).map((entry) => {
         const [stage, sha] = String(entry).split("=");
         return h("tr", {}, h("td", {}, stage), h("td", { class: "mono" }, short(sha)), h("td", { class: "num" }, "–"), h("td", { class: "num" }, "–"),
@@ -613,11 +617,11 @@ views.tenants = () => {
       const share = t.scheduler;
       const fuelLimited = q.fuel_per_second > 0;
       return h("tr", { dataset: { tenant: t.name } },
-        h("td", {}, h("strong", {}, t.name), h("div", { class: "muted" }, `${t.pipelines.length} pipelines, ${t.schedules.length} schedules`)),
-        h("td", {}, meter(t.running_batches, q.max_concurrent_batches), ` ${t.running_batches} / ${q.max_concurrent_batches}`),
-        h("td", {}, fuelLimited ? [meter(q.fuel_per_second - Math.max(0, t.fuel_available), q.fuel_per_second), ` ${num(t.fuel_available)} left of ${num(q.fuel_per_second)}/s`] : "unlimited",
-          h("div", { class: "muted" }, `${num(t.usage.fuel_consumed)} burned`)),
-        h("td", {}, q.max_memory_bytes ? [meter(t.memory_used_bytes, q.max_memory_bytes), ` ${bytes(t.memory_used_bytes)} / ${bytes(q.max_memory_bytes)}`] : bytes(t.memory_used_bytes)),
+        h("td", {}, h("strong", {}, t.name), h("div", { class: "muted" }, `${plural(t.pipelines.length, "pipeline", "pipelines")}, ${plural(t.schedules.length, "schedule", "schedules")}`)),
+        h("td", { class: "meter-cell" }, meter(t.running_batches, q.max_concurrent_batches), ` ${t.running_batches} / ${q.max_concurrent_batches}`),
+        h("td", { class: "meter-cell" }, fuelLimited ? [meter(q.fuel_per_second - Math.max(0, t.fuel_available), q.fuel_per_second), ` ${compact(t.fuel_available)} left of ${compact(q.fuel_per_second)}/s`] : "unlimited",
+          h("div", { class: "muted" }, `${compact(t.usage.fuel_consumed)} burned`)),
+        h("td", { class: "meter-cell" }, q.max_memory_bytes ? [meter(t.memory_used_bytes, q.max_memory_bytes), ` ${bytes(t.memory_used_bytes)} / ${bytes(q.max_memory_bytes)}`] : bytes(t.memory_used_bytes)),
         h("td", { class: "hide-narrow" }, share ? `weight ${share.weight} · ${share.running} running · ${share.waiting} waiting · ${share.slot_seconds.toFixed(1)} slot-s` : "–"),
         h("td", {}, `${rate(q.ingest_requests_per_second)} req/s (burst ${q.ingest_burst})`),
         h("td", {}, (t.usage.requests_throttled || t.usage.uploads_throttled || t.usage.fuel_wait_ms)

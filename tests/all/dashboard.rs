@@ -418,6 +418,47 @@ fn browser_sessions_need_the_csrf_token_stay_in_their_tenant_and_end_with_their_
         StatusCode::OK
     );
 
+    // The quarantine browser's time filter: rows quarantined in a window.
+    let posted = reqwest::blocking::Client::new()
+        .post(format!("{url}/v1/pipelines/orders/records"))
+        .bearer_auth(&tokens.b)
+        .header("content-type", "application/x-ndjson")
+        .body("{\"id\":1,\"amount\":5}\n{\"id\":2,\"amount\":-3}\n")
+        .send()
+        .unwrap();
+    assert_eq!(posted.status(), StatusCode::OK);
+    let hour = std::time::Duration::from_secs(3600);
+    let at = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let matched = |query: &str| -> (StatusCode, Value) {
+        let answer = client.get(&format!("/v1/pipelines/orders/quarantine?{query}"));
+        (answer.status(), answer.json().unwrap())
+    };
+    let now = std::time::SystemTime::now();
+    let (status, listed) = matched(&format!("since={}", at(now - hour)));
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed["matched"], 1, "{listed}");
+    assert_eq!(listed["rows"][0]["record"]["id"], 2);
+    assert!(
+        listed["rows"][0]["quarantined_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{listed}"
+    );
+    assert_eq!(
+        matched(&format!("since={}", at(now + hour))).1["matched"],
+        0
+    );
+    assert_eq!(
+        matched(&format!("until={}", at(now - hour))).1["matched"],
+        0
+    );
+    let (status, error) = matched("since=yesterday");
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        error["error"].as_str().unwrap().contains("since"),
+        "{error}"
+    );
+
     // Without the cookie, nothing.
     let anonymous = Client::new();
     let status = anonymous
