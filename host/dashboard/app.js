@@ -511,8 +511,8 @@ views.runs = (_, query) => {
       }
       for (const s of schedules) {
         if (query.get("pipeline")) continue;
-        const answer = await api(`${tenantBase(tenant)}/schedules/${enc(s.schedule.name)}/runs?limit=30`);
-        runs.push(...answer.runs.map((r) => ({ ...r, owner: ["schedule", s.schedule.name] })));
+        const answer = await api(`${tenantBase(tenant)}/schedules/${enc(s.name)}/runs?limit=30`);
+        runs.push(...answer.runs.map((r) => ({ ...r, owner: ["schedule", s.name] })));
       }
       runs.sort((a, b) => (b.started_at || "").localeCompare(a.started_at || ""));
       const rows = runs.slice(0, 60).map((r) => h("tr", { dataset: { run: r.run_id } },
@@ -521,11 +521,12 @@ views.runs = (_, query) => {
         h("td", {}, statusBadge(r.status)), h("td", {}, when(r.started_at)), h("td", { class: "num" }, ms(r.duration_ms)),
         h("td", { class: "num hide-narrow" }, num(r.read)), h("td", { class: "num" }, num(r.written)), h("td", { class: "num" }, num(r.quarantined)),
         h("td", {}, checksSummary(r.checks))));
-      const scheduleRows = schedules.map(({ schedule: s, backfill }) => h("tr", {},
+      // A schedule's status and its latest API backfill, in one object.
+      const scheduleRows = schedules.map((s) => h("tr", { dataset: { schedule: s.name } },
         h("td", {}, s.name), h("td", { class: "mono" }, s.cron), h("td", {}, s.timezone),
         h("td", {}, when(s.next)), h("td", {}, s.running ? badge(`running ${s.running}`, "idle") : s.last_status ? statusBadge(s.last_status) : "–"),
         h("td", { class: "num" }, `${num(s.succeeded)} / ${num(s.failed)}`),
-        h("td", { class: "hide-narrow" }, backfill ? `${backfill.state || ""} ${backfill.from || ""}…${backfill.to || ""}` : "–")));
+        h("td", { class: "hide-narrow" }, s.backfill ? `${s.backfill.state} ${s.backfill.from}…${s.backfill.to}${s.backfill.failed ? `, ${s.backfill.failed} failed` : ""}` : "–")));
       sections.push(h("h2", {}, `Tenant ${tenant}`));
       if (schedules.length) {
         sections.push(table(["Schedule", "Cron", "Time zone", "Next", "Last", { text: "Succeeded / failed", class: "num" }, { text: "Backfill", class: "hide-narrow" }],
@@ -537,7 +538,8 @@ views.runs = (_, query) => {
     }
     body.replaceChildren(...sections);
   }
-  return { node: main, refresh };
+  // Each refresh reads every pipeline's and schedule's history database.
+  return { node: main, refresh, every: 5 };
 };
 
 function checksSummary(checks) {
@@ -686,7 +688,12 @@ function stop() {
 function parseRoute() {
   const [path, search] = (location.hash.replace(/^#/, "") || "/").split("?");
   const query = new URLSearchParams(search || "");
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  let parts;
+  try {
+    parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  } catch {
+    parts = []; // a malformed link: the overview
+  }
   if (parts[0] === "t" && parts[2] === "p" && parts[4] === "quarantine") return ["quarantine", { tenant: parts[1], name: parts[3] }, query];
   if (parts[0] === "t" && parts[2] === "p") return ["pipeline", { tenant: parts[1], name: parts[3] }, query];
   if (parts[0] === "t" && parts[2] === "runs") return ["run", { tenant: parts[1], source: parts[3], owner: parts[4], run: parts[5] }, query];
@@ -708,13 +715,19 @@ async function route() {
   main.replaceChildren(error, view.node);
   current = view;
   document.title = `weir · ${name}`;
+  // One refresh at a time: a slow answer is not overtaken by the next.
+  let busy = false;
+  let ticks = 0;
   const tick = async () => {
-    if (current !== view) return;
+    if (current !== view || busy || ticks++ % (view.every || 1) !== 0) return;
+    busy = true;
     try {
       await view.refresh();
       error.replaceChildren();
     } catch (e) {
       if (current === view) error.replaceChildren(errorBox(e));
+    } finally {
+      busy = false;
     }
   };
   await tick();

@@ -2,9 +2,10 @@
 //! (`tests/browser/dashboard.mjs`, Debian's `chromium` through
 //! playwright-core), and its browser sessions checked at the API level.
 //!
-//! The service has two tenants: `a` with the flights pipeline and an
-//! `events` pipeline whose `clean` stage is a hot-reloadable component,
-//! and `b` with an `orders` pipeline. Screenshots of every view, at a
+//! The service has two tenants: `a` with the flights pipeline, an
+//! `events` pipeline whose `clean` stage is a hot-reloadable component
+//! and a nightly schedule of the flights job, and `b` with an `orders`
+//! pipeline. Screenshots of every view, at a
 //! desktop and a narrow width, are left in
 //! `$CARGO_TARGET_TMPDIR/dashboard-screenshots/`.
 
@@ -104,7 +105,12 @@ fn write_service(root: &Path) -> (PathBuf, Tokens) {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flights/pipeline.toml"),
     )
     .unwrap();
+    // The same job run nightly by a schedule, into its own directory.
+    let nightly = flights
+        .replace("name = \"flights\"", "name = \"flights_nightly\"")
+        .replace("out/", "nightly/");
     std::fs::write(a.join("flights.toml"), flights).unwrap();
+    std::fs::write(a.join("nightly.toml"), nightly).unwrap();
     std::fs::write(a.join("events.toml"), EVENTS_PIPELINE).unwrap();
     std::fs::copy(weir_tests::IDENTITY, a.join("plugins/clean.wasm")).unwrap();
     let b = root.join("tenants/b");
@@ -137,6 +143,12 @@ quarantine_path = "serve/quarantine"
 [[tenants.pipelines]]
 file = "events.toml"
 linger_ms = 20
+
+[[tenants.schedules]]
+file = "nightly.toml"
+name = "nightly"
+cron = "0 2 * * *"
+timezone = "Europe/Paris"
 
 [[tenants]]
 name = "b"
@@ -346,9 +358,45 @@ fn browser_sessions_need_the_csrf_token_stay_in_their_tenant_and_end_with_their_
         "{cookie}"
     );
     assert!(!cookie.contains("Secure"), "plain HTTP: not Secure");
+    let behind_https = client
+        .client
+        .post(format!("{url}/v1/session"))
+        .header("x-forwarded-proto", "https")
+        .json(&json!({ "token": tokens.b }))
+        .send()
+        .unwrap();
+    let secure = behind_https.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        secure.starts_with("__Host-weir_session=") && secure.ends_with("; Secure"),
+        "{secure}"
+    );
+    let elsewhere = client
+        .client
+        .post(format!("{url}/v1/session"))
+        .header("origin", "https://evil.example")
+        .json(&json!({ "token": tokens.b }))
+        .send()
+        .unwrap();
+    assert_eq!(
+        elsewhere.status(),
+        StatusCode::FORBIDDEN,
+        "login from another site"
+    );
     assert_eq!(answer["caller"]["tenant"], "b");
     let csrf = answer["csrf_token"].as_str().unwrap().to_string();
-    let session: Value = client.get("/v1/session").json().unwrap();
+    let answer = client.get("/v1/session");
+    assert_eq!(answer.headers()["cache-control"], "no-store");
+    let session: Value = answer.json().unwrap();
+    let planted = client
+        .request(reqwest::Method::GET, "/v1/pipelines/orders")
+        .header("cookie", "weir_session=planted")
+        .send()
+        .unwrap();
+    assert_eq!(
+        planted.status(),
+        StatusCode::UNAUTHORIZED,
+        "a second session cookie is refused, not chosen"
+    );
     assert_eq!(
         session["csrf_token"],
         csrf.as_str(),
@@ -452,6 +500,20 @@ fn browser_sessions_need_the_csrf_token_stay_in_their_tenant_and_end_with_their_
         matched(&format!("until={}", at(now - hour))).1["matched"],
         0
     );
+    // An offset is honoured; a time without a zone is refused, not guessed.
+    let an_hour_ago_in_paris = chrono::DateTime::<chrono::Utc>::from(now - hour)
+        .with_timezone(&chrono::FixedOffset::east_opt(3600).unwrap())
+        .to_rfc3339();
+    assert_eq!(
+        matched(&format!(
+            "since={}",
+            an_hour_ago_in_paris.replace('+', "%2B")
+        ))
+        .1["matched"],
+        1
+    );
+    let (status, _) = matched("since=2026-12-06T05:00:00");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no zone");
     let (status, error) = matched("since=yesterday");
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(

@@ -184,8 +184,11 @@ try {
   await page.locator("tbody tr td.kind", { hasText: "validation" }).first().waitFor();
   await snap(page, "quarantine");
 
-  step("the runs view lists the served intervals; a run's detail opens");
+  step("the runs view lists the schedule and the served intervals; a run's detail opens");
   await page.goto(`${url}/ui/#/runs`);
+  const schedule = page.locator('tr[data-schedule="nightly"]');
+  await schedule.waitFor();
+  assert.match(await schedule.textContent(), /Europe\/Paris/);
   const runLink = page.locator("tr[data-run] a").first();
   await until("a served interval in the history", async () => (await runLink.count()) > 0, 30000);
   await snap(page, "runs");

@@ -194,12 +194,8 @@ fn authenticate(service: &Service, parts: &Parts) -> ApiResult<Caller> {
         parts.method,
         axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
     );
-    if changes && cross_origin(parts) {
-        ::metrics::counter!("weir_api_auth_failures_total").increment(1);
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "cross-origin request refused: the Origin header names another site than this service",
-        ));
+    if changes && cross_origin(&parts.headers) {
+        return Err(cross_origin_refused());
     }
     let header = parts
         .headers
@@ -207,7 +203,7 @@ fn authenticate(service: &Service, parts: &Parts) -> ApiResult<Caller> {
         .map(|v| v.to_str().unwrap_or("\u{0}"));
     if header.is_none()
         && service.tokens().enabled()
-        && let Some(cookie) = session_cookie(parts)
+        && let Some(cookie) = session_cookie(parts)?
     {
         let csrf = parts
             .headers
@@ -233,34 +229,60 @@ fn authenticate(service: &Service, parts: &Parts) -> ApiResult<Caller> {
 }
 
 /// The request's dashboard session cookie, if any.
-fn session_cookie(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|h| super::session::cookie_value(h, super::session::SESSION_COOKIE))
+///
+/// # Errors
+/// More than one: a cookie planted by a sibling site beside the real one
+/// must not choose the session.
+fn session_cookie(parts: &Parts) -> ApiResult<Option<&str>> {
+    let cookies = super::session::session_cookies(
+        parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    match cookies.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "more than one weir session cookie: log out, clear this site's cookies and log in again",
+        )),
+    }
 }
 
 /// Whether the request's `Origin` header (sent by browsers with every
-/// cross-origin and every changing request) names another host than its
-/// `Host` header: a page of another site. A request without `Origin`
-/// (curl, the SDKs, servers) is not cross-origin.
-fn cross_origin(parts: &Parts) -> bool {
-    let Some(origin) = parts.headers.get(header::ORIGIN) else {
+/// cross-origin and every changing request) names another host than the
+/// one the request was sent to: its `Host` header or, behind a reverse
+/// proxy that rewrites `Host`, the proxy's `X-Forwarded-Host` (a page of
+/// another site cannot set that header without a CORS preflight, which
+/// this API never grants). A request without `Origin` (curl, the SDKs,
+/// servers) is not cross-origin; `Origin: null` is.
+fn cross_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
         return false;
     };
     let origin = origin.to_str().unwrap_or_default();
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
     let origin_host = origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"))
         .unwrap_or("\u{0}");
-    !origin_host.eq_ignore_ascii_case(host)
+    let named = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|host| origin_host.eq_ignore_ascii_case(host.trim()))
+    };
+    !(named(header::HOST.as_str()) || named("x-forwarded-host"))
+}
+
+/// The refusal of a changing request from a page of another site.
+fn cross_origin_refused() -> ApiError {
+    ::metrics::counter!("weir_api_auth_failures_total").increment(1);
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "cross-origin request refused: the Origin header names another site than this service",
+    )
 }
 
 /// Whether the request came through HTTPS (a TLS-terminating proxy in
@@ -295,6 +317,12 @@ async fn login(
     parts_headers: HeaderMap,
     Json(body): Json<LoginRequest>,
 ) -> ApiResult<Response> {
+    // Login CSRF (a page of another site logging its visitor into the
+    // attacker's session) is also stopped by the preflight a JSON body
+    // needs; this does not rely on it.
+    if cross_origin(&parts_headers) {
+        return Err(cross_origin_refused());
+    }
     if !service.tokens().enabled() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -306,7 +334,11 @@ async fn login(
         .login(service.tokens(), body.token.trim())
         .map_err(|error| {
             ::metrics::counter!("weir_api_auth_failures_total").increment(1);
-            ApiError::new(StatusCode::UNAUTHORIZED, error.to_string())
+            let status = match error {
+                super::session::LoginError::Full => StatusCode::SERVICE_UNAVAILABLE,
+                super::session::LoginError::Token(_) => StatusCode::UNAUTHORIZED,
+            };
+            ApiError::new(status, error.to_string())
         })?;
     tracing::info!(caller = ?login.caller, "dashboard login");
     let cookie = super::session::set_cookie(&login.cookie, via_https(&parts_headers));
@@ -320,7 +352,16 @@ async fn login(
         header::SET_COOKIE,
         header::HeaderValue::from_str(&cookie).expect("hex cookie"),
     );
-    Ok(response)
+    Ok(no_store(response))
+}
+
+/// Marks an answer holding a CSRF token as never to be cached.
+fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 async fn get_session(State(service): State<Arc<Service>>, parts: Parts) -> ApiResult<Response> {
@@ -332,26 +373,28 @@ async fn get_session(State(service): State<Arc<Service>>, parts: Parts) -> ApiRe
         }))
         .into_response());
     }
-    let cookie = session_cookie(&parts).ok_or_else(|| {
+    let cookie = session_cookie(&parts)?.ok_or_else(|| {
         ApiError::new(StatusCode::UNAUTHORIZED, "no session: log in with a token")
     })?;
     let (caller, csrf_token) = service
         .sessions()
         .caller(service.tokens(), cookie, None, false)
         .map_err(|error| ApiError::new(StatusCode::UNAUTHORIZED, error.to_string()))?;
-    Ok(Json(json!({
-        "caller": caller_json(&caller),
-        "csrf_token": csrf_token,
-        "auth": true,
-    }))
-    .into_response())
+    Ok(no_store(
+        Json(json!({
+            "caller": caller_json(&caller),
+            "csrf_token": csrf_token,
+            "auth": true,
+        }))
+        .into_response(),
+    ))
 }
 
 async fn logout(State(service): State<Arc<Service>>, parts: Parts) -> ApiResult<Response> {
     // The same checks as any change: a page of another site cannot log
     // its visitor out.
     authenticate(&service, &parts)?;
-    if let Some(cookie) = session_cookie(&parts) {
+    if let Some(cookie) = session_cookie(&parts)? {
         service.sessions().logout(cookie);
     }
     let mut response = Json(json!({ "logged_out": true })).into_response();

@@ -84,7 +84,8 @@ pub struct QuarantineFilter {
 }
 
 impl QuarantineFilter {
-    /// `since` and `until` as instants.
+    /// `since` and `until` as instants (RFC 3339, the zone required: a
+    /// time without one would be guessed).
     ///
     /// # Errors
     /// Either is not an RFC 3339 date-time (the message names it).
@@ -93,9 +94,11 @@ impl QuarantineFilter {
             value
                 .as_deref()
                 .map(|text| {
-                    humantime::parse_rfc3339_weak(text).map_err(|e| {
-                        format!("{key}: `{text}` is not an RFC 3339 date-time ({e}); for example 2026-12-06T05:00:00Z")
-                    })
+                    chrono::DateTime::parse_from_rfc3339(text.trim())
+                        .map(SystemTime::from)
+                        .map_err(|e| {
+                            format!("{key}: `{text}` is not an RFC 3339 date-time with a zone ({e}); for example 2026-12-06T05:00:00Z or 2026-12-06T06:00:00+01:00")
+                        })
                 })
                 .transpose()
         };

@@ -27,8 +27,13 @@ use subtle::ConstantTimeEq;
 use super::auth::{AuthError, Caller, TokenStore};
 use crate::plugin::sha256_hex;
 
-/// The session cookie's name.
+/// The session cookie's name over plain HTTP.
 pub const SESSION_COOKIE: &str = "weir_session";
+
+/// The session cookie's name behind HTTPS: the `__Host-` prefix makes the
+/// browser refuse it unless it is `Secure`, has `Path=/` and no `Domain`,
+/// so a sibling subdomain cannot plant one (RFC 6265bis, section 4.1.3.2).
+pub const SECURE_SESSION_COOKIE: &str = "__Host-weir_session";
 
 /// The request header carrying the CSRF token of a cookie session.
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -40,10 +45,25 @@ pub const SESSION_IDLE: Duration = Duration::from_secs(2 * 3600);
 /// (one shift).
 pub const SESSION_MAX_AGE: Duration = Duration::from_secs(12 * 3600);
 
-/// Sessions kept at most; a login past it ends the oldest session. Bounds
-/// the memory a holder of a valid token can make the service keep by
-/// logging in in a loop.
+/// Sessions kept at most; a login past it is refused (`503`) until some
+/// end. Bounds the memory of the sessions.
 pub const MAX_SESSIONS: usize = 10_000;
+
+/// Sessions one token may hold; a login past it ends that token's oldest
+/// session (never another token's), so a holder of a valid token logging
+/// in in a loop cannot fill [`MAX_SESSIONS`] and lock the others out.
+pub const MAX_SESSIONS_PER_TOKEN: usize = 20;
+
+/// Why a login was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoginError {
+    /// The token.
+    #[error(transparent)]
+    Token(#[from] AuthError),
+    /// [`MAX_SESSIONS`] are open.
+    #[error("too many open sessions ({MAX_SESSIONS}); try again later")]
+    Full,
+}
 
 /// Why a cookie request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,26 +115,34 @@ impl Sessions {
     /// Opens a session for the holder of `token`.
     ///
     /// # Errors
-    /// [`AuthError`]: a malformed, unknown or revoked token.
-    pub fn login(&self, tokens: &TokenStore, token: &str) -> Result<Login, AuthError> {
+    /// [`LoginError`]: a malformed, unknown or revoked token, or
+    /// [`MAX_SESSIONS`] open.
+    pub fn login(&self, tokens: &TokenStore, token: &str) -> Result<Login, LoginError> {
         let caller = tokens.authenticate_token(token)?;
         let cookie = random_hex()?;
         let csrf_token = random_hex()?;
+        let token_sha256 = sha256_hex(token.as_bytes());
         let now = Instant::now();
         let mut open = self.open.lock().expect("session lock");
         open.retain(|_, s| live(s, now));
-        if open.len() >= MAX_SESSIONS
-            && let Some(oldest) = open
-                .iter()
-                .min_by_key(|(_, s)| s.created)
-                .map(|(k, _)| k.clone())
-        {
-            open.remove(&oldest);
+        let mut own: Vec<(Instant, String)> = open
+            .iter()
+            .filter(|(_, s)| s.token_sha256 == token_sha256)
+            .map(|(k, s)| (s.created, k.clone()))
+            .collect();
+        if own.len() >= MAX_SESSIONS_PER_TOKEN {
+            own.sort();
+            for (_, key) in &own[..=own.len() - MAX_SESSIONS_PER_TOKEN] {
+                open.remove(key);
+            }
+        }
+        if open.len() >= MAX_SESSIONS {
+            return Err(LoginError::Full);
         }
         open.insert(
             sha256_hex(cookie.as_bytes()),
             Session {
-                token_sha256: sha256_hex(token.as_bytes()),
+                token_sha256,
                 csrf_token: csrf_token.clone(),
                 created: now,
                 last_seen: now,
@@ -185,20 +213,33 @@ fn live(session: &Session, now: Instant) -> bool {
         && now.duration_since(session.created) < SESSION_MAX_AGE
 }
 
-/// The value of cookie `name` in a `Cookie` header (RFC 6265 section 5.4:
-/// `name=value` pairs separated by `; `).
-pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header.split(';').find_map(|pair| {
-        let (key, value) = pair.trim().split_once('=')?;
-        (key == name).then_some(value.trim_matches('"'))
-    })
+/// Every value of a session cookie (either name) in `Cookie` headers
+/// (RFC 6265 section 5.4: `name=value` pairs separated by `; `).
+pub fn session_cookies<'a>(headers: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    headers
+        .flat_map(|header| header.split(';'))
+        .filter_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == SESSION_COOKIE || key == SECURE_SESSION_COOKIE)
+                .then_some(value.trim_matches('"'))
+        })
+        .collect()
+}
+
+fn cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_SESSION_COOKIE
+    } else {
+        SESSION_COOKIE
+    }
 }
 
 /// The `Set-Cookie` value opening a session (`secure`: the request came
 /// through HTTPS).
 pub fn set_cookie(cookie: &str, secure: bool) -> String {
     format!(
-        "{SESSION_COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        "{}={cookie}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        cookie_name(secure),
         SESSION_MAX_AGE.as_secs(),
         if secure { "; Secure" } else { "" }
     )
@@ -207,7 +248,8 @@ pub fn set_cookie(cookie: &str, secure: bool) -> String {
 /// The `Set-Cookie` value ending a session in the browser.
 pub fn clear_cookie(secure: bool) -> String {
     format!(
-        "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        cookie_name(secure),
         if secure { "; Secure" } else { "" }
     )
 }
@@ -219,11 +261,63 @@ mod tests {
     #[test]
     fn cookies_are_found_among_others() {
         let header = "theme=dark; weir_session=abc123; other=\"x\"";
-        assert_eq!(cookie_value(header, SESSION_COOKIE), Some("abc123"));
-        assert_eq!(cookie_value(header, "missing"), None);
-        assert_eq!(cookie_value("weir_session_x=1", SESSION_COOKIE), None);
-        assert!(set_cookie("abc", true).contains("HttpOnly; SameSite=Strict"));
+        assert_eq!(session_cookies([header].into_iter()), vec!["abc123"]);
+        assert!(session_cookies(["weir_session_x=1"].into_iter()).is_empty());
+        assert_eq!(
+            session_cookies(["weir_session=a", "__Host-weir_session=b"].into_iter()),
+            vec!["a", "b"]
+        );
+        assert!(
+            set_cookie("abc", true)
+                .starts_with("__Host-weir_session=abc; Path=/; HttpOnly; SameSite=Strict")
+        );
         assert!(set_cookie("abc", true).ends_with("; Secure"));
         assert!(!set_cookie("abc", false).contains("Secure"));
+    }
+
+    #[test]
+    fn a_token_logging_in_in_a_loop_ends_only_its_own_oldest_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, a_hash) = super::super::auth::new_token().unwrap();
+        let (b, b_hash) = super::super::auth::new_token().unwrap();
+        let config: super::super::config::ServiceConfig = toml::from_str(&format!(
+            "[service]\noperator_token_sha256 = \"{a_hash}\"\n\n[[tenants]]\nname = \"t\"\ndir = \"t\"\ntokens = [{{ id = \"t-ui\", sha256 = \"{b_hash}\" }}]\n"
+        ))
+        .unwrap();
+        let tokens = TokenStore::load(&config, dir.path()).unwrap();
+        let sessions = Sessions::default();
+        let first = sessions.login(&tokens, &a).unwrap();
+        let logins: Vec<Login> = (0..MAX_SESSIONS_PER_TOKEN + 5)
+            .map(|_| sessions.login(&tokens, &b).unwrap())
+            .collect();
+        assert!(
+            sessions.caller(&tokens, &first.cookie, None, false).is_ok(),
+            "another token's session stays"
+        );
+        assert_eq!(
+            sessions.caller(&tokens, &logins[0].cookie, None, false),
+            Err(SessionError::Ended),
+            "the oldest of its own ended"
+        );
+        let newest = logins.last().unwrap();
+        assert!(
+            sessions
+                .caller(&tokens, &newest.cookie, None, false)
+                .is_ok()
+        );
+        assert_eq!(
+            sessions.caller(&tokens, &newest.cookie, Some("wrong"), true),
+            Err(SessionError::Csrf)
+        );
+        assert!(
+            sessions
+                .caller(&tokens, &newest.cookie, Some(&newest.csrf_token), true)
+                .is_ok()
+        );
+        assert!(sessions.logout(&newest.cookie));
+        assert_eq!(
+            sessions.caller(&tokens, &newest.cookie, None, false),
+            Err(SessionError::Ended)
+        );
     }
 }
