@@ -189,7 +189,7 @@ fn chromium() -> PathBuf {
 
 /// playwright-core, installed by `scripts/install-guest-tools`.
 fn playwright_core() -> PathBuf {
-    let path = weir::authoring::toolchain::tools_dir().join("node/node_modules/playwright-core");
+    let path = weir::authoring::toolchain::tools_dir().join("browser/node_modules/playwright-core");
     assert!(
         path.join("index.mjs").is_file(),
         "the dashboard tests need playwright-core at {}: run scripts/install-guest-tools",
