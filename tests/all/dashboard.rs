@@ -559,3 +559,46 @@ fn browser_sessions_need_the_csrf_token_stay_in_their_tenant_and_end_with_their_
     drop(tokens.a);
     running.shutdown().unwrap();
 }
+
+#[test]
+fn a_service_without_tokens_answers_only_requests_addressed_to_loopback_names() {
+    // DNS rebinding: a page of evil.example whose name now resolves to
+    // 127.0.0.1 reaches the loopback service with `Host: evil.example`.
+    let dir = tempfile::tempdir().unwrap();
+    crate::serve::write_pipeline(dir.path(), "");
+    let running = Running::start(&crate::serve::write_service(dir.path(), "", ""));
+    let port = running.url().rsplit(':').next().unwrap().to_string();
+    let client = Client::new();
+    let get = |path: &str, host: &str| {
+        client
+            .get(format!("{}{path}", running.url()))
+            .header("host", host)
+            .send()
+            .unwrap()
+    };
+    let rebound = get("/v1/pipelines", &format!("evil.example:{port}"));
+    assert_eq!(rebound.status(), StatusCode::FORBIDDEN);
+    let error: Value = rebound.json().unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("no tokens"),
+        "{error}"
+    );
+    assert_eq!(
+        get("/ui/", "evil.example").status(),
+        StatusCode::FORBIDDEN,
+        "the dashboard's files too"
+    );
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        assert_eq!(
+            get("/v1/pipelines", &host).status(),
+            StatusCode::OK,
+            "{host}"
+        );
+    }
+    assert_eq!(
+        get("/health", "evil.example").status(),
+        StatusCode::OK,
+        "probes answer whatever the name"
+    );
+    running.shutdown().unwrap();
+}

@@ -299,7 +299,7 @@ fn a_body_that_stops_arriving_gets_408() {
     let mut stream = connect(&running);
     stream
         .write_all(
-            b"POST /v1/pipelines/events/records HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: 1000\r\n\r\n{\"id\": 1",
+            b"POST /v1/pipelines/events/records HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-ndjson\r\nContent-Length: 1000\r\n\r\n{\"id\": 1",
         )
         .unwrap();
     let answer = read_answer(&mut stream);
@@ -321,7 +321,7 @@ fn bodies_in_memory_are_capped_for_the_whole_service() {
     let line = "{\"id\":1,\"action\":\"ok\",\"value\":1}\n";
     let body: String = line.repeat(1_000_000 / line.len());
     let head = format!(
-        "POST /v1/pipelines/events/records HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /v1/pipelines/events/records HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     // A sends all but its last byte and waits: its bytes stay held.

@@ -145,6 +145,10 @@ pub fn router(service: Arc<Service>) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            refuse_rebound_hosts,
+        ))
         .layer(axum::middleware::map_response(redact_secrets))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(service)
@@ -184,6 +188,52 @@ fn tenant_routes() -> Router<Arc<Service>> {
         .route("/schedules/{schedule}/runs", get(schedule_runs))
         .route("/schedules/{schedule}/runs/{run}", get(schedule_run))
         .route("/schedules/{schedule}/backfill", post(start_backfill))
+}
+
+/// Refuses, on a service without tokens, a request addressed to a host
+/// name other than `localhost` or an IP address: such a service answers
+/// everyone as the operator and listens on loopback only, and a page of
+/// another site can reach it only through DNS rebinding (its own name made
+/// to resolve to 127.0.0.1), which sends that name as `Host`. `/health`
+/// and `/ready` (no data) answer anyway, for probes; a request without
+/// `Host` (not a browser) passes.
+async fn refuse_rebound_hosts(
+    State(service): State<Arc<Service>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let probe = matches!(request.uri().path(), "/health" | "/ready");
+    if !service.tokens().enabled()
+        && !probe
+        && let Some(host) = request.headers().get(header::HOST)
+    {
+        let host = host.to_str().unwrap_or_default();
+        if !loopback_name(host) {
+            ::metrics::counter!("weir_api_auth_failures_total").increment(1);
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this service has no tokens, so it answers only requests addressed to localhost or an IP address, not `{}`: configure tokens to reach it by name",
+                    crate::plugin::head(host, 128)
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Whether `host` (a `Host` header: a name or address, maybe with a port)
+/// is `localhost` or an IP address.
+fn loopback_name(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').map_or("", |(name, _)| name),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Authenticates the request: its bearer token or, without one, its
@@ -1508,4 +1558,30 @@ async fn start_backfill(scoped: Scoped, Json(request): Json<NewBackfill>) -> Api
             ApiError::new(status, e.to_string())
         })?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "backfill": job }))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_names_are_localhost_and_addresses_with_or_without_a_port() {
+        for host in [
+            "localhost",
+            "LOCALHOST:7878",
+            "127.0.0.1",
+            "127.0.0.1:7878",
+            "[::1]:7878",
+            "[::1]",
+        ] {
+            assert!(super::loopback_name(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:7878",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "[::1",
+        ] {
+            assert!(!super::loopback_name(host), "{host}");
+        }
+    }
 }
