@@ -446,7 +446,7 @@ fn write_jsonl(
             head.extend_from_slice(b",\"plugin_sha256\":");
             serde_json::to_writer(&mut head, &*reason.plugin_sha256)?;
             head.extend_from_slice(b",\"error_kind\":");
-            serde_json::to_writer(&mut head, &reason.error_kind)?;
+            serde_json::to_writer(&mut head, &*reason.error_kind)?;
             head_of = Some(reason);
         }
         out.write_all(&head)?;

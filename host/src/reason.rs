@@ -14,7 +14,7 @@ pub struct Reason {
     /// SHA-256 of the plugin component.
     pub plugin_sha256: Arc<str>,
     /// `validation` or a plugin error kind.
-    pub error_kind: String,
+    pub error_kind: Arc<str>,
     /// Failed rule ids (validation only).
     pub rule: Option<String>,
     /// Human-readable explanation.

@@ -101,7 +101,7 @@ impl Stage {
             stage: self.name.clone(),
             plugin: Arc::from(version.plugin.name()),
             plugin_sha256: Arc::from(version.plugin.sha256()),
-            error_kind: error_kind.to_string(),
+            error_kind: Arc::from(error_kind),
             rule,
             message,
         }

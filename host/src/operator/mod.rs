@@ -247,7 +247,7 @@ fn reason(operator: &str, kind: &str, message: String) -> Reason {
         stage: Arc::from(operator),
         plugin: Arc::from(PLUGIN_LABEL),
         plugin_sha256: Arc::from(concat!("weir-", env!("CARGO_PKG_VERSION"))),
-        error_kind: kind.to_string(),
+        error_kind: Arc::from(kind),
         rule: None,
         message,
     }

@@ -54,7 +54,7 @@ impl Ack {
         for reason in reasons {
             self.count_reason(ReasonCount {
                 stage: reason.stage.to_string(),
-                error_kind: reason.error_kind.clone(),
+                error_kind: reason.error_kind.to_string(),
                 rule: reason.rule.clone(),
                 count: 1,
                 example: reason.message.clone(),

@@ -121,7 +121,7 @@ fn extract_items(
                 stage: Arc::from("source"),
                 plugin: Arc::from(extractor.plugin.name()),
                 plugin_sha256: Arc::from(extractor.plugin.sha256()),
-                error_kind: kind.to_string(),
+                error_kind: Arc::from(kind),
                 rule: None,
                 message,
             };
