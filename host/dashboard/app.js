@@ -332,6 +332,8 @@ views.quarantine = ({ tenant, name }) => {
   const detail = h("div");
   const outcome = h("div", { role: "status", "aria-live": "polite", id: "replay-result" });
   const selected = new Set();
+  const PAGE = 100;
+  let shown = PAGE; // rows listed; "Show more" lists another page
   let rows = [];
   let stages = [];
   const field = (label, input) => h("label", {}, label, input);
@@ -357,6 +359,7 @@ views.quarantine = ({ tenant, name }) => {
     }
     filter.include_replayed = data.get("include_replayed") === "on";
     selected.clear();
+    shown = PAGE;
     load();
   });
   const replayButton = h("button", { type: "button", class: "primary", disabled: true, onclick: replay }, "Replay selected");
@@ -382,7 +385,7 @@ views.quarantine = ({ tenant, name }) => {
       h("pre", { class: "record" }, JSON.stringify(row.record, null, 2))));
   }
   async function load() {
-    const query = new URLSearchParams({ limit: "100" });
+    const query = new URLSearchParams({ limit: String(shown) });
     for (const [key, value] of Object.entries(filter)) if (value) query.set(key, String(value));
     try {
       const answer = await api(`${pipelinePath(tenant, name)}/quarantine?${query}`);
@@ -407,10 +410,17 @@ views.quarantine = ({ tenant, name }) => {
         });
         return tr;
       });
+      const more = answer.matched > rows.length
+        ? h("div", { class: "toolbar" }, h("button", {
+          type: "button",
+          onclick: () => { shown += PAGE; load(); },
+        }, `Show ${Math.min(PAGE, answer.matched - rows.length)} more`))
+        : null;
       results.replaceChildren(
         h("p", { class: "muted", id: "matched" }, `${plural(answer.matched, "row matches", "rows match")}${answer.matched > rows.length ? `; showing the first ${rows.length}` : ""}.`),
         table(["", "Id", { text: "Quarantined", class: "hide-narrow" }, "Stage", "Error kind", "Rule", "Reason", { text: "Plugin", class: "hide-narrow" }, ""],
-          body, { label: "Quarantined rows", empty: "No quarantined row matches this filter." }));
+          body, { label: "Quarantined rows", empty: "No quarantined row matches this filter." }),
+        more);
       updateButton();
     } catch (e) { results.replaceChildren(errorBox(e)); }
   }
