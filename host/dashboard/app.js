@@ -747,6 +747,11 @@ async function route() {
 
 async function boot() {
   window.addEventListener("hashchange", route);
+  // The skip link moves focus; following its `#main` would route away.
+  document.querySelector("a.skip").addEventListener("click", (event) => {
+    event.preventDefault();
+    document.getElementById("main").focus();
+  });
   document.getElementById("logout").addEventListener("click", async () => {
     try { await api("/v1/session", { method: "DELETE" }); } catch { /* ended anyway */ }
     showLogin();

@@ -252,10 +252,14 @@ try {
   await darkPage.screenshot({ path: join(shots, "overview-dark-desktop.png"), fullPage: true });
   await dark.close();
 
-  step("keyboard: the login form and the navigation are reachable by Tab");
+  step("keyboard: the first Tab reaches the skip link, and it moves focus to the content");
+  await page.reload();
+  await page.locator('tr[data-tenant="a"]').waitFor();
   await page.keyboard.press("Tab");
-  const focused = await page.evaluate(() => document.activeElement && document.activeElement.textContent);
-  assert.ok(focused && focused.length > 0, "something focusable comes first");
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), "Skip to content");
+  await page.keyboard.press("Enter");
+  assert.equal(await page.evaluate(() => document.activeElement.id), "main");
+  assert.ok(page.url().endsWith("#/tenants"), `the view stays (${page.url()})`);
 
   await context.close();
   assert.deepEqual(failures, [], "no script errors on any page");

@@ -345,14 +345,22 @@ fn via_https(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("https"))
 }
 
-/// Who a session or token is, as the dashboard shows it.
-fn caller_json(caller: &Caller) -> serde_json::Value {
-    match caller {
+/// The answer of `POST` and `GET /v1/session`: who, the CSRF token
+/// (none without tokens) and whether the service has tokens. Never cached.
+fn session_answer(caller: &Caller, csrf_token: Option<&str>, auth: bool) -> Response {
+    let caller = match caller {
         Caller::Operator => json!({ "role": "operator" }),
         Caller::Tenant { tenant, token_id } => {
             json!({ "role": "tenant", "tenant": tenant, "token_id": token_id })
         }
-    }
+    };
+    let mut response =
+        Json(json!({ "caller": caller, "csrf_token": csrf_token, "auth": auth })).into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 /// Body of `POST /v1/session`.
@@ -387,41 +395,23 @@ async fn login(
             let status = match error {
                 super::session::LoginError::Full => StatusCode::SERVICE_UNAVAILABLE,
                 super::session::LoginError::Token(_) => StatusCode::UNAUTHORIZED,
+                super::session::LoginError::Randomness(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             ApiError::new(status, error.to_string())
         })?;
     tracing::info!(caller = ?login.caller, "dashboard login");
     let cookie = super::session::set_cookie(&login.cookie, via_https(&parts_headers));
-    let mut response = Json(json!({
-        "caller": caller_json(&login.caller),
-        "csrf_token": login.csrf_token,
-        "auth": true,
-    }))
-    .into_response();
+    let mut response = session_answer(&login.caller, Some(&login.csrf_token), true);
     response.headers_mut().insert(
         header::SET_COOKIE,
         header::HeaderValue::from_str(&cookie).expect("hex cookie"),
     );
-    Ok(no_store(response))
-}
-
-/// Marks an answer holding a CSRF token as never to be cached.
-fn no_store(mut response: Response) -> Response {
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    response
+    Ok(response)
 }
 
 async fn get_session(State(service): State<Arc<Service>>, parts: Parts) -> ApiResult<Response> {
     if !service.tokens().enabled() {
-        return Ok(Json(json!({
-            "caller": caller_json(&Caller::Operator),
-            "csrf_token": null,
-            "auth": false,
-        }))
-        .into_response());
+        return Ok(session_answer(&Caller::Operator, None, false));
     }
     let cookie = session_cookie(&parts)?.ok_or_else(|| {
         ApiError::new(StatusCode::UNAUTHORIZED, "no session: log in with a token")
@@ -430,14 +420,7 @@ async fn get_session(State(service): State<Arc<Service>>, parts: Parts) -> ApiRe
         .sessions()
         .caller(service.tokens(), cookie, None, false)
         .map_err(|error| ApiError::new(StatusCode::UNAUTHORIZED, error.to_string()))?;
-    Ok(no_store(
-        Json(json!({
-            "caller": caller_json(&caller),
-            "csrf_token": csrf_token,
-            "auth": true,
-        }))
-        .into_response(),
-    ))
+    Ok(session_answer(&caller, Some(&csrf_token), true))
 }
 
 async fn logout(State(service): State<Arc<Service>>, parts: Parts) -> ApiResult<Response> {
@@ -1090,7 +1073,6 @@ async fn ingest(
     let live = scoped.pipeline()?;
     let quota = scoped.tenant.quota();
     if let Err(wait) = quota.admit_request() {
-        ::metrics::counter!("weir_tenant_requests_throttled_total", "tenant" => scoped.tenant.name.to_string()).increment(1);
         let mut response = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -1495,11 +1477,10 @@ async fn schedule_runs(
     let scheduled = scoped.schedule()?;
     let limit = query.limit.unwrap_or(50).min(1000);
     let runs = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let file = scheduled.history_file()?;
-        if !file.exists() {
-            return Ok(Vec::new());
+        match scheduled.history()? {
+            Some(history) => history.list(limit),
+            None => Ok(Vec::new()),
         }
-        crate::history::History::open(&file)?.list(limit)
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -1512,11 +1493,10 @@ async fn schedule_run(scoped: Scoped) -> ApiResult<Json<crate::history::RunRecor
     let scheduled = scoped.schedule()?;
     let run = scoped.param("run").to_string();
     let found = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let file = scheduled.history_file()?;
-        if !file.exists() {
-            return Ok(None);
+        match scheduled.history()? {
+            Some(history) => history.show(&run),
+            None => Ok(None),
         }
-        crate::history::History::open(&file)?.show(&run)
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;

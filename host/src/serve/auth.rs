@@ -56,11 +56,20 @@ pub enum AuthError {
 /// # Errors
 /// When the OS has no randomness to give.
 pub fn new_token() -> Result<(String, String)> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
-    let token = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
+    let token = format!("{TOKEN_PREFIX}{}", random_hex()?);
     let hash = sha256_hex(token.as_bytes());
     Ok((token, hash))
+}
+
+/// 32 random bytes from the OS as 64 lowercase hex characters: the secret
+/// part of a token, a session cookie or a CSRF token.
+///
+/// # Errors
+/// When the OS has no randomness to give.
+pub fn random_hex() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    Ok(hex::encode(bytes))
 }
 
 fn well_formed(token: &str) -> bool {

@@ -246,6 +246,8 @@ impl Quota {
     pub fn admit_request(&self) -> Result<(), Duration> {
         let admitted = self.requests.lock().expect("bucket lock").take_one();
         if admitted.is_err() {
+            metrics::counter!("weir_tenant_requests_throttled_total", "tenant" => self.tenant.to_string())
+                .increment(1);
             self.usage
                 .requests_throttled
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

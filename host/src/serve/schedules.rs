@@ -223,6 +223,19 @@ impl Scheduled {
         Ok(file)
     }
 
+    /// The run history of the schedule's pipeline, opened; `None` before
+    /// its first run.
+    ///
+    /// # Errors
+    /// As [`Scheduled::history_file`], or an unreadable database.
+    pub fn history(&self) -> Result<Option<crate::history::History>> {
+        let file = self.history_file()?;
+        if !file.exists() {
+            return Ok(None);
+        }
+        crate::history::History::open(&file).map(Some)
+    }
+
     /// Waits for the thread of the latest API-started backfill, which
     /// stops between partitions once the service stops.
     pub fn join_backfill(&self) {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 
-use super::auth::{AuthError, Caller, TokenStore};
+use super::auth::{AuthError, Caller, TokenStore, random_hex};
 use crate::plugin::sha256_hex;
 
 /// The session cookie's name over plain HTTP.
@@ -63,6 +63,9 @@ pub enum LoginError {
     /// [`MAX_SESSIONS`] are open.
     #[error("too many open sessions ({MAX_SESSIONS}); try again later")]
     Full,
+    /// The OS gave no randomness for the cookie.
+    #[error("{0}")]
+    Randomness(String),
 }
 
 /// Why a cookie request was refused.
@@ -105,12 +108,6 @@ pub struct Sessions {
     open: Mutex<HashMap<String, Session>>,
 }
 
-fn random_hex() -> Result<String, AuthError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|_| AuthError::Invalid)?;
-    Ok(hex::encode(bytes))
-}
-
 impl Sessions {
     /// Opens a session for the holder of `token`.
     ///
@@ -119,8 +116,9 @@ impl Sessions {
     /// [`MAX_SESSIONS`] open.
     pub fn login(&self, tokens: &TokenStore, token: &str) -> Result<Login, LoginError> {
         let caller = tokens.authenticate_token(token)?;
-        let cookie = random_hex()?;
-        let csrf_token = random_hex()?;
+        let random = || random_hex().map_err(|e| LoginError::Randomness(format!("{e:#}")));
+        let cookie = random()?;
+        let csrf_token = random()?;
         let token_sha256 = sha256_hex(token.as_bytes());
         let now = Instant::now();
         let mut open = self.open.lock().expect("session lock");
@@ -171,7 +169,7 @@ impl Sessions {
     ) -> Result<(Caller, String), SessionError> {
         let now = Instant::now();
         let key = sha256_hex(cookie.as_bytes());
-        let token_sha256 = {
+        let (token_sha256, csrf_token) = {
             let mut open = self.open.lock().expect("session lock");
             let Some(session) = open.get_mut(&key) else {
                 return Err(SessionError::Ended);
@@ -190,7 +188,6 @@ impl Sessions {
             session.last_seen = now;
             (session.token_sha256.clone(), session.csrf_token.clone())
         };
-        let (token_sha256, csrf_token) = token_sha256;
         let caller = tokens
             .caller_of(&token_sha256)
             .map_err(|_| SessionError::Revoked)?;
