@@ -426,6 +426,33 @@ impl NullCounts {
     }
 }
 
+/// Counts `result` in `weir_check_results_total{tenant, pipeline, check,
+/// status}` (Prometheus, when `weir serve`'s recorder is installed).
+pub fn count(tenant: &str, pipeline: &str, result: &CheckResult) {
+    metrics::counter!(
+        "weir_check_results_total",
+        "tenant" => tenant.to_string(),
+        "pipeline" => pipeline.to_string(),
+        "check" => result.check.clone(),
+        "status" => result.status.as_str()
+    )
+    .increment(1);
+}
+
+/// The freshness result for data `age` old: `fail` past `check.max_age`,
+/// failing the run when `on_fail = "fail"`. `weir run` gives the age of
+/// its newest input file, `weir serve` the time since the pipeline's last
+/// record; `message` says which.
+pub fn freshness(check: &FreshnessCheck, age: std::time::Duration, message: String) -> CheckResult {
+    let status = if age > check.max_age {
+        Status::Fail
+    } else {
+        Status::Ok
+    };
+    CheckResult::new("freshness", status, check.on_fail, message)
+        .measured(age.as_secs_f64(), Some((0.0, check.max_age.as_secs_f64())))
+}
+
 /// Judges `now` against `settings` and the `previous` observations of
 /// successful runs, newest first. Returns one result per check that had
 /// something to judge.
@@ -436,21 +463,16 @@ pub fn evaluate(
 ) -> Vec<CheckResult> {
     let mut results = Vec::new();
     if let (Some(check), Some(age)) = (&settings.freshness, now.newest_input_age_s) {
-        let max = check.max_age.as_secs();
-        let status = if age > max { Status::Fail } else { Status::Ok };
-        results.push(
-            CheckResult::new(
-                "freshness",
-                status,
-                check.on_fail,
-                format!(
-                    "the newest input file is {} old (limit {})",
-                    humantime::format_duration(std::time::Duration::from_secs(age)),
-                    humantime::format_duration(std::time::Duration::from_secs(max))
-                ),
-            )
-            .measured(age as f64, Some((0.0, max as f64))),
-        );
+        let age = std::time::Duration::from_secs(age);
+        results.push(freshness(
+            check,
+            age,
+            format!(
+                "the newest input file is {} old (limit {})",
+                humantime::format_duration(age),
+                humantime::format_duration(check.max_age)
+            ),
+        ));
     }
     if let Some(check) = &settings.volume {
         results.push(volume(check, now, previous));

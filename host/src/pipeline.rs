@@ -595,15 +595,13 @@ impl Pipeline {
         if let Some((observation, results)) = gate.into_judged() {
             // Recorded by `weir serve`'s Prometheus recorder for scheduled
             // runs; nothing listens under `weir run`.
+            let tenant = self
+                .config
+                .tenant
+                .as_deref()
+                .unwrap_or(crate::stages::DEFAULT_TENANT);
             for result in &results {
-                metrics::counter!(
-                    "weir_check_results_total",
-                    "tenant" => self.config.tenant.clone().unwrap_or_else(|| "default".into()),
-                    "pipeline" => self.name.clone(),
-                    "check" => result.check.clone(),
-                    "status" => result.status.as_str()
-                )
-                .increment(1);
+                crate::checks::count(tenant, &self.name, result);
             }
             if let Some(history) = &history
                 && let Err(e) = history.record_checks(&run_id, &observation, &results)

@@ -1065,7 +1065,7 @@ fn a_served_pipeline_records_its_history_per_interval_and_alerts_when_data_stops
         metrics
             .as_str()
             .unwrap()
-            .contains(r#"weir_check_results_total{tenant="default",pipeline="events",check="freshness",status="warn"}"#),
+            .contains(r#"weir_check_results_total{tenant="default",pipeline="events",check="freshness",status="fail"}"#),
         "{metrics}"
     );
     running.shutdown().unwrap();

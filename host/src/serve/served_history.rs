@@ -162,11 +162,6 @@ impl ServedHistory {
         }
     }
 
-    /// Where the history is.
-    pub fn file(&self) -> &std::path::Path {
-        &self.file
-    }
-
     /// Counts a committed micro-batch.
     pub fn committed(&self, report: Committed<'_>) {
         let now = SystemTime::now();
@@ -372,34 +367,22 @@ impl ServedHistory {
             return None;
         }
         state.stale_alerted = true;
-        let status = match check.on_fail {
-            crate::checks::OnFail::Warn => Status::Warn,
-            crate::checks::OnFail::Fail => Status::Fail,
-        };
-        Some(CheckResult {
-            check: "freshness".into(),
-            status,
-            // A served pipeline has no run to fail.
-            fails_run: false,
-            message: format!(
+        let mut result = crate::checks::freshness(
+            check,
+            silent,
+            format!(
                 "no record received for {} (limit {})",
                 humantime::format_duration(Duration::from_secs(silent.as_secs())),
                 humantime::format_duration(check.max_age)
             ),
-            observed: Some(silent.as_secs_f64()),
-            expected: Some((0.0, check.max_age.as_secs_f64())),
-        })
+        );
+        // A served pipeline has no run to fail.
+        result.fails_run = false;
+        Some(result)
     }
 
     fn count(&self, result: &CheckResult) {
-        metrics::counter!(
-            "weir_check_results_total",
-            "tenant" => self.tenant.clone(),
-            "pipeline" => self.pipeline.clone(),
-            "check" => result.check.clone(),
-            "status" => result.status.as_str()
-        )
-        .increment(1);
+        crate::checks::count(&self.tenant, &self.pipeline, result);
     }
 
     /// Sends `results` (not `ok`) to the log and the webhook on a thread of
