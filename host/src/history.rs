@@ -191,13 +191,37 @@ impl History {
         }
         let connection = Connection::open(path)
             .with_context(|| format!("opening the run history {}", path.display()))?;
-        // A reader (`weir runs ls`) may look while a run writes.
         connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(5)))
-            .and_then(|()| connection.execute_batch(SCHEMA))
-            .and_then(|()| add_missing_columns(&connection))
-            .with_context(|| format!("preparing the run history {}", path.display()))?;
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .with_context(|| format!("opening the run history {}", path.display()))?;
+        // A reader (`weir runs ls`) may look while a run writes. Two runs
+        // preparing a new database at the same moment (a backfill's
+        // partitions in parallel) can get `database is locked` at once,
+        // busy timeout or not (SQLite does not wait where waiting could
+        // deadlock, as in switching to WAL): try again for up to 5 s rather
+        // than lose the run's history row.
+        let prepare = || {
+            connection
+                .pragma_update(None, "journal_mode", "WAL")
+                .and_then(|()| connection.execute_batch(SCHEMA))
+                .and_then(|()| add_missing_columns(&connection))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match prepare() {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                outcome => {
+                    outcome
+                        .with_context(|| format!("preparing the run history {}", path.display()))?;
+                    break;
+                }
+            }
+        }
         Ok(History {
             connection,
             path: path.to_path_buf(),
@@ -567,5 +591,31 @@ mod tests {
             .map(|r| r.run_id)
             .collect();
         assert_eq!(ids, ["bbbb-2", "bbbb-1"]);
+    }
+
+    #[test]
+    fn runs_opening_a_new_history_at_the_same_moment_all_get_their_row() {
+        // A backfill's partitions in parallel: SQLite answered `database is
+        // locked` at once to some while another switched the new file to
+        // WAL, and those runs were missing from the history.
+        for round in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("history.sqlite");
+            let barrier = std::sync::Barrier::new(8);
+            std::thread::scope(|scope| {
+                for i in 0..8 {
+                    let (file, barrier) = (&file, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        History::open(file)
+                            .and_then(|h| {
+                                h.begin(&format!("run-{i}"), "p", RUN, "2026-12-01T00:00:00Z")
+                            })
+                            .unwrap_or_else(|e| panic!("round {round}, run {i}: {e:#}"));
+                    });
+                }
+            });
+            assert_eq!(History::open(&file).unwrap().list(100).unwrap().len(), 8);
+        }
     }
 }
