@@ -196,6 +196,17 @@ fn workers_sharing_a_stream_dedupe_each_key_exactly_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let third = serve(&dirs[2], None);
+    // Publish the rest only once the third worker is bound to the
+    // consumer: on a loaded machine the other two could otherwise drain
+    // it all while the third is still starting.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stream_status(&dirs[2])["connected"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the third worker never connected"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     publish(&nats.url(), MESSAGES * 2 / 3..MESSAGES);
     let deadline = Instant::now() + Duration::from_secs(240);
     while total(&dirs) < MESSAGES as usize {
