@@ -569,7 +569,7 @@ fn workers_sharing_one_consumer_split_the_stream_and_write_each_message_once() {
             .sum::<usize>()
     };
     // Kill one worker mid-run (its unacknowledged messages go to the
-    // others after ack_wait), and add a fourth.
+    // others after ack_wait), add a fourth, and restart the killed one.
     let deadline = Instant::now() + Duration::from_secs(120);
     while total(&workers) < messages as usize / 4 {
         assert!(Instant::now() < deadline, "no progress");
@@ -581,12 +581,28 @@ fn workers_sharing_one_consumer_split_the_stream_and_write_each_message_once() {
     let dir = worker_dir(3);
     let child = serve(&dir, None);
     workers.push((dir, Some(child)));
+    // The killed worker comes back once its unacknowledged messages have
+    // gone to the others (after ack_wait). It must: if the kill landed
+    // between its ledger claim and the rename of the claimed files, that
+    // epoch is committed (every other worker only acknowledges its
+    // messages) and its files wait on this worker's disk, renamed into
+    // place at its next start. CI once caught exactly that window:
+    // "stalled at 99000 of 100000", one 1000-message epoch.
+    std::thread::sleep(Duration::from_secs(4));
+    workers[1].1 = Some(serve(&workers[1].0, None));
     let deadline = Instant::now() + Duration::from_secs(300);
     while total(&workers) < messages as usize {
         assert!(
             Instant::now() < deadline,
-            "stalled at {} of {messages}",
-            total(&workers)
+            "stalled at {} of {messages}; per worker: {:?}",
+            total(&workers),
+            workers
+                .iter()
+                .map(|(dir, _)| {
+                    let (w, q) = outcome(dir, &sequences);
+                    w.len() + q.len()
+                })
+                .collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
