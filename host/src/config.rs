@@ -67,10 +67,13 @@ pub struct PipelineConfig {
     pub partition_key: Option<crate::partition::PartitionKey>,
 }
 
-/// Default batches per epoch (`checkpoint_every_batches`): 64 batches of
-/// the default 8192 rows is about 0.5 M rows, so that the per-epoch cost
-/// (a few fsyncs and renames, a Parquet footer per file) stays under 1% of
-/// the epoch's work.
+/// Default batches per epoch (`checkpoint_every_batches`), for each file
+/// the epoch writes: 64 batches of the default 8192 rows is about 0.5 M
+/// rows, so that the per-epoch cost (a few fsyncs and renames, a Parquet
+/// footer per file) stays under 1% of the epoch's work. That cost grows
+/// with the files (one per partition), hence the per-file count: with 97
+/// partitions, 64-batch epochs made an 8M-row run 1.4× slower than one
+/// epoch (`bench/sinks.py`).
 pub const DEFAULT_EPOCH_BATCHES: usize = 64;
 
 /// Default longest epoch, in milliseconds (`checkpoint_interval_ms`):
@@ -104,8 +107,11 @@ pub struct PipelineSettings {
     /// started again, where it stopped and publishes exactly the output of
     /// an uninterrupted run (`docs/delivery.md`). Default true.
     pub checkpoint: bool,
-    /// Batches per epoch (between checkpoints). Default 64.
-    pub checkpoint_every_batches: usize,
+    /// Batches per epoch (between checkpoints). Default: 64 for each file
+    /// the epoch writes (a sink partitioned into 97 files ends its epochs
+    /// after 97 × 64 batches, or `checkpoint_interval_ms`); a value set
+    /// here is exact, whatever the files.
+    pub checkpoint_every_batches: Option<usize>,
     /// Longest epoch, in milliseconds. Default 10000.
     pub checkpoint_interval_ms: u64,
     /// Directory of the operators' state store (`state.redb`), relative
@@ -123,7 +129,7 @@ impl Default for PipelineSettings {
             workers: 0,
             max_quarantine_fraction: None,
             checkpoint: true,
-            checkpoint_every_batches: DEFAULT_EPOCH_BATCHES,
+            checkpoint_every_batches: None,
             checkpoint_interval_ms: DEFAULT_EPOCH_INTERVAL_MS,
             state_dir: None,
         }
@@ -1480,7 +1486,7 @@ impl PipelineConfig {
                 format!("{fraction} is not a fraction between 0.0 and 1.0"),
             );
         }
-        if self.pipeline.checkpoint_every_batches == 0 {
+        if self.pipeline.checkpoint_every_batches == Some(0) {
             problems.add("pipeline.checkpoint_every_batches", "must be at least 1");
         }
         check_checks(&self.checks, problems);

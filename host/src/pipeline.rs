@@ -715,7 +715,10 @@ impl Pipeline {
                 let mut coordinator = Coordinator::new(
                     state,
                     EpochSettings {
-                        every_batches: settings.checkpoint_every_batches,
+                        every_batches: settings
+                            .checkpoint_every_batches
+                            .unwrap_or(crate::config::DEFAULT_EPOCH_BATCHES),
+                        per_file: settings.checkpoint_every_batches.is_none(),
                         interval: std::time::Duration::from_millis(settings.checkpoint_interval_ms),
                     },
                 );

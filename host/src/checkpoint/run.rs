@@ -54,6 +54,15 @@ pub use crate::config::{CHECKPOINT_FILE, DEFAULT_EPOCH_BATCHES, DEFAULT_EPOCH_IN
 pub struct EpochSettings {
     /// Batches per epoch (default [`DEFAULT_EPOCH_BATCHES`]).
     pub every_batches: usize,
+    /// Whether `every_batches` counts per file the epoch writes: true when
+    /// the pipeline leaves `checkpoint_every_batches` at its default.
+    /// Each file costs a footer, an fsync and a small row group when the
+    /// epoch ends and a concatenation at publish, so an epoch writing 97
+    /// partition files runs 97 × 64 batches (or [`EpochSettings::interval`])
+    /// to keep that cost the same share of its work as one file's
+    /// ([`EpochSink::epoch_files`]; the connector writing most files
+    /// counts).
+    pub per_file: bool,
     /// Longest epoch (default [`DEFAULT_EPOCH_INTERVAL_MS`]).
     pub interval: Duration,
 }
@@ -773,7 +782,17 @@ impl Coordinator {
                 false
             }
             None => {
-                self.batches_in_epoch >= self.settings.every_batches
+                let files = if self.settings.per_file {
+                    connectors
+                        .iter()
+                        .map(|c| c.epoch_files())
+                        .max()
+                        .unwrap_or(1)
+                        .max(1)
+                } else {
+                    1
+                };
+                self.batches_in_epoch >= self.settings.every_batches.saturating_mul(files)
                     || self.epoch_started.elapsed() >= self.settings.interval
             }
         };
@@ -1005,6 +1024,7 @@ mod tests {
             state,
             EpochSettings {
                 every_batches: 2,
+                per_file: false,
                 interval: Duration::from_secs(3600),
             },
         );
@@ -1079,5 +1099,69 @@ mod tests {
         assert_eq!(published[1][0].rows, 0, "nothing quarantined");
         assert_eq!(report.epochs, 2);
         assert!(!state_dir.exists(), "the checkpoint directory is removed");
+    }
+
+    /// Epochs of the default length count their batches per file written:
+    /// a sink writing 3 partition files ends its 2-batch epochs after 6
+    /// batches; a length set in the pipeline is exact.
+    #[test]
+    fn a_default_epoch_is_as_many_times_longer_as_it_writes_files() {
+        let epochs = |per_file: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let sink_config = SinkConfig {
+                format: SinkFormat::Parquet,
+                path: "out".into(),
+                partition_by: vec!["k".into()],
+                mode: Some(WriteMode::ErrorIfExists),
+                ..SinkConfig::default()
+            };
+            let input = dir.path().join("input.csv");
+            std::fs::write(&input, "k\n1\n").unwrap();
+            let pipeline_file = dir.path().join("pipeline.toml");
+            std::fs::write(&pipeline_file, "").unwrap();
+            let identity =
+                Identity::compute(&pipeline_file, Vec::new(), std::slice::from_ref(&input))
+                    .unwrap();
+            let state_dir = dir_for(&sink_config, dir.path());
+            let state = RunState::begin(&state_dir, identity, false, "run", "now").unwrap();
+            let mut coordinator = Coordinator::new(
+                state,
+                EpochSettings {
+                    every_batches: 2,
+                    per_file,
+                    interval: Duration::from_secs(3600),
+                },
+            );
+            let mut sink = Sink::create(&sink_config, dir.path(), "run").unwrap();
+            coordinator.begin_epoch(&mut [&mut sink]).unwrap();
+            let batch = RecordBatch::try_from_iter([
+                ("k", Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef),
+                ("v", Arc::new(Int64Array::from(vec![7, 8, 9])) as ArrayRef),
+            ])
+            .unwrap();
+            let mut totals = Totals::default();
+            for item in 1..=12 {
+                sink.write(&batch).unwrap();
+                totals.read += 3;
+                totals.written += 3;
+                let position = Position {
+                    file: 0,
+                    items: item,
+                    records: 3 * item,
+                    cursor: None,
+                    cursor_limit: None,
+                };
+                coordinator
+                    .after_item(position, totals, &mut [&mut sink])
+                    .unwrap();
+            }
+            let (published, report) = coordinator
+                .publish(totals, vec![(Box::new(sink), true)])
+                .unwrap();
+            assert_eq!(published[0].iter().map(|o| o.rows).sum::<u64>(), 36);
+            report.epochs
+        };
+        assert_eq!(epochs(true), 2, "3 files: 6 batches per epoch");
+        assert_eq!(epochs(false), 6, "set by the pipeline: 2 batches");
     }
 }

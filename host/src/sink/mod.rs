@@ -112,6 +112,15 @@ pub trait EpochSink {
     /// An I/O error.
     fn prepare_epoch(&mut self, epoch: &EpochContext) -> Result<Prepared>;
 
+    /// Files the current epoch has written so far. Each one costs, when
+    /// the epoch ends, a footer, an fsync and a small row group, and at
+    /// publish a concatenation; an epoch of the default length is
+    /// lengthened in proportion ([`crate::checkpoint::EpochSettings`]).
+    /// Default 1.
+    fn epoch_files(&self) -> usize {
+        1
+    }
+
     /// After a crash: the first epoch after `epoch` (the checkpoint's)
     /// that this connector already committed on its own side (a database
     /// that committed before the checkpoint file was written), with the
@@ -241,6 +250,10 @@ impl EpochSink for Sink {
             parts: self.prepare_epoch_files()?,
             rejected: Vec::new(),
         })
+    }
+
+    fn epoch_files(&self) -> usize {
+        self.files.len() + self.closed.len()
     }
 
     fn publish(
