@@ -283,7 +283,7 @@ impl Rule {
                 } else {
                     for r in 0..rows {
                         if let Some(v) = column.numeric(r).filter(|v| !bounds.contains(*v)) {
-                            fail(r, message.with(v));
+                            fail(r, message.with(Float(v)));
                         }
                     }
                 }
@@ -361,6 +361,39 @@ impl Message {
     }
 }
 
+/// An f64 shown exactly as its `Display` does (the shortest digits that
+/// read back as the same value, never an exponent), computed with zmij's
+/// Schubfach formatter where the two agree: in wasm, under fuel, `core`'s
+/// float formatting was the largest single cost of a batch whose rows
+/// mostly fail a range rule.
+struct Float(f64);
+
+impl std::fmt::Display for Float {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = self.0;
+        // zmij writes an exponent outside [1e-5, 1e16) (Display never
+        // does) and `.0` after an integral value (Display does not).
+        if !value.is_finite() || !(value == 0.0 || (1e-5..1e16).contains(&value.abs())) {
+            return write!(f, "{value}");
+        }
+        let mut buffer = zmij::Buffer::new();
+        let text = buffer.format_finite(value);
+        let text = text.strip_suffix(".0").unwrap_or(text);
+        // With 16 or 17 significant digits more than one shortest text can
+        // read back as the value, and the two formatters may pick
+        // different ones; with at most 15 there is only one.
+        let significant = text
+            .bytes()
+            .filter(u8::is_ascii_digit)
+            .skip_while(|&b| b == b'0')
+            .count();
+        if text.contains('e') || significant > 15 {
+            return write!(f, "{value}");
+        }
+        f.write_str(text)
+    }
+}
+
 fn message(error: Error) -> String {
     match error {
         Error::InvalidConfig(m) | Error::InvalidInput(m) | Error::Parse(m) | Error::Internal(m) => {
@@ -413,6 +446,44 @@ weir_sdk::export_validate!(Check_);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn float_text_is_exactly_what_display_writes() {
+        let mut special = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.1,
+            1e-5,
+            9.99e-6,
+            1e16,
+            9.999999999999998e15,
+            1e300,
+            5e-324,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -12.345,
+            100.0,
+            2f64.powi(53) + 2.0,
+        ];
+        // Random bit patterns (every exponent) and three-decimal values
+        // like the benchmark's, from a fixed xorshift sequence.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            special.push(f64::from_bits(state));
+            special.push((state % 2_000_000) as f64 / 1000.0 - 1000.0);
+        }
+        for value in special {
+            assert_eq!(Float(value).to_string(), value.to_string(), "{value:e}");
+        }
+    }
 
     #[test]
     fn bounds_and_config_shapes() {
