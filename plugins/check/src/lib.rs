@@ -371,17 +371,17 @@ struct Float(f64);
 impl std::fmt::Display for Float {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let value = self.0;
-        // zmij writes an exponent outside [1e-5, 1e16) (Display never
-        // does) and `.0` after an integral value (Display does not).
-        if !value.is_finite() || !(value == 0.0 || (1e-5..1e16).contains(&value.abs())) {
+        if !value.is_finite() {
             return write!(f, "{value}");
         }
         let mut buffer = zmij::Buffer::new();
         let text = buffer.format_finite(value);
+        // zmij writes `.0` after an integral value (Display does not) and
+        // an exponent for very small or large values (Display never does:
+        // those fall back). With 16 or 17 significant digits more than one
+        // shortest text can read back as the value, and the two formatters
+        // may pick different ones; with at most 15 there is only one.
         let text = text.strip_suffix(".0").unwrap_or(text);
-        // With 16 or 17 significant digits more than one shortest text can
-        // read back as the value, and the two formatters may pick
-        // different ones; with at most 15 there is only one.
         let significant = text
             .bytes()
             .filter(u8::is_ascii_digit)
