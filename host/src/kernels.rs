@@ -542,6 +542,77 @@ pub fn selected(mask: &Value) -> Result<Vec<u32>> {
     Ok(bits.set_indices().map(|i| i as u32).collect())
 }
 
+/// One message per row of `rows`: `prefix`, that row's value of `values`
+/// as text, `suffix`. Text is the decimal digits of an int64, a float64 as
+/// Rust's `Display` writes it (the shortest digits that read back as the
+/// value, never an exponent: `-1.5`, `100`, `NaN`, `inf`), a utf8 value
+/// as it is, `true`/`false`, and `null` for a null. A scalar gives its
+/// one value to every row.
+///
+/// # Errors
+/// Any other type, or a row past the end of a column.
+pub fn messages(values: &Value, rows: &[u32], prefix: &str, suffix: &str) -> Result<Vec<String>> {
+    use std::fmt::Write;
+    let array = values.array.as_ref();
+    let at = |row: u32| -> Result<usize> {
+        let i = if values.scalar { 0 } else { row as usize };
+        if i >= array.len() {
+            return Err(KernelError(format!(
+                "row {row} is past the end of a column of {} values",
+                array.len()
+            )));
+        }
+        Ok(i)
+    };
+    // A null array's nulls are logical only.
+    let nulls = array.logical_nulls();
+    let mut out = Vec::with_capacity(rows.len());
+    let mut each = |write: &mut dyn FnMut(&mut String, usize)| -> Result<()> {
+        for &row in rows {
+            let i = at(row)?;
+            let mut text = String::with_capacity(prefix.len() + 24 + suffix.len());
+            text.push_str(prefix);
+            if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+                text.push_str("null");
+            } else {
+                write(&mut text, i);
+            }
+            text.push_str(suffix);
+            out.push(text);
+        }
+        Ok(())
+    };
+    match array.data_type() {
+        DataType::Int64 => {
+            let v = array.as_primitive::<Int64Type>();
+            each(&mut |t, i| {
+                let _ = write!(t, "{}", v.value(i));
+            })?;
+        }
+        DataType::Float64 => {
+            let v = array.as_primitive::<Float64Type>();
+            each(&mut |t, i| {
+                let _ = write!(t, "{}", v.value(i));
+            })?;
+        }
+        DataType::Utf8 => {
+            let v = array.as_string::<i32>();
+            each(&mut |t, i| t.push_str(v.value(i)))?;
+        }
+        DataType::Boolean => {
+            let v = array.as_boolean();
+            each(&mut |t, i| t.push_str(if v.value(i) { "true" } else { "false" }))?;
+        }
+        DataType::Null => each(&mut |_, _| unreachable!("every value is null"))?,
+        other => {
+            return Err(KernelError(format!(
+                "messages take int64, float64, utf8 or boolean values, not {other} (cast them to utf8 first)"
+            )));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use arrow::array::{BinaryArray, Float64Array, StringArray};

@@ -1,6 +1,6 @@
 // Columnar compute on the host (weir:plugin/compute@0.2.0), for transform
 // and validate plugins (`weir plugin build` copies this file next to
-// app.js). Import it as `import { col, lit, ifElse, emit, reject } from
+// app.js). Import it as `import { col, lit, ifElse, emit, reject, rejectEach } from
 // './weir-compute.js'`.
 //
 // A Col is a handle on a column the host keeps for the running call: any
@@ -195,4 +195,14 @@ export function emit(name, c) {
 /** Fails `rule` with `message` on the rows where the boolean `mask` is true (a validator). */
 export function reject(mask, rule, message) {
   kernel(() => compute.reject(mask.handle, rule, message));
+}
+
+/**
+ * Fails `rule` on the rows where the boolean `mask` is true (a validator),
+ * each with its own message: `prefix`, the row's value of `values` (a Col
+ * or a plain value) as text, then `suffix`. The host writes the text, so
+ * no string is built in JavaScript per failing row.
+ */
+export function rejectEach(mask, rule, prefix, values, suffix) {
+  kernel(() => compute.rejectEach(mask.handle, rule, prefix, operand(values).handle, suffix));
 }

@@ -283,3 +283,26 @@ pub fn emit(name: &str, col: &Col) -> Result<(), Error> {
 pub fn reject(mask: &Col, rule: &str, message: &str) -> Result<(), Error> {
     wit::reject(mask.0, rule, message)
 }
+
+/// Fails `rule` on every row where the boolean `mask` is true (a
+/// validator; a null passes), each with its own message: `prefix`, the
+/// row's value of `values` as text, then `suffix` (`"x = "`, `-1.5`,
+/// `" is not >= 0"`). The host writes the text: an int64's digits, a
+/// float64 as Rust's `Display` does, a utf8 value as it is,
+/// `true`/`false`, `null` for a null. Much cheaper than a [`Verdict`]
+/// per row when many rows fail: no string is built in the plugin or
+/// copied out of it.
+///
+/// [`Verdict`]: crate::Verdict
+///
+/// # Errors
+/// A non-boolean mask, or `values` of another type or length.
+pub fn reject_each(
+    mask: &Col,
+    rule: &str,
+    prefix: &str,
+    values: &Col,
+    suffix: &str,
+) -> Result<(), Error> {
+    wit::reject_each(mask.0, rule, prefix, values.0, suffix)
+}

@@ -2,6 +2,7 @@
 
 mod backfill;
 mod boundary;
+mod check_rules;
 mod checks;
 mod cli;
 mod config_errors;

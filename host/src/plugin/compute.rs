@@ -66,8 +66,46 @@ pub const FUEL_PER_HASH: u64 = 1_000;
 pub struct ComputeOutputs {
     /// `emit`: (name, one value per input row), in call order.
     pub emitted: Vec<(String, ArrayRef)>,
-    /// `reject`: (rows ascending, rule, message), in call order.
-    pub rejected: Vec<(Vec<u32>, String, String)>,
+    /// `reject` and `reject-each`, in call order.
+    pub rejected: Vec<Rejection>,
+}
+
+/// The rows one `reject` or `reject-each` call failed.
+#[derive(Debug)]
+pub struct Rejection {
+    /// The failing rows, ascending.
+    pub rows: Vec<u32>,
+    /// The rule they failed.
+    pub rule: String,
+    /// Why: one message for every row, or one per row of `rows`.
+    pub messages: RejectMessages,
+}
+
+/// The messages of a [`Rejection`].
+#[derive(Debug)]
+pub enum RejectMessages {
+    /// `reject`: the same message on every row.
+    Same(String),
+    /// `reject-each`: `rows.len()` messages, in the order of `rows`.
+    Each(Vec<String>),
+}
+
+impl Rejection {
+    /// (row, rule, message) for each failing row.
+    pub fn into_verdicts(self) -> impl Iterator<Item = (u32, String, String)> {
+        let Rejection {
+            rows,
+            rule,
+            messages,
+        } = self;
+        let messages: Box<dyn Iterator<Item = String>> = match messages {
+            RejectMessages::Same(message) => Box::new(std::iter::repeat(message)),
+            RejectMessages::Each(each) => Box::new(each.into_iter()),
+        };
+        rows.into_iter()
+            .zip(messages)
+            .map(move |(row, message)| (row, rule.clone(), message))
+    }
 }
 
 /// The handles and outputs of the running call.
@@ -126,17 +164,24 @@ impl ComputeCall {
         })
     }
 
+    /// Counts `bytes` more of the call's kernel memory, or ends the call
+    /// past the limit.
+    fn account(&mut self, bytes: u64) -> wasmtime::Result<()> {
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > self.limit_bytes {
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                requested_bytes: self.bytes,
+                limit_bytes: self.limit_bytes,
+            }));
+        }
+        Ok(())
+    }
+
     /// Keeps `value` and returns its handle, or ends the call past the
     /// memory limit.
     fn keep(&mut self, value: Value, created: bool) -> wasmtime::Result<u32> {
         if created {
-            self.bytes += value.array.get_array_memory_size() as u64;
-            if self.bytes > self.limit_bytes {
-                return Err(wasmtime::Error::new(MemoryLimitExceeded {
-                    requested_bytes: self.bytes,
-                    limit_bytes: self.limit_bytes,
-                }));
-            }
+            self.account(value.array.get_array_memory_size() as u64)?;
         }
         let handle = self.next;
         self.next = self.next.wrapping_add(1);
@@ -493,11 +538,62 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> Result<()> {
             });
             match rows {
                 Ok(rows) => {
-                    call.outputs.rejected.push((rows, rule, message));
+                    call.outputs.rejected.push(Rejection {
+                        rows,
+                        rule,
+                        messages: RejectMessages::Same(message),
+                    });
                     Ok((Ok(()),))
                 }
                 Err(error) => Ok((Err(invalid(error)),)),
             }
+        },
+    )?;
+    compute.func_wrap(
+        "reject-each",
+        |mut store: Store<'_>,
+         (mask, rule, prefix, values, suffix): (u32, String, String, u32, String)|
+         -> Answer<()> {
+            let (operands, n) = match operands(&store, &[mask, values]) {
+                Ok(found) => found,
+                Err(error) => return Ok((Err(invalid(error)),)),
+            };
+            charge(&mut store, n, rule.len() + prefix.len() + suffix.len(), 1)?;
+            let rows = match store.data().compute.rows().and_then(|rows| {
+                let mask = operands[0].broadcast(rows)?;
+                let values = &operands[1];
+                if !values.scalar && values.array.len() != rows {
+                    return Err(KernelError(format!(
+                        "reject-each: {} values where {rows} rows were expected",
+                        values.array.len()
+                    )));
+                }
+                kernels::selected(&Value::column(mask))
+            }) {
+                Ok(rows) => rows,
+                Err(error) => return Ok((Err(invalid(error)),)),
+            };
+            // The messages are kept until the call returns: their fixed
+            // parts count against the memory limit before they are
+            // written (a long prefix times many rows), the whole after.
+            let fixed = rows.len().saturating_mul(prefix.len() + suffix.len());
+            store.data_mut().compute.account(fixed as u64)?;
+            let messages = match kernels::messages(&operands[1], &rows, &prefix, &suffix) {
+                Ok(messages) => messages,
+                Err(error) => {
+                    return Ok((Err(invalid(KernelError(format!("reject-each: {error}")))),));
+                }
+            };
+            let written: usize = messages.iter().map(String::len).sum();
+            // Formatting a value is a few instructions per character.
+            charge(&mut store, rows.len(), written - fixed, FUEL_PER_BYTE)?;
+            store.data_mut().compute.account((written - fixed) as u64)?;
+            store.data_mut().compute.outputs.rejected.push(Rejection {
+                rows,
+                rule,
+                messages: RejectMessages::Each(messages),
+            });
+            Ok((Ok(()),))
         },
     )?;
     Ok(())

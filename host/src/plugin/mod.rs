@@ -1024,12 +1024,10 @@ impl PluginInstance {
                                 rule: v.rule,
                                 message: v.message,
                             })
-                            .chain(rejected.into_iter().flat_map(|(rows, rule, message)| {
-                                rows.into_iter().map(move |row| Verdict {
-                                    row,
-                                    rule: rule.clone(),
-                                    message: message.clone(),
-                                })
+                            .chain(rejected.into_iter().flat_map(|rejection| {
+                                rejection
+                                    .into_verdicts()
+                                    .map(|(row, rule, message)| Verdict { row, rule, message })
                             }))
                             .collect::<Vec<_>>()
                     })

@@ -947,6 +947,16 @@ def reject(mask: Col, rule: str, message: str) -> None:
     _kernel(_compute.reject, mask._handle, rule, message)
 
 
+def reject_each(mask: Col, rule: str, prefix: str, values: Any, suffix: str) -> None:
+    """In a validator: fails ``rule`` on every row where the boolean
+    ``mask`` is true (a null passes), each with its own message:
+    ``prefix``, the row's value of ``values`` (a Col or a scalar) as text,
+    then ``suffix``. The host writes the text (an int64's digits, a
+    float64's shortest digits, a string as it is, ``true``/``false``,
+    ``null``), so no string is built in Python per failing row."""
+    _kernel(_compute.reject_each, mask._handle, rule, prefix, Col._of(values)._handle, suffix)
+
+
 # --------------------------------------------------------------------------
 # Errors
 
