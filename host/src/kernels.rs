@@ -542,6 +542,36 @@ pub fn selected(mask: &Value) -> Result<Vec<u32>> {
     Ok(bits.set_indices().map(|i| i as u32).collect())
 }
 
+/// Appends `value` exactly as its `Display` writes it (the shortest digits
+/// that read back as the value, never an exponent), with zmij's Schubfach
+/// formatter where the two provably agree, which is about three times
+/// faster than `core`'s: on a bad day a validator's messages format one
+/// float per failing row.
+fn push_float(text: &mut String, value: f64) {
+    use std::fmt::Write;
+    if value.is_finite() {
+        let mut buffer = zmij::Buffer::new();
+        let short = buffer.format_finite(value);
+        // zmij writes `.0` after an integral value (Display does not) and
+        // an exponent for very small or large values (Display never does:
+        // those fall back). With 16 or 17 significant digits more than
+        // one shortest text can read back as the value, and the two
+        // formatters may pick different ones; with at most 15 there is
+        // only one.
+        let short = short.strip_suffix(".0").unwrap_or(short);
+        let significant = short
+            .bytes()
+            .filter(u8::is_ascii_digit)
+            .skip_while(|&b| b == b'0')
+            .count();
+        if !short.contains('e') && significant <= 15 {
+            text.push_str(short);
+            return;
+        }
+    }
+    let _ = write!(text, "{value}");
+}
+
 /// One message per row of `rows`: `prefix`, that row's value of `values`
 /// as text, `suffix`. Text is the decimal digits of an int64, a float64 as
 /// Rust's `Display` writes it (the shortest digits that read back as the
@@ -591,9 +621,7 @@ pub fn messages(values: &Value, rows: &[u32], prefix: &str, suffix: &str) -> Res
         }
         DataType::Float64 => {
             let v = array.as_primitive::<Float64Type>();
-            each(&mut |t, i| {
-                let _ = write!(t, "{}", v.value(i));
-            })?;
+            each(&mut |t, i| push_float(t, v.value(i)))?;
         }
         DataType::Utf8 => {
             let v = array.as_string::<i32>();
@@ -618,6 +646,90 @@ mod tests {
     use arrow::array::{BinaryArray, Float64Array, StringArray};
 
     use super::*;
+
+    #[test]
+    fn float_text_is_exactly_what_display_writes() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.1,
+            1e-5,
+            9.99e-6,
+            1e16,
+            9.999999999999998e15,
+            1e300,
+            5e-324,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -12.345,
+            100.0,
+            2f64.powi(53) + 2.0,
+        ];
+        // Random bit patterns (every exponent) and three-decimal values,
+        // from a fixed xorshift sequence.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            values.push(f64::from_bits(state));
+            values.push((state % 2_000_000) as f64 / 1000.0 - 1000.0);
+        }
+        for value in values {
+            let mut text = String::new();
+            push_float(&mut text, value);
+            assert_eq!(text, value.to_string(), "{value:e}");
+        }
+    }
+
+    #[test]
+    fn messages_show_each_failing_rows_value() {
+        let rows = [0, 2, 3];
+        let m = messages(
+            &floats(&[Some(-1.5), None, Some(100.0), None]),
+            &rows,
+            "x = ",
+            "!",
+        )
+        .unwrap();
+        assert_eq!(m, ["x = -1.5!", "x = 100!", "x = null!"]);
+        let m = messages(
+            &ints(&[Some(i64::MIN), None, Some(7), Some(-0)]),
+            &rows,
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(m, [i64::MIN.to_string(), "7".into(), "0".into()]);
+        let m = messages(
+            &texts(&[Some("a"), None, Some("Zürich"), Some("")]),
+            &rows,
+            "`",
+            "`",
+        )
+        .unwrap();
+        assert_eq!(m, ["`a`", "`Zürich`", "``"]);
+        let m = messages(&text_scalar("same"), &rows, "", "").unwrap();
+        assert_eq!(m, ["same"; 3]);
+        let m = messages(&Value::null(), &rows[..1], "v = ", "").unwrap();
+        assert_eq!(m, ["v = null"]);
+        assert!(
+            messages(&ints(&[Some(1)]), &rows, "", "").is_err(),
+            "row past the end"
+        );
+        let dates = Value::column(Arc::new(arrow::array::Date32Array::from(vec![1, 2, 3, 4])));
+        assert!(
+            messages(&dates, &rows, "", "")
+                .unwrap_err()
+                .0
+                .contains("cast them to utf8")
+        );
+    }
 
     fn ints(values: &[Option<i64>]) -> Value {
         Value::column(Arc::new(Int64Array::from(values.to_vec())))
