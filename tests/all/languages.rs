@@ -231,6 +231,64 @@ fn js_sdk_computes_with_host_kernels() {
     computes_with_host_kernels("js");
 }
 
+#[test]
+fn python_sdk_rejects_rows_with_host_kernels() {
+    rejects_with_host_kernels("python");
+}
+
+#[test]
+fn js_sdk_rejects_rows_with_host_kernels() {
+    rejects_with_host_kernels("js");
+}
+
+/// The `rejector` validator (`tests/components/LANG/rejector`) fails rows
+/// through `reject_each`/`rejectEach` and `reject` only, and reads nothing.
+fn rejects_with_host_kernels(language: &str) {
+    use std::sync::Arc;
+
+    use arrow::array::Float64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    let path = weir_tests::built_plugin(&format!("tests/components/{language}/rejector"));
+    let plugin = load(&path, PluginKind::Validate);
+    let mut instance = plugin
+        .instantiate("rejector", "{}".to_string().into(), Limits::default())
+        .unwrap();
+    assert_eq!(
+        instance.reads(),
+        Some(&[][..]),
+        "{language}: it reads nothing"
+    );
+    let input = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("x", DataType::Float64, true)])),
+        vec![Arc::new(Float64Array::from(vec![
+            Some(1.0),
+            Some(-2.5),
+            None,
+            Some(0.0),
+            Some(-1e-7),
+        ]))],
+    )
+    .unwrap();
+    let sent = weir::splice::project(&input, instance.reads());
+    let (verdicts, _) = instance
+        .validate_with(&input, &to_wit(&sent).unwrap())
+        .unwrap_or_else(|e| panic!("{language}: {e}"));
+    let got: Vec<(u32, &str, &str)> = verdicts
+        .iter()
+        .map(|v| (v.row, v.rule.as_str(), v.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, "negative", "x = -2.5 is below 0"),
+            (4, "negative", "x = -0.0000001 is below 0"),
+            (3, "zero", "x is zero"),
+        ],
+        "{language}"
+    );
+}
+
 fn exception_is_a_plugin_error_with_the_message(language: &str, expected: &[&str]) {
     let path = probe_path(language);
     let message = contained(path.to_str().unwrap(), "raise", "", "plugin_error");

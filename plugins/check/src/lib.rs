@@ -1,9 +1,19 @@
 //! # `check`: declarative validation rules
 //!
-//! A validator plugin. Each rule checks one column of every row and, when the
-//! row fails, returns a verdict with the rule's `id` so the host quarantines
-//! that row with the reason. Nulls pass every check except `not_null` and
-//! `not_null_when` (so "null or in 1–2400" is just a `range`).
+//! A validator plugin. Each rule checks one column of every row and fails
+//! the rows that break it with the rule's `id` and a message naming the
+//! value, so the host quarantines each with the reason (a row breaking
+//! several rules gets their ids and messages in rule order). Nulls pass
+//! every check except `not_null` and `not_null_when` (so "null or in
+//! 1–2400" is just a `range`). Range bounds compare as Rust's `f64` does:
+//! `-0.0` equals `0.0` and `NaN` breaks every bound.
+//!
+//! The rules run as the host's compute kernels (`weir:plugin/compute`) and
+//! fail rows with `reject-each`, which writes the messages on the host: no
+//! column crosses into the plugin (it declares `reads = []`) and nothing is
+//! built per failing row in wasm. A `range` over dates or timestamps and an
+//! `allowed` list over numbers or booleans read their column and compare in
+//! the plugin.
 //!
 //! | `check` | keys | a row fails when |
 //! |---|---|---|
