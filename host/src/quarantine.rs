@@ -564,7 +564,7 @@ fn write_jsonl(
         }
         out.write_all(&head)?;
         out.write_all(b",\"rule\":")?;
-        serde_json::to_writer(&mut *out, &reason.rule)?;
+        serde_json::to_writer(&mut *out, &reason.rule.as_deref())?;
         out.write_all(b",\"message\":")?;
         serde_json::to_writer(&mut *out, &**message)?;
         out.write_all(b",\"record\":")?;
@@ -666,7 +666,7 @@ mod tests {
             plugin: Arc::from("builtin:check"),
             plugin_sha256: Arc::from("ab".repeat(32)),
             error_kind: "validation".into(),
-            rule: rule.map(str::to_string),
+            rule: rule.map(Arc::from),
             message: message.to_string(),
         }
     }
@@ -751,7 +751,7 @@ mod tests {
                 assert_eq!(line["stage"], &*reasons[i].stage);
                 assert_eq!(line["plugin_sha256"], "ab".repeat(32));
                 assert_eq!(line["error_kind"], "validation");
-                assert_eq!(line["rule"], serde_json::json!(reasons[i].rule));
+                assert_eq!(line["rule"], serde_json::json!(reasons[i].rule.as_deref()));
                 assert_eq!(line["record"], expected_records[i], "{format:?} row {i}");
             }
             assert_eq!(lines[0]["message"], "first; second");

@@ -15,8 +15,9 @@ pub struct Reason {
     pub plugin_sha256: Arc<str>,
     /// `validation` or a plugin error kind.
     pub error_kind: Arc<str>,
-    /// Failed rule ids (validation only).
-    pub rule: Option<String>,
+    /// Failed rule ids, comma-separated (validation only); shared by the
+    /// rows one rule failed alone.
+    pub rule: Option<Arc<str>>,
     /// Human-readable explanation.
     pub message: String,
 }

@@ -94,7 +94,7 @@ impl Stage {
         &self,
         version: &PluginVersion,
         error_kind: &str,
-        rule: Option<String>,
+        rule: Option<Arc<str>>,
         message: String,
     ) -> Reason {
         Reason {
@@ -949,10 +949,11 @@ fn split_by_verdicts(
     // Each failing row's rule ids (`,`-joined, each once) and messages
     // (`; `-joined), in row order. Rows were checked to be in the batch when
     // the verdicts were lifted. A row with a single verdict (the common
-    // case) keeps the verdict's own strings: no copy, no join.
+    // case) keeps the verdict's own strings: no copy, no join, and the
+    // rule shared by the rows one `reject` call failed.
     const PASSED: u32 = u32::MAX;
     let mut failure_of = vec![PASSED; batch.num_rows()];
-    let mut failures: Vec<(u32, String, String)> = Vec::new();
+    let mut failures: Vec<(u32, Arc<str>, String)> = Vec::new();
     for verdict in verdicts {
         let slot = &mut failure_of[verdict.row as usize];
         if *slot == PASSED {
@@ -960,9 +961,8 @@ fn split_by_verdicts(
             failures.push((verdict.row, verdict.rule, verdict.message));
         } else {
             let (_, rules, messages) = &mut failures[*slot as usize];
-            if !rules.split(',').any(|rule| rule == verdict.rule) {
-                rules.push(',');
-                rules.push_str(&verdict.rule);
+            if !rules.split(',').any(|rule| rule == &*verdict.rule) {
+                *rules = Arc::from(format!("{rules},{}", verdict.rule));
             }
             messages.push_str("; ");
             messages.push_str(&verdict.message);

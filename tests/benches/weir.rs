@@ -539,7 +539,7 @@ fn native_flights(root: &Path, out: &Path) -> Result<(u64, u64)> {
         plugin: "native".into(),
         plugin_sha256: "".into(),
         error_kind: "validation".into(),
-        rule: Some(rule),
+        rule: Some(rule.into()),
         message: String::new(),
     };
     let (mut written, mut quarantined) = (0, 0);

@@ -91,13 +91,15 @@ pub enum RejectMessages {
 }
 
 impl Rejection {
-    /// (row, rule, message) for each failing row.
-    pub fn into_verdicts(self) -> impl Iterator<Item = (u32, String, String)> {
+    /// (row, rule, message) for each failing row; the rows share one
+    /// copy of the rule.
+    pub fn into_verdicts(self) -> impl Iterator<Item = (u32, Arc<str>, String)> {
         let Rejection {
             rows,
             rule,
             messages,
         } = self;
+        let rule: Arc<str> = Arc::from(rule);
         let messages: Box<dyn Iterator<Item = String>> = match messages {
             RejectMessages::Same(message) => Box::new(std::iter::repeat(message)),
             RejectMessages::Each(each) => Box::new(each.into_iter()),

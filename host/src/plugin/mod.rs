@@ -1002,10 +1002,20 @@ impl PluginInstance {
                 let exports = exports.weir_plugin_validate().clone();
                 self.arm();
                 let started = Instant::now();
-                (
-                    block_on(exports.call_validate(&mut self.store, batch)),
-                    started,
-                )
+                let result = block_on(exports.call_validate(&mut self.store, batch));
+                let result = result.map(|r| {
+                    r.map(|verdicts| {
+                        verdicts
+                            .into_iter()
+                            .map(|v| Verdict {
+                                row: v.row,
+                                rule: Arc::from(v.rule),
+                                message: v.message,
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                });
+                (result, started)
             }
             Exports::Validate2(exports) => {
                 let exports = exports.weir_plugin_validate().clone();
@@ -1021,7 +1031,7 @@ impl PluginInstance {
                             .into_iter()
                             .map(|v| Verdict {
                                 row: v.row,
-                                rule: v.rule,
+                                rule: Arc::from(v.rule),
                                 message: v.message,
                             })
                             .chain(rejected.into_iter().flat_map(|rejection| {
@@ -1097,8 +1107,17 @@ impl PluginInstance {
     }
 }
 
-/// One failed check on one row, as returned by a validate plugin.
-pub type Verdict = validator::exports::weir::plugin::validate::Verdict;
+/// One failed check on one row: a verdict a validate plugin returned, or a
+/// row one of its `reject`/`reject-each` calls failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The failing row of the batch, from 0.
+    pub row: u32,
+    /// The rule's id, shared by the rows one `reject` call failed.
+    pub rule: Arc<str>,
+    /// Why, for the quarantine.
+    pub message: String,
+}
 
 /// Where an extract plugin's bytes came from.
 pub type SourceMetadata = extractor::exports::weir::plugin::extract::SourceMetadata;

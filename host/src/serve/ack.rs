@@ -55,7 +55,7 @@ impl Ack {
             self.count_reason(ReasonCount {
                 stage: reason.stage.to_string(),
                 error_kind: reason.error_kind.to_string(),
-                rule: reason.rule.clone(),
+                rule: reason.rule.as_deref().map(str::to_string),
                 count: 1,
                 example: reason.message.clone(),
             });
