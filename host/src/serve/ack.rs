@@ -52,13 +52,23 @@ impl Ack {
     pub(super) fn add_quarantined(&mut self, reasons: &[Reason]) {
         self.quarantined += reasons.len() as u64;
         for reason in reasons {
-            self.count_reason(ReasonCount {
-                stage: reason.stage.to_string(),
-                error_kind: reason.error_kind.to_string(),
-                rule: reason.rule.as_deref().map(str::to_string),
-                count: 1,
-                example: reason.message.clone(),
-            });
+            // Counted in place: an entry is made (and its strings copied)
+            // once per kind, not once per quarantined record.
+            let rule = reason.rule.as_deref();
+            match self.reasons.iter_mut().find(|r| {
+                r.stage == *reason.stage
+                    && r.error_kind == *reason.error_kind
+                    && r.rule.as_deref() == rule
+            }) {
+                Some(entry) => entry.count += 1,
+                None => self.reasons.push(ReasonCount {
+                    stage: reason.stage.to_string(),
+                    error_kind: reason.error_kind.to_string(),
+                    rule: rule.map(str::to_string),
+                    count: 1,
+                    example: reason.message.clone(),
+                }),
+            }
         }
     }
 
@@ -87,5 +97,55 @@ impl Ack {
         self.reasons.sort_by_key(|r| std::cmp::Reverse(r.count));
         self.reasons.truncate(MAX_REASONS);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn reason(stage: &Arc<str>, rule: Option<&str>, message: &str) -> Reason {
+        Reason {
+            stage: stage.clone(),
+            plugin: "builtin:check".into(),
+            plugin_sha256: "00".into(),
+            error_kind: "validation".into(),
+            rule: rule.map(Arc::from),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn reasons_are_counted_per_stage_kind_and_rule_with_their_first_example() {
+        let (check, other): (Arc<str>, Arc<str>) = ("check".into(), "other".into());
+        let mut ack = Ack::default();
+        ack.add_quarantined(&[
+            reason(&check, Some("a"), "x = 1"),
+            reason(&check, Some("b"), "y = 2"),
+            reason(&check, Some("a"), "x = 3"),
+            reason(&other, Some("a"), "x = 4"),
+            reason(&check, None, "trapped"),
+        ]);
+        let mut more = Ack::default();
+        more.add_quarantined(&[reason(&check, Some("a"), "x = 5")]);
+        ack.merge(more);
+        let ack = ack.finish();
+        assert_eq!(ack.quarantined, 6);
+        let counts: Vec<(&str, Option<&str>, u64, &str)> = ack
+            .reasons
+            .iter()
+            .map(|r| (&*r.stage, r.rule.as_deref(), r.count, &*r.example))
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("check", Some("a"), 3, "x = 1"),
+                ("check", Some("b"), 1, "y = 2"),
+                ("other", Some("a"), 1, "x = 4"),
+                ("check", None, 1, "trapped"),
+            ]
+        );
     }
 }
