@@ -166,6 +166,13 @@ impl ComputeCall {
         })
     }
 
+    /// The rows where the boolean `mask` is true (a scalar is broadcast;
+    /// a null is not true): those a `reject` fails.
+    fn failing_rows(&self, mask: &Value) -> Result<Vec<u32>, KernelError> {
+        let mask = mask.broadcast(self.rows()?)?;
+        kernels::selected(&Value::column(mask))
+    }
+
     /// Counts `bytes` more of the call's kernel memory, or ends the call
     /// past the limit.
     fn account(&mut self, bytes: u64) -> wasmtime::Result<()> {
@@ -534,11 +541,7 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> Result<()> {
             };
             charge(&mut store, n, rule.len() + message.len(), 1)?;
             let call = &mut store.data_mut().compute;
-            let rows = call.rows().and_then(|rows| {
-                let mask = values[0].broadcast(rows)?;
-                kernels::selected(&Value::column(mask))
-            });
-            match rows {
+            match call.failing_rows(&values[0]) {
                 Ok(rows) => {
                     call.outputs.rejected.push(Rejection {
                         rows,
@@ -561,8 +564,8 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> Result<()> {
                 Err(error) => return Ok((Err(invalid(error)),)),
             };
             charge(&mut store, n, rule.len() + prefix.len() + suffix.len(), 1)?;
-            let rows = match store.data().compute.rows().and_then(|rows| {
-                let mask = operands[0].broadcast(rows)?;
+            let call = &store.data().compute;
+            let rows = match call.rows().and_then(|rows| {
                 let values = &operands[1];
                 if !values.scalar && values.array.len() != rows {
                     return Err(KernelError(format!(
@@ -570,7 +573,7 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> Result<()> {
                         values.array.len()
                     )));
                 }
-                kernels::selected(&Value::column(mask))
+                call.failing_rows(&operands[0])
             }) {
                 Ok(rows) => rows,
                 Err(error) => return Ok((Err(invalid(error)),)),

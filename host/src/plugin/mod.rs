@@ -1003,18 +1003,7 @@ impl PluginInstance {
                 self.arm();
                 let started = Instant::now();
                 let result = block_on(exports.call_validate(&mut self.store, batch));
-                let result = result.map(|r| {
-                    r.map(|verdicts| {
-                        verdicts
-                            .into_iter()
-                            .map(|v| Verdict {
-                                row: v.row,
-                                rule: Arc::from(v.rule),
-                                message: v.message,
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                });
+                let result = result.map(|r| r.map(|v| v.into_iter().map(Verdict::from).collect()));
                 (result, started)
             }
             Exports::Validate2(exports) => {
@@ -1024,16 +1013,11 @@ impl PluginInstance {
                 let started = Instant::now();
                 let result = block_on(exports.call_validate(&mut self.store, batch));
                 let rejected = self.store.data_mut().compute.take_outputs().rejected;
-                // The two versions' verdicts are the same record.
                 let result = result.map(|r| {
                     r.map(|verdicts| {
                         verdicts
                             .into_iter()
-                            .map(|v| Verdict {
-                                row: v.row,
-                                rule: Arc::from(v.rule),
-                                message: v.message,
-                            })
+                            .map(Verdict::from)
                             .chain(rejected.into_iter().flat_map(|rejection| {
                                 rejection
                                     .into_verdicts()
@@ -1118,6 +1102,26 @@ pub struct Verdict {
     /// Why, for the quarantine.
     pub message: String,
 }
+
+/// The two contract versions' verdicts are the same record.
+macro_rules! verdict_from {
+    ($($wit:ty),*) => {$(
+        impl From<$wit> for Verdict {
+            fn from(v: $wit) -> Verdict {
+                Verdict {
+                    row: v.row,
+                    rule: Arc::from(v.rule),
+                    message: v.message,
+                }
+            }
+        }
+    )*};
+}
+
+verdict_from!(
+    validator::exports::weir::plugin::validate::Verdict,
+    v0_2::validator::exports::weir::plugin::validate::Verdict
+);
 
 /// Where an extract plugin's bytes came from.
 pub type SourceMetadata = extractor::exports::weir::plugin::extract::SourceMetadata;
