@@ -537,10 +537,12 @@ impl Delivery {
 }
 
 /// Removes the staging directories a committed part's files were renamed
-/// out of (empty by now).
+/// out of (empty by now). Parts are staged as files beside their sink's
+/// other files, so only a part recorded by an earlier version of weir,
+/// which staged a part as a directory tree, has one.
 fn remove_part_staging(files: &[StagedFile]) {
     for file in files {
-        if let Some(dir) = file.staged.ancestors().find(|dir| {
+        if let Some(dir) = file.staged.ancestors().skip(1).find(|dir| {
             dir.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with(".weir-") && n.ends_with(".tmp"))

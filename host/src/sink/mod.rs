@@ -10,7 +10,12 @@
 //! `weir serve` appends instead ([`Sink::create_part`]): the sink path is a
 //! directory and every committed batch adds its own files to it,
 //! `[PARTITION/]part-PARTID.EXT`, each renamed into place from a hidden
-//! staging directory, so readers of `*.parquet` never see a partial file.
+//! staging file in the directory (`.weir-PARTID-N.tmp`), so readers of
+//! `*.parquet` never see a partial file. The staging files sit side by
+//! side rather than in a staging tree of partition directories: a
+//! micro-batch then creates no directory and removes none (on ext4,
+//! creating inodes while many were just freed costs more than writing a
+//! small part's rows).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -411,6 +416,8 @@ pub fn max_open_files() -> usize {
 struct OpenFile {
     writer: Box<dyn FormatWriter>,
     relative: PathBuf,
+    /// Where the writer writes until the file is moved into place.
+    staged: PathBuf,
     rows: u64,
     /// The sink's write counter at this file's last write (least recently
     /// written files are closed first; see [`max_open_files`]).
@@ -465,6 +472,9 @@ pub struct Sink {
     epoch_dir: Option<PathBuf>,
     /// Bytes the open writers may buffer in total; [`BUFFER_BUDGET_BYTES`].
     buffer_budget: usize,
+    /// Appending parts: every staging file opened so far, removed if the
+    /// part is dropped uncommitted.
+    staged_parts: Vec<PathBuf>,
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -527,6 +537,7 @@ impl Sink {
             parts,
             epoch_dir: None,
             buffer_budget: BUFFER_BUDGET_BYTES,
+            staged_parts: Vec::new(),
         }
     }
 
@@ -545,6 +556,8 @@ impl Sink {
                 final_path.display()
             );
         }
+        // Each file is staged on its own beside the part's others
+        // (`write_to`); this path is never created.
         let staging = final_path.join(format!(".weir-{part_id}.tmp"));
         Ok(Sink::new(config, final_path, staging, part_id, true))
     }
@@ -641,7 +654,15 @@ impl Sink {
             };
             let path = if let Some(dir) = &self.epoch_dir {
                 dir.join(&relative)
-            } else if self.partitioned() || self.parts {
+            } else if self.parts {
+                let path = self.final_path.join(format!(
+                    ".weir-{}-{}.tmp",
+                    self.run_id,
+                    self.staged_parts.len()
+                ));
+                self.staged_parts.push(path.clone());
+                path
+            } else if self.partitioned() {
                 self.staging.join(&relative)
             } else {
                 self.staging.clone()
@@ -653,6 +674,7 @@ impl Sink {
                 OpenFile {
                     writer,
                     relative,
+                    staged: path,
                     rows: 0,
                     last_write: 0,
                 },
@@ -716,7 +738,7 @@ impl Sink {
         let files = self.take_files();
         let mut parts = in_parallel(files, |file| {
             file.writer.finish()?;
-            crate::durable::fsync_file(&dir.join(&file.relative))?;
+            crate::durable::fsync_file(&file.staged)?;
             Ok(OutputFile {
                 path: file.relative,
                 rows: file.rows,
@@ -854,12 +876,11 @@ impl Sink {
     /// An I/O error; the staged files are then removed.
     pub fn prepare_parts(mut self) -> Result<Vec<(PathBuf, PathBuf)>> {
         // As in an epoch: files finished and fsynced side by side.
-        let (staging, final_path) = (self.staging.clone(), self.final_path.clone());
+        let final_path = self.final_path.clone();
         let mut files = in_parallel(self.take_files(), |file| {
             file.writer.finish()?;
-            let staged = staging.join(&file.relative);
-            crate::durable::fsync_file(&staged)?;
-            Ok((staged, final_path.join(&file.relative)))
+            crate::durable::fsync_file(&file.staged)?;
+            Ok((file.staged, final_path.join(&file.relative)))
         })?;
         let dirs: std::collections::BTreeSet<PathBuf> = files
             .iter()
@@ -868,7 +889,7 @@ impl Sink {
         in_parallel(dirs.into_iter().collect(), |dir| {
             crate::durable::fsync_dir(&dir)
         })?;
-        // The staging directory now belongs to the caller's commit.
+        // The staging files now belong to the caller's commit.
         self.committed = true;
         files.sort();
         Ok(files)
@@ -880,20 +901,18 @@ impl Sink {
         let mut outputs = Vec::new();
         for file in self.take_files() {
             file.writer.finish()?;
-            let staged = self.staging.join(&file.relative);
             let path = self.final_path.join(&file.relative);
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;
             }
-            std::fs::rename(&staged, &path)
-                .with_context(|| format!("moving {} into place", staged.display()))?;
+            std::fs::rename(&file.staged, &path)
+                .with_context(|| format!("moving {} into place", file.staged.display()))?;
             outputs.push(OutputFile {
                 path,
                 rows: file.rows,
             });
         }
-        let _ = remove_path(&self.staging);
         self.committed = true;
         outputs.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(outputs)
@@ -905,7 +924,14 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        if !self.committed {
+        if self.committed {
+            return;
+        }
+        if self.parts {
+            for staged in &self.staged_parts {
+                let _ = std::fs::remove_file(staged);
+            }
+        } else {
             let _ = remove_path(&self.staging);
         }
     }
