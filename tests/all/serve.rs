@@ -398,7 +398,12 @@ fn requests_merged_into_one_micro_batch_get_their_own_counts() {
             weir_tests::FILTER
         ),
     );
-    let running = Running::start(&write_service(dir.path(), "", "linger_ms = 400"));
+    // No early cut: the two requests must share a micro-batch.
+    let running = Running::start(&write_service(
+        dir.path(),
+        "",
+        "linger_ms = 400\nquiet_ms = 0",
+    ));
     let router = weir::serve::api::router(running.service.clone());
     let send = |body: String| {
         let router = router.clone();
@@ -446,6 +451,91 @@ fn requests_merged_into_one_micro_batch_get_their_own_counts() {
             b["filtered"].clone()
         ),
         (json!(7), json!(0), json!(4), json!(3))
+    );
+    running.shutdown().unwrap();
+}
+
+/// Clients that wait for their answer before posting again are not held
+/// for the linger time: once every request on its way is queued and no
+/// record has come for `quiet_ms`, the micro-batch is cut. With
+/// `quiet_ms = 0` a lone request waits out the linger.
+#[test]
+fn a_quiet_micro_batch_is_cut_without_waiting_out_its_linger() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pipeline(dir.path(), "");
+    // A minute of linger: any request that waited for it fails the
+    // time bound below.
+    let running = Running::start(&write_service(dir.path(), "", "linger_ms = 60000"));
+    let router = weir::serve::api::router(running.service.clone());
+    let client = |first: i64| {
+        let router = router.clone();
+        async move {
+            let mut written = 0;
+            for round in 0..5 {
+                let ids = first + round * 10..first + round * 10 + 10;
+                let response = router
+                    .clone()
+                    .oneshot(post(
+                        "/v1/pipelines/events/records",
+                        "application/x-ndjson",
+                        records(ids, &[]),
+                    ))
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                written += serde_json::from_slice::<Value>(&bytes).unwrap()["written"]
+                    .as_i64()
+                    .unwrap();
+            }
+            written
+        }
+    };
+    let started = Instant::now();
+    let written = running.runtime().block_on(async {
+        let (a, b, c, d) = tokio::join!(client(0), client(1000), client(2000), client(3000));
+        a + b + c + d
+    });
+    let elapsed = started.elapsed();
+    assert_eq!(written, 200);
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "20 requests took {elapsed:?}: some waited out the 60 s linger"
+    );
+    let status = running
+        .service
+        .pipeline("default", "events")
+        .unwrap()
+        .status();
+    assert_eq!(status.quiet_ms, 2, "the default");
+    // The 4 clients post together after each answer, so their requests
+    // share micro-batches rather than each being cut alone.
+    assert!(
+        status.batches < 20,
+        "{} micro-batches for 20 requests",
+        status.batches
+    );
+    assert_eq!(read_parts(&dir.path().join("out")).len(), 200);
+    running.shutdown().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    write_pipeline(dir.path(), "");
+    let running = Running::start(&write_service(
+        dir.path(),
+        "",
+        "linger_ms = 1500\nquiet_ms = 0",
+    ));
+    let started = Instant::now();
+    let (status, ack) = running.oneshot(post(
+        "/v1/pipelines/events/records",
+        "application/x-ndjson",
+        records(0..10, &[]),
+    ));
+    assert_eq!(status, StatusCode::OK, "{ack}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "answered after {:?}, before the linger",
+        started.elapsed()
     );
     running.shutdown().unwrap();
 }

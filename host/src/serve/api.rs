@@ -1071,6 +1071,9 @@ async fn ingest(
     body: Body,
 ) -> ApiResult<Response> {
     let live = scoped.pipeline()?;
+    // From here until its records are queued (or it fails), the batcher
+    // knows this request is coming.
+    let arrival = live.expect_arrival();
     let quota = scoped.tenant.quota();
     if let Err(wait) = quota.admit_request() {
         let mut response = ApiError::new(
@@ -1088,6 +1091,7 @@ async fn ingest(
         // Answer when the next request would be allowed, so that a client
         // retrying at once in a loop is slowed to the quota instead of
         // turning refusals into a flood of work for the other tenants.
+        drop(arrival);
         tokio::time::sleep(wait.min(MAX_THROTTLE_DELAY)).await;
         return Ok(response);
     }
@@ -1140,7 +1144,7 @@ async fn ingest(
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
-    let submitted = live.submit_from(items.items, origin).await?;
+    let submitted = live.submit_from(items.items, origin, Some(arrival)).await?;
     let mut ack = submitted.ack;
     if !submitted.replayed {
         ack.unknown_fields = items.unknown_fields;

@@ -290,6 +290,15 @@ pub struct HostedPipeline {
     /// 200: a record waits at most 0.2 s for company.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
+    /// Micro-batching: a batch is also cut once no record has come for
+    /// this long, in milliseconds, while no request for the pipeline is
+    /// still being received or decoded and a worker is free (waiting
+    /// longer could not add to it). Callers that wait for their answer
+    /// before posting again then share micro-batches without waiting out
+    /// `linger_ms`. 0 turns it off: a batch waits for `linger_ms` or
+    /// `max_batch_rows`. Default 2.
+    #[serde(default = "default_quiet_ms")]
+    pub quiet_ms: u64,
     /// A directory whose new files (`.csv`, `.jsonl`/`.ndjson`, `.json`)
     /// are ingested once each. Default: none.
     pub drop_dir: Option<PathBuf>,
@@ -319,10 +328,25 @@ fn default_linger_ms() -> u64 {
     200
 }
 
+/// Default `quiet_ms`: 2 ms, longer than a client on the same network
+/// takes between an answer and its next request, shorter than a
+/// micro-batch's commit.
+pub const DEFAULT_QUIET_MS: u64 = 2;
+
+fn default_quiet_ms() -> u64 {
+    DEFAULT_QUIET_MS
+}
+
 impl HostedPipeline {
     /// The linger time.
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms)
+    }
+
+    /// The quiet time after which a micro-batch is cut early; `None` when
+    /// `quiet_ms = 0`.
+    pub fn quiet(&self) -> Option<Duration> {
+        (self.quiet_ms > 0).then(|| Duration::from_millis(self.quiet_ms))
     }
 
     /// The idempotency window.

@@ -338,6 +338,7 @@ async fn scan(
                         key: format!("file:{name}:{sha256}"),
                         body_sha256: sha256.clone(),
                     }),
+                    None,
                 )
                 .await
                 .map(|submitted| submitted.ack)

@@ -5,9 +5,18 @@
 //!
 //! ```text
 //! submit() ──pieces──▶ batcher task ──micro-batch──▶ blocking worker ──▶ commit ──▶ acks
-//!   (await ack)        (cut at max_batch_rows         (stages, sink part,
-//!                       or linger_ms)                  quarantine part)
+//!   (await ack)        (cut at max_batch_rows,        (stages, sink part,
+//!                       linger_ms, or quiet_ms)        quarantine part)
 //! ```
+//!
+//! A micro-batch is cut when it holds `max_batch_rows`, `linger_ms` after
+//! its first record, or earlier once waiting cannot add to it: no record
+//! for `quiet_ms`, no request still being received or decoded
+//! ([`super::arrivals`]) and a worker free. The last rule is what lets
+//! callers that wait for their answer before posting again share a
+//! micro-batch without waiting out the linger: after an answer they all
+//! post at once, and their requests are cut together as soon as they are
+//! in.
 //!
 //! A micro-batch is committed as its own files (see
 //! [`Sink::create_part`]); the quarantine is a directory of
@@ -35,6 +44,7 @@ use crate::sink::Sink;
 use crate::source::{Source, SourceBatch, SourceItem};
 use crate::stages::{Origins, Quarantined, Scope, Worker};
 
+use super::arrivals::{Arrival, Arrivals};
 use super::config::HostedPipeline;
 use super::ledger::ClaimedState;
 use super::quota::Quota;
@@ -184,6 +194,9 @@ pub struct PipelineStatus {
     pub max_batch_rows: usize,
     /// Micro-batching: longest wait for a batch to fill, in ms.
     pub linger_ms: u64,
+    /// Micro-batching: a batch is cut after this long without a record
+    /// (and none on its way), in ms; 0 when off.
+    pub quiet_ms: u64,
     /// Directory the sink appends parts to.
     pub sink_dir: PathBuf,
     /// Directory of quarantine parts.
@@ -323,6 +336,8 @@ pub struct LivePipeline {
     state_dir: PathBuf,
     state: AtomicU8,
     queue: Mutex<Option<mpsc::Sender<Piece>>>,
+    /// Requests on their way to `queue`.
+    arrivals: Arc<Arrivals>,
     counters: Counters,
     stage_totals: Mutex<Vec<StageReport>>,
     reports: Mutex<VecDeque<BatchReport>>,
@@ -485,6 +500,7 @@ impl LivePipeline {
             state_dir,
             state: AtomicU8::new(0),
             queue: Mutex::new(None),
+            arrivals: Arc::new(Arrivals::default()),
             counters: Counters::default(),
             stage_totals: Mutex::new(stage_totals),
             reports: Mutex::new(VecDeque::new()),
@@ -594,14 +610,25 @@ impl LivePipeline {
     /// [`SubmitError`]: paused, shutting down, or a micro-batch that could
     /// not be committed.
     pub async fn submit(&self, items: Vec<SourceItem>) -> Result<Ack, SubmitError> {
-        Ok(self.submit_from(items, None).await?.ack)
+        Ok(self.submit_from(items, None, None).await?.ack)
+    }
+
+    /// Counts a request for this pipeline as on its way until the guard
+    /// is given to [`LivePipeline::submit_from`] (or dropped): the batcher
+    /// does not cut a micro-batch early while one is
+    /// ([`super::arrivals`]). Take it as soon as the request is known to
+    /// be for this pipeline, before reading its body.
+    pub fn expect_arrival(&self) -> Arrival {
+        self.arrivals.expect()
     }
 
     /// [`LivePipeline::submit`] exactly once per `origin` (an idempotency
     /// key, a dropped file): a submission whose pieces are all committed
     /// is answered with the recorded acknowledgement and writes nothing;
     /// one partly committed before a crash submits only the missing
-    /// pieces ([`super::delivery`]).
+    /// pieces ([`super::delivery`]). `arrival`, the request's
+    /// [`LivePipeline::expect_arrival`] guard, is released once its
+    /// records are queued.
     ///
     /// # Errors
     /// As [`LivePipeline::submit`], and [`SubmitError::Key`] for a key in
@@ -610,6 +637,7 @@ impl LivePipeline {
         &self,
         items: Vec<SourceItem>,
         origin: Option<Origin>,
+        arrival: Option<Arrival>,
     ) -> Result<Submitted, SubmitError> {
         if self.stream.is_some() {
             return Err(SubmitError::Stream(self.name.clone()));
@@ -699,6 +727,8 @@ impl LivePipeline {
             }
         }
         drop(queue);
+        // Queued: the batcher may cut without waiting for more of it.
+        drop(arrival);
         match receiver.await {
             Ok(Ok(ack)) => Ok(Submitted {
                 ack,
@@ -738,21 +768,43 @@ impl LivePipeline {
 
     async fn batcher(self: Arc<Self>, mut queue: mpsc::Receiver<Piece>) {
         let linger = self.hosted.linger();
+        let quiet = self.hosted.quiet();
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let mut running = tokio::task::JoinSet::new();
         let mut pending: Vec<Piece> = Vec::new();
         let mut pending_rows = 0usize;
+        // The linger deadline of the pending batch.
         let mut deadline: Option<tokio::time::Instant> = None;
+        let mut last_piece = tokio::time::Instant::now();
         loop {
+            // Waiting could still add to the pending batch while a request
+            // is on its way, and there is no point in cutting it before a
+            // worker is free (it would only wait, closed to later pieces).
+            let quiet_at = quiet.filter(|_| {
+                !pending.is_empty()
+                    && self.arrivals.on_the_way() == 0
+                    && slots.available_permits() > 0
+            });
+            let quiet_at = quiet_at.map(|quiet| last_piece + quiet);
+            let wake = match (deadline, quiet_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let piece = tokio::select! {
                 piece = queue.recv() => piece,
-                () = sleep_until(deadline) => {
+                () = sleep_until(wake) => {
+                    // The linger ran out, or the batch is quiet.
                     self.cut(&mut pending, &mut pending_rows, &slots, &mut running).await;
                     deadline = None;
                     continue;
                 }
+                // A request stopped being on its way or a worker became
+                // free: look again at whether the batch is quiet.
+                () = self.arrivals.changed(), if !pending.is_empty() => continue,
+                Some(_) = running.join_next(), if !running.is_empty() => continue,
             };
             let Some(piece) = piece else { break };
+            last_piece = tokio::time::Instant::now();
             let rows = piece.rows();
             if pending_rows > 0 && pending_rows + rows > self.max_batch_rows {
                 self.cut(&mut pending, &mut pending_rows, &slots, &mut running)
@@ -760,7 +812,7 @@ impl LivePipeline {
                 deadline = None;
             }
             if pending.is_empty() {
-                deadline = Some(tokio::time::Instant::now() + linger);
+                deadline = Some(last_piece + linger);
             }
             pending_rows += rows;
             pending.push(piece);
@@ -1243,6 +1295,7 @@ impl LivePipeline {
             records_per_second: rate,
             max_batch_rows: self.max_batch_rows,
             linger_ms: self.hosted.linger_ms,
+            quiet_ms: self.hosted.quiet_ms,
             sink_dir: self.sink_dir.clone(),
             quarantine_dir: self.quarantine_dir.clone(),
             drop_dir: self.hosted.drop_dir.clone(),

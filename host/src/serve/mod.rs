@@ -15,6 +15,7 @@
 
 pub mod ack;
 pub mod api;
+pub mod arrivals;
 pub mod auth;
 pub mod background;
 pub mod body;
