@@ -5,9 +5,16 @@ flights pipeline with its month-partitioned sink and without partitioning:
 times `weir run` on them as one CSV file (best of 3), and `weir serve`
 taking them as 2000-row CSV requests from N concurrent keep-alive clients
 (N = 4, 16, 32; each client waits for its answer, which comes once its
-micro-batch is committed). Prints one JSON object with records/s and the
-serve / run ratios. The clients are Python threads; they use a fraction of
-a core (the server's own CPU time is printed too).
+micro-batch is committed). The service keeps its defaults but `linger_ms =
+20`; micro-batches are cut early once quiet (`quiet_ms`, docs/serve.md).
+Prints one JSON object with records/s, the serve / run ratios, the
+micro-batches each phase made and the server's CPU time. The clients are
+Python threads; they use a fraction of a core.
+
+Back-to-back runs on ext4 without a journal (this project's machines) slow
+each other: creating files right after many were deleted (the previous
+run's work directory) scans past the freed inodes. Leave half a minute
+between runs, or compare runs made the same way.
 
 Usage: python3 bench/serve_ingest.py WEIR_BINARY [ROWS]   (ROWS default 219600)
 """
@@ -81,6 +88,14 @@ def post_all(port, clients):
     return time.perf_counter() - start
 
 
+def status(port):
+    connection = http.client.HTTPConnection("127.0.0.1", port)
+    connection.request("GET", "/v1/pipelines/flights")
+    answer = connection.getresponse()
+    assert answer.status == 200, answer.status
+    return json.loads(answer.read())
+
+
 def cpu_seconds(pid):
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -119,6 +134,7 @@ for partitioned in (True, False):
                 pass
             time.sleep(0.1)
         post_all(port, 4)  # warm-up: compiled plugins, page cache
+        batches_before = status(port)["batches"]
         for clients in (4, 16, 32):
             cpu_before = cpu_seconds(server.pid)
             elapsed = post_all(port, clients)
@@ -127,6 +143,9 @@ for partitioned in (True, False):
             entry[f"serve_{clients}_clients_over_run"] = round(rate / entry["run_records_per_s"], 2)
             entry[f"serve_{clients}_clients_server_cpu_s"] = round(cpu_seconds(server.pid) - cpu_before, 2)
             entry[f"serve_{clients}_clients_wall_s"] = round(elapsed, 2)
+            batches = status(port)["batches"]
+            entry[f"serve_{clients}_clients_micro_batches"] = batches - batches_before
+            batches_before = batches
             log(kind, clients, "clients:", round(rate), "records/s")
     finally:
         server.terminate()
