@@ -170,24 +170,53 @@ impl JsonRecords {
 /// on a bad day.
 pub const ROW_GROUP_BYTES: usize = 16 << 20;
 
-/// What the file thread is given: a batch to encode as Parquet, or JSON
-/// Lines text to append.
-enum Chunk {
-    Parquet(RecordBatch),
-    Jsonl(Vec<u8>),
+/// What a quarantine file's thread does with the chunks it is given:
+/// JSON Lines text is appended, Parquet batches are encoded.
+trait Encoder: Send + 'static {
+    /// One piece of the file, built on the writer's thread.
+    type Chunk: Send + 'static;
+
+    fn write(&mut self, chunk: Self::Chunk) -> Result<()>;
+
+    /// Writes what is buffered and the file's end (Parquet's footer).
+    fn close(self) -> Result<()>;
 }
 
-/// The encoder a file thread owns.
-enum Encoder {
-    Jsonl(BufWriter<File>),
-    Parquet(Box<ArrowWriter<File>>),
+impl Encoder for BufWriter<File> {
+    type Chunk = Vec<u8>;
+
+    fn write(&mut self, text: Vec<u8>) -> Result<()> {
+        Ok(self.write_all(&text)?)
+    }
+
+    fn close(mut self) -> Result<()> {
+        Ok(self.flush()?)
+    }
+}
+
+impl Encoder for ArrowWriter<File> {
+    type Chunk = RecordBatch;
+
+    fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        ArrowWriter::write(self, &batch)?;
+        if self.memory_size() > ROW_GROUP_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn close(self) -> Result<()> {
+        ArrowWriter::close(self)?;
+        Ok(())
+    }
 }
 
 /// Chunks waiting for the file thread at most; a writer that gets ahead
 /// waits, so memory stays bounded.
 const QUEUED_CHUNKS: usize = 4;
 
-/// An open quarantine file, encoded and written on a thread of its own.
+/// An open quarantine file, encoded and written on a thread of its own,
+/// which takes chunks of type `C`.
 ///
 /// On a bad day the quarantine is a run's heaviest output (each rejected
 /// row with its reason and its record as JSON). Encoded on the run's
@@ -199,13 +228,36 @@ const QUEUED_CHUNKS: usize = 4;
 /// is the serial part that more cores would wait on. One thread per open
 /// file: per epoch in `weir run`, per micro-batch with rejected rows in
 /// `weir serve`.
-struct Writer {
-    chunks: Option<SyncSender<Chunk>>,
+struct FileThread<C> {
+    chunks: Option<SyncSender<C>>,
     thread: Option<JoinHandle<Result<()>>>,
 }
 
-impl Writer {
-    fn send(&mut self, chunk: Chunk) -> Result<()> {
+impl<C: Send + 'static> FileThread<C> {
+    /// Starts the thread that hands every chunk to `encoder`, writing
+    /// `path` (named in errors).
+    fn start<E: Encoder<Chunk = C>>(mut encoder: E, path: &Path) -> Result<FileThread<C>> {
+        let (chunks, received) = std::sync::mpsc::sync_channel::<C>(QUEUED_CHUNKS);
+        let name = path.display().to_string();
+        let thread = std::thread::Builder::new()
+            .name("weir-quarantine".into())
+            .spawn(move || -> Result<()> {
+                let written = (|| -> Result<()> {
+                    for chunk in received {
+                        encoder.write(chunk)?;
+                    }
+                    encoder.close()
+                })();
+                written.with_context(|| format!("writing {name}"))
+            })
+            .context("starting the quarantine's file thread")?;
+        Ok(FileThread {
+            chunks: Some(chunks),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&mut self, chunk: C) -> Result<()> {
         let sent = self.chunks.as_ref().is_some_and(|c| c.send(chunk).is_ok());
         if !sent {
             // The thread stopped at an error: that error is the answer.
@@ -230,76 +282,62 @@ impl Writer {
     }
 }
 
-impl Drop for Writer {
+impl<C> Drop for FileThread<C> {
     fn drop(&mut self) {
-        let _ = self.finish();
+        // Closing the channel ends the thread's loop; its error, if any,
+        // was the caller's to take with `finish`.
+        self.chunks = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
-fn open_writer(format: QuarantineFormat, path: &Path) -> Result<Writer> {
-    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut encoder = match format {
-        QuarantineFormat::Jsonl => Encoder::Jsonl(BufWriter::new(file)),
-        QuarantineFormat::Parquet => {
-            // The reason columns repeat within a failed call and are
-            // dictionary-encoded; the record (and a message that names the
-            // value) is unique per row, where building a dictionary costs a
-            // hash and a compare per row for nothing. No min/max
-            // statistics: they cost a byte comparison per value of every
-            // column (about 5% of a run with half its rows quarantined) and
-            // a quarantine is read whole, not pruned. Snappy, as the sink's
-            // default: JSON compresses well.
-            let mut properties = WriterProperties::builder()
-                .set_compression(Compression::SNAPPY)
-                .set_statistics_enabled(EnabledStatistics::None);
-            for column in ["record", "message"] {
-                properties =
-                    properties.set_column_dictionary_enabled(ColumnPath::from(column), false);
-            }
-            Encoder::Parquet(Box::new(ArrowWriter::try_new(
-                file,
-                schema(),
-                Some(properties.build()),
-            )?))
-        }
-    };
-    let (chunks, received) = std::sync::mpsc::sync_channel::<Chunk>(QUEUED_CHUNKS);
-    let name = path.display().to_string();
-    let thread = std::thread::Builder::new()
-        .name("weir-quarantine".into())
-        .spawn(move || -> Result<()> {
-            let written = (|| -> Result<()> {
-                for chunk in received {
-                    match (&mut encoder, chunk) {
-                        (Encoder::Parquet(out), Chunk::Parquet(batch)) => {
-                            out.write(&batch)?;
-                            if out.memory_size() > ROW_GROUP_BYTES {
-                                out.flush()?;
-                            }
-                        }
-                        (Encoder::Jsonl(out), Chunk::Jsonl(text)) => out.write_all(&text)?,
-                        _ => bail!("a chunk of another format"),
-                    }
-                }
-                match encoder {
-                    Encoder::Jsonl(mut out) => out.flush()?,
-                    Encoder::Parquet(out) => {
-                        out.close()?;
-                    }
-                }
-                Ok(())
-            })();
-            written.with_context(|| format!("writing {name}"))
-        })
-        .context("starting the quarantine's file thread")?;
-    Ok(Writer {
-        chunks: Some(chunks),
-        thread: Some(thread),
-    })
+/// The open file of a quarantine, in its format.
+enum Output {
+    Jsonl(FileThread<Vec<u8>>),
+    Parquet(FileThread<RecordBatch>),
 }
 
-fn close_writer(mut writer: Writer) -> Result<()> {
-    writer.finish()
+impl Output {
+    fn open(format: QuarantineFormat, path: &Path) -> Result<Output> {
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(match format {
+            QuarantineFormat::Jsonl => {
+                Output::Jsonl(FileThread::start(BufWriter::new(file), path)?)
+            }
+            QuarantineFormat::Parquet => {
+                // The reason columns repeat within a failed call and are
+                // dictionary-encoded; the record (and a message that names
+                // the value) is unique per row, where building a dictionary
+                // costs a hash and a compare per row for nothing. No
+                // min/max statistics: they cost a byte comparison per value
+                // of every column (about 5% of a run with half its rows
+                // quarantined) and a quarantine is read whole, not pruned.
+                // Snappy, as the sink's default: JSON compresses well.
+                let mut properties = WriterProperties::builder()
+                    .set_compression(Compression::SNAPPY)
+                    .set_statistics_enabled(EnabledStatistics::None);
+                for column in ["record", "message"] {
+                    properties =
+                        properties.set_column_dictionary_enabled(ColumnPath::from(column), false);
+                }
+                let writer = ArrowWriter::try_new(file, schema(), Some(properties.build()))?;
+                Output::Parquet(FileThread::start(writer, path)?)
+            }
+        })
+    }
+
+    /// Waits until the file is written and closed.
+    ///
+    /// # Errors
+    /// The first error its thread met.
+    fn finish(mut self) -> Result<()> {
+        match &mut self {
+            Output::Jsonl(thread) => thread.finish(),
+            Output::Parquet(thread) => thread.finish(),
+        }
+    }
 }
 
 /// An open quarantine sink.
@@ -308,7 +346,7 @@ pub struct Quarantine {
     final_path: PathBuf,
     staging: PathBuf,
     run_id: Arc<str>,
-    writer: Option<Writer>,
+    writer: Option<Output>,
     rows: u64,
     committed: bool,
     /// Under the checkpoint protocol: the current epoch's file and the
@@ -327,7 +365,7 @@ impl Quarantine {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        quarantine.writer = Some(open_writer(config.format, &quarantine.staging)?);
+        quarantine.writer = Some(Output::open(config.format, &quarantine.staging)?);
         Ok(quarantine)
     }
 
@@ -366,7 +404,7 @@ impl Quarantine {
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
         if parts.is_empty() {
-            self.writer = Some(open_writer(self.format, &self.staging)?);
+            self.writer = Some(Output::open(self.format, &self.staging)?);
             return self.commit();
         }
         let format = match self.format {
@@ -417,8 +455,12 @@ impl Quarantine {
             }
             records = records.redacted();
         }
-        let chunk = match self.format {
-            QuarantineFormat::Jsonl => {
+        let (run_id, output) = (
+            &self.run_id,
+            self.writer.as_mut().expect("open until commit"),
+        );
+        match output {
+            Output::Jsonl(thread) => {
                 // Each line is the record, the message and a head of about
                 // 200 bytes (run id, file, stage, plugin, its SHA-256, kind,
                 // rule and the keys): one allocation in the common case.
@@ -427,17 +469,10 @@ impl Quarantine {
                         + messages.iter().map(|m| m.len()).sum::<usize>()
                         + 256 * reasons.len(),
                 );
-                write_jsonl(
-                    &mut text,
-                    &self.run_id,
-                    source_file,
-                    reasons,
-                    &messages,
-                    &records,
-                )?;
-                Chunk::Jsonl(text)
+                write_jsonl(&mut text, run_id, source_file, reasons, &messages, &records)?;
+                thread.send(text)?;
             }
-            QuarantineFormat::Parquet => {
+            Output::Parquet(thread) => {
                 let n = reasons.len();
                 let text = |f: &dyn Fn(&Reason) -> &str| -> ArrayRef {
                     Arc::new(StringArray::from_iter_values(reasons.iter().map(f)))
@@ -449,12 +484,11 @@ impl Quarantine {
                 for i in 0..n {
                     record.append_value(&json[records.starts[i]..records.starts[i + 1] - 1]);
                 }
-                Chunk::Parquet(RecordBatch::try_new(
+                thread.send(RecordBatch::try_new(
                     schema(),
                     vec![
                         Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                            &*self.run_id,
-                            n,
+                            &**run_id, n,
                         ))),
                         Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
                             source_file,
@@ -473,13 +507,9 @@ impl Quarantine {
                         Arc::new(StringArray::from_iter_values(messages.iter().map(|m| &**m))),
                         Arc::new(record.finish()),
                     ],
-                )?)
+                )?)?;
             }
-        };
-        self.writer
-            .as_mut()
-            .expect("open until commit")
-            .send(chunk)?;
+        }
         self.rows += reasons.len() as u64;
         Ok(())
     }
@@ -489,7 +519,7 @@ impl Quarantine {
     /// # Errors
     /// An I/O error.
     pub fn commit(mut self) -> Result<PathBuf> {
-        close_writer(self.writer.take().expect("open until commit"))?;
+        self.writer.take().expect("open until commit").finish()?;
         self.move_into_place()
     }
 
@@ -500,7 +530,7 @@ impl Quarantine {
     /// # Errors
     /// An I/O error; the staged file is then removed.
     pub fn prepare(mut self) -> Result<(PathBuf, PathBuf)> {
-        close_writer(self.writer.take().expect("open until commit"))?;
+        self.writer.take().expect("open until commit").finish()?;
         crate::durable::fsync_file(&self.staging)?;
         self.committed = true;
         Ok((self.staging.clone(), self.final_path.clone()))
@@ -589,7 +619,7 @@ impl crate::sink::EpochSink for Quarantine {
 
     fn begin_epoch(&mut self, dir: &Path) -> Result<()> {
         let path = dir.join(epoch_part(self.format));
-        self.writer = Some(open_writer(self.format, &path)?);
+        self.writer = Some(Output::open(self.format, &path)?);
         self.epoch = Some((path, self.rows));
         Ok(())
     }
@@ -607,11 +637,10 @@ impl crate::sink::EpochSink for Quarantine {
             .epoch
             .take()
             .context("prepare_epoch without begin_epoch")?;
-        close_writer(
-            self.writer
-                .take()
-                .context("prepare_epoch without begin_epoch")?,
-        )?;
+        self.writer
+            .take()
+            .context("prepare_epoch without begin_epoch")?
+            .finish()?;
         crate::durable::fsync_file(&path)?;
         Ok(crate::sink::Prepared {
             parts: vec![OutputFile {
