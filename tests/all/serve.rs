@@ -760,8 +760,13 @@ fn hot_reload_under_continuous_load_delivers_every_record_exactly_once() {
 fn graceful_shutdown_writes_everything_it_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     write_pipeline(dir.path(), "");
-    // A long linger: requests are still waiting for their batch at shutdown.
-    let running = Running::start(&write_service(dir.path(), "", "linger_ms = 5000"));
+    // A long linger and no early cut: requests are still waiting for their
+    // batch at shutdown.
+    let running = Running::start(&write_service(
+        dir.path(),
+        "",
+        "linger_ms = 5000\nquiet_ms = 0",
+    ));
     let url = running.url.clone();
     let posters: Vec<_> = (0..4)
         .map(|i| {

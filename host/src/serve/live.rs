@@ -793,7 +793,14 @@ impl LivePipeline {
             let piece = tokio::select! {
                 piece = queue.recv() => piece,
                 () = sleep_until(wake) => {
-                    // The linger ran out, or the batch is quiet.
+                    // The linger ran out, or the batch is quiet, unless a
+                    // request started on its way during the quiet time:
+                    // then it is worth waiting for (the loop looks again
+                    // once it is queued).
+                    let lingered = deadline.is_some_and(|d| d <= tokio::time::Instant::now());
+                    if !lingered && self.arrivals.on_the_way() > 0 {
+                        continue;
+                    }
                     self.cut(&mut pending, &mut pending_rows, &slots, &mut running).await;
                     deadline = None;
                     continue;
