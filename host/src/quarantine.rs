@@ -256,7 +256,9 @@ impl<C: Send + 'static> FileThread<C> {
             thread: Some(thread),
         })
     }
+}
 
+impl<C> FileThread<C> {
     fn send(&mut self, chunk: C) -> Result<()> {
         let sent = self.chunks.as_ref().is_some_and(|c| c.send(chunk).is_ok());
         if !sent {
@@ -284,12 +286,8 @@ impl<C: Send + 'static> FileThread<C> {
 
 impl<C> Drop for FileThread<C> {
     fn drop(&mut self) {
-        // Closing the channel ends the thread's loop; its error, if any,
-        // was the caller's to take with `finish`.
-        self.chunks = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        // Its error, if any, was the caller's to take with `finish`.
+        let _ = self.finish();
     }
 }
 

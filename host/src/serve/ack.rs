@@ -55,11 +55,7 @@ impl Ack {
             // Counted in place: an entry is made (and its strings copied)
             // once per kind, not once per quarantined record.
             let rule = reason.rule.as_deref();
-            match self.reasons.iter_mut().find(|r| {
-                r.stage == *reason.stage
-                    && r.error_kind == *reason.error_kind
-                    && r.rule.as_deref() == rule
-            }) {
+            match self.entry(&reason.stage, &reason.error_kind, rule) {
                 Some(entry) => entry.count += 1,
                 None => self.reasons.push(ReasonCount {
                     stage: reason.stage.to_string(),
@@ -72,11 +68,21 @@ impl Ack {
         }
     }
 
+    /// The entry of `stage`, `error_kind` and `rule`, if counted yet.
+    fn entry(
+        &mut self,
+        stage: &str,
+        error_kind: &str,
+        rule: Option<&str>,
+    ) -> Option<&mut ReasonCount> {
+        self.reasons
+            .iter_mut()
+            .find(|r| r.stage == stage && r.error_kind == error_kind && r.rule.as_deref() == rule)
+    }
+
     /// Adds `reason`'s count to the entry of the same stage, kind and rule.
     fn count_reason(&mut self, reason: ReasonCount) {
-        match self.reasons.iter_mut().find(|r| {
-            r.stage == reason.stage && r.error_kind == reason.error_kind && r.rule == reason.rule
-        }) {
+        match self.entry(&reason.stage, &reason.error_kind, reason.rule.as_deref()) {
             Some(entry) => entry.count += reason.count,
             None => self.reasons.push(reason),
         }
