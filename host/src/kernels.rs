@@ -611,7 +611,7 @@ fn push_float(text: &mut String, value: f64) {
 ///
 /// # Errors
 /// Any other type, or a row past the end of a column.
-pub fn messages(values: &Value, rows: &[u32], prefix: &str, suffix: &str) -> Result<Vec<String>> {
+pub fn messages(values: &Value, rows: &[u32], prefix: &str, suffix: &str) -> Result<Vec<Arc<str>>> {
     use std::fmt::Write;
     let array = values.array.as_ref();
     let at = |row: u32| -> Result<usize> {
@@ -627,10 +627,13 @@ pub fn messages(values: &Value, rows: &[u32], prefix: &str, suffix: &str) -> Res
     // A null array's nulls are logical only.
     let nulls = array.logical_nulls();
     let mut out = Vec::with_capacity(rows.len());
+    // Each message is written into one reused buffer, then copied into
+    // its shared allocation: one allocation per row.
+    let mut text = String::with_capacity(prefix.len() + 64 + suffix.len());
     let mut each = |write: &mut dyn FnMut(&mut String, usize)| -> Result<()> {
         for &row in rows {
             let i = at(row)?;
-            let mut text = String::with_capacity(prefix.len() + 24 + suffix.len());
+            text.clear();
             text.push_str(prefix);
             if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
                 text.push_str("null");
@@ -638,7 +641,7 @@ pub fn messages(values: &Value, rows: &[u32], prefix: &str, suffix: &str) -> Res
                 write(&mut text, i);
             }
             text.push_str(suffix);
-            out.push(text);
+            out.push(Arc::from(text.as_str()));
         }
         Ok(())
     };
@@ -720,33 +723,37 @@ mod tests {
     #[test]
     fn messages_show_each_failing_rows_value() {
         let rows = [0, 2, 3];
-        let m = messages(
+        let texts_of = |values: &Value, rows: &[u32], prefix, suffix| -> Vec<String> {
+            messages(values, rows, prefix, suffix)
+                .unwrap()
+                .iter()
+                .map(|m| m.to_string())
+                .collect()
+        };
+        let m = texts_of(
             &floats(&[Some(-1.5), None, Some(100.0), None]),
             &rows,
             "x = ",
             "!",
-        )
-        .unwrap();
+        );
         assert_eq!(m, ["x = -1.5!", "x = 100!", "x = null!"]);
-        let m = messages(
+        let m = texts_of(
             &ints(&[Some(i64::MIN), None, Some(7), Some(-0)]),
             &rows,
             "",
             "",
-        )
-        .unwrap();
+        );
         assert_eq!(m, [i64::MIN.to_string(), "7".into(), "0".into()]);
-        let m = messages(
+        let m = texts_of(
             &texts(&[Some("a"), None, Some("Zürich"), Some("")]),
             &rows,
             "`",
             "`",
-        )
-        .unwrap();
+        );
         assert_eq!(m, ["`a`", "`Zürich`", "``"]);
-        let m = messages(&text_scalar("same"), &rows, "", "").unwrap();
+        let m = texts_of(&text_scalar("same"), &rows, "", "");
         assert_eq!(m, ["same"; 3]);
-        let m = messages(&Value::null(), &rows[..1], "v = ", "").unwrap();
+        let m = texts_of(&Value::null(), &rows[..1], "v = ", "");
         assert_eq!(m, ["v = null"]);
         assert!(
             messages(&ints(&[Some(1)]), &rows, "", "").is_err(),

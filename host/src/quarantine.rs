@@ -50,17 +50,18 @@ pub const MAX_REPEATED_MESSAGE_BYTES: usize = 256;
 /// The message stored for each of `reasons`' rows (see
 /// [`MAX_REPEATED_MESSAGE_BYTES`]); borrowed unless it had to be cut.
 fn stored_messages(reasons: &[Reason]) -> Vec<Cow<'_, str>> {
-    let mut whole: Option<(&str, usize)> = None;
+    let mut whole: Option<(&Arc<str>, usize)> = None;
     reasons
         .iter()
         .enumerate()
         .map(|(row, reason)| {
-            let message = reason.message.as_str();
+            let message = &*reason.message;
             if message.len() <= MAX_REPEATED_MESSAGE_BYTES {
                 return Cow::Borrowed(message);
             }
             match whole {
-                Some((text, first)) if text == message => {
+                // The rows of one failed call share their message.
+                Some((text, first)) if Arc::ptr_eq(text, &reason.message) || **text == *message => {
                     let cut = crate::plugin::head(message, MAX_REPEATED_MESSAGE_BYTES);
                     Cow::Owned(format!(
                         "{cut} [the whole message is on the quarantined row {} rows above, from the same failed call]",
@@ -68,7 +69,7 @@ fn stored_messages(reasons: &[Reason]) -> Vec<Cow<'_, str>> {
                     ))
                 }
                 _ => {
-                    whole = Some((message, row));
+                    whole = Some((&reason.message, row));
                     Cow::Borrowed(message)
                 }
             }
@@ -694,7 +695,7 @@ mod tests {
             plugin_sha256: Arc::from("ab".repeat(32)),
             error_kind: "validation".into(),
             rule: rule.map(Arc::from),
-            message: message.to_string(),
+            message: message.into(),
         }
     }
 

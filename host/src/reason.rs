@@ -18,6 +18,8 @@ pub struct Reason {
     /// Failed rule ids, comma-separated (validation only); shared by the
     /// rows one rule failed alone.
     pub rule: Option<Arc<str>>,
-    /// Human-readable explanation.
-    pub message: String,
+    /// Human-readable explanation. Shared: the rows of one failed call
+    /// (up to a whole batch) hold one copy of its message, which may carry
+    /// the plugin's stderr (up to about 4 KiB).
+    pub message: Arc<str>,
 }

@@ -25,6 +25,7 @@
 //! then no longer known, so such rows are attributed to their request's
 //! first input row.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Result, anyhow, bail};
@@ -103,7 +104,7 @@ impl Stage {
             plugin_sha256: Arc::from(version.plugin.sha256()),
             error_kind: Arc::from(error_kind),
             rule,
-            message,
+            message: message.into(),
         }
     }
 }
@@ -953,7 +954,10 @@ fn split_by_verdicts(
     // rule shared by the rows one `reject` call failed.
     const PASSED: u32 = u32::MAX;
     let mut failure_of = vec![PASSED; batch.num_rows()];
-    let mut failures: Vec<(u32, Arc<str>, String)> = Vec::new();
+    let mut failures: Vec<(u32, Arc<str>, Arc<str>)> = Vec::new();
+    // The messages of rows with several verdicts, joined as they come
+    // (by slot in `failures`).
+    let mut joined: HashMap<u32, String> = HashMap::new();
     for verdict in verdicts {
         let slot = &mut failure_of[verdict.row as usize];
         if *slot == PASSED {
@@ -964,9 +968,13 @@ fn split_by_verdicts(
             if !rules.split(',').any(|rule| rule == &*verdict.rule) {
                 *rules = Arc::from(format!("{rules},{}", verdict.rule));
             }
-            messages.push_str("; ");
-            messages.push_str(&verdict.message);
+            let text = joined.entry(*slot).or_insert_with(|| messages.to_string());
+            text.push_str("; ");
+            text.push_str(&verdict.message);
         }
+    }
+    for (slot, text) in joined {
+        failures[slot as usize].2 = Arc::from(text);
     }
     failures.sort_unstable_by_key(|(row, _, _)| *row);
     let keep: BooleanArray = failure_of.iter().map(|&f| Some(f == PASSED)).collect();

@@ -276,7 +276,7 @@ fn rejects_with_host_kernels(language: &str) {
         .unwrap_or_else(|e| panic!("{language}: {e}"));
     let got: Vec<(u32, &str, &str)> = verdicts
         .iter()
-        .map(|v| (v.row, &*v.rule, v.message.as_str()))
+        .map(|v| (v.row, &*v.rule, &*v.message))
         .collect();
     assert_eq!(
         got,
@@ -449,7 +449,7 @@ fn scaffolded_projects_build_and_work(language: weir::authoring::Language) {
                 let (verdicts, _) = instance.validate(&to_wit(&batch).unwrap()).unwrap();
                 let verdicts: Vec<(u32, &str, &str)> = verdicts
                     .iter()
-                    .map(|v| (v.row, &*v.rule, v.message.as_str()))
+                    .map(|v| (v.row, &*v.rule, &*v.message))
                     .collect();
                 assert_eq!(verdicts, [(1, "required:name", "name is null")], "{name}");
             }

@@ -540,7 +540,7 @@ fn native_flights(root: &Path, out: &Path) -> Result<(u64, u64)> {
         plugin_sha256: "".into(),
         error_kind: "validation".into(),
         rule: Some(rule.into()),
-        message: String::new(),
+        message: "".into(),
     };
     let (mut written, mut quarantined) = (0, 0);
     for source_batch in source.batches() {

@@ -132,9 +132,9 @@ pub fn decode(source: &Source, name: &Arc<str>, messages: &[Received]) -> Result
                                 .message
                                 .strip_prefix("line ")
                                 .and_then(|rest| rest.split_once(' '))
-                                .map_or(reason.message.as_str(), |(_, rest)| rest);
+                                .map_or(&*reason.message, |(_, rest)| rest);
                             Reason {
-                                message: format!("stream sequence {sequence}: {message}"),
+                                message: format!("stream sequence {sequence}: {message}").into(),
                                 ..reason
                             }
                         })
@@ -207,7 +207,7 @@ fn empty_payloads(name: &Arc<str>, sequences: &[u64]) -> Result<SourceItem> {
             plugin_sha256: Arc::from(""),
             error_kind: "parse".into(),
             rule: None,
-            message: format!("stream sequence {sequence}: the message has no payload"),
+            message: format!("stream sequence {sequence}: the message has no payload").into(),
         })
         .collect();
     Ok(SourceItem::Rejected {

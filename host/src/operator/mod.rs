@@ -249,7 +249,7 @@ fn reason(operator: &str, kind: &str, message: String) -> Reason {
         plugin_sha256: Arc::from(concat!("weir-", env!("CARGO_PKG_VERSION"))),
         error_kind: Arc::from(kind),
         rule: None,
-        message,
+        message: message.into(),
     }
 }
 

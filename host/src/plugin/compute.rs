@@ -87,21 +87,21 @@ pub enum RejectMessages {
     /// `reject`: the same message on every row.
     Same(String),
     /// `reject-each`: `rows.len()` messages, in the order of `rows`.
-    Each(Vec<String>),
+    Each(Vec<Arc<str>>),
 }
 
 impl Rejection {
     /// (row, rule, message) for each failing row; the rows share one
     /// copy of the rule.
-    pub fn into_verdicts(self) -> impl Iterator<Item = (u32, Arc<str>, String)> {
+    pub fn into_verdicts(self) -> impl Iterator<Item = (u32, Arc<str>, Arc<str>)> {
         let Rejection {
             rows,
             rule,
             messages,
         } = self;
         let rule: Arc<str> = Arc::from(rule);
-        let messages: Box<dyn Iterator<Item = String>> = match messages {
-            RejectMessages::Same(message) => Box::new(std::iter::repeat(message)),
+        let messages: Box<dyn Iterator<Item = Arc<str>>> = match messages {
+            RejectMessages::Same(message) => Box::new(std::iter::repeat(Arc::from(message))),
             RejectMessages::Each(each) => Box::new(each.into_iter()),
         };
         rows.into_iter()
@@ -589,7 +589,7 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> Result<()> {
                     return Ok((Err(invalid(KernelError(format!("reject-each: {error}")))),));
                 }
             };
-            let written: usize = messages.iter().map(String::len).sum();
+            let written: usize = messages.iter().map(|m| m.len()).sum();
             // Formatting a value is a few instructions per character.
             charge(&mut store, rows.len(), written - fixed, FUEL_PER_BYTE)?;
             store.data_mut().compute.account((written - fixed) as u64)?;
@@ -602,4 +602,37 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> Result<()> {
         },
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rows one `reject` call failed share its rule and its message:
+    /// a whole batch's worth of rows holds one copy of each.
+    #[test]
+    fn one_rejects_rows_share_its_rule_and_message() {
+        let rejection = Rejection {
+            rows: vec![0, 3, 7],
+            rule: "positive".into(),
+            messages: RejectMessages::Same("x must be positive".into()),
+        };
+        let verdicts: Vec<_> = rejection.into_verdicts().collect();
+        assert_eq!(
+            verdicts.iter().map(|(row, _, _)| *row).collect::<Vec<_>>(),
+            [0, 3, 7]
+        );
+        for (_, rule, message) in &verdicts {
+            assert!(Arc::ptr_eq(rule, &verdicts[0].1));
+            assert!(Arc::ptr_eq(message, &verdicts[0].2));
+            assert_eq!(&**message, "x must be positive");
+        }
+        let each = Rejection {
+            rows: vec![1, 2],
+            rule: "r".into(),
+            messages: RejectMessages::Each(vec!["a".into(), "b".into()]),
+        };
+        let messages: Vec<_> = each.into_verdicts().map(|(_, _, m)| m).collect();
+        assert_eq!(messages, [Arc::from("a"), Arc::from("b")]);
+    }
 }

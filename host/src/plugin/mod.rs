@@ -1099,8 +1099,9 @@ pub struct Verdict {
     pub row: u32,
     /// The rule's id, shared by the rows one `reject` call failed.
     pub rule: Arc<str>,
-    /// Why, for the quarantine.
-    pub message: String,
+    /// Why, for the quarantine; shared by the rows one `reject` call
+    /// failed.
+    pub message: Arc<str>,
 }
 
 /// The two contract versions' verdicts are the same record.
@@ -1111,7 +1112,7 @@ macro_rules! verdict_from {
                 Verdict {
                     row: v.row,
                     rule: Arc::from(v.rule),
-                    message: v.message,
+                    message: Arc::from(v.message),
                 }
             }
         }

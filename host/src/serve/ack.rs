@@ -62,7 +62,7 @@ impl Ack {
                     error_kind: reason.error_kind.to_string(),
                     rule: rule.map(str::to_string),
                     count: 1,
-                    example: reason.message.clone(),
+                    example: reason.message.to_string(),
                 }),
             }
         }

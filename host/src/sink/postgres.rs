@@ -1125,7 +1125,7 @@ impl PostgresSink {
                 plugin_sha256: Arc::from(""),
                 error_kind: "database".into(),
                 rule: None,
-                message: message.clone(),
+                message: message.as_str().into(),
             })
             .collect();
         Ok(SinkRejected {

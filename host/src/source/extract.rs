@@ -123,7 +123,7 @@ fn extract_items(
                 plugin_sha256: Arc::from(extractor.plugin.sha256()),
                 error_kind: Arc::from(kind),
                 rule: None,
-                message,
+                message: message.into(),
             };
             vec![Ok(SourceItem::Rejected {
                 file,

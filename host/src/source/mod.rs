@@ -508,7 +508,7 @@ fn source_item(file: Arc<str>, decoded: Decoded) -> SourceItem {
                     plugin_sha256: Arc::from(""),
                     error_kind: "parse".into(),
                     rule: None,
-                    message,
+                    message: message.into(),
                 })
                 .collect(),
             rows,
