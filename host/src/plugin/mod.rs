@@ -1034,11 +1034,7 @@ impl PluginInstance {
         let verdicts = result
             .map_err(|e| self.classify(&e))?
             .map_err(PluginError::returned)?;
-        let bytes: u64 = verdicts
-            .iter()
-            .map(|v| (4 + v.rule.len() + v.message.len()) as u64)
-            .sum();
-        self.check_output(bytes)?;
+        self.check_output(verdict_bytes(&verdicts))?;
         if let Some(bad) = verdicts.iter().find(|v| v.row >= batch.num_rows) {
             return Err(PluginError::MalformedOutput(format!(
                 "verdict for row {} but the batch has {} rows",
@@ -1104,6 +1100,27 @@ pub struct Verdict {
     pub message: Arc<str>,
 }
 
+/// Bytes `verdicts` hold, for the output limit: 4 per row, plus each rule
+/// and message once per allocation. The verdicts of one `reject` or
+/// `reject-each` call come together and share their rule (and, for
+/// `reject`, their message), which is counted once, as it is held once;
+/// each verdict a plugin returns brings its own strings.
+fn verdict_bytes(verdicts: &[Verdict]) -> u64 {
+    let mut bytes = 0;
+    let mut previous: Option<&Verdict> = None;
+    for verdict in verdicts {
+        let new = |text: &Arc<str>, before: Option<&Arc<str>>| match before {
+            Some(before) if Arc::ptr_eq(text, before) => 0,
+            _ => text.len(),
+        };
+        bytes += 4
+            + new(&verdict.rule, previous.map(|p| &p.rule))
+            + new(&verdict.message, previous.map(|p| &p.message));
+        previous = Some(verdict);
+    }
+    bytes as u64
+}
+
 /// The two contract versions' verdicts are the same record.
 macro_rules! verdict_from {
     ($($wit:ty),*) => {$(
@@ -1126,3 +1143,33 @@ verdict_from!(
 
 /// Where an extract plugin's bytes came from.
 pub type SourceMetadata = extractor::exports::weir::plugin::extract::SourceMetadata;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `reject` call's rows share one rule and one message, counted
+    /// once; verdicts with their own strings count theirs each.
+    #[test]
+    fn shared_verdict_strings_count_once_against_the_output_limit() {
+        let rule: Arc<str> = Arc::from("positive");
+        let message: Arc<str> = Arc::from("m".repeat(1000));
+        let shared: Vec<Verdict> = (0..100)
+            .map(|row| Verdict {
+                row,
+                rule: rule.clone(),
+                message: message.clone(),
+            })
+            .collect();
+        assert_eq!(verdict_bytes(&shared), 100 * 4 + 8 + 1000);
+        let own: Vec<Verdict> = (0..100)
+            .map(|row| Verdict {
+                row,
+                rule: Arc::from("positive"),
+                message: Arc::from("m".repeat(1000)),
+            })
+            .collect();
+        assert_eq!(verdict_bytes(&own), 100 * (4 + 8 + 1000));
+        assert_eq!(verdict_bytes(&[]), 0);
+    }
+}
