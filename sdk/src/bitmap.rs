@@ -55,6 +55,31 @@ impl BitmapBuilder {
         self.len += 1;
     }
 
+    /// Appends `bits` in order. Whole bytes are packed eight bits at a
+    /// time (a row mask of 8,192 rows took twice as long as the comparison
+    /// that made it when pushed bit by bit in wasm).
+    pub fn extend_from_bools(&mut self, bits: &[bool]) {
+        let mut rest = bits;
+        // Complete a partly filled last byte bit by bit.
+        while !self.len.is_multiple_of(8) {
+            let Some((&bit, tail)) = rest.split_first() else {
+                return;
+            };
+            self.push(bit);
+            rest = tail;
+        }
+        let bytes = rest.chunks_exact(8);
+        let tail = bytes.remainder();
+        self.len += rest.len() - tail.len();
+        self.bytes.extend(bytes.map(|eight| {
+            eight
+                .iter()
+                .enumerate()
+                .fold(0u8, |byte, (i, &bit)| byte | (u8::from(bit) << i))
+        }));
+        tail.iter().for_each(|&bit| self.push(bit));
+    }
+
     /// Number of bits pushed.
     pub fn len(&self) -> usize {
         self.len
@@ -94,6 +119,29 @@ mod tests {
             assert_eq!(view.get(i), b, "bit {i}");
         }
         assert_eq!(view.count_unset(bits.len()), 5);
+    }
+
+    /// Whole bytes at a time give the same bitmap as bit by bit, from any
+    /// starting offset and for any length.
+    #[test]
+    fn extending_from_bools_matches_pushing_each() {
+        let bits: Vec<bool> = (0..100u32).map(|i| (i * 7 + i / 3) % 5 < 2).collect();
+        for start in 0..10 {
+            for len in [0, 1, 7, 8, 9, 16, 17, 63, 90] {
+                let (head, body) = (&bits[..start], &bits[start..start + len]);
+                let mut pushed = BitmapBuilder::default();
+                head.iter().chain(body).for_each(|&b| pushed.push(b));
+                let mut extended = BitmapBuilder::default();
+                head.iter().for_each(|&b| extended.push(b));
+                extended.extend_from_bools(body);
+                assert_eq!(extended.len(), start + len);
+                assert_eq!(
+                    extended.finish(),
+                    pushed.finish(),
+                    "start {start}, len {len}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl Splice {
     /// in input order.
     pub fn keep(mut self, keep: &[bool]) -> Splice {
         let mut mask = BitmapBuilder::with_capacity(keep.len());
-        keep.iter().for_each(|&k| mask.push(k));
+        mask.extend_from_bools(keep);
         self.selection = Some(Selection::Mask(mask.finish()));
         self
     }
