@@ -21,9 +21,16 @@ impl<'a> Bitmap<'a> {
             .is_some_and(|byte| byte & (1 << (i % 8)) != 0)
     }
 
-    /// Number of unset bits among the first `len`.
+    /// Number of unset bits among the first `len` (bits past the bytes
+    /// count as unset), counted a byte at a time.
     pub fn count_unset(&self, len: usize) -> usize {
-        (0..len).filter(|&i| !self.get(i)).count()
+        let full = (len / 8).min(self.bytes.len());
+        let set: usize = self.bytes[..full]
+            .iter()
+            .map(|byte| byte.count_ones() as usize)
+            .sum();
+        let rest = (full * 8..len).filter(|&i| self.get(i)).count();
+        len - set - rest
     }
 }
 
@@ -98,7 +105,9 @@ impl BitmapBuilder {
     /// The bitmap as validity: `None` when every bit is set (no nulls), as
     /// the WIT contract allows.
     pub fn finish_validity(self) -> Option<Vec<u8>> {
-        let all_set = (0..self.len).all(|i| Bitmap::new(&self.bytes).get(i));
+        // A byte at a time: a column's validity is checked once per column
+        // a plugin builds.
+        let all_set = Bitmap::new(&self.bytes).count_unset(self.len) == 0;
         (!all_set).then_some(self.bytes)
     }
 }
@@ -149,5 +158,26 @@ mod tests {
         let mut builder = BitmapBuilder::default();
         (0..10).for_each(|_| builder.push(true));
         assert_eq!(builder.finish_validity(), None);
+    }
+
+    /// Counting a byte at a time agrees with counting bit by bit, whatever
+    /// the length and wherever the one unset bit is (the last bit of a
+    /// partial byte included); a bitmap with it keeps its validity.
+    #[test]
+    fn one_unset_bit_is_found_anywhere() {
+        for len in [1, 7, 8, 9, 16, 23, 64, 65] {
+            for unset in 0..len {
+                let mut builder = BitmapBuilder::default();
+                (0..len).for_each(|i| builder.push(i != unset));
+                let bytes = builder.clone().finish();
+                assert_eq!(Bitmap::new(&bytes).count_unset(len), 1, "{len}/{unset}");
+                assert_eq!(builder.finish_validity(), Some(bytes), "{len}/{unset}");
+            }
+        }
+        assert_eq!(
+            Bitmap::new(&[0xFF]).count_unset(12),
+            4,
+            "bits past the bytes are unset"
+        );
     }
 }
