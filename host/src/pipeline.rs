@@ -804,10 +804,19 @@ impl Pipeline {
                 crate::sink::open(&self.config.sink, &self.base_dir, run_id, false)?,
                 Quarantine::create(&self.config.quarantine, &self.base_dir, run_id)?,
             ),
-            Some(_) => (
-                crate::sink::open(&self.config.sink, &self.base_dir, run_id, publishing)?,
-                Quarantine::for_epochs(&self.config.quarantine, &self.base_dir, run_id),
-            ),
+            Some(coordinator) => {
+                let mut quarantine =
+                    Quarantine::for_epochs(&self.config.quarantine, &self.base_dir, run_id);
+                let state = coordinator.state();
+                quarantine.append_across_epochs(
+                    state.dir(),
+                    &state.committed_parts(quarantine.connector()),
+                )?;
+                (
+                    crate::sink::open(&self.config.sink, &self.base_dir, run_id, publishing)?,
+                    quarantine,
+                )
+            }
         };
         // A table sink checks (or creates) its table before any row.
         // (What the sink receives is what the operators emit.)

@@ -8,7 +8,9 @@
 //! ```text
 //! checkpoint.json            the last checkpoint (write_atomic; checksummed)
 //! epoch-000001/sink/…        committed parts of epoch 1 (as the sink lays them out)
-//! epoch-000001/quarantine/part.jsonl
+//! epoch-000001/quarantine/part.parquet      (a Parquet quarantine's part)
+//! epoch-000001/quarantine/part.jsonl.range  (the bytes of quarantine.jsonl it appended)
+//! quarantine.jsonl           a JSON Lines quarantine, appended epoch by epoch
 //! epoch-000002/sink.prepared/…   parts of epoch 2, prepared, not yet committed
 //! ```
 //!
