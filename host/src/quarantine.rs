@@ -37,6 +37,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::config::{QuarantineConfig, QuarantineFormat, WriteMode};
+use crate::durable::Writeback;
 use crate::sink::OutputFile;
 
 pub use crate::reason::Reason;
@@ -183,7 +184,13 @@ trait Encoder: Send + 'static {
     fn close(self) -> Result<()>;
 }
 
-impl Encoder for BufWriter<File> {
+/// A JSON Lines quarantine file: its bytes go to the kernel's writeback
+/// as they accumulate, so the epoch's fsync has little left to wait for
+/// (on a day with half of 3M rows rejected, six fsyncs of about 87 MB
+/// each held the run's writer thread about 0.3 s).
+type TextFile = BufWriter<Writeback>;
+
+impl Encoder for TextFile {
     type Chunk = Vec<u8>;
 
     fn write(&mut self, text: Vec<u8>) -> Result<()> {
@@ -195,7 +202,7 @@ impl Encoder for BufWriter<File> {
     }
 }
 
-impl Encoder for ArrowWriter<File> {
+impl Encoder for ArrowWriter<Writeback> {
     type Chunk = RecordBatch;
 
     fn write(&mut self, batch: RecordBatch) -> Result<()> {
@@ -302,9 +309,10 @@ impl Output {
     fn open(format: QuarantineFormat, path: &Path) -> Result<Output> {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
         Ok(match format {
-            QuarantineFormat::Jsonl => {
-                Output::Jsonl(FileThread::start(BufWriter::new(file), path)?)
-            }
+            QuarantineFormat::Jsonl => Output::Jsonl(FileThread::start(
+                BufWriter::new(Writeback::new(file)?),
+                path,
+            )?),
             QuarantineFormat::Parquet => {
                 // The reason columns repeat within a failed call and are
                 // dictionary-encoded; the record (and a message that names
@@ -321,7 +329,11 @@ impl Output {
                     properties =
                         properties.set_column_dictionary_enabled(ColumnPath::from(column), false);
                 }
-                let writer = ArrowWriter::try_new(file, schema(), Some(properties.build()))?;
+                let writer = ArrowWriter::try_new(
+                    Writeback::new(file)?,
+                    schema(),
+                    Some(properties.build()),
+                )?;
                 Output::Parquet(FileThread::start(writer, path)?)
             }
         })
@@ -792,7 +804,7 @@ impl crate::sink::EpochSink for Quarantine {
                 let mut file = file;
                 std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0))?;
                 self.writer = Some(Output::Jsonl(FileThread::start(
-                    BufWriter::new(file),
+                    BufWriter::new(Writeback::new(file)?),
                     &appended.path,
                 )?));
                 appended.path.clone()
