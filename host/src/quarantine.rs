@@ -28,10 +28,11 @@ use std::sync::mpsc::SyncSender;
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, anyhow, bail};
-use arrow::array::{ArrayRef, StringArray, StringBuilder};
+use arrow::array::{ArrayRef, StringArray, StringViewArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -94,6 +95,78 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
+/// The schema of the batches a Parquet quarantine encodes: [`schema`],
+/// with the reason columns that rows share (all but `message` and
+/// `record`) as string views ([`shared_strings`]). The file does not
+/// record it (`skip_arrow_metadata`): its columns read back as [`schema`]
+/// says, plain strings.
+fn parquet_batch_schema() -> SchemaRef {
+    let plain = schema();
+    Arc::new(Schema::new(
+        plain
+            .fields()
+            .iter()
+            .map(|field| match field.name().as_str() {
+                "message" | "record" => field.as_ref().clone(),
+                _ => field.as_ref().clone().with_data_type(DataType::Utf8View),
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// A string column of `values` (`None`: null) in which consecutive rows
+/// holding the same string (the same allocation: an `Arc<str>` the rows of
+/// one stage or one failed call share, or one constant) store it once, as
+/// Arrow string views pointing at one copy.
+///
+/// Rows × 1, any length. Built as plain strings, the reason columns copied
+/// every shared string into every row (the plugin's SHA-256 alone is 64
+/// bytes a row), about 225 bytes a row in all, for the Parquet encoder to
+/// read and dictionary-encode back to one value.
+///
+/// # Errors
+/// More than 4 GiB of distinct strings in one batch.
+fn shared_strings<'a>(values: impl Iterator<Item = Option<&'a str>>) -> Result<StringViewArray> {
+    let (low, _) = values.size_hint();
+    let mut views = Vec::with_capacity(low);
+    let mut nulls = arrow::array::NullBufferBuilder::new(low);
+    let mut data = Vec::new();
+    let mut last: Option<(*const u8, usize, u128)> = None;
+    for value in values {
+        let Some(value) = value else {
+            views.push(0);
+            nulls.append_null();
+            continue;
+        };
+        nulls.append_non_null();
+        let view = match last {
+            Some((ptr, len, view)) if ptr == value.as_ptr() && len == value.len() => view,
+            _ => {
+                let offset = u32::try_from(data.len())
+                    .context("a quarantine batch's distinct reason strings exceed 4 GiB")?;
+                if value.len() > 12 {
+                    data.extend_from_slice(value.as_bytes());
+                }
+                let view = arrow::array::builder::make_view(value.as_bytes(), 0, offset);
+                last = Some((value.as_ptr(), value.len(), view));
+                view
+            }
+        };
+        views.push(view);
+    }
+    // SAFETY: every view was made by `make_view` from a `&str` (valid
+    // UTF-8), inline or pointing at the copy of it just appended to
+    // `data`, buffer 0; a null's view is zero. `try_new` would check the
+    // UTF-8 of every row's string again, 3% of a half-rejected run.
+    Ok(unsafe {
+        StringViewArray::new_unchecked(
+            views.into(),
+            vec![arrow::buffer::Buffer::from_vec(data)].into(),
+            nulls.finish(),
+        )
+    })
+}
+
 /// Each row of `rows` as a JSON object with explicit nulls.
 ///
 /// # Errors
@@ -105,64 +178,77 @@ pub fn rows_as_json(rows: &RecordBatch) -> Result<Vec<String>> {
         .collect())
 }
 
-/// The rows of a batch as JSON objects (explicit nulls), encoded in bulk
-/// by arrow's JSON writer into one buffer of lines.
+/// The rows of a batch as JSON objects (explicit nulls), encoded one
+/// after another by arrow's JSON encoder into one buffer, laid out as a
+/// string column: object `i` is `text[offsets[i]..offsets[i + 1]]`. The
+/// Parquet quarantine takes the buffer as its `record` column without a
+/// copy; the JSON Lines one writes each object into its line.
 struct JsonRecords {
-    /// The objects, each followed by `\n`.
+    /// The objects, back to back.
     text: Vec<u8>,
     /// Where each object starts in `text`, plus `text.len()`.
-    starts: Vec<usize>,
+    offsets: Vec<i32>,
 }
 
 impl JsonRecords {
     fn encode(rows: &RecordBatch) -> Result<JsonRecords> {
-        let mut writer = arrow::json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow::json::writer::LineDelimited>(Vec::new());
-        writer.write(rows)?;
-        writer.finish()?;
-        let text = writer.into_inner();
-        // JSON escapes a newline inside a string, so every raw `\n` ends
-        // an object.
-        let mut starts = Vec::with_capacity(rows.num_rows() + 1);
-        starts.push(0);
-        starts.extend(
-            text.iter()
-                .enumerate()
-                .filter(|(_, b)| **b == b'\n')
-                .map(|(i, _)| i + 1),
-        );
-        anyhow::ensure!(
-            starts.len() == rows.num_rows() + 1,
-            "the JSON writer wrote {} lines for {} rows",
-            starts.len() - 1,
-            rows.num_rows()
-        );
-        Ok(JsonRecords { text, starts })
+        let options = arrow::json::writer::EncoderOptions::default().with_explicit_nulls(true);
+        let array = arrow::array::StructArray::from(rows.clone());
+        let field = Arc::new(Field::new_struct(
+            "record",
+            rows.schema().fields().clone(),
+            false,
+        ));
+        let mut encoder = arrow::json::writer::make_encoder(&field, &array, &options)?;
+        let mut text = Vec::with_capacity(rows.num_rows() * 64);
+        let mut offsets = Vec::with_capacity(rows.num_rows() + 1);
+        offsets.push(0);
+        for row in 0..rows.num_rows() {
+            encoder.encode(row, &mut text);
+            offsets.push(
+                i32::try_from(text.len())
+                    .context("a batch's quarantined records exceed 2 GiB of JSON")?,
+            );
+        }
+        Ok(JsonRecords { text, offsets })
     }
 
     /// The records with every secret value redacted
     /// ([`crate::secrets::redact`]).
-    fn redacted(self) -> JsonRecords {
+    fn redacted(self) -> Result<JsonRecords> {
         let mut text = Vec::with_capacity(self.text.len());
-        let mut starts = Vec::with_capacity(self.starts.len());
-        starts.push(0);
+        let mut offsets = Vec::with_capacity(self.offsets.len());
+        offsets.push(0);
         for i in 0..self.len() {
             let row = String::from_utf8_lossy(self.get(i));
             text.extend_from_slice(crate::secrets::redact(&row).as_bytes());
-            text.push(b'\n');
-            starts.push(text.len());
+            offsets.push(
+                i32::try_from(text.len())
+                    .context("a batch's quarantined records exceed 2 GiB of JSON")?,
+            );
         }
-        JsonRecords { text, starts }
+        Ok(JsonRecords { text, offsets })
     }
 
     fn len(&self) -> usize {
-        self.starts.len() - 1
+        self.offsets.len() - 1
     }
 
-    /// Row `i`'s object, without its newline.
+    /// Row `i`'s object.
     fn get(&self, i: usize) -> &[u8] {
-        &self.text[self.starts[i]..self.starts[i + 1] - 1]
+        &self.text[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+
+    /// The objects as a string column, without copying them.
+    ///
+    /// # Errors
+    /// Text that is not UTF-8 (arrow's JSON encoder writes UTF-8).
+    fn into_column(self) -> Result<StringArray> {
+        Ok(StringArray::try_new(
+            arrow::buffer::OffsetBuffer::new(self.offsets.into()),
+            arrow::buffer::Buffer::from_vec(self.text),
+            None,
+        )?)
     }
 }
 
@@ -329,10 +415,12 @@ impl Output {
                     properties =
                         properties.set_column_dictionary_enabled(ColumnPath::from(column), false);
                 }
-                let writer = ArrowWriter::try_new(
+                let writer = ArrowWriter::try_new_with_options(
                     Writeback::new(file)?,
-                    schema(),
-                    Some(properties.build()),
+                    parquet_batch_schema(),
+                    ArrowWriterOptions::new()
+                        .with_properties(properties.build())
+                        .with_skip_arrow_metadata(true),
                 )?;
                 Output::Parquet(FileThread::start(writer, path)?)
             }
@@ -614,7 +702,7 @@ impl Quarantine {
                     *message = Cow::Owned(redacted);
                 }
             }
-            records = records.redacted();
+            records = records.redacted()?;
         }
         let (run_id, output) = (
             &self.run_id,
@@ -635,38 +723,24 @@ impl Quarantine {
             }
             Output::Parquet(thread) => {
                 let n = reasons.len();
-                let text = |f: &dyn Fn(&Reason) -> &str| -> ArrayRef {
-                    Arc::new(StringArray::from_iter_values(reasons.iter().map(f)))
+                let shared = |f: &dyn Fn(&'_ Reason) -> Option<&'_ str>| -> Result<ArrayRef> {
+                    Ok(Arc::new(shared_strings(reasons.iter().map(f))?))
                 };
-                // Arrow's JSON writer writes UTF-8; checked once for the
-                // whole buffer, and each object ends at a `\n`.
-                let json = std::str::from_utf8(&records.text)?;
-                let mut record = StringBuilder::with_capacity(n, json.len());
-                for i in 0..n {
-                    record.append_value(&json[records.starts[i]..records.starts[i + 1] - 1]);
-                }
+                let constant = |value: &str| -> Result<ArrayRef> {
+                    Ok(Arc::new(shared_strings(std::iter::repeat_n(Some(value), n))?))
+                };
                 thread.send(RecordBatch::try_new(
-                    schema(),
+                    parquet_batch_schema(),
                     vec![
-                        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                            &**run_id, n,
-                        ))),
-                        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                            source_file,
-                            n,
-                        ))),
-                        text(&|r| &r.stage),
-                        text(&|r| &r.plugin),
-                        text(&|r| &r.plugin_sha256),
-                        text(&|r| &r.error_kind),
-                        Arc::new(
-                            reasons
-                                .iter()
-                                .map(|r| r.rule.as_deref())
-                                .collect::<StringArray>(),
-                        ),
+                        constant(run_id)?,
+                        constant(source_file)?,
+                        shared(&|r| Some(&r.stage))?,
+                        shared(&|r| Some(&r.plugin))?,
+                        shared(&|r| Some(&r.plugin_sha256))?,
+                        shared(&|r| Some(&r.error_kind))?,
+                        shared(&|r| r.rule.as_deref())?,
                         Arc::new(StringArray::from_iter_values(messages.iter().map(|m| &**m))),
-                        Arc::new(record.finish()),
+                        Arc::new(records.into_column()?),
                     ],
                 )?)?;
             }
@@ -919,7 +993,7 @@ impl Drop for Quarantine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Float64Array, Int64Array};
+    use arrow::array::{Array, Float64Array, Int64Array};
 
     fn reason(stage: &Arc<str>, rule: Option<&str>, message: &str) -> Reason {
         Reason {
@@ -930,6 +1004,39 @@ mod tests {
             rule: rule.map(Arc::from),
             message: message.into(),
         }
+    }
+
+    /// A shared-strings column reads back row by row as given: nulls,
+    /// strings short enough to sit in their view, a long string shared by
+    /// consecutive rows, and equal text in separate allocations.
+    #[test]
+    fn shared_strings_read_back_as_given() {
+        let long: Arc<str> = Arc::from("f".repeat(64));
+        let other_copy: Arc<str> = Arc::from("f".repeat(64));
+        let short: Arc<str> = Arc::from("check");
+        let rows: Vec<Option<&str>> = vec![
+            Some(&long),
+            Some(&long),
+            None,
+            Some(&short),
+            Some(&other_copy),
+            Some(&long),
+            Some(""),
+            None,
+        ];
+        let column = shared_strings(rows.iter().copied()).unwrap();
+        assert_eq!(column.len(), rows.len());
+        let read: Vec<Option<&str>> = column.iter().collect();
+        assert_eq!(read, rows);
+        assert_eq!(column.null_count(), 2);
+        assert_eq!(
+            column.data_buffers()[0].len(),
+            3 * 64,
+            "a run of one allocation is stored once"
+        );
+        let all_present = shared_strings(std::iter::repeat_n(Some(&*long), 5)).unwrap();
+        assert!(all_present.nulls().is_none());
+        assert_eq!(all_present.data_buffers()[0].len(), 64);
     }
 
     /// A checkpointed JSON Lines quarantine appends its epochs to one
