@@ -727,7 +727,10 @@ impl Quarantine {
                     Ok(Arc::new(shared_strings(reasons.iter().map(f))?))
                 };
                 let constant = |value: &str| -> Result<ArrayRef> {
-                    Ok(Arc::new(shared_strings(std::iter::repeat_n(Some(value), n))?))
+                    Ok(Arc::new(shared_strings(std::iter::repeat_n(
+                        Some(value),
+                        n,
+                    ))?))
                 };
                 thread.send(RecordBatch::try_new(
                     parquet_batch_schema(),

@@ -455,6 +455,95 @@ fn requests_merged_into_one_micro_batch_get_their_own_counts() {
     running.shutdown().unwrap();
 }
 
+/// A micro-batch big enough to run as two halves on two workers (with an
+/// idle core, as on a 2-core machine) gives every request the counts and
+/// the rows it would get from one worker: the halves' outputs, rejected
+/// rows and origins are joined back in request order.
+#[test]
+fn a_micro_batch_run_as_two_halves_gives_each_request_its_own_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pipeline(
+        dir.path(),
+        &format!(
+            "[[stages]]\nname = \"keep\"\nkind = \"transform\"\nplugin = {:?}\nconfig = {{ gt = 2 }}\n",
+            weir_tests::FILTER
+        ),
+    );
+    let running = Running::start(&write_service(
+        dir.path(),
+        "",
+        "linger_ms = 400\nquiet_ms = 0",
+    ));
+    let router = weir::serve::api::router(running.service.clone());
+    let send = |body: String| {
+        let router = router.clone();
+        async move {
+            let response = router
+                .oneshot(post(
+                    "/v1/pipelines/events/records",
+                    "application/x-ndjson",
+                    body,
+                ))
+                .await
+                .unwrap();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        }
+    };
+    let requests: [(std::ops::Range<i64>, &[i64]); 3] = [
+        (0..3000, &[5, 2999]),
+        (10_000..13_000, &[10_001]),
+        (20_000..20_010, &[]),
+    ];
+    let answers = running.runtime().block_on(async {
+        let [a, b, c] = requests.clone().map(|(ids, bad)| send(records(ids, bad)));
+        let (a, b, c) = tokio::join!(a, b, c);
+        [a, b, c]
+    });
+    assert_eq!(
+        running
+            .service
+            .pipeline("default", "events")
+            .unwrap()
+            .status()
+            .batches,
+        1,
+        "one micro-batch"
+    );
+    running.shutdown().unwrap();
+    let mut expected_written = Vec::new();
+    for ((ids, bad), answer) in requests.iter().zip(&answers) {
+        let kept: Vec<i64> = ids
+            .clone()
+            .filter(|id| !bad.contains(id) && id % 7 > 2)
+            .collect();
+        let received = ids.end - ids.start;
+        assert_eq!(
+            (
+                answer["received"].clone(),
+                answer["quarantined"].clone(),
+                answer["written"].clone(),
+                answer["filtered"].clone()
+            ),
+            (
+                json!(received),
+                json!(bad.len()),
+                json!(kept.len()),
+                json!(received as usize - bad.len() - kept.len())
+            ),
+            "request {ids:?}"
+        );
+        expected_written.extend(kept);
+    }
+    let mut written = ids_of(&read_parts(&dir.path().join("out")), "/id");
+    written.sort_unstable();
+    expected_written.sort_unstable();
+    assert_eq!(written, expected_written, "each kept row once");
+    let mut quarantined = ids_of(&read_parts(&dir.path().join("quarantine")), "/record/id");
+    quarantined.sort_unstable();
+    assert_eq!(quarantined, [5, 2999, 10_001]);
+}
+
 /// Clients that wait for their answer before posting again are not held
 /// for the linger time: once every request on its way is queued and no
 /// record has come for `quiet_ms`, the micro-batch is cut. With

@@ -185,6 +185,15 @@ impl Quota {
         self.scheduler.acquire(&self.tenant).await
     }
 
+    /// A slot of the service's scheduler if one is idle now (see
+    /// [`FairScheduler::try_acquire`]), with one of the tenant's
+    /// concurrent-batch permits; `None` rather than wait.
+    pub fn try_idle_slot(&self) -> Option<(SlotGuard, tokio::sync::OwnedSemaphorePermit)> {
+        let permit = self.batch_slots.clone().try_acquire_owned().ok()?;
+        let slot = self.scheduler.try_acquire(&self.tenant)?;
+        Some((slot, permit))
+    }
+
     /// Micro-batches of the tenant running now (permits of
     /// `max_concurrent_batches` in use).
     pub fn running_batches(&self) -> usize {

@@ -140,6 +140,28 @@ impl FairScheduler {
         self.guard(tenant, started)
     }
 
+    /// A slot for `tenant` now if one is free and no batch is waiting for
+    /// one; never queues. For work a running batch can use but does not
+    /// need: `weir serve` runs half of a micro-batch on an idle core. The
+    /// slot time is charged to the tenant like any other.
+    pub fn try_acquire(self: &Arc<Self>, tenant: &Arc<str>) -> Option<SlotGuard> {
+        let now = self.now();
+        let mut state = self.state.lock().expect("scheduler lock");
+        let anyone_waiting = state.accounts.values().any(|a| !a.waiting.is_empty());
+        if state.running >= self.slots || anyone_waiting {
+            return None;
+        }
+        let account = state
+            .accounts
+            .entry(tenant.clone())
+            .or_insert_with(|| Account::new(1.0));
+        account.running += 1;
+        account.started_sum += now;
+        state.running += 1;
+        drop(state);
+        Some(self.guard(tenant, now))
+    }
+
     /// A batch of `tenant` is ready at `now` (seconds since the epoch).
     fn enter(&self, tenant: &Arc<str>, now: f64) -> Entry {
         let mut state = self.state.lock().expect("scheduler lock");
@@ -303,6 +325,26 @@ mod tests {
             Entry::Wait(receiver) => receiver,
             Entry::Granted(_) => panic!("expected to wait"),
         }
+    }
+
+    /// A slot taken without waiting is only ever an idle one: none while
+    /// the slots are full or a batch waits, and it is charged and freed
+    /// like any other.
+    #[test]
+    fn an_idle_slot_is_lent_only_when_nobody_waits() {
+        let s = FairScheduler::new(2);
+        let a = name("a");
+        granted(s.enter(&a, 0.0));
+        let lent = s.try_acquire(&a).expect("one slot is idle");
+        assert!(s.try_acquire(&a).is_none(), "both slots are taken");
+        let mut waiter = waiting(s.enter(&name("b"), 0.0));
+        drop(lent);
+        assert!(
+            waiter.try_recv().is_ok(),
+            "the lent slot went to the waiter"
+        );
+        assert!(s.try_acquire(&a).is_none());
+        assert_eq!(s.shares()["a"].running, 1);
     }
 
     #[test]
