@@ -386,40 +386,42 @@ fn openapi_describes_routes_that_exist() {
     running.shutdown().unwrap();
 }
 
-#[test]
-fn requests_merged_into_one_micro_batch_get_their_own_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    // `filter` drops rows with value <= 2, which changes the row count of a
-    // batch that mixes requests.
+/// A service whose pipeline adds a `filter` stage (drops rows with
+/// value <= 2, which changes the row count of a batch that mixes
+/// requests) and never cuts a micro-batch early, so that requests posted
+/// together share one.
+fn start_merging_filter(dir: &Path) -> Running {
     write_pipeline(
-        dir.path(),
+        dir,
         &format!(
             "[[stages]]\nname = \"keep\"\nkind = \"transform\"\nplugin = {:?}\nconfig = {{ gt = 2 }}\n",
             weir_tests::FILTER
         ),
     );
-    // No early cut: the two requests must share a micro-batch.
-    let running = Running::start(&write_service(
-        dir.path(),
-        "",
-        "linger_ms = 400\nquiet_ms = 0",
-    ));
+    Running::start(&write_service(dir, "", "linger_ms = 400\nquiet_ms = 0"))
+}
+
+/// Posts JSON Lines `body` to the `events` pipeline through `router` and
+/// returns the answer.
+async fn post_events(router: axum::Router, body: String) -> Value {
+    let response = router
+        .oneshot(post(
+            "/v1/pipelines/events/records",
+            "application/x-ndjson",
+            body,
+        ))
+        .await
+        .unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice::<Value>(&bytes).unwrap()
+}
+
+#[test]
+fn requests_merged_into_one_micro_batch_get_their_own_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_merging_filter(dir.path());
     let router = weir::serve::api::router(running.service.clone());
-    let send = |body: String| {
-        let router = router.clone();
-        async move {
-            let response = router
-                .oneshot(post(
-                    "/v1/pipelines/events/records",
-                    "application/x-ndjson",
-                    body,
-                ))
-                .await
-                .unwrap();
-            let bytes = response.into_body().collect().await.unwrap().to_bytes();
-            serde_json::from_slice::<Value>(&bytes).unwrap()
-        }
-    };
+    let send = |body: String| post_events(router.clone(), body);
     // value = id % 7: ids 0..14 keep 3,4,5,6,10,11,12,13; ids 100..107 keep 101..104.
     let (a, b) = running
         .runtime()
@@ -462,34 +464,9 @@ fn requests_merged_into_one_micro_batch_get_their_own_counts() {
 #[test]
 fn a_micro_batch_run_as_two_halves_gives_each_request_its_own_rows() {
     let dir = tempfile::tempdir().unwrap();
-    write_pipeline(
-        dir.path(),
-        &format!(
-            "[[stages]]\nname = \"keep\"\nkind = \"transform\"\nplugin = {:?}\nconfig = {{ gt = 2 }}\n",
-            weir_tests::FILTER
-        ),
-    );
-    let running = Running::start(&write_service(
-        dir.path(),
-        "",
-        "linger_ms = 400\nquiet_ms = 0",
-    ));
+    let running = start_merging_filter(dir.path());
     let router = weir::serve::api::router(running.service.clone());
-    let send = |body: String| {
-        let router = router.clone();
-        async move {
-            let response = router
-                .oneshot(post(
-                    "/v1/pipelines/events/records",
-                    "application/x-ndjson",
-                    body,
-                ))
-                .await
-                .unwrap();
-            let bytes = response.into_body().collect().await.unwrap().to_bytes();
-            serde_json::from_slice::<Value>(&bytes).unwrap()
-        }
-    };
+    let send = |body: String| post_events(router.clone(), body);
     let requests: [(std::ops::Range<i64>, &[i64]); 3] = [
         (0..3000, &[5, 2999]),
         (10_000..13_000, &[10_001]),
