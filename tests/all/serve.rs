@@ -401,6 +401,16 @@ fn start_merging_filter(dir: &Path) -> Running {
     Running::start(&write_service(dir, "", "linger_ms = 400\nquiet_ms = 0"))
 }
 
+/// Micro-batches the `events` pipeline has committed.
+fn event_batches(running: &Running) -> u64 {
+    running
+        .service
+        .pipeline("default", "events")
+        .unwrap()
+        .status()
+        .batches
+}
+
 /// Posts JSON Lines `body` to the `events` pipeline through `router` and
 /// returns the answer.
 async fn post_events(router: axum::Router, body: String) -> Value {
@@ -426,16 +436,7 @@ fn requests_merged_into_one_micro_batch_get_their_own_counts() {
     let (a, b) = running
         .runtime()
         .block_on(async { tokio::join!(send(records(0..14, &[4])), send(records(100..107, &[]))) });
-    assert_eq!(
-        running
-            .service
-            .pipeline("default", "events")
-            .unwrap()
-            .status()
-            .batches,
-        1,
-        "one micro-batch"
-    );
+    assert_eq!(event_batches(&running), 1, "one micro-batch");
     assert_eq!(
         (
             a["received"].clone(),
@@ -477,16 +478,7 @@ fn a_micro_batch_run_as_two_halves_gives_each_request_its_own_rows() {
         let (a, b, c) = tokio::join!(a, b, c);
         [a, b, c]
     });
-    assert_eq!(
-        running
-            .service
-            .pipeline("default", "events")
-            .unwrap()
-            .status()
-            .batches,
-        1,
-        "one micro-batch"
-    );
+    assert_eq!(event_batches(&running), 1, "one micro-batch");
     running.shutdown().unwrap();
     let mut expected_written = Vec::new();
     for ((ids, bad), answer) in requests.iter().zip(&answers) {
