@@ -1,0 +1,211 @@
+//! A quarantine file being written: encoded and written on a thread of
+//! its own, chunk by chunk, in its format.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::mpsc::SyncSender;
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result, anyhow, bail};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::ArrowWriterOptions;
+use parquet::basic::Compression;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use crate::config::QuarantineFormat;
+use crate::durable::Writeback;
+
+use super::encode::parquet_batch_schema;
+
+/// Bytes of rows a Parquet quarantine buffers before it closes a row
+/// group (16 MiB): quarantined rows carry their whole record as JSON, so
+/// Parquet's default of 1M rows per row group would hold hundreds of MB
+/// on a bad day.
+pub const ROW_GROUP_BYTES: usize = 16 << 20;
+
+/// What a quarantine file's thread does with the chunks it is given:
+/// JSON Lines text is appended, Parquet batches are encoded.
+pub(super) trait Encoder: Send + 'static {
+    /// One piece of the file, built on the writer's thread.
+    type Chunk: Send + 'static;
+
+    fn write(&mut self, chunk: Self::Chunk) -> Result<()>;
+
+    /// Writes what is buffered and the file's end (Parquet's footer).
+    fn close(self) -> Result<()>;
+}
+
+/// A JSON Lines quarantine file: its bytes go to the kernel's writeback
+/// as they accumulate, so the epoch's fsync has little left to wait for
+/// (on a day with half of 3M rows rejected, six fsyncs of about 87 MB
+/// each held the run's writer thread about 0.3 s).
+type TextFile = BufWriter<Writeback>;
+
+impl Encoder for TextFile {
+    type Chunk = Vec<u8>;
+
+    fn write(&mut self, text: Vec<u8>) -> Result<()> {
+        Ok(self.write_all(&text)?)
+    }
+
+    fn close(mut self) -> Result<()> {
+        Ok(self.flush()?)
+    }
+}
+
+impl Encoder for ArrowWriter<Writeback> {
+    type Chunk = RecordBatch;
+
+    fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        ArrowWriter::write(self, &batch)?;
+        if self.memory_size() > ROW_GROUP_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn close(self) -> Result<()> {
+        ArrowWriter::close(self)?;
+        Ok(())
+    }
+}
+
+/// Chunks waiting for the file thread at most; a writer that gets ahead
+/// waits, so memory stays bounded.
+const QUEUED_CHUNKS: usize = 4;
+
+/// An open quarantine file, encoded and written on a thread of its own,
+/// which takes chunks of type `C`.
+///
+/// On a bad day the quarantine is a run's heaviest output (each rejected
+/// row with its reason and its record as JSON). Encoded on the run's
+/// writer thread, after the sink, it made that one thread the longest of
+/// a run with half its rows rejected (the quarantine's Parquet encoding
+/// was about 80% of that thread's time); on its own thread it overlaps
+/// with the sink and the workers. On 2 cores, where such a run is bound
+/// by all threads' CPU, the thread alone measured 0.97× the wall time; it
+/// is the serial part that more cores would wait on. One thread per open
+/// file: per epoch in `weir run`, per micro-batch with rejected rows in
+/// `weir serve`.
+pub(super) struct FileThread<C> {
+    chunks: Option<SyncSender<C>>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl<C: Send + 'static> FileThread<C> {
+    /// Starts the thread that hands every chunk to `encoder`, writing
+    /// `path` (named in errors).
+    pub(super) fn start<E: Encoder<Chunk = C>>(
+        mut encoder: E,
+        path: &Path,
+    ) -> Result<FileThread<C>> {
+        let (chunks, received) = std::sync::mpsc::sync_channel::<C>(QUEUED_CHUNKS);
+        let name = path.display().to_string();
+        let thread = std::thread::Builder::new()
+            .name("weir-quarantine".into())
+            .spawn(move || -> Result<()> {
+                let written = (|| -> Result<()> {
+                    for chunk in received {
+                        encoder.write(chunk)?;
+                    }
+                    encoder.close()
+                })();
+                written.with_context(|| format!("writing {name}"))
+            })
+            .context("starting the quarantine's file thread")?;
+        Ok(FileThread {
+            chunks: Some(chunks),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl<C> FileThread<C> {
+    pub(super) fn send(&mut self, chunk: C) -> Result<()> {
+        let sent = self.chunks.as_ref().is_some_and(|c| c.send(chunk).is_ok());
+        if !sent {
+            // The thread stopped at an error: that error is the answer.
+            self.finish()?;
+            bail!("the quarantine's file thread has stopped");
+        }
+        Ok(())
+    }
+
+    /// Waits until every chunk is written and the file closed.
+    ///
+    /// # Errors
+    /// The first error the file thread met.
+    pub(super) fn finish(&mut self) -> Result<()> {
+        self.chunks = None;
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| anyhow!("the quarantine's file thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl<C> Drop for FileThread<C> {
+    fn drop(&mut self) {
+        // Its error, if any, was the caller's to take with `finish`.
+        let _ = self.finish();
+    }
+}
+
+/// The open file of a quarantine, in its format.
+pub(super) enum Output {
+    Jsonl(FileThread<Vec<u8>>),
+    Parquet(FileThread<RecordBatch>),
+}
+
+impl Output {
+    pub(super) fn open(format: QuarantineFormat, path: &Path) -> Result<Output> {
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(match format {
+            QuarantineFormat::Jsonl => Output::Jsonl(FileThread::start(
+                BufWriter::new(Writeback::new(file)?),
+                path,
+            )?),
+            QuarantineFormat::Parquet => {
+                // The reason columns repeat within a failed call and are
+                // dictionary-encoded; the record (and a message that names
+                // the value) is unique per row, where building a dictionary
+                // costs a hash and a compare per row for nothing. No
+                // min/max statistics: they cost a byte comparison per value
+                // of every column (about 5% of a run with half its rows
+                // quarantined) and a quarantine is read whole, not pruned.
+                // Snappy, as the sink's default: JSON compresses well.
+                let mut properties = WriterProperties::builder()
+                    .set_compression(Compression::SNAPPY)
+                    .set_statistics_enabled(EnabledStatistics::None);
+                for column in ["record", "message"] {
+                    properties =
+                        properties.set_column_dictionary_enabled(ColumnPath::from(column), false);
+                }
+                let writer = ArrowWriter::try_new_with_options(
+                    Writeback::new(file)?,
+                    parquet_batch_schema(),
+                    ArrowWriterOptions::new()
+                        .with_properties(properties.build())
+                        .with_skip_arrow_metadata(true),
+                )?;
+                Output::Parquet(FileThread::start(writer, path)?)
+            }
+        })
+    }
+
+    /// Waits until the file is written and closed.
+    ///
+    /// # Errors
+    /// The first error its thread met.
+    pub(super) fn finish(mut self) -> Result<()> {
+        match &mut self {
+            Output::Jsonl(thread) => thread.finish(),
+            Output::Parquet(thread) => thread.finish(),
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! The quarantine (dead-letter) sink: every rejected row, with why.
+//!
+//! Rows rejected at any stage share one schema, whatever the stage's input
+//! looked like ([`schema`]): reason columns plus the original row as a JSON
+//! object. In JSON Lines `record` is a nested object; in Parquet it is JSON
+//! text (written without min/max statistics). Like [`crate::sink::Sink`],
+//! the file appears only on commit; it is encoded and written on a thread
+//! of its own.
+//!
+//! `encode` makes the rows (reason columns, records as JSON), `file`
+//! writes them on the file's thread, `epochs` takes the quarantine through
+//! the checkpoint protocol.
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `run_id` | utf8 | the run that rejected the row |
+//! | `source_file` | utf8 | the input file the row came from |
+//! | `stage` | utf8 | the stage that rejected it |
+//! | `plugin` | utf8 | the stage's plugin (`builtin:check`, a path...) |
+//! | `plugin_sha256` | utf8 | SHA-256 of the plugin component |
+//! | `error_kind` | utf8 | `validation` or a [`PluginError::kind`](crate::plugin::PluginError::kind) |
+//! | `rule` | utf8, nullable | validation: the failed rule ids, comma-separated |
+//! | `message` | utf8 | validation: the messages, `; `-separated; else the error |
+//! | `record` | utf8 (JSON) | the row as the stage received it, nulls explicit |
+
+mod encode;
+mod epochs;
+mod file;
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arrow::array::{ArrayRef, StringArray};
+use arrow::record_batch::RecordBatch;
+
+use crate::config::{QuarantineConfig, QuarantineFormat, WriteMode};
+
+use encode::{JsonRecords, parquet_batch_schema, shared_strings, stored_messages, write_jsonl};
+use epochs::{Appended, OpenEpoch};
+use file::Output;
+
+pub use crate::reason::Reason;
+pub use encode::{MAX_REPEATED_MESSAGE_BYTES, rows_as_json, schema};
+pub use file::ROW_GROUP_BYTES;
+
+/// An open quarantine sink.
+pub struct Quarantine {
+    format: QuarantineFormat,
+    final_path: PathBuf,
+    staging: PathBuf,
+    run_id: Arc<str>,
+    writer: Option<Output>,
+    rows: u64,
+    committed: bool,
+    /// Under the checkpoint protocol: the current epoch's directory, its
+    /// file and the rows written before it.
+    epoch: Option<OpenEpoch>,
+    /// A JSON Lines quarantine under the checkpoint protocol: the one file
+    /// its epochs append to ([`Quarantine::append_across_epochs`]).
+    appended: Option<Appended>,
+}
+
+impl Quarantine {
+    /// Prepares the quarantine at `config.path` (relative to `base_dir`).
+    ///
+    /// # Errors
+    /// When the staging file cannot be created.
+    pub fn create(config: &QuarantineConfig, base_dir: &Path, run_id: &str) -> Result<Quarantine> {
+        let mut quarantine = Quarantine::for_epochs(config, base_dir, run_id);
+        if let Some(parent) = quarantine.staging.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        quarantine.writer = Some(Output::open(config.format, &quarantine.staging)?);
+        Ok(quarantine)
+    }
+
+    /// A quarantine for a checkpointed run: nothing is opened until
+    /// [`crate::sink::EpochSink::begin_epoch`].
+    pub fn for_epochs(config: &QuarantineConfig, base_dir: &Path, run_id: &str) -> Quarantine {
+        let final_path = base_dir.join(&config.path);
+        let name = final_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let staging = final_path.with_file_name(format!(".{name}.weir-{run_id}.tmp"));
+        Quarantine {
+            format: config.format,
+            final_path,
+            staging,
+            run_id: Arc::from(run_id),
+            writer: None,
+            rows: 0,
+            committed: false,
+            epoch: None,
+            appended: None,
+        }
+    }
+
+    /// Final path of the quarantine file.
+    pub fn path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Writes `rows`, whose row `i` was rejected for `reasons[i]`, read from
+    /// `source_file`.
+    ///
+    /// # Errors
+    /// An I/O error, or `reasons.len() != rows.num_rows()`.
+    pub fn write(
+        &mut self,
+        rows: &RecordBatch,
+        reasons: &[Reason],
+        source_file: &str,
+    ) -> Result<()> {
+        anyhow::ensure!(
+            reasons.len() == rows.num_rows(),
+            "one reason per quarantined row"
+        );
+        if reasons.is_empty() {
+            return Ok(());
+        }
+        let mut messages = stored_messages(reasons);
+        let mut records = JsonRecords::encode(rows)?;
+        if crate::secrets::any_known() {
+            // A plugin may echo a secret into its message or a record.
+            for message in &mut messages {
+                if let Cow::Owned(redacted) = crate::secrets::redact(message) {
+                    *message = Cow::Owned(redacted);
+                }
+            }
+            records = records.redacted()?;
+        }
+        let (run_id, output) = (
+            &self.run_id,
+            self.writer.as_mut().expect("open until commit"),
+        );
+        match output {
+            Output::Jsonl(thread) => {
+                // Each line is the record, the message and a head of about
+                // 200 bytes (run id, file, stage, plugin, its SHA-256, kind,
+                // rule and the keys): one allocation in the common case.
+                let mut text = Vec::with_capacity(
+                    records.text.len()
+                        + messages.iter().map(|m| m.len()).sum::<usize>()
+                        + 256 * reasons.len(),
+                );
+                write_jsonl(&mut text, run_id, source_file, reasons, &messages, &records)?;
+                thread.send(text)?;
+            }
+            Output::Parquet(thread) => {
+                let n = reasons.len();
+                let shared = |f: &dyn Fn(&'_ Reason) -> Option<&'_ str>| -> Result<ArrayRef> {
+                    Ok(Arc::new(shared_strings(reasons.iter().map(f))?))
+                };
+                let constant = |value: &str| -> Result<ArrayRef> {
+                    Ok(Arc::new(shared_strings(std::iter::repeat_n(
+                        Some(value),
+                        n,
+                    ))?))
+                };
+                thread.send(RecordBatch::try_new(
+                    parquet_batch_schema(),
+                    vec![
+                        constant(run_id)?,
+                        constant(source_file)?,
+                        shared(&|r| Some(&r.stage))?,
+                        shared(&|r| Some(&r.plugin))?,
+                        shared(&|r| Some(&r.plugin_sha256))?,
+                        shared(&|r| Some(&r.error_kind))?,
+                        shared(&|r| r.rule.as_deref())?,
+                        Arc::new(StringArray::from_iter_values(messages.iter().map(|m| &**m))),
+                        Arc::new(records.into_column()?),
+                    ],
+                )?)?;
+            }
+        }
+        self.rows += reasons.len() as u64;
+        Ok(())
+    }
+
+    /// Closes the file and moves it into place, replacing the previous run's.
+    ///
+    /// # Errors
+    /// An I/O error.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        self.writer.take().expect("open until commit").finish()?;
+        self.move_into_place()
+    }
+
+    /// Prepares the file for the checkpoint protocol: closes and fsyncs it
+    /// under its staging name and returns `(staged, final)`, for the caller
+    /// to record and then rename.
+    ///
+    /// # Errors
+    /// An I/O error; the staged file is then removed.
+    pub fn prepare(mut self) -> Result<(PathBuf, PathBuf)> {
+        self.writer.take().expect("open until commit").finish()?;
+        crate::durable::fsync_file(&self.staging)?;
+        self.committed = true;
+        Ok((self.staging.clone(), self.final_path.clone()))
+    }
+
+    /// Moves the finished staging file over the final path (replacing the
+    /// previous run's).
+    fn move_into_place(mut self) -> Result<PathBuf> {
+        crate::sink::replace(
+            &self.staging,
+            &self.final_path,
+            WriteMode::Overwrite,
+            &self.run_id,
+        )?;
+        self.committed = true;
+        Ok(self.final_path.clone())
+    }
+
+    /// The format it writes.
+    pub fn format(&self) -> QuarantineFormat {
+        self.format
+    }
+}
+
+impl Drop for Quarantine {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.staging);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+
+    use arrow::array::{Float64Array, Int64Array};
+
+    /// A validation reason of `builtin:check` at `stage`.
+    pub(super) fn reason(stage: &Arc<str>, rule: Option<&str>, message: &str) -> Reason {
+        Reason {
+            stage: stage.clone(),
+            plugin: Arc::from("builtin:check"),
+            plugin_sha256: Arc::from("ab".repeat(32)),
+            error_kind: "validation".into(),
+            rule: rule.map(Arc::from),
+            message: message.into(),
+        }
+    }
+
+    /// Both formats hold, per row, the reason fields and the record as
+    /// given: text that needs escaping, nulls, a message cut after its
+    /// first whole copy.
+    #[test]
+    fn both_formats_round_trip_reasons_and_records() {
+        let rows = RecordBatch::try_from_iter([
+            (
+                "text",
+                Arc::new(StringArray::from(vec![
+                    Some("line\nbreak \"quoted\" \\ é"),
+                    None,
+                    Some("{\"not\": \"nested\"}"),
+                ])) as ArrayRef,
+            ),
+            (
+                "n",
+                Arc::new(Int64Array::from(vec![Some(1), Some(-2), None])) as ArrayRef,
+            ),
+            (
+                "x",
+                Arc::new(Float64Array::from(vec![0.5, -1e300, 3.0])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let stage: Arc<str> = Arc::from("check");
+        let long = "stderr ".repeat(100);
+        let reasons = vec![
+            reason(&stage, Some("a,b"), "first; second"),
+            reason(&stage, None, &long),
+            reason(&Arc::from("other"), Some("c"), &long),
+        ];
+        let expected_records: Vec<serde_json::Value> = rows_as_json(&rows)
+            .unwrap()
+            .iter()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(expected_records[1]["text"], serde_json::Value::Null);
+        for format in [QuarantineFormat::Jsonl, QuarantineFormat::Parquet] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = QuarantineConfig {
+                format,
+                path: "q".into(),
+            };
+            let mut quarantine = Quarantine::create(&config, dir.path(), "run-1").unwrap();
+            quarantine
+                .write(&rows, &reasons, "in \"dir\"/a.csv")
+                .unwrap();
+            let path = quarantine.commit().unwrap();
+            let lines: Vec<serde_json::Value> = match format {
+                QuarantineFormat::Jsonl => std::fs::read_to_string(&path)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect(),
+                QuarantineFormat::Parquet => {
+                    let reader = ::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+                        File::open(&path).unwrap(),
+                        1024,
+                    )
+                    .unwrap();
+                    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+                    let mut lines: Vec<serde_json::Value> = rows_as_json(&batches[0])
+                        .unwrap()
+                        .iter()
+                        .map(|l| serde_json::from_str(l).unwrap())
+                        .collect();
+                    for line in &mut lines {
+                        let record = line["record"].as_str().unwrap().to_string();
+                        line["record"] = serde_json::from_str(&record).unwrap();
+                    }
+                    lines
+                }
+            };
+            assert_eq!(lines.len(), 3, "{format:?}");
+            for (i, line) in lines.iter().enumerate() {
+                assert_eq!(line["run_id"], "run-1");
+                assert_eq!(line["source_file"], "in \"dir\"/a.csv");
+                assert_eq!(line["stage"], &*reasons[i].stage);
+                assert_eq!(line["plugin_sha256"], "ab".repeat(32));
+                assert_eq!(line["error_kind"], "validation");
+                assert_eq!(line["rule"], serde_json::json!(reasons[i].rule.as_deref()));
+                assert_eq!(line["record"], expected_records[i], "{format:?} row {i}");
+            }
+            assert_eq!(lines[0]["message"], "first; second");
+            assert_eq!(lines[1]["message"], long.as_str());
+            let cut = lines[2]["message"].as_str().unwrap();
+            assert!(
+                cut.len() < long.len() && cut.contains("1 rows above"),
+                "{cut}"
+            );
+        }
+    }
+}
