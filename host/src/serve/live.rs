@@ -1033,7 +1033,9 @@ impl LivePipeline {
     /// two halves of about equal rows and the second runs on another
     /// worker, in parallel. The results are joined as if one worker had
     /// run them: the outputs in piece order, the origins in merged row
-    /// numbers, the rejected groups of the first half then the second's.
+    /// numbers, the rejected groups of the first half then the second's,
+    /// and both halves' plugin versions (two for a stage only when a
+    /// plugin was reloaded between the halves' starts).
     ///
     /// # Errors
     /// As [`Worker::process_tracked`].
@@ -1066,21 +1068,30 @@ impl LivePipeline {
                 Some(origins),
             )
         };
-        let helper =
-            (splittable && batches.len() > 1 && total >= SPLIT_MIN_ROWS && self.concurrency > 1)
-                .then(|| self.quota.try_idle_slot())
-                .flatten();
-        let Some(slot) = helper else {
+        // The cut that leaves the halves' rows closest to equal; a half
+        // without rows is no help.
+        let (cut, before) = batches
+            .iter()
+            .scan(0, |rows, batch| {
+                *rows += batch.num_rows();
+                Some(*rows)
+            })
+            .enumerate()
+            .map(|(i, rows)| (i + 1, rows))
+            .take(batches.len().saturating_sub(1))
+            .min_by_key(|&(_, rows)| rows.abs_diff(total - rows))
+            .unzip();
+        let before = before.unwrap_or(0);
+        let helper = (splittable
+            && total >= SPLIT_MIN_ROWS
+            && before > 0
+            && before < total
+            && self.concurrency > 1)
+            .then(|| self.quota.try_idle_slot())
+            .flatten();
+        let (Some(cut), Some(slot)) = (cut, helper) else {
             return run(worker, batches, 0);
         };
-        // The cut that leaves the halves' rows closest to equal.
-        let cut = (1..batches.len())
-            .min_by_key(|&k| {
-                let first: usize = batches[..k].iter().map(|b| b.num_rows()).sum();
-                first.abs_diff(total - first)
-            })
-            .expect("more than one batch");
-        let before: usize = batches[..cut].iter().map(|b| b.num_rows()).sum();
         let mut second_worker = self.take_worker();
         let (first, second) = std::thread::scope(|scope| {
             let second = scope.spawn(|| run(&mut second_worker, &batches[cut..], before));
