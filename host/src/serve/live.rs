@@ -1268,52 +1268,72 @@ impl LivePipeline {
             }
         }
         let prepared = Instant::now();
-        let mut outputs = Vec::new();
-        let mut staged: Vec<StagedFile> = Vec::new();
-        let mut published = None;
-        if let (Some((sink, _)), Some(batch)) = (publish, output.as_ref()) {
-            if batch.num_rows() > 0 {
-                let sent = tokio::runtime::Handle::current()
-                    .block_on(sink.publish(batch, &message_ids))
-                    .context("publishing the output to NATS")?;
-                crate::crash::point("after-publish");
-                published = Some(sent);
-            }
-        } else if let Some(batch) = output.as_ref().filter(|b| b.num_rows() > 0) {
-            let mut sink = Sink::create_part(&self.sink_config, Path::new(""), part)?;
-            sink.write(batch)
-                .with_context(|| format!("writing to {}", self.sink_dir.display()))?;
-            crate::crash::point("mid-part-write");
-            for (file, path) in sink.prepare_parts()? {
-                outputs.push(path.clone());
-                staged.push(StagedFile { staged: file, path });
-            }
-        }
-        if !quarantined.is_empty() {
-            let config = QuarantineConfig {
-                path: self
-                    .quarantine_dir
-                    .join(format!(
-                        "part-{part}.{}",
-                        quarantine_extension(self.quarantine_config.format)
-                    ))
-                    .display()
-                    .to_string(),
-                ..self.quarantine_config.clone()
-            };
-            let mut quarantine = Quarantine::create(&config, Path::new(""), part)?;
-            for (piece, group) in &quarantined {
-                let file = match &pieces[*piece].item {
-                    SourceItem::Batch(batch) => batch.file.clone(),
-                    SourceItem::Rejected { file, .. } => file.clone(),
+        // The quarantine part is encoded on its file's thread while the sink
+        // part is written here, and the two are finished and fsynced side
+        // by side: a micro-batch's answer waits for the slower, not both.
+        let quarantine = match quarantined.is_empty() {
+            true => None,
+            false => {
+                let config = QuarantineConfig {
+                    path: self
+                        .quarantine_dir
+                        .join(format!(
+                            "part-{part}.{}",
+                            quarantine_extension(self.quarantine_config.format)
+                        ))
+                        .display()
+                        .to_string(),
+                    ..self.quarantine_config.clone()
                 };
-                quarantine.write(&group.rows, &group.reasons, &file)?;
-                acks[*piece].add_quarantined(&group.reasons);
+                let mut quarantine = Quarantine::create(&config, Path::new(""), part)?;
+                for (piece, group) in &quarantined {
+                    let file = match &pieces[*piece].item {
+                        SourceItem::Batch(batch) => batch.file.clone(),
+                        SourceItem::Rejected { file, .. } => file.clone(),
+                    };
+                    quarantine.write(&group.rows, &group.reasons, &file)?;
+                    acks[*piece].add_quarantined(&group.reasons);
+                }
+                Some(quarantine)
             }
-            let (file, path) = quarantine.prepare()?;
-            outputs.push(path.clone());
+        };
+        let write_sink = || -> Result<(Vec<StagedFile>, Option<_>)> {
+            let mut staged = Vec::new();
+            if let (Some((sink, _)), Some(batch)) = (publish, output.as_ref()) {
+                if batch.num_rows() > 0 {
+                    let sent = tokio::runtime::Handle::current()
+                        .block_on(sink.publish(batch, &message_ids))
+                        .context("publishing the output to NATS")?;
+                    crate::crash::point("after-publish");
+                    return Ok((staged, Some(sent)));
+                }
+            } else if let Some(batch) = output.as_ref().filter(|b| b.num_rows() > 0) {
+                let mut sink = Sink::create_part(&self.sink_config, Path::new(""), part)?;
+                sink.write(batch)
+                    .with_context(|| format!("writing to {}", self.sink_dir.display()))?;
+                crate::crash::point("mid-part-write");
+                for (file, path) in sink.prepare_parts()? {
+                    staged.push(StagedFile { staged: file, path });
+                }
+            }
+            Ok((staged, None))
+        };
+        let (sink_part, quarantine_part) = std::thread::scope(|scope| {
+            let quarantine = quarantine.map(|q| scope.spawn(move || q.prepare()));
+            let sink_part = write_sink();
+            let quarantine_part = quarantine.map(|q| {
+                q.join().unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!("the quarantine part's thread panicked"))
+                })
+            });
+            (sink_part, quarantine_part)
+        });
+        let (mut staged, published) = sink_part?;
+        if let Some(quarantine_part) = quarantine_part {
+            let (file, path) = quarantine_part?;
             staged.push(StagedFile { staged: file, path });
         }
+        let outputs: Vec<PathBuf> = staged.iter().map(|s| s.path.clone()).collect();
         let delta = match operators {
             Some(operators) => operators.stage(part)?,
             None => None,
