@@ -140,8 +140,27 @@ fn var_len(offsets: &[i32], data: &[u8]) -> types::VarLen {
 /// than `u32::MAX` rows.
 pub fn to_wit(batch: &RecordBatch) -> Result<types::RecordBatch, String> {
     let batch = widen(batch)?;
-    let fields = batch
-        .schema_ref()
+    let schema = schema_to_wit(batch.schema_ref())?;
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| column_to_wit(c.as_ref()))
+        .collect();
+    Ok(types::RecordBatch {
+        schema,
+        num_rows: u32::try_from(batch.num_rows())
+            .map_err(|_| "a batch holds at most u32::MAX rows".to_string())?,
+        columns,
+    })
+}
+
+/// The WIT schema of an Arrow schema whose types are all WIT types (see
+/// [`widen`]): same names, order and nullability.
+///
+/// # Errors
+/// Names a field whose type has no WIT form.
+pub(crate) fn schema_to_wit(schema: &Schema) -> Result<types::Schema, String> {
+    let fields = schema
         .fields()
         .iter()
         .map(|f| {
@@ -153,17 +172,7 @@ pub fn to_wit(batch: &RecordBatch) -> Result<types::RecordBatch, String> {
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let columns = batch
-        .columns()
-        .iter()
-        .map(|c| column_to_wit(c.as_ref()))
-        .collect();
-    Ok(types::RecordBatch {
-        schema: types::Schema { fields },
-        num_rows: u32::try_from(batch.num_rows())
-            .map_err(|_| "a batch holds at most u32::MAX rows".to_string())?,
-        columns,
-    })
+    Ok(types::Schema { fields })
 }
 
 pub(crate) fn wit_data_type(data_type: &DataType) -> Option<types::DataType> {

@@ -45,6 +45,7 @@ pub mod durable;
 pub mod engine;
 pub mod history;
 pub mod kernels;
+pub mod lent;
 pub mod lineage;
 pub mod nats;
 pub mod operator;

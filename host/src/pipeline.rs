@@ -138,14 +138,15 @@ fn probe_stages(
                 }
                 // Sent as a real batch would be: only the columns it reads.
                 let sent = crate::splice::project(&empty, instance.reads());
-                let wit = columnar::to_wit(&sent).expect("a subset of a batch that converted");
+                let lent =
+                    crate::lent::Lendable::new(&sent).expect("a subset of a batch that converted");
                 match stage.kind {
-                    PluginKind::Transform => {
-                        instance.transform_with(&empty, &wit).and_then(|(out, _)| {
+                    PluginKind::Transform => instance
+                        .transform_with(&empty, &lent.lend())
+                        .and_then(|(out, _)| {
                             Ok(Some(crate::splice::apply(&empty, out)?.batch.schema()))
-                        })
-                    }
-                    _ => instance.validate_with(&empty, &wit).map(|_| None),
+                        }),
+                    _ => instance.validate_with(&empty, &lent.lend()).map(|_| None),
                 }
             });
         match outcome {

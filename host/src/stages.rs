@@ -34,6 +34,7 @@ use arrow::record_batch::RecordBatch;
 
 use crate::columnar;
 use crate::config::OnError;
+use crate::lent::Lendable;
 use crate::plugin::{
     Admission, Limits, Plugin, PluginError, PluginInstance, PluginKind, PluginSlot, PluginVersion,
     Verdict,
@@ -41,7 +42,7 @@ use crate::plugin::{
 use crate::quarantine::Reason;
 use crate::report::StageReport;
 use crate::source::SourceItem;
-use crate::splice::{self, Transformed};
+use crate::splice::{self, Kept, Transformed};
 
 /// The tenant label of work outside `weir serve`'s tenants (`weir run`),
 /// and the implicit tenant of a service file's top-level `[[pipelines]]`.
@@ -320,14 +321,15 @@ impl StageRunner {
         let (instance, _) = self.instance.as_mut().expect("instantiated above");
         // Only the columns the stage reads cross the boundary.
         let sent = splice::project(batch, instance.reads());
-        let wit = columnar::to_wit(&sent).map_err(|e| {
+        let lent = Lendable::new(&sent).map_err(|e| {
             CallFailure::Fatal(anyhow!(
                 "stage `{}`: cannot pass the batch to the plugin: {e}",
                 self.stage.name
             ))
         })?;
+        let wit = lent.lend();
         self.report.calls += 1;
-        let sent_bytes = columnar::payload_bytes(&wit);
+        let sent_bytes = wit.payload_bytes();
         self.report.bytes_sent += sent_bytes;
         let mut returned_bytes = 0;
         let output = match self.stage.kind {
@@ -610,7 +612,7 @@ impl Worker {
                 StageOutput::Transformed(Transformed { batch: out, rows }) => {
                     if let (Some(tracked), Some(rows)) = (&mut origins, &rows) {
                         // A splice says which input row each output row is.
-                        *tracked = tracked.pick(rows);
+                        *tracked = tracked.pick(&rows.indices());
                     } else if let Some(tracked) = &mut origins
                         && out.num_rows() != rows_in
                     {
@@ -797,12 +799,17 @@ impl Isolated {
                 let mut offset = 0u32;
                 for ((range, _), part) in self.passed.iter().zip(&parts) {
                     match (&mut rows, &part.rows) {
-                        (Some(all), Some(part)) => all.extend(part.iter().map(|r| r + offset)),
+                        (Some(all), Some(part)) => {
+                            all.extend(part.indices().into_iter().map(|r| r + offset));
+                        }
                         _ => rows = None,
                     }
                     offset += range.len() as u32;
                 }
-                StageOutput::Transformed(Transformed { batch, rows })
+                StageOutput::Transformed(Transformed {
+                    batch,
+                    rows: rows.map(Kept::Indices),
+                })
             }
             StageOutput::Verdicts(_) => {
                 // Renumber each part's rows into the batch of passed rows.

@@ -3,6 +3,7 @@
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use weir::columnar::{from_wit, to_wit};
+use weir::lent::Lendable;
 use weir::plugin::{Limits, Plugin, PluginKind};
 
 fn identity() -> Plugin {
@@ -15,7 +16,16 @@ fn through_plugin(plugin: &Plugin, batch: &RecordBatch) -> RecordBatch {
         .instantiate("roundtrip", "{}".into(), Limits::default())
         .unwrap();
     let (out, _) = instance.transform(&to_wit(batch).unwrap()).unwrap();
-    weir::splice::apply(batch, out).unwrap().batch
+    let owned = weir::splice::apply(batch, out).unwrap().batch;
+    // The stages' way: the columns lent from their Arrow buffers.
+    let lent = Lendable::new(batch).unwrap();
+    let (out, _) = instance.transform_with(batch, &lent.lend()).unwrap();
+    let lent_out = weir::splice::apply(batch, out).unwrap().batch;
+    assert_eq!(
+        lent_out, owned,
+        "a lent batch arrives as the owned one does"
+    );
+    owned
 }
 
 #[test]
@@ -39,6 +49,31 @@ fn sliced_batch_round_trips_as_its_slice() {
     let plugin = identity();
     let batch = weir_tests::every_type(100).slice(13, 50);
     assert_eq!(through_plugin(&plugin, &batch), batch);
+}
+
+#[test]
+fn a_slice_at_any_bit_offset_is_lent_as_its_rows() {
+    // Slices that start inside a byte (bitmaps made anew), at a byte
+    // (bitmaps borrowed), with string offsets that do not start at 0, and
+    // ranges without a null (no validity sent).
+    let plugin = identity();
+    let batch = weir_tests::every_type(80);
+    for offset in 0..17 {
+        for len in [0, 1, 2, 3, 9, 31] {
+            let slice = batch.slice(offset, len);
+            assert_eq!(
+                through_plugin(&plugin, &slice),
+                slice,
+                "rows {offset}..+{len}"
+            );
+        }
+    }
+    let lent = Lendable::new(&batch.slice(5, 9)).unwrap();
+    assert_eq!(
+        lent.lend().payload_bytes(),
+        weir::columnar::payload_bytes(&to_wit(&batch.slice(5, 9)).unwrap()),
+        "a lent batch counts the bytes an owned one does"
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! WebAssembly.
 
 use arrow::array::{AsArray, RecordBatch};
-use weir::columnar::to_wit;
+use weir::lent::Lendable;
 use weir::plugin::{Limits, Plugin, PluginKind};
 
 use crate::hostile::contained;
@@ -40,7 +40,7 @@ fn every_type_and_null_pattern_goes_through_kernel_handles_and_back() {
         assert_eq!(instance.reads(), Some(&[][..]), "it reads nothing");
         let sent = weir::splice::project(&input, instance.reads());
         let (out, _) = instance
-            .transform_with(&input, &to_wit(&sent).unwrap())
+            .transform_with(&input, &Lendable::new(&sent).unwrap().lend())
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(out.payload_bytes(), 0, "nothing crossed back");
         let out: RecordBatch = weir::splice::apply(&input, out).unwrap().batch;

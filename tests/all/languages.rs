@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::Int64Type;
 use weir::columnar::{from_wit, to_wit};
+use weir::lent::Lendable;
 use weir::plugin::{Limits, Plugin, PluginKind};
 
 use crate::hostile::contained;
@@ -161,7 +162,7 @@ fn computes_with_host_kernels(language: &str) {
     let sent = weir::splice::project(&batch, instance.reads());
     assert_eq!(sent.num_columns(), 1, "{language}: only int64 is sent");
     let (output, _) = instance
-        .transform_with(&batch, &to_wit(&sent).unwrap())
+        .transform_with(&batch, &Lendable::new(&sent).unwrap().lend())
         .unwrap_or_else(|e| panic!("{language}: {e}"));
     let out = weir::splice::apply(&batch, output).unwrap().batch;
 
@@ -272,7 +273,7 @@ fn rejects_with_host_kernels(language: &str) {
     .unwrap();
     let sent = weir::splice::project(&input, instance.reads());
     let (verdicts, _) = instance
-        .validate_with(&input, &to_wit(&sent).unwrap())
+        .validate_with(&input, &Lendable::new(&sent).unwrap().lend())
         .unwrap_or_else(|e| panic!("{language}: {e}"));
     let got: Vec<(u32, &str, &str)> = verdicts
         .iter()

@@ -52,6 +52,7 @@ pub use watch::{DEFAULT_DEBOUNCE, PluginWatcher};
 use crate::bindings::v0_1::{extractor, transformer, validator};
 use crate::bindings::{host, types, v0_2};
 use crate::engine::{EPOCH_TICK_MS, Runtime};
+use crate::lent::BatchRef;
 
 /// The process-wide linker of the shared engine ([`Runtime::shared`]):
 /// WASI (with no capability granted by default), `wasi:http` (usable only
@@ -553,6 +554,31 @@ impl Plugin {
 /// (microseconds), once per slice.
 pub const FUEL_SLICE: u64 = 10_000_000;
 
+/// What a call can lower as its `record-batch` argument: the owned WIT
+/// type, or a [`BatchRef`] lent from Arrow buffers.
+trait Lowerable: wasmtime::component::ComponentType + wasmtime::component::Lower + Sync {}
+impl Lowerable for types::RecordBatch {}
+impl Lowerable for BatchRef<'_> {}
+
+/// `func` (a `validate` or `transform` export taking one `record-batch`)
+/// typed to take `&B` and return `R`. wasmtime checks the types against the
+/// component's, so a `B` that does not mirror `record-batch` is refused
+/// here, before anything is lowered.
+fn typed<
+    'a,
+    B: Lowerable + 'a,
+    R: wasmtime::component::ComponentType + wasmtime::component::Lift,
+>(
+    func: wasmtime::component::Func,
+    store: &Store<PluginState>,
+) -> Result<wasmtime::component::TypedFunc<(&'a B,), (R,)>, PluginError> {
+    func.typed(store).map_err(|e| {
+        PluginError::Instantiate(format!(
+            "the plugin's export does not take a record batch: {e:#}"
+        ))
+    })
+}
+
 /// Drives a future to completion on this thread. Plugin calls run on a
 /// wasmtime fiber whose only suspension point is a refuel (`FUEL_SLICE`),
 /// which wakes itself at once: no reactor is needed.
@@ -902,7 +928,8 @@ impl PluginInstance {
     }
 
     /// Calls `transform` on `batch`, the columns the stage reads of `input`
-    /// (the whole batch, whose columns compute kernels reach).
+    /// (the whole batch, whose columns compute kernels reach), lent from
+    /// their Arrow buffers ([`crate::lent`]).
     ///
     /// # Errors
     /// Any [`PluginError`] kind; the instance must then be dropped. Columns
@@ -911,36 +938,40 @@ impl PluginInstance {
     pub fn transform_with(
         &mut self,
         input: &arrow::record_batch::RecordBatch,
-        batch: &types::RecordBatch,
+        batch: &BatchRef<'_>,
     ) -> Result<(TransformOutput, CallStats), PluginError> {
         self.call_transform(Some(input), batch)
     }
 
-    fn call_transform(
+    /// Calls `transform` with `batch`, any value of the `record-batch` type
+    /// (owned, or lent from Arrow).
+    fn call_transform<B: Lowerable>(
         &mut self,
         input: Option<&arrow::record_batch::RecordBatch>,
-        batch: &types::RecordBatch,
+        batch: &B,
     ) -> Result<(TransformOutput, CallStats), PluginError> {
         use v0_2::transformer::exports::weir::plugin::transform::Output;
         let result = match &self.exports {
             Exports::Transform(exports) => {
-                let exports = exports.weir_plugin_transform().clone();
+                let func = *exports.weir_plugin_transform().func_transform().func();
+                let call = typed::<B, Result<types::RecordBatch, types::Error>>(func, &self.store)?;
                 self.arm();
                 let started = Instant::now();
-                let result = block_on(exports.call_transform(&mut self.store, batch));
+                let result = block_on(call.call_async(&mut self.store, (batch,)));
                 (
-                    result.map(|r| r.map(|b| Ok(TransformOutput::Batch(b)))),
+                    result.map(|(r,)| r.map(|b| Ok(TransformOutput::Batch(b)))),
                     started,
                 )
             }
             Exports::Transform2(exports) => {
-                let exports = exports.weir_plugin_transform().clone();
+                let func = *exports.weir_plugin_transform().func_transform().func();
+                let call = typed::<B, Result<Output, types::Error>>(func, &self.store)?;
                 self.arm();
                 self.store.data_mut().compute.begin(input.cloned());
                 let started = Instant::now();
-                let result = block_on(exports.call_transform(&mut self.store, batch));
+                let result = block_on(call.call_async(&mut self.store, (batch,)));
                 let computed = self.store.data_mut().compute.take_outputs().emitted;
-                let output = result.map(|r| {
+                let output = result.map(|(r,)| {
                     r.map(|output| match output {
                         Output::Batch(batch) if computed.is_empty() => {
                             Ok(TransformOutput::Batch(batch))
@@ -974,12 +1005,13 @@ impl PluginInstance {
         &mut self,
         batch: &types::RecordBatch,
     ) -> Result<(Vec<Verdict>, CallStats), PluginError> {
-        self.call_validate(None, batch)
+        self.call_validate(None, batch, batch.num_rows)
     }
 
     /// Calls `validate` on `batch`, the columns the stage reads of `input`
-    /// (the whole batch, whose columns compute kernels reach); rows a
-    /// kernel `reject`ed are added to the verdicts, after those returned.
+    /// (the whole batch, whose columns compute kernels reach), lent from
+    /// their Arrow buffers ([`crate::lent`]); rows a kernel `reject`ed are
+    /// added to the verdicts, after those returned.
     ///
     /// # Errors
     /// Any [`PluginError`] kind; a verdict naming a row outside the batch is
@@ -987,33 +1019,41 @@ impl PluginInstance {
     pub fn validate_with(
         &mut self,
         input: &arrow::record_batch::RecordBatch,
-        batch: &types::RecordBatch,
+        batch: &BatchRef<'_>,
     ) -> Result<(Vec<Verdict>, CallStats), PluginError> {
-        self.call_validate(Some(input), batch)
+        self.call_validate(Some(input), batch, batch.num_rows())
     }
 
-    fn call_validate(
+    /// Calls `validate` with `batch` of `num_rows` rows, any value of the
+    /// `record-batch` type (owned, or lent from Arrow).
+    fn call_validate<B: Lowerable>(
         &mut self,
         input: Option<&arrow::record_batch::RecordBatch>,
-        batch: &types::RecordBatch,
+        batch: &B,
+        num_rows: u32,
     ) -> Result<(Vec<Verdict>, CallStats), PluginError> {
+        use v0_2::validator::exports::weir::plugin::validate::Verdict as Verdict2;
+        use validator::exports::weir::plugin::validate::Verdict as Verdict1;
         let (result, started) = match &self.exports {
             Exports::Validate(exports) => {
-                let exports = exports.weir_plugin_validate().clone();
+                let func = *exports.weir_plugin_validate().func_validate().func();
+                let call = typed::<B, Result<Vec<Verdict1>, types::Error>>(func, &self.store)?;
                 self.arm();
                 let started = Instant::now();
-                let result = block_on(exports.call_validate(&mut self.store, batch));
-                let result = result.map(|r| r.map(|v| v.into_iter().map(Verdict::from).collect()));
+                let result = block_on(call.call_async(&mut self.store, (batch,)));
+                let result =
+                    result.map(|(r,)| r.map(|v| v.into_iter().map(Verdict::from).collect()));
                 (result, started)
             }
             Exports::Validate2(exports) => {
-                let exports = exports.weir_plugin_validate().clone();
+                let func = *exports.weir_plugin_validate().func_validate().func();
+                let call = typed::<B, Result<Vec<Verdict2>, types::Error>>(func, &self.store)?;
                 self.arm();
                 self.store.data_mut().compute.begin(input.cloned());
                 let started = Instant::now();
-                let result = block_on(exports.call_validate(&mut self.store, batch));
+                let result = block_on(call.call_async(&mut self.store, (batch,)));
                 let rejected = self.store.data_mut().compute.take_outputs().rejected;
-                let result = result.map(|r| {
+                let result = result.map(|(r,)| {
                     r.map(|verdicts| {
                         verdicts
                             .into_iter()
@@ -1035,10 +1075,10 @@ impl PluginInstance {
             .map_err(|e| self.classify(&e))?
             .map_err(PluginError::returned)?;
         self.check_output(verdict_bytes(&verdicts))?;
-        if let Some(bad) = verdicts.iter().find(|v| v.row >= batch.num_rows) {
+        if let Some(bad) = verdicts.iter().find(|v| v.row >= num_rows) {
             return Err(PluginError::MalformedOutput(format!(
-                "verdict for row {} but the batch has {} rows",
-                bad.row, batch.num_rows
+                "verdict for row {} but the batch has {num_rows} rows",
+                bad.row
             )));
         }
         Ok((verdicts, stats))
