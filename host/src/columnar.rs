@@ -89,6 +89,15 @@ pub fn wit_schema(schema: &Schema) -> Result<Schema, String> {
 /// # Errors
 /// Names a column whose type cannot be carried or cast.
 pub fn widen(batch: &RecordBatch) -> Result<RecordBatch, String> {
+    // The common case, checked without building a schema: every column
+    // already has a WIT type (every call of a stage asks).
+    let fields = batch.schema_ref().fields();
+    if fields
+        .iter()
+        .all(|f| wit_data_type(f.data_type()).is_some())
+    {
+        return Ok(batch.clone());
+    }
     let schema = wit_schema(batch.schema_ref())?;
     if schema.fields() == batch.schema_ref().fields() {
         return Ok(batch.clone());

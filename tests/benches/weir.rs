@@ -117,6 +117,24 @@ fn median(reps: usize, mut f: impl FnMut()) -> Duration {
     times[reps / 2]
 }
 
+/// Medians of `reps` runs each of `a` and `b`, run alternately (a, b, a,
+/// b, …) so that both see the same bursts of a shared machine's noise.
+fn paired(reps: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (Duration, Duration) {
+    let mut times_a = Vec::with_capacity(reps);
+    let mut times_b = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let started = Instant::now();
+        a();
+        times_a.push(started.elapsed());
+        let started = Instant::now();
+        b();
+        times_b.push(started.elapsed());
+    }
+    times_a.sort();
+    times_b.sort();
+    (times_a[reps / 2], times_b[reps / 2])
+}
+
 fn load(path: &str) -> Plugin {
     Plugin::from_bytes(
         path,
@@ -208,6 +226,19 @@ fn boundary() -> serde_json::Value {
         }
     });
 
+    // Sending only: a 0.2.0 stage that reads both columns and changes
+    // nothing (an empty splice), so the time is the call and one copy of
+    // each column into the plugin.
+    let pass = load(weir_tests::PASS);
+    let mut pass_instance = pass.instantiate("bench", "{}".into(), limits).unwrap();
+    let small_sent = median(7, || {
+        for batch in &small_arrow {
+            let lent = Lendable::new(batch).unwrap();
+            let (out, _) = pass_instance.transform_with(batch, &lent.lend()).unwrap();
+            std::hint::black_box(weir::splice::apply(batch, out).unwrap());
+        }
+    });
+
     let text = text_batch(rows);
     let text_wit = to_wit(&text).unwrap();
     let text_bytes = weir::columnar::payload_bytes(&text_wit) as f64;
@@ -226,14 +257,27 @@ fn boundary() -> serde_json::Value {
         .unwrap();
     // The stage's own path: project the columns it reads, lend them from
     // their Arrow buffers, call, splice.
-    let wasm_filter = median(7, || {
+    let mut wasm_filter_pass = || {
         for batch in &batches {
             let sent = weir::splice::project(batch, filter_instance.reads());
             let lent = Lendable::new(&sent).unwrap();
             let (out, _) = filter_instance.transform_with(batch, &lent.lend()).unwrap();
             std::hint::black_box(weir::splice::apply(batch, out).unwrap());
         }
-    });
+    };
+    // The same Rust natively: the column it reads into the SDK's batch, the
+    // same mask function, the mask applied with arrow's filter.
+    let native_filter_pass = || {
+        for batch in &batches {
+            let sent = weir::splice::project(batch, Some(&["value".to_string()]));
+            let wit = weir_sdk::arrow::to_wit(&sent).unwrap();
+            let keep = kernels::greater_than(&wit, "value", 0).unwrap();
+            let mask = arrow::array::BooleanArray::from(keep);
+            std::hint::black_box(arrow::compute::filter_record_batch(batch, &mask).unwrap());
+        }
+    };
+    // Alternated pass by pass, so both sides see the same noise.
+    let (wasm_filter, native_filter) = paired(15, &mut wasm_filter_pass, native_filter_pass);
     // The same through an owned WIT batch (each column copied into a `Vec`
     // before the call copies it into the plugin), as before lending.
     let owned_filter = median(7, || {
@@ -241,17 +285,6 @@ fn boundary() -> serde_json::Value {
             let sent = weir::splice::project(batch, filter_instance.reads());
             let (out, _) = filter_instance.transform(&to_wit(&sent).unwrap()).unwrap();
             std::hint::black_box(weir::splice::apply(batch, out).unwrap());
-        }
-    });
-    // The same Rust natively: the column it reads into the SDK's batch, the
-    // same mask function, the mask applied with arrow's filter.
-    let native_filter = median(7, || {
-        for batch in &batches {
-            let sent = weir::splice::project(batch, Some(&["value".to_string()]));
-            let wit = weir_sdk::arrow::to_wit(&sent).unwrap();
-            let keep = kernels::greater_than(&wit, "value", 0).unwrap();
-            let mask = arrow::array::BooleanArray::from(keep);
-            std::hint::black_box(arrow::compute::filter_record_batch(batch, &mask).unwrap());
         }
     });
     // The same, on the whole 1M-row batch in one call.
@@ -356,9 +389,10 @@ fn boundary() -> serde_json::Value {
         gbps(primitive_bytes, with_arrow)
     );
     println!(
-        "  int64+float64, 8192-row batches  {:>9.2} GB/s of input, call only; {:.2} GB/s lent from arrow",
+        "  int64+float64, 8192-row batches  {:>9.2} GB/s of input, call only; {:.2} GB/s lent from arrow; {:.2} GB/s sent to a stage that returns nothing",
         gbps(primitive_bytes, small_calls),
-        gbps(primitive_bytes, small_lent)
+        gbps(primitive_bytes, small_lent),
+        gbps(primitive_bytes, small_sent)
     );
     println!(
         "  utf8 (offsets+bytes), call only  {:>9.2} GB/s of input",
@@ -405,6 +439,7 @@ fn boundary() -> serde_json::Value {
         "primitive_arrow_round_trip_gbps": gbps(primitive_bytes, with_arrow),
         "primitive_8192_row_batches_gbps": gbps(primitive_bytes, small_calls),
         "primitive_8192_row_batches_lent_gbps": gbps(primitive_bytes, small_lent),
+        "primitive_8192_row_batches_sent_only_gbps": gbps(primitive_bytes, small_sent),
         "filter_owned_ratio": owned_filter.as_secs_f64() / native_filter.as_secs_f64(),
         "host_memcpy_gbps": gbps(primitive_bytes, memcpy),
         "utf8_call_gbps": gbps(text_bytes, text_call),

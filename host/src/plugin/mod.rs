@@ -515,6 +515,7 @@ impl Plugin {
             limits,
             last_call: CallStats::default(),
             reads: None,
+            typechecked: 0,
         };
         instance.arm();
         let exports = match &self.pre {
@@ -556,14 +557,25 @@ pub const FUEL_SLICE: u64 = 10_000_000;
 
 /// What a call can lower as its `record-batch` argument: the owned WIT
 /// type, or a [`BatchRef`] lent from Arrow buffers.
-trait Lowerable: wasmtime::component::ComponentType + wasmtime::component::Lower + Sync {}
-impl Lowerable for types::RecordBatch {}
-impl Lowerable for BatchRef<'_> {}
+trait Lowerable: wasmtime::component::ComponentType + wasmtime::component::Lower + Sync {
+    /// This type's bit in [`PluginInstance::typechecked`].
+    const CHECKED: u8;
+}
+impl Lowerable for types::RecordBatch {
+    const CHECKED: u8 = 1;
+}
+impl Lowerable for BatchRef<'_> {
+    const CHECKED: u8 = 2;
+}
 
-/// `func` (a `validate` or `transform` export taking one `record-batch`)
-/// typed to take `&B` and return `R`. wasmtime checks the types against the
-/// component's, so a `B` that does not mirror `record-batch` is refused
-/// here, before anything is lowered.
+/// `func` (the instance's `validate` or `transform` export, which takes one
+/// `record-batch` and returns `R`) typed to take `&B`.
+///
+/// wasmtime checks the types against the component's the first time for
+/// each `B` (`checked` remembers it), so a `B` that does not mirror
+/// `record-batch` is refused before anything is lowered. Later calls skip
+/// the check, which walks the whole `record-batch` type and compared its
+/// names on every call (about 6% of a call that sends 128 KiB).
 fn typed<
     'a,
     B: Lowerable + 'a,
@@ -571,12 +583,21 @@ fn typed<
 >(
     func: wasmtime::component::Func,
     store: &Store<PluginState>,
+    checked: &mut u8,
 ) -> Result<wasmtime::component::TypedFunc<(&'a B,), (R,)>, PluginError> {
-    func.typed(store).map_err(|e| {
+    if *checked & B::CHECKED != 0 {
+        // SAFETY: `func` is this instance's export, and the same
+        // parameter and result types were checked against it above on an
+        // earlier call (`checked`); a lifetime does not change the type.
+        return Ok(unsafe { wasmtime::component::TypedFunc::new_unchecked(func) });
+    }
+    let typed = func.typed(store).map_err(|e| {
         PluginError::Instantiate(format!(
             "the plugin's export does not take a record batch: {e:#}"
         ))
-    })
+    })?;
+    *checked |= B::CHECKED;
+    Ok(typed)
 }
 
 /// Drives a future to completion on this thread. Plugin calls run on a
@@ -795,6 +816,9 @@ pub struct PluginInstance {
     last_call: CallStats,
     /// The columns the stage reads (0.2.0 `describe`); none means all.
     reads: Option<Vec<String>>,
+    /// Which argument types the call export was checked against, one bit
+    /// per [`Lowerable`] type (see [`typed`]).
+    typechecked: u8,
 }
 
 impl PluginInstance {
@@ -954,7 +978,11 @@ impl PluginInstance {
         let result = match &self.exports {
             Exports::Transform(exports) => {
                 let func = *exports.weir_plugin_transform().func_transform().func();
-                let call = typed::<B, Result<types::RecordBatch, types::Error>>(func, &self.store)?;
+                let call = typed::<B, Result<types::RecordBatch, types::Error>>(
+                    func,
+                    &self.store,
+                    &mut self.typechecked,
+                )?;
                 self.arm();
                 let started = Instant::now();
                 let result = block_on(call.call_async(&mut self.store, (batch,)));
@@ -965,7 +993,11 @@ impl PluginInstance {
             }
             Exports::Transform2(exports) => {
                 let func = *exports.weir_plugin_transform().func_transform().func();
-                let call = typed::<B, Result<Output, types::Error>>(func, &self.store)?;
+                let call = typed::<B, Result<Output, types::Error>>(
+                    func,
+                    &self.store,
+                    &mut self.typechecked,
+                )?;
                 self.arm();
                 self.store.data_mut().compute.begin(input.cloned());
                 let started = Instant::now();
@@ -1037,7 +1069,11 @@ impl PluginInstance {
         let (result, started) = match &self.exports {
             Exports::Validate(exports) => {
                 let func = *exports.weir_plugin_validate().func_validate().func();
-                let call = typed::<B, Result<Vec<Verdict1>, types::Error>>(func, &self.store)?;
+                let call = typed::<B, Result<Vec<Verdict1>, types::Error>>(
+                    func,
+                    &self.store,
+                    &mut self.typechecked,
+                )?;
                 self.arm();
                 let started = Instant::now();
                 let result = block_on(call.call_async(&mut self.store, (batch,)));
@@ -1047,7 +1083,11 @@ impl PluginInstance {
             }
             Exports::Validate2(exports) => {
                 let func = *exports.weir_plugin_validate().func_validate().func();
-                let call = typed::<B, Result<Vec<Verdict2>, types::Error>>(func, &self.store)?;
+                let call = typed::<B, Result<Vec<Verdict2>, types::Error>>(
+                    func,
+                    &self.store,
+                    &mut self.typechecked,
+                )?;
                 self.arm();
                 self.store.data_mut().compute.begin(input.cloned());
                 let started = Instant::now();
