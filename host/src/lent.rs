@@ -79,7 +79,7 @@ pub enum ValuesRef<'a> {
 
 /// `weir:plugin/types.var-len`, borrowed: `offsets` has one more entry
 /// than rows and starts at 0; `data` is the bytes they point into.
-#[derive(ComponentType, Lower, Debug, Clone, Copy)]
+#[derive(ComponentType, Lower, Debug)]
 #[component(record)]
 pub struct VarLenRef<'a> {
     #[component(name = "offsets")]
@@ -115,7 +115,6 @@ impl BatchRef<'_> {
 
 /// What a column needs made anew because Arrow does not hold it in the WIT
 /// layout; everything else is borrowed from the batch.
-#[derive(Default)]
 struct Made {
     validity: Option<Buffer>,
     bits: Option<Buffer>,

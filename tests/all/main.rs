@@ -21,6 +21,7 @@ mod languages;
 mod latest;
 mod lineage;
 mod malformed_input;
+mod mask;
 mod new_user;
 mod plugin_state;
 mod postgres;

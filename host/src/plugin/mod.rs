@@ -574,8 +574,8 @@ impl Lowerable for BatchRef<'_> {
 /// wasmtime checks the types against the component's the first time for
 /// each `B` (`checked` remembers it), so a `B` that does not mirror
 /// `record-batch` is refused before anything is lowered. Later calls skip
-/// the check, which walks the whole `record-batch` type and compared its
-/// names on every call (about 6% of a call that sends 128 KiB).
+/// the check, which walks the whole `record-batch` type and compares its
+/// names (about 6% of a call that sends 128 KiB).
 fn typed<
     'a,
     B: Lowerable + 'a,
@@ -586,9 +586,11 @@ fn typed<
     checked: &mut u8,
 ) -> Result<wasmtime::component::TypedFunc<(&'a B,), (R,)>, PluginError> {
     if *checked & B::CHECKED != 0 {
-        // SAFETY: `func` is this instance's export, and the same
-        // parameter and result types were checked against it above on an
-        // earlier call (`checked`); a lifetime does not change the type.
+        // SAFETY: `func` is this instance's one call export (an instance
+        // is either a transform or a validator, of one contract version,
+        // so `R` is the same on every call), and `&B` was checked against
+        // it by `Func::typed` on an earlier call (`checked`); a lifetime
+        // does not change the type.
         return Ok(unsafe { wasmtime::component::TypedFunc::new_unchecked(func) });
     }
     let typed = func.typed(store).map_err(|e| {

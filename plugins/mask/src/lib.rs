@@ -39,12 +39,16 @@ use weir_sdk::{
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
+    /// Prefix mixed into every hashed value; default empty (not recommended).
     #[serde(default)]
     salt: String,
+    /// Columns replaced by their salted SHA-256.
     #[serde(default)]
     sha256: Vec<String>,
+    /// Columns replaced by `replacement`.
     #[serde(default)]
     redact: Vec<String>,
+    /// Text written in place of redacted values.
     #[serde(default = "default_replacement")]
     replacement: String,
 }
@@ -76,6 +80,7 @@ fn sha256_hex(name: &str, salt: &str) -> Result<Col, Error> {
     }
 }
 
+/// The error for a listed column of a type `mask` cannot take.
 fn wrong_type(name: &str) -> Error {
     Error::InvalidInput(format!(
         "mask: column `{name}` must be utf8, binary or int64"
@@ -103,12 +108,13 @@ fn redacted(batch: &RecordBatch, name: &str, replacement: &str) -> Result<Column
     Ok(out.finish())
 }
 
+/// The `mask` plugin.
 pub struct Mask;
 
 impl Transform for Mask {
+    /// Only the redacted columns cross into the plugin; the hashed ones
+    /// are reached through kernels and come back with `emit`.
     fn reads() -> Result<Option<Vec<String>>, Error> {
-        // The hashed columns are reached through kernels; only the
-        // redacted ones are read.
         Ok(Some(config()?.redact.clone()))
     }
 
