@@ -196,23 +196,66 @@ pub fn read_verified(path: &Path) -> Result<Option<Vec<u8>>> {
 /// # Errors
 /// The file cannot be read.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = sha2::Sha256::new();
+    read_chunks(path, |chunk| hasher.update(chunk))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// XXH3-128 of a file's contents, 32 hex digits: a fingerprint that tells
+/// a changed file from an unchanged one, not a defence against a crafted
+/// collision. It reads as fast as the page cache gives (tens of GB/s of
+/// hashing, against about 1.5 GB/s for SHA-256 with the CPU's SHA
+/// instructions: 3 ms instead of 21 ms for flights' 31 MB).
+///
+/// # Errors
+/// The file cannot be read.
+pub fn xxh3_file(path: &Path) -> Result<String> {
+    let mut hasher = twox_hash::XxHash3_128::new();
+    read_chunks(path, |chunk| hasher.write(chunk))?;
+    Ok(format!("{:032x}", hasher.finish_128()))
+}
+
+/// Calls `each` on the contents of `path`, 1 MiB at a time.
+fn read_chunks(path: &Path, mut each: impl FnMut(&[u8])) -> Result<()> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut buffer = vec![0u8; 1 << 20];
     loop {
         let n = std::io::Read::read(&mut file, &mut buffer)
             .with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
-            break;
+            return Ok(());
         }
-        hasher.update(&buffer[..n]);
+        each(&buffer[..n]);
     }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The empty input's XXH3-128 is the reference implementation's
+    /// (`xxhsum -H2` of an empty file); one changed byte of a file larger
+    /// than a read chunk changes it.
+    #[test]
+    fn xxh3_file_matches_the_reference_and_sees_one_changed_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input");
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(
+            xxh3_file(&path).unwrap(),
+            "99aa06d3014798d86001c324468d497f"
+        );
+        let mut bytes = vec![7u8; (1 << 20) + 5];
+        std::fs::write(&path, &bytes).unwrap();
+        let before = xxh3_file(&path).unwrap();
+        assert_eq!(
+            before,
+            format!("{:032x}", twox_hash::XxHash3_128::oneshot(&bytes))
+        );
+        bytes[(1 << 20) + 2] = 8;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_ne!(xxh3_file(&path).unwrap(), before);
+    }
 
     /// Bytes written through a [`Writeback`] land where the file's offset
     /// was, across several writeback hints, and the hints follow them.

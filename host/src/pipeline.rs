@@ -60,6 +60,9 @@ pub struct Pipeline {
     /// through every stage, plus the lineage column); `None` when a stage
     /// or the source could not be probed.
     output_schema: Option<arrow::datatypes::SchemaRef>,
+    /// The source schema the probe inferred, taken by the first run (which
+    /// reuses it if the file is unchanged) so that a `weir run` infers once.
+    probed_source: std::sync::Mutex<Option<crate::source::Inferred>>,
 }
 
 fn now_rfc3339() -> String {
@@ -91,7 +94,7 @@ pub struct RunOptions {
 /// contain as usual.
 ///
 /// Returns the schema the last stage outputs, when every stage could be
-/// probed.
+/// probed, and the source schema it inferred, if it did.
 ///
 /// # Errors
 /// One problem per stage that returned `invalid-config` or `invalid-input`.
@@ -100,17 +103,18 @@ fn probe_stages(
     file: &Path,
     base_dir: &Path,
     stages: &[Arc<Stage>],
-) -> Result<Option<arrow::datatypes::SchemaRef>, ConfigErrors> {
+) -> Result<Probed, ConfigErrors> {
     // A database's schema is read when the run starts, not when the file
     // is loaded (an unreachable server would stall `weir check`).
     if config.source.format == crate::config::SourceFormat::Postgres {
-        return Ok(None);
+        return Ok(Probed::default());
     }
-    let Some(mut schema) = Source::open(&config.source, base_dir, 1, None)
-        .ok()
-        .and_then(|source| source.schema())
-    else {
-        return Ok(None);
+    let Ok(source) = Source::open(&config.source, base_dir, 1, None) else {
+        return Ok(Probed::default());
+    };
+    let inferred = source.inferred().cloned();
+    let Some(mut schema) = source.schema() else {
+        return Ok(Probed::default());
     };
     let mut probed = true;
     let mut problems = Problems::new(file);
@@ -192,7 +196,19 @@ fn probe_stages(
         }
     }
     problems.finish()?;
-    Ok(probed.then_some(schema))
+    Ok(Probed {
+        output: probed.then_some(schema),
+        inferred,
+    })
+}
+
+/// What [`probe_stages`] found.
+#[derive(Default)]
+struct Probed {
+    /// The last stage's output schema, when every stage could be probed.
+    output: Option<arrow::datatypes::SchemaRef>,
+    /// The source schema inferred on the way.
+    inferred: Option<crate::source::Inferred>,
 }
 
 fn config_json(
@@ -360,22 +376,24 @@ impl Pipeline {
             }
         }
         problems.finish()?;
-        let output_schema = match extractor {
+        let probed = match extractor {
             None => probe_stages(&config, file, &base_dir, &stages)?,
-            Some(_) => None,
-        }
-        .map(|schema| match &config.sink.lineage_column {
-            Some(column) => {
-                let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
-                fields.push(Arc::new(arrow::datatypes::Field::new(
-                    column,
-                    arrow::datatypes::DataType::Utf8,
-                    true,
-                )));
-                Arc::new(arrow::datatypes::Schema::new(fields))
-            }
-            None => schema,
-        });
+            Some(_) => Probed::default(),
+        };
+        let output_schema = probed
+            .output
+            .map(|schema| match &config.sink.lineage_column {
+                Some(column) => {
+                    let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+                    fields.push(Arc::new(arrow::datatypes::Field::new(
+                        column,
+                        arrow::datatypes::DataType::Utf8,
+                        true,
+                    )));
+                    Arc::new(arrow::datatypes::Schema::new(fields))
+                }
+                None => schema,
+            });
         let name = config.pipeline.name.clone().unwrap_or_else(|| {
             file.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -389,6 +407,7 @@ impl Pipeline {
             extractor,
             stages,
             output_schema,
+            probed_source: std::sync::Mutex::new(probed.inferred),
         })
     }
 
@@ -676,12 +695,18 @@ impl Pipeline {
         let settings = &self.config.pipeline;
         let checkpoint_dir = checkpoint::run::dir_for(&self.config.sink, &self.base_dir);
         let cursor_file = crate::source::postgres::cursor_file(&checkpoint_dir);
+        let probed = self
+            .probed_source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         let source = Source::open_with_cursor(
             &self.config.source,
             &self.base_dir,
             settings.batch_size,
             self.extractor.clone(),
             settings.checkpoint.then_some(cursor_file.as_path()),
+            probed.as_ref(),
         )
         .with_context(|| match source_database(&self.config.source) {
             Some(what) => format!("opening source {what}"),

@@ -29,5 +29,5 @@ pub mod log;
 pub mod run;
 
 pub use crate::durable::{
-    fsync_dir, fsync_file, read_verified, sha256_file, tmp_path, write_atomic,
+    fsync_dir, fsync_file, read_verified, sha256_file, tmp_path, write_atomic, xxh3_file,
 };

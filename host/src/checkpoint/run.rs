@@ -46,8 +46,9 @@ use crate::config::SinkConfig;
 use crate::sink::{EpochContext, EpochSink, OutputFile};
 
 /// Version of the checkpoint file's layout; a checkpoint of another
-/// version is refused with instructions, never guessed at.
-pub const FORMAT: u32 = 1;
+/// version is refused with instructions, never guessed at. Format 2
+/// fingerprints input files with XXH3-128 (`xxh3`) where 1 had SHA-256.
+pub const FORMAT: u32 = 2;
 
 pub use crate::config::{CHECKPOINT_FILE, DEFAULT_EPOCH_BATCHES, DEFAULT_EPOCH_INTERVAL_MS};
 
@@ -91,8 +92,8 @@ pub struct InputIdentity {
     pub path: PathBuf,
     /// Its size, in bytes.
     pub bytes: u64,
-    /// SHA-256 of its contents.
-    pub sha256: String,
+    /// XXH3-128 of its contents, hex ([`crate::durable::xxh3_file`]).
+    pub xxh3: String,
 }
 
 impl Identity {
@@ -116,7 +117,7 @@ impl Identity {
                     Ok(InputIdentity {
                         path: path.clone(),
                         bytes: path.metadata()?.len(),
-                        sha256: super::sha256_file(path)?,
+                        xxh3: super::xxh3_file(path)?,
                     })
                 })
                 .collect::<Result<_>>()?,
@@ -158,12 +159,12 @@ impl Identity {
         for (then, now_input) in self.inputs.iter().zip(&now.inputs) {
             if then != now_input {
                 out.push(format!(
-                    "input file {} changed under its recorded position (was {} bytes, sha256 {}; now {} bytes, sha256 {})",
+                    "input file {} changed under its recorded position (was {} bytes, xxh3 {}; now {} bytes, xxh3 {})",
                     now_input.path.display(),
                     then.bytes,
-                    &then.sha256[..12.min(then.sha256.len())],
+                    &then.xxh3[..12.min(then.xxh3.len())],
                     now_input.bytes,
-                    &now_input.sha256[..12.min(now_input.sha256.len())]
+                    &now_input.xxh3[..12.min(now_input.xxh3.len())]
                 ));
             }
         }
