@@ -624,7 +624,16 @@ impl Sink {
             return self.write_to(String::new(), &data);
         }
         for (key, rows) in partition_rows(batch, &self.partition_by)? {
-            let rows = arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?;
+            // Input ordered by its partition key (flights by month) gives
+            // batches of one partition, or of a few runs: those are sliced,
+            // not copied row by row.
+            let rows = match rows.as_slice() {
+                [first, .., last] if (last - first) as usize + 1 == rows.len() => {
+                    batch.slice(*first as usize, rows.len())
+                }
+                [only] => batch.slice(*only as usize, 1),
+                _ => arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?,
+            };
             let data = conform(&rows, &schema, &self.partition_by)?;
             self.write_to(key, &data)?;
         }
@@ -1222,6 +1231,61 @@ mod tests {
                 ids.values().to_vec()
             })
             .collect()
+    }
+
+    /// Whether a batch's partition is one run of rows (sliced), a single
+    /// row, or scattered (taken), each partition gets exactly its rows in
+    /// order.
+    #[test]
+    fn runs_and_scattered_rows_reach_their_partitions_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SinkConfig {
+            format: SinkFormat::Parquet,
+            path: "out".into(),
+            partition_by: vec!["k".into()],
+            compression: "snappy".into(),
+            ..SinkConfig::default()
+        };
+        let mut sink = Sink::create(&config, dir.path(), "r1").unwrap();
+        // (k, id): 1 scattered, 2 a run in the middle, 3 one row; then a
+        // batch all of 4, and one starting mid-way through a sliced input.
+        let batches: [&[(i64, i64)]; 3] = [
+            &[(1, 0), (1, 1), (2, 2), (2, 3), (2, 4), (1, 5), (3, 6)],
+            &[(4, 7), (4, 8), (4, 9)],
+            &[(9, 99), (2, 10), (2, 11), (4, 12)],
+        ];
+        for (i, rows) in batches.iter().enumerate() {
+            let batch = RecordBatch::try_from_iter([
+                (
+                    "id",
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))) as ArrayRef,
+                ),
+                (
+                    "k",
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
+                ),
+            ])
+            .unwrap();
+            // The last batch is a slice, so its rows start at an offset.
+            let batch = if i == 2 { batch.slice(1, 3) } else { batch };
+            sink.write(&batch).unwrap();
+        }
+        let mut got: Vec<(i64, Vec<i64>)> = sink
+            .commit()
+            .unwrap()
+            .iter()
+            .map(|f| (partition_key(&f.path), first_column_ids(&f.path)))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (1, vec![0, 1, 5]),
+                (2, vec![2, 3, 4, 10, 11]),
+                (3, vec![6]),
+                (4, vec![7, 8, 9, 12]),
+            ]
+        );
     }
 
     /// Each open partition writer closes its row group once it buffers its
