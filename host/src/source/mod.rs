@@ -630,7 +630,7 @@ fn in_written_order(schema: Schema, reader: impl std::io::BufRead, rows: usize) 
 fn infer_schema(config: &SourceConfig, path: &Path) -> Result<(SchemaRef, dates::DateFormats)> {
     let mut file = File::open(path)?;
     let rows = config.infer_rows;
-    let (schema, sample): (Schema, Vec<RecordBatch>) = match config.format {
+    let (schema, sample): (Schema, Sample) = match config.format {
         SourceFormat::Csv => {
             let mut format = arrow::csv::reader::Format::default()
                 .with_header(config.header)
@@ -642,15 +642,28 @@ fn infer_schema(config: &SourceConfig, path: &Path) -> Result<(SchemaRef, dates:
             let schema = format
                 .infer_schema(BufReader::new(&mut file), Some(rows))?
                 .0;
+            // Only text columns can turn out to be dates: the sample
+            // decodes those alone (a third of flights' columns).
+            let text = text_columns(&schema);
+            if text.is_empty() {
+                return Ok((Arc::new(schema), dates::DateFormats::none()));
+            }
             file.rewind()?;
             let mut builder = arrow::csv::ReaderBuilder::new(Arc::new(schema.clone()))
                 .with_format(format)
+                .with_projection(text.clone())
                 .with_batch_size(rows.clamp(1, 8192));
             if let Some(regex) = null_regex(config)? {
                 builder = builder.with_null_regex(regex);
             }
             let sample = sample_batches(builder.build(BufReader::new(&mut file))?, rows);
-            (schema, sample)
+            (
+                schema,
+                Sample {
+                    columns: text,
+                    batches: sample,
+                },
+            )
         }
         SourceFormat::Jsonl => {
             let inferred =
@@ -661,7 +674,7 @@ fn infer_schema(config: &SourceConfig, path: &Path) -> Result<(SchemaRef, dates:
             let reader = arrow::json::ReaderBuilder::new(Arc::new(schema.clone()))
                 .with_batch_size(rows.clamp(1, 8192))
                 .build(BufReader::new(&mut file))?;
-            (schema, sample_batches(reader, rows))
+            (schema, Sample::whole(sample_batches(reader, rows)))
         }
         SourceFormat::Json => {
             let mut bytes = Vec::new();
@@ -673,7 +686,7 @@ fn infer_schema(config: &SourceConfig, path: &Path) -> Result<(SchemaRef, dates:
             let reader = arrow::json::ReaderBuilder::new(Arc::new(schema.clone()))
                 .with_batch_size(rows.clamp(1, 8192))
                 .build(std::io::Cursor::new(&lines))?;
-            (schema, sample_batches(reader, rows))
+            (schema, Sample::whole(sample_batches(reader, rows)))
         }
         SourceFormat::Parquet => {
             file.rewind()?;
@@ -681,7 +694,7 @@ fn infer_schema(config: &SourceConfig, path: &Path) -> Result<(SchemaRef, dates:
                 .schema()
                 .as_ref()
                 .clone();
-            (schema, Vec::new())
+            (schema, Sample::whole(Vec::new()))
         }
         SourceFormat::Extract => unreachable!("extract sources have no schema before extraction"),
         SourceFormat::Postgres => unreachable!("a postgres source's schema is the server's"),
@@ -709,22 +722,50 @@ fn sample_batches(
     sample
 }
 
+/// The indices of `schema`'s text (`utf8`) columns.
+fn text_columns(schema: &Schema) -> Vec<usize> {
+    (0..schema.fields().len())
+        .filter(|&i| schema.field(i).data_type() == &DataType::Utf8)
+        .collect()
+}
+
+/// Sampled rows of a file: batches of the schema's `columns` (indices).
+struct Sample {
+    columns: Vec<usize>,
+    batches: Vec<RecordBatch>,
+}
+
+impl Sample {
+    /// Batches of every column.
+    fn whole(batches: Vec<RecordBatch>) -> Sample {
+        let columns = batches.first().map_or(0, RecordBatch::num_columns);
+        Sample {
+            columns: (0..columns).collect(),
+            batches,
+        }
+    }
+}
+
 /// `schema` with each text column whose sampled values are all dates (or
 /// timestamps) of one candidate format typed as such, and those formats.
-fn with_inferred_dates(schema: Schema, sample: &[RecordBatch]) -> (SchemaRef, dates::DateFormats) {
+fn with_inferred_dates(schema: Schema, sample: &Sample) -> (SchemaRef, dates::DateFormats) {
     let mut formats = dates::DateFormats::none();
     let fields: Vec<Field> = schema
         .fields()
         .iter()
         .enumerate()
         .map(|(i, field)| {
-            if field.data_type() != &DataType::Utf8 || sample.is_empty() {
+            if field.data_type() != &DataType::Utf8 || sample.batches.is_empty() {
                 return field.as_ref().clone();
             }
+            let Some(at) = sample.columns.iter().position(|&c| c == i) else {
+                return field.as_ref().clone();
+            };
             let columns: Vec<&dyn arrow::array::Array> = sample
+                .batches
                 .iter()
-                .filter(|b| b.num_columns() > i)
-                .map(|b| b.column(i).as_ref())
+                .filter(|b| b.num_columns() > at)
+                .map(|b| b.column(at).as_ref())
                 .collect();
             let Ok(values) = arrow::compute::concat(&columns) else {
                 return field.as_ref().clone();
