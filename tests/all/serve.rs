@@ -513,6 +513,73 @@ fn a_micro_batch_run_as_two_halves_gives_each_request_its_own_rows() {
     assert_eq!(quarantined, [5, 2999, 10_001]);
 }
 
+/// When every open HTTP connection is inside a request, no client can send
+/// more, so the micro-batch is cut at once rather than after `quiet_ms`;
+/// one idle keep-alive connection is enough for it to wait out the quiet
+/// time again.
+#[test]
+fn a_micro_batch_is_cut_at_once_when_every_connection_waits_for_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pipeline(dir.path(), "");
+    let running = Running::start(&write_service(
+        dir.path(),
+        "",
+        "linger_ms = 60000\nquiet_ms = 3000",
+    ));
+    let post = |client: &reqwest::blocking::Client, ids: std::ops::Range<i64>| {
+        let response = client
+            .post(format!("{}/v1/pipelines/events/records", running.url))
+            .header("content-type", "application/x-ndjson")
+            .body(records(ids, &[]))
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().unwrap()["written"]
+            .as_i64()
+            .unwrap()
+    };
+    // Four clients, one connection each, three rounds: waiting out the
+    // quiet time even once would take 3 s.
+    let started = Instant::now();
+    let written: i64 = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..4)
+            .map(|c| {
+                scope.spawn(move || {
+                    let client = reqwest::blocking::Client::new();
+                    (0..3)
+                        .map(|round| {
+                            post(&client, c * 1000 + round * 10..c * 1000 + round * 10 + 10)
+                        })
+                        .sum::<i64>()
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).sum()
+    });
+    let elapsed = started.elapsed();
+    assert_eq!(written, 120);
+    assert!(
+        elapsed < Duration::from_millis(2500),
+        "12 requests from 4 waiting clients took {elapsed:?}: a batch waited for quiet"
+    );
+
+    // A fifth connection, open and idle after its request: the next post
+    // waits for the quiet time.
+    let idle = reqwest::blocking::Client::new();
+    let health = idle.get(format!("{}/health", running.url)).send().unwrap();
+    assert!(health.status().is_success(), "{}", health.status());
+    let started = Instant::now();
+    assert_eq!(post(&reqwest::blocking::Client::new(), 5000..5010), 10);
+    assert!(
+        started.elapsed() >= Duration::from_millis(3000),
+        "answered after {:?} with an idle connection open",
+        started.elapsed()
+    );
+    drop(idle);
+    assert_eq!(read_parts(&dir.path().join("out")).len(), 130);
+    running.shutdown().unwrap();
+}
+
 /// Clients that wait for their answer before posting again are not held
 /// for the linger time: once every request on its way is queued and no
 /// record has come for `quiet_ms`, the micro-batch is cut. With

@@ -28,7 +28,12 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use axum::extract::Request;
+use hyper::body::Incoming;
+use tower::ServiceExt;
+
 use super::config::ServiceSettings;
+use super::connections::Connections;
 
 /// Completes once `stop` is true (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -41,10 +46,13 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// # Errors
 /// None today: accept errors (such as running out of file descriptors)
 /// are logged and retried after a pause.
+/// `counts` follows the open connections and the requests being served
+/// ([`super::connections`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     settings: &ServiceSettings,
+    counts: Arc<Connections>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let connections = Arc::new(Semaphore::new(settings.max_connections));
@@ -72,12 +80,26 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let open = counts.opened();
+        let service = TowerToHyperService::new(tower::service_fn({
+            let router = router.clone();
+            let counts = counts.clone();
+            move |request: Request<Incoming>| {
+                let serving = counts.serving();
+                let response = router.clone().oneshot(request);
+                async move {
+                    let response = response.await;
+                    drop(serving);
+                    response
+                }
+            }
+        }));
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");
             }
+            drop(open);
             drop(permit);
         });
     }

@@ -46,6 +46,7 @@ use crate::stages::{Origins, Quarantined, Scope, Worker};
 
 use super::arrivals::{Arrival, Arrivals};
 use super::config::HostedPipeline;
+use super::connections::Connections;
 use super::ledger::ClaimedState;
 use super::quota::Quota;
 use super::stateful::ServedOperators;
@@ -338,6 +339,9 @@ pub struct LivePipeline {
     queue: Mutex<Option<mpsc::Sender<Piece>>>,
     /// Requests on their way to `queue`.
     arrivals: Arc<Arrivals>,
+    /// The service's HTTP connections: when every one is inside a request,
+    /// nothing more can come and a pending micro-batch is cut at once.
+    connections: Arc<Connections>,
     counters: Counters,
     stage_totals: Mutex<Vec<StageReport>>,
     reports: Mutex<VecDeque<BatchReport>>,
@@ -501,6 +505,7 @@ impl LivePipeline {
             state: AtomicU8::new(0),
             queue: Mutex::new(None),
             arrivals: Arc::new(Arrivals::default()),
+            connections: Arc::default(),
             counters: Counters::default(),
             stage_totals: Mutex::new(stage_totals),
             reports: Mutex::new(VecDeque::new()),
@@ -560,6 +565,13 @@ impl LivePipeline {
     /// Where drop-directory checkpoints and replay records live.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
+    }
+
+    /// Shares the service's connection counts (by default, a count of its
+    /// own that never sees a connection, so batches wait for quiet).
+    pub fn with_connections(mut self, connections: Arc<Connections>) -> LivePipeline {
+        self.connections = connections;
+        self
     }
 
     /// Starts the batcher task; returns its handle, which ends after
@@ -785,7 +797,13 @@ impl LivePipeline {
                     && self.arrivals.on_the_way() == 0
                     && slots.available_permits() > 0
             });
-            let quiet_at = quiet_at.map(|quiet| last_piece + quiet);
+            // Nor any point in waiting out the quiet time when no client
+            // can send more: every open connection is waiting for its
+            // answer (those behind the pending pieces among them).
+            let quiet_at = quiet_at.map(|quiet| match self.connections.all_busy() {
+                true => last_piece,
+                false => last_piece + quiet,
+            });
             let wake = match (deadline, quiet_at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),

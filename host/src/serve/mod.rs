@@ -21,6 +21,7 @@ pub mod background;
 pub mod body;
 pub mod config;
 pub mod confine;
+pub mod connections;
 pub mod cron;
 pub mod dashboard;
 pub mod delivery;
@@ -77,6 +78,8 @@ pub struct Service {
     /// Set at shutdown: the schedules and their backfills start nothing
     /// new.
     stop_schedules: Arc<cron::Stop>,
+    /// The HTTP connections open and inside a request.
+    connections: Arc<connections::Connections>,
 }
 
 impl std::fmt::Debug for Service {
@@ -108,6 +111,7 @@ impl Service {
         let mut tenants = BTreeMap::new();
         let scheduler = scheduler::FairScheduler::new(config.service.running_batches());
         let stop_schedules = Arc::new(cron::Stop::default());
+        let connections = Arc::new(connections::Connections::default());
         if !config.pipelines.is_empty() || !config.schedules.is_empty() {
             // The implicit tenant keeps the state layout of a single-tenant
             // service: STATE_DIR/PIPELINE.
@@ -135,6 +139,7 @@ impl Service {
                     scheduler.clone(),
                 ),
                 &state_dir,
+                &connections,
                 &mut errors,
             )?
             .with_schedules(scheduled);
@@ -181,6 +186,7 @@ impl Service {
                 &tenant.pipelines,
                 tenant::Quota::new(&tenant.name, tenant.quotas, scheduler.clone()),
                 &tenant_state,
+                &connections,
                 &mut errors,
             )?
             .with_schedules(scheduled);
@@ -204,6 +210,7 @@ impl Service {
             draining: AtomicBool::new(false),
             buffers,
             stop_schedules,
+            connections,
         })
     }
 
@@ -338,7 +345,13 @@ impl Service {
 
         let router = api::router(self.clone());
         let this = self.clone();
-        let server = http::serve(listener, router, &self.config.service, stop_rx.clone());
+        let server = http::serve(
+            listener,
+            router,
+            &self.config.service,
+            self.connections.clone(),
+            stop_rx.clone(),
+        );
         let trigger = async move {
             shutdown.await;
             tracing::info!("shutting down: no new records; flushing what was accepted");
@@ -471,6 +484,7 @@ fn load_tenant(
     hosted_pipelines: &[HostedPipeline],
     quota: tenant::Quota,
     state_dir: &Path,
+    connections: &Arc<connections::Connections>,
     errors: &mut Vec<ConfigError>,
 ) -> Result<Tenant> {
     let quota = Arc::new(quota);
@@ -539,6 +553,7 @@ fn load_tenant(
             }
         }
         let live = LivePipeline::new(pipeline, hosted, state_dir, quota.clone())
+            .map(|live| live.with_connections(connections.clone()))
             .with_context(|| format!("serving {}", path.display()))?;
         pipelines.insert(live.name.clone(), Arc::new(live));
     }
