@@ -45,9 +45,10 @@ impl Connections {
     /// At least one connection is open and every open one is inside a
     /// request.
     pub fn all_busy(&self) -> bool {
-        // Read `busy` first: a request ends (busy falls) before its
-        // connection can close (open falls), so this order never sees
-        // more open than there are.
+        // The two counts are read one after the other, so a request that
+        // ends in between can make this true a moment late or early: the
+        // batcher then cuts a micro-batch up to `quiet_ms` early or late,
+        // which changes batch sizes, never what is written.
         let busy = self.busy.load(Ordering::Acquire);
         let open = self.open.load(Ordering::Acquire);
         open > 0 && busy >= open
