@@ -43,10 +43,15 @@ pub struct ParquetWriter {
 /// time. DuckDB and Polars likewise decide from the data.
 pub const DICTIONARY_MAX_DISTINCT_SHARE: f64 = 0.5;
 
-/// Rows of the first batch that [`dictionary_pays_off`] looks at (1024):
-/// enough to tell ids from categories, few enough that a writer opened
-/// per micro-batch (`weir serve`) or per epoch and partition pays little.
-pub const DICTIONARY_SAMPLE_ROWS: usize = 1024;
+/// Rows of the first batch that [`dictionary_pays_off`] looks at (8192,
+/// one default batch). 1024 rows told ids from categories but not keys of
+/// a few thousand values: flights' hashed tail numbers are 73% distinct in
+/// their first 1024 rows, 28% in 8192 and 12% in a month, so they were
+/// written plain, 70% of the output's bytes. With a dictionary the flights
+/// output is 12 MB instead of 26 MB, and its run 0.97× the time. The
+/// sample is at most the writer's first batch, so a writer opened per
+/// small micro-batch (`weir serve`) or per partition still pays little.
+pub const DICTIONARY_SAMPLE_ROWS: usize = 8192;
 
 /// Whether `column` (the first batch) repeats values enough for a
 /// dictionary: at most [`DICTIONARY_MAX_DISTINCT_SHARE`] of the non-null
@@ -248,6 +253,13 @@ mod dictionary_tests {
             dictionary_pays_off(&batch.column(0).slice(0, 10)),
             "too small to tell"
         );
+        // 2000 keys in turn over 8192 rows: every one of the first 1024
+        // is new, but a dictionary holds a quarter of the values.
+        let keys: ArrayRef = Arc::new(StringArray::from_iter_values(
+            (0..8192).map(|i| format!("{:064x}", (i % 2000) * 7919)),
+        ));
+        assert!(dictionary_pays_off(&keys), "a few thousand keys");
+        assert!(!dictionary_pays_off(&keys.slice(0, 1024)), "all distinct");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.parquet");
