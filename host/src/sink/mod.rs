@@ -627,12 +627,11 @@ impl Sink {
             // Input ordered by its partition key (flights by month) gives
             // batches of one partition, or of a few runs: those are sliced,
             // not copied row by row.
-            let rows = match rows.as_slice() {
-                [first, .., last] if (last - first) as usize + 1 == rows.len() => {
-                    batch.slice(*first as usize, rows.len())
-                }
-                [only] => batch.slice(*only as usize, 1),
-                _ => arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?,
+            // A group is never empty; its row numbers ascend.
+            let first = rows[0] as usize;
+            let rows = match rows[rows.len() - 1] as usize - first + 1 == rows.len() {
+                true => batch.slice(first, rows.len()),
+                false => arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?,
             };
             let data = conform(&rows, &schema, &self.partition_by)?;
             self.write_to(key, &data)?;
