@@ -411,6 +411,18 @@ impl Pipeline {
         })
     }
 
+    /// The source schema the load-time probe inferred, for the first open
+    /// of the source to reuse ([`Source::open_with_cursor`]'s `reuse`);
+    /// `None` once taken, or when nothing was inferred. One use only: a
+    /// long-lived pipeline infers again on its later runs rather than keep
+    /// a schema its files may have outgrown.
+    pub fn take_probed_source(&self) -> Option<crate::source::Inferred> {
+        self.probed_source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
     /// The stages, in order.
     pub fn stages(&self) -> &[Arc<Stage>] {
         &self.stages
@@ -695,11 +707,7 @@ impl Pipeline {
         let settings = &self.config.pipeline;
         let checkpoint_dir = checkpoint::run::dir_for(&self.config.sink, &self.base_dir);
         let cursor_file = crate::source::postgres::cursor_file(&checkpoint_dir);
-        let probed = self
-            .probed_source
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let probed = self.take_probed_source();
         let source = Source::open_with_cursor(
             &self.config.source,
             &self.base_dir,

@@ -415,8 +415,17 @@ impl LivePipeline {
                 pipeline.file.display()
             );
         }
-        let source = Source::open(&source_config, &base_dir, config.pipeline.batch_size, None)
-            .with_context(|| {
+        // The schema `Pipeline::load` inferred for its probe, unless the
+        // file changed since.
+        let source = Source::open_with_cursor(
+            &source_config,
+            &base_dir,
+            config.pipeline.batch_size,
+            None,
+            None,
+            pipeline.take_probed_source().as_ref(),
+        )
+        .with_context(|| {
                 format!(
                     "{}: weir serve needs the records' schema before the first request: declare [source] schema, or point [source] path at a sample file",
                     pipeline.file.display()
@@ -1286,34 +1295,34 @@ impl LivePipeline {
             }
         }
         let prepared = Instant::now();
-        // The quarantine part is encoded on its file's thread while the sink
-        // part is written here, and the two are finished and fsynced side
-        // by side: a micro-batch's answer waits for the slower, not both.
-        let quarantine = match quarantined.is_empty() {
-            true => None,
-            false => {
-                let config = QuarantineConfig {
-                    path: self
-                        .quarantine_dir
-                        .join(format!(
-                            "part-{part}.{}",
-                            quarantine_extension(self.quarantine_config.format)
-                        ))
-                        .display()
-                        .to_string(),
-                    ..self.quarantine_config.clone()
+        // The quarantine part is encoded and written on a thread of its own
+        // while the sink part is written here, and the two are finished and
+        // fsynced side by side: a micro-batch's answer waits for the
+        // slower, not both.
+        for (piece, group) in &quarantined {
+            acks[*piece].add_quarantined(&group.reasons);
+        }
+        let write_quarantine = || -> Result<(PathBuf, PathBuf)> {
+            let config = QuarantineConfig {
+                path: self
+                    .quarantine_dir
+                    .join(format!(
+                        "part-{part}.{}",
+                        quarantine_extension(self.quarantine_config.format)
+                    ))
+                    .display()
+                    .to_string(),
+                ..self.quarantine_config.clone()
+            };
+            let mut quarantine = Quarantine::create(&config, Path::new(""), part)?;
+            for (piece, group) in &quarantined {
+                let file = match &pieces[*piece].item {
+                    SourceItem::Batch(batch) => batch.file.clone(),
+                    SourceItem::Rejected { file, .. } => file.clone(),
                 };
-                let mut quarantine = Quarantine::create(&config, Path::new(""), part)?;
-                for (piece, group) in &quarantined {
-                    let file = match &pieces[*piece].item {
-                        SourceItem::Batch(batch) => batch.file.clone(),
-                        SourceItem::Rejected { file, .. } => file.clone(),
-                    };
-                    quarantine.write(&group.rows, &group.reasons, &file)?;
-                    acks[*piece].add_quarantined(&group.reasons);
-                }
-                Some(quarantine)
+                quarantine.write(&group.rows, &group.reasons, &file)?;
             }
+            quarantine.prepare()
         };
         let write_sink = || -> Result<(Vec<StagedFile>, Option<_>)> {
             let mut staged = Vec::new();
@@ -1337,7 +1346,7 @@ impl LivePipeline {
             Ok((staged, None))
         };
         let (sink_part, quarantine_part) = std::thread::scope(|scope| {
-            let quarantine = quarantine.map(|q| scope.spawn(move || q.prepare()));
+            let quarantine = (!quarantined.is_empty()).then(|| scope.spawn(write_quarantine));
             let sink_part = write_sink();
             let quarantine_part = quarantine.map(|q| {
                 q.join().unwrap_or_else(|_| {
@@ -1347,6 +1356,12 @@ impl LivePipeline {
             (sink_part, quarantine_part)
         });
         let (mut staged, published) = sink_part?;
+        // `prepare_parts` fsynced the directories its files are in; the
+        // sink's own directory needs it only when a file went into a
+        // partition directory below it, which may be new.
+        let sink_dir_changed = staged
+            .iter()
+            .any(|file| file.staged.parent() != Some(self.sink_dir.as_path()));
         if let Some(quarantine_part) = quarantine_part {
             let (file, path) = quarantine_part?;
             staged.push(StagedFile { staged: file, path });
@@ -1359,7 +1374,9 @@ impl LivePipeline {
         if let Some(delta) = &delta {
             staged.push(delta.file.clone());
         }
-        crate::durable::fsync_dir(&self.sink_dir)?;
+        if sink_dir_changed {
+            crate::durable::fsync_dir(&self.sink_dir)?;
+        }
         crate::durable::fsync_dir(&self.quarantine_dir)?;
         crate::crash::point("after-part-fsync");
         for ack in &mut acks {

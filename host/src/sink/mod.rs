@@ -295,6 +295,12 @@ pub trait FormatWriter: Send {
         Ok(())
     }
 
+    /// From now on each batch given to [`FormatWriter::write`] is written
+    /// whole (a Parquet row group of its own, its columns encoded in
+    /// parallel) rather than buffered: `weir serve` writes a micro-batch's
+    /// part in one call and waits for it. Formats that stream ignore it.
+    fn write_each_batch_whole(&mut self) {}
+
     /// Writes what is buffered and the format's trailer (a Parquet footer)
     /// and flushes; the caller fsyncs.
     ///
@@ -676,7 +682,10 @@ impl Sink {
                 self.staging.clone()
             };
             let schema = self.schema.clone().expect("set by writer_schema");
-            let writer = create_writer(self.format, &path, schema, &self.compression)?;
+            let mut writer = create_writer(self.format, &path, schema, &self.compression)?;
+            if self.parts {
+                writer.write_each_batch_whole();
+            }
             self.files.insert(
                 key.clone(),
                 OpenFile {

@@ -142,6 +142,9 @@ pub struct Source {
     postgres: Option<postgres::PostgresSource>,
     /// The schema inferred from the first file, when it was inferred.
     inferred: Option<Inferred>,
+    /// `null_values` as one regex, compiled once: `weir serve` decodes
+    /// every request body with it.
+    null_regex: Option<regex::Regex>,
 }
 
 /// A schema inferred from a file (with its date formats), and the file's
@@ -233,6 +236,7 @@ impl Source {
                 dates: dates::DateFormats::none(),
                 postgres: Some(database),
                 inferred: None,
+                null_regex: None,
             });
         }
         // A declared schema needs no file (weir serve without a sample).
@@ -252,6 +256,7 @@ impl Source {
                 dates: dates::DateFormats::none(),
                 postgres: None,
                 inferred: None,
+                null_regex: None,
             });
         }
         let mut formats = dates::DateFormats::none();
@@ -301,6 +306,7 @@ impl Source {
             dates: formats,
             postgres: None,
             inferred,
+            null_regex: null_regex(config)?,
         })
     }
 
@@ -485,7 +491,7 @@ impl Source {
                     schema,
                     delimiter: config.delimiter.as_bytes()[0],
                     quote: config.quote.as_bytes()[0],
-                    null_regex: null_regex(config)?,
+                    null_regex: self.null_regex.clone(),
                     missing_columns: config.missing_columns,
                     extra_columns: config.extra_columns,
                     dates: self.dates.clone(),
@@ -636,8 +642,9 @@ fn infer_schema(config: &SourceConfig, path: &Path) -> Result<(SchemaRef, dates:
                 .with_header(config.header)
                 .with_delimiter(config.delimiter.as_bytes()[0])
                 .with_quote(config.quote.as_bytes()[0]);
-            if let Some(regex) = null_regex(config)? {
-                format = format.with_null_regex(regex);
+            let nulls = null_regex(config)?;
+            if let Some(regex) = &nulls {
+                format = format.with_null_regex(regex.clone());
             }
             let schema = format
                 .infer_schema(BufReader::new(&mut file), Some(rows))?
@@ -653,7 +660,7 @@ fn infer_schema(config: &SourceConfig, path: &Path) -> Result<(SchemaRef, dates:
                 .with_format(format)
                 .with_projection(text.clone())
                 .with_batch_size(rows.clamp(1, 8192));
-            if let Some(regex) = null_regex(config)? {
+            if let Some(regex) = nulls {
                 builder = builder.with_null_regex(regex);
             }
             let sample = sample_batches(builder.build(BufReader::new(&mut file))?, rows);
