@@ -93,8 +93,8 @@ fn dictionary_pays_off(column: &ArrayRef) -> bool {
     let nulls = column.logical_nulls();
     let nulls = nulls.as_ref();
     if let Some(width) = column.data_type().primitive_width() {
-        // `ArrayData::buffer` starts at the slice's offset and runs to the
-        // buffer's end.
+        // `ArrayData::buffer` starts at the data's offset but is not cut
+        // at its length.
         let data = column.to_data();
         let rows = column.len();
         return match width {
@@ -229,12 +229,15 @@ impl FormatWriter for ParquetWriter {
             });
         }
         let whole = self.whole.as_mut().expect("created above");
-        let rows_per_group = whole.file.properties().max_row_group_row_count();
+        let rows_per_group = whole
+            .file
+            .properties()
+            .max_row_group_row_count()
+            .unwrap_or(usize::MAX)
+            .max(1);
         let mut start = 0;
         while start < batch.num_rows() {
-            let rows = rows_per_group
-                .unwrap_or(usize::MAX)
-                .min(batch.num_rows() - start);
+            let rows = rows_per_group.min(batch.num_rows() - start);
             write_row_group(whole, &self.schema, &batch.slice(start, rows))?;
             start += rows;
         }
