@@ -34,10 +34,13 @@ pub struct ParquetWriter {
     schema: SchemaRef,
     compression: Compression,
     writer: Option<ArrowWriter<File>>,
-    /// Set by [`FormatWriter::write_each_batch_whole`]: every batch is a
-    /// row group of its own, its columns encoded on two threads.
+    /// Set by [`FormatWriter::write_each_batch_whole`]: every batch is
+    /// kept as given and encoded when the file is flushed or finished, as
+    /// a row group of its own whose columns are encoded on two threads.
     whole: Option<WholeBatches>,
     whole_batches: bool,
+    /// Batches given in whole-batch mode and not encoded yet.
+    pending: Vec<RecordBatch>,
 }
 
 /// The file a [`ParquetWriter`] writes batch by batch, each as one row
@@ -181,6 +184,7 @@ impl ParquetWriter {
             writer: None,
             whole: None,
             whole_batches: false,
+            pending: Vec::new(),
         })
     }
 
@@ -210,13 +214,16 @@ impl ParquetWriter {
     }
 }
 
-impl FormatWriter for ParquetWriter {
-    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        if !self.whole_batches {
-            return Ok(self.writer(Some(batch))?.write(batch)?);
-        }
+impl ParquetWriter {
+    /// Encodes the batches kept in whole-batch mode, each as one or more
+    /// row groups of at most the writer's row-group rows.
+    fn encode_pending(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let Some(first) = pending.first() else {
+            return Ok(());
+        };
         if self.whole.is_none() {
-            self.writer(Some(batch))?;
+            self.writer(Some(first))?;
             let (file, columns) = self
                 .writer
                 .take()
@@ -235,13 +242,28 @@ impl FormatWriter for ParquetWriter {
             .max_row_group_row_count()
             .unwrap_or(usize::MAX)
             .max(1);
-        let mut start = 0;
-        while start < batch.num_rows() {
-            let rows = rows_per_group.min(batch.num_rows() - start);
-            write_row_group(whole, &self.schema, &batch.slice(start, rows))?;
-            start += rows;
+        for batch in &pending {
+            let mut start = 0;
+            while start < batch.num_rows() {
+                let rows = rows_per_group.min(batch.num_rows() - start);
+                write_row_group(whole, &self.schema, &batch.slice(start, rows))?;
+                start += rows;
+            }
         }
         Ok(())
+    }
+}
+
+impl FormatWriter for ParquetWriter {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if self.whole_batches {
+            // Encoded at the flush or finish, which a sink runs for all of
+            // a part's files at once (`Sink::prepare_parts`): a
+            // partitioned micro-batch's files are then encoded in parallel.
+            self.pending.push(batch.clone());
+            return Ok(());
+        }
+        Ok(self.writer(Some(batch))?.write(batch)?)
     }
 
     fn write_each_batch_whole(&mut self) {
@@ -250,9 +272,15 @@ impl FormatWriter for ParquetWriter {
 
     fn buffered_bytes(&self) -> usize {
         self.writer.as_ref().map_or(0, ArrowWriter::memory_size)
+            + self
+                .pending
+                .iter()
+                .map(RecordBatch::get_array_memory_size)
+                .sum::<usize>()
     }
 
     fn flush_buffered(&mut self) -> Result<()> {
+        self.encode_pending()?;
         match &mut self.writer {
             Some(writer) => Ok(writer.flush()?),
             None => Ok(()),
@@ -260,6 +288,7 @@ impl FormatWriter for ParquetWriter {
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
+        self.encode_pending()?;
         if let Some(whole) = self.whole.take() {
             whole.file.close()?;
             return Ok(());
