@@ -295,10 +295,12 @@ pub trait FormatWriter: Send {
         Ok(())
     }
 
-    /// From now on each batch given to [`FormatWriter::write`] is written
-    /// whole (a Parquet row group of its own, its columns encoded in
-    /// parallel) rather than buffered: `weir serve` writes a micro-batch's
-    /// part in one call and waits for it. Formats that stream ignore it.
+    /// From now on each batch given to [`FormatWriter::write`] is kept as
+    /// it is and encoded whole at the next flush or the finish (a Parquet
+    /// row group of its own, its columns encoded on two threads): `weir
+    /// serve` writes a micro-batch's part in one call, then finishes all
+    /// its files at once and waits for them. Formats that stream ignore
+    /// it.
     fn write_each_batch_whole(&mut self) {}
 
     /// Writes what is buffered and the format's trailer (a Parquet footer)

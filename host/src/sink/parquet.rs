@@ -275,7 +275,15 @@ impl FormatWriter for ParquetWriter {
             + self
                 .pending
                 .iter()
-                .map(RecordBatch::get_array_memory_size)
+                .flat_map(RecordBatch::columns)
+                // A partition's rows are often a slice of the output batch:
+                // counted by their own bytes, not the whole batch's.
+                .map(|column| {
+                    column
+                        .to_data()
+                        .get_slice_memory_size()
+                        .unwrap_or_else(|_| column.get_array_memory_size())
+                })
                 .sum::<usize>()
     }
 
@@ -615,6 +623,16 @@ mod dictionary_tests {
             }
             for part in &written {
                 writer.write(part).unwrap();
+                if whole && part.num_rows() == 100 {
+                    // Kept, not encoded, and counted well under the whole
+                    // batch it is a slice of.
+                    let kept = writer.buffered_bytes();
+                    assert!(
+                        kept > 0 && kept < batch.get_array_memory_size() / 4,
+                        "{kept} bytes kept for 100 of {rows} rows ({} in all)",
+                        batch.get_array_memory_size()
+                    );
+                }
             }
             writer.finish().unwrap();
             files.push(path);
