@@ -13,8 +13,12 @@ Python threads; they use a fraction of a core.
 
 Back-to-back runs on ext4 without a journal (this project's machines) slow
 each other: creating files right after many were deleted (the previous
-run's work directory) scans past the freed inodes. Leave half a minute
-between runs, or compare runs made the same way.
+run's work directory) scans past the freed inodes: the allocator skips
+inodes freed in the last 60-300 s (`recently_deleted`, `find_inode_bit`
+in `perf`). Partitioned runs, 12 files a micro-batch, then take 0.7 s or
+1.2 s of server CPU for the same work, so a 15 s gap is not enough.
+Alternate the binaries you compare, several runs each, and compare their
+records/s and server CPU medians.
 
 Usage: python3 bench/serve_ingest.py WEIR_BINARY [ROWS]   (ROWS default 219600)
 """
