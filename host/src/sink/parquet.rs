@@ -94,44 +94,40 @@ fn dictionary_pays_off(column: &ArrayRef) -> bool {
     }
     let limit = (values as f64 * DICTIONARY_MAX_DISTINCT_SHARE) as usize;
     let nulls = column.logical_nulls();
-    let nulls = nulls.as_ref();
     if let Some(width) = column.data_type().primitive_width() {
         // `ArrayData::buffer` starts at the data's offset but is not cut
         // at its length.
         let data = column.to_data();
         let rows = column.len();
         return match width {
-            1 => at_most_distinct(data.buffer::<u8>(0).iter().take(rows), nulls, limit),
-            2 => at_most_distinct(data.buffer::<u16>(0).iter().take(rows), nulls, limit),
-            4 => at_most_distinct(data.buffer::<u32>(0).iter().take(rows), nulls, limit),
-            8 => at_most_distinct(data.buffer::<u64>(0).iter().take(rows), nulls, limit),
-            16 => at_most_distinct(data.buffer::<i128>(0).iter().take(rows), nulls, limit),
+            1 => at_most_distinct(values_of::<u8>(&data, rows, &nulls), limit),
+            2 => at_most_distinct(values_of::<u16>(&data, rows, &nulls), limit),
+            4 => at_most_distinct(values_of::<u32>(&data, rows, &nulls), limit),
+            8 => at_most_distinct(values_of::<u64>(&data, rows, &nulls), limit),
+            16 => at_most_distinct(values_of::<i128>(&data, rows, &nulls), limit),
             _ => at_most_distinct(
-                data.buffers()[0].as_slice()[data.offset() * width..]
-                    .chunks_exact(width)
-                    .take(rows),
-                nulls,
+                values_of::<arrow::datatypes::i256>(&data, rows, &nulls),
                 limit,
             ),
         };
     }
     if let Some(strings) = column.as_string_opt::<i32>() {
-        return at_most_distinct(strings.iter().map(|s| s.unwrap_or("")), nulls, limit);
+        return at_most_distinct(strings.iter(), limit);
     }
     if let Some(strings) = column.as_string_opt::<i64>() {
-        return at_most_distinct(strings.iter().map(|s| s.unwrap_or("")), nulls, limit);
+        return at_most_distinct(strings.iter(), limit);
     }
     if let Some(strings) = column.as_string_view_opt() {
-        return at_most_distinct(strings.iter().map(|s| s.unwrap_or("")), nulls, limit);
+        return at_most_distinct(strings.iter(), limit);
     }
     if let Some(bytes) = column.as_binary_opt::<i32>() {
-        return at_most_distinct(bytes.iter().map(|b| b.unwrap_or(&[])), nulls, limit);
+        return at_most_distinct(bytes.iter(), limit);
     }
     if let Some(bytes) = column.as_binary_opt::<i64>() {
-        return at_most_distinct(bytes.iter().map(|b| b.unwrap_or(&[])), nulls, limit);
+        return at_most_distinct(bytes.iter(), limit);
     }
     if let Some(bytes) = column.as_binary_view_opt() {
-        return at_most_distinct(bytes.iter().map(|b| b.unwrap_or(&[])), nulls, limit);
+        return at_most_distinct(bytes.iter(), limit);
     }
     let Ok(converter) = RowConverter::new(vec![SortField::new(column.data_type().clone())]) else {
         return true;
@@ -139,25 +135,44 @@ fn dictionary_pays_off(column: &ArrayRef) -> bool {
     let Ok(rows) = converter.convert_columns(std::slice::from_ref(column)) else {
         return true;
     };
-    at_most_distinct(rows.iter().map(|row| row.data()), nulls, limit)
+    at_most_distinct(
+        rows.iter()
+            .enumerate()
+            .map(|(row, key)| valid(&nulls, row).then(|| key.data())),
+        limit,
+    )
 }
 
-/// Whether `values` (one per row; a row `nulls` marks null is skipped)
-/// hold at most `limit` distinct values; stops counting past `limit`.
+/// Whether `row` is not null under `nulls`.
+fn valid(nulls: &Option<arrow::buffer::NullBuffer>, row: usize) -> bool {
+    nulls.as_ref().is_none_or(|nulls| nulls.is_valid(row))
+}
+
+/// The first `rows` fixed-width values of `data` as `T` (its bits), `None`
+/// where the row is null.
+fn values_of<'a, T: arrow::datatypes::ArrowNativeType>(
+    data: &'a arrow::array::ArrayData,
+    rows: usize,
+    nulls: &'a Option<arrow::buffer::NullBuffer>,
+) -> impl Iterator<Item = Option<&'a T>> {
+    data.buffer::<T>(0)[..rows]
+        .iter()
+        .enumerate()
+        .map(move |(row, value)| valid(nulls, row).then_some(value))
+}
+
+/// Whether the non-null `values` hold at most `limit` distinct values;
+/// stops counting past `limit`.
 fn at_most_distinct<T: std::hash::Hash + Eq>(
-    values: impl Iterator<Item = T>,
-    nulls: Option<&arrow::buffer::NullBuffer>,
+    values: impl Iterator<Item = Option<T>>,
     limit: usize,
 ) -> bool {
     // Sized for a category column, grown for a key: reserving the
     // limit (4,097 for 8,192 rows) allocated and cleared 72 KiB a column.
     let mut distinct: HashSet<T, foldhash::fast::RandomState> =
         HashSet::with_capacity_and_hasher((limit + 1).min(256), Default::default());
-    for (row, value) in values.enumerate() {
-        if nulls.is_none_or(|nulls| nulls.is_valid(row))
-            && distinct.insert(value)
-            && distinct.len() > limit
-        {
+    for value in values.flatten() {
+        if distinct.insert(value) && distinct.len() > limit {
             return false;
         }
     }
