@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use arrow::array::{StringArray, StringViewArray};
+use arrow::array::StringArray;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
@@ -62,80 +62,6 @@ pub fn schema() -> SchemaRef {
         utf8("message", false),
         utf8("record", false),
     ]))
-}
-
-/// The schema of the batches a Parquet quarantine encodes: [`schema`],
-/// with the reason columns that rows share (all but `message` and
-/// `record`) as string views ([`shared_strings`]). The file does not
-/// record it (`skip_arrow_metadata`): its columns read back as [`schema`]
-/// says, plain strings.
-pub(super) fn parquet_batch_schema() -> SchemaRef {
-    let plain = schema();
-    Arc::new(Schema::new(
-        plain
-            .fields()
-            .iter()
-            .map(|field| match field.name().as_str() {
-                "message" | "record" => field.as_ref().clone(),
-                _ => field.as_ref().clone().with_data_type(DataType::Utf8View),
-            })
-            .collect::<Vec<_>>(),
-    ))
-}
-
-/// A string column of `values` (`None`: null) in which consecutive rows
-/// holding the same string (the same allocation: an `Arc<str>` the rows of
-/// one stage or one failed call share, or one constant) store it once, as
-/// Arrow string views pointing at one copy.
-///
-/// Rows × 1, any length. Built as plain strings, the reason columns copied
-/// every shared string into every row (the plugin's SHA-256 alone is 64
-/// bytes a row), about 225 bytes a row in all, for the Parquet encoder to
-/// read and dictionary-encode back to one value.
-///
-/// # Errors
-/// More than 4 GiB of distinct strings in one batch.
-pub(super) fn shared_strings<'a>(
-    values: impl Iterator<Item = Option<&'a str>>,
-) -> Result<StringViewArray> {
-    let (low, _) = values.size_hint();
-    let mut views = Vec::with_capacity(low);
-    let mut nulls = arrow::array::NullBufferBuilder::new(low);
-    let mut data = Vec::new();
-    let mut last: Option<(*const u8, usize, u128)> = None;
-    for value in values {
-        let Some(value) = value else {
-            views.push(0);
-            nulls.append_null();
-            continue;
-        };
-        nulls.append_non_null();
-        let view = match last {
-            Some((ptr, len, view)) if ptr == value.as_ptr() && len == value.len() => view,
-            _ => {
-                let offset = u32::try_from(data.len())
-                    .context("a quarantine batch's distinct reason strings exceed 4 GiB")?;
-                if value.len() > 12 {
-                    data.extend_from_slice(value.as_bytes());
-                }
-                let view = arrow::array::builder::make_view(value.as_bytes(), 0, offset);
-                last = Some((value.as_ptr(), value.len(), view));
-                view
-            }
-        };
-        views.push(view);
-    }
-    // SAFETY: every view was made by `make_view` from a `&str` (valid
-    // UTF-8), inline or pointing at the copy of it just appended to
-    // `data`, buffer 0; a null's view is zero. `try_new` would check the
-    // UTF-8 of every row's string again, 3% of a half-rejected run.
-    Ok(unsafe {
-        StringViewArray::new_unchecked(
-            views.into(),
-            vec![arrow::buffer::Buffer::from_vec(data)].into(),
-            nulls.finish(),
-        )
-    })
 }
 
 /// Each row of `rows` as a JSON object with explicit nulls.
@@ -270,43 +196,4 @@ pub(super) fn write_jsonl(
         out.write_all(b"}\n")?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use arrow::array::Array;
-
-    /// A shared-strings column reads back row by row as given: nulls,
-    /// strings short enough to sit in their view, a long string shared by
-    /// consecutive rows, and equal text in separate allocations.
-    #[test]
-    fn shared_strings_read_back_as_given() {
-        let long: Arc<str> = Arc::from("f".repeat(64));
-        let other_copy: Arc<str> = Arc::from("f".repeat(64));
-        let short: Arc<str> = Arc::from("check");
-        let rows: Vec<Option<&str>> = vec![
-            Some(&long),
-            Some(&long),
-            None,
-            Some(&short),
-            Some(&other_copy),
-            Some(&long),
-            Some(""),
-            None,
-        ];
-        let column = shared_strings(rows.iter().copied()).unwrap();
-        assert_eq!(column.len(), rows.len());
-        let read: Vec<Option<&str>> = column.iter().collect();
-        assert_eq!(read, rows);
-        assert_eq!(column.null_count(), 2);
-        assert_eq!(
-            column.data_buffers()[0].len(),
-            3 * 64,
-            "a run of one allocation is stored once"
-        );
-        let all_present = shared_strings(std::iter::repeat_n(Some(&*long), 5)).unwrap();
-        assert!(all_present.nulls().is_none());
-        assert_eq!(all_present.data_buffers()[0].len(), 64);
-    }
 }

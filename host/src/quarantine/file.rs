@@ -8,17 +8,20 @@ use std::sync::mpsc::SyncSender;
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, anyhow, bail};
-use arrow::record_batch::RecordBatch;
+use arrow::array::{Array, ArrayRef};
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_writer::ArrowWriterOptions;
+use parquet::arrow::arrow_writer::{
+    ArrowColumnWriter, ArrowRowGroupWriterFactory, ArrowWriterOptions, compute_leaves,
+};
 use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
+use parquet::file::writer::SerializedFileWriter;
 
 use crate::config::QuarantineFormat;
 use crate::durable::Writeback;
 
-use super::encode::parquet_batch_schema;
+use super::runs::{REASON_COLUMNS, ReasonRuns};
+use super::schema;
 
 /// Bytes of rows a Parquet quarantine buffers before it closes a row
 /// group (16 MiB): quarantined rows carry their whole record as JSON, so
@@ -56,19 +59,140 @@ impl Encoder for TextFile {
     }
 }
 
-impl Encoder for ArrowWriter<Writeback> {
-    type Chunk = RecordBatch;
+/// A Parquet quarantine's rows on their way to the file: the reason
+/// columns as runs ([`ReasonRuns`]), `message` and `record` as string
+/// columns of as many rows.
+pub(super) struct ParquetRows {
+    pub(super) reasons: ReasonRuns,
+    pub(super) messages: ArrayRef,
+    pub(super) records: ArrayRef,
+}
 
-    fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        ArrowWriter::write(self, &batch)?;
-        if self.memory_size() > ROW_GROUP_BYTES {
+/// A Parquet quarantine file: `message` and `record` encoded by
+/// parquet-rs' column writers as rows come, the reason columns written
+/// from their runs when the row group closes ([`super::runs`]).
+struct ParquetFile {
+    file: SerializedFileWriter<Writeback>,
+    columns: ArrowRowGroupWriterFactory,
+    row_groups: usize,
+    open: Option<OpenRowGroup>,
+}
+
+/// The row group being written.
+struct OpenRowGroup {
+    reasons: ReasonRuns,
+    message: ArrowColumnWriter,
+    record: ArrowColumnWriter,
+}
+
+impl ParquetFile {
+    fn new(file: File) -> Result<ParquetFile> {
+        // The record (and a message that names the value) is unique per
+        // row, where building a dictionary costs a hash and a compare per
+        // row for nothing. No min/max statistics: they cost a byte
+        // comparison per value of every column (about 5% of a run with
+        // half its rows quarantined) and a quarantine is read whole, not
+        // pruned. Snappy, as the sink's default: JSON compresses well.
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_statistics_enabled(EnabledStatistics::None)
+            .set_dictionary_enabled(false)
+            .build();
+        let (file, columns) = ArrowWriter::try_new_with_options(
+            Writeback::new(file)?,
+            schema(),
+            ArrowWriterOptions::new()
+                .with_properties(properties)
+                .with_skip_arrow_metadata(true),
+        )?
+        .into_serialized_writer()?;
+        Ok(ParquetFile {
+            file,
+            columns,
+            row_groups: 0,
+            open: None,
+        })
+    }
+
+    /// Writes the open row group: the reason columns from their runs, then
+    /// `message` and `record` as encoded.
+    fn flush(&mut self) -> Result<()> {
+        let Some(open) = self.open.take() else {
+            return Ok(());
+        };
+        let descriptors: Vec<_> = (0..REASON_COLUMNS)
+            .map(|i| self.file.schema_descr().column(i))
+            .collect();
+        let message = open.message.close()?;
+        let record = open.record.close()?;
+        let mut row_group = self.file.next_row_group()?;
+        for (i, descr) in descriptors.into_iter().enumerate() {
+            let (bytes, close) = open.reasons.column_chunk(i, descr)?;
+            row_group.append_column(&bytes, close)?;
+        }
+        message.append_to_row_group(&mut row_group)?;
+        record.append_to_row_group(&mut row_group)?;
+        row_group.close()?;
+        self.row_groups += 1;
+        Ok(())
+    }
+}
+
+impl Encoder for ParquetFile {
+    type Chunk = ParquetRows;
+
+    fn write(&mut self, rows: ParquetRows) -> Result<()> {
+        anyhow::ensure!(
+            rows.messages.len() as u64 == rows.reasons.rows()
+                && rows.records.len() == rows.messages.len(),
+            "quarantine rows: {} reasons, {} messages, {} records",
+            rows.reasons.rows(),
+            rows.messages.len(),
+            rows.records.len()
+        );
+        let open = match &mut self.open {
+            Some(open) => open,
+            None => {
+                let mut writers = self.columns.create_column_writers(self.row_groups)?;
+                let record = writers
+                    .pop()
+                    .context("a quarantine schema without `record`")?;
+                let message = writers
+                    .pop()
+                    .context("a quarantine schema without `message`")?;
+                self.open.insert(OpenRowGroup {
+                    reasons: ReasonRuns::default(),
+                    message,
+                    record,
+                })
+            }
+        };
+        let schema = schema();
+        for (writer, (field, column)) in [&mut open.message, &mut open.record].into_iter().zip([
+            (schema.field(REASON_COLUMNS), &rows.messages),
+            (schema.field(REASON_COLUMNS + 1), &rows.records),
+        ]) {
+            for leaf in compute_leaves(field, column)? {
+                writer.write(&leaf)?;
+            }
+        }
+        open.reasons.extend(rows.reasons);
+        let max_rows = self
+            .file
+            .properties()
+            .max_row_group_row_count()
+            .unwrap_or(usize::MAX) as u64;
+        if open.message.memory_size() + open.record.memory_size() > ROW_GROUP_BYTES
+            || open.reasons.rows() >= max_rows
+        {
             self.flush()?;
         }
         Ok(())
     }
 
-    fn close(self) -> Result<()> {
-        ArrowWriter::close(self)?;
+    fn close(mut self) -> Result<()> {
+        self.flush()?;
+        self.file.close()?;
         Ok(())
     }
 }
@@ -159,7 +283,7 @@ impl<C> Drop for FileThread<C> {
 /// The open file of a quarantine, in its format.
 pub(super) enum Output {
     Jsonl(FileThread<Vec<u8>>),
-    Parquet(FileThread<RecordBatch>),
+    Parquet(FileThread<ParquetRows>),
 }
 
 impl Output {
@@ -171,29 +295,7 @@ impl Output {
                 path,
             )?),
             QuarantineFormat::Parquet => {
-                // The reason columns repeat within a failed call and are
-                // dictionary-encoded; the record (and a message that names
-                // the value) is unique per row, where building a dictionary
-                // costs a hash and a compare per row for nothing. No
-                // min/max statistics: they cost a byte comparison per value
-                // of every column (about 5% of a run with half its rows
-                // quarantined) and a quarantine is read whole, not pruned.
-                // Snappy, as the sink's default: JSON compresses well.
-                let mut properties = WriterProperties::builder()
-                    .set_compression(Compression::SNAPPY)
-                    .set_statistics_enabled(EnabledStatistics::None);
-                for column in ["record", "message"] {
-                    properties =
-                        properties.set_column_dictionary_enabled(ColumnPath::from(column), false);
-                }
-                let writer = ArrowWriter::try_new_with_options(
-                    Writeback::new(file)?,
-                    parquet_batch_schema(),
-                    ArrowWriterOptions::new()
-                        .with_properties(properties.build())
-                        .with_skip_arrow_metadata(true),
-                )?;
-                Output::Parquet(FileThread::start(writer, path)?)
+                Output::Parquet(FileThread::start(ParquetFile::new(file)?, path)?)
             }
         })
     }

@@ -26,20 +26,22 @@
 mod encode;
 mod epochs;
 mod file;
+mod runs;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use arrow::array::{ArrayRef, StringArray};
+use arrow::array::StringArray;
 use arrow::record_batch::RecordBatch;
 
 use crate::config::{QuarantineConfig, QuarantineFormat, WriteMode};
 
-use encode::{JsonRecords, parquet_batch_schema, shared_strings, stored_messages, write_jsonl};
+use encode::{JsonRecords, stored_messages, write_jsonl};
 use epochs::{Appended, OpenEpoch};
-use file::Output;
+use file::{Output, ParquetRows};
+use runs::ReasonRuns;
 
 pub use crate::reason::Reason;
 pub use encode::{MAX_REPEATED_MESSAGE_BYTES, rows_as_json, schema};
@@ -156,30 +158,13 @@ impl Quarantine {
                 thread.send(text)?;
             }
             Output::Parquet(thread) => {
-                let n = reasons.len();
-                let shared = |f: &dyn Fn(&'_ Reason) -> Option<&'_ str>| -> Result<ArrayRef> {
-                    Ok(Arc::new(shared_strings(reasons.iter().map(f))?))
-                };
-                let constant = |value: &str| -> Result<ArrayRef> {
-                    Ok(Arc::new(shared_strings(std::iter::repeat_n(
-                        Some(value),
-                        n,
-                    ))?))
-                };
-                thread.send(RecordBatch::try_new(
-                    parquet_batch_schema(),
-                    vec![
-                        constant(run_id)?,
-                        constant(source_file)?,
-                        shared(&|r| Some(&r.stage))?,
-                        shared(&|r| Some(&r.plugin))?,
-                        shared(&|r| Some(&r.plugin_sha256))?,
-                        shared(&|r| Some(&r.error_kind))?,
-                        shared(&|r| r.rule.as_deref())?,
-                        Arc::new(StringArray::from_iter_values(messages.iter().map(|m| &**m))),
-                        Arc::new(records.into_column()?),
-                    ],
-                )?)?;
+                thread.send(ParquetRows {
+                    reasons: ReasonRuns::of(reasons, run_id, &Arc::from(source_file)),
+                    messages: Arc::new(StringArray::from_iter_values(
+                        messages.iter().map(|m| &**m),
+                    )),
+                    records: Arc::new(records.into_column()?),
+                })?;
             }
         }
         self.rows += reasons.len() as u64;
@@ -240,7 +225,7 @@ mod tests {
     use super::*;
     use std::fs::File;
 
-    use arrow::array::{Float64Array, Int64Array};
+    use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array};
 
     /// A validation reason of `builtin:check` at `stage`.
     pub(super) fn reason(stage: &Arc<str>, rule: Option<&str>, message: &str) -> Reason {
@@ -345,5 +330,107 @@ mod tests {
                 "{cut}"
             );
         }
+    }
+
+    /// The reason columns a Parquet quarantine writes from runs read back
+    /// row by row as given, in each shape of their pages: long runs (RLE),
+    /// rows alternating between rules and a null rule (bit-packed values
+    /// and definition levels), 300 distinct stages (9-bit indices), a row
+    /// group whose rules are all null, and several batches joined into one
+    /// row group.
+    #[test]
+    fn parquet_reason_runs_read_back_row_by_row() {
+        let check: Arc<str> = Arc::from("check");
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("rule_a"), Arc::from("rule_b"));
+        let mut batches: Vec<Vec<Reason>> = Vec::new();
+        batches.push(vec![reason(&check, Some("same"), "m"); 20_000]);
+        batches.push(
+            (0..5_000)
+                .map(|i| {
+                    let mut r = reason(&check, None, "m");
+                    r.rule = [Some(a.clone()), Some(b.clone()), None][i % 3].clone();
+                    r
+                })
+                .collect(),
+        );
+        batches.push(
+            (0..300)
+                .map(|i| reason(&Arc::from(format!("stage-{i}")), Some("x"), "m"))
+                .collect(),
+        );
+        batches.push(vec![reason(&check, None, "m"); 1_000]);
+        let expected: Vec<[Option<String>; 3]> = batches
+            .iter()
+            .flatten()
+            .map(|r| {
+                [
+                    Some(r.stage.to_string()),
+                    r.rule.as_deref().map(str::to_string),
+                    Some(r.plugin.to_string()),
+                ]
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let config = QuarantineConfig {
+            format: QuarantineFormat::Parquet,
+            path: "q.parquet".into(),
+        };
+        let mut quarantine = Quarantine::create(&config, dir.path(), "run-7").unwrap();
+        for (i, reasons) in batches.iter().enumerate() {
+            let rows = RecordBatch::try_from_iter([(
+                "n",
+                Arc::new(Int64Array::from_iter_values(0..reasons.len() as i64)) as ArrayRef,
+            )])
+            .unwrap();
+            quarantine
+                .write(&rows, reasons, &format!("file-{}.csv", i % 2))
+                .unwrap();
+        }
+        let path = quarantine.commit().unwrap();
+        let reader = ::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+            File::open(&path).unwrap(),
+            4096,
+        )
+        .unwrap();
+        let mut row = 0;
+        let mut file_of_row = Vec::new();
+        for (i, reasons) in batches.iter().enumerate() {
+            file_of_row.extend(std::iter::repeat_n(
+                format!("file-{}.csv", i % 2),
+                reasons.len(),
+            ));
+        }
+        for batch in reader {
+            let batch = batch.unwrap();
+            let text = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .unwrap()
+                    .as_string::<i32>()
+                    .clone()
+            };
+            let (run_id, file, stage, rule, plugin, sha) = (
+                text("run_id"),
+                text("source_file"),
+                text("stage"),
+                text("rule"),
+                text("plugin"),
+                text("plugin_sha256"),
+            );
+            for i in 0..batch.num_rows() {
+                assert_eq!(run_id.value(i), "run-7");
+                assert_eq!(file.value(i), file_of_row[row], "row {row}");
+                assert_eq!(sha.value(i), "ab".repeat(32));
+                assert_eq!(text("error_kind").value(i), "validation");
+                let got = [
+                    Some(stage.value(i).to_string()),
+                    rule.is_valid(i).then(|| rule.value(i).to_string()),
+                    Some(plugin.value(i).to_string()),
+                ];
+                assert_eq!(got, expected[row], "row {row}");
+                row += 1;
+            }
+        }
+        assert_eq!(row, expected.len());
     }
 }
