@@ -29,6 +29,17 @@ use super::schema;
 /// on a bad day.
 pub const ROW_GROUP_BYTES: usize = 16 << 20;
 
+/// Bytes of encoded values at which a Parquet quarantine closes a data
+/// page (128 KiB; parquet-rs' default is 1 MiB). Each page's value buffer
+/// grows by doubling and its Snappy output is allocated anew, so 1 MiB
+/// pages went to fresh memory above glibc's `mmap` threshold, page by
+/// page: a run with half its 3M rows quarantined took 106k page faults,
+/// against 22k with 128 KiB pages, which stay in reused heap memory (0.89×
+/// the wall time, 11 pairs; the file 0.6% larger, as Snappy works on 64
+/// KiB blocks anyway). The sink keeps the default: its pages of numbers
+/// measured no faster so.
+const PAGE_BYTES: usize = 128 << 10;
+
 /// What a quarantine file's thread does with the chunks it is given:
 /// JSON Lines text is appended, Parquet batches are encoded.
 pub(super) trait Encoder: Send + 'static {
@@ -97,6 +108,7 @@ impl ParquetFile {
             .set_compression(Compression::SNAPPY)
             .set_statistics_enabled(EnabledStatistics::None)
             .set_dictionary_enabled(false)
+            .set_data_page_size_limit(PAGE_BYTES)
             .build();
         let (file, columns) = ArrowWriter::try_new_with_options(
             Writeback::new(file)?,
