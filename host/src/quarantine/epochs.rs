@@ -2,15 +2,13 @@
 //! ([`crate::sink::EpochSink`]): a part per epoch (Parquet), or one file
 //! the epochs append to (JSON Lines), published when the run ends.
 
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
 use super::Quarantine;
-use super::file::{FileThread, Output};
+use super::file::Output;
 use crate::config::QuarantineFormat;
-use crate::durable::Writeback;
 use crate::sink::OutputFile;
 
 /// The epoch a checkpointed quarantine is writing.
@@ -225,10 +223,7 @@ impl crate::sink::EpochSink for Quarantine {
                     .with_context(|| format!("truncating {}", appended.path.display()))?;
                 let mut file = file;
                 std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0))?;
-                self.writer = Some(Output::Jsonl(FileThread::start(
-                    BufWriter::new(Writeback::new(file)?),
-                    &appended.path,
-                )?));
+                self.writer = Some(Output::jsonl(file, &appended.path)?);
                 appended.path.clone()
             }
             None => {
