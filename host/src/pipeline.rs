@@ -1283,7 +1283,7 @@ fn write_results(
                 // operators (a later rollback must not undo them).
                 chain.accept();
             }
-            write_result(&mut out, &result, counts)?;
+            write_result(&mut out, &mut result, counts)?;
             // Sent before the item was: there is one per result.
             let position = out
                 .positions
@@ -1309,12 +1309,12 @@ fn write_results(
     if let Some(chain) = out.operators.as_deref_mut() {
         let closed = chain.finish()?;
         chain.accept();
-        let result = BatchResult {
+        let mut result = BatchResult {
             output: closed.output,
             quarantined: closed.quarantined,
             ..BatchResult::empty(next, Arc::from("(end of input)"), 0)
         };
-        write_result(&mut out, &result, counts)?;
+        write_result(&mut out, &mut result, counts)?;
         if let Some(coordinator) = out.coordinator.as_deref_mut() {
             coordinator.note_output();
         }
@@ -1322,10 +1322,11 @@ fn write_results(
     Ok(())
 }
 
-/// Writes one result's rows to the sink and the quarantine.
+/// Writes one result's rows to the sink and the quarantine, which takes
+/// the quarantined groups.
 fn write_result(
     out: &mut Output<'_>,
-    result: &BatchResult,
+    result: &mut BatchResult,
     counts: &mut RecordCounts,
 ) -> Result<()> {
     if let Some(output) = result.output.as_ref().filter(|b| b.num_rows() > 0) {
@@ -1336,11 +1337,11 @@ fn write_result(
         out.nulls.add(output);
         crate::crash::point("mid-part-write");
     }
-    for group in &result.quarantined {
-        out.quarantine
-            .write(&group.rows, &group.reasons, &result.file)
-            .with_context(|| format!("writing to {}", out.quarantine.path().display()))?;
+    for group in std::mem::take(&mut result.quarantined) {
         counts.quarantined += group.rows.num_rows() as u64;
+        out.quarantine
+            .write(&group.rows, group.reasons, &result.file)
+            .with_context(|| format!("writing to {}", out.quarantine.path().display()))?;
     }
     Ok(())
 }

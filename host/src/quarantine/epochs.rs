@@ -241,7 +241,7 @@ impl crate::sink::EpochSink for Quarantine {
     }
 
     fn accept_rejected(&mut self, rejected: &crate::sink::SinkRejected) -> Result<bool> {
-        self.write(&rejected.rows, &rejected.reasons, &rejected.source)?;
+        self.write(&rejected.rows, rejected.reasons.clone(), &rejected.source)?;
         Ok(true)
     }
 
@@ -370,7 +370,7 @@ mod tests {
             std::fs::create_dir_all(&prepared).unwrap();
             quarantine.begin_epoch(&prepared).unwrap();
             quarantine
-                .write(&rows(ids), &reasons(ids.len()), "in.csv")
+                .write(&rows(ids), reasons(ids.len()), "in.csv")
                 .unwrap();
             let parts = quarantine.prepare_epoch(&context(epoch)).unwrap().parts;
             let committed = checkpoint_dir.join(format!("epoch-{epoch}/quarantine"));
@@ -387,7 +387,7 @@ mod tests {
         std::fs::create_dir_all(&prepared).unwrap();
         first.begin_epoch(&prepared).unwrap();
         first
-            .write(&rows(&[3, 4, 5]), &reasons(3), "in.csv")
+            .write(&rows(&[3, 4, 5]), reasons(3), "in.csv")
             .unwrap();
         first.writer.take().unwrap().finish().unwrap();
         std::mem::forget(first);

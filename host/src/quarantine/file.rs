@@ -1,11 +1,12 @@
 //! A quarantine file being written: encoded and written on a thread of
 //! its own, chunk by chunk, in its format.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -21,6 +22,8 @@ use parquet::file::writer::SerializedFileWriter;
 use crate::config::QuarantineFormat;
 use crate::durable::Writeback;
 
+use super::Reason;
+use super::encode::{JsonRecords, stored_messages, write_jsonl};
 use super::runs::{REASON_COLUMNS, ReasonRuns};
 use super::schema;
 
@@ -53,32 +56,92 @@ pub(super) trait Encoder: Send + 'static {
     fn close(self) -> Result<()>;
 }
 
+/// A JSON Lines quarantine's rows on their way to the file: each row's
+/// reason and its record as JSON. The lines are assembled on the file's
+/// thread, which also drops the reasons: on the run's writer thread, the
+/// longest of a run with half its 3M rows quarantined, assembling them
+/// and dropping the reasons (six reference counts a row) took about a
+/// sixth of its time, while the file thread only wrote.
+pub(super) struct JsonlRows {
+    pub(super) reasons: Vec<Reason>,
+    pub(super) records: JsonRecords,
+    pub(super) run_id: Arc<str>,
+    pub(super) source_file: Arc<str>,
+    /// Whether secrets are known, whose values are cut from the messages
+    /// ([`crate::secrets::redact`]; the records come redacted).
+    pub(super) redact: bool,
+}
+
 /// A JSON Lines quarantine file: its bytes go to the kernel's writeback
 /// as they accumulate, so the epoch's fsync has little left to wait for
 /// (on a day with half of 3M rows rejected, six fsyncs of about 87 MB
 /// each held the run's writer thread about 0.3 s).
 struct TextFile {
     out: BufWriter<Writeback>,
-    spare: SpareText,
+    /// The last batch's lines, cleared for the next: a batch's lines are
+    /// megabytes (8,192 rows of about 350 bytes), and a new buffer each
+    /// time, above glibc's `mmap` threshold, had every page faulted in
+    /// anew (about 40k page faults in a run with half its 3M rows
+    /// quarantined).
+    lines: Vec<u8>,
 }
 
-/// The last text buffer a [`TextFile`]'s thread wrote, emptied, for the
-/// next batch's lines. A batch's lines are megabytes (8,192 rows of about
-/// 350 bytes): allocated afresh each time, above glibc's `mmap`
-/// threshold, every one of their pages was faulted in anew (about 40k
-/// page faults in a run with half its 3M rows quarantined).
-pub(super) type SpareText = Arc<Mutex<Option<Vec<u8>>>>;
-
 impl Encoder for TextFile {
-    type Chunk = Vec<u8>;
+    type Chunk = JsonlRows;
 
-    fn write(&mut self, mut text: Vec<u8>) -> Result<()> {
-        self.out.write_all(&text)?;
-        text.clear();
-        if let Ok(mut spare) = self.spare.lock() {
-            *spare = Some(text);
+    fn write(&mut self, rows: JsonlRows) -> Result<()> {
+        let JsonlRows {
+            reasons,
+            records,
+            run_id,
+            source_file,
+            redact,
+        } = rows;
+        let mut messages = stored_messages(&reasons);
+        if redact {
+            // A plugin may echo a secret into its message.
+            for message in &mut messages {
+                if let Cow::Owned(redacted) = crate::secrets::redact(message) {
+                    *message = Cow::Owned(redacted);
+                }
+            }
         }
-        Ok(())
+        // Each line is the record, the message, the reason's strings and
+        // about 120 bytes of keys and quotes: sized from them, the buffer
+        // grows at most once. (Estimated at 256 bytes a row besides the
+        // record and message, it fell short by a few bytes a row and
+        // doubled at the end of every batch, copying megabytes into fresh
+        // pages.)
+        let per_row = 128 + run_id.len() + source_file.len();
+        let needed = records.text.len()
+            + reasons
+                .iter()
+                .zip(&messages)
+                .map(|(r, m)| {
+                    per_row
+                        + r.stage.len()
+                        + r.plugin.len()
+                        + r.plugin_sha256.len()
+                        + r.error_kind.len()
+                        + r.rule.as_deref().map_or(4, str::len)
+                        + m.len()
+                })
+                .sum::<usize>();
+        self.lines.clear();
+        if self.lines.capacity() < needed {
+            // Replaced rather than grown, which would copy the old
+            // capacity; room for a batch 1/8 larger.
+            self.lines = Vec::with_capacity(needed + needed / 8);
+        }
+        write_jsonl(
+            &mut self.lines,
+            &run_id,
+            &source_file,
+            &reasons,
+            &messages,
+            &records,
+        )?;
+        Ok(self.out.write_all(&self.lines)?)
     }
 
     fn close(mut self) -> Result<()> {
@@ -310,7 +373,7 @@ impl<C> Drop for FileThread<C> {
 
 /// The open file of a quarantine, in its format.
 pub(super) enum Output {
-    Jsonl(FileThread<Vec<u8>>, SpareText),
+    Jsonl(FileThread<JsonlRows>),
     Parquet(FileThread<ParquetRows>),
 }
 
@@ -328,12 +391,11 @@ impl Output {
     /// A JSON Lines quarantine writing `file` (at `path`, named in
     /// errors) from where it stands.
     pub(super) fn jsonl(file: File, path: &Path) -> Result<Output> {
-        let spare = SpareText::default();
         let text = TextFile {
             out: BufWriter::new(Writeback::new(file)?),
-            spare: spare.clone(),
+            lines: Vec::new(),
         };
-        Ok(Output::Jsonl(FileThread::start(text, path)?, spare))
+        Ok(Output::Jsonl(FileThread::start(text, path)?))
     }
 
     /// Waits until the file is written and closed.
@@ -342,7 +404,7 @@ impl Output {
     /// The first error its thread met.
     pub(super) fn finish(mut self) -> Result<()> {
         match &mut self {
-            Output::Jsonl(thread, _) => thread.finish(),
+            Output::Jsonl(thread) => thread.finish(),
             Output::Parquet(thread) => thread.finish(),
         }
     }

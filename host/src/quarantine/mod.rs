@@ -38,9 +38,9 @@ use arrow::record_batch::RecordBatch;
 
 use crate::config::{QuarantineConfig, QuarantineFormat, WriteMode};
 
-use encode::{JsonRecords, stored_messages, write_jsonl};
+use encode::{JsonRecords, stored_messages};
 use epochs::{Appended, OpenEpoch};
-use file::{Output, ParquetRows};
+use file::{JsonlRows, Output, ParquetRows};
 use runs::ReasonRuns;
 
 pub use crate::reason::Reason;
@@ -119,7 +119,7 @@ impl Quarantine {
     pub fn write(
         &mut self,
         rows: &RecordBatch,
-        reasons: &[Reason],
+        reasons: Vec<Reason>,
         source_file: &str,
     ) -> Result<()> {
         anyhow::ensure!(
@@ -129,15 +129,11 @@ impl Quarantine {
         if reasons.is_empty() {
             return Ok(());
         }
-        let mut messages = stored_messages(reasons);
+        let written = reasons.len() as u64;
+        let redact = crate::secrets::any_known();
         let mut records = JsonRecords::encode(rows)?;
-        if crate::secrets::any_known() {
-            // A plugin may echo a secret into its message or a record.
-            for message in &mut messages {
-                if let Cow::Owned(redacted) = crate::secrets::redact(message) {
-                    *message = Cow::Owned(redacted);
-                }
-            }
+        if redact {
+            // A plugin may echo a secret into a record.
             records = records.redacted()?;
         }
         let (run_id, output) = (
@@ -145,44 +141,25 @@ impl Quarantine {
             self.writer.as_mut().expect("open until commit"),
         );
         match output {
-            Output::Jsonl(thread, spare) => {
-                // Each line is the record, the message, the reason's
-                // strings and about 120 bytes of keys and quotes: sized
-                // from them, the buffer is one allocation. (Estimated at
-                // 256 bytes a row before the record and message, it fell
-                // short by a few bytes a row and doubled at the end of
-                // every batch, copying megabytes into fresh pages: 55k page
-                // faults in a run with half its 3M rows quarantined.)
-                let per_row = 128 + run_id.len() + source_file.len();
-                let capacity = records.text.len()
-                    + reasons
-                        .iter()
-                        .zip(&messages)
-                        .map(|(r, m)| {
-                            per_row
-                                + r.stage.len()
-                                + r.plugin.len()
-                                + r.plugin_sha256.len()
-                                + r.error_kind.len()
-                                + r.rule.as_deref().map_or(4, str::len)
-                                + m.len()
-                        })
-                        .sum::<usize>();
-                // The spare only when it is large enough: growing it would
-                // copy its whole capacity into fresh pages. A new buffer
-                // has room for a batch 1/8 larger.
-                let mut text = spare
-                    .lock()
-                    .ok()
-                    .and_then(|mut spare| spare.take())
-                    .filter(|spare| spare.capacity() >= capacity)
-                    .unwrap_or_else(|| Vec::with_capacity(capacity + capacity / 8));
-                write_jsonl(&mut text, run_id, source_file, reasons, &messages, &records)?;
-                thread.send(text)?;
-            }
+            Output::Jsonl(thread) => thread.send(JsonlRows {
+                reasons,
+                records,
+                run_id: run_id.clone(),
+                source_file: Arc::from(source_file),
+                redact,
+            })?,
             Output::Parquet(thread) => {
+                let mut messages = stored_messages(&reasons);
+                if redact {
+                    // A plugin may echo a secret into its message.
+                    for message in &mut messages {
+                        if let Cow::Owned(redacted) = crate::secrets::redact(message) {
+                            *message = Cow::Owned(redacted);
+                        }
+                    }
+                }
                 thread.send(ParquetRows {
-                    reasons: ReasonRuns::of(reasons, run_id, &Arc::from(source_file)),
+                    reasons: ReasonRuns::of(&reasons, run_id, &Arc::from(source_file)),
                     messages: Arc::new(StringArray::from_iter_values(
                         messages.iter().map(|m| &**m),
                     )),
@@ -190,7 +167,7 @@ impl Quarantine {
                 })?;
             }
         }
-        self.rows += reasons.len() as u64;
+        self.rows += written;
         Ok(())
     }
 
@@ -307,7 +284,7 @@ mod tests {
             };
             let mut quarantine = Quarantine::create(&config, dir.path(), "run-1").unwrap();
             quarantine
-                .write(&rows, &reasons, "in \"dir\"/a.csv")
+                .write(&rows, reasons.clone(), "in \"dir\"/a.csv")
                 .unwrap();
             let path = quarantine.commit().unwrap();
             let lines: Vec<serde_json::Value> = match format {
@@ -406,7 +383,7 @@ mod tests {
             )])
             .unwrap();
             quarantine
-                .write(&rows, reasons, &format!("file-{}.csv", i % 2))
+                .write(&rows, reasons.clone(), &format!("file-{}.csv", i % 2))
                 .unwrap();
         }
         let path = quarantine.commit().unwrap();

@@ -1320,7 +1320,7 @@ impl LivePipeline {
                     SourceItem::Batch(batch) => batch.file.clone(),
                     SourceItem::Rejected { file, .. } => file.clone(),
                 };
-                quarantine.write(&group.rows, &group.reasons, &file)?;
+                quarantine.write(&group.rows, group.reasons.clone(), &file)?;
             }
             quarantine.prepare()
         };
