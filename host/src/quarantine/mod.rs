@@ -7,9 +7,10 @@
 //! the file appears only on commit; it is encoded and written on a thread
 //! of its own.
 //!
-//! `encode` makes the rows (reason columns, records as JSON), `file`
-//! writes them on the file's thread, `epochs` takes the quarantine through
-//! the checkpoint protocol.
+//! `encode` makes the rows (messages, records as JSON, JSON Lines lines),
+//! `runs` writes a Parquet quarantine's reason columns from their runs of
+//! equal values, `file` writes the rows on the file's thread, `epochs`
+//! takes the quarantine through the checkpoint protocol.
 //!
 //! | column | type | meaning |
 //! |---|---|---|
@@ -112,7 +113,9 @@ impl Quarantine {
     }
 
     /// Writes `rows`, whose row `i` was rejected for `reasons[i]`, read from
-    /// `source_file`.
+    /// `source_file`. The records become JSON here; a JSON Lines
+    /// quarantine takes `reasons` to its file's thread, which assembles
+    /// the lines and drops them there.
     ///
     /// # Errors
     /// An I/O error, or `reasons.len() != rows.num_rows()`.
