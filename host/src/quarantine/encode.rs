@@ -19,8 +19,23 @@ use super::Reason;
 pub const MAX_REPEATED_MESSAGE_BYTES: usize = 256;
 
 /// The message stored for each of `reasons`' rows (see
-/// [`MAX_REPEATED_MESSAGE_BYTES`]); borrowed unless it had to be cut.
-pub(super) fn stored_messages(reasons: &[Reason]) -> Vec<Cow<'_, str>> {
+/// [`MAX_REPEATED_MESSAGE_BYTES`]), with the values of known secrets cut
+/// when `redact` ([`crate::secrets::redact`]: a plugin may echo a secret
+/// into its message); borrowed unless it had to be changed.
+pub(super) fn stored_messages(reasons: &[Reason], redact: bool) -> Vec<Cow<'_, str>> {
+    let mut messages = cut_messages(reasons);
+    if redact {
+        for message in &mut messages {
+            if let Cow::Owned(redacted) = crate::secrets::redact(message) {
+                *message = Cow::Owned(redacted);
+            }
+        }
+    }
+    messages
+}
+
+/// Each row's message, cut where it repeats a long one.
+fn cut_messages(reasons: &[Reason]) -> Vec<Cow<'_, str>> {
     let mut whole: Option<(&Arc<str>, usize)> = None;
     reasons
         .iter()

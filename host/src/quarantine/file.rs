@@ -1,7 +1,6 @@
 //! A quarantine file being written: encoded and written on a thread of
 //! its own, chunk by chunk, in its format.
 
-use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -11,6 +10,7 @@ use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::{Array, ArrayRef};
+use arrow::datatypes::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::{
     ArrowColumnWriter, ArrowRowGroupWriterFactory, ArrowWriterOptions, compute_leaves,
@@ -97,15 +97,7 @@ impl Encoder for TextFile {
             source_file,
             redact,
         } = rows;
-        let mut messages = stored_messages(&reasons);
-        if redact {
-            // A plugin may echo a secret into its message.
-            for message in &mut messages {
-                if let Cow::Owned(redacted) = crate::secrets::redact(message) {
-                    *message = Cow::Owned(redacted);
-                }
-            }
-        }
+        let messages = stored_messages(&reasons, redact);
         // Each line is the record, the message, the reason's strings and
         // about 120 bytes of keys and quotes: sized from them, the buffer
         // grows at most once. (Estimated at 256 bytes a row besides the
@@ -162,6 +154,9 @@ pub(super) struct ParquetRows {
 /// parquet-rs' column writers as rows come, the reason columns written
 /// from their runs when the row group closes ([`super::runs`]).
 struct ParquetFile {
+    /// [`schema`], whose `message` and `record` fields the column writers
+    /// take.
+    schema: SchemaRef,
     file: SerializedFileWriter<Writeback>,
     columns: ArrowRowGroupWriterFactory,
     row_groups: usize,
@@ -189,15 +184,17 @@ impl ParquetFile {
             .set_dictionary_enabled(false)
             .set_data_page_size_limit(PAGE_BYTES)
             .build();
+        let schema = schema();
         let (file, columns) = ArrowWriter::try_new_with_options(
             Writeback::new(file)?,
-            schema(),
+            schema.clone(),
             ArrowWriterOptions::new()
                 .with_properties(properties)
                 .with_skip_arrow_metadata(true),
         )?
         .into_serialized_writer()?;
         Ok(ParquetFile {
+            schema,
             file,
             columns,
             row_groups: 0,
@@ -258,10 +255,9 @@ impl Encoder for ParquetFile {
                 })
             }
         };
-        let schema = schema();
         for (writer, (field, column)) in [&mut open.message, &mut open.record].into_iter().zip([
-            (schema.field(REASON_COLUMNS), &rows.messages),
-            (schema.field(REASON_COLUMNS + 1), &rows.records),
+            (self.schema.field(REASON_COLUMNS), &rows.messages),
+            (self.schema.field(REASON_COLUMNS + 1), &rows.records),
         ]) {
             for leaf in compute_leaves(field, column)? {
                 writer.write(&leaf)?;

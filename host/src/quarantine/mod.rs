@@ -29,7 +29,6 @@ mod epochs;
 mod file;
 mod runs;
 
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -152,15 +151,7 @@ impl Quarantine {
                 redact,
             })?,
             Output::Parquet(thread) => {
-                let mut messages = stored_messages(&reasons);
-                if redact {
-                    // A plugin may echo a secret into its message.
-                    for message in &mut messages {
-                        if let Cow::Owned(redacted) = crate::secrets::redact(message) {
-                            *message = Cow::Owned(redacted);
-                        }
-                    }
-                }
+                let messages = stored_messages(&reasons, redact);
                 thread.send(ParquetRows {
                     reasons: ReasonRuns::of(&reasons, run_id, &Arc::from(source_file)),
                     messages: Arc::new(StringArray::from_iter_values(
@@ -338,9 +329,10 @@ mod tests {
     /// The reason columns a Parquet quarantine writes from runs read back
     /// row by row as given, in each shape of their pages: long runs (RLE),
     /// rows alternating between rules and a null rule (bit-packed values
-    /// and definition levels), 300 distinct stages (9-bit indices), a row
-    /// group whose rules are all null, and several batches joined into one
-    /// row group.
+    /// and definition levels), 300 distinct stages (9-bit indices), a batch
+    /// whose rules are all null, all four batches joined into one row
+    /// group. (A chunk whose every row is null is
+    /// `runs::tests::column_chunks_read_back_as_their_runs`'.)
     #[test]
     fn parquet_reason_runs_read_back_row_by_row() {
         let check: Arc<str> = Arc::from("check");

@@ -60,11 +60,7 @@ impl ReasonRuns {
                     && Arc::ptr_eq(&l.plugin, &reason.plugin)
                     && Arc::ptr_eq(&l.plugin_sha256, &reason.plugin_sha256)
                     && Arc::ptr_eq(&l.error_kind, &reason.error_kind)
-                    && match (&l.rule, &reason.rule) {
-                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                        (None, None) => true,
-                        _ => false,
-                    }
+                    && same_text(&l.rule, &reason.rule)
             });
             if same {
                 runs.runs.last_mut().expect("a run is open").1 += 1;
@@ -134,11 +130,16 @@ impl ReasonRuns {
 /// Whether two heads hold the same values (by allocation, as
 /// [`ReasonRuns::of`] tells runs apart).
 fn same_head(a: &Head, b: &Head) -> bool {
-    a.iter().zip(b).all(|pair| match pair {
+    a.iter().zip(b).all(|(a, b)| same_text(a, b))
+}
+
+/// Whether two optional strings are both null or the same allocation.
+fn same_text(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
+    match (a, b) {
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
         (None, None) => true,
         _ => false,
-    })
+    }
 }
 
 /// A dictionary-encoded column chunk of byte-array values given as runs

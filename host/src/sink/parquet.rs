@@ -227,9 +227,7 @@ impl ParquetWriter {
         }
         Ok(self.writer.as_mut().expect("created above"))
     }
-}
 
-impl ParquetWriter {
     /// Encodes the batches kept in whole-batch mode, each as one or more
     /// row groups of at most the writer's row-group rows.
     fn encode_pending(&mut self) -> Result<()> {
