@@ -215,6 +215,36 @@ pub fn xxh3_file(path: &Path) -> Result<String> {
     Ok(format!("{:032x}", hasher.finish_128()))
 }
 
+/// What tells an unchanged file from a changed one without reading it:
+/// its size, modification time and inode. A file rewritten in place with
+/// the same size within one tick of the file system's clock (a few ms on
+/// ext4) keeps its stamp; the stamp is for reusing what was read from a
+/// file moments earlier, not for long-term change detection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStamp {
+    bytes: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+impl FileStamp {
+    /// The stamp `path` has now; `None` when its metadata cannot be read.
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            bytes: metadata.len(),
+            modified: metadata.modified().ok(),
+            inode: metadata.ino(),
+        })
+    }
+
+    /// The file's size when stamped, in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
 /// Calls `each` on the contents of `path`, 1 MiB at a time.
 fn read_chunks(path: &Path, mut each: impl FnMut(&[u8])) -> Result<()> {
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;

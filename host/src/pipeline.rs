@@ -24,7 +24,7 @@ use anyhow::{Context, Result, anyhow};
 
 use crate::checkpoint::{
     self,
-    run::{Coordinator, EpochSettings, Identity, Phase, RunState},
+    run::{Coordinator, EpochSettings, HashedInputs, Identity, Phase, RunState},
 };
 use crate::columnar;
 use crate::config::{
@@ -63,6 +63,9 @@ pub struct Pipeline {
     /// The source schema the probe inferred, taken by the first run (which
     /// reuses it if the file is unchanged) so that a `weir run` infers once.
     probed_source: std::sync::Mutex<Option<crate::source::Inferred>>,
+    /// The input files being hashed for the checkpoint's identity, on a
+    /// thread started by the load, joined by the first run.
+    hashing_inputs: std::sync::Mutex<Option<std::thread::JoinHandle<HashedInputs>>>,
 }
 
 fn now_rfc3339() -> String {
@@ -93,23 +96,18 @@ pub struct RunOptions {
 /// fails the probe any other way (a trap, a timeout), which the run will
 /// contain as usual.
 ///
+/// `source` is the pipeline's source as [`open_for_probe`] opened it.
 /// Returns the schema the last stage outputs, when every stage could be
 /// probed, and the source schema it inferred, if it did.
 ///
 /// # Errors
 /// One problem per stage that returned `invalid-config` or `invalid-input`.
 fn probe_stages(
-    config: &PipelineConfig,
     file: &Path,
-    base_dir: &Path,
+    source: Option<Source>,
     stages: &[Arc<Stage>],
 ) -> Result<Probed, ConfigErrors> {
-    // A database's schema is read when the run starts, not when the file
-    // is loaded (an unreachable server would stall `weir check`).
-    if config.source.format == crate::config::SourceFormat::Postgres {
-        return Ok(Probed::default());
-    }
-    let Ok(source) = Source::open(&config.source, base_dir, 1, None) else {
+    let Some(source) = source else {
         return Ok(Probed::default());
     };
     let inferred = source.inferred().cloned();
@@ -202,6 +200,145 @@ fn probe_stages(
     })
 }
 
+/// Opens the source of a pipeline without an extract plugin for
+/// [`probe_stages`], which needs its schema: for a file source, read from
+/// the first Parquet file or inferred from the first `infer_rows` records.
+/// `None` for a database source, whose schema is read when the run starts,
+/// not when the file is loaded (an unreachable server would stall `weir
+/// check`), and for a source that cannot be opened yet (its files are
+/// absent): the run reports that.
+fn open_for_probe(config: &PipelineConfig, base_dir: &Path) -> Option<Source> {
+    if config.source.extract.is_some()
+        || config.source.format == crate::config::SourceFormat::Postgres
+    {
+        return None;
+    }
+    Source::open(&config.source, base_dir, 1, None).ok()
+}
+
+/// Starts hashing the input files of a checkpointed `weir run` on a
+/// thread ([`HashedInputs`]), so that the run's identity does not read them
+/// on its serial start; `None` for a service's pipeline, a database source,
+/// a run without checkpoints, or files that do not exist yet.
+fn hash_inputs_ahead(
+    config: &PipelineConfig,
+    base_dir: &Path,
+    purpose: Purpose,
+) -> Option<std::thread::JoinHandle<HashedInputs>> {
+    if purpose != Purpose::Run
+        || !config.pipeline.checkpoint
+        || config.source.format == crate::config::SourceFormat::Postgres
+    {
+        return None;
+    }
+    let files = expand_paths(base_dir, &config.source.path).ok()?;
+    std::thread::Builder::new()
+        .name("weir-input-hash".into())
+        .spawn(move || HashedInputs::hash(&files))
+        .ok()
+}
+
+/// Loads the extract plugin and the stages' plugins of `config`, with
+/// their configs as JSON (secrets filled in, reference tables read), each
+/// problem added to `problems` under its key.
+fn load_plugins(
+    config: &PipelineConfig,
+    base_dir: &Path,
+    secrets: &crate::secrets::Secrets,
+    problems: &mut Problems,
+) -> (Option<Extractor>, Vec<Arc<Stage>>) {
+    let extractor = config.source.extract.as_ref().and_then(|extract| {
+        let plugin = Plugin::load(&extract.plugin, Some(PluginKind::Extract), base_dir)
+            .map_err(|e| problems.add("source.extract.plugin", format!("{e:#}")))
+            .ok()?;
+        let config_json = serde_json::to_value(&extract.config)
+            .map_err(|e| e.to_string())
+            .and_then(|mut json| secrets.fill_json(&mut json).map(|()| json.to_string()))
+            .map_err(|e| problems.add("source.extract.config", e))
+            .ok()?;
+        let grants = extract.capabilities.resolved(base_dir);
+        grants
+            .check_granted(plugin.name(), plugin.imports())
+            .map_err(|e| problems.add("source.extract.capabilities", format!("{e:#}")))
+            .ok()?;
+        let http = match grants.http.clone() {
+            Some(grant) => Some(
+                crate::plugin::HttpAccess::with_secrets(grant, plugin.name(), secrets)
+                    .map_err(|e| {
+                        problems.add("source.extract.capabilities.http.headers", format!("{e:#}"))
+                    })
+                    .ok()?,
+            ),
+            None => None,
+        };
+        let stateful = plugin.uses_state();
+        Some(Extractor {
+            plugin: Arc::new(plugin),
+            config_json: Arc::from(config_json),
+            limits: extract.limits(),
+            content_type: extract.content_type.clone(),
+            max_file_bytes: extract.max_file_bytes,
+            state: stateful.then(|| {
+                Arc::new(crate::state::stage::StageState::new(
+                    crate::source::EXTRACT_STATE,
+                    extract
+                        .max_state_bytes
+                        .unwrap_or(crate::state::stage::DEFAULT_MAX_STATE_BYTES),
+                ))
+            }),
+            grants,
+            http,
+        })
+    });
+    let mut stages = Vec::new();
+    for (i, stage) in config.stages.iter().enumerate() {
+        let plugin = Plugin::load(&stage.plugin, Some(stage.kind), base_dir)
+            .map_err(|e| problems.add(format!("stages[{i}].plugin"), format!("{e:#}")));
+        let json = config_json(stage, base_dir, secrets)
+            .map_err(|e| problems.add(format!("stages[{i}].tables"), format!("{e:#}")));
+        if let (Ok(plugin), Ok(json)) = (plugin, json) {
+            let config_json: Arc<str> = Arc::from(json);
+            let stateful = plugin.uses_state();
+            if stateful && config.sink.format == crate::config::SinkFormat::Nats {
+                problems.add(
+                    format!("stages[{i}].plugin"),
+                    format!(
+                        "the plugin keeps keyed state (it imports weir:plugin/state): {}",
+                        crate::config::STATEFUL_NATS_SINK
+                    ),
+                );
+                continue;
+            }
+            stages.push(Arc::new(Stage {
+                name: Arc::from(stage.name.as_str()),
+                kind: stage.kind,
+                reference: stage.plugin.clone(),
+                slot: Arc::new(
+                    PluginSlot::new(plugin, &stage.name, config_json.clone(), stage.limits())
+                        .with_breaker(stage.breaker)
+                        .with_grants(stage.capabilities.resolved(base_dir)),
+                ),
+                config_json,
+                limits: stage.limits(),
+                on_error: stage.on_error,
+                bisect_max_calls: stage
+                    .bisect_max_calls
+                    .unwrap_or(crate::config::DEFAULT_BISECT_MAX_CALLS),
+                grants: stage.capabilities.resolved(base_dir),
+                state: stateful.then(|| {
+                    Arc::new(crate::state::stage::StageState::new(
+                        &stage.name,
+                        stage
+                            .max_state_bytes
+                            .unwrap_or(crate::state::stage::DEFAULT_MAX_STATE_BYTES),
+                    ))
+                }),
+            }));
+        }
+    }
+    (extractor, stages)
+}
+
 /// What [`probe_stages`] found.
 #[derive(Default)]
 struct Probed {
@@ -285,99 +422,25 @@ impl Pipeline {
                 }
                 crate::secrets::Secrets::default()
             });
-        let extractor = config.source.extract.as_ref().and_then(|extract| {
-            let plugin = Plugin::load(&extract.plugin, Some(PluginKind::Extract), &base_dir)
-                .map_err(|e| problems.add("source.extract.plugin", format!("{e:#}")))
-                .ok()?;
-            let config_json = serde_json::to_value(&extract.config)
-                .map_err(|e| e.to_string())
-                .and_then(|mut json| secrets.fill_json(&mut json).map(|()| json.to_string()))
-                .map_err(|e| problems.add("source.extract.config", e))
-                .ok()?;
-            let grants = extract.capabilities.resolved(&base_dir);
-            grants
-                .check_granted(plugin.name(), plugin.imports())
-                .map_err(|e| problems.add("source.extract.capabilities", format!("{e:#}")))
-                .ok()?;
-            let http = match grants.http.clone() {
-                Some(grant) => Some(
-                    crate::plugin::HttpAccess::with_secrets(grant, plugin.name(), &secrets)
-                        .map_err(|e| {
-                            problems
-                                .add("source.extract.capabilities.http.headers", format!("{e:#}"))
-                        })
-                        .ok()?,
-                ),
-                None => None,
-            };
-            let stateful = plugin.uses_state();
-            Some(Extractor {
-                plugin: Arc::new(plugin),
-                config_json: Arc::from(config_json),
-                limits: extract.limits(),
-                content_type: extract.content_type.clone(),
-                max_file_bytes: extract.max_file_bytes,
-                state: stateful.then(|| {
-                    Arc::new(crate::state::stage::StageState::new(
-                        crate::source::EXTRACT_STATE,
-                        extract
-                            .max_state_bytes
-                            .unwrap_or(crate::state::stage::DEFAULT_MAX_STATE_BYTES),
-                    ))
-                }),
-                grants,
-                http,
-            })
+        let hashing_inputs = hash_inputs_ahead(&config, &base_dir, purpose);
+        // Opening the source (for a CSV file: arrow's schema inference
+        // over `infer_rows` records, then a sample of its text columns for
+        // dates) and loading the plugins are independent and each about
+        // half of a load (`weir check` on flights: 35 ms on one core), so
+        // the plugins load on a thread beside the source's opening. (The
+        // other way round, the opening's short-lived sample batches were
+        // freed into that thread's malloc arena: 7 MB more peak RSS.)
+        let ((extractor, stages), source) = std::thread::scope(|scope| {
+            let loading = scope.spawn(|| load_plugins(&config, &base_dir, &secrets, &mut problems));
+            let source = open_for_probe(&config, &base_dir);
+            let loaded = loading
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (loaded, source)
         });
-        let mut stages = Vec::new();
-        for (i, stage) in config.stages.iter().enumerate() {
-            let plugin = Plugin::load(&stage.plugin, Some(stage.kind), &base_dir)
-                .map_err(|e| problems.add(format!("stages[{i}].plugin"), format!("{e:#}")));
-            let json = config_json(stage, &base_dir, &secrets)
-                .map_err(|e| problems.add(format!("stages[{i}].tables"), format!("{e:#}")));
-            if let (Ok(plugin), Ok(json)) = (plugin, json) {
-                let config_json: Arc<str> = Arc::from(json);
-                let stateful = plugin.uses_state();
-                if stateful && config.sink.format == crate::config::SinkFormat::Nats {
-                    problems.add(
-                        format!("stages[{i}].plugin"),
-                        format!(
-                            "the plugin keeps keyed state (it imports weir:plugin/state): {}",
-                            crate::config::STATEFUL_NATS_SINK
-                        ),
-                    );
-                    continue;
-                }
-                stages.push(Arc::new(Stage {
-                    name: Arc::from(stage.name.as_str()),
-                    kind: stage.kind,
-                    reference: stage.plugin.clone(),
-                    slot: Arc::new(
-                        PluginSlot::new(plugin, &stage.name, config_json.clone(), stage.limits())
-                            .with_breaker(stage.breaker)
-                            .with_grants(stage.capabilities.resolved(&base_dir)),
-                    ),
-                    config_json,
-                    limits: stage.limits(),
-                    on_error: stage.on_error,
-                    bisect_max_calls: stage
-                        .bisect_max_calls
-                        .unwrap_or(crate::config::DEFAULT_BISECT_MAX_CALLS),
-                    grants: stage.capabilities.resolved(&base_dir),
-                    state: stateful.then(|| {
-                        Arc::new(crate::state::stage::StageState::new(
-                            &stage.name,
-                            stage
-                                .max_state_bytes
-                                .unwrap_or(crate::state::stage::DEFAULT_MAX_STATE_BYTES),
-                        ))
-                    }),
-                }));
-            }
-        }
         problems.finish()?;
         let probed = match extractor {
-            None => probe_stages(&config, file, &base_dir, &stages)?,
+            None => probe_stages(file, source, &stages)?,
             Some(_) => Probed::default(),
         };
         let output_schema = probed
@@ -408,6 +471,7 @@ impl Pipeline {
             stages,
             output_schema,
             probed_source: std::sync::Mutex::new(probed.inferred),
+            hashing_inputs: std::sync::Mutex::new(hashing_inputs),
         })
     }
 
@@ -728,6 +792,12 @@ impl Pipeline {
         let mut coordinator = match settings.checkpoint {
             false => None,
             true => {
+                let ahead = self
+                    .hashing_inputs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()
+                    .and_then(|hashing| hashing.join().ok());
                 let identity = Identity::compute(
                     &self.file,
                     self.stages
@@ -735,6 +805,7 @@ impl Pipeline {
                         .map(|s| (s.name.to_string(), s.plugin().sha256().to_string()))
                         .collect(),
                     source.files(),
+                    ahead.as_ref(),
                 )?;
                 let state = RunState::begin(
                     &checkpoint_dir,

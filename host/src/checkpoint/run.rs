@@ -96,8 +96,50 @@ pub struct InputIdentity {
     pub xxh3: String,
 }
 
+/// Input files hashed ahead of a run, each with the stamp (size,
+/// modification time, inode) it had while it was read: [`Identity::compute`]
+/// takes an entry whose file still has that stamp instead of reading the
+/// file again. `weir run` hashes its inputs on a thread while the pipeline
+/// loads (`Pipeline::build_for`), off the run's serial start: flights'
+/// 31 MB are about 5 ms of reading and hashing.
+#[derive(Debug, Default)]
+pub struct HashedInputs(Vec<(InputIdentity, crate::durable::FileStamp)>);
+
+impl HashedInputs {
+    /// Hashes each of `inputs` that can be read and keeps the same stamp
+    /// before and after; the others are left to [`Identity::compute`],
+    /// which reports them.
+    pub fn hash(inputs: &[PathBuf]) -> HashedInputs {
+        HashedInputs(
+            inputs
+                .iter()
+                .filter_map(|path| {
+                    let before = crate::durable::FileStamp::of(path)?;
+                    let xxh3 = super::xxh3_file(path).ok()?;
+                    let after = crate::durable::FileStamp::of(path)?;
+                    (before == after).then(|| {
+                        let input = InputIdentity {
+                            path: path.clone(),
+                            bytes: after.bytes(),
+                            xxh3,
+                        };
+                        (input, after)
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// The identity of `path` as hashed, if it still has the stamp it had.
+    fn unchanged(&self, path: &Path) -> Option<InputIdentity> {
+        let (input, stamp) = self.0.iter().find(|(input, _)| input.path == path)?;
+        (crate::durable::FileStamp::of(path).as_ref() == Some(stamp)).then(|| input.clone())
+    }
+}
+
 impl Identity {
-    /// Hashes the pipeline file and every input file (`inputs`).
+    /// Hashes the pipeline file and every input file (`inputs`), taking
+    /// from `ahead` the inputs it hashed that are unchanged since.
     ///
     /// # Errors
     /// A file that cannot be read.
@@ -105,6 +147,7 @@ impl Identity {
         pipeline_file: &Path,
         stages: Vec<(String, String)>,
         inputs: &[PathBuf],
+        ahead: Option<&HashedInputs>,
     ) -> Result<Identity> {
         Ok(Identity {
             weir_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -113,12 +156,13 @@ impl Identity {
             stages,
             inputs: inputs
                 .iter()
-                .map(|path| {
-                    Ok(InputIdentity {
+                .map(|path| match ahead.and_then(|ahead| ahead.unchanged(path)) {
+                    Some(input) => Ok(input),
+                    None => Ok(InputIdentity {
                         path: path.clone(),
                         bytes: path.metadata()?.len(),
                         xxh3: super::xxh3_file(path)?,
-                    })
+                    }),
                 })
                 .collect::<Result<_>>()?,
         })
@@ -1019,8 +1063,13 @@ mod tests {
         std::fs::write(&input, "k\n1\n").unwrap();
         let pipeline_file = dir.path().join("pipeline.toml");
         std::fs::write(&pipeline_file, "").unwrap();
-        let identity =
-            Identity::compute(&pipeline_file, Vec::new(), std::slice::from_ref(&input)).unwrap();
+        let identity = Identity::compute(
+            &pipeline_file,
+            Vec::new(),
+            std::slice::from_ref(&input),
+            None,
+        )
+        .unwrap();
         let state_dir = dir_for(&sink_config, dir.path());
         let state = RunState::begin(&state_dir, identity, false, "run", "now").unwrap();
         let mut coordinator = Coordinator::new(
@@ -1107,6 +1156,64 @@ mod tests {
     /// Epochs of the default length count their batches per file written:
     /// a sink writing 3 partition files ends its 2-batch epochs after 6
     /// batches; a length set in the pipeline is exact.
+    /// An input hashed ahead is taken as it was hashed while its stamp
+    /// holds, and read again once the file was rewritten (another size) or
+    /// replaced (another inode, same size), so that the identity is always
+    /// of the file the run reads.
+    #[test]
+    fn inputs_hashed_ahead_are_taken_only_while_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let pipeline_file = dir.path().join("pipeline.toml");
+        std::fs::write(&pipeline_file, "").unwrap();
+        let input = dir.path().join("input.csv");
+        std::fs::write(&input, "k\n1\n").unwrap();
+        let identity = |ahead: Option<&HashedInputs>| {
+            Identity::compute(
+                &pipeline_file,
+                Vec::new(),
+                std::slice::from_ref(&input),
+                ahead,
+            )
+            .unwrap()
+            .inputs
+            .remove(0)
+        };
+        let hashed = HashedInputs::hash(std::slice::from_ref(&input));
+        assert_eq!(hashed.0.len(), 1);
+        assert_eq!(identity(Some(&hashed)), identity(None));
+        // A marked entry shows whether it was taken or the file was read.
+        let marked = |path: &Path| {
+            let stamp = crate::durable::FileStamp::of(path).unwrap();
+            let input = InputIdentity {
+                path: path.to_path_buf(),
+                bytes: stamp.bytes(),
+                xxh3: "hashed ahead".into(),
+            };
+            HashedInputs(vec![(input, stamp)])
+        };
+        let ahead = marked(&input);
+        assert_eq!(identity(Some(&ahead)).xxh3, "hashed ahead");
+        std::fs::write(&input, "k\n1\n2\n").unwrap();
+        let rewritten = identity(Some(&ahead));
+        assert_eq!(rewritten, identity(None));
+        assert_eq!(rewritten.bytes, 6);
+        let ahead = marked(&input);
+        let replacement = dir.path().join("replacement.csv");
+        std::fs::write(&replacement, "k\n3\n4\n").unwrap();
+        std::fs::rename(&replacement, &input).unwrap();
+        let replaced = identity(Some(&ahead));
+        assert_ne!(replaced.xxh3, "hashed ahead");
+        assert_eq!(replaced, identity(None));
+        assert_ne!(replaced.xxh3, rewritten.xxh3);
+        // A file that is gone is left out, for the run to report.
+        std::fs::remove_file(&input).unwrap();
+        assert!(
+            HashedInputs::hash(std::slice::from_ref(&input))
+                .0
+                .is_empty()
+        );
+    }
+
     #[test]
     fn a_default_epoch_is_as_many_times_longer_as_it_writes_files() {
         let epochs = |per_file: bool| {
@@ -1122,9 +1229,13 @@ mod tests {
             std::fs::write(&input, "k\n1\n").unwrap();
             let pipeline_file = dir.path().join("pipeline.toml");
             std::fs::write(&pipeline_file, "").unwrap();
-            let identity =
-                Identity::compute(&pipeline_file, Vec::new(), std::slice::from_ref(&input))
-                    .unwrap();
+            let identity = Identity::compute(
+                &pipeline_file,
+                Vec::new(),
+                std::slice::from_ref(&input),
+                None,
+            )
+            .unwrap();
             let state_dir = dir_for(&sink_config, dir.path());
             let state = RunState::begin(&state_dir, identity, false, "run", "now").unwrap();
             let mut coordinator = Coordinator::new(

@@ -156,29 +156,9 @@ pub struct Source {
 #[derive(Debug, Clone)]
 pub struct Inferred {
     file: PathBuf,
-    stamp: FileStamp,
+    stamp: crate::durable::FileStamp,
     schema: SchemaRef,
     dates: dates::DateFormats,
-}
-
-/// What tells an unchanged file from a changed one without reading it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    bytes: u64,
-    modified: Option<std::time::SystemTime>,
-    inode: u64,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Option<FileStamp> {
-        use std::os::unix::fs::MetadataExt;
-        let metadata = std::fs::metadata(path).ok()?;
-        Some(FileStamp {
-            bytes: metadata.len(),
-            modified: metadata.modified().ok(),
-            inode: metadata.ino(),
-        })
-    }
 }
 
 /// A request body or dropped file, decoded ([`Source::decode_bytes`]).
@@ -277,7 +257,7 @@ impl Source {
                     .collect::<Result<Vec<_>>>()?,
             )),
             None => {
-                let stamp = FileStamp::of(&files[0]);
+                let stamp = crate::durable::FileStamp::of(&files[0]);
                 let earlier = reuse.filter(|earlier| {
                     earlier.file == files[0] && Some(&earlier.stamp) == stamp.as_ref()
                 });
