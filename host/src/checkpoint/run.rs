@@ -103,7 +103,7 @@ pub struct InputIdentity {
 /// loads (`Pipeline::build_for`), off the run's serial start: flights'
 /// 31 MB are about 5 ms of reading and hashing.
 #[derive(Debug, Default)]
-pub struct HashedInputs(Vec<(InputIdentity, crate::durable::FileStamp)>);
+pub struct HashedInputs(std::collections::HashMap<PathBuf, (String, crate::durable::FileStamp)>);
 
 impl HashedInputs {
     /// Hashes each of `inputs` that can be read and keeps the same stamp
@@ -117,23 +117,21 @@ impl HashedInputs {
                     let before = crate::durable::FileStamp::of(path)?;
                     let xxh3 = super::xxh3_file(path).ok()?;
                     let after = crate::durable::FileStamp::of(path)?;
-                    (before == after).then(|| {
-                        let input = InputIdentity {
-                            path: path.clone(),
-                            bytes: after.bytes(),
-                            xxh3,
-                        };
-                        (input, after)
-                    })
+                    (before == after).then(|| (path.clone(), (xxh3, after)))
                 })
                 .collect(),
         )
     }
 
-    /// The identity of `path` as hashed, if it still has the stamp it had.
+    /// The identity of `path` as hashed, if it still has the stamp it had
+    /// (a lookup: a glob may match thousands of files).
     fn unchanged(&self, path: &Path) -> Option<InputIdentity> {
-        let (input, stamp) = self.0.iter().find(|(input, _)| input.path == path)?;
-        (crate::durable::FileStamp::of(path).as_ref() == Some(stamp)).then(|| input.clone())
+        let (xxh3, stamp) = self.0.get(path)?;
+        (crate::durable::FileStamp::of(path).as_ref() == Some(stamp)).then(|| InputIdentity {
+            path: path.to_path_buf(),
+            bytes: stamp.bytes(),
+            xxh3: xxh3.clone(),
+        })
     }
 }
 
@@ -1039,6 +1037,21 @@ mod tests {
     use arrow::record_batch::RecordBatch;
     use std::sync::Arc;
 
+    /// A fresh run's checkpoint state under `dir` for a sink of
+    /// `sink_config`, over a one-row input and an empty pipeline file
+    /// written there; with the checkpoint directory.
+    fn fresh_run(dir: &Path, sink_config: &SinkConfig) -> (PathBuf, RunState) {
+        let input = dir.join("input.csv");
+        std::fs::write(&input, "k\n1\n").unwrap();
+        let pipeline_file = dir.join("pipeline.toml");
+        std::fs::write(&pipeline_file, "").unwrap();
+        let inputs = std::slice::from_ref(&input);
+        let identity = Identity::compute(&pipeline_file, Vec::new(), inputs, None).unwrap();
+        let state_dir = dir_for(sink_config, dir);
+        let state = RunState::begin(&state_dir, identity, false, "run", "now").unwrap();
+        (state_dir, state)
+    }
+
     /// No source is acknowledged before every sink of its epoch has
     /// committed: at each acknowledgement, the epoch's sink parts and
     /// quarantine file are under their committed names, none is still
@@ -1059,19 +1072,7 @@ mod tests {
             format: QuarantineFormat::Jsonl,
             path: "quarantine.jsonl".into(),
         };
-        let input = dir.path().join("input.csv");
-        std::fs::write(&input, "k\n1\n").unwrap();
-        let pipeline_file = dir.path().join("pipeline.toml");
-        std::fs::write(&pipeline_file, "").unwrap();
-        let identity = Identity::compute(
-            &pipeline_file,
-            Vec::new(),
-            std::slice::from_ref(&input),
-            None,
-        )
-        .unwrap();
-        let state_dir = dir_for(&sink_config, dir.path());
-        let state = RunState::begin(&state_dir, identity, false, "run", "now").unwrap();
+        let (state_dir, state) = fresh_run(dir.path(), &sink_config);
         let mut coordinator = Coordinator::new(
             state,
             EpochSettings {
@@ -1184,12 +1185,8 @@ mod tests {
         // A marked entry shows whether it was taken or the file was read.
         let marked = |path: &Path| {
             let stamp = crate::durable::FileStamp::of(path).unwrap();
-            let input = InputIdentity {
-                path: path.to_path_buf(),
-                bytes: stamp.bytes(),
-                xxh3: "hashed ahead".into(),
-            };
-            HashedInputs(vec![(input, stamp)])
+            let entry = ("hashed ahead".to_string(), stamp);
+            HashedInputs([(path.to_path_buf(), entry)].into())
         };
         let ahead = marked(&input);
         assert_eq!(identity(Some(&ahead)).xxh3, "hashed ahead");
@@ -1225,19 +1222,7 @@ mod tests {
                 mode: Some(WriteMode::ErrorIfExists),
                 ..SinkConfig::default()
             };
-            let input = dir.path().join("input.csv");
-            std::fs::write(&input, "k\n1\n").unwrap();
-            let pipeline_file = dir.path().join("pipeline.toml");
-            std::fs::write(&pipeline_file, "").unwrap();
-            let identity = Identity::compute(
-                &pipeline_file,
-                Vec::new(),
-                std::slice::from_ref(&input),
-                None,
-            )
-            .unwrap();
-            let state_dir = dir_for(&sink_config, dir.path());
-            let state = RunState::begin(&state_dir, identity, false, "run", "now").unwrap();
+            let (_, state) = fresh_run(dir.path(), &sink_config);
             let mut coordinator = Coordinator::new(
                 state,
                 EpochSettings {
