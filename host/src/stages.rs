@@ -39,7 +39,7 @@ use crate::plugin::{
     Admission, Limits, Plugin, PluginError, PluginInstance, PluginKind, PluginSlot, PluginVersion,
     Verdict,
 };
-use crate::quarantine::Reason;
+use crate::quarantine::{Reason, Reasons};
 use crate::report::StageReport;
 use crate::source::SourceItem;
 use crate::splice::{self, Kept, Transformed};
@@ -187,7 +187,7 @@ pub struct Quarantined {
     /// The rows as the stage received them.
     pub rows: RecordBatch,
     /// One reason per row.
-    pub reasons: Vec<Reason>,
+    pub reasons: Reasons,
     /// Their origins, when tracked.
     pub origins: Option<Origins>,
 }
@@ -553,7 +553,7 @@ impl Worker {
                 let reason = stage.reason(version, "circuit_open", None, message);
                 result.quarantined.push(Quarantined {
                     rows: batch,
-                    reasons: vec![reason; rows_in],
+                    reasons: Reasons::same(reason, rows_in),
                     origins,
                 });
                 return Ok(result);
@@ -592,7 +592,7 @@ impl Worker {
                         runner.report.quarantined += range.len() as u64;
                         result.quarantined.push(Quarantined {
                             rows: batch.slice(range.start, range.len()),
-                            reasons: vec![reason; range.len()],
+                            reasons: Reasons::same(reason, range.len()),
                             origins: origins.as_ref().map(|o| o.slice(range.clone())),
                         });
                     }
@@ -729,7 +729,7 @@ impl StageRunner {
                     let reason = stage.reason(version, error.kind(), None, error.to_string());
                     result.quarantined.push(Quarantined {
                         rows: slice,
-                        reasons: vec![reason; run.len()],
+                        reasons: Reasons::same(reason, run.len()),
                         origins: Some(slice_origins),
                     });
                 }
@@ -938,7 +938,7 @@ struct Split {
     keep: Option<BooleanArray>,
     /// Rows with one or more verdicts, their joined rule ids and messages,
     /// and the mask selecting them.
-    failed: Option<(RecordBatch, Vec<Reason>, BooleanArray)>,
+    failed: Option<(RecordBatch, Reasons, BooleanArray)>,
 }
 
 fn split_by_verdicts(
@@ -988,15 +988,14 @@ fn split_by_verdicts(
     let failed_mask = arrow::compute::not(&keep)?;
     let passed = arrow::compute::filter_record_batch(batch, &keep)?;
     let failed = arrow::compute::filter_record_batch(batch, &failed_mask)?;
-    let template = stage.reason(version, "validation", None, String::new());
-    let reasons = failures
-        .into_iter()
-        .map(|(_, rules, message)| Reason {
-            rule: Some(rules),
-            message,
-            ..template.clone()
-        })
-        .collect();
+    // Rows that one rule failed alone share its allocation, and so a run.
+    let template = stage
+        .reason(version, "validation", None, String::new())
+        .cause();
+    let mut reasons = Reasons::default();
+    for (_, rules, message) in &failures {
+        reasons.push(&template, Some(rules), message);
+    }
     Ok(Split {
         passed,
         keep: Some(keep),

@@ -664,7 +664,7 @@ fn native_flights(root: &Path, out: &Path) -> Result<(u64, u64)> {
         }
         let keep = BooleanArray::from(keep);
         let rejected = arrow::compute::filter_record_batch(&batch, &arrow::compute::not(&keep)?)?;
-        quarantine.write(&rejected, reasons, "flights.csv")?;
+        quarantine.write(&rejected, reasons.into_iter().collect(), "flights.csv")?;
         quarantined += rejected.num_rows() as u64;
 
         let passed = arrow::compute::filter_record_batch(&batch, &keep)?;

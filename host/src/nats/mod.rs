@@ -20,7 +20,7 @@ use arrow::array::{ArrayRef, Int64Array, StringArray};
 use arrow::record_batch::RecordBatch;
 
 use crate::config::SourceFormat;
-use crate::reason::Reason;
+use crate::reason::{Reason, Reasons};
 use crate::source::{Source, SourceBatch, SourceItem};
 
 pub mod settings;
@@ -122,30 +122,27 @@ pub fn decode(source: &Source, name: &Arc<str>, messages: &[Received]) -> Result
                             lines[line as usize - 1] as i64
                         })
                         .collect();
-                    let reasons = reasons
-                        .into_iter()
-                        .zip(&sequences)
-                        .map(|(reason, sequence)| {
-                            // "line N …" numbers the epoch's lines, which
-                            // mean nothing outside it: the sequence does.
-                            let message = reason
-                                .message
-                                .strip_prefix("line ")
-                                .and_then(|rest| rest.split_once(' '))
-                                .map_or(&*reason.message, |(_, rest)| rest);
-                            Reason {
-                                message: format!("stream sequence {sequence}: {message}").into(),
-                                ..reason
-                            }
-                        })
-                        .collect();
+                    let mut renumbered = Reasons::default();
+                    for ((cause, message), sequence) in reasons.iter().zip(&sequences) {
+                        // "line N …" numbers the epoch's lines, which mean
+                        // nothing outside it: the sequence does.
+                        let message = message
+                            .strip_prefix("line ")
+                            .and_then(|rest| rest.split_once(' '))
+                            .map_or(message, |(_, rest)| rest);
+                        renumbered.push(
+                            cause,
+                            cause.rule.as_ref(),
+                            &format!("stream sequence {sequence}: {message}"),
+                        );
+                    }
                     let mut columns = rows.columns().to_vec();
                     let index = rows.schema().index_of("record_number")?;
                     columns[index] = Arc::new(Int64Array::from(sequences)) as ArrayRef;
                     items.push(SourceItem::Rejected {
                         file,
                         rows: RecordBatch::try_new(rows.schema(), columns)?,
-                        reasons,
+                        reasons: renumbered,
                     });
                 }
             }

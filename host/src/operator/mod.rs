@@ -29,7 +29,7 @@ use anyhow::{Context, Result};
 use arrow::array::BooleanArray;
 use arrow::record_batch::RecordBatch;
 
-use crate::reason::Reason;
+use crate::reason::{Reason, Reasons};
 use crate::sink::{EpochContext, EpochSink, OutputFile, Prepared};
 use crate::stages::{Origins, Quarantined};
 use crate::state::stage::StageState;
@@ -80,7 +80,7 @@ pub struct Rejected {
     /// The rows as the operator received them.
     pub rows: RecordBatch,
     /// One reason per row.
-    pub reasons: Vec<Reason>,
+    pub reasons: Reasons,
     /// Each row's position in the operator's input batch.
     pub positions: Vec<u32>,
 }
@@ -90,7 +90,7 @@ impl Rejected {
     ///
     /// # Errors
     /// A row out of range.
-    pub fn take(batch: &RecordBatch, rows: &[usize], reasons: Vec<Reason>) -> Result<Rejected> {
+    pub fn take(batch: &RecordBatch, rows: &[usize], reasons: Reasons) -> Result<Rejected> {
         let positions: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         let indices = arrow::array::UInt32Array::from(positions.clone());
         Ok(Rejected {
@@ -114,7 +114,7 @@ impl Rejected {
         let message = format!(
             "the event-time column `{column}` is null or out of range (beyond ±31,000 years)"
         );
-        let reasons = vec![reason(operator, "missing_event_time", message); rows.len()];
+        let reasons = Reasons::same(reason(operator, "missing_event_time", message), rows.len());
         Rejected::take(batch, rows, reasons)
     }
 }
@@ -385,7 +385,7 @@ impl OperatorChain {
             return Ok(ChainOutput {
                 quarantined: vec![Quarantined {
                     rows: batch,
-                    reasons: vec![reason(&operator, "state_quota", message); rows],
+                    reasons: Reasons::same(reason(&operator, "state_quota", message), rows),
                     origins,
                 }],
                 ..ChainOutput::default()

@@ -10,7 +10,7 @@ use arrow::array::StringArray;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
-use super::Reason;
+use crate::reason::{Message, Reasons};
 
 /// Longest message repeated on every row of a failed batch, in bytes. A
 /// longer one (a trap with the plugin's stderr) is stored whole on the
@@ -22,7 +22,7 @@ pub const MAX_REPEATED_MESSAGE_BYTES: usize = 256;
 /// [`MAX_REPEATED_MESSAGE_BYTES`]), with the values of known secrets cut
 /// when `redact` ([`crate::secrets::redact`]: a plugin may echo a secret
 /// into its message); borrowed unless it had to be changed.
-pub(super) fn stored_messages(reasons: &[Reason], redact: bool) -> Vec<Cow<'_, str>> {
+pub(super) fn stored_messages(reasons: &Reasons, redact: bool) -> Vec<Cow<'_, str>> {
     let mut messages = cut_messages(reasons);
     if redact {
         for message in &mut messages {
@@ -35,28 +35,34 @@ pub(super) fn stored_messages(reasons: &[Reason], redact: bool) -> Vec<Cow<'_, s
 }
 
 /// Each row's message, cut where it repeats a long one.
-fn cut_messages(reasons: &[Reason]) -> Vec<Cow<'_, str>> {
-    let mut whole: Option<(&Arc<str>, usize)> = None;
+fn cut_messages(reasons: &Reasons) -> Vec<Cow<'_, str>> {
+    // The last long message stored whole: its text and row.
+    let mut whole: Option<(&str, usize)> = None;
     reasons
-        .iter()
+        .messages()
         .enumerate()
-        .map(|(row, reason)| {
-            let message = &*reason.message;
-            if message.len() <= MAX_REPEATED_MESSAGE_BYTES {
-                return Cow::Borrowed(message);
+        .map(|(row, message)| {
+            let text = message.text();
+            if text.len() <= MAX_REPEATED_MESSAGE_BYTES {
+                return Cow::Borrowed(text);
             }
+            // The rows of one failed call share their message.
+            let repeated = match (whole, message) {
+                (Some(_), Message::Shared(_, position)) if position > 0 => true,
+                (Some((before, _)), _) => before == text,
+                (None, _) => false,
+            };
             match whole {
-                // The rows of one failed call share their message.
-                Some((text, first)) if Arc::ptr_eq(text, &reason.message) || **text == *message => {
-                    let cut = crate::plugin::head(message, MAX_REPEATED_MESSAGE_BYTES);
+                Some((_, first)) if repeated => {
+                    let cut = crate::plugin::head(text, MAX_REPEATED_MESSAGE_BYTES);
                     Cow::Owned(format!(
                         "{cut} [the whole message is on the quarantined row {} rows above, from the same failed call]",
                         row - first
                     ))
                 }
                 _ => {
-                    whole = Some((&reason.message, row));
-                    Cow::Borrowed(message)
+                    whole = Some((text, row));
+                    Cow::Borrowed(text)
                 }
             }
         })
@@ -166,49 +172,43 @@ impl JsonRecords {
 
 /// Writes one JSON Lines quarantine row per reason, field by field in the
 /// schema's order, with the record embedded as the object arrow's JSON
-/// writer produced (no parse and re-encode). The fields that rows of one
-/// failed call share are encoded once per run of equal reasons.
+/// writer produced (no parse and re-encode). The fields that a run of rows
+/// with one cause shares are encoded once per run.
 pub(super) fn write_jsonl(
     out: &mut impl Write,
     run_id: &str,
     source_file: &str,
-    reasons: &[Reason],
+    reasons: &Reasons,
     messages: &[Cow<'_, str>],
     records: &JsonRecords,
 ) -> Result<()> {
     let mut head = Vec::new();
-    let mut head_of: Option<&Reason> = None;
-    for (i, (reason, message)) in reasons.iter().zip(messages).enumerate() {
-        let same = head_of.is_some_and(|h| {
-            Arc::ptr_eq(&h.stage, &reason.stage)
-                && Arc::ptr_eq(&h.plugin, &reason.plugin)
-                && Arc::ptr_eq(&h.plugin_sha256, &reason.plugin_sha256)
-                && h.error_kind == reason.error_kind
-        });
-        if !same {
-            head.clear();
-            head.extend_from_slice(b"{\"run_id\":");
-            serde_json::to_writer(&mut head, run_id)?;
-            head.extend_from_slice(b",\"source_file\":");
-            serde_json::to_writer(&mut head, source_file)?;
-            head.extend_from_slice(b",\"stage\":");
-            serde_json::to_writer(&mut head, &*reason.stage)?;
-            head.extend_from_slice(b",\"plugin\":");
-            serde_json::to_writer(&mut head, &*reason.plugin)?;
-            head.extend_from_slice(b",\"plugin_sha256\":");
-            serde_json::to_writer(&mut head, &*reason.plugin_sha256)?;
-            head.extend_from_slice(b",\"error_kind\":");
-            serde_json::to_writer(&mut head, &*reason.error_kind)?;
-            head_of = Some(reason);
+    let mut row = 0;
+    for (cause, rows) in reasons.causes() {
+        head.clear();
+        head.extend_from_slice(b"{\"run_id\":");
+        serde_json::to_writer(&mut head, run_id)?;
+        head.extend_from_slice(b",\"source_file\":");
+        serde_json::to_writer(&mut head, source_file)?;
+        head.extend_from_slice(b",\"stage\":");
+        serde_json::to_writer(&mut head, &*cause.stage)?;
+        head.extend_from_slice(b",\"plugin\":");
+        serde_json::to_writer(&mut head, &*cause.plugin)?;
+        head.extend_from_slice(b",\"plugin_sha256\":");
+        serde_json::to_writer(&mut head, &*cause.plugin_sha256)?;
+        head.extend_from_slice(b",\"error_kind\":");
+        serde_json::to_writer(&mut head, &*cause.error_kind)?;
+        head.extend_from_slice(b",\"rule\":");
+        serde_json::to_writer(&mut head, &cause.rule.as_deref())?;
+        head.extend_from_slice(b",\"message\":");
+        for _ in 0..rows {
+            out.write_all(&head)?;
+            serde_json::to_writer(&mut *out, &*messages[row])?;
+            out.write_all(b",\"record\":")?;
+            out.write_all(records.get(row))?;
+            out.write_all(b"}\n")?;
+            row += 1;
         }
-        out.write_all(&head)?;
-        out.write_all(b",\"rule\":")?;
-        serde_json::to_writer(&mut *out, &reason.rule.as_deref())?;
-        out.write_all(b",\"message\":")?;
-        serde_json::to_writer(&mut *out, &**message)?;
-        out.write_all(b",\"record\":")?;
-        out.write_all(records.get(i))?;
-        out.write_all(b"}\n")?;
     }
     Ok(())
 }

@@ -358,7 +358,7 @@ mod tests {
             .unwrap()
         };
         let stage: Arc<str> = Arc::from("check");
-        let reasons = |n: usize| vec![reason(&stage, Some("r"), "bad"); n];
+        let reasons = |n: usize| crate::reason::Reasons::same(reason(&stage, Some("r"), "bad"), n);
         let context = |epoch| EpochContext {
             epoch,
             position: crate::position::Position::default(),

@@ -22,7 +22,7 @@ use parquet::file::writer::SerializedFileWriter;
 use crate::config::QuarantineFormat;
 use crate::durable::Writeback;
 
-use super::Reason;
+use super::Reasons;
 use super::encode::{JsonRecords, stored_messages, write_jsonl};
 use super::runs::{REASON_COLUMNS, ReasonRuns};
 use super::schema;
@@ -60,10 +60,11 @@ pub(super) trait Encoder: Send + 'static {
 /// reason and its record as JSON. The lines are assembled on the file's
 /// thread, which also drops the reasons: on the run's writer thread, the
 /// longest of a run with half its 3M rows quarantined, assembling them
-/// and dropping the reasons (six reference counts a row) took about a
-/// sixth of its time, while the file thread only wrote.
+/// (and, before [`Reasons`] were column-wise, dropping six reference
+/// counts a row) took about a sixth of its time, while the file thread
+/// only wrote.
 pub(super) struct JsonlRows {
-    pub(super) reasons: Vec<Reason>,
+    pub(super) reasons: Reasons,
     pub(super) records: JsonRecords,
     pub(super) run_id: Arc<str>,
     pub(super) source_file: Arc<str>,
@@ -106,17 +107,16 @@ impl Encoder for TextFile {
         // pages.)
         let per_row = 128 + run_id.len() + source_file.len();
         let needed = records.text.len()
+            + messages.iter().map(|m| per_row + m.len()).sum::<usize>()
             + reasons
-                .iter()
-                .zip(&messages)
-                .map(|(r, m)| {
-                    per_row
-                        + r.stage.len()
-                        + r.plugin.len()
-                        + r.plugin_sha256.len()
-                        + r.error_kind.len()
-                        + r.rule.as_deref().map_or(4, str::len)
-                        + m.len()
+                .causes()
+                .map(|(c, rows)| {
+                    rows as usize
+                        * (c.stage.len()
+                            + c.plugin.len()
+                            + c.plugin_sha256.len()
+                            + c.error_kind.len()
+                            + c.rule.as_deref().map_or(4, str::len))
                 })
                 .sum::<usize>();
         self.lines.clear();

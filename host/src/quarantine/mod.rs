@@ -43,7 +43,7 @@ use epochs::{Appended, OpenEpoch};
 use file::{JsonlRows, Output, ParquetRows};
 use runs::ReasonRuns;
 
-pub use crate::reason::Reason;
+pub use crate::reason::{Reason, Reasons};
 pub use encode::{MAX_REPEATED_MESSAGE_BYTES, rows_as_json, schema};
 pub use file::ROW_GROUP_BYTES;
 
@@ -111,19 +111,14 @@ impl Quarantine {
         self.rows
     }
 
-    /// Writes `rows`, whose row `i` was rejected for `reasons[i]`, read from
-    /// `source_file`. The records become JSON here; a JSON Lines
-    /// quarantine takes `reasons` to its file's thread, which assembles
-    /// the lines and drops them there.
+    /// Writes `rows`, whose row `i` was rejected for reason `i` of
+    /// `reasons`, read from `source_file`. The records become JSON here; a
+    /// JSON Lines quarantine takes `reasons` to its file's thread, which
+    /// assembles the lines there.
     ///
     /// # Errors
     /// An I/O error, or `reasons.len() != rows.num_rows()`.
-    pub fn write(
-        &mut self,
-        rows: &RecordBatch,
-        reasons: Vec<Reason>,
-        source_file: &str,
-    ) -> Result<()> {
+    pub fn write(&mut self, rows: &RecordBatch, reasons: Reasons, source_file: &str) -> Result<()> {
         anyhow::ensure!(
             reasons.len() == rows.num_rows(),
             "one reason per quarantined row"
@@ -278,7 +273,7 @@ mod tests {
             };
             let mut quarantine = Quarantine::create(&config, dir.path(), "run-1").unwrap();
             quarantine
-                .write(&rows, reasons.clone(), "in \"dir\"/a.csv")
+                .write(&rows, reasons.iter().cloned().collect(), "in \"dir\"/a.csv")
                 .unwrap();
             let path = quarantine.commit().unwrap();
             let lines: Vec<serde_json::Value> = match format {
@@ -378,7 +373,11 @@ mod tests {
             )])
             .unwrap();
             quarantine
-                .write(&rows, reasons.clone(), &format!("file-{}.csv", i % 2))
+                .write(
+                    &rows,
+                    reasons.iter().cloned().collect(),
+                    &format!("file-{}.csv", i % 2),
+                )
                 .unwrap();
         }
         let path = quarantine.commit().unwrap();

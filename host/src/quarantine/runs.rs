@@ -27,7 +27,7 @@ use parquet::file::metadata::ColumnChunkMetaData;
 use parquet::file::writer::{SerializedPageWriter, TrackedWrite};
 use parquet::schema::types::ColumnDescPtr;
 
-use super::Reason;
+use crate::reason::Reasons;
 
 /// How many reason columns a quarantine row has: every column of
 /// [`super::schema`] but `message` and `record`, in its order.
@@ -47,38 +47,22 @@ pub(super) struct ReasonRuns {
 
 impl ReasonRuns {
     /// The runs of `reasons`' rows, all read from `source_file` by run
-    /// `run_id`. Rows whose reasons share their strings (the same
-    /// allocations, as the rows of one stage or one failed call do) are
-    /// one run; equal text in separate allocations may start a new run,
-    /// which changes nothing but the page's size.
-    pub(super) fn of(reasons: &[Reason], run_id: &Arc<str>, source_file: &Arc<str>) -> ReasonRuns {
+    /// `run_id`: the runs of their causes.
+    pub(super) fn of(reasons: &Reasons, run_id: &Arc<str>, source_file: &Arc<str>) -> ReasonRuns {
         let mut runs = ReasonRuns::default();
-        let mut last: Option<&Reason> = None;
-        for reason in reasons {
-            let same = last.is_some_and(|l| {
-                Arc::ptr_eq(&l.stage, &reason.stage)
-                    && Arc::ptr_eq(&l.plugin, &reason.plugin)
-                    && Arc::ptr_eq(&l.plugin_sha256, &reason.plugin_sha256)
-                    && Arc::ptr_eq(&l.error_kind, &reason.error_kind)
-                    && same_text(&l.rule, &reason.rule)
-            });
-            if same {
-                runs.runs.last_mut().expect("a run is open").1 += 1;
-            } else {
-                runs.runs.push((
-                    [
-                        Some(run_id.clone()),
-                        Some(source_file.clone()),
-                        Some(reason.stage.clone()),
-                        Some(reason.plugin.clone()),
-                        Some(reason.plugin_sha256.clone()),
-                        Some(reason.error_kind.clone()),
-                        reason.rule.clone(),
-                    ],
-                    1,
-                ));
-            }
-            last = Some(reason);
+        for (cause, rows) in reasons.causes() {
+            runs.runs.push((
+                [
+                    Some(run_id.clone()),
+                    Some(source_file.clone()),
+                    Some(cause.stage.clone()),
+                    Some(cause.plugin.clone()),
+                    Some(cause.plugin_sha256.clone()),
+                    Some(cause.error_kind.clone()),
+                    cause.rule.clone(),
+                ],
+                rows,
+            ));
         }
         runs.rows = reasons.len() as u64;
         runs

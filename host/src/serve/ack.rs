@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::quarantine::Reason;
+use crate::quarantine::Reasons;
 
 /// How many of a submission's records went where, and why some were
 /// quarantined. `received = written + filtered + quarantined`.
@@ -49,21 +49,27 @@ pub struct ReasonCount {
 }
 
 impl Ack {
-    pub(super) fn add_quarantined(&mut self, reasons: &[Reason]) {
+    pub(super) fn add_quarantined(&mut self, reasons: &Reasons) {
         self.quarantined += reasons.len() as u64;
-        for reason in reasons {
+        let mut messages = reasons.messages();
+        for (cause, rows) in reasons.causes() {
             // Counted in place: an entry is made (and its strings copied)
             // once per kind, not once per quarantined record.
-            let rule = reason.rule.as_deref();
-            match self.entry(&reason.stage, &reason.error_kind, rule) {
-                Some(entry) => entry.count += 1,
+            let rule = cause.rule.as_deref();
+            let first = messages.next().map_or("", |m| m.text());
+            match self.entry(&cause.stage, &cause.error_kind, rule) {
+                Some(entry) => entry.count += u64::from(rows),
                 None => self.reasons.push(ReasonCount {
-                    stage: reason.stage.to_string(),
-                    error_kind: reason.error_kind.to_string(),
+                    stage: cause.stage.to_string(),
+                    error_kind: cause.error_kind.to_string(),
                     rule: rule.map(str::to_string),
-                    count: 1,
-                    example: reason.message.to_string(),
+                    count: u64::from(rows),
+                    example: first.to_string(),
                 }),
+            }
+            // The run's other rows' messages.
+            for _ in 1..rows {
+                messages.next();
             }
         }
     }
@@ -111,6 +117,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::quarantine::Reason;
 
     fn reason(stage: &Arc<str>, rule: Option<&str>, message: &str) -> Reason {
         Reason {
@@ -127,15 +134,19 @@ mod tests {
     fn reasons_are_counted_per_stage_kind_and_rule_with_their_first_example() {
         let (check, other): (Arc<str>, Arc<str>) = ("check".into(), "other".into());
         let mut ack = Ack::default();
-        ack.add_quarantined(&[
-            reason(&check, Some("a"), "x = 1"),
-            reason(&check, Some("b"), "y = 2"),
-            reason(&check, Some("a"), "x = 3"),
-            reason(&other, Some("a"), "x = 4"),
-            reason(&check, None, "trapped"),
-        ]);
+        ack.add_quarantined(
+            &[
+                reason(&check, Some("a"), "x = 1"),
+                reason(&check, Some("b"), "y = 2"),
+                reason(&check, Some("a"), "x = 3"),
+                reason(&other, Some("a"), "x = 4"),
+                reason(&check, None, "trapped"),
+            ]
+            .into_iter()
+            .collect(),
+        );
         let mut more = Ack::default();
-        more.add_quarantined(&[reason(&check, Some("a"), "x = 5")]);
+        more.add_quarantined(&[reason(&check, Some("a"), "x = 5")].into_iter().collect());
         ack.merge(more);
         let ack = ack.finish();
         assert_eq!(ack.quarantined, 6);

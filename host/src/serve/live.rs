@@ -1260,10 +1260,7 @@ impl LivePipeline {
                 for (request, rows) in by_request(group.origins.as_ref(), group.rows.num_rows()) {
                     let indices = UInt32Array::from(rows.clone());
                     let piece_rows = arrow::compute::take_record_batch(&group.rows, &indices)?;
-                    let reasons = rows
-                        .iter()
-                        .map(|&r| group.reasons[r as usize].clone())
-                        .collect();
+                    let reasons = group.reasons.select(&rows);
                     quarantined.push((
                         owners[request],
                         Quarantined {

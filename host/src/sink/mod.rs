@@ -81,7 +81,7 @@ pub struct SinkRejected {
     /// The rows (rows × the output schema).
     pub rows: RecordBatch,
     /// One reason per row.
-    pub reasons: Vec<crate::reason::Reason>,
+    pub reasons: crate::reason::Reasons,
     /// The destination, for the quarantine's `source_file` column.
     pub source: String,
 }

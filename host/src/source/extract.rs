@@ -11,7 +11,7 @@ use arrow::record_batch::RecordBatch;
 
 use super::{Source, SourceBatch, SourceItem};
 use crate::plugin::{Limits, Plugin, PluginInstance, SourceMetadata};
-use crate::quarantine::Reason;
+use crate::quarantine::{Reason, Reasons};
 
 /// The extract plugin of a `format = "extract"` source, ready to run.
 #[derive(Debug, Clone)]
@@ -128,7 +128,7 @@ fn extract_items(
             vec![Ok(SourceItem::Rejected {
                 file,
                 rows,
-                reasons: vec![reason],
+                reasons: Reasons::same(reason, 1),
             })]
         }
     }

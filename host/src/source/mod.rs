@@ -26,7 +26,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use crate::config::{SourceConfig, SourceFormat, expand_paths};
-use crate::quarantine::Reason;
+use crate::quarantine::{Reason, Reasons};
 
 pub use crate::config::parse_data_type;
 
@@ -109,7 +109,7 @@ pub enum SourceItem {
         /// One row per rejected record or file.
         rows: RecordBatch,
         /// Why each row was rejected.
-        reasons: Vec<Reason>,
+        reasons: Reasons,
     },
 }
 
