@@ -602,6 +602,42 @@ fn push_float(text: &mut String, value: f64) {
     let _ = write!(text, "{value}");
 }
 
+/// Texts, one per row, back to back in one buffer: row `i` is
+/// `text[ends[i - 1]..ends[i]]` (from 0 for the first). What
+/// [`messages`] writes: a million rejected rows' messages are two
+/// allocations, not a million.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Texts {
+    text: String,
+    ends: Vec<u32>,
+}
+
+impl Texts {
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes of all rows' text.
+    pub fn bytes(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Row `i`'s text.
+    ///
+    /// # Panics
+    /// `i >= self.len()`.
+    pub fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
+    }
+}
+
 /// One message per row of `rows`: `prefix`, that row's value of `values`
 /// as text, `suffix`. Text is the decimal digits of an int64, a float64 as
 /// Rust's `Display` writes it (the shortest digits that read back as the
@@ -611,7 +647,7 @@ fn push_float(text: &mut String, value: f64) {
 ///
 /// # Errors
 /// Any other type, or a row past the end of a column.
-pub fn messages(values: &Value, rows: &[u32], prefix: &str, suffix: &str) -> Result<Vec<Arc<str>>> {
+pub fn messages(values: &Value, rows: &[u32], prefix: &str, suffix: &str) -> Result<Texts> {
     use std::fmt::Write;
     let array = values.array.as_ref();
     let at = |row: u32| -> Result<usize> {
@@ -626,22 +662,25 @@ pub fn messages(values: &Value, rows: &[u32], prefix: &str, suffix: &str) -> Res
     };
     // A null array's nulls are logical only.
     let nulls = array.logical_nulls();
-    let mut out = Vec::with_capacity(rows.len());
-    // Each message is written into one reused buffer, then copied into
-    // its shared allocation: one allocation per row.
-    let mut text = String::with_capacity(prefix.len() + 64 + suffix.len());
+    // Every message is written into one buffer: no allocation per row.
+    let mut out = Texts {
+        text: String::with_capacity(rows.len() * (prefix.len() + 16 + suffix.len())),
+        ends: Vec::with_capacity(rows.len()),
+    };
     let mut each = |write: &mut dyn FnMut(&mut String, usize)| -> Result<()> {
         for &row in rows {
             let i = at(row)?;
-            text.clear();
+            let text = &mut out.text;
             text.push_str(prefix);
             if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
                 text.push_str("null");
             } else {
-                write(&mut text, i);
+                write(text, i);
             }
             text.push_str(suffix);
-            out.push(Arc::from(text.as_str()));
+            let end = u32::try_from(text.len())
+                .map_err(|_| KernelError("one call's messages exceed 4 GiB".to_string()))?;
+            out.ends.push(end);
         }
         Ok(())
     };
@@ -724,11 +763,8 @@ mod tests {
     fn messages_show_each_failing_rows_value() {
         let rows = [0, 2, 3];
         let texts_of = |values: &Value, rows: &[u32], prefix, suffix| -> Vec<String> {
-            messages(values, rows, prefix, suffix)
-                .unwrap()
-                .iter()
-                .map(|m| m.to_string())
-                .collect()
+            let texts = messages(values, rows, prefix, suffix).unwrap();
+            (0..texts.len()).map(|i| texts.get(i).to_string()).collect()
         };
         let m = texts_of(
             &floats(&[Some(-1.5), None, Some(100.0), None]),

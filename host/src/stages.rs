@@ -37,7 +37,7 @@ use crate::config::OnError;
 use crate::lent::Lendable;
 use crate::plugin::{
     Admission, Limits, Plugin, PluginError, PluginInstance, PluginKind, PluginSlot, PluginVersion,
-    Verdict,
+    Verdict, VerdictMessage,
 };
 use crate::quarantine::{Reason, Reasons};
 use crate::report::StageReport;
@@ -961,7 +961,7 @@ fn split_by_verdicts(
     // rule shared by the rows one `reject` call failed.
     const PASSED: u32 = u32::MAX;
     let mut failure_of = vec![PASSED; batch.num_rows()];
-    let mut failures: Vec<(u32, Arc<str>, Arc<str>)> = Vec::new();
+    let mut failures: Vec<(u32, Arc<str>, VerdictMessage)> = Vec::new();
     // The messages of rows with several verdicts, joined as they come
     // (by slot in `failures`).
     let mut joined: HashMap<u32, String> = HashMap::new();
@@ -975,13 +975,15 @@ fn split_by_verdicts(
             if !rules.split(',').any(|rule| rule == &*verdict.rule) {
                 *rules = Arc::from(format!("{rules},{}", verdict.rule));
             }
-            let text = joined.entry(*slot).or_insert_with(|| messages.to_string());
+            let text = joined
+                .entry(*slot)
+                .or_insert_with(|| String::from(&**messages));
             text.push_str("; ");
             text.push_str(&verdict.message);
         }
     }
     for (slot, text) in joined {
-        failures[slot as usize].2 = Arc::from(text);
+        failures[slot as usize].2 = VerdictMessage::Text(Arc::from(text));
     }
     failures.sort_unstable_by_key(|(row, _, _)| *row);
     let keep: BooleanArray = failure_of.iter().map(|&f| Some(f == PASSED)).collect();

@@ -37,13 +37,14 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::Linker;
 
 use super::PluginState;
+use super::VerdictMessage;
 use super::limits::MemoryLimitExceeded;
 use crate::bindings::types;
 use crate::bindings::v0_2::compute::{
     ArithOp, BoolOp, CmpOp, ColInfo, HashOp, MatchOp, Scalar, TextOp,
 };
 use crate::columnar;
-use crate::kernels::{self, KernelError, Value};
+use crate::kernels::{self, KernelError, Texts, Value};
 
 /// The instance the functions are defined in.
 pub const COMPUTE_INTERFACE: &str = "weir:plugin/compute@0.2.0";
@@ -87,22 +88,28 @@ pub enum RejectMessages {
     /// `reject`: the same message on every row.
     Same(String),
     /// `reject-each`: `rows.len()` messages, in the order of `rows`.
-    Each(Vec<Arc<str>>),
+    Each(Texts),
 }
 
 impl Rejection {
     /// (row, rule, message) for each failing row; the rows share one
-    /// copy of the rule.
-    pub fn into_verdicts(self) -> impl Iterator<Item = (u32, Arc<str>, Arc<str>)> {
+    /// copy of the rule, and one of the message or of the buffer of
+    /// messages.
+    pub fn into_verdicts(self) -> impl Iterator<Item = (u32, Arc<str>, VerdictMessage)> {
         let Rejection {
             rows,
             rule,
             messages,
         } = self;
         let rule: Arc<str> = Arc::from(rule);
-        let messages: Box<dyn Iterator<Item = Arc<str>>> = match messages {
-            RejectMessages::Same(message) => Box::new(std::iter::repeat(Arc::from(message))),
-            RejectMessages::Each(each) => Box::new(each.into_iter()),
+        let messages: Box<dyn Iterator<Item = VerdictMessage>> = match messages {
+            RejectMessages::Same(message) => {
+                Box::new(std::iter::repeat(VerdictMessage::Text(Arc::from(message))))
+            }
+            RejectMessages::Each(each) => {
+                let each = Arc::new(each);
+                Box::new((0..each.len() as u32).map(move |i| VerdictMessage::Row(each.clone(), i)))
+            }
         };
         rows.into_iter()
             .zip(messages)
@@ -589,7 +596,7 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> Result<()> {
                     return Ok((Err(invalid(KernelError(format!("reject-each: {error}")))),));
                 }
             };
-            let written: usize = messages.iter().map(|m| m.len()).sum();
+            let written = messages.bytes();
             // Formatting a value is a few instructions per character.
             charge(&mut store, rows.len(), written - fixed, FUEL_PER_BYTE)?;
             store.data_mut().compute.account((written - fixed) as u64)?;
@@ -624,15 +631,24 @@ mod tests {
         );
         for (_, rule, message) in &verdicts {
             assert!(Arc::ptr_eq(rule, &verdicts[0].1));
-            assert!(Arc::ptr_eq(message, &verdicts[0].2));
+            let (VerdictMessage::Text(message), VerdictMessage::Text(first)) =
+                (message, &verdicts[0].2)
+            else {
+                panic!("a reject call's message is one text")
+            };
+            assert!(Arc::ptr_eq(message, first));
             assert_eq!(&**message, "x must be positive");
         }
+        let values = Value::column(Arc::new(arrow::array::StringArray::from(vec!["a", "b"])));
         let each = Rejection {
-            rows: vec![1, 2],
+            rows: vec![0, 1],
             rule: "r".into(),
-            messages: RejectMessages::Each(vec!["a".into(), "b".into()]),
+            messages: RejectMessages::Each(kernels::messages(&values, &[0, 1], "", "").unwrap()),
         };
-        let messages: Vec<_> = each.into_verdicts().map(|(_, _, m)| m).collect();
-        assert_eq!(messages, [Arc::from("a"), Arc::from("b")]);
+        let messages: Vec<String> = each
+            .into_verdicts()
+            .map(|(_, _, m)| m.to_string())
+            .collect();
+        assert_eq!(messages, ["a", "b"]);
     }
 }

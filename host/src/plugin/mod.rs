@@ -1179,11 +1179,54 @@ pub struct Verdict {
     pub rule: Arc<str>,
     /// Why, for the quarantine; shared by the rows one `reject` call
     /// failed.
-    pub message: Arc<str>,
+    pub message: VerdictMessage,
+}
+
+/// A [`Verdict`]'s message: a text of its own (or shared by the rows one
+/// `reject` call failed), or one row of the messages a `reject-each` call
+/// wrote into one buffer ([`crate::kernels::Texts`]). Reads as `str`;
+/// equal when the texts are.
+#[derive(Debug, Clone)]
+pub enum VerdictMessage {
+    /// A whole text.
+    Text(Arc<str>),
+    /// Row `i` of a call's messages.
+    Row(Arc<crate::kernels::Texts>, u32),
+}
+
+impl std::ops::Deref for VerdictMessage {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            VerdictMessage::Text(text) => text,
+            VerdictMessage::Row(texts, i) => texts.get(*i as usize),
+        }
+    }
+}
+
+impl PartialEq for VerdictMessage {
+    fn eq(&self, other: &VerdictMessage) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for VerdictMessage {}
+
+impl std::fmt::Display for VerdictMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl From<&str> for VerdictMessage {
+    fn from(text: &str) -> VerdictMessage {
+        VerdictMessage::Text(Arc::from(text))
+    }
 }
 
 /// Bytes `verdicts` hold, for the output limit: 4 per row, plus each rule
-/// and message once per allocation. The verdicts of one `reject` or
+/// and whole message once per allocation, and each row's own message. The verdicts of one `reject` or
 /// `reject-each` call come together and share their rule (and, for
 /// `reject`, their message), which is counted once, as it is held once;
 /// each verdict a plugin returns brings its own strings.
@@ -1195,9 +1238,13 @@ fn verdict_bytes(verdicts: &[Verdict]) -> u64 {
             Some(before) if Arc::ptr_eq(text, before) => 0,
             _ => text.len(),
         };
-        bytes += 4
-            + new(&verdict.rule, previous.map(|p| &p.rule))
-            + new(&verdict.message, previous.map(|p| &p.message));
+        let message = match (&verdict.message, previous.map(|p| &p.message)) {
+            (VerdictMessage::Text(text), Some(VerdictMessage::Text(before))) => {
+                new(text, Some(before))
+            }
+            (message, _) => message.len(),
+        };
+        bytes += 4 + new(&verdict.rule, previous.map(|p| &p.rule)) + message;
         previous = Some(verdict);
     }
     bytes as u64
@@ -1211,7 +1258,7 @@ macro_rules! verdict_from {
                 Verdict {
                     row: v.row,
                     rule: Arc::from(v.rule),
-                    message: Arc::from(v.message),
+                    message: VerdictMessage::Text(Arc::from(v.message)),
                 }
             }
         }
@@ -1240,7 +1287,7 @@ mod tests {
             .map(|row| Verdict {
                 row,
                 rule: rule.clone(),
-                message: message.clone(),
+                message: VerdictMessage::Text(message.clone()),
             })
             .collect();
         assert_eq!(verdict_bytes(&shared), 100 * 4 + 8 + 1000);
@@ -1248,7 +1295,7 @@ mod tests {
             .map(|row| Verdict {
                 row,
                 rule: Arc::from("positive"),
-                message: Arc::from("m".repeat(1000)),
+                message: VerdictMessage::Text(Arc::from("m".repeat(1000))),
             })
             .collect();
         assert_eq!(verdict_bytes(&own), 100 * (4 + 8 + 1000));
