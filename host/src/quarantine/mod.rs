@@ -254,7 +254,7 @@ mod tests {
         .unwrap();
         let stage: Arc<str> = Arc::from("check");
         let long = "stderr ".repeat(100);
-        let reasons = vec![
+        let reasons = [
             reason(&stage, Some("a,b"), "first; second"),
             reason(&stage, None, &long),
             reason(&Arc::from("other"), Some("c"), &long),
