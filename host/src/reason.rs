@@ -62,6 +62,18 @@ pub struct Cause {
 }
 
 impl Cause {
+    /// The reason of a row with this cause and `message`.
+    pub fn with_message(&self, message: Arc<str>) -> Reason {
+        Reason {
+            stage: self.stage.clone(),
+            plugin: self.plugin.clone(),
+            plugin_sha256: self.plugin_sha256.clone(),
+            error_kind: self.error_kind.clone(),
+            rule: self.rule.clone(),
+            message,
+        }
+    }
+
     /// Whether `self` and `other` hold the same strings: the same
     /// allocations (the common case, checked first) or equal text.
     pub fn same(&self, other: &Cause) -> bool {
@@ -142,10 +154,15 @@ impl Reasons {
         let count = u32::try_from(rows).expect("a group of rejected rows fits in u32");
         let cause = reason.cause();
         self.extend_cause(cause, count);
-        self.messages.push(Messages::Same {
-            text: reason.message,
-            rows: count,
-        });
+        match self.messages.last_mut() {
+            Some(Messages::Same { text, rows }) if Arc::ptr_eq(text, &reason.message) => {
+                *rows += count;
+            }
+            _ => self.messages.push(Messages::Same {
+                text: reason.message,
+                rows: count,
+            }),
+        }
         self.rows += rows;
     }
 
@@ -246,56 +263,36 @@ impl Reasons {
             .zip(self.messages().map(|m| m.text()))
     }
 
-    /// The reasons of rows `rows` (indices into this group, any order,
-    /// repeats allowed), in that order.
+    /// For each of `selections` (indices into this group, any order,
+    /// repeats allowed), the reasons of its rows in that order. The group
+    /// is read once for all of them: `weir serve` splits a group by the
+    /// requests its rows came in.
     ///
     /// # Panics
     /// A row out of range.
-    pub fn select(&self, rows: &[u32]) -> Reasons {
+    pub fn select(&self, selections: &[&[u32]]) -> Vec<Reasons> {
         let all: Vec<(&Cause, Message<'_>)> = self
             .causes
             .iter()
             .flat_map(|(cause, rows)| std::iter::repeat_n(cause, *rows as usize))
             .zip(self.messages())
             .collect();
-        let mut out = Reasons::default();
-        for &row in rows {
-            let (cause, message) = &all[row as usize];
-            match message {
-                Message::Shared(text, _) => out.push_same(
-                    Reason {
-                        stage: cause.stage.clone(),
-                        plugin: cause.plugin.clone(),
-                        plugin_sha256: cause.plugin_sha256.clone(),
-                        error_kind: cause.error_kind.clone(),
-                        rule: cause.rule.clone(),
-                        message: Arc::clone(text),
-                    },
-                    1,
-                ),
-                Message::Own(text) => out.push(cause, cause.rule.as_ref(), text),
-            }
-        }
-        out.join_shared();
-        out
-    }
-
-    /// Joins consecutive shared-message runs of the same allocation.
-    fn join_shared(&mut self) {
-        let mut joined: Vec<Messages> = Vec::with_capacity(self.messages.len());
-        for run in std::mem::take(&mut self.messages) {
-            match (joined.last_mut(), run) {
-                (
-                    Some(Messages::Same { text, rows }),
-                    Messages::Same {
-                        text: next,
-                        rows: more,
-                    },
-                ) if Arc::ptr_eq(text, &next) => *rows += more,
-                (_, run) => joined.push(run),
-            }
-        }
-        self.messages = joined;
+        selections
+            .iter()
+            .map(|rows| {
+                let mut out = Reasons::default();
+                for &row in *rows {
+                    let (cause, message) = &all[row as usize];
+                    match message {
+                        Message::Shared(text, _) => {
+                            out.push_same(cause.with_message(Arc::clone(text)), 1);
+                        }
+                        Message::Own(text) => out.push(cause, cause.rule.as_ref(), text),
+                    }
+                }
+                out
+            })
+            .collect()
     }
 }
 
@@ -330,24 +327,15 @@ impl FromIterator<Reason> for Reasons {
                 Some(Messages::Same { text, .. }) => Arc::ptr_eq(text, &reason.message),
                 _ => false,
             };
-            let cause = reason.cause();
-            out.extend_cause(cause, 1);
-            if shared {
-                let Some(Messages::Same { rows, .. }) = out.messages.last_mut() else {
-                    unreachable!("checked above")
-                };
-                *rows += 1;
-            } else if Arc::strong_count(&reason.message) > 1 {
-                // Shared with other rows (a failed call's message): kept
-                // shared, not copied per row.
-                out.messages.push(Messages::Same {
-                    text: reason.message,
-                    rows: 1,
-                });
+            // A message shared with other rows (a failed call's) stays
+            // shared, not copied per row.
+            if shared || Arc::strong_count(&reason.message) > 1 {
+                out.push_same(reason, 1);
             } else {
+                out.extend_cause(reason.cause(), 1);
                 out.push_message(&reason.message);
+                out.rows += 1;
             }
-            out.rows += 1;
         }
         out
     }
@@ -444,9 +432,11 @@ mod tests {
         let rule: Arc<str> = Arc::from("range");
         reasons.push(&template, Some(&rule), "x = 1");
         reasons.push(&template, Some(&rule), "x = 2");
-        let picked = reasons.select(&[3, 0, 1, 3]);
+        let picked = reasons.select(&[&[3, 0, 1, 3], &[2]]);
+        assert_eq!(rows(&picked[1]), [row("check", Some("range"), "x = 1")]);
+        let picked = &picked[0];
         assert_eq!(
-            rows(&picked),
+            rows(picked),
             [
                 row("check", Some("range"), "x = 2"),
                 row("check", None, "trapped"),
@@ -460,6 +450,6 @@ mod tests {
             .count();
         assert_eq!(shared, 2);
         assert_eq!(picked.messages.len(), 3, "the two trapped rows are one run");
-        assert!(Reasons::default().select(&[]).is_empty());
+        assert!(Reasons::default().select(&[&[]])[0].is_empty());
     }
 }

@@ -1257,12 +1257,14 @@ impl LivePipeline {
             }
             plugin_versions = result.plugin_versions;
             for group in result.quarantined {
-                for (request, rows) in by_request(group.origins.as_ref(), group.rows.num_rows()) {
+                let pieces = by_request(group.origins.as_ref(), group.rows.num_rows());
+                let selections: Vec<&[u32]> = pieces.values().map(Vec::as_slice).collect();
+                let reasons = group.reasons.select(&selections);
+                for ((request, rows), reasons) in pieces.iter().zip(reasons) {
                     let indices = UInt32Array::from(rows.clone());
                     let piece_rows = arrow::compute::take_record_batch(&group.rows, &indices)?;
-                    let reasons = group.reasons.select(&rows);
                     quarantined.push((
-                        owners[request],
+                        owners[*request],
                         Quarantined {
                             rows: piece_rows,
                             reasons,
