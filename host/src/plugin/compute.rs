@@ -102,18 +102,19 @@ impl Rejection {
             messages,
         } = self;
         let rule: Arc<str> = Arc::from(rule);
-        let messages: Box<dyn Iterator<Item = VerdictMessage>> = match messages {
-            RejectMessages::Same(message) => {
-                Box::new(std::iter::repeat(VerdictMessage::Text(Arc::from(message))))
-            }
-            RejectMessages::Each(each) => {
-                let each = Arc::new(each);
-                Box::new((0..each.len() as u32).map(move |i| VerdictMessage::Row(each.clone(), i)))
-            }
+        // Without a boxed iterator of messages: a dynamic call per rejected
+        // row. `Each` holds one message per row of `rows`.
+        let message = match messages {
+            RejectMessages::Same(message) => VerdictMessage::Text(Arc::from(message)),
+            RejectMessages::Each(each) => VerdictMessage::Row(Arc::new(each), 0),
         };
-        rows.into_iter()
-            .zip(messages)
-            .map(move |(row, message)| (row, rule.clone(), message))
+        rows.into_iter().enumerate().map(move |(i, row)| {
+            let message = match &message {
+                VerdictMessage::Text(text) => VerdictMessage::Text(text.clone()),
+                VerdictMessage::Row(each, _) => VerdictMessage::Row(each.clone(), i as u32),
+            };
+            (row, rule.clone(), message)
+        })
     }
 }
 

@@ -1096,16 +1096,22 @@ impl PluginInstance {
                 let result = block_on(call.call_async(&mut self.store, (batch,)));
                 let rejected = self.store.data_mut().compute.take_outputs().rejected;
                 let result = result.map(|(r,)| {
-                    r.map(|verdicts| {
-                        verdicts
-                            .into_iter()
-                            .map(Verdict::from)
-                            .chain(rejected.into_iter().flat_map(|rejection| {
+                    r.map(|listed| {
+                        // Sized once: a chain of flat maps gives no size
+                        // hint, and a million rejected rows grew the vector
+                        // by doubling, copying it each time.
+                        let rows =
+                            listed.len() + rejected.iter().map(|r| r.rows.len()).sum::<usize>();
+                        let mut verdicts = Vec::with_capacity(rows);
+                        verdicts.extend(listed.into_iter().map(Verdict::from));
+                        for rejection in rejected {
+                            verdicts.extend(
                                 rejection
                                     .into_verdicts()
-                                    .map(|(row, rule, message)| Verdict { row, rule, message })
-                            }))
-                            .collect::<Vec<_>>()
+                                    .map(|(row, rule, message)| Verdict { row, rule, message }),
+                            );
+                        }
+                        verdicts
                     })
                 });
                 (result, started)
